@@ -1,0 +1,95 @@
+"""The FastAPI application: wires the engine, the adapters and the server state together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from .. import BLAS_STATUS
+from ..config import ServerConfig
+from ..engine.async_engine import AsyncEngine
+from ..engine.engine import EngineConfig
+from ..models.loader import LoadedModel, load_model, resolve_model_path
+from ..platform import detect_backend
+from .errors import install_error_handlers
+from .openai_routes import router as openai_router
+from .serving import ServingState
+
+logger = logging.getLogger("vllm_mlx")
+
+
+def resolve_model(config: ServerConfig) -> tuple[str, str]:
+    """(what to load, the name to serve it under); no model means the built-in demo model."""
+    if config.model is None:
+        from ..testing.demo import DEMO_MODEL_NAME, ensure_demo_model
+
+        return str(ensure_demo_model()), DEMO_MODEL_NAME
+    name = config.model.rstrip("/")
+    return config.model, (Path(name).name if Path(name).expanduser().exists() else name)
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    source, default_name = resolve_model(config)
+    names = config.served_model_names or (default_name,)
+    path = resolve_model_path(source)  # fails fast, with what is missing, before any MLX work
+
+    def load() -> LoadedModel:
+        backend = detect_backend(BLAS_STATUS, config.dtype)
+        logger.info("%s", backend.describe())
+        loaded = load_model(str(path), compute_dtype=backend.compute_dtype, trust_remote_code=config.trust_remote_code)
+        loaded.backend = backend
+        return loaded
+
+    engine = AsyncEngine(
+        load, EngineConfig(max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens)
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await asyncio.to_thread(engine.start, asyncio.get_running_loop())
+        loaded: LoadedModel = engine.loaded
+        max_len = min(config.max_model_len or loaded.max_model_len, loaded.max_model_len)
+        if config.max_model_len and config.max_model_len > loaded.max_model_len:
+            logger.warning("--max-model-len %d exceeds the model's %d; using %d",
+                           config.max_model_len, loaded.max_model_len, max_len)
+        app.state.serving = ServingState(
+            engine=engine,
+            tokenizer=loaded.tokenizer,
+            model_name=names[0],
+            aliases=tuple(names[1:]),
+            max_model_len=max_len,
+            default_max_tokens=config.max_tokens,
+        )
+        if config.model is None:
+            logger.warning(
+                "Serving the built-in DEMO model '%s' (random weights): it produces nonsense text. "
+                "Pass a model folder or Hugging Face repo id to serve a real model.", names[0])
+        logger.info("model %s loaded from %s; serving as %s; context %d tokens",
+                    source, loaded.path, ", ".join(names), max_len)
+        try:
+            yield
+        finally:
+            engine.shutdown()
+
+    app = FastAPI(title="vllm-mlx", version="0.1.0", lifespan=lifespan)
+    app.state.config = config
+    install_error_handlers(app)
+    app.include_router(openai_router)
+
+    @app.get("/health")
+    async def health(raw: Request):
+        serving: ServingState | None = getattr(raw.app.state, "serving", None)
+        ok = serving is not None and serving.engine.engine.alive
+        body = {"status": "ok" if ok else "unavailable"}
+        if serving is not None:
+            body["model"] = serving.model_name
+            body["engine"] = asdict(serving.engine.stats)
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    return app

@@ -1,0 +1,92 @@
+"""The `vllm-mlx` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .config import ServerConfig
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a model over the OpenAI-compatible HTTP API")
+    p.add_argument("model", nargs="?", default=None,
+                   help="a local model folder or a Hugging Face repo id (default: the built-in demo model)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--served-model-name", nargs="+", default=None,
+                   help="name(s) the model is served under; the first is reported in responses")
+    p.add_argument("--max-num-seqs", type=int, default=32,
+                   help="most sequences decoded together in one batch (default: %(default)s)")
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                   help="token budget of one engine step: decode rows plus prompt chunks (default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=512,
+                   help="completion length for requests that give no max_tokens (default: %(default)s)")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="context budget: prompt + completion tokens (default: from the model config)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "model"],
+                   help="compute dtype for unquantized weights; auto = float32 on the CPU backend, "
+                        "the model's own dtype on a GPU (default: %(default)s)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow models whose config names a custom Python model file")
+    p.add_argument("--continuous-batching", action="store_true",
+                   help="accepted for compatibility: batching is always on")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vllm-mlx", description="LLM serving on MLX")
+    parser.add_argument("--version", action="version", version=f"vllm-mlx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve_parser(sub)
+    return parser
+
+
+def serve_config(args: argparse.Namespace) -> ServerConfig:
+    for name in ("max_num_seqs", "max_num_batched_tokens", "max_tokens"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
+    return ServerConfig(
+        model=args.model,
+        served_model_names=tuple(args.served_model_name or ()),
+        host=args.host,
+        port=args.port,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_tokens=args.max_tokens,
+        max_model_len=args.max_model_len,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        log_level=args.log_level,
+    )
+
+
+def run_server(config: ServerConfig) -> int:
+    import uvicorn
+
+    from .api.app import create_app
+    from .models.loader import ModelNotFoundError
+
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = create_app(config)
+    except ModelNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level)
+    server = uvicorn.Server(uvicorn_config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return run_server(serve_config(args))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""The asyncio side of the engine: submit requests, stream their deltas, abort on cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+from .engine import EngineConfig, LLMEngine
+from .request import GenerationOutput, GenerationRequest
+
+
+class AsyncEngine:
+    """Bridges the engine thread and the event loop it was started from."""
+
+    def __init__(self, load, config: EngineConfig):
+        self._queues: dict[str, asyncio.Queue[GenerationOutput]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.engine = LLMEngine(load, config, self._on_outputs)
+
+    @property
+    def loaded(self):
+        return self.engine.loaded
+
+    @property
+    def stats(self):
+        return self.engine.stats
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.engine.start()
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
+        """Yield the request's deltas until it finishes; aborts it if the consumer stops early."""
+        if request.request_id in self._queues:
+            raise ValueError(f"duplicate request id {request.request_id}")
+        queue: asyncio.Queue[GenerationOutput] = asyncio.Queue()
+        self._queues[request.request_id] = queue
+        finished = False
+        try:
+            self.engine.add_request(request)
+            while not finished:
+                out = await queue.get()
+                finished = out.finished
+                yield out
+        finally:
+            self._queues.pop(request.request_id, None)
+            if not finished:
+                self.engine.abort(request.request_id)
+
+    def _on_outputs(self, outputs: list[GenerationOutput]) -> None:
+        """Called on the engine thread: hand the step's deltas to the event loop."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._dispatch, outputs)
+
+    def _dispatch(self, outputs: list[GenerationOutput]) -> None:
+        for out in outputs:
+            queue = self._queues.get(out.request_id)
+            if queue is not None:
+                queue.put_nowait(out)

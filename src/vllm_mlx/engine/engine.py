@@ -1,0 +1,261 @@
+"""The engine: one dedicated thread owning the model, the scheduler and every MLX array.
+
+MLX streams are thread-local, so the model is loaded and run on this thread
+only. Other threads talk to it through a command queue (add/abort) and receive
+:class:`GenerationOutput` deltas through the ``on_outputs`` callback, which is
+called on the engine thread with every delta produced by one step.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import mlx.core as mx
+
+from .model_runner import ModelRunner
+from .request import FinishReason, GenerationOutput, GenerationRequest
+from .sampler import BatchSamplingParams, make_rng_key, sample
+from .scheduler import Scheduler, StepPlan
+from .sequence import Sequence, SequenceStatus
+
+logger = logging.getLogger(__name__)
+
+OutputCallback = Callable[[list[GenerationOutput]], None]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 2048
+
+
+@dataclass
+class EngineStats:
+    """A snapshot, replaced (never mutated) by the engine thread after each step."""
+
+    running: int = 0
+    prefilling: int = 0
+    waiting: int = 0
+    requests_finished: int = 0
+    requests_aborted: int = 0
+    requests_failed: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    steps: int = 0
+    state: str = "starting"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LLMEngine:
+    def __init__(self, load: Callable[[], Any], config: EngineConfig, on_outputs: OutputCallback):
+        """``load`` runs on the engine thread and returns an object with ``model`` and ``tokenizer``."""
+        self._load = load
+        self.config = config
+        self._on_outputs = on_outputs
+        self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="vllm-mlx-engine", daemon=True)
+        self._ready = threading.Event()
+        self._load_error: BaseException | None = None
+        self.loaded: Any = None
+        self.stats = EngineStats()
+        self._counters = dict(finished=0, aborted=0, failed=0, prompt=0, generated=0, steps=0)
+
+    # -- called from other threads ------------------------------------------
+    def start(self, timeout: float | None = None) -> Any:
+        """Start the thread, wait for the model to load; returns what ``load`` returned."""
+        self._thread.start()
+        self._ready.wait(timeout)
+        if self._load_error is not None:
+            raise self._load_error
+        return self.loaded
+
+    def add_request(self, request: GenerationRequest) -> None:
+        self._commands.put(("add", request))
+
+    def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._commands.put(("stop", None))
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- the engine thread ---------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.loaded = self._load()
+            tokenizer = self.loaded.tokenizer
+            self._eos_ids = set(tokenizer.eos_token_ids)
+            self._tokenizer = tokenizer
+            self.runner = ModelRunner(self.loaded.model)
+            self.scheduler = Scheduler(self.config.max_num_seqs, self.config.max_num_batched_tokens)
+        except BaseException as exc:  # reported to start()
+            self._load_error = exc
+            self._ready.set()
+            return
+        self._batch_params: BatchSamplingParams | None = None
+        self._publish_stats("ready")
+        self._ready.set()
+        while True:
+            if not self._drain_commands(block=not self.scheduler.has_work):
+                break
+            if self.scheduler.has_work:
+                self._step_safely()
+        self._abort_all()
+        self._publish_stats("stopped")
+
+    def _drain_commands(self, block: bool) -> bool:
+        """Apply queued commands; returns False when asked to stop."""
+        while True:
+            try:
+                kind, arg = self._commands.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            if kind == "stop":
+                return False
+            if kind == "add":
+                self._add(arg)
+            elif kind == "abort":
+                self._abort(arg)
+
+    def _add(self, request: GenerationRequest) -> None:
+        seq = Sequence(request, self._tokenizer.detokenizer, self._eos_ids)
+        if not seq.prompt_ids:
+            self._fail([seq], ValueError("the prompt has no tokens"))
+            return
+        seq.rng_key = make_rng_key(request.sampling.seed)
+        self.scheduler.add(seq)
+        self._publish_stats()
+
+    def _abort(self, request_id: str) -> None:
+        seq = self.scheduler.find(request_id)
+        if seq is None:
+            return
+        self._drop(seq)
+        self._counters["aborted"] += 1
+        self._emit([seq.finish(FinishReason.ABORT)])
+        self._publish_stats()
+
+    def _abort_all(self) -> None:
+        for group in (self.scheduler.running, self.scheduler.prefilling, list(self.scheduler.waiting)):
+            for seq in list(group):
+                self._abort(seq.request_id)
+
+    def _drop(self, *seqs: Sequence) -> None:
+        """Take sequences out of the scheduler and the decode batch, freeing their caches."""
+        if self.runner.remove_from_batch(set(seqs)):
+            self._batch_params = None
+        for seq in seqs:
+            self.scheduler.remove(seq)
+            seq.cache = None
+
+    def _fail(self, seqs: list[Sequence], exc: BaseException) -> None:
+        logger.exception("request(s) %s failed", [s.request_id for s in seqs], exc_info=exc)
+        outputs = []
+        self._drop(*seqs)
+        for seq in seqs:
+            out = seq.finish(FinishReason.ERROR)
+            out.error = f"{type(exc).__name__}: {exc}"
+            outputs.append(out)
+        self._counters["failed"] += len(seqs)
+        self._emit(outputs)
+
+    def _step_safely(self) -> None:
+        plan = self.scheduler.schedule()
+        try:
+            outputs = self._step(plan)
+        except Exception as exc:  # a failing batch must not take the engine down
+            self._fail([s for s in plan.decode if s.status is SequenceStatus.RUNNING], exc)
+            outputs = []
+        self._counters["steps"] += 1
+        self._emit(outputs)
+        self._publish_stats()
+
+    def _step(self, plan: StepPlan) -> list[GenerationOutput]:
+        sampled: list[tuple[Sequence, int]] = []
+        if plan.decode:
+            sampled += self._decode(plan.decode)
+        finished_prefill: list[Sequence] = []
+        last_logits: list[mx.array] = []
+        for seq, n in plan.prefill:
+            try:
+                logits = self.runner.prefill(seq, n)
+            except Exception as exc:  # one bad prompt fails alone
+                self._fail([seq], exc)
+                continue
+            self._counters["prompt"] += n
+            if logits is not None:
+                finished_prefill.append(seq)
+                last_logits.append(logits)
+        if finished_prefill:
+            sampled += self._sample(finished_prefill, mx.concatenate(last_logits, axis=0), None)
+            for seq in finished_prefill:
+                self.scheduler.mark_running(seq)
+        outputs, done = [], []
+        for seq, token in sampled:
+            out = seq.append_token(token)
+            if out is not None:
+                outputs.append(out)
+            if seq.status is SequenceStatus.FINISHED:
+                done.append(seq)
+        self._counters["generated"] += len(sampled)
+        self.runner.add_to_batch([s for s in finished_prefill if s.status is not SequenceStatus.FINISHED])
+        if finished_prefill:
+            self._batch_params = None
+        self._drop(*done)
+        self._counters["finished"] += len(done)
+        return outputs
+
+    def _decode(self, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
+        assert seqs == self.runner.batch_seqs, "decode rows out of sync with the batch cache"
+        tokens = mx.array([s.last_token for s in seqs])
+        logits = self.runner.decode(tokens)
+        if self._batch_params is None:
+            self._batch_params = BatchSamplingParams.from_params([s.sampling for s in seqs])
+        return self._sample(seqs, logits, self._batch_params)
+
+    def _sample(self, seqs: list[Sequence], logits: mx.array, params: BatchSamplingParams | None):
+        if params is None:
+            params = BatchSamplingParams.from_params([s.sampling for s in seqs])
+        keys = None if params.all_greedy else mx.stack([s.rng_key for s in seqs])
+        tokens, keys = sample(logits, params, keys)
+        if keys is not None:
+            mx.eval(tokens, keys)
+            for i, seq in enumerate(seqs):
+                seq.rng_key = keys[i]
+        return list(zip(seqs, tokens.tolist()))
+
+    def _emit(self, outputs: list[GenerationOutput]) -> None:
+        if not outputs:
+            return
+        try:
+            self._on_outputs(outputs)
+        except Exception:
+            logger.exception("output callback failed")
+
+    def _publish_stats(self, state: str | None = None) -> None:
+        c = self._counters
+        sched = self.scheduler
+        self.stats = EngineStats(
+            running=len(sched.running),
+            prefilling=len(sched.prefilling),
+            waiting=len(sched.waiting),
+            requests_finished=c["finished"],
+            requests_aborted=c["aborted"],
+            requests_failed=c["failed"],
+            prompt_tokens=c["prompt"],
+            generation_tokens=c["generated"],
+            steps=c["steps"],
+            state=state or self.stats.state,
+            extra={"batch_rows": len(self.runner.batch_seqs)},
+        )

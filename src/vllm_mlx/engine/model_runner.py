@@ -1,0 +1,80 @@
+"""Runs the model: per-sequence prefill chunks and one batched decode step.
+
+Each sequence is prefilled into a cache of its own (from ``make_prompt_cache``),
+chunk by chunk. When its prompt is done, its cache is merged into the running
+decode batch (``merge`` + ``extend`` of mlx-lm's batch caches); finished rows are
+dropped with ``filter``. These are mlx-lm's public cache operations, so every
+cache type that implements them (KV, rotating, arrays/recurrent) works.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.cache import make_prompt_cache
+
+from .sequence import Sequence
+
+
+class ModelRunner:
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.batch_cache: list[Any] | None = None  # per-layer batch caches of the running rows
+        self.batch_seqs: list[Sequence] = []  # row order of batch_cache
+
+    # -- prefill ---------------------------------------------------------
+    def prefill(self, seq: Sequence, num_tokens: int) -> mx.array | None:
+        """Write the next ``num_tokens`` prompt tokens of ``seq`` into its cache.
+
+        Returns the logits (1, vocab) of the last prompt position once the whole
+        prompt is in the cache, else None. The last prompt token is always
+        processed in the final chunk so its logits give the first output token.
+        """
+        if seq.cache is None:
+            seq.cache = make_prompt_cache(self.model)
+        start = seq.num_computed
+        end = min(start + num_tokens, seq.num_prompt_tokens)
+        tokens = mx.array(seq.prompt_ids[start:end])[None]
+        logits = self.model(tokens, cache=seq.cache)
+        seq.num_computed = end
+        if end < seq.num_prompt_tokens:
+            # Materialize the chunk's keys/values so the graph does not grow across chunks.
+            mx.eval([c.state for c in seq.cache])
+            return None
+        return logits[:, -1, :]
+
+    # -- the decode batch -------------------------------------------------
+    def add_to_batch(self, seqs: list[Sequence]) -> None:
+        """Move freshly prefilled sequences (own caches) into the decode batch."""
+        if not seqs:
+            return
+        merged = [layer[0].merge(list(layer)) for layer in zip(*(s.cache for s in seqs))]
+        for s in seqs:
+            s.cache = None
+        if self.batch_cache is None:
+            self.batch_cache = merged
+        else:
+            for running, new in zip(self.batch_cache, merged):
+                running.extend(new)
+        self.batch_seqs.extend(seqs)
+
+    def remove_from_batch(self, seqs: set[Sequence]) -> bool:
+        """Drop rows from the decode batch; returns whether any row was removed."""
+        keep = [i for i, s in enumerate(self.batch_seqs) if s not in seqs]
+        if len(keep) == len(self.batch_seqs):
+            return False
+        if not keep:
+            self.batch_cache, self.batch_seqs = None, []
+            return True
+        self.batch_seqs = [self.batch_seqs[i] for i in keep]
+        indices = mx.array(keep)
+        for c in self.batch_cache:
+            c.filter(indices)
+        return True
+
+    def decode(self, tokens: mx.array) -> mx.array:
+        """One decode step for every row: tokens (B,) -> logits (B, vocab)."""
+        logits = self.model(tokens[:, None], cache=self.batch_cache)
+        return logits[:, -1, :]

@@ -1,0 +1,80 @@
+"""Decides each engine step: which rows decode, which prompts advance their prefill."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .sequence import Sequence, SequenceStatus
+
+# A step always moves prefill forward by at least this many tokens, so a full
+# decode batch cannot starve waiting prompts.
+MIN_PREFILL_TOKENS_PER_STEP = 32
+
+
+@dataclass
+class StepPlan:
+    decode: list[Sequence] = field(default_factory=list)
+    prefill: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, tokens this step)
+
+    @property
+    def empty(self) -> bool:
+        return not self.decode and not self.prefill
+
+
+class Scheduler:
+    """FIFO admission bounded by ``max_num_seqs``; chunked prefill bounded by a token budget.
+
+    ``max_num_batched_tokens`` bounds one step's work: every running row costs
+    one token, and the rest of the budget goes to prompt chunks, oldest first.
+    A long prompt is therefore prefilled over several steps while the running
+    rows keep decoding between its chunks.
+    """
+
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int):
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.prefilling: list[Sequence] = []
+        self.running: list[Sequence] = []
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.prefilling or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def find(self, request_id: str) -> Sequence | None:
+        for group in (self.running, self.prefilling, self.waiting):
+            for seq in group:
+                if seq.request_id == request_id:
+                    return seq
+        return None
+
+    def remove(self, seq: Sequence) -> None:
+        for group in (self.running, self.prefilling):
+            if seq in group:
+                group.remove(seq)
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+
+    def schedule(self) -> StepPlan:
+        plan = StepPlan(decode=list(self.running))
+        budget = max(self.max_num_batched_tokens - len(plan.decode), MIN_PREFILL_TOKENS_PER_STEP)
+        while self.waiting and len(self.running) + len(self.prefilling) < self.max_num_seqs:
+            seq = self.waiting.popleft()
+            seq.status = SequenceStatus.PREFILLING
+            self.prefilling.append(seq)
+        for seq in self.prefilling:
+            if budget <= 0:
+                break
+            n = min(budget, seq.num_remaining_prompt)
+            plan.prefill.append((seq, n))
+            budget -= n
+        return plan
+
+    def mark_running(self, seq: Sequence) -> None:
+        self.prefilling.remove(seq)
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)

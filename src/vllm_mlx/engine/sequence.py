@@ -1,0 +1,105 @@
+"""A sequence: one request's tokens, cache and streaming text state inside the engine."""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any
+
+from .request import FinishReason, GenerationOutput, GenerationRequest
+from .stop import StopStringMatcher
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"  # queued, no KV computed yet
+    PREFILLING = "prefilling"  # prompt being written into its own cache, chunk by chunk
+    RUNNING = "running"  # in the decode batch
+    FINISHED = "finished"
+
+
+class Sequence:
+    """Engine-side state of one request. Touched only by the engine thread."""
+
+    def __init__(self, request: GenerationRequest, detokenizer: Any, eos_token_ids: set[int]):
+        self.request = request
+        self.request_id = request.request_id
+        self.sampling = request.sampling
+        self.prompt_ids: list[int] = list(request.prompt_token_ids)
+        self.output_ids: list[int] = []
+        self.status = SequenceStatus.WAITING
+        self.finish_reason: FinishReason | None = None
+        # Prompt tokens whose keys/values are already in this sequence's cache.
+        self.num_computed = 0
+        # Per-layer cache of this sequence alone, used while prefilling; None once merged.
+        self.cache: list[Any] | None = None
+        self.detokenizer = detokenizer
+        self.stop_ids = set(self.sampling.stop_token_ids)
+        if not self.sampling.ignore_eos:
+            self.stop_ids |= eos_token_ids
+        self.stop_matcher = StopStringMatcher(self.sampling.stop)
+        self.emitted_chars = 0  # characters of detokenizer.text already sent
+        self.emitted_tokens = 0  # tokens already sent
+        self.arrival_time = time.monotonic()
+        self.first_token_time: float | None = None
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def num_remaining_prompt(self) -> int:
+        return len(self.prompt_ids) - self.num_computed
+
+    @property
+    def last_token(self) -> int:
+        return self.output_ids[-1]
+
+    def append_token(self, token: int) -> GenerationOutput | None:
+        """Add a sampled token; returns the delta to stream (None when nothing new to say)."""
+        if self.first_token_time is None:
+            self.first_token_time = time.monotonic()
+        self.output_ids.append(token)
+        if token in self.stop_ids:
+            return self.finish(FinishReason.STOP, include_last_token=False)
+        self.detokenizer.add_token(token)
+        text = self.detokenizer.text
+        stop_at = self.stop_matcher.find(text, self.emitted_chars)
+        if stop_at is not None:
+            return self._final_delta(text[:stop_at], FinishReason.STOP)
+        if len(self.output_ids) >= self.sampling.max_tokens:
+            return self.finish(FinishReason.LENGTH)
+        safe = self.stop_matcher.safe_length(text)
+        if safe <= self.emitted_chars:
+            return None
+        delta = self._delta(text[self.emitted_chars : safe])
+        self.emitted_chars = safe
+        return delta
+
+    def finish(self, reason: FinishReason, include_last_token: bool = True) -> GenerationOutput:
+        """Flush held-back text and produce the final delta."""
+        self.detokenizer.finalize()
+        text = self.detokenizer.text
+        if reason is not FinishReason.ABORT:
+            stop_at = self.stop_matcher.find(text, self.emitted_chars)
+            if stop_at is not None:
+                text, reason = text[:stop_at], FinishReason.STOP
+        return self._final_delta(text, reason)
+
+    def _final_delta(self, text: str, reason: FinishReason) -> GenerationOutput:
+        self.status = SequenceStatus.FINISHED
+        self.finish_reason = reason
+        delta = self._delta(text[self.emitted_chars :])
+        self.emitted_chars = max(self.emitted_chars, len(text))
+        delta.finish_reason = reason
+        return delta
+
+    def _delta(self, text: str) -> GenerationOutput:
+        new_tokens = self.output_ids[self.emitted_tokens :]
+        self.emitted_tokens = len(self.output_ids)
+        return GenerationOutput(
+            request_id=self.request_id,
+            text=text,
+            token_ids=new_tokens,
+            prompt_tokens=self.num_prompt_tokens,
+            completion_tokens=len(self.output_ids),
+        )

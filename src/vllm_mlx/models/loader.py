@@ -1,0 +1,103 @@
+"""Model loading through mlx-lm's normal path, with clear errors when a model is missing."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+logger = logging.getLogger(__name__)
+
+# Files a text model needs: weights, configs, tokenizer, chat templates, custom code.
+MODEL_FILE_PATTERNS = [
+    "*.json", "*.safetensors", "*.py", "tokenizer.model", "*.tiktoken", "tiktoken.model",
+    "*.txt", "*.jsonl", "*.jinja",
+]
+
+
+class ModelNotFoundError(RuntimeError):
+    """The model is neither a local folder nor available (offline) from the Hugging Face cache."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any  # mlx_lm TokenizerWrapper
+    config: dict
+    path: Path
+    max_model_len: int
+    backend: Any = None  # vllm_mlx.platform.BackendInfo, set by the server
+
+
+def resolve_model_path(model: str) -> Path:
+    """A local folder as is, else a Hugging Face repo id from the cache (or downloaded when online)."""
+    local = Path(model).expanduser()
+    if local.exists():
+        if not (local / "config.json").exists():
+            raise ModelNotFoundError(f"{local} exists but has no config.json; it is not a model folder")
+        return local
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelNotFoundError(f"model folder {model} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return Path(snapshot_download(model, allow_patterns=MODEL_FILE_PATTERNS, local_files_only=offline))
+    except LocalEntryNotFoundError as exc:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        raise ModelNotFoundError(
+            f"model {model!r} is not a local folder and is not in the Hugging Face cache "
+            f"({HF_HUB_CACHE}){' and HF_HUB_OFFLINE=1 forbids downloading it' if offline else ''}. "
+            f"Fetch it on a machine with network access with `hf download {model}` "
+            f"(or `huggingface-cli download {model}`) and copy the cache, or pass a local model folder."
+        ) from exc
+    except Exception as exc:  # network errors, unknown or gated repos
+        raise ModelNotFoundError(f"could not fetch model {model!r}: {exc}") from exc
+
+
+def load_model(model: str, *, compute_dtype: str = "model", trust_remote_code: bool = False) -> LoadedModel:
+    """Load weights and tokenizer with mlx-lm; must run on the engine thread (MLX streams are per thread)."""
+    from mlx_lm.utils import load_model as mlx_load_model
+    from mlx_lm.utils import load_tokenizer
+
+    path = resolve_model_path(model)
+    net, config = mlx_load_model(path, lazy=True, trust_remote_code=trust_remote_code)
+    if compute_dtype not in ("model", "auto"):
+        _cast_floating_weights(net, getattr(mx, compute_dtype))
+    mx.eval(net.parameters())
+    tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    return LoadedModel(
+        model=net, tokenizer=tokenizer, config=config, path=path, max_model_len=context_length(config)
+    )
+
+
+def _cast_floating_weights(model: nn.Module, dtype: mx.Dtype) -> None:
+    """Cast unquantized floating-point weights (quantized weights and scales keep their types)."""
+    from mlx.utils import tree_map
+
+    def cast(x):
+        if isinstance(x, mx.array) and mx.issubdtype(x.dtype, mx.floating) and x.dtype != dtype:
+            return x.astype(dtype)
+        return x
+
+    quantized = any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
+    if quantized:
+        logger.info("quantized model: keeping its weights as stored")
+        return
+    model.update(tree_map(cast, model.parameters()))
+
+
+def context_length(config: dict) -> int:
+    """The model's context window from its config (text_config for multimodal configs)."""
+    for source in (config, config.get("text_config") or {}):
+        for key in ("max_position_embeddings", "max_seq_len", "n_positions", "seq_length", "max_sequence_length"):
+            if isinstance(source.get(key), int) and source[key] > 0:
+                return source[key]
+    return 4096

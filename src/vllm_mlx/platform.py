@@ -1,0 +1,88 @@
+"""Backend detection: picks the fast paths of the machine MLX runs on.
+
+On Linux the CPU build of MLX links a slow reference BLAS. If OpenBLAS is
+installed (Debian/Ubuntu: ``apt-get install libopenblas0-pthread``), loading it
+globally *before* MLX is imported makes MLX's float32 matmuls use it (about
+25-30x faster here). This must happen before the first ``import mlx.core``,
+which is why :func:`preload_fast_blas` runs when the ``vllm_mlx`` package is
+imported. ``VLLM_MLX_BLAS`` overrides the choice: a library path, or ``off``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import sys
+from dataclasses import dataclass
+
+BLAS_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+    "/usr/lib/libopenblas.so.0",
+    "/usr/local/lib/libopenblas.so.0",
+)
+
+
+@dataclass(frozen=True)
+class BlasStatus:
+    path: str | None  # the library loaded, if any
+    reason: str  # a sentence for logs and `doctor`
+
+
+def _find_openblas() -> str | None:
+    for path in BLAS_CANDIDATES:
+        if os.path.exists(path):
+            return path
+    hits = sorted(glob.glob("/usr/lib/*/openblas*/libopenblas.so.0"))
+    return hits[0] if hits else None
+
+
+def preload_fast_blas() -> BlasStatus:
+    """Load OpenBLAS globally on Linux so MLX's CPU backend uses it. Idempotent."""
+    if not sys.platform.startswith("linux"):
+        return BlasStatus(None, "not Linux: MLX uses the platform's own BLAS")
+    choice = os.environ.get("VLLM_MLX_BLAS", "auto")
+    if choice.lower() in ("off", "0", "none", "reference"):
+        return BlasStatus(None, "disabled by VLLM_MLX_BLAS")
+    path = choice if choice != "auto" else _find_openblas()
+    if path is None:
+        return BlasStatus(
+            None,
+            "OpenBLAS not found: CPU matmuls use MLX's slow reference BLAS "
+            "(install it with `apt-get install libopenblas0-pthread`)",
+        )
+    if "mlx.core" in sys.modules:
+        return BlasStatus(None, "mlx was imported before vllm_mlx, so OpenBLAS could not take effect")
+    try:
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        return BlasStatus(None, f"could not load {path}: {exc}")
+    return BlasStatus(path, f"OpenBLAS loaded from {path}")
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    device: str  # "gpu" or "cpu"
+    metal: bool
+    cuda: bool
+    blas: BlasStatus
+    compute_dtype: str  # dtype unquantized weights are computed in
+
+    def describe(self) -> str:
+        kind = "Metal GPU" if self.metal else ("CUDA GPU" if self.cuda else "CPU")
+        return f"MLX on {kind}; weights in {self.compute_dtype}; {self.blas.reason}"
+
+
+def detect_backend(blas: BlasStatus, requested_dtype: str = "auto") -> BackendInfo:
+    import mlx.core as mx
+
+    metal = bool(mx.metal.is_available())
+    cuda = bool(getattr(mx, "cuda", None) and mx.cuda.is_available())
+    device = "gpu" if (metal or cuda) else "cpu"
+    # On the CPU backend only float32 matmuls are fast (BLAS); bf16/fp16 are emulated.
+    dtype = requested_dtype if requested_dtype != "auto" else ("float32" if device == "cpu" else "model")
+    return BackendInfo(device=device, metal=metal, cuda=cuda, blas=blas, compute_dtype=dtype)
