@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import mlx.core as mx
@@ -39,6 +39,7 @@ class EngineStats:
     """A snapshot, replaced (never mutated) by the engine thread after each step."""
 
     running: int = 0
+    batch_rows: int = 0  # rows held in the decode batch cache
     prefilling: int = 0
     waiting: int = 0
     requests_finished: int = 0
@@ -48,7 +49,6 @@ class EngineStats:
     generation_tokens: int = 0
     steps: int = 0
     state: str = "starting"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class LLMEngine:
@@ -257,5 +257,5 @@ class LLMEngine:
             generation_tokens=c["generated"],
             steps=c["steps"],
             state=state or self.stats.state,
-            extra={"batch_rows": len(self.runner.batch_seqs)},
+            batch_rows=len(self.runner.batch_seqs),
         )

@@ -1,0 +1,128 @@
+"""Shared fixtures: tiny model folders built locally, and real server processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import vllm_mlx  # noqa: E402  (loads OpenBLAS before mlx is imported anywhere)
+
+VLLM_MLX = str(Path(sys.executable).with_name("vllm-mlx"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`vllm-mlx serve ...` started as a real process on a free port."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict | None = None):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [VLLM_MLX, "serve", *args, "--port", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def wait_ready(self, timeout: float = 180.0) -> "ServerProcess":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.base_url}/health", timeout=5).json()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(models_dir) -> Path:
+    from vllm_mlx.testing import build_tiny_model
+
+    return build_tiny_model(models_dir / "tiny-qwen3", "qwen3")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(models_dir) -> Path:
+    from vllm_mlx.testing import build_tiny_model
+
+    return build_tiny_model(models_dir / "tiny-llama", "llama")
+
+
+SCRIPTED_RULES = [
+    {"if_contains": "weather", "reply": "It is sunny in Paris, 22 °C. Have a nice day!"},
+    {"if_contains": "think", "reply": "<think>\nThe user wants a plan.\n</think>\n\nStep one: relax."},
+]
+SCRIPTED_DEFAULT = "Hello from the scripted model. The answer is 42."
+
+
+@pytest.fixture(scope="session")
+def scripted_qwen3(models_dir) -> Path:
+    from vllm_mlx.testing import build_scripted_model
+
+    return build_scripted_model(models_dir / "scripted-qwen3", SCRIPTED_RULES, SCRIPTED_DEFAULT, "qwen3")
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory):
+    servers: list[ServerProcess] = []
+
+    def start(*args: str, env: dict | None = None, wait: bool = True) -> ServerProcess:
+        log = tmp_path_factory.mktemp("server") / "server.log"
+        server = ServerProcess([str(a) for a in args], log, env)
+        servers.append(server)
+        return server.wait_ready() if wait else server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def qwen3_server(start_server, tiny_qwen3) -> ServerProcess:
+    return start_server(tiny_qwen3, "--served-model-name", "tiny-qwen3", "alias-q", "--max-num-seqs", "16")
+
+
+@pytest.fixture(scope="session")
+def scripted_server(start_server, scripted_qwen3) -> ServerProcess:
+    return start_server(scripted_qwen3, "--trust-remote-code", "--served-model-name", "scripted")
