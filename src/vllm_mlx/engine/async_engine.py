@@ -43,6 +43,9 @@ class AsyncEngine:
             self.engine.add_request(request)
             while not finished:
                 out = await queue.get()
+                # A consumer that fell behind gets the queued deltas as one.
+                while not out.finished and not queue.empty():
+                    out = out.merged_with(queue.get_nowait())
                 finished = out.finished
                 yield out
         finally:

@@ -111,6 +111,9 @@ class LLMEngine:
             if self.scheduler.has_work:
                 self._step_safely()
         self._abort_all()
+        self.runner = ModelRunner(self.loaded.model)  # release the batch arrays
+        mx.synchronize()  # no MLX work may still be in flight when the thread ends
+        mx.clear_streams()
         self._publish_stats("stopped")
 
     def _drain_commands(self, block: bool) -> bool:
@@ -175,19 +178,49 @@ class LLMEngine:
         try:
             outputs = self._step(plan)
         except Exception as exc:  # a failing batch must not take the engine down
-            self._fail([s for s in plan.decode if s.status is SequenceStatus.RUNNING], exc)
+            self._fail(list(self.runner.batch_seqs), exc)
             outputs = []
         self._counters["steps"] += 1
         self._emit(outputs)
         self._publish_stats()
 
     def _step(self, plan: StepPlan) -> list[GenerationOutput]:
-        sampled: list[tuple[Sequence, int]] = []
-        if plan.decode:
-            sampled += self._decode(plan.decode)
-        finished_prefill: list[Sequence] = []
-        last_logits: list[mx.array] = []
-        for seq, n in plan.prefill:
+        """Launch decode step t+1, run prefill chunks, then read back and apply step t."""
+        runner = self.runner
+        previous = (list(runner.batch_seqs), runner.pending_tokens)
+        if runner.batch_seqs:
+            if self._batch_params is None:
+                self._batch_params = BatchSamplingParams.from_params([s.sampling for s in runner.batch_seqs])
+            tokens, keys = sample(runner.decode(), self._batch_params, runner.pending_keys)
+            mx.async_eval(tokens, keys)
+            runner.pending_tokens, runner.pending_keys = tokens, keys
+        prefilled, last_logits = self._prefill(plan.prefill)
+        outputs, done = [], []
+        if previous[0]:
+            for seq, token in zip(previous[0], previous[1].tolist()):
+                out = seq.append_token(token)
+                if out is not None:
+                    outputs.append(out)
+                if seq.status is SequenceStatus.FINISHED:
+                    done.append(seq)
+            self._counters["generated"] += len(previous[0])
+        self._drop(*done)
+        self._counters["finished"] += len(done)
+        if prefilled:
+            params = BatchSamplingParams.from_params([s.sampling for s in prefilled])
+            keys = mx.stack([s.rng_key for s in prefilled])
+            first, keys = sample(mx.concatenate(last_logits, axis=0), params, keys)
+            mx.async_eval(first, keys)
+            for seq in prefilled:
+                self.scheduler.mark_running(seq)
+            runner.add_to_batch(prefilled, first, keys)
+            self._batch_params = None
+        return outputs
+
+    def _prefill(self, chunks: list[tuple[Sequence, int]]) -> tuple[list[Sequence], list[mx.array]]:
+        """Advance prompt chunks; returns the sequences whose prompt is done, with their last logits."""
+        done, logits_list = [], []
+        for seq, n in chunks:
             try:
                 logits = self.runner.prefill(seq, n)
             except Exception as exc:  # one bad prompt fails alone
@@ -195,45 +228,9 @@ class LLMEngine:
                 continue
             self._counters["prompt"] += n
             if logits is not None:
-                finished_prefill.append(seq)
-                last_logits.append(logits)
-        if finished_prefill:
-            sampled += self._sample(finished_prefill, mx.concatenate(last_logits, axis=0), None)
-            for seq in finished_prefill:
-                self.scheduler.mark_running(seq)
-        outputs, done = [], []
-        for seq, token in sampled:
-            out = seq.append_token(token)
-            if out is not None:
-                outputs.append(out)
-            if seq.status is SequenceStatus.FINISHED:
                 done.append(seq)
-        self._counters["generated"] += len(sampled)
-        self.runner.add_to_batch([s for s in finished_prefill if s.status is not SequenceStatus.FINISHED])
-        if finished_prefill:
-            self._batch_params = None
-        self._drop(*done)
-        self._counters["finished"] += len(done)
-        return outputs
-
-    def _decode(self, seqs: list[Sequence]) -> list[tuple[Sequence, int]]:
-        assert seqs == self.runner.batch_seqs, "decode rows out of sync with the batch cache"
-        tokens = mx.array([s.last_token for s in seqs])
-        logits = self.runner.decode(tokens)
-        if self._batch_params is None:
-            self._batch_params = BatchSamplingParams.from_params([s.sampling for s in seqs])
-        return self._sample(seqs, logits, self._batch_params)
-
-    def _sample(self, seqs: list[Sequence], logits: mx.array, params: BatchSamplingParams | None):
-        if params is None:
-            params = BatchSamplingParams.from_params([s.sampling for s in seqs])
-        keys = None if params.all_greedy else mx.stack([s.rng_key for s in seqs])
-        tokens, keys = sample(logits, params, keys)
-        if keys is not None:
-            mx.eval(tokens, keys)
-            for i, seq in enumerate(seqs):
-                seq.rng_key = keys[i]
-        return list(zip(seqs, tokens.tolist()))
+                logits_list.append(logits)
+        return done, logits_list
 
     def _emit(self, outputs: list[GenerationOutput]) -> None:
         if not outputs:

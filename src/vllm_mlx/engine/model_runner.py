@@ -5,6 +5,12 @@ chunk by chunk. When its prompt is done, its cache is merged into the running
 decode batch (``merge`` + ``extend`` of mlx-lm's batch caches); finished rows are
 dropped with ``filter``. These are mlx-lm's public cache operations, so every
 cache type that implements them (KV, rotating, arrays/recurrent) works.
+
+Decoding is pipelined: every row has a *pending* token (sampled, possibly not
+yet computed) and PRNG key, kept as arrays aligned with the batch rows. A step
+feeds the pending tokens to the model and replaces them with the next sample
+before the previous ones are read back, so the Python work on step t overlaps
+the computation of step t+1.
 """
 
 from __future__ import annotations
@@ -23,14 +29,15 @@ class ModelRunner:
         self.model = model
         self.batch_cache: list[Any] | None = None  # per-layer batch caches of the running rows
         self.batch_seqs: list[Sequence] = []  # row order of batch_cache
+        self.pending_tokens: mx.array | None = None  # (B,) next input token of each row
+        self.pending_keys: mx.array | None = None  # (B, 2) PRNG key of each row
 
     # -- prefill ---------------------------------------------------------
     def prefill(self, seq: Sequence, num_tokens: int) -> mx.array | None:
         """Write the next ``num_tokens`` prompt tokens of ``seq`` into its cache.
 
         Returns the logits (1, vocab) of the last prompt position once the whole
-        prompt is in the cache, else None. The last prompt token is always
-        processed in the final chunk so its logits give the first output token.
+        prompt is in the cache, else None.
         """
         if seq.cache is None:
             seq.cache = make_prompt_cache(self.model)
@@ -46,7 +53,7 @@ class ModelRunner:
         return logits[:, -1, :]
 
     # -- the decode batch -------------------------------------------------
-    def add_to_batch(self, seqs: list[Sequence]) -> None:
+    def add_to_batch(self, seqs: list[Sequence], first_tokens: mx.array, keys: mx.array) -> None:
         """Move freshly prefilled sequences (own caches) into the decode batch."""
         if not seqs:
             return
@@ -54,10 +61,12 @@ class ModelRunner:
         for s in seqs:
             s.cache = None
         if self.batch_cache is None:
-            self.batch_cache = merged
+            self.batch_cache, self.pending_tokens, self.pending_keys = merged, first_tokens, keys
         else:
             for running, new in zip(self.batch_cache, merged):
                 running.extend(new)
+            self.pending_tokens = mx.concatenate([self.pending_tokens, first_tokens])
+            self.pending_keys = mx.concatenate([self.pending_keys, keys])
         self.batch_seqs.extend(seqs)
 
     def remove_from_batch(self, seqs: set[Sequence]) -> bool:
@@ -67,14 +76,17 @@ class ModelRunner:
             return False
         if not keep:
             self.batch_cache, self.batch_seqs = None, []
+            self.pending_tokens = self.pending_keys = None
             return True
         self.batch_seqs = [self.batch_seqs[i] for i in keep]
         indices = mx.array(keep)
         for c in self.batch_cache:
             c.filter(indices)
+        self.pending_tokens = self.pending_tokens[indices]
+        self.pending_keys = self.pending_keys[indices]
         return True
 
-    def decode(self, tokens: mx.array) -> mx.array:
-        """One decode step for every row: tokens (B,) -> logits (B, vocab)."""
-        logits = self.model(tokens[:, None], cache=self.batch_cache)
+    def decode(self) -> mx.array:
+        """One decode step for every row from its pending token -> logits (B, vocab)."""
+        logits = self.model(self.pending_tokens[:, None], cache=self.batch_cache)
         return logits[:, -1, :]

@@ -74,3 +74,15 @@ class GenerationOutput:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    def merged_with(self, later: "GenerationOutput") -> "GenerationOutput":
+        """This delta followed by a later one of the same request, as one delta."""
+        return GenerationOutput(
+            request_id=self.request_id,
+            text=self.text + later.text,
+            token_ids=self.token_ids + later.token_ids,
+            finish_reason=later.finish_reason,
+            prompt_tokens=later.prompt_tokens,
+            completion_tokens=later.completion_tokens,
+            error=later.error,
+        )

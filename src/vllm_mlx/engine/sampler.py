@@ -22,7 +22,6 @@ def make_rng_key(seed: int | None) -> mx.array:
     return mx.random.key(seed if seed is not None else secrets.randbits(63))
 
 
-@mx.compile
 def _split_keys(keys: mx.array) -> tuple[mx.array, mx.array]:
     pairs = mx.vmap(mx.random.split)(keys)  # (B, 2, 2)
     return pairs[:, 0], pairs[:, 1]
@@ -81,13 +80,11 @@ def _filter_logits(logits: mx.array, params: BatchSamplingParams) -> mx.array:
     return logits
 
 
-def sample(
-    logits: mx.array, params: BatchSamplingParams, keys: mx.array | None
-) -> tuple[mx.array, mx.array | None]:
-    """Sample one token per row. Returns (tokens (B,), new keys or None)."""
+def sample(logits: mx.array, params: BatchSamplingParams, keys: mx.array) -> tuple[mx.array, mx.array]:
+    """Sample one token per row with per-row keys (B, 2). Returns (tokens (B,), the rows' next keys)."""
     logits = logits.astype(mx.float32)
     argmax = mx.argmax(logits, axis=-1)
-    if params.all_greedy or keys is None:
+    if params.all_greedy:
         return argmax, keys
     keys, subkeys = _split_keys(keys)
     scaled = _filter_logits(logits / params.temperature, params)

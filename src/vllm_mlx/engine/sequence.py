@@ -32,6 +32,7 @@ class Sequence:
         self.num_computed = 0
         # Per-layer cache of this sequence alone, used while prefilling; None once merged.
         self.cache: list[Any] | None = None
+        self.rng_key: Any = None  # mx.array PRNG key, set when the engine admits the sequence
         self.detokenizer = detokenizer
         self.stop_ids = set(self.sampling.stop_token_ids)
         if not self.sampling.ignore_eos:

@@ -1,0 +1,155 @@
+"""Decode throughput: the server at concurrency 1/4/16 vs a bare mlx-lm forward loop (the ceiling).
+
+    .venv/bin/python benchmarks/bench_engine.py [--model DIR] [--tokens 128] [--repeats 3]
+
+Each setting is measured after a warm-up run, ``--repeats`` times; the median
+is reported with the min-max range. The bare loop is mlx-lm's model called on a
+batch of B rows with a KV cache and greedy argmax (pipelined with async_eval,
+as mlx_lm.generate does): no server, no scheduling, no detokenizing. The
+server figures are aggregate completion tokens per second of wall time seen by
+B concurrent streaming clients, and the per-stream decode rate after the first
+token. Both use the same model folder and dtype. Runs once with OpenBLAS and
+once with MLX's reference BLAS (VLLM_MLX_BLAS=off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def bare_loop(model_dir: str, batch: int, tokens: int, repeats: int, prompt_len: int) -> list[float]:
+    import vllm_mlx  # noqa: F401  (OpenBLAS first)
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from vllm_mlx.models.loader import load_model
+
+    model = load_model(model_dir, compute_dtype="float32").model
+    prompt = mx.random.randint(10, 1000, (batch, prompt_len))
+
+    def run() -> float:
+        cache = make_prompt_cache(model)
+        y = mx.argmax(model(prompt, cache=cache)[:, -1], axis=-1)
+        mx.eval(y)
+        start = time.perf_counter()
+        for _ in range(tokens):
+            nxt = mx.argmax(model(y[:, None], cache=cache)[:, -1], axis=-1)
+            mx.async_eval(nxt)
+            y = nxt
+        mx.eval(y)
+        return batch * tokens / (time.perf_counter() - start)
+
+    run()  # warm-up
+    return [run() for _ in range(repeats)]
+
+
+async def _one_stream(client, tokens: int, prompt: str) -> tuple[int, float, float, float]:
+    start = time.perf_counter()
+    first = last = None
+    count = 0
+    stream = await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": prompt}], max_tokens=tokens, temperature=0,
+        stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )
+    async for chunk in stream:
+        now = time.perf_counter()
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or now
+            last = now
+        if chunk.usage:
+            count = chunk.usage.completion_tokens
+    return count, start, first, last
+
+
+def server_runs(base_url: str, concurrency: int, tokens: int, repeats: int) -> tuple[list[float], list[float]]:
+    import openai
+
+    async def run() -> tuple[float, float]:
+        client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0)
+        t0 = time.perf_counter()
+        results = await asyncio.gather(
+            *(_one_stream(client, tokens, f"Benchmark prompt number {i}: tell a story.") for i in range(concurrency))
+        )
+        wall = time.perf_counter() - t0
+        total = sum(r[0] for r in results)
+        per_stream = statistics.median((r[0] - 1) / (r[3] - r[2]) for r in results)
+        await client.close()
+        return total / wall, per_stream
+
+    asyncio.run(run())  # warm-up
+    got = [asyncio.run(run()) for _ in range(repeats)]
+    return [g[0] for g in got], [g[1] for g in got]
+
+
+def fmt(values: list[float]) -> str:
+    return f"{statistics.median(values):8.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def measure(args, blas: str) -> dict:
+    env = {**os.environ, "VLLM_MLX_BLAS": blas, "HF_HUB_OFFLINE": "1"}
+    results: dict = {"blas": blas, "bare": {}, "server": {}, "server_per_stream": {}}
+    for b in args.concurrency:
+        out = subprocess.run(
+            [sys.executable, __file__, "--bare-only", "--model", args.model, "--batch", str(b),
+             "--tokens", str(args.tokens), "--repeats", str(args.repeats)],
+            env=env, capture_output=True, text=True, check=True,
+        )
+        results["bare"][b] = json.loads(out.stdout.strip().splitlines()[-1])
+    from conftest import ServerProcess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess([args.model, "--max-num-seqs", str(max(args.concurrency))], Path(tmp) / "log", env)
+        try:
+            server.wait_ready()
+            for c in args.concurrency:
+                agg, per = server_runs(server.base_url, c, args.tokens, args.repeats)
+                results["server"][c], results["server_per_stream"][c] = agg, per
+        finally:
+            server.stop()
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default=None, help="model folder (default: the demo model)")
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--blas", nargs="+", default=["auto", "off"])
+    p.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--prompt-len", type=int, default=24)
+    args = p.parse_args()
+    if args.bare_only:
+        print(json.dumps(bare_loop(args.model, args.batch, args.tokens, args.repeats, args.prompt_len)))
+        return
+    if args.model is None:
+        from vllm_mlx.testing.demo import ensure_demo_model
+
+        args.model = str(ensure_demo_model())
+    print(f"model: {args.model}; {args.tokens} tokens per stream; median (min-max) of {args.repeats} runs after warm-up")
+    for blas in args.blas:
+        r = measure(args, blas)
+        print(f"\nBLAS={blas}")
+        print("| concurrency | bare mlx-lm loop tok/s | server aggregate tok/s | server/bare | per-stream decode tok/s |")
+        print("|---|---|---|---|---|")
+        for c in args.concurrency:
+            bare, srv = r["bare"][c], r["server"][c]
+            ratio = statistics.median(srv) / statistics.median(bare)
+            print(f"| {c} | {fmt(bare)} | {fmt(srv)} | {ratio:.2f} | {fmt(r['server_per_stream'][c])} |")
+
+
+if __name__ == "__main__":
+    main()
