@@ -1,0 +1,305 @@
+"""A "model" whose forward pass follows a script, for exact-output tests.
+
+The model puts all probability on one token per position, so text generated
+through the real engine, sampler (any temperature / top-p / top-k),
+detokenizer and API is exactly the scripted reply followed by EOS.
+
+How it works
+------------
+* The model has one layer, ``make_cache()`` returns ``[KVCache()]``, and the
+  token history lives in that cache: each call writes ``token_id + 1`` (as
+  float32, shape ``(B, 1, L, 1)``) as both keys and values with
+  ``cache[0].update_and_fetch`` and reads back the whole history
+  ``(B, 1, T, 1)``.  So batching (left padding, ``filter``, ``extend``,
+  ``merge``, ``trim``) and prefix caches that copy KV blocks keep working the
+  way they do for a real model.  Zeros (padding written by ``extend`` /
+  ``merge``) and positions before a ``BatchKVCache``'s ``left_padding`` are
+  not part of a row's history.
+* For each row, the last occurrence of the family's assistant-turn marker
+  (qwen3: ``<|im_start|>assistant``; llama: ``<|start_header_id|>assistant
+  <|end_header_id|>``) splits the history into a *context* (before it) and
+  the assistant's tokens so far ``s`` (after it).
+* The context, decoded to text with a byte table stored in ``config.json``
+  (no tokenizer is needed at run time), picks the reply: the first rule that
+  matches (``select_reply``), else the default reply.
+* ``next_token``: the largest ``j`` with ``s`` ending in ``reply[:j]`` gives
+  the next token ``reply[j]``, or EOS when the whole reply is there.
+* Without any marker (raw completion prompts) the whole history is both the
+  context and ``s``; each reply is tried in rule order with the context
+  taken as the history minus that reply's already-generated prefix.
+* Logits are ``-1e9`` everywhere but ``0.0`` on the forced token.  Only
+  positions after the marker are scripted; earlier prompt positions predict
+  EOS (their logits are never sampled).
+
+The KV cache must keep float32 (token ids are stored as exact floats).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx_lm.models.base import BaseModelArgs
+from mlx_lm.models.cache import KVCache
+
+MODEL_TYPE = "vllm_mlx_scripted"
+MODEL_FILE = "scripted_model.py"
+MODEL_FILE_SOURCE = (
+    '"""Scripted test model; the implementation lives in vllm_mlx.testing."""\n'
+    "from vllm_mlx.testing.scripted_model import Model, ModelArgs  # noqa: F401\n"
+)
+NEG = -1e9
+
+
+@dataclass
+class ModelArgs(BaseModelArgs):
+    model_type: str = MODEL_TYPE
+    vocab_size: int = 2048
+    eos_token_id: Any = 0
+    assistant_marker: list = field(default_factory=list)
+    token_bytes: list = field(default_factory=list)
+    rules: list = field(default_factory=list)
+    default_reply: str = ""
+    default_reply_ids: list = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# The script: small pure functions, easy to extend with new rule kinds.
+
+# Rule kinds: name -> predicate(argument, context_text).  A rule is a dict
+# with one of these keys plus "reply"/"reply_ids".
+RULE_KINDS: dict[str, Callable[[Any, str], bool]] = {
+    "if_contains": lambda needle, context: needle in context,
+}
+
+
+def rule_matches(rule: dict, context: str) -> bool:
+    """Whether ``rule`` applies to the decoded ``context``."""
+    for kind, predicate in RULE_KINDS.items():
+        if kind in rule:
+            return predicate(rule[kind], context)
+    raise ValueError(f"rule has no known kind ({sorted(RULE_KINDS)}): {rule!r}")
+
+
+def select_reply(context: str, rules: Sequence[dict], default_reply_ids: list[int]) -> list[int]:
+    """The reply token ids for a conversation whose text is ``context``."""
+    for rule in rules:
+        if rule_matches(rule, context):
+            return rule["reply_ids"]
+    return default_reply_ids
+
+
+def reply_progress(s: Sequence[int], reply: Sequence[int]) -> int:
+    """Largest ``j`` such that ``s`` ends with ``reply[:j]`` (0 always fits)."""
+    s, reply = tuple(s), tuple(reply)
+    for j in range(min(len(s), len(reply)), 0, -1):
+        if s[len(s) - j :] == reply[:j]:
+            return j
+    return 0
+
+
+def next_token(s: Sequence[int], reply: Sequence[int], eos: int) -> int:
+    """The token that continues ``s`` along ``reply`` (EOS once complete)."""
+    j = reply_progress(s, reply)
+    return reply[j] if j < len(reply) else eos
+
+
+def find_last(tokens: Sequence[int], marker: Sequence[int]) -> int:
+    """Index just past the last occurrence of ``marker`` in ``tokens``, or -1."""
+    n = len(marker)
+    if n == 0:
+        return -1
+    first = marker[0]
+    for i in range(len(tokens) - n, -1, -1):
+        if tokens[i] == first and list(tokens[i : i + n]) == list(marker):
+            return i + n
+    return -1
+
+
+class Script:
+    """The scripted behaviour, independent of mlx (plain lists of ints)."""
+
+    def __init__(self, args: ModelArgs):
+        eos = args.eos_token_id
+        self.eos = int(eos[0] if isinstance(eos, (list, tuple)) else eos)
+        self.marker = [int(t) for t in args.assistant_marker]
+        self.token_bytes = [bytes.fromhex(h) for h in args.token_bytes]
+        self.rules = list(args.rules)
+        self.default_reply_ids = [int(t) for t in args.default_reply_ids]
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        table = self.token_bytes
+        return b"".join(table[t] for t in tokens if 0 <= t < len(table)).decode(
+            "utf-8", errors="replace"
+        )
+
+    def predict(self, history: Sequence[int]) -> int:
+        """Next token after ``history`` (the row's real tokens)."""
+        cut = find_last(history, self.marker)
+        if cut >= 0:
+            reply = select_reply(self.decode(history[: cut - len(self.marker)]), self.rules, self.default_reply_ids)
+            return next_token(history[cut:], reply, self.eos)
+        # No assistant turn: the prompt is a raw completion prompt.
+        for rule in [*self.rules, None]:
+            reply = self.default_reply_ids if rule is None else rule["reply_ids"]
+            j = reply_progress(history, reply)
+            context = self.decode(history[: len(history) - j])
+            if rule is None or rule_matches(rule, context):
+                return reply[j] if j < len(reply) else self.eos
+        raise AssertionError("unreachable")
+
+    def predict_positions(self, history: list[int], n_last: int) -> list[int]:
+        """Next tokens for the last ``n_last`` positions of ``history``.
+
+        Positions after the last marker are scripted; earlier ones get EOS.
+        """
+        cut = find_last(history, self.marker)
+        out = []
+        for p in range(len(history) - n_last, len(history)):
+            if p < 0:
+                out.append(self.eos)
+            elif p == len(history) - 1 or (cut >= 0 and p + 1 >= cut):
+                out.append(self.predict(history[: p + 1]))
+            else:
+                out.append(self.eos)
+        return out
+
+
+# ---------------------------------------------------------------------------
+# The mlx-lm model.
+
+
+class _Layer(nn.Module):
+    """Placeholder so ``len(model.layers) == 1`` (one KV cache)."""
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.vocab_size = args.vocab_size
+        self.layers = [_Layer()]
+        self.dummy = mx.zeros((1,), dtype=mx.float32)
+        self._script = Script(args)
+
+    def make_cache(self) -> list:
+        return [KVCache()]
+
+    def __call__(self, inputs: mx.array, cache=None, input_embeddings=None, **kwargs) -> mx.array:
+        B, L = inputs.shape
+        kv = (inputs.astype(mx.float32) + 1.0).reshape(B, 1, L, 1)
+        c = cache[0] if cache else None
+        if c is not None:
+            keys, _ = c.update_and_fetch(kv, kv)
+            left_padding = getattr(c, "left_padding", None)
+        else:
+            keys, left_padding = kv, None
+        hist = np.array(keys.astype(mx.float32)).reshape(B, -1)
+        T = hist.shape[1]
+        if left_padding is None:
+            pads = np.zeros(B, dtype=np.int64)
+        else:
+            pads = np.array(left_padding).reshape(-1).astype(np.int64)
+            if pads.shape[0] != B:
+                pads = np.broadcast_to(pads, (B,))
+
+        eos = self._script.eos
+        forced = np.full((B, L), eos, dtype=np.int32)  # padding positions: EOS
+        pos = np.arange(T)
+        for b in range(B):
+            row = hist[b]
+            keep = (pos >= max(int(pads[b]), 0)) & (row != 0)
+            real = [int(x) - 1 for x in row[keep]]
+            chunk_cols = np.nonzero(keep[T - L :])[0]  # this call's real positions
+            if len(chunk_cols):
+                forced[b, chunk_cols] = self._script.predict_positions(real, len(chunk_cols))
+        hit = mx.arange(self.vocab_size)[None, None, :] == mx.array(forced)[..., None]
+        return mx.where(hit, mx.array(0.0, mx.float32), mx.array(NEG, mx.float32))
+
+
+# ---------------------------------------------------------------------------
+# Build-time helpers (used by ``builders.build_scripted_model``).
+
+
+def _byte_level_table() -> dict[str, int]:
+    """Map of the byte-level BPE alphabet characters back to byte values."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    mapping = {chr(b): b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            mapping[chr(256 + extra)] = b
+            extra += 1
+    return mapping
+
+
+def token_byte_table(tokenizer) -> list[str]:
+    """Hex-encoded bytes of every token id of a byte-level BPE tokenizer."""
+    table = _byte_level_table()
+    added = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+    out = []
+    for i in range(tokenizer.get_vocab_size()):
+        piece = tokenizer.id_to_token(i)
+        if piece is None:
+            out.append("")
+        elif piece in added:
+            out.append(piece.encode("utf-8").hex())
+        else:
+            out.append(bytes(table[ch] for ch in piece).hex())
+    return out
+
+
+def _encode_exact(tokenizer, text: str, what: str) -> list[int]:
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    back = tokenizer.decode(ids, skip_special_tokens=False)
+    if back != text:
+        raise ValueError(f"{what} does not round-trip through the tokenizer: {text!r} -> {back!r}")
+    return ids
+
+
+def scripted_config(
+    *,
+    tokenizer,
+    rules: list[dict],
+    default_reply: str,
+    assistant_marker: str,
+    eos_token_id: list[int],
+    bos_token_id: int,
+    vocab_size: int,
+) -> dict:
+    """The ``config.json`` of a scripted model (replies pre-tokenized)."""
+    stored_rules = []
+    for i, rule in enumerate(rules):
+        if "reply" not in rule:
+            raise ValueError(f"rule {i} has no 'reply': {rule!r}")
+        rule_matches(rule, "")  # validates the kind
+        stored = dict(rule)
+        stored["reply_ids"] = _encode_exact(tokenizer, rule["reply"], f"rule {i} reply")
+        stored_rules.append(stored)
+    return {
+        "architectures": ["VllmMlxScriptedForCausalLM"],
+        "model_type": MODEL_TYPE,
+        "model_file": MODEL_FILE,
+        "vocab_size": vocab_size,
+        "eos_token_id": eos_token_id,
+        "bos_token_id": bos_token_id,
+        "torch_dtype": "float32",
+        "assistant_marker": tokenizer.encode(assistant_marker, add_special_tokens=False).ids,
+        "rules": stored_rules,
+        "default_reply": default_reply,
+        "default_reply_ids": _encode_exact(tokenizer, default_reply, "default_reply"),
+        "token_bytes": token_byte_table(tokenizer),
+    }
+
+
+def dummy_weights() -> dict:
+    """The model's single (unused) parameter, for ``model.safetensors``."""
+    return {"dummy": mx.zeros((1,), dtype=mx.float32)}

@@ -1,0 +1,412 @@
+"""Deterministic byte-level BPE tokenizers for tiny test models.
+
+The tokenizers are trained at run time on a corpus generated in code (no
+downloads), so the test suite and the demo model never need a model hub.
+The layout follows the GPT-2 / Qwen / Llama 3 family: a ``ByteLevel``
+pre-tokenizer and a ``ByteLevel`` decoder, which makes mlx-lm pick its BPE
+streaming detokenizer, and which round-trips any text (every byte is in the
+initial alphabet).
+
+Training is deterministic: the corpus comes from a seeded ``random.Random``
+and the BPE trainer breaks ties by pair order, so the same ``family`` and
+``vocab_size`` always give the same vocabulary and merges.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+# Special tokens per family: (content, special).  Qwen marks its think /
+# tool-call tags as added-but-not-special tokens, so ``skip_special_tokens``
+# keeps them; the chat-control tokens are special.
+FAMILY_TOKENS: dict[str, list[tuple[str, bool]]] = {
+    "qwen3": [
+        ("<|endoftext|>", True),
+        ("<|im_start|>", True),
+        ("<|im_end|>", True),
+        ("<think>", False),
+        ("</think>", False),
+        ("<tool_call>", False),
+        ("</tool_call>", False),
+        ("<tool_response>", False),
+        ("</tool_response>", False),
+    ],
+    "llama": [
+        ("<|begin_of_text|>", True),
+        ("<|end_of_text|>", True),
+        ("<|start_header_id|>", True),
+        ("<|end_header_id|>", True),
+        ("<|eot_id|>", True),
+        ("<|python_tag|>", True),
+        ("<|eom_id|>", True),
+    ],
+}
+
+_NOUNS = """
+time year people way day man woman child world life hand part place case week
+company system program question work government number night point home water
+room mother area money story fact month lot right study book eye job word
+business issue side kind head house service friend father power hour game line
+end member law car city community name president team minute idea kid body
+information back parent face others level office door health person art war
+history party result change morning reason research girl guy moment air teacher
+force education foot boy age policy music market sense nation plan college
+interest death experience effect class control care field development role
+effort rate heart drug show leader light voice wife police mind price report
+decision son view relationship town road arm difference value building action
+model season society tax director position player record paper space ground
+form event official matter center couple site project activity star table need
+court oil situation cost industry figure street image phone data picture
+practice piece land product doctor wall patient worker news test movie north
+love support technology step baby computer type attention film tree source
+organization hair window evidence population site blood sea weather garden
+river mountain forest island ocean bridge train station airport coffee tea
+bread apple orange cat dog bird fish horse flower rain snow sun moon sky cloud
+file folder server client request response error message user token model
+function value list string number object array key query result network cache
+memory thread process engine batch request stream server answer problem
+language sentence letter page chapter window screen keyboard button menu
+""".split()
+
+_VERBS = """
+be have do say go get make know think take see come want look use find give
+tell work call try ask need feel become leave put mean keep let begin seem help
+talk turn start show hear play run move like live believe hold bring happen
+write provide sit stand lose pay meet include continue set learn change lead
+understand watch follow stop create speak read allow add spend grow open walk
+win offer remember love consider appear buy wait serve die send expect build
+stay fall cut reach kill remain suggest raise pass sell require report decide
+pull return explain hope develop carry break receive agree support hit produce
+eat cover catch draw choose cause point listen plan compute parse load save
+print check update delete test fix answer visit cook paint travel
+""".split()
+
+_ADJECTIVES = """
+good new first last long great little own other old right big high different
+small large next early young important few public bad same able simple clear
+happy quick slow bright dark warm cold hot cool quiet loud soft hard easy
+strong weak green blue red yellow white black free full special sure real
+best better whole human local late hard major general certain personal open
+short true false empty possible final main recent private current natural
+significant similar hot dead central happy serious ready left physical
+fast tiny huge fresh clean rich poor deep wide heavy light gentle kind brave
+calm curious careful friendly useful beautiful strange ancient modern
+""".split()
+
+_ADVERBS = """
+also very often however too usually really early never always sometimes
+together likely simply generally instead actually again rather almost
+especially ever quickly probably already soon slowly quietly finally
+today here there now then still just only even well
+""".split()
+
+_PREPOSITIONS = """
+in on at by for with about against between into through during before after
+above below to from up down over under near across behind beyond around
+""".split()
+
+_SUBJECTS = """
+I you we they he she it people everyone nobody someone the_team my_friend
+our_teacher the_user the_model this_system
+""".split()
+
+_IRREGULAR_PAST = {
+    "be": "was", "have": "had", "do": "did", "say": "said", "go": "went",
+    "get": "got", "make": "made", "know": "knew", "think": "thought",
+    "take": "took", "see": "saw", "come": "came", "give": "gave",
+    "tell": "told", "find": "found", "feel": "felt", "become": "became",
+    "leave": "left", "put": "put", "mean": "meant", "keep": "kept",
+    "let": "let", "begin": "began", "hear": "heard", "run": "ran",
+    "hold": "held", "bring": "brought", "write": "wrote", "sit": "sat",
+    "stand": "stood", "lose": "lost", "pay": "paid", "meet": "met",
+    "set": "set", "lead": "led", "understand": "understood", "speak": "spoke",
+    "read": "read", "spend": "spent", "grow": "grew", "win": "won",
+    "buy": "bought", "send": "sent", "build": "built", "fall": "fell",
+    "cut": "cut", "sell": "sold", "break": "broke", "hit": "hit",
+    "eat": "ate", "catch": "caught", "draw": "drew", "choose": "chose",
+    "die": "died",
+}
+
+_UNICODE_WORDS = """
+héllo café naïve résumé façade über straße crème brûlée piñata jalapeño
+日本 日本語 東京 こんにちは ありがとう 你好 世界 中文 北京 한국어 안녕하세요
+привет мир спасибо γεια σου κόσμε שלום مرحبا नमस्ते
+😀 😂 🚀 👍 🎉 ❤️ 🔥 ✨ 🌍 🤖 ☕ ✅ → ← ≥ ≤ ± × ÷ € £ ¥ © ° … “ ” ‘ ’ — –
+""".split()
+
+_CHAT_PHRASES = [
+    "Hello! How can I help you today?",
+    "Sure, here is what I found.",
+    "I think the answer is",
+    "Let me check that for you.",
+    "Thank you for your question.",
+    "Here is a short example:",
+    "The weather in Paris is sunny today.",
+    "Can you tell me more about that?",
+    "That is a great question.",
+    "I am not sure, but I will try.",
+    "Please let me know if you need anything else.",
+    "What is the capital of France?",
+    "The capital of France is Paris.",
+    "Write a short poem about the sea.",
+    "Summarize the following text in one sentence.",
+    "Okay, let me think about this step by step.",
+]
+
+
+def _inflect(verb: str, form: str) -> str:
+    """Crude English inflection; good enough for a token corpus."""
+    if form == "s":
+        if verb == "be":
+            return "is"
+        if verb == "have":
+            return "has"
+        if verb.endswith(("s", "sh", "ch", "x", "o")):
+            return verb + "es"
+        if verb.endswith("y") and verb[-2] not in "aeiou":
+            return verb[:-1] + "ies"
+        return verb + "s"
+    if form == "ed":
+        if verb in _IRREGULAR_PAST:
+            return _IRREGULAR_PAST[verb]
+        if verb.endswith("e"):
+            return verb + "d"
+        if verb.endswith("y") and verb[-2] not in "aeiou":
+            return verb[:-1] + "ied"
+        return verb + "ed"
+    if form == "ing":
+        if verb == "be":
+            return "being"
+        if verb.endswith("ie"):
+            return verb[:-2] + "ying"
+        if verb.endswith("e") and not verb.endswith("ee") and len(verb) > 2:
+            return verb[:-1] + "ing"
+        return verb + "ing"
+    return verb
+
+
+def _plural(noun: str) -> str:
+    if noun.endswith(("s", "sh", "ch", "x")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def _noun_phrase(rng: random.Random) -> str:
+    noun = rng.choice(_NOUNS)
+    if rng.random() < 0.3:
+        noun = _plural(noun)
+    det = rng.choice(["the", "a", "this", "that", "my", "your", "our", "every", "some"])
+    if det == "a" and noun[0] in "aeiou":
+        det = "an"
+    if rng.random() < 0.45:
+        adj = rng.choice(_ADJECTIVES)
+        if det == "an" and adj[0] not in "aeiou":
+            det = "a"
+        elif det == "a" and adj[0] in "aeiou":
+            det = "an"
+        return f"{det} {adj} {noun}"
+    return f"{det} {noun}"
+
+
+def _sentence(rng: random.Random) -> str:
+    subject = rng.choice(_SUBJECTS).replace("_", " ")
+    if rng.random() < 0.4:
+        subject = _noun_phrase(rng)
+    verb = rng.choice(_VERBS)
+    form = rng.choice(["base", "s", "ed", "ing"])
+    if form == "ing":
+        aux = {"I": "am", "you": "are", "we": "are", "they": "are", "people": "are"}
+        verb_text = f"{aux.get(subject, 'is')} {_inflect(verb, 'ing')}"
+    elif form == "ed":
+        verb_text = _inflect(verb, "ed")
+    elif form == "s" and subject not in ("I", "you", "we", "they", "people"):
+        verb_text = _inflect(verb, "s")
+    else:
+        verb_text = rng.choice(["will", "can", "should", "might", "must"]) + " " + verb
+    parts = [subject, verb_text, _noun_phrase(rng)]
+    if rng.random() < 0.5:
+        parts += [rng.choice(_PREPOSITIONS), _noun_phrase(rng)]
+    if rng.random() < 0.3:
+        parts.insert(2, rng.choice(_ADVERBS))
+    text = " ".join(parts)
+    text = text[0].upper() + text[1:]
+    end = rng.choices([".", "!", "?", ",", ";", ":"], weights=[70, 6, 10, 8, 3, 3])[0]
+    if rng.random() < 0.08:
+        text = f'"{text}{end}"'
+        end = ""
+    return text + end
+
+
+def _identifier(rng: random.Random) -> str:
+    words = [rng.choice(_NOUNS + _VERBS) for _ in range(rng.randint(1, 3))]
+    return "_".join(words)
+
+
+def _code_snippet(rng: random.Random) -> str:
+    name = _identifier(rng)
+    arg = rng.choice(_NOUNS)
+    other = _identifier(rng)
+    n = rng.randint(0, 100)
+    kind = rng.randrange(4)
+    if kind == 0:
+        return (
+            f"def {name}({arg}, {other}=None):\n"
+            f'    """{_sentence(rng)}"""\n'
+            f"    if {other} is None:\n"
+            f"        {other} = []\n"
+            f"    for i in range(len({arg})):\n"
+            f"        {other}.append({arg}[i] * {n})\n"
+            f"    return {other}\n"
+        )
+    if kind == 1:
+        return (
+            f"import os\nimport json\n\n"
+            f"class {name.title().replace('_', '')}:\n"
+            f"    def __init__(self, {arg}: int = {n}) -> None:\n"
+            f"        self.{arg} = {arg}\n\n"
+            f"    def {other}(self) -> str:\n"
+            f"        return f\"{{self.{arg}}}\"\n"
+        )
+    if kind == 2:
+        return (
+            f"function {name}({arg}) {{\n"
+            f"  const {other} = {arg}.map((x) => x + {n});\n"
+            f"  console.log(`{other}: ${{{other}.length}}`);\n"
+            f"  return {other};\n"
+            f"}}\n"
+        )
+    return (
+        f"$ python -m {name} --{arg.replace('_', '-')} {n} > out.txt\n"
+        f"# {_sentence(rng)}\n"
+        f"x = [{', '.join(str(rng.randint(0, 99)) for _ in range(4))}]\n"
+        f"print(x[{rng.randint(0, 3)}] == {rng.randint(0, 99)}, x != [], {n} >= 0)\n"
+    )
+
+
+def _json_snippet(rng: random.Random) -> str:
+    tool = rng.choice(["get_weather", "search", "calculator", "get_time", "send_email"])
+    city = rng.choice(["Paris", "London", "Tokyo", "Berlin", "New York", "東京", "São Paulo"])
+    kind = rng.randrange(3)
+    if kind == 0:
+        return (
+            f'{{"name": "{tool}", "arguments": {{"city": "{city}", '
+            f'"days": {rng.randint(1, 9)}, "unit": "celsius"}}}}'
+        )
+    if kind == 1:
+        props = ", ".join(
+            f'"{rng.choice(_NOUNS)}": {{"type": "{rng.choice(["string", "integer", "number", "boolean"])}", '
+            f'"description": "{_noun_phrase(rng)}"}}'
+            for _ in range(rng.randint(1, 3))
+        )
+        return (
+            f'{{"type": "function", "function": {{"name": "{tool}", "description": '
+            f'"{_sentence(rng)}", "parameters": {{"type": "object", "properties": {{{props}}}, '
+            f'"required": []}}}}}}'
+        )
+    items = ", ".join(f'"{rng.choice(_NOUNS)}"' for _ in range(rng.randint(1, 4)))
+    return (
+        f'{{"id": {rng.randint(0, 9999)}, "ok": {rng.choice(["true", "false", "null"])}, '
+        f'"score": {rng.random():.3f}, "tags": [{items}], "city": "{city}"}}'
+    )
+
+
+def _numbers_line(rng: random.Random) -> str:
+    kind = rng.randrange(4)
+    if kind == 0:
+        return f"{rng.randint(1, 28)}/{rng.randint(1, 12)}/{rng.randint(1990, 2030)} at {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}"
+    if kind == 1:
+        a, b = rng.randint(0, 999), rng.randint(0, 999)
+        return f"{a} + {b} = {a + b}, and {a} * 2 = {a * 2}."
+    if kind == 2:
+        return f"The price is ${rng.randint(1, 500)}.{rng.randint(0, 99):02d} ({rng.randint(1, 100)}% off)."
+    return f"Version {rng.randint(0, 9)}.{rng.randint(0, 20)}.{rng.randint(0, 9)} - step {rng.randint(1, 64)} of 64"
+
+
+def _unicode_line(rng: random.Random) -> str:
+    words = [rng.choice(_UNICODE_WORDS) for _ in range(rng.randint(1, 4))]
+    return f"{rng.choice(_CHAT_PHRASES)} {' '.join(words)}"
+
+
+def build_corpus(seed: int = 1234, lines: int = 16000) -> list[str]:
+    """Generate the training corpus: a deterministic list of text samples."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    for _ in range(lines):
+        r = rng.random()
+        if r < 0.55:
+            out.append(" ".join(_sentence(rng) for _ in range(rng.randint(1, 4))))
+        elif r < 0.65:
+            out.append(rng.choice(_CHAT_PHRASES) + " " + _sentence(rng))
+        elif r < 0.77:
+            out.append(_code_snippet(rng))
+        elif r < 0.87:
+            out.append(_json_snippet(rng))
+        elif r < 0.93:
+            out.append(_numbers_line(rng))
+        else:
+            out.append(_unicode_line(rng))
+    # Every unicode sample at least a few times, so they get merged.
+    for word in _UNICODE_WORDS:
+        out.extend([word, f" {word}", f"Say {word}!"] * 4)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _train_cached(family: str, vocab_size: int) -> str:
+    specials = FAMILY_TOKENS[family]
+    base_size = vocab_size - len(specials)
+    if base_size < 300:
+        raise ValueError(f"vocab_size {vocab_size} is too small (need >= {300 + len(specials)})")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=base_size,
+        min_frequency=2,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        max_token_length=16,
+    )
+    tok.train_from_iterator(build_corpus(), trainer=trainer)
+    # Should the corpus run out of merges, pad with reserved tokens so the
+    # vocabulary size is exactly what the model config says.
+    i = 0
+    while tok.get_vocab_size() < base_size:
+        tok.add_special_tokens([AddedToken(f"<|reserved_{i}|>", special=True)])
+        i += 1
+    for content, special in specials:
+        added = AddedToken(content, special=special, normalized=False)
+        if special:
+            tok.add_special_tokens([added])
+        else:
+            tok.add_tokens([added])
+    if family == "llama":
+        from tokenizers import processors
+
+        bos = "<|begin_of_text|>"
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A",
+            pair=f"{bos} $A {bos} $B",
+            special_tokens=[(bos, tok.token_to_id(bos))],
+        )
+    assert tok.get_vocab_size() == vocab_size, (tok.get_vocab_size(), vocab_size)
+    return tok.to_str()
+
+
+def train_tokenizer(family: str, vocab_size: int = 2048) -> Tokenizer:
+    """Train (once per process, then cached) the byte-level BPE tokenizer.
+
+    ``family`` is ``"qwen3"`` or ``"llama"``; it decides the special tokens
+    (appended after the learned vocabulary) and, for llama, a post-processor
+    that prepends ``<|begin_of_text|>``.  The result has exactly
+    ``vocab_size`` tokens.  A fresh ``Tokenizer`` is returned on every call,
+    so callers may mutate it.
+    """
+    if family not in FAMILY_TOKENS:
+        raise ValueError(f"unknown family {family!r}; expected one of {sorted(FAMILY_TOKENS)}")
+    return Tokenizer.from_str(_train_cached(family, int(vocab_size)))
