@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
+from .detokenizer import IncrementalDetokenizer
 from .model_runner import ModelRunner
 from .request import FinishReason, GenerationOutput, GenerationRequest
 from .sampler import BatchSamplingParams, make_rng_key, sample
@@ -132,7 +133,8 @@ class LLMEngine:
                 self._abort(arg)
 
     def _add(self, request: GenerationRequest) -> None:
-        seq = Sequence(request, self._tokenizer.detokenizer, self._eos_ids)
+        detokenizer = IncrementalDetokenizer(self._tokenizer, request.prompt_token_ids)
+        seq = Sequence(request, detokenizer, self._eos_ids)
         if not seq.prompt_ids:
             self._fail([seq], ValueError("the prompt has no tokens"))
             return
