@@ -76,10 +76,10 @@ async def _one_stream(client, base_url: str, tokens: int, prompt: str) -> tuple[
     return count, start, first, last
 
 
-def server_runs(base_url: str, concurrency: int, tokens: int, repeats: int) -> tuple[list[float], list[float]]:
+def server_runs(base_url: str, concurrency: int, tokens: int, repeats: int) -> tuple[list, list, list]:
     import httpx
 
-    async def run() -> tuple[float, float]:
+    async def run() -> tuple[float, float, float]:
         async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=256)) as client:
             t0 = time.perf_counter()
             results = await asyncio.gather(
@@ -89,11 +89,12 @@ def server_runs(base_url: str, concurrency: int, tokens: int, repeats: int) -> t
             wall = time.perf_counter() - t0
         total = sum(r[0] for r in results)
         per_stream = statistics.median((r[0] - 1) / (r[3] - r[2]) for r in results)
-        return total / wall, per_stream
+        ttft_ms = statistics.median((r[2] - r[1]) * 1000 for r in results)
+        return total / wall, per_stream, ttft_ms
 
     asyncio.run(run())  # warm-up
     got = [asyncio.run(run()) for _ in range(repeats)]
-    return [g[0] for g in got], [g[1] for g in got]
+    return [g[0] for g in got], [g[1] for g in got], [g[2] for g in got]
 
 
 def fmt(values: list[float]) -> str:
@@ -102,7 +103,7 @@ def fmt(values: list[float]) -> str:
 
 def measure(args, blas: str) -> dict:
     env = {**os.environ, "VLLM_MLX_BLAS": blas, "HF_HUB_OFFLINE": "1"}
-    results: dict = {"blas": blas, "bare": {}, "server": {}, "server_per_stream": {}}
+    results: dict = {"blas": blas, "bare": {}, "server": {}, "server_per_stream": {}, "ttft": {}}
     for b in args.concurrency:
         out = subprocess.run(
             [sys.executable, __file__, "--bare-only", "--model", args.model, "--batch", str(b),
@@ -117,8 +118,8 @@ def measure(args, blas: str) -> dict:
         try:
             server.wait_ready()
             for c in args.concurrency:
-                agg, per = server_runs(server.base_url, c, args.tokens, args.repeats)
-                results["server"][c], results["server_per_stream"][c] = agg, per
+                agg, per, ttft = server_runs(server.base_url, c, args.tokens, args.repeats)
+                results["server"][c], results["server_per_stream"][c], results["ttft"][c] = agg, per, ttft
         finally:
             server.stop()
     return results
@@ -146,12 +147,14 @@ def main() -> None:
     for blas in args.blas:
         r = measure(args, blas)
         print(f"\nBLAS={blas}")
-        print("| concurrency | bare mlx-lm loop tok/s | server aggregate tok/s | server/bare | per-stream decode tok/s |")
-        print("|---|---|---|---|---|")
+        print("| concurrency | bare mlx-lm loop tok/s | server aggregate tok/s | server/bare "
+              "| per-stream decode tok/s | median TTFT ms |")
+        print("|---|---|---|---|---|---|")
         for c in args.concurrency:
             bare, srv = r["bare"][c], r["server"][c]
             ratio = statistics.median(srv) / statistics.median(bare)
-            print(f"| {c} | {fmt(bare)} | {fmt(srv)} | {ratio:.2f} | {fmt(r['server_per_stream'][c])} |")
+            print(f"| {c} | {fmt(bare)} | {fmt(srv)} | {ratio:.2f} | {fmt(r['server_per_stream'][c])} "
+                  f"| {fmt(r['ttft'][c])} |")
 
 
 if __name__ == "__main__":

@@ -111,3 +111,27 @@ def test_empty_prompt_fails_alone(harness):
     _, _, last = harness.wait(bad)
     assert last.finish_reason is FinishReason.ERROR and "no tokens" in last.error
     assert harness.wait(good)[2].finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+
+
+def test_prefill_together_matches_one_by_one(tiny_qwen3):
+    """Left-padded batched prefill gives the same last logits as separate prefills."""
+    import mlx.core as mx
+
+    from vllm_mlx.engine.engine import group_for_padding
+    from vllm_mlx.engine.model_runner import ModelRunner
+    from vllm_mlx.engine.sequence import Sequence
+
+    loaded = load_model(str(tiny_qwen3), compute_dtype="float32")
+    runner = ModelRunner(loaded.model)
+    assert runner.can_prefill_together
+    prompts = [list(range(5, 5 + n)) for n in (7, 12, 9)]
+
+    def seqs():
+        return [Sequence(GenerationRequest(f"r{i}", p), None, set()) for i, p in enumerate(prompts)]
+
+    _, together = runner.prefill_together(seqs())
+    alone = mx.concatenate([runner.prefill(s, 100) for s in seqs()], axis=0)
+    assert mx.allclose(together, alone, atol=1e-4).item()
+    lengths = [[s.num_prompt_tokens for s in g] for g in group_for_padding(
+        [Sequence(GenerationRequest(f"g{n}", list(range(n))), None, set()) for n in (3, 100, 4, 5, 90)])]
+    assert lengths == [[3, 4, 5], [90, 100]]

@@ -196,7 +196,7 @@ class LLMEngine:
             tokens, keys = sample(runner.decode(), self._batch_params, runner.pending_keys)
             mx.async_eval(tokens, keys)
             runner.pending_tokens, runner.pending_keys = tokens, keys
-        prefilled, last_logits = self._prefill(plan.prefill)
+        prefilled = self._prefill(plan.prefill)
         outputs, done = [], []
         if previous[0]:
             for seq, token in zip(previous[0], previous[1].tolist()):
@@ -208,31 +208,52 @@ class LLMEngine:
             self._counters["generated"] += len(previous[0])
         self._drop(*done)
         self._counters["finished"] += len(done)
-        if prefilled:
-            params = BatchSamplingParams.from_params([s.sampling for s in prefilled])
-            keys = mx.stack([s.rng_key for s in prefilled])
-            first, keys = sample(mx.concatenate(last_logits, axis=0), params, keys)
+        for seqs, logits, merged in prefilled:
+            params = BatchSamplingParams.from_params([s.sampling for s in seqs])
+            first, keys = sample(logits, params, mx.stack([s.rng_key for s in seqs]))
             mx.async_eval(first, keys)
-            for seq in prefilled:
+            for seq in seqs:
                 self.scheduler.mark_running(seq)
-            runner.add_to_batch(prefilled, first, keys)
+            runner.add_to_batch(seqs, first, keys, merged)
             self._batch_params = None
         return outputs
 
-    def _prefill(self, chunks: list[tuple[Sequence, int]]) -> tuple[list[Sequence], list[mx.array]]:
-        """Advance prompt chunks; returns the sequences whose prompt is done, with their last logits."""
-        done, logits_list = [], []
+    def _prefill(self, chunks: list[tuple[Sequence, int]]) -> list[tuple[list[Sequence], mx.array, list | None]]:
+        """Advance prompt chunks. Returns groups of sequences whose prompt is done:
+        (sequences, their last logits, their batch caches if prefilled together else None).
+        """
+        groups, together = [], set()
+        if self.runner.can_prefill_together:
+            whole = [seq for seq, n in chunks if seq.num_computed == 0 and n == seq.num_prompt_tokens]
+            for group in group_for_padding(whole):
+                if len(group) < 2:
+                    continue
+                try:
+                    cache, logits = self.runner.prefill_together(group)
+                except Exception:  # retried one by one below, so a bad prompt fails alone
+                    logger.warning("batched prefill failed; prefilling one by one", exc_info=True)
+                    for seq in group:
+                        seq.num_computed = 0
+                    continue
+                self._counters["prompt"] += sum(s.num_prompt_tokens for s in group)
+                groups.append((group, logits, cache))
+                together.update(group)
+        done, last_logits = [], []
         for seq, n in chunks:
+            if seq in together:
+                continue
             try:
                 logits = self.runner.prefill(seq, n)
-            except Exception as exc:  # one bad prompt fails alone
+            except Exception as exc:
                 self._fail([seq], exc)
                 continue
             self._counters["prompt"] += n
             if logits is not None:
                 done.append(seq)
-                logits_list.append(logits)
-        return done, logits_list
+                last_logits.append(logits)
+        if done:
+            groups.append((done, mx.concatenate(last_logits, axis=0), None))
+        return groups
 
     def _emit(self, outputs: list[GenerationOutput]) -> None:
         if not outputs:
@@ -258,3 +279,18 @@ class LLMEngine:
             state=state or self.stats.state,
             batch_rows=len(self.runner.batch_seqs),
         )
+
+
+def group_for_padding(prompts: list[Sequence]) -> list[list[Sequence]]:
+    """Split whole prompts into groups of similar length: left padding at most doubles a group's work."""
+    groups: list[list[Sequence]] = []
+    total = 0
+    for seq in sorted(prompts, key=lambda s: s.num_prompt_tokens):
+        n = seq.num_prompt_tokens
+        if groups and n * (len(groups[-1]) + 1) <= 2 * (total + n):
+            groups[-1].append(seq)
+            total += n
+        else:
+            groups.append([seq])
+            total = n
+    return groups

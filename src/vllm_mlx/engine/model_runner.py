@@ -19,7 +19,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
 from .sequence import Sequence
 
@@ -31,6 +31,10 @@ class ModelRunner:
         self.batch_seqs: list[Sequence] = []  # row order of batch_cache
         self.pending_tokens: mx.array | None = None  # (B,) next input token of each row
         self.pending_keys: mx.array | None = None  # (B, 2) PRNG key of each row
+        # Whole prompts can share one left-padded forward when every layer is a plain KV cache.
+        layer_caches = make_prompt_cache(model)
+        self.num_layers = len(layer_caches)
+        self.can_prefill_together = all(type(c) is KVCache for c in layer_caches)
 
     # -- prefill ---------------------------------------------------------
     def prefill(self, seq: Sequence, num_tokens: int) -> mx.array | None:
@@ -52,12 +56,34 @@ class ModelRunner:
             return None
         return logits[:, -1, :]
 
+    def prefill_together(self, seqs: list[Sequence]) -> tuple[list[Any], mx.array]:
+        """Prefill several whole prompts in one left-padded forward.
+
+        Returns the per-layer batch caches of these rows and their last logits (k, vocab).
+        """
+        lengths = [s.num_remaining_prompt for s in seqs]
+        width = max(lengths)
+        padding = [width - n for n in lengths]
+        rows = [[0] * pad + s.prompt_ids[s.num_computed :] for pad, s in zip(padding, seqs)]
+        cache = [BatchKVCache(padding) for _ in range(self.num_layers)]
+        logits = self.model(mx.array(rows), cache=cache)
+        for s in seqs:
+            s.num_computed = s.num_prompt_tokens
+        return cache, logits[:, -1, :]
+
     # -- the decode batch -------------------------------------------------
-    def add_to_batch(self, seqs: list[Sequence], first_tokens: mx.array, keys: mx.array) -> None:
-        """Move freshly prefilled sequences (own caches) into the decode batch."""
+    def add_to_batch(
+        self, seqs: list[Sequence], first_tokens: mx.array, keys: mx.array, merged: list[Any] | None = None
+    ) -> None:
+        """Move freshly prefilled rows into the decode batch.
+
+        ``merged`` holds their batch caches when they were prefilled together;
+        otherwise each sequence's own cache is merged here.
+        """
         if not seqs:
             return
-        merged = [layer[0].merge(list(layer)) for layer in zip(*(s.cache for s in seqs))]
+        if merged is None:
+            merged = [layer[0].merge(list(layer)) for layer in zip(*(s.cache for s in seqs))]
         for s in seqs:
             s.cache = None
         if self.batch_cache is None:
