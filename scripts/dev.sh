@@ -18,8 +18,9 @@ if [ ! -f "$stamp" ] || [ requirements.lock -nt "$stamp" ] || [ pyproject.toml -
     touch "$stamp"
 fi
 
-if [ "$(uname -s)" = Linux ] && ! ls /usr/lib/*/openblas*/libopenblas.so.0 /usr/lib*/libopenblas.so.0 >/dev/null 2>&1; then
-    echo "note: OpenBLAS not found; CPU inference will be ~25x slower. Install it with:" >&2
+if ! .venv/bin/python -c "import sys, vllm_mlx; sys.exit(vllm_mlx.BLAS_STATUS.path is None)" 2>/dev/null \
+        && [ "$(uname -s)" = Linux ]; then
+    echo "note: OpenBLAS not found; CPU inference will be several times slower. Install it with:" >&2
     echo "      sudo apt-get install libopenblas0-pthread" >&2
 fi
 

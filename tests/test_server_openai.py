@@ -221,3 +221,35 @@ def test_max_tokens_gives_length(scripted_server):
     assert resp.choices[0].finish_reason == "length"
     assert resp.usage.completion_tokens == 3
     assert SCRIPTED_DEFAULT.startswith(resp.choices[0].message.content)
+
+
+STOCK_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup_stock_price",
+        "description": "Current price of a stock",
+        "parameters": {"type": "object", "properties": {"symbol": {"type": "string"}}, "required": ["symbol"]},
+    },
+}
+
+
+def test_tools_reach_the_chat_template(scripted_server):
+    c = client(scripted_server)
+    msgs = [{"role": "user", "content": "Hi"}]
+    with_tools = c.chat.completions.create(model="scripted", messages=msgs, tools=[STOCK_TOOL])
+    assert with_tools.choices[0].message.content == "I can see the lookup_stock_price tool."
+    without = c.chat.completions.create(model="scripted", messages=msgs)
+    assert without.choices[0].message.content == SCRIPTED_DEFAULT
+    assert with_tools.usage.prompt_tokens > without.usage.prompt_tokens + 20
+
+
+def test_chat_template_kwargs_are_passed_through(scripted_server):
+    c = client(scripted_server)
+    msgs = [{"role": "user", "content": "Hi"}]
+    on = c.chat.completions.create(model="scripted", messages=msgs,
+                                   extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+    off = c.chat.completions.create(model="scripted", messages=msgs,
+                                    extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    # Qwen3's template closes an empty think block in the prompt when thinking is off.
+    assert off.usage.prompt_tokens > on.usage.prompt_tokens
+    assert off.choices[0].message.content == on.choices[0].message.content == SCRIPTED_DEFAULT
