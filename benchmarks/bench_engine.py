@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/bench_engine.py [--model DIR] [--tokens 128] [--repeats 3]
 
-Each setting is measured after a warm-up run, ``--repeats`` times; the median
-is reported with the min-max range. The bare loop is mlx-lm's model called on a
+Each setting is measured after a warm-up, ``--repeats`` times, the bare loop and
+the server alternating (so both see the same machine conditions); the median is
+reported with the min-max range, and server/bare is the median of the per-repeat
+ratios. The bare loop is mlx-lm's model called on a
 batch of B rows with a KV cache and greedy argmax (pipelined with async_eval,
 as mlx_lm.generate does): no server, no scheduling, no detokenizing. The
 server figures are aggregate completion tokens per second of wall time seen by
@@ -76,7 +78,7 @@ async def _one_stream(client, base_url: str, tokens: int, prompt: str) -> tuple[
     return count, start, first, last
 
 
-def server_runs(base_url: str, concurrency: int, tokens: int, repeats: int) -> tuple[list, list, list]:
+def server_runs(base_url: str, concurrency: int, tokens: int, repeats: int, warm: bool = True) -> tuple[list, list, list]:
     import httpx
 
     async def run() -> tuple[float, float, float]:
@@ -92,7 +94,8 @@ def server_runs(base_url: str, concurrency: int, tokens: int, repeats: int) -> t
         ttft_ms = statistics.median((r[2] - r[1]) * 1000 for r in results)
         return total / wall, per_stream, ttft_ms
 
-    asyncio.run(run())  # warm-up
+    if warm:
+        asyncio.run(run())
     got = [asyncio.run(run()) for _ in range(repeats)]
     return [g[0] for g in got], [g[1] for g in got], [g[2] for g in got]
 
@@ -102,15 +105,10 @@ def fmt(values: list[float]) -> str:
 
 
 def measure(args, blas: str) -> dict:
+    """Bare loop and server measured alternately, so both see the same machine conditions."""
     env = {**os.environ, "VLLM_MLX_BLAS": blas, "HF_HUB_OFFLINE": "1"}
-    results: dict = {"blas": blas, "bare": {}, "server": {}, "server_per_stream": {}, "ttft": {}}
-    for b in args.concurrency:
-        out = subprocess.run(
-            [sys.executable, __file__, "--bare-only", "--model", args.model, "--batch", str(b),
-             "--tokens", str(args.tokens), "--repeats", str(args.repeats)],
-            env=env, capture_output=True, text=True, check=True,
-        )
-        results["bare"][b] = json.loads(out.stdout.strip().splitlines()[-1])
+    keys = ("bare", "server", "server_per_stream", "ttft", "ratio")
+    results: dict = {k: {c: [] for c in args.concurrency} for k in keys}
     from conftest import ServerProcess
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,8 +116,18 @@ def measure(args, blas: str) -> dict:
         try:
             server.wait_ready()
             for c in args.concurrency:
-                agg, per, ttft = server_runs(server.base_url, c, args.tokens, args.repeats)
-                results["server"][c], results["server_per_stream"][c], results["ttft"][c] = agg, per, ttft
+                server_runs(server.base_url, c, args.tokens, 0)  # warm-up
+            for _ in range(args.repeats):
+                for c in args.concurrency:
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--bare-only", "--model", args.model, "--batch", str(c),
+                         "--tokens", str(args.tokens), "--repeats", "1"],
+                        env=env, capture_output=True, text=True, check=True,
+                    )
+                    bare = json.loads(out.stdout.strip().splitlines()[-1])[0]
+                    agg, per, ttft = (v[0] for v in server_runs(server.base_url, c, args.tokens, 1, warm=False))
+                    for key, value in zip(keys, (bare, agg, per, ttft, agg / bare)):
+                        results[key][c].append(value)
         finally:
             server.stop()
     return results
@@ -147,14 +155,13 @@ def main() -> None:
     for blas in args.blas:
         r = measure(args, blas)
         print(f"\nBLAS={blas}")
-        print("| concurrency | bare mlx-lm loop tok/s | server aggregate tok/s | server/bare "
+        print("| concurrency | bare mlx-lm loop tok/s | server aggregate tok/s | server/bare (range) "
               "| per-stream decode tok/s | median TTFT ms |")
         print("|---|---|---|---|---|---|")
         for c in args.concurrency:
-            bare, srv = r["bare"][c], r["server"][c]
-            ratio = statistics.median(srv) / statistics.median(bare)
-            print(f"| {c} | {fmt(bare)} | {fmt(srv)} | {ratio:.2f} | {fmt(r['server_per_stream'][c])} "
-                  f"| {fmt(r['ttft'][c])} |")
+            ratio = r["ratio"][c]
+            print(f"| {c} | {fmt(r['bare'][c])} | {fmt(r['server'][c])} | {statistics.median(ratio):.2f} "
+                  f"({min(ratio):.2f}-{max(ratio):.2f}) | {fmt(r['server_per_stream'][c])} | {fmt(r['ttft'][c])} |")
 
 
 if __name__ == "__main__":
