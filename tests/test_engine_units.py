@@ -41,28 +41,29 @@ def test_top_k_one_is_argmax_even_at_high_temperature():
     assert tokens.tolist() == mx.argmax(logits, axis=-1).tolist()
 
 
-def test_top_p_keeps_only_the_nucleus():
-    # probabilities 0.5, 0.3, 0.15, 0.05: top_p=0.7 keeps the first two tokens only
-    logits = mx.log(mx.array([[0.5, 0.3, 0.15, 0.05]]))
-    p = SamplingParams(temperature=1.0, top_p=0.7)
-    seen = set()
-    key = make_rng_key(1)
-    for _ in range(200):
-        tok, keys = sample(logits, _params(p), key[None])
+def tokens_drawn(probs: list[float], params: SamplingParams, draws: int = 200) -> set[int]:
+    """The set of tokens one row draws over many steps of its own key stream."""
+    logits = mx.log(mx.array([probs]))
+    key, seen = make_rng_key(1), set()
+    for _ in range(draws):
+        tok, keys = sample(logits, _params(params), key[None])
         key = keys[0]
         seen.add(tok.item())
-    assert seen == {0, 1}
+    return seen
+
+
+def test_top_p_keeps_only_the_nucleus():
+    # top_p=0.7 keeps the first two tokens only (0.5 + 0.3 covers it)
+    assert tokens_drawn([0.5, 0.3, 0.15, 0.05], SamplingParams(temperature=1.0, top_p=0.7)) == {0, 1}
 
 
 def test_min_p_drops_unlikely_tokens():
-    logits = mx.log(mx.array([[0.6, 0.3, 0.05, 0.05]]))
-    p = SamplingParams(temperature=1.0, min_p=0.2)  # keeps p >= 0.12
-    key, seen = make_rng_key(3), set()
-    for _ in range(200):
-        tok, keys = sample(logits, _params(p), key[None])
-        key = keys[0]
-        seen.add(tok.item())
-    assert seen == {0, 1}
+    # min_p=0.2 keeps tokens with p >= 0.2 * 0.6 = 0.12
+    assert tokens_drawn([0.6, 0.3, 0.05, 0.05], SamplingParams(temperature=1.0, min_p=0.2)) == {0, 1}
+
+
+def test_top_k_two_keeps_two():
+    assert tokens_drawn([0.4, 0.3, 0.2, 0.1], SamplingParams(temperature=1.0, top_k=2)) == {0, 1}
 
 
 def test_sampling_follows_the_distribution():
