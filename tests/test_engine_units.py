@@ -1,12 +1,14 @@
-"""Units of the engine: stop-string matching and the batched sampler."""
+"""Units of the engine: stop-string matching and the batched sampler with known logits."""
 
 from __future__ import annotations
+
+import math
 
 import mlx.core as mx
 import pytest
 
 from vllm_mlx.engine.request import SamplingParams
-from vllm_mlx.engine.sampler import BatchSamplingParams, make_rng_key, sample
+from vllm_mlx.engine.sampler import BatchSamplingParams, PenaltyState, make_rng_key, process_logits, sample
 from vllm_mlx.engine.stop import StopStringMatcher
 
 
@@ -23,32 +25,35 @@ def test_stop_matcher_finds_earliest_and_holds_back_prefixes():
     assert StopStringMatcher(()).safe_length("anything") == len("anything")
 
 
-def _params(*ps: SamplingParams) -> BatchSamplingParams:
-    return BatchSamplingParams.from_params(list(ps))
+def _params(*ps: SamplingParams, vocab: int = 4, stop_ids=None) -> BatchSamplingParams:
+    return BatchSamplingParams.from_params(list(ps), vocab, stop_ids)
+
+
+def _keys(*seeds: int) -> mx.array:
+    return mx.stack([make_rng_key(s) for s in seeds])
 
 
 def test_greedy_rows_take_argmax():
     logits = mx.array([[0.0, 3.0, 1.0], [5.0, 0.0, 1.0]])
-    tokens, _ = sample(logits, _params(SamplingParams(temperature=0), SamplingParams(temperature=0)), None)
-    assert tokens.tolist() == [1, 0]
+    g = SamplingParams(temperature=0)
+    assert sample(logits, _params(g, g, vocab=3), _keys(0, 1)).tokens.tolist() == [1, 0]
 
 
 def test_top_k_one_is_argmax_even_at_high_temperature():
     logits = mx.random.normal((4, 100), key=mx.random.key(0))
     p = SamplingParams(temperature=2.0, top_k=1)
-    keys = mx.stack([make_rng_key(i) for i in range(4)])
-    tokens, _ = sample(logits, _params(*[p] * 4), keys)
+    tokens = sample(logits, _params(*[p] * 4, vocab=100), _keys(0, 1, 2, 3)).tokens
     assert tokens.tolist() == mx.argmax(logits, axis=-1).tolist()
 
 
 def tokens_drawn(probs: list[float], params: SamplingParams, draws: int = 200) -> set[int]:
     """The set of tokens one row draws over many steps of its own key stream."""
     logits = mx.log(mx.array([probs]))
-    key, seen = make_rng_key(1), set()
+    key, seen = make_rng_key(1)[None], set()
     for _ in range(draws):
-        tok, keys = sample(logits, _params(params), key[None])
-        key = keys[0]
-        seen.add(tok.item())
+        result = sample(logits, _params(params, vocab=len(probs)), key)
+        key = result.keys
+        seen.add(result.tokens.item())
     return seen
 
 
@@ -69,8 +74,7 @@ def test_top_k_two_keeps_two():
 def test_sampling_follows_the_distribution():
     probs = [0.7, 0.2, 0.1]
     logits = mx.log(mx.array([probs] * 2000))
-    keys = mx.stack([make_rng_key(i) for i in range(2000)])
-    tokens, _ = sample(logits, _params(*[SamplingParams(temperature=1.0)] * 2000), keys)
+    tokens = sample(logits, _params(*[SamplingParams(temperature=1.0)] * 2000, vocab=3), _keys(*range(2000))).tokens
     counts = [tokens.tolist().count(i) / 2000 for i in range(3)]
     assert counts == pytest.approx(probs, abs=0.04)
 
@@ -78,8 +82,63 @@ def test_sampling_follows_the_distribution():
 def test_seeded_row_is_independent_of_its_batch_neighbours():
     logits = mx.random.normal((3, 50), key=mx.random.key(5))
     seeded = SamplingParams(temperature=1.0, seed=1234)
-    alone, _ = sample(logits[1:2], _params(seeded), make_rng_key(1234)[None])
-    keys = mx.stack([make_rng_key(7), make_rng_key(1234), make_rng_key(9)])
+    alone = sample(logits[1:2], _params(seeded, vocab=50), _keys(1234)).tokens
     other = SamplingParams(temperature=0.8, top_k=5)
-    batched, _ = sample(logits, _params(other, seeded, SamplingParams(temperature=0)), keys)
-    assert batched.tolist()[1] == alone.item()
+    batched = sample(logits, _params(other, seeded, SamplingParams(temperature=0), vocab=50), _keys(7, 1234, 9))
+    assert batched.tokens.tolist()[1] == alone.item()
+
+
+# -- penalties, bias and min_tokens on known logits ------------------------------------
+
+
+def _state(prompt: list[int], generated: list[int], vocab: int = 4) -> PenaltyState:
+    state = PenaltyState.for_prompts([prompt], vocab)
+    for t in generated:
+        state.add_tokens(mx.array([t]))
+    return state
+
+
+def test_presence_and_frequency_follow_openai_semantics():
+    logits = mx.array([[1.0, 2.0, 3.0, 4.0]])
+    p = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)
+    # token 1 generated twice, token 3 once; token 0 only in the prompt (not penalised)
+    out = process_logits(logits, _params(p), _state([0], [1, 1, 3]), None)
+    expected = [1.0, 2.0 - 0.5 - 2 * 0.25, 3.0, 4.0 - 0.5 - 1 * 0.25]
+    assert out.tolist()[0] == pytest.approx(expected)
+
+
+def test_repetition_penalty_is_multiplicative_over_prompt_and_output():
+    logits = mx.array([[2.0, -2.0, 2.0, -2.0]])
+    p = SamplingParams(repetition_penalty=2.0)
+    out = process_logits(logits, _params(p), _state([0, 1], [2]), None)
+    # seen tokens 0, 1 (prompt) and 2 (output): positive logits halved, negative doubled
+    assert out.tolist()[0] == pytest.approx([1.0, -4.0, 1.0, -2.0])
+
+
+def test_penalties_apply_per_row():
+    logits = mx.array([[1.0, 1.0, 1.0, 1.0]] * 2)
+    penalised, plain = SamplingParams(presence_penalty=1.0), SamplingParams()
+    state = PenaltyState.for_prompts([[], []], 4)
+    state.add_tokens(mx.array([2, 2]))
+    out = process_logits(logits, _params(penalised, plain), state, None).tolist()
+    assert out[0] == pytest.approx([1.0, 1.0, 0.0, 1.0]) and out[1] == pytest.approx([1.0] * 4)
+
+
+def test_logit_bias_and_min_tokens():
+    logits = mx.array([[0.0, 0.0, 0.0, 5.0]])
+    p = SamplingParams(logit_bias=((1, 3.0), (2, -100.0)), min_tokens=2, temperature=0)
+    params = _params(p, stop_ids=[{3}])
+    out = process_logits(logits, params, None, [1]).tolist()[0]
+    assert out[:3] == pytest.approx([0.0, 3.0, -100.0]) and out[3] == -math.inf
+    assert process_logits(logits, params, None, [2]).tolist()[0][3] == 5.0  # min_tokens reached
+    assert sample(logits, params, _keys(0), None, [0]).tokens.item() == 1
+
+
+def test_logprobs_are_consistent_with_the_sampled_tokens():
+    logits = mx.log(mx.array([[0.5, 0.25, 0.125, 0.125]]))
+    p = SamplingParams(temperature=1.0, logprobs=True, top_logprobs=2)
+    result = sample(logits, _params(p), _keys(3))
+    tok = result.tokens.item()
+    assert result.logprobs.item() == pytest.approx(math.log([0.5, 0.25, 0.125, 0.125][tok]), abs=1e-5)
+    assert result.top_ids.tolist()[0][:2] == [0, 1]
+    assert result.top_logprobs.tolist()[0][:2] == pytest.approx([math.log(0.5), math.log(0.25)], abs=1e-5)

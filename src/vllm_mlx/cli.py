@@ -7,7 +7,8 @@ import logging
 import sys
 
 from . import __version__
-from .config import ServerConfig
+from .config import SamplingDefaults, ServerConfig
+from .engine.request import SamplingParams
 
 
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +32,20 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                         "the model's own dtype on a GPU (default: %(default)s)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow models whose config names a custom Python model file")
+    p.add_argument("--strict-model-id", action="store_true",
+                   help="answer 404 model_not_found unless the request names a served name or alias "
+                        "(default: any name is served, as clients often send 'default')")
+    p.add_argument("--deterministic", action="store_true",
+                   help="identical requests give identical output under any concurrent load: every row is "
+                        "computed at batch size 1 and prompts are prefilled alone in fixed-size chunks")
+    d = p.add_argument_group("sampling defaults (used only when a request omits the field)")
+    d.add_argument("--default-temperature", type=float, default=1.0)
+    d.add_argument("--default-top-p", type=float, default=1.0)
+    d.add_argument("--default-top-k", type=int, default=0, help="0 disables top-k")
+    d.add_argument("--default-min-p", type=float, default=0.0)
+    d.add_argument("--default-presence-penalty", type=float, default=0.0)
+    d.add_argument("--default-frequency-penalty", type=float, default=0.0)
+    d.add_argument("--default-repetition-penalty", type=float, default=1.0)
     p.add_argument("--continuous-batching", action="store_true",
                    help="accepted for compatibility: batching is always on")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -59,8 +74,32 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         max_model_len=args.max_model_len,
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
+        strict_model_id=args.strict_model_id,
+        deterministic=args.deterministic,
+        sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,
     )
+
+
+def _sampling_defaults(args: argparse.Namespace) -> SamplingDefaults:
+    defaults = SamplingDefaults(
+        temperature=args.default_temperature,
+        top_p=args.default_top_p,
+        top_k=args.default_top_k,
+        min_p=args.default_min_p,
+        presence_penalty=args.default_presence_penalty,
+        frequency_penalty=args.default_frequency_penalty,
+        repetition_penalty=args.default_repetition_penalty,
+    )
+    try:
+        SamplingParams(
+            temperature=defaults.temperature, top_p=defaults.top_p, top_k=defaults.top_k, min_p=defaults.min_p,
+            presence_penalty=defaults.presence_penalty, frequency_penalty=defaults.frequency_penalty,
+            repetition_penalty=defaults.repetition_penalty,
+        ).validate()
+    except ValueError as exc:
+        raise SystemExit(f"invalid sampling default: {exc}")
+    return defaults
 
 
 def run_server(config: ServerConfig) -> int:

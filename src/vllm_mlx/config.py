@@ -6,6 +6,19 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class SamplingDefaults:
+    """Server-side defaults, used only for fields a request omits."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     model: str | None = None  # None = the built-in demo model
     served_model_names: tuple[str, ...] = ()
@@ -17,5 +30,8 @@ class ServerConfig:
     max_model_len: int | None = None  # None = from the model config
     dtype: str = "auto"
     trust_remote_code: bool = False
+    strict_model_id: bool = False
+    deterministic: bool = False
+    sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     log_level: str = "info"
     extra: dict = field(default_factory=dict)

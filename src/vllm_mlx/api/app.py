@@ -47,7 +47,12 @@ def create_app(config: ServerConfig) -> FastAPI:
         return loaded
 
     engine = AsyncEngine(
-        load, EngineConfig(max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens)
+        load,
+        EngineConfig(
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            deterministic=config.deterministic,
+        ),
     )
 
     @asynccontextmanager
@@ -65,6 +70,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             aliases=tuple(names[1:]),
             max_model_len=max_len,
             default_max_tokens=config.max_tokens,
+            defaults=config.sampling_defaults,
+            strict_model_id=config.strict_model_id,
         )
         if config.model is None:
             logger.warning(

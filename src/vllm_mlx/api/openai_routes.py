@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..engine.request import FinishReason, GenerationOutput
+from ..engine.request import FinishReason, GenerationOutput, TokenLogprob
 from .errors import APIError, error_body
+from .logprobs import TokenText, chat_logprobs, completion_logprobs
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, Usage, new_id
 from .serving import ServingState, finish_reason_text
 
@@ -33,33 +35,44 @@ def _usage(prompt: int, completion: int) -> dict:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion).model_dump()
 
 
-def _raise_if_failed(out: GenerationOutput) -> None:
-    if out.finish_reason is FinishReason.ERROR:
-        raise APIError(500, f"generation failed: {out.error}", code="generation_error")
+@dataclass
+class Choice:
+    """One continuation gathered whole (non-streaming)."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    last: GenerationOutput | None = None
 
 
-async def collect(stream: AsyncIterator[GenerationOutput], raw: Request) -> tuple[str, GenerationOutput]:
-    """Gather a whole generation; stops it (freeing its slot) if the client disconnects."""
+async def collect(stream: AsyncIterator[GenerationOutput], raw: Request, n: int) -> list[Choice]:
+    """Gather whole generations; stops them (freeing their slots) if the client disconnects."""
 
-    async def consume() -> tuple[str, GenerationOutput]:
-        parts, last = [], None
+    async def consume() -> list[Choice]:
+        choices = [Choice() for _ in range(n)]
         async for out in stream:
-            parts.append(out.text)
-            last = out
-        return "".join(parts), last
+            choice = choices[out.index]
+            choice.text += out.text
+            choice.logprobs += out.logprobs or []
+            choice.last = out
+            if out.finish_reason is FinishReason.ERROR:
+                raise APIError(500, f"generation failed: {out.error}", code="generation_error")
+        return choices
 
     task = asyncio.ensure_future(consume())
     while True:
         done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
         if done:
-            text, last = task.result()
-            _raise_if_failed(last)
-            return text, last
+            return task.result()
         if await raw.is_disconnected():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await stream.aclose()
             raise APIError(499, "client disconnected")
+
+
+def _totals(choices: list[Choice]) -> dict:
+    prompt = choices[0].last.prompt_tokens
+    return _usage(prompt, sum(c.last.completion_tokens for c in choices))
 
 
 @router.get("/v1/models")
@@ -75,19 +88,24 @@ async def list_models(raw: Request) -> ModelList:
 async def chat_completions(req: ChatCompletionRequest, raw: Request):
     state = _state(raw)
     state.warn_unknown_fields(req, "/v1/chat/completions")
+    state.check_model(req.model)
     state.reject_unsupported(req)
+    if req.top_logprobs and not req.logprobs:
+        raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
     prompt_ids = await state.tokenize(state.render_chat, req)
-    params = state.sampling_params(req, len(prompt_ids), req.max_completion_tokens or req.max_tokens)
+    params = state.sampling_params(req, len(prompt_ids), req.max_completion_tokens or req.max_tokens,
+                                   logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
     request_id = new_id("chatcmpl")
     stream = state.generate(request_id, prompt_ids, params)
+    token_text = TokenText(state.tokenizer) if req.logprobs else None
     created = int(time.time())
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(
-            _chat_stream(stream, request_id, created, state.model_name, include_usage),
+            _chat_stream(stream, request_id, created, state.model_name, req.n, include_usage, token_text),
             media_type="text/event-stream",
         )
-    text, last = await collect(stream, raw)
+    choices = await collect(stream, raw, req.n)
     return JSONResponse(
         {
             "id": request_id,
@@ -96,47 +114,50 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request):
             "model": state.model_name,
             "choices": [
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
-                    "finish_reason": finish_reason_text(last.finish_reason),
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.text},
+                    "logprobs": chat_logprobs(c.logprobs, token_text) if token_text else None,
+                    "finish_reason": finish_reason_text(c.last.finish_reason),
                 }
+                for i, c in enumerate(choices)
             ],
-            "usage": _usage(last.prompt_tokens, last.completion_tokens),
+            "usage": _totals(choices),
         }
     )
 
 
 async def _chat_stream(
-    stream: AsyncIterator[GenerationOutput], request_id: str, created: int, model: str, include_usage: bool
+    stream: AsyncIterator[GenerationOutput], request_id: str, created: int, model: str, n: int,
+    include_usage: bool, token_text: TokenText | None,
 ) -> AsyncIterator[str]:
-    def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
+    def chunk(index: int, delta: dict, finish: str | None = None, logprobs: dict | None = None) -> str:
         body: dict[str, Any] = {
             "id": request_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
         }
         if include_usage:
-            body["usage"] = usage
+            body["usage"] = None
         return sse(body)
 
-    yield chunk({"role": "assistant", "content": ""})
-    last = None
+    for i in range(n):
+        yield chunk(i, {"role": "assistant", "content": ""})
+    prompt_tokens, completion = 0, [0] * n
     async for out in stream:
-        last = out
         if out.finish_reason is FinishReason.ERROR:
             yield sse(error_body(500, f"generation failed: {out.error}", code="generation_error"))
             break
-        if out.text:
-            yield chunk({"content": out.text})
+        prompt_tokens, completion[out.index] = out.prompt_tokens, out.completion_tokens
+        logprobs = chat_logprobs(out.logprobs, token_text) if token_text and out.logprobs else None
+        if out.text or logprobs:
+            yield chunk(out.index, {"content": out.text}, logprobs=logprobs)
         if out.finished:
-            yield chunk({}, finish_reason_text(out.finish_reason))
-    if include_usage and last is not None:
-        usage = _usage(last.prompt_tokens, last.completion_tokens)
+            yield chunk(out.index, {}, finish_reason_text(out.finish_reason))
+    if include_usage:
         yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
-                   "model": model, "choices": [], "usage": usage})
+                   "model": model, "choices": [], "usage": _usage(prompt_tokens, sum(completion))})
     yield sse("[DONE]")
 
 
@@ -166,25 +187,35 @@ def _completion_prompts(state: ServingState, prompt: Any) -> list[list[int]]:
 async def completions(req: CompletionRequest, raw: Request):
     state = _state(raw)
     state.warn_unknown_fields(req, "/v1/completions")
+    state.check_model(req.model)
     state.reject_unsupported(req)
     prompts = await state.tokenize(_completion_prompts, state, req.prompt)
-    params = [state.sampling_params(req, len(p), req.max_tokens) for p in prompts]
+    wants_logprobs = req.logprobs is not None
+    params = [state.sampling_params(req, len(p), req.max_tokens, logprobs=wants_logprobs,
+                                    top_logprobs=req.logprobs or 0) for p in prompts]
     request_id = new_id("cmpl")
     created = int(time.time())
+    token_text = TokenText(state.tokenizer) if wants_logprobs else None
     streams = [state.generate(f"{request_id}-{i}", p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(
-            _completion_stream(streams, request_id, created, state.model_name, include_usage),
+            _completion_stream(streams, request_id, created, state.model_name, req.n, include_usage, token_text),
             media_type="text/event-stream",
         )
-    results = await asyncio.gather(*(collect(s, raw) for s in streams))
+    results = await asyncio.gather(*(collect(s, raw, req.n) for s in streams))
     choices = [
-        {"index": i, "text": text, "logprobs": None, "finish_reason": finish_reason_text(last.finish_reason)}
-        for i, (text, last) in enumerate(results)
+        {
+            "index": p * req.n + i,
+            "text": c.text,
+            "logprobs": completion_logprobs(c.logprobs, token_text, 0) if token_text else None,
+            "finish_reason": finish_reason_text(c.last.finish_reason),
+        }
+        for p, group in enumerate(results)
+        for i, c in enumerate(group)
     ]
-    prompt_tokens = sum(last.prompt_tokens for _, last in results)
-    completion_tokens = sum(last.completion_tokens for _, last in results)
+    prompt_tokens = sum(group[0].last.prompt_tokens for group in results)
+    completion_tokens = sum(c.last.completion_tokens for group in results for c in group)
     return JSONResponse(
         {
             "id": request_id,
@@ -198,44 +229,52 @@ async def completions(req: CompletionRequest, raw: Request):
 
 
 async def _completion_stream(
-    streams: list[AsyncIterator[GenerationOutput]], request_id: str, created: int, model: str, include_usage: bool
+    streams: list[AsyncIterator[GenerationOutput]], request_id: str, created: int, model: str, n: int,
+    include_usage: bool, token_text: TokenText | None,
 ) -> AsyncIterator[str]:
     queue: asyncio.Queue[tuple[int, GenerationOutput | None]] = asyncio.Queue()
 
-    async def pump(index: int, stream: AsyncIterator[GenerationOutput]) -> None:
+    async def pump(prompt_index: int, stream: AsyncIterator[GenerationOutput]) -> None:
         try:
             async for out in stream:
-                await queue.put((index, out))
+                await queue.put((prompt_index, out))
         finally:
-            await queue.put((index, None))
+            await queue.put((prompt_index, None))
 
     tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
-    totals: dict[int, GenerationOutput] = {}
+    prompt_tokens: dict[int, int] = {}
+    completion: dict[int, int] = {}
+    offsets: dict[int, int] = {}
     open_streams = len(tasks)
     try:
         while open_streams:
-            index, out = await queue.get()
+            prompt_index, out = await queue.get()
             if out is None:
                 open_streams -= 1
                 continue
-            totals[index] = out
             if out.finish_reason is FinishReason.ERROR:
                 yield sse(error_body(500, f"generation failed: {out.error}", code="generation_error"))
                 continue
-            if out.text or out.finished:
+            index = prompt_index * n + out.index
+            prompt_tokens[prompt_index] = out.prompt_tokens
+            completion[index] = out.completion_tokens
+            logprobs = None
+            if token_text and out.logprobs:
+                logprobs = completion_logprobs(out.logprobs, token_text, offsets.get(index, 0))
+            offsets[index] = offsets.get(index, 0) + len(out.text)
+            if out.text or out.finished or logprobs:
                 body = {
                     "id": request_id, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"index": index, "text": out.text, "logprobs": None,
+                    "choices": [{"index": index, "text": out.text, "logprobs": logprobs,
                                  "finish_reason": finish_reason_text(out.finish_reason)}],
                 }
                 if include_usage:
                     body["usage"] = None
                 yield sse(body)
         if include_usage:
-            p = sum(o.prompt_tokens for o in totals.values())
-            c = sum(o.completion_tokens for o in totals.values())
+            usage = _usage(sum(prompt_tokens.values()), sum(completion.values()))
             yield sse({"id": request_id, "object": "text_completion", "created": created, "model": model,
-                       "choices": [], "usage": _usage(p, c)})
+                       "choices": [], "usage": usage})
         yield sse("[DONE]")
     finally:
         for t in tasks:

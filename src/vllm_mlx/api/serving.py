@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+from ..config import SamplingDefaults
 from ..engine.async_engine import AsyncEngine
 from ..engine.request import FinishReason, GenerationOutput, GenerationRequest, SamplingParams
 from .errors import APIError
@@ -27,6 +28,8 @@ class ServingState:
     aliases: tuple[str, ...]
     max_model_len: int
     default_max_tokens: int
+    defaults: SamplingDefaults = field(default_factory=lambda: SamplingDefaults())
+    strict_model_id: bool = False
 
     # -- request checks -------------------------------------------------------
     def warn_unknown_fields(self, req: OpenAIRequest, route: str) -> None:
@@ -36,17 +39,9 @@ class ServingState:
     def reject_unsupported(self, req: SamplingFields) -> None:
         """Known parameters this server cannot honour yet get a 400, never silent ignoring."""
         unsupported = {
-            "n": req.n != 1,
-            "presence_penalty": req.presence_penalty != 0.0,
-            "frequency_penalty": req.frequency_penalty != 0.0,
-            "repetition_penalty": req.repetition_penalty not in (None, 1.0),
-            "logit_bias": bool(req.logit_bias),
-            "min_tokens": req.min_tokens > 0,
-            "logprobs": bool(getattr(req, "logprobs", None)),
-            "top_logprobs": bool(getattr(req, "top_logprobs", None)),
             "echo": bool(getattr(req, "echo", False)),
             "suffix": getattr(req, "suffix", None) is not None,
-            "best_of": getattr(req, "best_of", None) not in (None, 1),
+            "best_of": getattr(req, "best_of", None) not in (None, 1, req.n),
         }
         if isinstance(req, ChatCompletionRequest):
             rf = (req.response_format or {}).get("type", "text")
@@ -56,6 +51,15 @@ class ServingState:
         for param, bad in unsupported.items():
             if bad:
                 raise APIError(400, f"'{param}' is not supported by this server yet", param=param)
+
+    def check_model(self, requested: str) -> None:
+        """With --strict-model-id, the request must name the served model or an alias."""
+        if self.strict_model_id and requested not in (self.model_name, *self.aliases):
+            raise APIError(
+                404, f"The model '{requested}' does not exist; this server serves "
+                f"{', '.join(repr(n) for n in (self.model_name, *self.aliases))}",
+                param="model", code="model_not_found",
+            )
 
     # -- prompts ----------------------------------------------------------------
     def render_chat(self, req: ChatCompletionRequest) -> list[int]:
@@ -71,7 +75,8 @@ class ServingState:
             raise APIError(400, f"the chat template could not render these messages: {exc}", param="messages")
         return self.tokenizer.encode(prompt, add_special_tokens=False)
 
-    def sampling_params(self, req: SamplingFields, prompt_len: int, max_tokens: int | None) -> SamplingParams:
+    def sampling_params(self, req: SamplingFields, prompt_len: int, max_tokens: int | None,
+                        logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams:
         budget = self.max_model_len - prompt_len
         if budget < 1:
             raise APIError(
@@ -89,23 +94,50 @@ class ServingState:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
+        d = self.defaults
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+
+        def pick(value, default):
+            return default if value is None else value
+
         params = SamplingParams(
             max_tokens=max_tokens if max_tokens is not None else min(self.default_max_tokens, budget),
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=max(req.top_k or 0, 0),
-            min_p=req.min_p or 0.0,
+            temperature=pick(req.temperature, d.temperature),
+            top_p=pick(req.top_p, d.top_p),
+            top_k=max(pick(req.top_k, d.top_k), 0),
+            min_p=pick(req.min_p, d.min_p),
             seed=req.seed,
             stop=stop,
             stop_token_ids=tuple(req.stop_token_ids or ()),
             ignore_eos=req.ignore_eos,
+            min_tokens=req.min_tokens,
+            presence_penalty=pick(req.presence_penalty, d.presence_penalty),
+            frequency_penalty=pick(req.frequency_penalty, d.frequency_penalty),
+            repetition_penalty=pick(req.repetition_penalty, d.repetition_penalty),
+            logit_bias=self._logit_bias(req.logit_bias),
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            n=req.n,
         )
         try:
             params.validate()
         except ValueError as exc:
             raise APIError(400, str(exc)) from exc
         return params
+
+    def _logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+        items = []
+        vocab = len(self.tokenizer)
+        for key, value in (bias or {}).items():
+            try:
+                token = int(key)
+            except ValueError:
+                raise APIError(400, f"logit_bias keys must be token ids, got {key!r}", param="logit_bias")
+            if not 0 <= token < vocab:
+                raise APIError(400, f"logit_bias token id {token} is outside the vocabulary (0..{vocab - 1})",
+                               param="logit_bias")
+            items.append((token, float(value)))
+        return tuple(items)
 
     async def tokenize(self, fn, *args) -> Any:
         """Run tokenizer work off the event loop."""

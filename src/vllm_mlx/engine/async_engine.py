@@ -6,7 +6,7 @@ import asyncio
 from typing import AsyncIterator
 
 from .engine import EngineConfig, LLMEngine
-from .request import GenerationOutput, GenerationRequest
+from .request import FinishReason, GenerationOutput, GenerationRequest
 
 
 class AsyncEngine:
@@ -38,19 +38,22 @@ class AsyncEngine:
             raise ValueError(f"duplicate request id {request.request_id}")
         queue: asyncio.Queue[GenerationOutput] = asyncio.Queue()
         self._queues[request.request_id] = queue
-        finished = False
+        unfinished = request.sampling.n
         try:
             self.engine.add_request(request)
-            while not finished:
+            while unfinished:
                 out = await queue.get()
-                # A consumer that fell behind gets the queued deltas as one.
-                while not out.finished and not queue.empty():
+                # A consumer that fell behind gets the queued deltas of one continuation as one.
+                while unfinished == 1 and not out.finished and not queue.empty():
                     out = out.merged_with(queue.get_nowait())
-                finished = out.finished
+                if out.finished:
+                    unfinished -= 1
                 yield out
+                if out.finish_reason in (FinishReason.ERROR, FinishReason.ABORT):
+                    break
         finally:
             self._queues.pop(request.request_id, None)
-            if not finished:
+            if unfinished:  # consumer gone, or one continuation failed: stop the rest
                 self.engine.abort(request.request_id)
 
     def _on_outputs(self, outputs: list[GenerationOutput]) -> None:

@@ -19,8 +19,9 @@ import mlx.core as mx
 
 from .detokenizer import IncrementalDetokenizer
 from .model_runner import ModelRunner
-from .request import FinishReason, GenerationOutput, GenerationRequest
-from .sampler import BatchSamplingParams, make_rng_key, sample
+from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
+from .rows import RowArrays
+from .sampler import BatchSamplingParams, PenaltyState, SampleResult, make_rng_key, sample
 from .scheduler import Scheduler, StepPlan
 from .sequence import Sequence, SequenceStatus
 
@@ -33,6 +34,9 @@ OutputCallback = Callable[[list[GenerationOutput]], None]
 class EngineConfig:
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 2048
+    # Identical requests give identical output whatever else runs: every row is computed
+    # at batch size 1 and prompts are prefilled alone in fixed-size chunks.
+    deterministic: bool = False
 
 
 @dataclass
@@ -97,8 +101,11 @@ class LLMEngine:
             tokenizer = self.loaded.tokenizer
             self._eos_ids = set(tokenizer.eos_token_ids)
             self._tokenizer = tokenizer
-            self.runner = ModelRunner(self.loaded.model)
-            self.scheduler = Scheduler(self.config.max_num_seqs, self.config.max_num_batched_tokens)
+            self.runner = ModelRunner(self.loaded.model, self.config.deterministic)
+            self.scheduler = Scheduler(
+                self.config.max_num_seqs, self.config.max_num_batched_tokens, self.config.deterministic
+            )
+            self.vocab_size = self._probe_vocab_size()
         except BaseException as exc:  # reported to start()
             self._load_error = exc
             self._ready.set()
@@ -112,10 +119,17 @@ class LLMEngine:
             if self.scheduler.has_work:
                 self._step_safely()
         self._abort_all()
-        self.runner = ModelRunner(self.loaded.model)  # release the batch arrays
+        self.runner = ModelRunner(self.loaded.model, self.config.deterministic)  # release the batch arrays
         mx.synchronize()  # no MLX work may still be in flight when the thread ends
         mx.clear_streams()
         self._publish_stats("stopped")
+
+    def _probe_vocab_size(self) -> int:
+        """The logits width (may exceed the tokenizer's size); the one forward also warms the model up."""
+        from mlx_lm.models.cache import make_prompt_cache
+
+        logits = self.loaded.model(mx.array([[0]]), cache=make_prompt_cache(self.loaded.model))
+        return int(logits.shape[-1])
 
     def _drain_commands(self, block: bool) -> bool:
         """Apply queued commands; returns False when asked to stop."""
@@ -132,29 +146,34 @@ class LLMEngine:
             elif kind == "abort":
                 self._abort(arg)
 
-    def _add(self, request: GenerationRequest) -> None:
+    def _new_sequence(self, request: GenerationRequest, index: int = 0) -> Sequence:
         detokenizer = IncrementalDetokenizer(self._tokenizer, request.prompt_token_ids)
-        seq = Sequence(request, detokenizer, self._eos_ids)
+        return Sequence(request, detokenizer, self._eos_ids, index)
+
+    def _add(self, request: GenerationRequest) -> None:
+        seq = self._new_sequence(request)
         if not seq.prompt_ids:
             self._fail([seq], ValueError("the prompt has no tokens"))
             return
-        seq.rng_key = make_rng_key(request.sampling.seed)
+        seed = request.sampling.seed
+        if seed is None and self.config.deterministic:
+            seed = 0  # identical requests must give identical output, sampled ones included
+        seq.rng_key = make_rng_key(seed)
         self.scheduler.add(seq)
         self._publish_stats()
 
     def _abort(self, request_id: str) -> None:
-        seq = self.scheduler.find(request_id)
-        if seq is None:
+        seqs = self.scheduler.find_all(request_id)
+        if not seqs:
             return
-        self._drop(seq)
+        self._drop(*seqs)
         self._counters["aborted"] += 1
-        self._emit([seq.finish(FinishReason.ABORT)])
+        self._emit([seq.finish(FinishReason.ABORT) for seq in seqs])
         self._publish_stats()
 
     def _abort_all(self) -> None:
-        for group in (self.scheduler.running, self.scheduler.prefilling, list(self.scheduler.waiting)):
-            for seq in list(group):
-                self._abort(seq.request_id)
+        for seq in self.scheduler.all_sequences():
+            self._abort(seq.request_id)
 
     def _drop(self, *seqs: Sequence) -> None:
         """Take sequences out of the scheduler and the decode batch, freeing their caches."""
@@ -189,34 +208,105 @@ class LLMEngine:
     def _step(self, plan: StepPlan) -> list[GenerationOutput]:
         """Launch decode step t+1, run prefill chunks, then read back and apply step t."""
         runner = self.runner
-        previous = (list(runner.batch_seqs), runner.pending_tokens)
-        if runner.batch_seqs:
-            if self._batch_params is None:
-                self._batch_params = BatchSamplingParams.from_params([s.sampling for s in runner.batch_seqs])
-            tokens, keys = sample(runner.decode(), self._batch_params, runner.pending_keys)
-            mx.async_eval(tokens, keys)
-            runner.pending_tokens, runner.pending_keys = tokens, keys
+        previous_seqs, previous = list(runner.batch_seqs), runner.rows
+        if previous_seqs:
+            runner.rows = self._launch_decode(previous_seqs)
         prefilled = self._prefill(plan.prefill)
-        outputs, done = [], []
-        if previous[0]:
-            for seq, token in zip(previous[0], previous[1].tolist()):
-                out = seq.append_token(token)
-                if out is not None:
-                    outputs.append(out)
-                if seq.status is SequenceStatus.FINISHED:
-                    done.append(seq)
-            self._counters["generated"] += len(previous[0])
+        outputs, done = self._read_back(previous_seqs, previous)
         self._drop(*done)
         self._counters["finished"] += len(done)
         for seqs, logits, merged in prefilled:
-            params = BatchSamplingParams.from_params([s.sampling for s in seqs])
-            first, keys = sample(logits, params, mx.stack([s.rng_key for s in seqs]))
-            mx.async_eval(first, keys)
-            for seq in seqs:
-                self.scheduler.mark_running(seq)
-            runner.add_to_batch(seqs, first, keys, merged)
-            self._batch_params = None
+            self._join(seqs, logits, merged)
         return outputs
+
+    def _launch_decode(self, seqs: list[Sequence]) -> RowArrays:
+        rows = self.runner.rows
+        if self._batch_params is None:
+            self._batch_params = self._params_for(seqs)
+            if not self._batch_params.uses_penalties:
+                rows["counts"] = rows["in_prompt"] = None
+        params = self._batch_params
+        penalties = None
+        if params.uses_penalties:
+            penalties = PenaltyState(rows["counts"], rows["in_prompt"])
+            penalties.add_tokens(rows["tokens"])
+        generated = [len(s.output_ids) + 1 for s in seqs] if params.min_tokens else None
+        result = sample(self.runner.decode(), params, rows["keys"], penalties, generated)
+        return self._pending_rows(result, penalties)
+
+    def _params_for(self, seqs: list[Sequence]) -> BatchSamplingParams:
+        return BatchSamplingParams.from_params([s.sampling for s in seqs], self.vocab_size, [s.stop_ids for s in seqs])
+
+    @staticmethod
+    def _pending_rows(result: SampleResult, penalties: PenaltyState | None) -> RowArrays:
+        rows = RowArrays(
+            result.tokens.shape[0],
+            tokens=result.tokens, keys=result.keys, logprobs=result.logprobs,
+            top_ids=result.top_ids, top_logprobs=result.top_logprobs,
+            counts=penalties.counts if penalties else None, in_prompt=penalties.in_prompt if penalties else None,
+        )
+        mx.async_eval(rows.all())
+        return rows
+
+    def _read_back(self, seqs: list[Sequence], rows: RowArrays) -> tuple[list[GenerationOutput], list[Sequence]]:
+        """Apply the tokens sampled for ``seqs`` in the previous step: text, stops, logprobs."""
+        if not seqs:
+            return [], []
+        tokens = rows["tokens"].tolist()
+        logprobs = [None] * len(seqs)
+        if any(s.sampling.logprobs for s in seqs):
+            values = rows["logprobs"].tolist()
+            top = zip(rows["top_ids"].tolist(), rows["top_logprobs"].tolist()) if rows["top_ids"] is not None else None
+            for i, (seq, tok, lp) in enumerate(zip(seqs, tokens, values)):
+                alternatives = next(top) if top is not None else ((), ())
+                if seq.sampling.logprobs:
+                    k = seq.sampling.top_logprobs
+                    logprobs[i] = TokenLogprob(tok, lp, tuple(zip(alternatives[0][:k], alternatives[1][:k])))
+        outputs, done = [], []
+        for seq, tok, lp in zip(seqs, tokens, logprobs):
+            out = seq.append_token(tok, lp)
+            if out is not None:
+                outputs.append(out)
+            if seq.status is SequenceStatus.FINISHED:
+                done.append(seq)
+        self._counters["generated"] += len(seqs)
+        return outputs, done
+
+    def _join(self, seqs: list[Sequence], logits: mx.array, merged: list | None) -> None:
+        """Sample the first tokens of freshly prefilled prompts and add them to the decode batch."""
+        seqs, logits, merged = self._expand_n(seqs, logits, merged)
+        params = self._params_for(seqs)
+        penalties = None
+        if params.uses_penalties:
+            penalties = PenaltyState.for_prompts([s.prompt_ids for s in seqs], self.vocab_size)
+        generated = [0] * len(seqs) if params.min_tokens else None
+        result = sample(logits, params, mx.stack([s.rng_key for s in seqs]), penalties, generated)
+        for seq in seqs:
+            self.scheduler.mark_running(seq)
+        self.runner.add_to_batch(seqs, self._pending_rows(result, penalties), merged)
+        self._batch_params = None
+
+    def _expand_n(self, seqs: list[Sequence], logits: mx.array, merged: list | None):
+        """Fork requests with n > 1 into n rows sharing one prefill."""
+        if all(s.sampling.n == 1 for s in seqs):
+            return seqs, logits, merged
+        rows, index = [], []
+        for i, seq in enumerate(seqs):
+            n = seq.sampling.n
+            child_keys = mx.random.split(seq.rng_key, n) if n > 1 else None
+            rows.append(seq)
+            for k in range(1, n):
+                child = self._new_sequence(seq.request, index=k)
+                child.num_computed, child.cache, child.rng_key = seq.num_computed, seq.cache, child_keys[k]
+                child.status = SequenceStatus.PREFILLING
+                self.scheduler.prefilling.append(child)
+                rows.append(child)
+            index += [i] * n
+        picked = mx.array(index)
+        if merged is not None:
+            for c in merged:
+                c.filter(picked)
+        return rows, logits[picked], merged
 
     def _prefill(self, chunks: list[tuple[Sequence, int]]) -> list[tuple[list[Sequence], mx.array, list | None]]:
         """Advance prompt chunks. Returns groups of sequences whose prompt is done:

@@ -1,16 +1,19 @@
-"""Runs the model: per-sequence prefill chunks and one batched decode step.
+"""Runs the model: per-sequence prefill chunks, batched prefill of whole prompts, batched decode.
 
 Each sequence is prefilled into a cache of its own (from ``make_prompt_cache``),
-chunk by chunk. When its prompt is done, its cache is merged into the running
-decode batch (``merge`` + ``extend`` of mlx-lm's batch caches); finished rows are
-dropped with ``filter``. These are mlx-lm's public cache operations, so every
-cache type that implements them (KV, rotating, arrays/recurrent) works.
+chunk by chunk, or several whole prompts of similar length share one
+left-padded forward. Finished prompts join the running decode batch through
+mlx-lm's public batch-cache operations (``merge``/``extend``; rows leave with
+``filter``), so every cache type that implements them works.
 
-Decoding is pipelined: every row has a *pending* token (sampled, possibly not
-yet computed) and PRNG key, kept as arrays aligned with the batch rows. A step
-feeds the pending tokens to the model and replaces them with the next sample
-before the previous ones are read back, so the Python work on step t overlaps
-the computation of step t+1.
+Decoding is pipelined: the per-row *pending* arrays (next input token, PRNG
+key, the sampled token's logprobs, penalty statistics) stay on the device,
+aligned with the rows. A step feeds the pending tokens to the model and
+replaces them with the next sample before the previous ones are read back, so
+Python work on step t overlaps the computation of step t+1.
+
+In deterministic mode every row keeps its own cache and is run at batch size 1,
+so a request's numbers never depend on which other requests share the step.
 """
 
 from __future__ import annotations
@@ -21,24 +24,25 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
+from .rows import RowArrays
 from .sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, deterministic: bool = False):
         self.model = model
+        self.deterministic = deterministic
         self.batch_cache: list[Any] | None = None  # per-layer batch caches of the running rows
-        self.batch_seqs: list[Sequence] = []  # row order of batch_cache
-        self.pending_tokens: mx.array | None = None  # (B,) next input token of each row
-        self.pending_keys: mx.array | None = None  # (B, 2) PRNG key of each row
-        # Whole prompts can share one left-padded forward when every layer is a plain KV cache.
+        self.batch_seqs: list[Sequence] = []  # row order of batch_cache and rows
+        self.rows = RowArrays(0)
         layer_caches = make_prompt_cache(model)
         self.num_layers = len(layer_caches)
-        self.can_prefill_together = all(type(c) is KVCache for c in layer_caches)
+        # Whole prompts can share one left-padded forward when every layer is a plain KV cache.
+        self.can_prefill_together = not deterministic and all(type(c) is KVCache for c in layer_caches)
 
     # -- prefill ---------------------------------------------------------
     def prefill(self, seq: Sequence, num_tokens: int) -> mx.array | None:
-        """Write the next ``num_tokens`` prompt tokens of ``seq`` into its cache.
+        """Write the next ``num_tokens`` prompt tokens of ``seq`` into its own cache.
 
         Returns the logits (1, vocab) of the last prompt position once the whole
         prompt is in the cache, else None.
@@ -47,8 +51,7 @@ class ModelRunner:
             seq.cache = make_prompt_cache(self.model)
         start = seq.num_computed
         end = min(start + num_tokens, seq.num_prompt_tokens)
-        tokens = mx.array(seq.prompt_ids[start:end])[None]
-        logits = self.model(tokens, cache=seq.cache)
+        logits = self.model(mx.array(seq.prompt_ids[start:end])[None], cache=seq.cache)
         seq.num_computed = end
         if end < seq.num_prompt_tokens:
             # Materialize the chunk's keys/values so the graph does not grow across chunks.
@@ -72,27 +75,29 @@ class ModelRunner:
         return cache, logits[:, -1, :]
 
     # -- the decode batch -------------------------------------------------
-    def add_to_batch(
-        self, seqs: list[Sequence], first_tokens: mx.array, keys: mx.array, merged: list[Any] | None = None
-    ) -> None:
-        """Move freshly prefilled rows into the decode batch.
+    def add_to_batch(self, seqs: list[Sequence], rows: RowArrays, merged: list[Any] | None = None) -> None:
+        """Move freshly prefilled rows, with their pending arrays, into the decode batch.
 
         ``merged`` holds their batch caches when they were prefilled together;
-        otherwise each sequence's own cache is merged here.
+        otherwise each sequence's own cache is merged here (kept apart in
+        deterministic mode).
         """
         if not seqs:
             return
-        if merged is None:
-            merged = [layer[0].merge(list(layer)) for layer in zip(*(s.cache for s in seqs))]
-        for s in seqs:
-            s.cache = None
-        if self.batch_cache is None:
-            self.batch_cache, self.pending_tokens, self.pending_keys = merged, first_tokens, keys
+        if self.deterministic:
+            if merged is not None:
+                raise ValueError("deterministic mode prefills each prompt alone")
         else:
-            for running, new in zip(self.batch_cache, merged):
-                running.extend(new)
-            self.pending_tokens = mx.concatenate([self.pending_tokens, first_tokens])
-            self.pending_keys = mx.concatenate([self.pending_keys, keys])
+            if merged is None:
+                merged = [layer[0].merge(list(layer)) for layer in zip(*(s.cache for s in seqs))]
+            for s in seqs:
+                s.cache = None
+            if self.batch_cache is None:
+                self.batch_cache = merged
+            else:
+                for running, new in zip(self.batch_cache, merged):
+                    running.extend(new)
+        self.rows = rows if not self.batch_seqs else self.rows.join(rows)
         self.batch_seqs.extend(seqs)
 
     def remove_from_batch(self, seqs: set[Sequence]) -> bool:
@@ -101,18 +106,21 @@ class ModelRunner:
         if len(keep) == len(self.batch_seqs):
             return False
         if not keep:
-            self.batch_cache, self.batch_seqs = None, []
-            self.pending_tokens = self.pending_keys = None
+            self.batch_cache, self.batch_seqs, self.rows = None, [], RowArrays(0)
             return True
         self.batch_seqs = [self.batch_seqs[i] for i in keep]
-        indices = mx.array(keep)
-        for c in self.batch_cache:
-            c.filter(indices)
-        self.pending_tokens = self.pending_tokens[indices]
-        self.pending_keys = self.pending_keys[indices]
+        if self.batch_cache is not None:
+            indices = mx.array(keep)
+            for c in self.batch_cache:
+                c.filter(indices)
+        self.rows = self.rows.take(keep)
         return True
 
     def decode(self) -> mx.array:
         """One decode step for every row from its pending token -> logits (B, vocab)."""
-        logits = self.model(self.pending_tokens[:, None], cache=self.batch_cache)
-        return logits[:, -1, :]
+        tokens = self.rows["tokens"]
+        if self.deterministic:
+            return mx.concatenate(
+                [self.model(tokens[i : i + 1, None], cache=s.cache)[:, -1, :] for i, s in enumerate(self.batch_seqs)]
+            )
+        return self.model(tokens[:, None], cache=self.batch_cache)[:, -1, :]

@@ -11,6 +11,9 @@ import enum
 from dataclasses import dataclass, field
 
 
+MAX_TOP_LOGPROBS = 20
+
+
 class FinishReason(str, enum.Enum):
     STOP = "stop"  # EOS token or a stop string / stop token
     LENGTH = "length"  # max_tokens or the context budget reached
@@ -31,10 +34,24 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    min_tokens: int = 0  # EOS, stop tokens and stop strings are not honoured before this many tokens
+    # OpenAI penalties: subtracted per token, over generated tokens only.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # Multiplicative penalty over prompt + generated tokens (1.0 = off).
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    logprobs: bool = False  # report the sampled token's logprob
+    top_logprobs: int = 0  # and this many most likely alternatives
+    n: int = 1  # continuations of one prompt (one prefill)
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def uses_penalties(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
 
     def validate(self) -> None:
         """Raise ValueError naming the first out-of-range field."""
@@ -50,6 +67,18 @@ class SamplingParams:
             raise ValueError("min_p must be in [0, 1]")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must not be empty")
+        if not -2.0 <= self.presence_penalty <= 2.0 or not -2.0 <= self.frequency_penalty <= 2.0:
+            raise ValueError("presence_penalty and frequency_penalty must be in [-2, 2]")
+        if not 0.0 < self.repetition_penalty <= 10.0:
+            raise ValueError("repetition_penalty must be in (0, 10]")
+        if self.min_tokens < 0 or self.min_tokens > self.max_tokens:
+            raise ValueError("min_tokens must be between 0 and max_tokens")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]")
+        if self.n < 1:
+            raise ValueError("n must be at least 1")
+        if any(not -100.0 <= b <= 100.0 for _, b in self.logit_bias):
+            raise ValueError("logit_bias values must be in [-100, 100]")
 
 
 @dataclass
@@ -59,17 +88,28 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's logprob and the most likely alternatives at its position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
+
+
 @dataclass
 class GenerationOutput:
     """One delta of a request's output, as produced by the engine thread."""
 
     request_id: str
+    index: int = 0  # which of the request's n continuations
     text: str = ""  # new text since the previous delta (stop strings removed)
     token_ids: list[int] = field(default_factory=list)  # new tokens since the previous delta
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per new token, when requested
 
     @property
     def finished(self) -> bool:
@@ -77,12 +117,15 @@ class GenerationOutput:
 
     def merged_with(self, later: "GenerationOutput") -> "GenerationOutput":
         """This delta followed by a later one of the same request, as one delta."""
+        logprobs = None if self.logprobs is None else self.logprobs + (later.logprobs or [])
         return GenerationOutput(
             request_id=self.request_id,
+            index=self.index,
             text=self.text + later.text,
             token_ids=self.token_ids + later.token_ids,
             finish_reason=later.finish_reason,
             prompt_tokens=later.prompt_tokens,
             completion_tokens=later.completion_tokens,
             error=later.error,
+            logprobs=logprobs,
         )

@@ -1,8 +1,20 @@
 """Batched sampling where every row keeps its own controls and its own random stream.
 
-Rows are sampled with the Gumbel-max trick using a per-row PRNG key, so a
-seeded request draws the same random numbers whether it runs alone or shares a
-batch with others. Greedy rows (temperature 0) take the argmax.
+Per step and per row, in this order:
+
+1. ``logit_bias`` is added;
+2. ``repetition_penalty`` (multiplicative, over prompt + generated tokens: positive logits are
+   divided by it, negative ones multiplied);
+3. ``presence_penalty`` / ``frequency_penalty`` (OpenAI semantics: subtract ``presence`` once for
+   every token generated so far and ``frequency`` times its count, over generated tokens only);
+4. ``min_tokens``: stop tokens are masked while a row has generated fewer tokens;
+5. temperature scaling, then top-k, top-p and min-p truncation;
+6. a Gumbel-max draw with the row's own PRNG key (argmax for temperature 0).
+
+A seeded request therefore draws the same random numbers whether it runs alone
+or in a batch. Logprobs are reported from the distribution after steps 1-5
+without the truncation of step 5 (so every token has a finite logprob), at
+temperature 1 for greedy rows.
 """
 
 from __future__ import annotations
@@ -12,7 +24,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from .request import SamplingParams
+from .request import MAX_TOP_LOGPROBS, SamplingParams
 
 _NEG_INF = float("-inf")
 
@@ -32,31 +44,109 @@ def _gumbel_noise(keys: mx.array, vocab: int) -> mx.array:
     return -mx.log(-mx.log(mx.clip(uniform, 1e-20, 1.0 - 1e-7)))
 
 
+def _column(values: list[float]) -> mx.array:
+    return mx.array(values, dtype=mx.float32)[:, None]
+
+
+def _dense_rows(rows: list, vocab: int, fill: float = 0.0) -> mx.array:
+    """(B, vocab) float array from per-row sparse {token: value} items."""
+    flat = mx.full((len(rows), vocab), fill, dtype=mx.float32)
+    row_idx, tok_idx, vals = [], [], []
+    for i, items in enumerate(rows):
+        for tok, val in items:
+            if 0 <= tok < vocab:
+                row_idx.append(i)
+                tok_idx.append(tok)
+                vals.append(val)
+    if row_idx:
+        flat[mx.array(row_idx), mx.array(tok_idx)] = mx.array(vals, dtype=mx.float32)
+    return flat
+
+
 @dataclass
 class BatchSamplingParams:
-    """Per-row sampling controls of one decode batch, as arrays."""
+    """Per-row sampling controls of one batch, as arrays (None where no row uses a control)."""
 
     all_greedy: bool
-    temperature: mx.array  # (B, 1); greedy rows hold 1.0 (unused)
+    temperature: mx.array  # (B, 1); greedy rows hold 1.0
     greedy: mx.array  # (B,) bool
-    top_p: mx.array | None  # (B, 1) or None when no row uses it
-    top_k: mx.array | None  # (B,) int, 0 = off
-    min_p: mx.array | None  # (B, 1)
+    top_p: mx.array | None = None  # (B, 1)
+    top_k: mx.array | None = None  # (B,) int, 0 = off
+    min_p: mx.array | None = None  # (B, 1)
+    logit_bias: mx.array | None = None  # (B, vocab)
+    presence: mx.array | None = None  # (B, 1)
+    frequency: mx.array | None = None  # (B, 1)
+    repetition: mx.array | None = None  # (B, 1)
+    min_tokens: list[int] | None = None  # per row
+    stop_mask: mx.array | None = None  # (B, vocab) bool: tokens held back until min_tokens
+    top_logprobs: int = 0  # most alternatives any row asked for
+    uses_penalties: bool = False
 
     @classmethod
-    def from_params(cls, params: list[SamplingParams]) -> "BatchSamplingParams":
+    def from_params(
+        cls, params: list[SamplingParams], vocab: int, stop_ids: list[set[int]] | None = None
+    ) -> "BatchSamplingParams":
         greedy = [p.greedy for p in params]
-        return cls(
+        out = cls(
             all_greedy=all(greedy),
-            temperature=mx.array([[1.0 if g else p.temperature] for g, p in zip(greedy, params)]),
+            temperature=_column([1.0 if g else p.temperature for g, p in zip(greedy, params)]),
             greedy=mx.array(greedy),
-            top_p=mx.array([[p.top_p] for p in params]) if any(p.top_p < 1.0 for p in params) else None,
-            top_k=mx.array([p.top_k for p in params]) if any(p.top_k > 0 for p in params) else None,
-            min_p=mx.array([[p.min_p] for p in params]) if any(p.min_p > 0 for p in params) else None,
+            top_logprobs=max(p.top_logprobs for p in params),
         )
+        if any(p.top_p < 1.0 for p in params):
+            out.top_p = _column([p.top_p for p in params])
+        if any(p.top_k > 0 for p in params):
+            out.top_k = mx.array([p.top_k for p in params])
+        if any(p.min_p > 0 for p in params):
+            out.min_p = _column([p.min_p for p in params])
+        if any(p.logit_bias for p in params):
+            out.logit_bias = _dense_rows([p.logit_bias for p in params], vocab)
+        if any(p.uses_penalties for p in params):
+            out.uses_penalties = True
+            out.presence = _column([p.presence_penalty for p in params])
+            out.frequency = _column([p.frequency_penalty for p in params])
+            out.repetition = _column([p.repetition_penalty for p in params])
+        if any(p.min_tokens > 0 for p in params) and stop_ids is not None:
+            out.min_tokens = [p.min_tokens for p in params]
+            out.stop_mask = _dense_rows([[(t, 1.0) for t in ids] for ids in stop_ids], vocab) > 0
+        return out
 
 
-def _filter_logits(logits: mx.array, params: BatchSamplingParams) -> mx.array:
+@dataclass
+class PenaltyState:
+    """Per-row token statistics the penalties need: counts of generated tokens and the prompt's tokens."""
+
+    counts: mx.array  # (B, vocab) float: how often each token was generated
+    in_prompt: mx.array  # (B, vocab) bool
+
+    @classmethod
+    def for_prompts(cls, prompts: list[list[int]], vocab: int) -> "PenaltyState":
+        marks = _dense_rows([[(t, 1.0) for t in set(p)] for p in prompts], vocab)
+        return cls(counts=mx.zeros((len(prompts), vocab), dtype=mx.float32), in_prompt=marks > 0)
+
+    def add_tokens(self, tokens: mx.array) -> None:
+        rows = mx.arange(tokens.shape[0])
+        self.counts = self.counts.at[rows, tokens].add(1.0)
+
+
+def process_logits(
+    logits: mx.array, params: BatchSamplingParams, penalties: PenaltyState | None, generated: list[int] | None
+) -> mx.array:
+    """Steps 1-4 of the module docstring. ``generated``: tokens each row has produced so far."""
+    if params.logit_bias is not None:
+        logits = logits + params.logit_bias
+    if params.uses_penalties and penalties is not None:
+        seen = penalties.in_prompt | (penalties.counts > 0)
+        penalized = mx.where(logits > 0, logits / params.repetition, logits * params.repetition)
+        logits = mx.where(seen, penalized, logits)
+        logits = logits - params.presence * (penalties.counts > 0) - params.frequency * penalties.counts
+    if params.min_tokens is not None and generated is not None:
+        below = mx.array([g < m for g, m in zip(generated, params.min_tokens)])
+        logits = mx.where(below[:, None] & params.stop_mask, _NEG_INF, logits)
+    return logits
+
+
+def _truncate(logits: mx.array, params: BatchSamplingParams) -> mx.array:
     """Mask tokens outside top-k / top-p / min-p, per row."""
     if params.top_k is None and params.top_p is None and params.min_p is None:
         return logits
@@ -80,13 +170,41 @@ def _filter_logits(logits: mx.array, params: BatchSamplingParams) -> mx.array:
     return logits
 
 
-def sample(logits: mx.array, params: BatchSamplingParams, keys: mx.array) -> tuple[mx.array, mx.array]:
-    """Sample one token per row with per-row keys (B, 2). Returns (tokens (B,), the rows' next keys)."""
-    logits = logits.astype(mx.float32)
+@dataclass
+class SampleResult:
+    tokens: mx.array  # (B,)
+    keys: mx.array  # (B, 2): the rows' next keys
+    logprobs: mx.array  # (B,) logprob of each sampled token
+    top_ids: mx.array | None = None  # (B, k)
+    top_logprobs: mx.array | None = None  # (B, k)
+
+    def arrays(self) -> list[mx.array]:
+        return [a for a in (self.tokens, self.keys, self.logprobs, self.top_ids, self.top_logprobs) if a is not None]
+
+
+def sample(
+    logits: mx.array,
+    params: BatchSamplingParams,
+    keys: mx.array,
+    penalties: PenaltyState | None = None,
+    generated: list[int] | None = None,
+) -> SampleResult:
+    """Sample one token per row with per-row keys (B, 2)."""
+    logits = process_logits(logits.astype(mx.float32), params, penalties, generated)
+    scaled = logits / params.temperature
+    logprobs = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
     argmax = mx.argmax(logits, axis=-1)
     if params.all_greedy:
-        return argmax, keys
-    keys, subkeys = _split_keys(keys)
-    scaled = _filter_logits(logits / params.temperature, params)
-    sampled = mx.argmax(scaled + _gumbel_noise(subkeys, logits.shape[-1]), axis=-1)
-    return mx.where(params.greedy, argmax, sampled), keys
+        tokens = argmax
+    else:
+        keys, subkeys = _split_keys(keys)
+        drawn = mx.argmax(_truncate(scaled, params) + _gumbel_noise(subkeys, logits.shape[-1]), axis=-1)
+        tokens = mx.where(params.greedy, argmax, drawn)
+    result = SampleResult(tokens, keys, mx.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0])
+    if params.top_logprobs:
+        # A fixed width, so rows sampled in different steps can share one array.
+        k = min(MAX_TOP_LOGPROBS, logits.shape[-1])
+        top_ids = mx.argsort(-logprobs, axis=-1)[:, :k]
+        result.top_ids = top_ids
+        result.top_logprobs = mx.take_along_axis(logprobs, top_ids, axis=-1)
+    return result

@@ -31,9 +31,12 @@ class Scheduler:
     rows keep decoding between its chunks.
     """
 
-    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int, deterministic: bool = False):
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        # Deterministic mode: prompt chunks have a fixed size whatever else runs, so the
+        # same prompt is always split (and computed) the same way.
+        self.deterministic = deterministic
         self.waiting: deque[Sequence] = deque()
         self.prefilling: list[Sequence] = []
         self.running: list[Sequence] = []
@@ -45,12 +48,12 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
-    def find(self, request_id: str) -> Sequence | None:
-        for group in (self.running, self.prefilling, self.waiting):
-            for seq in group:
-                if seq.request_id == request_id:
-                    return seq
-        return None
+    def all_sequences(self) -> list[Sequence]:
+        return [*self.running, *self.prefilling, *self.waiting]
+
+    def find_all(self, request_id: str) -> list[Sequence]:
+        """Every sequence of a request (n > 1 gives several)."""
+        return [seq for seq in self.all_sequences() if seq.request_id == request_id]
 
     def remove(self, seq: Sequence) -> None:
         for group in (self.running, self.prefilling):
@@ -69,7 +72,12 @@ class Scheduler:
         for seq in self.prefilling:
             if budget <= 0:
                 break
-            n = min(budget, seq.num_remaining_prompt)
+            if self.deterministic:
+                n = min(self.max_num_batched_tokens, seq.num_remaining_prompt)
+                if n > budget and plan.prefill:
+                    break
+            else:
+                n = min(budget, seq.num_remaining_prompt)
             plan.prefill.append((seq, n))
             budget -= n
         return plan

@@ -6,7 +6,7 @@ import enum
 import time
 from typing import Any
 
-from .request import FinishReason, GenerationOutput, GenerationRequest
+from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
 from .stop import StopStringMatcher
 
 
@@ -20,12 +20,14 @@ class SequenceStatus(enum.Enum):
 class Sequence:
     """Engine-side state of one request. Touched only by the engine thread."""
 
-    def __init__(self, request: GenerationRequest, detokenizer: Any, eos_token_ids: set[int]):
+    def __init__(self, request: GenerationRequest, detokenizer: Any, eos_token_ids: set[int], index: int = 0):
         self.request = request
         self.request_id = request.request_id
+        self.index = index  # which of the request's n continuations
         self.sampling = request.sampling
         self.prompt_ids: list[int] = list(request.prompt_token_ids)
         self.output_ids: list[int] = []
+        self.logprobs: list[TokenLogprob] = []  # aligned with output_ids when requested
         self.status = SequenceStatus.WAITING
         self.finish_reason: FinishReason | None = None
         # Prompt tokens whose keys/values are already in this sequence's cache.
@@ -40,6 +42,7 @@ class Sequence:
         self.stop_matcher = StopStringMatcher(self.sampling.stop)
         self.emitted_chars = 0  # characters of detokenizer.text already sent
         self.emitted_tokens = 0  # tokens already sent
+        self.stop_scan_from = 0  # stop strings count only in text made after min_tokens
         self.arrival_time = time.monotonic()
         self.first_token_time: float | None = None
 
@@ -55,52 +58,63 @@ class Sequence:
     def last_token(self) -> int:
         return self.output_ids[-1]
 
-    def append_token(self, token: int) -> GenerationOutput | None:
+    def append_token(self, token: int, logprob: TokenLogprob | None = None) -> GenerationOutput | None:
         """Add a sampled token; returns the delta to stream (None when nothing new to say)."""
         if self.first_token_time is None:
             self.first_token_time = time.monotonic()
         self.output_ids.append(token)
-        if token in self.stop_ids:
-            return self.finish(FinishReason.STOP, include_last_token=False)
+        if logprob is not None:
+            self.logprobs.append(logprob)
+        stops_apply = len(self.output_ids) > self.sampling.min_tokens
+        if token in self.stop_ids and stops_apply:
+            return self.finish(FinishReason.STOP, stop_token=True)
         self.detokenizer.add_token(token)
         text = self.detokenizer.text
-        stop_at = self.stop_matcher.find(text, self.emitted_chars)
+        if not stops_apply:
+            self.stop_scan_from = len(text)
+            stop_at = None
+        else:
+            stop_at = self.stop_matcher.find(text, max(self.emitted_chars, self.stop_scan_from))
         if stop_at is not None:
             return self._final_delta(text[:stop_at], FinishReason.STOP)
         if len(self.output_ids) >= self.sampling.max_tokens:
             return self.finish(FinishReason.LENGTH)
-        safe = self.stop_matcher.safe_length(text)
+        safe = self.stop_matcher.safe_length(text) if stops_apply else len(text)
         if safe <= self.emitted_chars:
             return None
         delta = self._delta(text[self.emitted_chars : safe])
         self.emitted_chars = safe
         return delta
 
-    def finish(self, reason: FinishReason, include_last_token: bool = True) -> GenerationOutput:
-        """Flush held-back text and produce the final delta."""
+    def finish(self, reason: FinishReason, stop_token: bool = False) -> GenerationOutput:
+        """Flush held-back text and produce the final delta (a stop token is counted, not shown)."""
         self.detokenizer.finalize()
         text = self.detokenizer.text
-        if reason is not FinishReason.ABORT:
-            stop_at = self.stop_matcher.find(text, self.emitted_chars)
+        if reason is not FinishReason.ABORT and len(self.output_ids) > self.sampling.min_tokens:
+            stop_at = self.stop_matcher.find(text, max(self.emitted_chars, self.stop_scan_from))
             if stop_at is not None:
                 text, reason = text[:stop_at], FinishReason.STOP
-        return self._final_delta(text, reason)
+        return self._final_delta(text, reason, hidden_tokens=1 if stop_token else 0)
 
-    def _final_delta(self, text: str, reason: FinishReason) -> GenerationOutput:
+    def _final_delta(self, text: str, reason: FinishReason, hidden_tokens: int = 0) -> GenerationOutput:
         self.status = SequenceStatus.FINISHED
         self.finish_reason = reason
-        delta = self._delta(text[self.emitted_chars :])
+        delta = self._delta(text[self.emitted_chars :], hidden_tokens)
         self.emitted_chars = max(self.emitted_chars, len(text))
         delta.finish_reason = reason
         return delta
 
-    def _delta(self, text: str) -> GenerationOutput:
-        new_tokens = self.output_ids[self.emitted_tokens :]
+    def _delta(self, text: str, hidden_tokens: int = 0) -> GenerationOutput:
+        end = len(self.output_ids) - hidden_tokens
+        new_tokens = self.output_ids[self.emitted_tokens : end]
+        logprobs = self.logprobs[self.emitted_tokens : end] if self.sampling.logprobs else None
         self.emitted_tokens = len(self.output_ids)
         return GenerationOutput(
             request_id=self.request_id,
+            index=self.index,
             text=text,
             token_ids=new_tokens,
             prompt_tokens=self.num_prompt_tokens,
             completion_tokens=len(self.output_ids),
+            logprobs=logprobs,
         )
