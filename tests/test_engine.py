@@ -27,12 +27,15 @@ class EngineHarness:
                 self.outputs.setdefault(o.request_id, []).append(o)
             self.cond.notify_all()
 
-    def submit(self, prompt, **params) -> str:
+    def request(self, prompt, **params) -> GenerationRequest:
         self._n += 1
-        rid = f"req-{self._n}"
         ids = prompt if isinstance(prompt, list) else self.tokenizer.encode(prompt)
-        self.engine.add_request(GenerationRequest(rid, ids, SamplingParams(**params)))
-        return rid
+        return GenerationRequest(f"req-{self._n}", ids, SamplingParams(**params))
+
+    def submit(self, prompt, **params) -> str:
+        req = self.request(prompt, **params)
+        self.engine.add_request(req)
+        return req.request_id
 
     def wait(self, rid, timeout=60):
         with self.cond:
@@ -135,3 +138,26 @@ def test_prefill_together_matches_one_by_one(tiny_qwen3):
     lengths = [[s.num_prompt_tokens for s in g] for g in group_for_padding(
         [Sequence(GenerationRequest(f"g{n}", list(range(n))), None, set()) for n in (3, 100, 4, 5, 90)])]
     assert lengths == [[3, 4, 5], [90, 100]]
+
+
+def test_n_continuations_from_a_batched_prefill_group(harness):
+    """n > 1 inside a group prefilled together: the shared cache is copied into n rows."""
+    solo = harness.run(["Hello there friend"], max_tokens=10, temperature=0)[0][1]
+    together_before = harness.engine.stats.prompts_prefilled_together
+    requests = [harness.request("Hello there friend", max_tokens=10, temperature=0, n=3),
+                harness.request("Hello there pal", max_tokens=10, temperature=0),
+                harness.request("Hello there mate", max_tokens=10, temperature=0)]
+    harness.engine.add_requests(requests)
+    rids = [r.request_id for r in requests]
+    rid = rids[0]
+    with harness.cond:
+        assert harness.cond.wait_for(
+            lambda: sum(o.finished for o in harness.outputs.get(rid, [])) == 3, 60)
+    per_index = {}
+    for out in harness.outputs[rid]:
+        per_index.setdefault(out.index, []).extend(out.token_ids)
+    assert sorted(per_index) == [0, 1, 2]
+    assert all(tokens == solo for tokens in per_index.values())
+    for other in rids[1:]:
+        harness.wait(other)
+    assert harness.engine.stats.prompts_prefilled_together - together_before == 3

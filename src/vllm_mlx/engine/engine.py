@@ -52,6 +52,7 @@ class EngineStats:
     requests_failed: int = 0
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    prompts_prefilled_together: int = 0  # prompts that shared a left-padded prefill forward
     steps: int = 0
     state: str = "starting"
 
@@ -68,7 +69,7 @@ class LLMEngine:
         self._load_error: BaseException | None = None
         self.loaded: Any = None
         self.stats = EngineStats()
-        self._counters = dict(finished=0, aborted=0, failed=0, prompt=0, generated=0, steps=0)
+        self._counters = dict(finished=0, aborted=0, failed=0, prompt=0, generated=0, steps=0, together=0)
 
     # -- called from other threads ------------------------------------------
     def start(self, timeout: float | None = None) -> Any:
@@ -80,7 +81,11 @@ class LLMEngine:
         return self.loaded
 
     def add_request(self, request: GenerationRequest) -> None:
-        self._commands.put(("add", request))
+        self.add_requests([request])
+
+    def add_requests(self, requests: list[GenerationRequest]) -> None:
+        """Submit several requests at once: they are admitted in the same step."""
+        self._commands.put(("add", requests))
 
     def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id))
@@ -142,7 +147,8 @@ class LLMEngine:
             if kind == "stop":
                 return False
             if kind == "add":
-                self._add(arg)
+                for request in arg:
+                    self._add(request)
             elif kind == "abort":
                 self._abort(arg)
 
@@ -326,6 +332,7 @@ class LLMEngine:
                         seq.num_computed = 0
                     continue
                 self._counters["prompt"] += sum(s.num_prompt_tokens for s in group)
+                self._counters["together"] += len(group)
                 groups.append((group, logits, cache))
                 together.update(group)
         done, last_logits = [], []
@@ -365,6 +372,7 @@ class LLMEngine:
             requests_failed=c["failed"],
             prompt_tokens=c["prompt"],
             generation_tokens=c["generated"],
+            prompts_prefilled_together=c["together"],
             steps=c["steps"],
             state=state or self.stats.state,
             batch_rows=len(self.runner.batch_seqs),
