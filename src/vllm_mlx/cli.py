@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import asdict, fields
 
 from . import __version__
 from .config import SamplingDefaults, ServerConfig
@@ -82,21 +83,10 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
 
 
 def _sampling_defaults(args: argparse.Namespace) -> SamplingDefaults:
-    defaults = SamplingDefaults(
-        temperature=args.default_temperature,
-        top_p=args.default_top_p,
-        top_k=args.default_top_k,
-        min_p=args.default_min_p,
-        presence_penalty=args.default_presence_penalty,
-        frequency_penalty=args.default_frequency_penalty,
-        repetition_penalty=args.default_repetition_penalty,
-    )
+    """--default-<field> flags; checked with the same rules as request values."""
+    defaults = SamplingDefaults(**{f.name: getattr(args, f"default_{f.name}") for f in fields(SamplingDefaults)})
     try:
-        SamplingParams(
-            temperature=defaults.temperature, top_p=defaults.top_p, top_k=defaults.top_k, min_p=defaults.min_p,
-            presence_penalty=defaults.presence_penalty, frequency_penalty=defaults.frequency_penalty,
-            repetition_penalty=defaults.repetition_penalty,
-        ).validate()
+        SamplingParams(**asdict(defaults)).validate()
     except ValueError as exc:
         raise SystemExit(f"invalid sampling default: {exc}")
     return defaults
