@@ -39,6 +39,17 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deterministic", action="store_true",
                    help="identical requests give identical output under any concurrent load: every row is "
                         "computed at batch size 1 and prompts are prefilled alone in fixed-size chunks")
+    c = p.add_argument_group("prefix cache")
+    c.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="disable reuse of keys/values across requests that share a prompt prefix")
+    c.add_argument("--enable-prefix-caching", dest="prefix_cache", action="store_true",
+                   help="accepted for compatibility: the prefix cache is on by default")
+    c.add_argument("--cache-memory-mb", type=int, default=None,
+                   help="prefix-cache budget in MB (default: --cache-memory-fraction of the memory free at start)")
+    c.add_argument("--cache-memory-fraction", type=float, default=0.25)
+    c.add_argument("--prefix-block-size", type=int, default=64, help="tokens per cached block (default: %(default)s)")
+    c.add_argument("--kv-cache-bits", type=int, choices=[4, 8], default=None,
+                   help="store cached blocks quantized to 8 or 4 bits")
     d = p.add_argument_group("sampling defaults (used only when a request omits the field)")
     d.add_argument("--default-temperature", type=float, default=1.0)
     d.add_argument("--default-top-p", type=float, default=1.0)
@@ -77,6 +88,11 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         trust_remote_code=args.trust_remote_code,
         strict_model_id=args.strict_model_id,
         deterministic=args.deterministic,
+        prefix_cache=args.prefix_cache,
+        cache_memory_mb=args.cache_memory_mb,
+        cache_memory_fraction=args.cache_memory_fraction,
+        prefix_block_size=args.prefix_block_size,
+        kv_cache_bits=args.kv_cache_bits,
         sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,
     )

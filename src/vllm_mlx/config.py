@@ -32,6 +32,11 @@ class ServerConfig:
     trust_remote_code: bool = False
     strict_model_id: bool = False
     deterministic: bool = False
+    prefix_cache: bool = True
+    cache_memory_mb: int | None = None
+    cache_memory_fraction: float = 0.25
+    prefix_block_size: int = 64
+    kv_cache_bits: int | None = None
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     log_level: str = "info"
     extra: dict = field(default_factory=dict)

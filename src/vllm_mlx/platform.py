@@ -86,3 +86,26 @@ def detect_backend(blas: BlasStatus, requested_dtype: str = "auto") -> BackendIn
     # On the CPU backend only float32 matmuls are fast (BLAS); bf16/fp16 are emulated.
     dtype = requested_dtype if requested_dtype != "auto" else ("float32" if device == "cpu" else "model")
     return BackendInfo(device=device, metal=metal, cuda=cuda, blas=blas, compute_dtype=dtype)
+
+
+def device_memory_bytes() -> int:
+    """Memory the model, batch and caches share: Metal's recommended working set, else physical RAM."""
+    import mlx.core as mx
+
+    if mx.metal.is_available():
+        return int(mx.metal.device_info()["max_recommended_working_set_size"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def available_memory_bytes() -> int:
+    """Memory free for new allocations now (Linux: MemAvailable; else device memory minus MLX's use)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import mlx.core as mx
+
+    return max(0, device_memory_bytes() - mx.get_active_memory())

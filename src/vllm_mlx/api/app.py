@@ -52,6 +52,11 @@ def create_app(config: ServerConfig) -> FastAPI:
             max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens,
             deterministic=config.deterministic,
+            prefix_cache=config.prefix_cache,
+            cache_memory_bytes=None if config.cache_memory_mb is None else config.cache_memory_mb << 20,
+            cache_memory_fraction=config.cache_memory_fraction,
+            prefix_block_size=config.prefix_block_size,
+            kv_cache_bits=config.kv_cache_bits,
         ),
     )
 

@@ -31,8 +31,10 @@ def sse(payload: dict | str) -> str:
     return f"data: {data}\n\n"
 
 
-def _usage(prompt: int, completion: int) -> dict:
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion).model_dump()
+def _usage(prompt: int, completion: int, cached: int = 0) -> dict:
+    usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion).model_dump()
+    usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
 
 
 @dataclass
@@ -71,8 +73,8 @@ async def collect(stream: AsyncIterator[GenerationOutput], raw: Request, n: int)
 
 
 def _totals(choices: list[Choice]) -> dict:
-    prompt = choices[0].last.prompt_tokens
-    return _usage(prompt, sum(c.last.completion_tokens for c in choices))
+    first = choices[0].last
+    return _usage(first.prompt_tokens, sum(c.last.completion_tokens for c in choices), first.cached_tokens)
 
 
 @router.get("/v1/models")
@@ -144,12 +146,12 @@ async def _chat_stream(
 
     for i in range(n):
         yield chunk(i, {"role": "assistant", "content": ""})
-    prompt_tokens, completion = 0, [0] * n
+    prompt_tokens, cached, completion = 0, 0, [0] * n
     async for out in stream:
         if out.finish_reason is FinishReason.ERROR:
             yield sse(error_body(500, f"generation failed: {out.error}", code="generation_error"))
             break
-        prompt_tokens, completion[out.index] = out.prompt_tokens, out.completion_tokens
+        prompt_tokens, cached, completion[out.index] = out.prompt_tokens, out.cached_tokens, out.completion_tokens
         logprobs = chat_logprobs(out.logprobs, token_text) if token_text and out.logprobs else None
         if out.text or logprobs:
             yield chunk(out.index, {"content": out.text}, logprobs=logprobs)
@@ -157,7 +159,7 @@ async def _chat_stream(
             yield chunk(out.index, {}, finish_reason_text(out.finish_reason))
     if include_usage:
         yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
-                   "model": model, "choices": [], "usage": _usage(prompt_tokens, sum(completion))})
+                   "model": model, "choices": [], "usage": _usage(prompt_tokens, sum(completion), cached)})
     yield sse("[DONE]")
 
 
@@ -215,6 +217,7 @@ async def completions(req: CompletionRequest, raw: Request):
         for i, c in enumerate(group)
     ]
     prompt_tokens = sum(group[0].last.prompt_tokens for group in results)
+    cached_tokens = sum(group[0].last.cached_tokens for group in results)
     completion_tokens = sum(c.last.completion_tokens for group in results for c in group)
     return JSONResponse(
         {
@@ -223,7 +226,7 @@ async def completions(req: CompletionRequest, raw: Request):
             "created": created,
             "model": state.model_name,
             "choices": choices,
-            "usage": _usage(prompt_tokens, completion_tokens),
+            "usage": _usage(prompt_tokens, completion_tokens, cached_tokens),
         }
     )
 
@@ -243,6 +246,7 @@ async def _completion_stream(
 
     tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
     prompt_tokens: dict[int, int] = {}
+    cached: dict[int, int] = {}
     completion: dict[int, int] = {}
     offsets: dict[int, int] = {}
     open_streams = len(tasks)
@@ -257,6 +261,7 @@ async def _completion_stream(
                 continue
             index = prompt_index * n + out.index
             prompt_tokens[prompt_index] = out.prompt_tokens
+            cached[prompt_index] = out.cached_tokens
             completion[index] = out.completion_tokens
             logprobs = None
             if token_text and out.logprobs:
@@ -272,10 +277,28 @@ async def _completion_stream(
                     body["usage"] = None
                 yield sse(body)
         if include_usage:
-            usage = _usage(sum(prompt_tokens.values()), sum(completion.values()))
+            usage = _usage(sum(prompt_tokens.values()), sum(completion.values()), sum(cached.values()))
             yield sse({"id": request_id, "object": "text_completion", "created": created, "model": model,
                        "choices": [], "usage": usage})
         yield sse("[DONE]")
     finally:
         for t in tasks:
             t.cancel()
+
+
+# -- prefix cache administration ----------------------------------------------------
+
+
+@router.get("/v1/cache/stats")
+async def cache_stats(raw: Request):
+    stats = _state(raw).engine.stats.prefix_cache
+    return JSONResponse({"enabled": stats is not None, **(stats or {})})
+
+
+@router.post("/v1/cache/clear")
+async def cache_clear(raw: Request):
+    state = _state(raw)
+    if state.engine.stats.prefix_cache is None:
+        raise APIError(400, "the prefix cache is disabled on this server")
+    state.engine.engine.clear_prefix_cache()
+    return JSONResponse({"cleared": True})

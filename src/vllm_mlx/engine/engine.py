@@ -12,13 +12,18 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import mlx.core as mx
 
 from .detokenizer import IncrementalDetokenizer
+from mlx_lm.models.cache import make_prompt_cache
+
+from ..platform import available_memory_bytes, device_memory_bytes
 from .model_runner import ModelRunner
+from .prefix_cache import PrefixCache
 from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
 from .rows import RowArrays
 from .sampler import BatchSamplingParams, PenaltyState, SampleResult, make_rng_key, sample
@@ -37,6 +42,12 @@ class EngineConfig:
     # Identical requests give identical output whatever else runs: every row is computed
     # at batch size 1 and prompts are prefilled alone in fixed-size chunks.
     deterministic: bool = False
+    # Prefix cache (off in deterministic mode: reused keys/values were computed under other chunking).
+    prefix_cache: bool = True
+    cache_memory_bytes: int | None = None  # None: cache_memory_fraction of the memory free at start
+    cache_memory_fraction: float = 0.25
+    prefix_block_size: int = 64
+    kv_cache_bits: int | None = None  # quantize cached blocks to 8 or 4 bits
 
 
 @dataclass
@@ -55,6 +66,7 @@ class EngineStats:
     prompts_prefilled_together: int = 0  # prompts that shared a left-padded prefill forward
     steps: int = 0
     state: str = "starting"
+    prefix_cache: dict | None = None  # PrefixCacheStats as a dict, when the cache is on
 
 
 class LLMEngine:
@@ -90,6 +102,9 @@ class LLMEngine:
     def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id))
 
+    def clear_prefix_cache(self) -> None:
+        self._commands.put(("clear_prefix_cache", None))
+
     def shutdown(self, timeout: float = 10.0) -> None:
         self._commands.put(("stop", None))
         if self._thread.is_alive():
@@ -107,8 +122,11 @@ class LLMEngine:
             self._eos_ids = set(tokenizer.eos_token_ids)
             self._tokenizer = tokenizer
             self.runner = ModelRunner(self.loaded.model, self.config.deterministic)
+            self.prefix_cache = self._make_prefix_cache()
+            self._memory_limit = int(device_memory_bytes() * 0.9)
             self.scheduler = Scheduler(
-                self.config.max_num_seqs, self.config.max_num_batched_tokens, self.config.deterministic
+                self.config.max_num_seqs, self.config.max_num_batched_tokens, self.config.deterministic,
+                on_admit=self._reuse_prefix if self.prefix_cache else None,
             )
             self.vocab_size = self._probe_vocab_size()
         except BaseException as exc:  # reported to start()
@@ -129,10 +147,51 @@ class LLMEngine:
         mx.clear_streams()
         self._publish_stats("stopped")
 
+    def _make_prefix_cache(self) -> PrefixCache | None:
+        cfg = self.config
+        if not cfg.prefix_cache or cfg.deterministic:
+            return None
+        budget = cfg.cache_memory_bytes
+        if budget is None:
+            budget = int(available_memory_bytes() * cfg.cache_memory_fraction)
+        fingerprint = json.dumps(
+            {"path": str(getattr(self.loaded, "path", "")), "config": getattr(self.loaded, "config", {}),
+             "dtype": str(getattr(self.loaded.model, "dtype", ""))}, sort_keys=True, default=str)
+        cache = PrefixCache(make_prompt_cache(self.loaded.model), budget, fingerprint,
+                            cfg.prefix_block_size, cfg.kv_cache_bits)
+        logger.info("prefix cache: %s mode, %d MB budget, %d-token blocks%s", cache.stats.mode, budget >> 20,
+                    cfg.prefix_block_size, f", {cfg.kv_cache_bits}-bit" if cfg.kv_cache_bits else "")
+        return cache
+
+    def _reuse_prefix(self, seq: Sequence) -> None:
+        """On admission: start the sequence from the longest cached prefix of its prompt."""
+        hit = self.prefix_cache.lookup(seq.prompt_ids)
+        if hit.num_tokens:
+            seq.cache, seq.num_computed, seq.num_cached_tokens = hit.cache, hit.num_tokens, hit.num_tokens
+
+    def _remember(self, tokens: list[int], cache: list) -> None:
+        if self.prefix_cache is not None:
+            try:
+                self.prefix_cache.insert(tokens, cache)
+            except Exception:  # caching is an optimisation: never fail a request over it
+                logger.warning("prefix cache insert failed", exc_info=True)
+
+    def _remember_finished(self, done: list[Sequence]) -> None:
+        """Cache prompt + completion of finished rows, so the next turn of a conversation hits."""
+        if self.prefix_cache is None or self.runner.batch_cache is None:
+            return
+        rows = {s: i for i, s in enumerate(self.runner.batch_seqs)}
+        for seq in done:
+            if seq in rows and seq.finish_reason in (FinishReason.STOP, FinishReason.LENGTH):
+                tokens = seq.prompt_ids + seq.output_ids
+                self._remember(tokens, [c.extract(rows[seq]) for c in self.runner.batch_cache])
+
+    @property
+    def _block_mode(self) -> bool:
+        return self.prefix_cache is not None and self.prefix_cache.block_mode
+
     def _probe_vocab_size(self) -> int:
         """The logits width (may exceed the tokenizer's size); the one forward also warms the model up."""
-        from mlx_lm.models.cache import make_prompt_cache
-
         logits = self.loaded.model(mx.array([[0]]), cache=make_prompt_cache(self.loaded.model))
         return int(logits.shape[-1])
 
@@ -151,6 +210,9 @@ class LLMEngine:
                     self._add(request)
             elif kind == "abort":
                 self._abort(arg)
+            elif kind == "clear_prefix_cache" and self.prefix_cache is not None:
+                self.prefix_cache.clear()
+                self._publish_stats()
 
     def _new_sequence(self, request: GenerationRequest, index: int = 0) -> Sequence:
         detokenizer = IncrementalDetokenizer(self._tokenizer, request.prompt_token_ids)
@@ -201,6 +263,11 @@ class LLMEngine:
         self._emit(outputs)
 
     def _step_safely(self) -> None:
+        if self.prefix_cache is not None and self.prefix_cache.stats.bytes:
+            # The running batch comes first: cached blocks give way when memory runs short.
+            excess = mx.get_active_memory() - self._memory_limit
+            if excess > 0:
+                self.prefix_cache.shrink(excess)
         plan = self.scheduler.schedule()
         try:
             outputs = self._step(plan)
@@ -219,6 +286,7 @@ class LLMEngine:
             runner.rows = self._launch_decode(previous_seqs)
         prefilled = self._prefill(plan.prefill)
         outputs, done = self._read_back(previous_seqs, previous)
+        self._remember_finished(done)
         self._drop(*done)
         self._counters["finished"] += len(done)
         for seqs, logits, merged in prefilled:
@@ -333,6 +401,9 @@ class LLMEngine:
                     continue
                 self._counters["prompt"] += sum(s.num_prompt_tokens for s in group)
                 self._counters["together"] += len(group)
+                for i, seq in enumerate(group):
+                    if seq.num_prompt_tokens >= self.config.prefix_block_size or not self._block_mode:
+                        self._remember(seq.prompt_ids, [c.extract(i) for c in cache])
                 groups.append((group, logits, cache))
                 together.update(group)
         done, last_logits = [], []
@@ -346,6 +417,7 @@ class LLMEngine:
                 continue
             self._counters["prompt"] += n
             if logits is not None:
+                self._remember(seq.prompt_ids, seq.cache)
                 done.append(seq)
                 last_logits.append(logits)
         if done:
@@ -373,6 +445,8 @@ class LLMEngine:
             prompt_tokens=c["prompt"],
             generation_tokens=c["generated"],
             prompts_prefilled_together=c["together"],
+            prefix_cache=asdict(self.prefix_cache.stats) | {"token_hit_rate": self.prefix_cache.stats.token_hit_rate}
+            if getattr(self, "prefix_cache", None) else None,
             steps=c["steps"],
             state=state or self.stats.state,
             batch_rows=len(self.runner.batch_seqs),

@@ -108,6 +108,7 @@ class GenerationOutput:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
     error: str | None = None
     logprobs: list[TokenLogprob] | None = None  # one per new token, when requested
 
@@ -126,6 +127,7 @@ class GenerationOutput:
             finish_reason=later.finish_reason,
             prompt_tokens=later.prompt_tokens,
             completion_tokens=later.completion_tokens,
+            cached_tokens=later.cached_tokens,
             error=later.error,
             logprobs=logprobs,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .sequence import Sequence, SequenceStatus
 
@@ -31,8 +32,15 @@ class Scheduler:
     rows keep decoding between its chunks.
     """
 
-    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int, deterministic: bool = False):
+    def __init__(
+        self,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        deterministic: bool = False,
+        on_admit: Callable[[Sequence], None] | None = None,
+    ):
         self.max_num_seqs = max_num_seqs
+        self.on_admit = on_admit  # e.g. the prefix-cache lookup, run as a sequence leaves the queue
         self.max_num_batched_tokens = max_num_batched_tokens
         # Deterministic mode: prompt chunks have a fixed size whatever else runs, so the
         # same prompt is always split (and computed) the same way.
@@ -68,6 +76,8 @@ class Scheduler:
         while self.waiting and len(self.running) + len(self.prefilling) < self.max_num_seqs:
             seq = self.waiting.popleft()
             seq.status = SequenceStatus.PREFILLING
+            if self.on_admit is not None:
+                self.on_admit(seq)
             self.prefilling.append(seq)
         for seq in self.prefilling:
             if budget <= 0:

@@ -32,6 +32,7 @@ class Sequence:
         self.finish_reason: FinishReason | None = None
         # Prompt tokens whose keys/values are already in this sequence's cache.
         self.num_computed = 0
+        self.num_cached_tokens = 0  # prompt tokens reused from the prefix cache
         # Per-layer cache of this sequence alone, used while prefilling; None once merged.
         self.cache: list[Any] | None = None
         self.rng_key: Any = None  # mx.array PRNG key, set when the engine admits the sequence
@@ -116,5 +117,6 @@ class Sequence:
             token_ids=new_tokens,
             prompt_tokens=self.num_prompt_tokens,
             completion_tokens=len(self.output_ids),
+            cached_tokens=self.num_cached_tokens,
             logprobs=logprobs,
         )
