@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from vllm_mlx.engine.engine import EngineConfig, LLMEngine
+from vllm_mlx.engine.config import EngineConfig
+from vllm_mlx.engine.engine import LLMEngine
 from vllm_mlx.engine.request import FinishReason, GenerationRequest, SamplingParams
 from vllm_mlx.models.loader import load_model
 

@@ -155,3 +155,40 @@ def test_cache_off_server_reports_nothing(start_server, tiny_qwen3):
         assert resp.usage.prompt_tokens_details.cached_tokens == 0
     assert httpx.get(f"{server.base_url}/v1/cache/stats").json() == {"enabled": False}
     assert httpx.post(f"{server.base_url}/v1/cache/clear").status_code == 400
+
+
+def test_disk_tier_survives_restart_and_rejects_foreign_files(start_server, tiny_qwen3, tiny_llama, tmp_path):
+    import json
+
+    cache_dir = tmp_path / "kv"
+    warm = tmp_path / "warm.jsonl"
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Warm question?"}]
+    warm.write_text(json.dumps({"messages": messages}) + "\n" + json.dumps("plain text prompt " * 30) + "\n")
+    args = (tiny_qwen3, "--kv-cache-dir", cache_dir, "--prefix-block-size", "32")
+
+    def ask(server):
+        c = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
+        resp = c.chat.completions.create(model="m", messages=messages, max_tokens=4)
+        return resp.usage.prompt_tokens_details.cached_tokens, httpx.get(f"{server.base_url}/v1/cache/stats").json()
+
+    first = start_server(*args, "--warm-prompts", warm)
+    assert "warmed 2 of 2 prompts" in first.log()
+    assert httpx.get(f"{first.base_url}/v1/cache/stats").json()["disk_writes"] > 5
+    first.stop()
+
+    restarted = start_server(*args)  # a fresh process: only the disk tier can hit
+    cached, stats = ask(restarted)
+    assert cached >= 200 and stats["disk_reads"] >= 6 and stats["disk_rejected"] == 0
+    restarted.stop()
+
+    for f in cache_dir.rglob("*.safetensors"):  # damage every block file
+        f.write_bytes(b"not a safetensors file")
+    damaged = start_server(*args)
+    cached, stats = ask(damaged)
+    assert cached == 0 and stats["disk_rejected"] >= 1 and stats["disk_reads"] == 0
+    damaged.stop()
+
+    # another model never reads this cache: its blocks live under its own fingerprint
+    other = start_server(tiny_llama, "--kv-cache-dir", cache_dir, "--prefix-block-size", "32")
+    cached, stats = ask(other)
+    assert cached == 0 and stats["disk_reads"] == 0 and stats["disk_rejected"] == 0

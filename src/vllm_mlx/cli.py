@@ -50,6 +50,11 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--prefix-block-size", type=int, default=64, help="tokens per cached block (default: %(default)s)")
     c.add_argument("--kv-cache-bits", type=int, choices=[4, 8], default=None,
                    help="store cached blocks quantized to 8 or 4 bits")
+    c.add_argument("--kv-cache-dir", default=None,
+                   help="persist cached blocks in this folder (safetensors), so a restarted server still hits")
+    c.add_argument("--kv-cache-dir-mb", type=int, default=4096, help="size bound of --kv-cache-dir (default: %(default)s)")
+    c.add_argument("--warm-prompts", default=None,
+                   help="a JSON or JSONL file of prompts (strings, or chat message lists) prefilled at startup")
     d = p.add_argument_group("sampling defaults (used only when a request omits the field)")
     d.add_argument("--default-temperature", type=float, default=1.0)
     d.add_argument("--default-top-p", type=float, default=1.0)
@@ -93,6 +98,9 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         cache_memory_fraction=args.cache_memory_fraction,
         prefix_block_size=args.prefix_block_size,
         kv_cache_bits=args.kv_cache_bits,
+        kv_cache_dir=args.kv_cache_dir,
+        kv_cache_dir_mb=args.kv_cache_dir_mb,
+        warm_prompts=args.warm_prompts,
         sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,
     )

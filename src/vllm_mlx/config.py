@@ -37,6 +37,9 @@ class ServerConfig:
     cache_memory_fraction: float = 0.25
     prefix_block_size: int = 64
     kv_cache_bits: int | None = None
+    kv_cache_dir: str | None = None
+    kv_cache_dir_mb: int = 4096
+    warm_prompts: str | None = None
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     log_level: str = "info"
     extra: dict = field(default_factory=dict)

@@ -14,12 +14,13 @@ from fastapi.responses import JSONResponse
 from .. import BLAS_STATUS
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
-from ..engine.engine import EngineConfig
+from ..engine.config import EngineConfig
 from ..models.loader import LoadedModel, load_model, resolve_model_path
 from ..platform import detect_backend
 from .errors import install_error_handlers
 from .openai_routes import router as openai_router
 from .serving import ServingState
+from .warmup import warm_up
 
 logger = logging.getLogger("vllm_mlx")
 
@@ -57,6 +58,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             cache_memory_fraction=config.cache_memory_fraction,
             prefix_block_size=config.prefix_block_size,
             kv_cache_bits=config.kv_cache_bits,
+            kv_cache_dir=config.kv_cache_dir,
+            kv_cache_dir_bytes=config.kv_cache_dir_mb << 20,
         ),
     )
 
@@ -82,8 +85,9 @@ def create_app(config: ServerConfig) -> FastAPI:
             logger.warning(
                 "Serving the built-in DEMO model '%s' (random weights): it produces nonsense text. "
                 "Pass a model folder or Hugging Face repo id to serve a real model.", names[0])
-        logger.info("model %s loaded from %s; serving as %s; context %d tokens",
-                    source, loaded.path, ", ".join(names), max_len)
+        logger.info("model loaded from %s; serving as %s; context %d tokens", loaded.path, ", ".join(names), max_len)
+        if config.warm_prompts:
+            await warm_up(app.state.serving, config.warm_prompts)
         try:
             yield
         finally:

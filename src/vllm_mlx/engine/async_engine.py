@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
-from .engine import EngineConfig, LLMEngine
+from .config import EngineConfig
+from .engine import LLMEngine
 from .request import FinishReason, GenerationOutput, GenerationRequest
 
 

@@ -12,8 +12,7 @@ import logging
 import queue
 import threading
 import time
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Callable
 
 import mlx.core as mx
@@ -21,9 +20,10 @@ import mlx.core as mx
 from .detokenizer import IncrementalDetokenizer
 from mlx_lm.models.cache import make_prompt_cache
 
-from ..platform import available_memory_bytes, device_memory_bytes
+from ..platform import device_memory_bytes
 from .model_runner import ModelRunner
-from .prefix_cache import PrefixCache
+from .config import EngineConfig, EngineStats
+from .prefix_cache import PrefixCache, build_prefix_cache
 from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
 from .rows import RowArrays
 from .sampler import BatchSamplingParams, PenaltyState, SampleResult, make_rng_key, sample
@@ -33,40 +33,6 @@ from .sequence import Sequence, SequenceStatus
 logger = logging.getLogger(__name__)
 
 OutputCallback = Callable[[list[GenerationOutput]], None]
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    max_num_seqs: int = 32
-    max_num_batched_tokens: int = 2048
-    # Identical requests give identical output whatever else runs: every row is computed
-    # at batch size 1 and prompts are prefilled alone in fixed-size chunks.
-    deterministic: bool = False
-    # Prefix cache (off in deterministic mode: reused keys/values were computed under other chunking).
-    prefix_cache: bool = True
-    cache_memory_bytes: int | None = None  # None: cache_memory_fraction of the memory free at start
-    cache_memory_fraction: float = 0.25
-    prefix_block_size: int = 64
-    kv_cache_bits: int | None = None  # quantize cached blocks to 8 or 4 bits
-
-
-@dataclass
-class EngineStats:
-    """A snapshot, replaced (never mutated) by the engine thread after each step."""
-
-    running: int = 0
-    batch_rows: int = 0  # rows held in the decode batch cache
-    prefilling: int = 0
-    waiting: int = 0
-    requests_finished: int = 0
-    requests_aborted: int = 0
-    requests_failed: int = 0
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
-    prompts_prefilled_together: int = 0  # prompts that shared a left-padded prefill forward
-    steps: int = 0
-    state: str = "starting"
-    prefix_cache: dict | None = None  # PrefixCacheStats as a dict, when the cache is on
 
 
 class LLMEngine:
@@ -148,19 +114,13 @@ class LLMEngine:
         self._publish_stats("stopped")
 
     def _make_prefix_cache(self) -> PrefixCache | None:
-        cfg = self.config
-        if not cfg.prefix_cache or cfg.deterministic:
+        if not self.config.prefix_cache or self.config.deterministic:
             return None
-        budget = cfg.cache_memory_bytes
-        if budget is None:
-            budget = int(available_memory_bytes() * cfg.cache_memory_fraction)
-        fingerprint = json.dumps(
-            {"path": str(getattr(self.loaded, "path", "")), "config": getattr(self.loaded, "config", {}),
-             "dtype": str(getattr(self.loaded.model, "dtype", ""))}, sort_keys=True, default=str)
-        cache = PrefixCache(make_prompt_cache(self.loaded.model), budget, fingerprint,
-                            cfg.prefix_block_size, cfg.kv_cache_bits)
-        logger.info("prefix cache: %s mode, %d MB budget, %d-token blocks%s", cache.stats.mode, budget >> 20,
-                    cfg.prefix_block_size, f", {cfg.kv_cache_bits}-bit" if cfg.kv_cache_bits else "")
+        cache = build_prefix_cache(self.loaded, self.config)
+        logger.info("prefix cache: %s mode, %d MB budget, %d-token blocks%s%s", cache.stats.mode,
+                    cache.stats.budget_bytes >> 20, self.config.prefix_block_size,
+                    f", {self.config.kv_cache_bits}-bit" if self.config.kv_cache_bits else "",
+                    f", on disk in {cache.disk.folder}" if cache.disk else "")
         return cache
 
     def _reuse_prefix(self, seq: Sequence) -> None:
@@ -189,6 +149,16 @@ class LLMEngine:
     @property
     def _block_mode(self) -> bool:
         return self.prefix_cache is not None and self.prefix_cache.block_mode
+
+    def _prefix_cache_stats(self) -> dict | None:
+        cache = getattr(self, "prefix_cache", None)
+        if cache is None:
+            return None
+        stats = asdict(cache.stats) | {"token_hit_rate": cache.stats.token_hit_rate}
+        if cache.disk is not None:
+            stats |= {"disk_writes": cache.disk.writes, "disk_reads": cache.disk.reads,
+                      "disk_rejected": cache.disk.rejected, "disk_folder": str(cache.disk.folder)}
+        return stats
 
     def _probe_vocab_size(self) -> int:
         """The logits width (may exceed the tokenizer's size); the one forward also warms the model up."""
@@ -445,8 +415,7 @@ class LLMEngine:
             prompt_tokens=c["prompt"],
             generation_tokens=c["generated"],
             prompts_prefilled_together=c["together"],
-            prefix_cache=asdict(self.prefix_cache.stats) | {"token_hit_rate": self.prefix_cache.stats.token_hit_rate}
-            if getattr(self, "prefix_cache", None) else None,
+            prefix_cache=self._prefix_cache_stats(),
             steps=c["steps"],
             state=state or self.stats.state,
             batch_rows=len(self.runner.batch_seqs),
@@ -466,3 +435,4 @@ def group_for_padding(prompts: list[Sequence]) -> list[list[Sequence]]:
             groups.append([seq])
             total = n
     return groups
+

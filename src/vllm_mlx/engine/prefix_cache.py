@@ -24,14 +24,19 @@ memory back to the running batch.
 from __future__ import annotations
 
 import hashlib
+import json
 from array import array
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 from mlx.utils import tree_map
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+from ..platform import available_memory_bytes
+from .block_store import BlockDiskStore
 
 
 def _digest(parent: bytes, tokens: list[int]) -> bytes:
@@ -102,10 +107,12 @@ class PrefixCache:
         fingerprint: str,
         block_size: int = 64,
         kv_bits: int | None = None,
+        disk: BlockDiskStore | None = None,
     ):
         self.block_mode = all(type(c) is KVCache for c in template_cache)
         self.block_size = block_size
         self.kv_bits = kv_bits
+        self.disk = disk if self.block_mode else None  # snapshots stay in memory
         self.root = hashlib.blake2b(fingerprint.encode(), digest_size=16).digest()
         self._blocks: OrderedDict[bytes, _Block] = OrderedDict()
         self._snapshots: OrderedDict[bytes, _Snapshot] = OrderedDict()
@@ -133,8 +140,10 @@ class PrefixCache:
 
     def _lookup_blocks(self, prompt: list[int]) -> PrefixHit:
         found = []
-        for h in self.block_hashes(prompt, limit=len(prompt) - 1):
-            block = self._blocks.get(h)
+        parent = None
+        for i, h in enumerate(self.block_hashes(prompt, limit=len(prompt) - 1)):
+            block = self._blocks.get(h) or self._from_disk(h, parent, prompt[i * self.block_size :][: self.block_size])
+            parent = h
             if block is None:
                 break
             found.append(block)
@@ -148,6 +157,7 @@ class PrefixCache:
             c = KVCache()
             c.update_and_fetch(keys, values)
             cache.append(c)
+        self._evict_to(self.stats.budget_bytes)  # blocks read back from disk count against the budget
         return PrefixHit(len(found) * self.block_size, cache)
 
     def _lookup_snapshot(self, prompt: list[int]) -> PrefixHit:
@@ -162,6 +172,24 @@ class PrefixCache:
         self._snapshots.move_to_end(best[0])
         cache = [cls.from_state(_copy_state(state)) for cls, state in best[1].states]
         return PrefixHit(best[1].num_tokens, cache)
+
+    def _from_disk(self, h: bytes, parent: bytes | None, tokens: list[int]) -> _Block | None:
+        if self.disk is None or (parent is not None and parent not in self._blocks):
+            return None
+        kv = self.disk.load(h, parent, tokens, self.kv_bits)
+        if kv is None:
+            return None
+        return self._add_block(h, parent, kv)
+
+    def _add_block(self, h: bytes, parent: bytes | None, kv: list) -> _Block:
+        nbytes = sum(_state_bytes(list(k)) + _state_bytes(list(v)) if isinstance(k, tuple)
+                     else k.nbytes + v.nbytes for k, v in kv)
+        block = self._blocks[h] = _Block(parent, kv, nbytes)
+        if parent is not None:
+            self._blocks[parent].children += 1
+        self.stats.bytes += nbytes
+        self.stats.entries = len(self._blocks)
+        return block
 
     # -- insertion ----------------------------------------------------------------
     def insert(self, tokens: list[int], cache: list[Any]) -> None:
@@ -188,14 +216,10 @@ class PrefixCache:
             else:
                 start, end = i * self.block_size, (i + 1) * self.block_size
                 kv = [(self._store(c.keys[..., start:end, :]), self._store(c.values[..., start:end, :])) for c in cache]
-                nbytes = sum(_state_bytes(list(k)) + _state_bytes(list(v)) if isinstance(k, tuple)
-                             else k.nbytes + v.nbytes for k, v in kv)
-                self._blocks[h] = _Block(parent, kv, nbytes)
-                if parent is not None:
-                    self._blocks[parent].children += 1
-                self.stats.bytes += nbytes
+                self._add_block(h, parent, kv)
+                if self.disk is not None:
+                    self.disk.save(h, parent, tokens[start:end], kv)
             parent = h
-        self.stats.entries = len(self._blocks)
 
     def _insert_snapshot(self, tokens: list[int], cache: list[Any]) -> None:
         key = _digest(self.root, tokens)
@@ -253,6 +277,30 @@ class PrefixCache:
         return before - self.stats.bytes
 
     def clear(self) -> None:
+        """Forget every cached prefix, on disk too."""
+        if self.disk is not None:
+            self.disk.clear()
         self._blocks.clear()
         self._snapshots.clear()
         self.stats.bytes = self.stats.entries = 0
+
+def model_fingerprint(loaded: Any) -> str:
+    """What identifies the weights a cached key/value belongs to: folder, config, weight files, dtype."""
+    path = Path(getattr(loaded, "path", "") or ".")
+    weights = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in path.glob("*.safetensors"))
+    return json.dumps({"path": str(path.resolve()), "config": getattr(loaded, "config", {}), "weights": weights,
+                       "dtype": str(getattr(getattr(loaded, "backend", None), "compute_dtype", ""))},
+                      sort_keys=True, default=str)
+
+
+def build_prefix_cache(loaded: Any, config: Any) -> PrefixCache:
+    """The prefix cache an engine config asks for (``config``: an ``EngineConfig``)."""
+    budget = config.cache_memory_bytes
+    if budget is None:
+        budget = int(available_memory_bytes() * config.cache_memory_fraction)
+    fingerprint = model_fingerprint(loaded)
+    template = make_prompt_cache(loaded.model)
+    disk = None
+    if config.kv_cache_dir and all(type(c) is KVCache for c in template):
+        disk = BlockDiskStore(Path(config.kv_cache_dir), fingerprint, config.kv_cache_dir_bytes)
+    return PrefixCache(template, budget, fingerprint, config.prefix_block_size, config.kv_cache_bits, disk)

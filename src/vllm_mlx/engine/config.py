@@ -1,0 +1,41 @@
+"""Engine configuration and the statistics snapshot it publishes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 2048
+    # Identical requests give identical output whatever else runs: every row is computed
+    # at batch size 1 and prompts are prefilled alone in fixed-size chunks.
+    deterministic: bool = False
+    # Prefix cache (off in deterministic mode: reused keys/values were computed under other chunking).
+    prefix_cache: bool = True
+    cache_memory_bytes: int | None = None  # None: cache_memory_fraction of the memory free at start
+    cache_memory_fraction: float = 0.25
+    prefix_block_size: int = 64
+    kv_cache_bits: int | None = None  # quantize cached blocks to 8 or 4 bits
+    kv_cache_dir: str | None = None  # persist blocks here (safetensors) across restarts
+    kv_cache_dir_bytes: int = 4 << 30
+
+
+@dataclass
+class EngineStats:
+    """A snapshot, replaced (never mutated) by the engine thread after each step."""
+
+    running: int = 0
+    batch_rows: int = 0  # rows held in the decode batch cache
+    prefilling: int = 0
+    waiting: int = 0
+    requests_finished: int = 0
+    requests_aborted: int = 0
+    requests_failed: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    prompts_prefilled_together: int = 0  # prompts that shared a left-padded prefill forward
+    steps: int = 0
+    state: str = "starting"
+    prefix_cache: dict | None = None  # PrefixCacheStats as a dict, when the cache is on
