@@ -57,12 +57,20 @@ def test_block_hit_logits_match_fresh_prefill(qwen3_runner):
     got, reused = _logits_after_hit(runner, cache, diverging)
     assert reused == 32 and mx.allclose(got, expected, atol=TOLERANCE).item()
     # the whole cached prompt again: one token is always left to compute
-    assert cache.lookup(first).num_tokens == 64
+    assert cache.lookup(first).num_tokens == 79
+    # token-exact reuse past the last full block: a cached partial block ("tail") is matched token by token
+    with_tail = first + [900, 901, 902, 903, 904]  # 85 tokens: 5 full blocks + a 5-token tail
+    _, kv = _fresh_logits(runner, with_tail)
+    cache.insert(with_tail, kv)
+    follow = with_tail[:83] + [1, 2, 3]
+    expected, _ = _fresh_logits(runner, follow)
+    got, reused = _logits_after_hit(runner, cache, follow)
+    assert reused == 83 and mx.allclose(got, expected, atol=TOLERANCE).item()
 
 
 def test_quantized_blocks_stay_close(qwen3_runner, tiny_qwen3):
     runner = qwen3_runner
-    prompt = list(range(10, 90))
+    prompt = list(range(10, 74))  # two full 32-token blocks, no partial tail
     expected, kv = _fresh_logits(runner, prompt + [5, 6])
     for bits, tol in ((8, 0.05), (4, 0.5)):
         cache = PrefixCache(make_prompt_cache(runner.model), 1 << 30, "q", block_size=32, kv_bits=bits)

@@ -70,9 +70,10 @@ class PrefixHit:
 @dataclass
 class _Block:
     parent: bytes | None
-    kv: list[tuple[Any, Any]]  # per layer (keys, values), each (1, heads, block, dim), maybe quantized
+    kv: list[tuple[Any, Any]]  # per layer (keys, values), each (1, heads, tokens, dim), maybe quantized
     nbytes: int
     children: int = 0
+    tail: tuple[int, ...] | None = None  # set for a partial block: the tokens after the last full block
 
 
 @dataclass
@@ -115,6 +116,9 @@ class PrefixCache:
         self.disk = disk if self.block_mode else None  # snapshots stay in memory
         self.root = hashlib.blake2b(fingerprint.encode(), digest_size=16).digest()
         self._blocks: OrderedDict[bytes, _Block] = OrderedDict()
+        # Partial blocks ("tails"), by the hash of the full block before them (root for none):
+        # a sequence's last, incomplete block, matched token by token.
+        self._tails: dict[bytes, set[bytes]] = {}
         self._snapshots: OrderedDict[bytes, _Snapshot] = OrderedDict()
         self.stats = PrefixCacheStats(budget_bytes=budget_bytes, mode="blocks" if self.block_mode else "snapshots")
 
@@ -139,26 +143,51 @@ class PrefixCache:
         return hit
 
     def _lookup_blocks(self, prompt: list[int]) -> PrefixHit:
-        found = []
-        parent = None
-        for i, h in enumerate(self.block_hashes(prompt, limit=len(prompt) - 1)):
-            block = self._blocks.get(h) or self._from_disk(h, parent, prompt[i * self.block_size :][: self.block_size])
-            parent = h
+        found: list[tuple[_Block, int]] = []  # (block, tokens of it used)
+        last, matched, usable = None, 0, len(prompt) - 1  # one prompt token is always computed
+        for i, h in enumerate(self.block_hashes(prompt)):
+            block = self._blocks.get(h) or self._from_disk(h, last, prompt[i * self.block_size :][: self.block_size])
             if block is None:
                 break
-            found.append(block)
             self._blocks.move_to_end(h)
+            take = min(self.block_size, usable - matched)
+            found.append((block, take))
+            matched += take
+            if take < self.block_size:
+                break
+            last = h
+        tail = None if matched % self.block_size else self._best_tail(last or self.root, prompt[matched:usable])
+        if tail is not None:
+            found.append(tail)
+            matched += tail[1]
         if not found:
             return PrefixHit()
         cache = []
-        for layer in range(len(found[0].kv)):
-            keys = mx.concatenate([self._load(b.kv[layer][0]) for b in found], axis=2)
-            values = mx.concatenate([self._load(b.kv[layer][1]) for b in found], axis=2)
+        for layer in range(len(found[0][0].kv)):
+            keys = mx.concatenate([self._load(b.kv[layer][0])[..., :n, :] for b, n in found], axis=2)
+            values = mx.concatenate([self._load(b.kv[layer][1])[..., :n, :] for b, n in found], axis=2)
             c = KVCache()
             c.update_and_fetch(keys, values)
             cache.append(c)
         self._evict_to(self.stats.budget_bytes)  # blocks read back from disk count against the budget
-        return PrefixHit(len(found) * self.block_size, cache)
+        return PrefixHit(matched, cache)
+
+    def _best_tail(self, parent: bytes, wanted: list[int]) -> tuple[_Block, int] | None:
+        """The cached partial block after ``parent`` sharing the most leading tokens with ``wanted``."""
+        best, best_len = None, 0
+        for key in self._tails.get(parent, ()):
+            block = self._blocks[key]
+            n = 0
+            for a, b in zip(block.tail, wanted):
+                if a != b:
+                    break
+                n += 1
+            if n > best_len:
+                best, best_len = key, n
+        if best is None:
+            return None
+        self._blocks.move_to_end(best)
+        return self._blocks[best], best_len
 
     def _lookup_snapshot(self, prompt: list[int]) -> PrefixHit:
         best: tuple[bytes, _Snapshot] | None = None
@@ -181,10 +210,12 @@ class PrefixCache:
             return None
         return self._add_block(h, parent, kv)
 
-    def _add_block(self, h: bytes, parent: bytes | None, kv: list) -> _Block:
+    def _add_block(self, h: bytes, parent: bytes | None, kv: list, tail: tuple[int, ...] | None = None) -> _Block:
         nbytes = sum(_state_bytes(list(k)) + _state_bytes(list(v)) if isinstance(k, tuple)
                      else k.nbytes + v.nbytes for k, v in kv)
-        block = self._blocks[h] = _Block(parent, kv, nbytes)
+        block = self._blocks[h] = _Block(parent, kv, nbytes, tail=tail)
+        if tail is not None:
+            self._tails.setdefault(parent or self.root, set()).add(h)
         if parent is not None:
             self._blocks[parent].children += 1
         self.stats.bytes += nbytes
@@ -220,6 +251,17 @@ class PrefixCache:
                 if self.disk is not None:
                     self.disk.save(h, parent, tokens[start:end], kv)
             parent = h
+        rest = len(tokens) % self.block_size
+        if rest:
+            tail = tuple(tokens[-rest:])
+            key = _digest((parent or self.root) + b"tail", list(tail))
+            if key in self._blocks:
+                self._blocks.move_to_end(key)
+            else:
+                start = len(tokens) - rest
+                kv = [(self._store(c.keys[..., start : start + rest, :]),
+                       self._store(c.values[..., start : start + rest, :])) for c in cache]
+                self._add_block(key, parent, kv, tail)
 
     def _insert_snapshot(self, tokens: list[int], cache: list[Any]) -> None:
         key = _digest(self.root, tokens)
@@ -268,6 +310,8 @@ class PrefixCache:
             parent = getattr(entry, "parent", None)
             if parent is not None and parent in store:
                 store[parent].children -= 1
+            if getattr(entry, "tail", None) is not None:
+                self._tails[parent or self.root].discard(victim)
         self.stats.entries = len(store)
 
     def shrink(self, bytes_needed: int) -> int:
@@ -281,6 +325,7 @@ class PrefixCache:
         if self.disk is not None:
             self.disk.clear()
         self._blocks.clear()
+        self._tails.clear()
         self._snapshots.clear()
         self.stats.bytes = self.stats.entries = 0
 
