@@ -200,3 +200,20 @@ def test_disk_tier_survives_restart_and_rejects_foreign_files(start_server, tiny
     other = start_server(tiny_llama, "--kv-cache-dir", cache_dir, "--prefix-block-size", "32")
     cached, stats = ask(other)
     assert cached == 0 and stats["disk_reads"] == 0 and stats["disk_rejected"] == 0
+
+
+def test_cache_endpoints_require_the_api_key(start_server, tiny_qwen3):
+    server = start_server(tiny_qwen3, "--api-key", "sekret")
+    assert httpx.get(f"{server.base_url}/health").status_code == 200  # health stays open
+    for method, path in (("GET", "/v1/cache/stats"), ("POST", "/v1/cache/clear"), ("GET", "/v1/models"),
+                         ("POST", "/v1/chat/completions")):
+        resp = httpx.request(method, server.base_url + path, json={}, timeout=10)
+        assert resp.status_code == 401 and resp.json()["error"]["code"] == "invalid_api_key", path
+        resp = httpx.request(method, server.base_url + path, json={}, headers={"x-api-key": "wrong"}, timeout=10)
+        assert resp.status_code == 401, path
+    ok = httpx.get(f"{server.base_url}/v1/cache/stats", headers={"Authorization": "Bearer sekret"})
+    assert ok.status_code == 200 and ok.json()["enabled"]
+    c = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="sekret", max_retries=0)
+    assert c.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="nope", max_retries=0).models.list()

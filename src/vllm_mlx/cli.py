@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import asdict, fields
 
@@ -33,6 +34,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                         "the model's own dtype on a GPU (default: %(default)s)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow models whose config names a custom Python model file")
+    p.add_argument("--api-key", action="append", default=None,
+                   help="require this key (Bearer or x-api-key) on every route but /health; repeatable; "
+                        "default: $VLLM_MLX_API_KEY")
     p.add_argument("--strict-model-id", action="store_true",
                    help="answer 404 model_not_found unless the request names a served name or alias "
                         "(default: any name is served, as clients often send 'default')")
@@ -91,6 +95,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         max_model_len=args.max_model_len,
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
+        api_keys=tuple(args.api_key or ([os.environ["VLLM_MLX_API_KEY"]] if os.environ.get("VLLM_MLX_API_KEY") else [])),
         strict_model_id=args.strict_model_id,
         deterministic=args.deterministic,
         prefix_cache=args.prefix_cache,

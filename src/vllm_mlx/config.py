@@ -30,6 +30,7 @@ class ServerConfig:
     max_model_len: int | None = None  # None = from the model config
     dtype: str = "auto"
     trust_remote_code: bool = False
+    api_keys: tuple[str, ...] = ()  # required on every route but /health when set
     strict_model_id: bool = False
     deterministic: bool = False
     prefix_cache: bool = True

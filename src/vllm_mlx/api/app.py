@@ -17,6 +17,7 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineConfig
 from ..models.loader import LoadedModel, load_model, resolve_model_path
 from ..platform import detect_backend
+from .auth import APIKeyMiddleware
 from .errors import install_error_handlers
 from .openai_routes import router as openai_router
 from .serving import ServingState
@@ -96,6 +97,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     app = FastAPI(title="vllm-mlx", version="0.1.0", lifespan=lifespan)
     app.state.config = config
     install_error_handlers(app)
+    if config.api_keys:
+        app.add_middleware(APIKeyMiddleware, keys=config.api_keys)
+    elif config.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("listening on %s WITHOUT an API key: anyone who can reach this port can use the model. "
+                       "Pass --api-key.", config.host)
     app.include_router(openai_router)
 
     @app.get("/health")

@@ -1,0 +1,51 @@
+"""API-key authentication for every route but /health (Bearer token or x-api-key header)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from starlette.requests import Request
+
+from .errors import error_response
+
+logger = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/health"})
+
+
+def presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+class APIKeyMiddleware:
+    """Rejects requests without the server's key with a 401 in the API's error shape.
+
+    A plain ASGI middleware (not BaseHTTPMiddleware), so streaming responses and
+    client-disconnect detection pass through untouched.
+    """
+
+    def __init__(self, app, keys: tuple[str, ...]):
+        self.app = app
+        self._keys = tuple(k.encode() for k in keys)
+
+    def _valid(self, key: str | None) -> bool:
+        if key is None:
+            return False
+        given = key.encode()
+        # compare against every key, constant time each, so timing reveals nothing
+        return any([hmac.compare_digest(given, k) for k in self._keys])
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        if request.url.path in OPEN_PATHS or request.method == "OPTIONS" or self._valid(presented_key(request)):
+            return await self.app(scope, receive, send)
+        logger.info("rejected unauthenticated %s %s", request.method, request.url.path)
+        response = error_response(401, "invalid or missing API key (send 'Authorization: Bearer KEY' or 'x-api-key')",
+                                  code="invalid_api_key")
+        await response(scope, receive, send)
