@@ -52,7 +52,8 @@ class EngineHarness:
 
 @pytest.fixture(scope="module")
 def harness(tiny_qwen3):
-    h = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64)
+    # no prefix cache: these tests are about batching and chunking, which a cache hit would bypass
+    h = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64, prefix_cache=False)
     yield h
     h.engine.shutdown()
 
