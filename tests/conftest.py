@@ -91,6 +91,7 @@ def tiny_llama(models_dir) -> Path:
 
 SCRIPTED_RULES = [
     {"if_contains": "lookup_stock_price", "reply": "I can see the lookup_stock_price tool."},
+    {"if_contains": "JSON please", "reply": '{"city":"Paris","temp":22}'},
     {"if_contains": "weather", "reply": "It is sunny in Paris, 22 °C. Have a nice day!"},
     {"if_contains": "think", "reply": "<think>\nThe user wants a plan.\n</think>\n\nStep one: relax."},
 ]

@@ -23,6 +23,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from ..platform import device_memory_bytes
 from .model_runner import ModelRunner
 from .config import EngineConfig, EngineStats
+from .constraints import allowed_tokens
 from .prefix_cache import PrefixCache, build_prefix_cache
 from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
 from .rows import RowArrays
@@ -252,10 +253,18 @@ class LLMEngine:
         """Launch decode step t+1, run prefill chunks, then read back and apply step t."""
         runner = self.runner
         previous_seqs, previous = list(runner.batch_seqs), runner.rows
+        deferred = None
         if previous_seqs:
-            runner.rows = self._launch_decode(previous_seqs)
+            if any(s.constraint is not None for s in previous_seqs):
+                # Grammar masks for token t+1 need token t: run the forward now, sample after read-back.
+                deferred = runner.decode()
+                mx.async_eval(deferred)
+            else:
+                runner.rows = self._sample_decode(previous_seqs, runner.decode(), pending_applied=False)
         prefilled = self._prefill(plan.prefill)
         outputs, done = self._read_back(previous_seqs, previous)
+        if deferred is not None:
+            runner.rows = self._sample_decode(previous_seqs, deferred, pending_applied=True)
         self._remember_finished(done)
         self._drop(*done)
         self._counters["finished"] += len(done)
@@ -263,7 +272,9 @@ class LLMEngine:
             self._join(seqs, logits, merged)
         return outputs
 
-    def _launch_decode(self, seqs: list[Sequence]) -> RowArrays:
+    def _sample_decode(self, seqs: list[Sequence], logits: mx.array, pending_applied: bool) -> RowArrays:
+        """Sample every row's next token from the decode logits; ``pending_applied``: the tokens that
+        were fed this step are already appended to the sequences (the deferred, constrained path)."""
         rows = self.runner.rows
         if self._batch_params is None:
             self._batch_params = self._params_for(seqs)
@@ -274,8 +285,10 @@ class LLMEngine:
         if params.uses_penalties:
             penalties = PenaltyState(rows["counts"], rows["in_prompt"])
             penalties.add_tokens(rows["tokens"])
-        generated = [len(s.output_ids) + 1 for s in seqs] if params.min_tokens else None
-        result = sample(self.runner.decode(), params, rows["keys"], penalties, generated)
+        fed = 0 if pending_applied else 1
+        generated = [len(s.output_ids) + fed for s in seqs] if params.min_tokens else None
+        allowed = allowed_tokens([s.active_constraint for s in seqs], self.vocab_size)
+        result = sample(logits, params, rows["keys"], penalties, generated, allowed)
         return self._pending_rows(result, penalties)
 
     def _params_for(self, seqs: list[Sequence]) -> BatchSamplingParams:
@@ -324,7 +337,8 @@ class LLMEngine:
         if params.uses_penalties:
             penalties = PenaltyState.for_prompts([s.prompt_ids for s in seqs], self.vocab_size)
         generated = [0] * len(seqs) if params.min_tokens else None
-        result = sample(logits, params, mx.stack([s.rng_key for s in seqs]), penalties, generated)
+        allowed = allowed_tokens([s.active_constraint for s in seqs], self.vocab_size)
+        result = sample(logits, params, mx.stack([s.rng_key for s in seqs]), penalties, generated, allowed)
         for seq in seqs:
             self.scheduler.mark_running(seq)
         self.runner.add_to_batch(seqs, self._pending_rows(result, penalties), merged)
@@ -342,6 +356,8 @@ class LLMEngine:
             for k in range(1, n):
                 child = self._new_sequence(seq.request, index=k)
                 child.num_computed, child.cache, child.rng_key = seq.num_computed, seq.cache, child_keys[k]
+                if seq.constraint is not None:
+                    child.constraint = seq.constraint.deep_copy()
                 child.status = SequenceStatus.PREFILLING
                 self.scheduler.prefilling.append(child)
                 rows.append(child)

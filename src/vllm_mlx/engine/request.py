@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 MAX_TOP_LOGPROBS = 20
@@ -86,6 +87,10 @@ class GenerationRequest:
     request_id: str
     prompt_token_ids: list[int]
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    # Constrained decoding: an llguidance LLMatcher the output must satisfy, and the token ids
+    # after which it starts (e.g. the end-of-reasoning tag of a thinking model; empty = at once).
+    constraint: Any = None
+    constraint_after: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 Per step and per row, in this order:
 
+0. a grammar mask (constrained decoding) sets disallowed tokens to -inf;
 1. ``logit_bias`` is added;
 2. ``repetition_penalty`` (multiplicative, over prompt + generated tokens: positive logits are
    divided by it, negative ones multiplied);
@@ -188,9 +189,13 @@ def sample(
     keys: mx.array,
     penalties: PenaltyState | None = None,
     generated: list[int] | None = None,
+    allowed: mx.array | None = None,
 ) -> SampleResult:
-    """Sample one token per row with per-row keys (B, 2)."""
-    logits = process_logits(logits.astype(mx.float32), params, penalties, generated)
+    """Sample one token per row with per-row keys (B, 2); ``allowed``: (B, vocab) grammar masks."""
+    logits = logits.astype(mx.float32)
+    if allowed is not None:
+        logits = mx.where(allowed, logits, _NEG_INF)
+    logits = process_logits(logits, params, penalties, generated)
     scaled = logits / params.temperature
     logprobs = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
     argmax = mx.argmax(logits, axis=-1)

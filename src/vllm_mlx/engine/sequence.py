@@ -28,6 +28,9 @@ class Sequence:
         self.prompt_ids: list[int] = list(request.prompt_token_ids)
         self.output_ids: list[int] = []
         self.logprobs: list[TokenLogprob] = []  # aligned with output_ids when requested
+        self.constraint = request.constraint  # llguidance matcher, or None
+        self.constraint_after = list(request.constraint_after)
+        self.constraint_started = not self.constraint_after
         self.status = SequenceStatus.WAITING
         self.finish_reason: FinishReason | None = None
         # Prompt tokens whose keys/values are already in this sequence's cache.
@@ -46,6 +49,25 @@ class Sequence:
         self.stop_scan_from = 0  # stop strings count only in text made after min_tokens
         self.arrival_time = time.monotonic()
         self.first_token_time: float | None = None
+
+    @property
+    def active_constraint(self) -> Any:
+        """The matcher that must mask this row's next token, if any."""
+        if self.constraint is not None and self.constraint_started and self.status is not SequenceStatus.FINISHED:
+            return self.constraint
+        return None
+
+    def _advance_constraint(self, token: int) -> str | None:
+        """Feed the grammar; returns an error message if the token broke it."""
+        if self.constraint is None:
+            return None
+        if not self.constraint_started:
+            n = len(self.constraint_after)
+            self.constraint_started = self.output_ids[-n:] == self.constraint_after
+            return None
+        if not self.constraint.consume_token(token):
+            return f"constrained decoding failed: {self.constraint.get_error() or 'token not allowed'}"
+        return None
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -69,6 +91,11 @@ class Sequence:
         stops_apply = len(self.output_ids) > self.sampling.min_tokens
         if token in self.stop_ids and stops_apply:
             return self.finish(FinishReason.STOP, stop_token=True)
+        error = self._advance_constraint(token)
+        if error is not None:
+            out = self.finish(FinishReason.ERROR)
+            out.error = error
+            return out
         self.detokenizer.add_token(token)
         text = self.detokenizer.text
         if not stops_apply:
@@ -80,6 +107,8 @@ class Sequence:
             return self._final_delta(text[:stop_at], FinishReason.STOP)
         if len(self.output_ids) >= self.sampling.max_tokens:
             return self.finish(FinishReason.LENGTH)
+        if self.constraint is not None and self.constraint_started and self.constraint.is_stopped():
+            return self.finish(FinishReason.STOP)  # the grammar is complete and allows nothing more
         safe = self.stop_matcher.safe_length(text) if stops_apply else len(text)
         if safe <= self.emitted_chars:
             return None

@@ -1,0 +1,109 @@
+"""Constrained decoding with llguidance: a grammar per request, a token mask per row.
+
+A request that must follow a grammar (a JSON schema, a regex, a choice, a Lark
+grammar) carries an ``LLMatcher``. Before each of its tokens is sampled, the
+engine asks the matcher which tokens may come next and masks every other
+logit to -inf, so the output follows the grammar by construction. Rows
+without a grammar in the same batch get no mask and pay nothing.
+
+llguidance ships the mask application as a Metal kernel; this module applies
+the same packed bitmask with plain MLX ops, so it runs on every backend.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+class GrammarError(ValueError):
+    """The grammar or schema cannot be compiled; the message says why."""
+
+
+@dataclass(frozen=True)
+class StructuredSpec:
+    """What the output must look like; exactly one field is set."""
+
+    json_schema: dict | None = None
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    lark: str | None = None
+
+    def grammar(self) -> str:
+        import llguidance
+
+        if self.json_schema is not None:
+            try:
+                return llguidance.LLMatcher.grammar_from_json_schema(
+                    json.dumps(self.json_schema), defaults={"whitespace_flexible": False}
+                )
+            except ValueError as exc:
+                raise GrammarError(f"invalid JSON schema: {exc}") from exc
+        if self.regex is not None:
+            return llguidance.LLMatcher.grammar_from_regex(self.regex)
+        if self.choice is not None:
+            if not self.choice:
+                raise GrammarError("choice must list at least one option")
+            return llguidance.LLMatcher.grammar_from_regex("|".join(re.escape(c) for c in self.choice))
+        if self.lark is not None:
+            return llguidance.LLMatcher.grammar_from_lark(self.lark)
+        raise GrammarError("empty structured-output specification")
+
+
+class GrammarCompiler:
+    """Turns specs into matchers for one tokenizer (the llguidance tokenizer is built once, lazily)."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: list[int]):
+        self._hf = tokenizer
+        self._vocab_size = vocab_size
+        self._eos = eos_token_ids
+        self._ll_tokenizer = None
+
+    @property
+    def ll_tokenizer(self):
+        if self._ll_tokenizer is None:
+            import llguidance
+
+            backend = copy.copy(self._hf.backend_tokenizer)
+            backend.no_padding()
+            backend.no_truncation()
+            self._ll_tokenizer = llguidance.LLTokenizer(
+                backend.to_str(), n_vocab=self._vocab_size, eos_token=self._eos
+            )
+        return self._ll_tokenizer
+
+    def matcher(self, spec: StructuredSpec):
+        """A fresh matcher for ``spec``; raises GrammarError with the compiler's message."""
+        import llguidance
+
+        grammar = spec.grammar()
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.ll_tokenizer)
+        if is_error:
+            raise GrammarError(messages[0] if messages else "the grammar was rejected")
+        matcher = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise GrammarError(matcher.get_error())
+        return matcher
+
+
+def allowed_tokens(matchers: list[Any | None], vocab_size: int) -> mx.array | None:
+    """(B, vocab) bool mask of the tokens each row's matcher allows next; None when no row has one.
+
+    Rows without an (active) matcher allow everything.
+    """
+    if not any(m is not None for m in matchers):
+        return None
+    words = (vocab_size + 31) // 32
+    bitmask = np.full((len(matchers), words), -1, dtype=np.int32)
+    for i, matcher in enumerate(matchers):
+        if matcher is not None and not matcher.is_stopped():
+            row = bitmask[i]
+            matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.size * row.itemsize)
+    packed = mx.array(bitmask.view(np.uint32))
+    bits = (packed[:, :, None] >> mx.arange(32, dtype=mx.uint32)) & 1
+    return bits.reshape(len(matchers), words * 32)[:, :vocab_size].astype(mx.bool_)
