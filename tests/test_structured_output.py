@@ -146,3 +146,31 @@ def test_thinking_is_off_by_default_with_a_schema(scripted_server):
                                             extra_body={"guided_choice": ["Hello", "Bye"]})
     assert constrained.usage.prompt_tokens > free.usage.prompt_tokens
     assert constrained.choices[0].message.content in ("Hello", "Bye")
+
+
+def test_tool_call_grammar_hook(tiny_qwen3):
+    """The constraint the tool-calling layer uses for tool_choice required/named."""
+    from mlx_lm.utils import load_tokenizer
+
+    from vllm_mlx.engine.constraints import GrammarCompiler, GrammarError, tool_call_spec
+
+    tok = load_tokenizer(tiny_qwen3)
+    compiler = GrammarCompiler(tok, len(tok), sorted(tok.eos_token_ids))
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+             {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+    open_id, close_id = tok.convert_tokens_to_ids("<tool_call>"), tok.convert_tokens_to_ids("</tool_call>")
+
+    def accepts(spec, body: str) -> bool:
+        m = compiler.matcher(spec)
+        ids = [open_id, *tok.encode("\n" + body + "\n", add_special_tokens=False), close_id]
+        return all(m.consume_token(t) for t in ids) and m.is_accepting()
+
+    named = tool_call_spec(tools, name="get_weather")
+    assert accepts(named, '{"name":"get_weather","arguments":{"city":"Paris"}}')
+    assert not accepts(named, '{"name":"get_time","arguments":{}}')
+    assert not accepts(named, '{"name":"get_weather","arguments":{}}')  # required parameter missing
+    anyone = tool_call_spec(tools)
+    assert accepts(anyone, '{"name":"get_time","arguments":{}}')
+    with pytest.raises(GrammarError):
+        tool_call_spec(tools, name="nope")

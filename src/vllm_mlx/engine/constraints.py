@@ -107,3 +107,42 @@ def allowed_tokens(matchers: list[Any | None], vocab_size: int) -> mx.array | No
     packed = mx.array(bitmask.view(np.uint32))
     bits = (packed[:, :, None] >> mx.arange(32, dtype=mx.uint32)) & 1
     return bits.reshape(len(matchers), words * 32)[:, :vocab_size].astype(mx.bool_)
+
+
+def tool_call_spec(
+    tools: list[dict],
+    *,
+    name: str | None = None,
+    open_tag: str = "<tool_call>",
+    close_tag: str = "</tool_call>",
+    name_key: str = "name",
+    arguments_key: str = "arguments",
+    several: bool = False,
+) -> StructuredSpec:
+    """A grammar forcing tool calls — the hook for ``tool_choice: "required"`` or a named function.
+
+    Each call is ``open_tag`` + a JSON object ``{name_key: <tool name>, arguments_key: <its
+    parameters schema>}`` + ``close_tag``. Tags that are special tokens of the vocabulary are given
+    as they are (``<tool_call>``), literal text in double quotes (``"[TOOL_CALLS]"``). ``name``
+    restricts the call to one function; ``several`` allows more than one call in a row.
+    """
+    functions = [t.get("function", t) for t in tools if t.get("type", "function") == "function"]
+    if name is not None:
+        functions = [f for f in functions if f.get("name") == name]
+        if not functions:
+            raise GrammarError(f"tool_choice names {name!r}, which is not among the request's tools")
+    if not functions:
+        raise GrammarError("tool calls are required but the request defines no function tools")
+    options = [
+        {
+            "type": "object",
+            "properties": {name_key: {"const": f["name"]},
+                           arguments_key: f.get("parameters") or {"type": "object"}},
+            "required": [name_key, arguments_key],
+            "additionalProperties": False,
+        }
+        for f in functions
+    ]
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    call = f'{open_tag} "\\n" %json {json.dumps(schema)} "\\n" {close_tag}'
+    return StructuredSpec(lark=f"start: call{'+' if several else ''}\ncall: {call}")
