@@ -59,6 +59,18 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--kv-cache-dir-mb", type=int, default=4096, help="size bound of --kv-cache-dir (default: %(default)s)")
     c.add_argument("--warm-prompts", default=None,
                    help="a JSON or JSONL file of prompts (strings, or chat message lists) prefilled at startup")
+    x = p.add_argument_group("models served beside the chat model (local folder or repo id; loaded on first use)")
+    x.add_argument("--embedding-model", default=None, help="serve /v1/embeddings and /v1/rerank (mlx-embeddings)")
+    x.add_argument("--stt-model", default=None,
+                   help="serve /v1/audio/transcriptions and /v1/audio/translations (mlx-audio speech-to-text)")
+    x.add_argument("--tts-model", default=None, help="serve /v1/audio/speech (mlx-audio text-to-speech)")
+    x.add_argument("--preload-extra-models", action="store_true",
+                   help="load the models above at startup instead of on their first request")
+    x.add_argument("--max-embedding-batch-tokens", type=int, default=8192,
+                   help="padded tokens of one embedding forward; concurrent requests share forwards up to "
+                        "this size (default: %(default)s)")
+    x.add_argument("--max-audio-upload-mb", type=float, default=25.0,
+                   help="largest audio upload accepted, in MiB; larger ones get 413 (default: %(default)s)")
     d = p.add_argument_group("sampling defaults (used only when a request omits the field)")
     d.add_argument("--default-temperature", type=float, default=1.0)
     d.add_argument("--default-top-p", type=float, default=1.0)
@@ -81,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve_config(args: argparse.Namespace) -> ServerConfig:
-    for name in ("max_num_seqs", "max_num_batched_tokens", "max_tokens"):
+    for name in ("max_num_seqs", "max_num_batched_tokens", "max_tokens", "max_embedding_batch_tokens"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_audio_upload_mb <= 0:
+        raise SystemExit("--max-audio-upload-mb must be positive")
     return ServerConfig(
         model=args.model,
         served_model_names=tuple(args.served_model_name or ()),
@@ -106,6 +120,12 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         kv_cache_dir=args.kv_cache_dir,
         kv_cache_dir_mb=args.kv_cache_dir_mb,
         warm_prompts=args.warm_prompts,
+        embedding_model=args.embedding_model,
+        stt_model=args.stt_model,
+        tts_model=args.tts_model,
+        preload_extra_models=args.preload_extra_models,
+        max_embedding_batch_tokens=args.max_embedding_batch_tokens,
+        max_audio_upload_bytes=int(args.max_audio_upload_mb * 2**20),
         sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,
     )

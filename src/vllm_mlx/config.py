@@ -41,6 +41,13 @@ class ServerConfig:
     kv_cache_dir: str | None = None
     kv_cache_dir_mb: int = 4096
     warm_prompts: str | None = None
+    # models served beside the chat model (folders or repo ids), loaded on first use
+    embedding_model: str | None = None
+    stt_model: str | None = None
+    tts_model: str | None = None
+    preload_extra_models: bool = False
+    max_embedding_batch_tokens: int = 8192  # padded tokens of one coalesced embedding forward
+    max_audio_upload_bytes: int = 25 * 1024 * 1024
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     log_level: str = "info"
     extra: dict = field(default_factory=dict)

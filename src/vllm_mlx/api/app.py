@@ -15,9 +15,12 @@ from .. import BLAS_STATUS
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineConfig
+from ..models.extra_models import ExtraModels
 from ..models.loader import LoadedModel, load_model, resolve_model_path
 from ..platform import detect_backend
+from .audio_routes import router as audio_router
 from .auth import APIKeyMiddleware
+from .embeddings_routes import router as embeddings_router
 from .errors import install_error_handlers
 from .openai_routes import router as openai_router
 from .serving import ServingState
@@ -40,6 +43,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     source, default_name = resolve_model(config)
     names = config.served_model_names or (default_name,)
     path = resolve_model_path(source)  # fails fast, with what is missing, before any MLX work
+    extra_models = ExtraModels.from_sources(  # embedding / speech models: resolved now, loaded on first use
+        embedding=config.embedding_model, transcription=config.stt_model, speech=config.tts_model,
+        requested_dtype=config.dtype, max_embedding_batch_tokens=config.max_embedding_batch_tokens)
 
     def load() -> LoadedModel:
         backend = detect_backend(BLAS_STATUS, config.dtype)
@@ -89,13 +95,17 @@ def create_app(config: ServerConfig) -> FastAPI:
         logger.info("model loaded from %s; serving as %s; context %d tokens", loaded.path, ", ".join(names), max_len)
         if config.warm_prompts:
             await warm_up(app.state.serving, config.warm_prompts)
+        if config.preload_extra_models:
+            await extra_models.preload()
         try:
             yield
         finally:
+            extra_models.shutdown()
             engine.shutdown()
 
     app = FastAPI(title="vllm-mlx", version="0.1.0", lifespan=lifespan)
     app.state.config = config
+    app.state.extra_models = extra_models
     install_error_handlers(app)
     if config.api_keys:
         app.add_middleware(APIKeyMiddleware, keys=config.api_keys)
@@ -103,6 +113,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         logger.warning("listening on %s WITHOUT an API key: anyone who can reach this port can use the model. "
                        "Pass --api-key.", config.host)
     app.include_router(openai_router)
+    app.include_router(embeddings_router)
+    app.include_router(audio_router)
 
     @app.get("/health")
     async def health(raw: Request):
@@ -112,6 +124,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         if serving is not None:
             body["model"] = serving.model_name
             body["engine"] = asdict(serving.engine.stats)
+        if extra_models.services():
+            body["extra_models"] = extra_models.stats()
         return JSONResponse(body, status_code=200 if ok else 503)
 
     return app

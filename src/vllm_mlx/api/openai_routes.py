@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.request import FinishReason, GenerationOutput, TokenLogprob
 from .errors import APIError, error_body
+from .extra_model_access import extra_model_cards
 from .logprobs import TokenText, chat_logprobs, completion_logprobs
 from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, Usage, new_id
 from .serving import ServingState, finish_reason_text
@@ -83,6 +84,7 @@ async def list_models(raw: Request) -> ModelList:
     names = (state.model_name, *state.aliases)
     return ModelList(
         data=[ModelCard(id=n, root=state.model_name, max_model_len=state.max_model_len) for n in names]
+        + [ModelCard(**card) for card in extra_model_cards(raw)]
     )
 
 
@@ -94,11 +96,14 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request):
     state.reject_unsupported(req)
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
-    prompt_ids = await state.tokenize(state.render_chat, req)
+    spec = state.structured_spec(req)
+    prompt_ids, thinking = await state.tokenize(state.render_chat, req, spec is not None)
     params = state.sampling_params(req, len(prompt_ids), req.max_completion_tokens or req.max_tokens,
                                    logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
+    constraint = await state.compile_constraint(*reversed(spec)) if spec else None
     request_id = new_id("chatcmpl")
-    stream = state.generate(request_id, prompt_ids, params)
+    stream = state.generate(request_id, prompt_ids, params, constraint,
+                            state.reasoning_end_tokens(thinking) if spec else ())
     token_text = TokenText(state.tokenizer) if req.logprobs else None
     created = int(time.time())
     if req.stream:
@@ -195,10 +200,13 @@ async def completions(req: CompletionRequest, raw: Request):
     wants_logprobs = req.logprobs is not None
     params = [state.sampling_params(req, len(p), req.max_tokens, logprobs=wants_logprobs,
                                     top_logprobs=req.logprobs or 0) for p in prompts]
+    spec = state.structured_spec(req)
+    constraint = await state.compile_constraint(*reversed(spec)) if spec else None
     request_id = new_id("cmpl")
     created = int(time.time())
     token_text = TokenText(state.tokenizer) if wants_logprobs else None
-    streams = [state.generate(f"{request_id}-{i}", p, sp) for i, (p, sp) in enumerate(zip(prompts, params))]
+    streams = [state.generate(f"{request_id}-{i}", p, sp, constraint.deep_copy() if constraint else None)
+               for i, (p, sp) in enumerate(zip(prompts, params))]
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(

@@ -59,6 +59,13 @@ class SamplingFields(OpenAIRequest):
     logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
     min_tokens: int = Field(default=0, ge=0)
     user: str | None = None
+    response_format: dict[str, Any] | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
+    # vLLM-style structured outputs: {"json" | "regex" | "choice" | "grammar": ...}; and the older names
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -70,7 +77,6 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
 
@@ -97,6 +103,8 @@ class ModelCard(BaseModel):
     owned_by: str = "vllm-mlx"
     root: str | None = None
     max_model_len: int | None = None
+    kind: Literal["chat", "embedding", "transcription", "speech"] = "chat"  # what the model serves
+    loaded: bool = True  # embedding and audio models load on their first request
 
 
 class ModelList(BaseModel):

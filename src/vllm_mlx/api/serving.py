@@ -7,12 +7,14 @@ every API applies the same validation, context budget and defaults.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from ..config import SamplingDefaults
 from ..engine.async_engine import AsyncEngine
+from ..engine.constraints import GrammarCompiler, GrammarError, StructuredSpec
 from ..engine.request import FinishReason, GenerationOutput, GenerationRequest, SamplingParams
 from .errors import APIError
 from .protocol import ChatCompletionRequest, ChatMessage, OpenAIRequest, SamplingFields
@@ -30,6 +32,7 @@ class ServingState:
     default_max_tokens: int
     defaults: SamplingDefaults = field(default_factory=lambda: SamplingDefaults())
     strict_model_id: bool = False
+    _compiler: GrammarCompiler | None = None  # built on first use (the llguidance tokenizer takes ~1 s)
 
     # -- request checks -------------------------------------------------------
     def warn_unknown_fields(self, req: OpenAIRequest, route: str) -> None:
@@ -44,8 +47,6 @@ class ServingState:
             "best_of": getattr(req, "best_of", None) not in (None, 1, req.n),
         }
         if isinstance(req, ChatCompletionRequest):
-            rf = (req.response_format or {}).get("type", "text")
-            unsupported["response_format"] = rf != "text"
             choice = req.tool_choice
             unsupported["tool_choice"] = isinstance(choice, dict) or choice == "required"
         for param, bad in unsupported.items():
@@ -61,10 +62,72 @@ class ServingState:
                 param="model", code="model_not_found",
             )
 
+    # -- structured output ---------------------------------------------------------
+    def structured_spec(self, req: SamplingFields) -> tuple[str, StructuredSpec] | None:
+        """(field it came from, the output constraint) a request asks for; at most one field may be used."""
+        specs: list[tuple[str, StructuredSpec]] = []
+        rf = req.response_format
+        if rf is not None:
+            kind = rf.get("type", "text")
+            if kind == "json_object":
+                specs.append(("response_format", StructuredSpec(json_schema={"type": "object"})))
+            elif kind == "json_schema":
+                body = rf.get("json_schema") or {}
+                schema = body.get("schema", body.get("schema_"))
+                if not isinstance(schema, dict):
+                    raise APIError(400, "response_format.json_schema.schema must be a JSON schema object",
+                                   param="response_format")
+                specs.append(("response_format", StructuredSpec(json_schema=schema)))
+            elif kind != "text":
+                raise APIError(400, f"unknown response_format type {kind!r}", param="response_format")
+        given = [(f"structured_outputs.{k}", k, v) for k, v in (req.structured_outputs or {}).items()]
+        given += [(f"guided_{k}", k, v) for k, v in (("json", req.guided_json), ("regex", req.guided_regex),
+                                                     ("choice", req.guided_choice), ("grammar", req.guided_grammar))]
+        for param, key, value in given:
+            if value is None or key in ("disable_any_whitespace", "disable_additional_properties", "whitespace_pattern"):
+                continue
+            if key == "json":
+                try:
+                    schema = json.loads(value) if isinstance(value, str) else value
+                except json.JSONDecodeError as exc:
+                    raise APIError(400, f"{param} is not valid JSON: {exc}", param=param) from exc
+                specs.append((param, StructuredSpec(json_schema=schema)))
+            elif key == "regex":
+                specs.append((param, StructuredSpec(regex=value)))
+            elif key == "choice":
+                specs.append((param, StructuredSpec(choice=tuple(value))))
+            elif key == "grammar":
+                specs.append((param, StructuredSpec(lark=value)))
+            else:
+                raise APIError(400, f"{param} is not supported", param=param)
+        if len(specs) > 1:
+            raise APIError(400, f"give one output constraint, not {len(specs)}: {', '.join(p for p, _ in specs)}",
+                           param=specs[1][0])
+        return specs[0] if specs else None
+
+    async def compile_constraint(self, spec: StructuredSpec, param: str = "response_format") -> Any:
+        if self._compiler is None:
+            engine = self.engine.engine
+            self._compiler = GrammarCompiler(self.tokenizer, engine.vocab_size, sorted(self.tokenizer.eos_token_ids))
+        try:
+            return await asyncio.to_thread(self._compiler.matcher, spec)
+        except GrammarError as exc:
+            raise APIError(400, f"the output constraint cannot be compiled: {exc}", param=param) from exc
+
+    def reasoning_end_tokens(self, enable_thinking: bool) -> tuple[int, ...]:
+        """Token ids after which a constraint starts: the end of reasoning when the model thinks."""
+        if enable_thinking and getattr(self.tokenizer, "has_thinking", False):
+            return tuple(self.tokenizer.think_end_tokens or ())
+        return ()
+
     # -- prompts ----------------------------------------------------------------
-    def render_chat(self, req: ChatCompletionRequest) -> list[int]:
+    def render_chat(self, req: ChatCompletionRequest, constrained: bool = False) -> tuple[list[int], bool]:
+        """Prompt token ids, and whether the model will think (reason) before answering."""
         messages = [_message_dict(m) for m in req.messages]
         kwargs = dict(req.chat_template_kwargs or {})
+        if constrained:
+            # Structured output: answer directly unless the request asked for thinking.
+            kwargs.setdefault("enable_thinking", False)
         if req.tools and (req.tool_choice != "none"):
             kwargs["tools"] = req.tools
         try:
@@ -73,7 +136,8 @@ class ServingState:
             )
         except Exception as exc:  # template errors are the request's fault (e.g. bad role order)
             raise APIError(400, f"the chat template could not render these messages: {exc}", param="messages")
-        return self.tokenizer.encode(prompt, add_special_tokens=False)
+        thinking = bool(getattr(self.tokenizer, "has_thinking", False)) and kwargs.get("enable_thinking", True)
+        return self.tokenizer.encode(prompt, add_special_tokens=False), thinking
 
     def sampling_params(self, req: SamplingFields, prompt_len: int, max_tokens: int | None,
                         logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams:
@@ -144,8 +208,10 @@ class ServingState:
         return await asyncio.to_thread(fn, *args)
 
     # -- generation -------------------------------------------------------------
-    async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[GenerationOutput]:
-        request = GenerationRequest(request_id=request_id, prompt_token_ids=prompt_ids, sampling=params)
+    async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                       constraint: Any = None, constraint_after: tuple[int, ...] = ()) -> AsyncIterator[GenerationOutput]:
+        request = GenerationRequest(request_id=request_id, prompt_token_ids=prompt_ids, sampling=params,
+                                    constraint=constraint, constraint_after=constraint_after)
         async for out in self.engine.generate(request):
             yield out
 
