@@ -37,6 +37,14 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-key", action="append", default=None,
                    help="require this key (Bearer or x-api-key) on every route but /health; repeatable; "
                         "default: $VLLM_MLX_API_KEY")
+    p.add_argument("--tool-call-parser", default="auto",
+                   help="tool-call format: auto (from the chat template), none, or a name "
+                        "(hermes, qwen3_coder, llama3_json, pythonic, llama4_pythonic, mistral, deepseek_v3, "
+                        "kimi_k2, granite, nemotron_json, xlam, functionary_v3, glm45, lfm2, openai)")
+    p.add_argument("--reasoning-parser", default="auto",
+                   help="reasoning format: auto, none, or qwen3, deepseek_r1, mistral, openai_gptoss")
+    p.add_argument("--enable-auto-tool-choice", action="store_true",
+                   help="accepted for compatibility: tool calls are parsed whenever a request offers tools")
     p.add_argument("--strict-model-id", action="store_true",
                    help="answer 404 model_not_found unless the request names a served name or alias "
                         "(default: any name is served, as clients often send 'default')")
@@ -111,6 +119,8 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         trust_remote_code=args.trust_remote_code,
         api_keys=tuple(args.api_key or ([os.environ["VLLM_MLX_API_KEY"]] if os.environ.get("VLLM_MLX_API_KEY") else [])),
         strict_model_id=args.strict_model_id,
+        tool_call_parser=args.tool_call_parser,
+        reasoning_parser=args.reasoning_parser,
         deterministic=args.deterministic,
         prefix_cache=args.prefix_cache,
         cache_memory_mb=args.cache_memory_mb,

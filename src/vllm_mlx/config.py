@@ -32,6 +32,8 @@ class ServerConfig:
     trust_remote_code: bool = False
     api_keys: tuple[str, ...] = ()  # required on every route but /health when set
     strict_model_id: bool = False
+    tool_call_parser: str = "auto"  # a parser name, "auto" (from the chat template) or "none"
+    reasoning_parser: str = "auto"
     deterministic: bool = False
     prefix_cache: bool = True
     cache_memory_mb: int | None = None

@@ -195,7 +195,13 @@ def test_output_without_harmony_markup_is_content():
 def test_trim_whitespace_off_keeps_text_byte_for_byte():
     text = "\n  Hello\n\n"
     assert aggregate(pipeline(None, None, trim_whitespace=False).run(text)).content == text
-    assert aggregate(pipeline(None, None).run(text)).content == "Hello"
+
+
+def test_only_markup_whitespace_is_trimmed():
+    # a plain answer keeps every byte; whitespace next to markup goes
+    assert aggregate(pipeline(None, None).run("\n  Hello\n\n")).content == "\n  Hello\n\n"
+    result = aggregate(pipeline(None, "qwen3").run("<think>\nplan\n</think>\n\n  Answer.\n"))
+    assert (result.reasoning, result.content) == ("plan", "Answer.\n")
 
 
 def test_feed_after_finish_is_an_error():

@@ -22,6 +22,7 @@ from .audio_routes import router as audio_router
 from .auth import APIKeyMiddleware
 from .embeddings_routes import router as embeddings_router
 from .errors import install_error_handlers
+from .chat_routes import router as chat_router
 from .openai_routes import router as openai_router
 from .serving import ServingState
 from .warmup import warm_up
@@ -37,6 +38,25 @@ def resolve_model(config: ServerConfig) -> tuple[str, str]:
         return str(ensure_demo_model()), DEMO_MODEL_NAME
     name = config.model.rstrip("/")
     return config.model, (Path(name).name if Path(name).expanduser().exists() else name)
+
+
+def choose_output_parsers(tokenizer, tool_flag: str, reasoning_flag: str) -> dict:
+    """Tool-call and reasoning parsers: from the flags, or detected from the chat template ("auto")."""
+    from ..parsers import detect_reasoning_parser, detect_tool_parser, get_reasoning_parser, get_tool_parser
+
+    template = getattr(tokenizer, "chat_template", None) or ""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    vocab = {t.content for t in added.values()}
+    special = frozenset(t.content for t in added.values() if getattr(t, "special", False))
+    tool = detect_tool_parser(template, vocab) if tool_flag == "auto" else (None if tool_flag == "none" else tool_flag)
+    reasoning = (detect_reasoning_parser(template, vocab) if reasoning_flag == "auto"
+                 else (None if reasoning_flag == "none" else reasoning_flag))
+    if tool:
+        get_tool_parser(tool)  # unknown names fail at startup, not per request
+    if reasoning:
+        get_reasoning_parser(reasoning)
+    logger.info("output parsers: tool calls %s, reasoning %s", tool or "none", reasoning or "none")
+    return {"tool_parser": tool, "reasoning_parser": reasoning, "special_tokens": special}
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -87,6 +107,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             default_max_tokens=config.max_tokens,
             defaults=config.sampling_defaults,
             strict_model_id=config.strict_model_id,
+            **choose_output_parsers(loaded.tokenizer, config.tool_call_parser, config.reasoning_parser),
         )
         if config.model is None:
             logger.warning(
@@ -112,6 +133,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     elif config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s WITHOUT an API key: anyone who can reach this port can use the model. "
                        "Pass --api-key.", config.host)
+    app.include_router(chat_router)
     app.include_router(openai_router)
     app.include_router(embeddings_router)
     app.include_router(audio_router)

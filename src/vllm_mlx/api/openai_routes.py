@@ -1,4 +1,5 @@
-"""OpenAI adapter: /v1/chat/completions, /v1/completions, /v1/models."""
+"""OpenAI adapter: /v1/completions, /v1/models, prefix-cache administration, and the shared helpers
+(SSE framing, usage, gathering a whole generation). Chat completions live in chat_routes.py."""
 
 from __future__ import annotations
 
@@ -86,86 +87,6 @@ async def list_models(raw: Request) -> ModelList:
         data=[ModelCard(id=n, root=state.model_name, max_model_len=state.max_model_len) for n in names]
         + [ModelCard(**card) for card in extra_model_cards(raw)]
     )
-
-
-@router.post("/v1/chat/completions")
-async def chat_completions(req: ChatCompletionRequest, raw: Request):
-    state = _state(raw)
-    state.warn_unknown_fields(req, "/v1/chat/completions")
-    state.check_model(req.model)
-    state.reject_unsupported(req)
-    if req.top_logprobs and not req.logprobs:
-        raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
-    spec = state.structured_spec(req)
-    prompt_ids, thinking = await state.tokenize(state.render_chat, req, spec is not None)
-    params = state.sampling_params(req, len(prompt_ids), req.max_completion_tokens or req.max_tokens,
-                                   logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
-    constraint = await state.compile_constraint(*reversed(spec)) if spec else None
-    request_id = new_id("chatcmpl")
-    stream = state.generate(request_id, prompt_ids, params, constraint,
-                            state.reasoning_end_tokens(thinking) if spec else ())
-    token_text = TokenText(state.tokenizer) if req.logprobs else None
-    created = int(time.time())
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(
-            _chat_stream(stream, request_id, created, state.model_name, req.n, include_usage, token_text),
-            media_type="text/event-stream",
-        )
-    choices = await collect(stream, raw, req.n)
-    return JSONResponse(
-        {
-            "id": request_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": state.model_name,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": c.text},
-                    "logprobs": chat_logprobs(c.logprobs, token_text) if token_text else None,
-                    "finish_reason": finish_reason_text(c.last.finish_reason),
-                }
-                for i, c in enumerate(choices)
-            ],
-            "usage": _totals(choices),
-        }
-    )
-
-
-async def _chat_stream(
-    stream: AsyncIterator[GenerationOutput], request_id: str, created: int, model: str, n: int,
-    include_usage: bool, token_text: TokenText | None,
-) -> AsyncIterator[str]:
-    def chunk(index: int, delta: dict, finish: str | None = None, logprobs: dict | None = None) -> str:
-        body: dict[str, Any] = {
-            "id": request_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-        }
-        if include_usage:
-            body["usage"] = None
-        return sse(body)
-
-    for i in range(n):
-        yield chunk(i, {"role": "assistant", "content": ""})
-    prompt_tokens, cached, completion = 0, 0, [0] * n
-    async for out in stream:
-        if out.finish_reason is FinishReason.ERROR:
-            yield sse(error_body(500, f"generation failed: {out.error}", code="generation_error"))
-            break
-        prompt_tokens, cached, completion[out.index] = out.prompt_tokens, out.cached_tokens, out.completion_tokens
-        logprobs = chat_logprobs(out.logprobs, token_text) if token_text and out.logprobs else None
-        if out.text or logprobs:
-            yield chunk(out.index, {"content": out.text}, logprobs=logprobs)
-        if out.finished:
-            yield chunk(out.index, {}, finish_reason_text(out.finish_reason))
-    if include_usage:
-        yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
-                   "model": model, "choices": [], "usage": _usage(prompt_tokens, sum(completion), cached)})
-    yield sse("[DONE]")
 
 
 # -- legacy completions ---------------------------------------------------------

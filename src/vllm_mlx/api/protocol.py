@@ -78,6 +78,8 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    enable_thinking: bool | None = None  # shorthand for chat_template_kwargs.enable_thinking
+    reasoning_effort: str | None = None  # "none"/"minimal" switch thinking off; passed to the template
     add_generation_prompt: bool = True
 
 

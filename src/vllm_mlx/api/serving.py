@@ -14,12 +14,28 @@ from typing import Any, AsyncIterator
 
 from ..config import SamplingDefaults
 from ..engine.async_engine import AsyncEngine
-from ..engine.constraints import GrammarCompiler, GrammarError, StructuredSpec
+from ..engine.constraints import GrammarCompiler, GrammarError, StructuredSpec, tool_call_spec
+from ..parsers import prompt_opens_reasoning, required_markers
+from .chat_output import OutputParsing, history_message
 from ..engine.request import FinishReason, GenerationOutput, GenerationRequest, SamplingParams
 from .errors import APIError
 from .protocol import ChatCompletionRequest, ChatMessage, OpenAIRequest, SamplingFields
 
 logger = logging.getLogger(__name__)
+
+
+# Tool-call markup that tool_choice "required"/named can be enforced in: (open tag, close tag, arguments key).
+TOOL_CALL_MARKUP = {
+    "hermes": ("<tool_call>", "</tool_call>", "arguments"),
+    "llama3_json": ("", "", "parameters"),
+}
+
+
+@dataclass(frozen=True)
+class RenderedChat:
+    ids: list[int]
+    text: str
+    thinking: bool  # the template let the model reason (enable_thinking not switched off)
 
 
 @dataclass
@@ -33,6 +49,9 @@ class ServingState:
     defaults: SamplingDefaults = field(default_factory=lambda: SamplingDefaults())
     strict_model_id: bool = False
     _compiler: GrammarCompiler | None = None  # built on first use (the llguidance tokenizer takes ~1 s)
+    tool_parser: str | None = None  # output parsers for this model (detected or from the flags)
+    reasoning_parser: str | None = None
+    special_tokens: frozenset[str] = frozenset()  # tokens the detokenizer drops unless told to keep them
 
     # -- request checks -------------------------------------------------------
     def warn_unknown_fields(self, req: OpenAIRequest, route: str) -> None:
@@ -121,10 +140,15 @@ class ServingState:
         return ()
 
     # -- prompts ----------------------------------------------------------------
-    def render_chat(self, req: ChatCompletionRequest, constrained: bool = False) -> tuple[list[int], bool]:
-        """Prompt token ids, and whether the model will think (reason) before answering."""
-        messages = [_message_dict(m) for m in req.messages]
+    def render_chat(self, req: ChatCompletionRequest, constrained: bool = False) -> RenderedChat:
+        """The prompt (ids and text), and whether the model will think (reason) before answering."""
+        messages = [history_message(_message_dict(m)) for m in req.messages]
         kwargs = dict(req.chat_template_kwargs or {})
+        if req.reasoning_effort is not None:
+            kwargs.setdefault("reasoning_effort", req.reasoning_effort)
+            kwargs.setdefault("enable_thinking", req.reasoning_effort not in ("none", "minimal"))
+        if req.enable_thinking is not None:
+            kwargs["enable_thinking"] = req.enable_thinking
         if constrained:
             # Structured output: answer directly unless the request asked for thinking.
             kwargs.setdefault("enable_thinking", False)
@@ -136,8 +160,58 @@ class ServingState:
             )
         except Exception as exc:  # template errors are the request's fault (e.g. bad role order)
             raise APIError(400, f"the chat template could not render these messages: {exc}", param="messages")
-        thinking = bool(getattr(self.tokenizer, "has_thinking", False)) and kwargs.get("enable_thinking", True)
-        return self.tokenizer.encode(prompt, add_special_tokens=False), thinking
+        thinking = kwargs.get("enable_thinking", True) is not False
+        return RenderedChat(self.tokenizer.encode(prompt, add_special_tokens=False), prompt, thinking)
+
+    def output_parsing(self, req: ChatCompletionRequest, rendered: RenderedChat) -> OutputParsing:
+        """Which parsers read this request's output: reasoning when the model thinks, tool calls
+        only when the request offers tools (without tools, JSON in the output stays content)."""
+        reasoning = self.reasoning_parser if rendered.thinking else None
+        offers_tools = bool(req.tools) and req.tool_choice != "none"
+        return OutputParsing(
+            reasoning_parser=reasoning,
+            tool_parser=self.tool_parser if offers_tools else None,
+            tools=req.tools if offers_tools else None,
+            starts_in_reasoning=prompt_opens_reasoning(reasoning, rendered.text),
+        )
+
+    def keep_special_tokens(self, parsing: OutputParsing) -> bool:
+        """Keep special tokens in the text when a parser's markers are special tokens of this model."""
+        return bool(required_markers(parsing.tool_parser, parsing.reasoning_parser) & self.special_tokens)
+
+    def tool_choice_constraint(self, req: ChatCompletionRequest) -> tuple[str, StructuredSpec] | None:
+        """``tool_choice`` "required" or a named function, enforced by a grammar (never downgraded)."""
+        choice = req.tool_choice
+        if not req.tools or choice in (None, "auto", "none"):
+            if isinstance(choice, (dict, str)) and choice not in (None, "auto", "none") and not req.tools:
+                raise APIError(400, "tool_choice needs tools", param="tool_choice")
+            return None
+        if isinstance(choice, dict):
+            name = (choice.get("function") or {}).get("name") or choice.get("name")
+            if not name:
+                raise APIError(400, "tool_choice must name a function", param="tool_choice")
+        elif choice == "required":
+            name = None
+        else:
+            raise APIError(400, f"unknown tool_choice {choice!r}", param="tool_choice")
+        markup = TOOL_CALL_MARKUP.get(self.tool_parser or "")
+        if markup is None:
+            raise APIError(400, f"tool_choice {choice!r} cannot be enforced for the {self.tool_parser or 'no'} "
+                           f"tool-call format of this model", param="tool_choice")
+        prefix, suffix, args_key = markup
+        try:
+            spec = tool_call_spec(req.tools, name=name, open_tag=self._tag(prefix), close_tag=self._tag(suffix),
+                                  arguments_key=args_key, several=name is None and req.parallel_tool_calls is not False)
+        except GrammarError as exc:
+            raise APIError(400, str(exc), param="tool_choice") from exc
+        return "tool_choice", spec
+
+    def _tag(self, tag: str) -> str:
+        """A markup tag as a Lark fragment: a special-token reference when the vocabulary has it."""
+        if not tag:
+            return '""'
+        vocab = self.tokenizer.get_vocab() if hasattr(self.tokenizer, "get_vocab") else {}
+        return tag if tag in vocab else json.dumps(tag)
 
     def sampling_params(self, req: SamplingFields, prompt_len: int, max_tokens: int | None,
                         logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams:
@@ -209,9 +283,11 @@ class ServingState:
 
     # -- generation -------------------------------------------------------------
     async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
-                       constraint: Any = None, constraint_after: tuple[int, ...] = ()) -> AsyncIterator[GenerationOutput]:
+                       constraint: Any = None, constraint_after: tuple[int, ...] = (),
+                       keep_special_tokens: bool = False) -> AsyncIterator[GenerationOutput]:
         request = GenerationRequest(request_id=request_id, prompt_token_ids=prompt_ids, sampling=params,
-                                    constraint=constraint, constraint_after=constraint_after)
+                                    constraint=constraint, constraint_after=constraint_after,
+                                    keep_special_tokens=keep_special_tokens)
         async for out in self.engine.generate(request):
             yield out
 

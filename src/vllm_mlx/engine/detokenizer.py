@@ -16,8 +16,9 @@ INCOMPLETE = "\ufffd"
 
 
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer: Any, prompt_ids: list[int]):
+    def __init__(self, tokenizer: Any, prompt_ids: list[int], skip_special_tokens: bool = True):
         self._decode = tokenizer.decode
+        self._skip_special = skip_special_tokens
         context = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:])
         self._tokens = context
         self._prefix_offset = 0  # window start
@@ -26,8 +27,9 @@ class IncrementalDetokenizer:
 
     def _window_text(self) -> tuple[str, str]:
         """(text of the window before the unread tokens, text of the whole window)."""
-        prefix = self._decode(self._tokens[self._prefix_offset : self._read_offset], skip_special_tokens=True)
-        return prefix, self._decode(self._tokens[self._prefix_offset :], skip_special_tokens=True)
+        window = self._tokens[self._prefix_offset :]
+        prefix = self._decode(window[: self._read_offset - self._prefix_offset], skip_special_tokens=self._skip_special)
+        return prefix, self._decode(window, skip_special_tokens=self._skip_special)
 
     def add_token(self, token: int) -> None:
         self._tokens.append(token)

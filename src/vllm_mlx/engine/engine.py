@@ -186,7 +186,8 @@ class LLMEngine:
                 self._publish_stats()
 
     def _new_sequence(self, request: GenerationRequest, index: int = 0) -> Sequence:
-        detokenizer = IncrementalDetokenizer(self._tokenizer, request.prompt_token_ids)
+        detokenizer = IncrementalDetokenizer(self._tokenizer, request.prompt_token_ids,
+                                             skip_special_tokens=not request.keep_special_tokens)
         return Sequence(request, detokenizer, self._eos_ids, index)
 
     def _add(self, request: GenerationRequest) -> None:

@@ -91,6 +91,7 @@ class GenerationRequest:
     # after which it starts (e.g. the end-of-reasoning tag of a thinking model; empty = at once).
     constraint: Any = None
     constraint_after: tuple[int, ...] = ()
+    keep_special_tokens: bool = False  # detokenize special tokens too (parsers whose markers are special)
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,15 @@ _CONTENT = "content"
 
 
 class _BlockTrimmer:
-    """Trims whitespace at the edges of reasoning and content blocks.
+    """Trims the whitespace that belongs to markup, never the answer's own.
 
-    Models surround their markup with newlines (``</think>\n\n``, ``\n<tool_call>``); those
-    belong to neither the reasoning nor the answer.  Leading whitespace of a block is dropped;
-    trailing whitespace is held back and emitted only when more text of the same block follows,
-    so it disappears before a change of block and at the end of the output.  Content that goes
-    on after a tool call continues its block: the whitespace held before the call separates
-    the two parts, and the whitespace right after the call is dropped.  Interior whitespace is
-    never touched.
+    Models surround their markup with newlines (``<think>\n``, ``</think>\n\n``,
+    ``\n<tool_call>``); those belong to neither the reasoning nor the answer. So whitespace is
+    dropped only next to markup: at the start of a reasoning block, at the start of a block that
+    follows another block or a tool call, and at the end of a block that another block or a
+    tool call follows. Trailing whitespace is held back until the next text shows which case
+    applies; at the end of the output it is released, so a plain answer (no markup at all) keeps
+    every byte, leading and trailing whitespace included. Interior whitespace is never touched.
     """
 
     def __init__(self) -> None:
@@ -34,18 +34,21 @@ class _BlockTrimmer:
 
     def push(self, event: Event) -> list[Event]:
         if isinstance(event, ToolCallStart):
-            self._after_tool_call = True
+            self._after_tool_call = True  # held whitespace may still separate text before and after
             return [event]
         if not isinstance(event, (ReasoningDelta, ContentDelta)):
             return [event]
         kind = _REASONING if isinstance(event, ReasoningDelta) else _CONTENT
         text = event.text
-        if kind != self._block or self._after_tool_call:
-            text = text.lstrip()
+        new_block = kind != self._block
+        if new_block or self._after_tool_call:
+            if new_block:
+                self._held = ""  # whitespace before a change of block is the markup's
+            if kind == _REASONING or self._block or self._after_tool_call:
+                text = text.lstrip()
             if not text:
                 return []
-            if kind != self._block:
-                self._block, self._held = kind, ""
+            self._block = kind
             self._after_tool_call = False
         body = self._held + text
         trimmed = body.rstrip()
@@ -53,6 +56,13 @@ class _BlockTrimmer:
         if not trimmed:
             return []
         return [ReasoningDelta(trimmed) if kind == _REASONING else ContentDelta(trimmed)]
+
+    def finish(self) -> list[Event]:
+        """Release the trailing whitespace of the last block: nothing follows it."""
+        held, self._held = self._held, ""
+        if not held or self._after_tool_call or self._block != _CONTENT:
+            return []
+        return [ContentDelta(held)]
 
 
 def _merge_text(events: list[Event]) -> list[Event]:
@@ -119,7 +129,10 @@ class OutputPipeline:
         events = self._through_tools(stage)
         if self.tools is not None:
             events.extend(self.tools.finish())
-        return self._finalize(events)
+        events = self._finalize(events)
+        if self._trimmer is not None:
+            events = _merge_text(events + self._trimmer.finish())
+        return events
 
     def _through_tools(self, events: list[Event]) -> list[Event]:
         if self.tools is None:

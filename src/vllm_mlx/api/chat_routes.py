@@ -1,0 +1,120 @@
+"""OpenAI adapter: /v1/chat/completions, through the reasoning/tool-call pipeline."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ..engine.request import FinishReason, GenerationOutput
+from .chat_output import ChatDeltaStream, OutputParsing, chat_message
+from .errors import APIError, error_body
+from .logprobs import TokenText, chat_logprobs
+from .openai_routes import _state, _totals, _usage, collect, sse
+from .protocol import ChatCompletionRequest, new_id
+from .serving import finish_reason_text
+
+router = APIRouter()
+
+
+def _finish(reason: FinishReason | None, tool_calls: bool) -> str | None:
+    if tool_calls and reason is FinishReason.STOP:
+        return "tool_calls"
+    return finish_reason_text(reason)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(req: ChatCompletionRequest, raw: Request):
+    state = _state(raw)
+    state.warn_unknown_fields(req, "/v1/chat/completions")
+    state.check_model(req.model)
+    state.reject_unsupported(req)
+    if req.top_logprobs and not req.logprobs:
+        raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
+    spec = state.structured_spec(req)
+    forced_tools = state.tool_choice_constraint(req)
+    if spec and forced_tools:
+        raise APIError(400, "tool_choice required/named cannot be combined with a response format",
+                       param="tool_choice")
+    spec = spec or forced_tools
+    rendered = await state.tokenize(state.render_chat, req, spec is not None and not forced_tools)
+    parsing = state.output_parsing(req, rendered)
+    params = state.sampling_params(req, len(rendered.ids), req.max_completion_tokens or req.max_tokens,
+                                   logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
+    constraint = await state.compile_constraint(*reversed(spec)) if spec else None
+    request_id = new_id("chatcmpl")
+    stream = state.generate(
+        request_id, rendered.ids, params, constraint,
+        state.reasoning_end_tokens(rendered.thinking) if spec else (),
+        keep_special_tokens=state.keep_special_tokens(parsing),
+    )
+    token_text = TokenText(state.tokenizer) if req.logprobs else None
+    created = int(time.time())
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(
+            _chat_stream(stream, request_id, created, state.model_name, req.n, include_usage, token_text, parsing),
+            media_type="text/event-stream",
+        )
+    choices = await collect(stream, raw, req.n)
+    body_choices = []
+    for i, c in enumerate(choices):
+        message, has_calls = chat_message(parsing, c.text)
+        body_choices.append({
+            "index": i,
+            "message": message,
+            "logprobs": chat_logprobs(c.logprobs, token_text) if token_text else None,
+            "finish_reason": _finish(c.last.finish_reason, has_calls),
+        })
+    return JSONResponse({
+        "id": request_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": state.model_name,
+        "choices": body_choices,
+        "usage": _totals(choices),
+    })
+
+
+async def _chat_stream(
+    stream: AsyncIterator[GenerationOutput], request_id: str, created: int, model: str, n: int,
+    include_usage: bool, token_text: TokenText | None, parsing: OutputParsing,
+) -> AsyncIterator[str]:
+    def chunk(index: int, delta: dict, finish: str | None = None, logprobs: dict | None = None) -> str:
+        body: dict[str, Any] = {
+            "id": request_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+        }
+        if include_usage:
+            body["usage"] = None
+        return sse(body)
+
+    parsers = [ChatDeltaStream(parsing) for _ in range(n)]
+    for i in range(n):
+        yield chunk(i, {"role": "assistant", "content": ""})
+    prompt_tokens, cached, completion = 0, 0, [0] * n
+    async for out in stream:
+        if out.finish_reason is FinishReason.ERROR:
+            yield sse(error_body(500, f"generation failed: {out.error}", code="generation_error"))
+            break
+        prompt_tokens, cached, completion[out.index] = out.prompt_tokens, out.cached_tokens, out.completion_tokens
+        parser = parsers[out.index]
+        deltas = parser.feed(out.text)
+        if out.finished:
+            deltas += parser.finish()
+        logprobs = chat_logprobs(out.logprobs, token_text) if token_text and out.logprobs else None
+        if logprobs and not deltas:
+            deltas = [{"content": ""}]
+        for k, delta in enumerate(deltas):
+            yield chunk(out.index, delta, logprobs=logprobs if k == 0 else None)
+        if out.finished:
+            yield chunk(out.index, {}, _finish(out.finish_reason, parser.saw_tool_call))
+    if include_usage:
+        yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
+                   "model": model, "choices": [], "usage": _usage(prompt_tokens, sum(completion), cached)})
+    yield sse("[DONE]")
