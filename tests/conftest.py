@@ -90,6 +90,9 @@ def tiny_llama(models_dir) -> Path:
 
 
 SCRIPTED_RULES = [
+    {"if_contains": "two cities", "reply": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "東京"}}\n'
+                                           '</tool_call>\n<tool_call>\n{"name": "get_weather", "arguments": '
+                                           '{"city": "Zürich 🌦", "days": "3"}}\n</tool_call>'},
     {"if_contains": "lookup_stock_price", "reply": "I can see the lookup_stock_price tool."},
     {"if_contains": "JSON please", "reply": '{"city":"Paris","temp":22}'},
     {"if_contains": "weather", "reply": "It is sunny in Paris, 22 °C. Have a nice day!"},

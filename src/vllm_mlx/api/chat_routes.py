@@ -39,7 +39,7 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request):
         raise APIError(400, "tool_choice required/named cannot be combined with a response format",
                        param="tool_choice")
     spec = spec or forced_tools
-    rendered = await state.tokenize(state.render_chat, req, spec is not None and not forced_tools)
+    rendered = await state.tokenize(state.render_chat, req, spec is not None)
     parsing = state.output_parsing(req, rendered)
     params = state.sampling_params(req, len(rendered.ids), req.max_completion_tokens or req.max_tokens,
                                    logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
@@ -47,7 +47,7 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request):
     request_id = new_id("chatcmpl")
     stream = state.generate(
         request_id, rendered.ids, params, constraint,
-        state.reasoning_end_tokens(rendered.thinking) if spec else (),
+        state.reasoning_end_tokens(parsing.starts_in_reasoning) if spec else (),
         keep_special_tokens=state.keep_special_tokens(parsing),
     )
     token_text = TokenText(state.tokenizer) if req.logprobs else None

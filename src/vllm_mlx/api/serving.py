@@ -65,9 +65,6 @@ class ServingState:
             "suffix": getattr(req, "suffix", None) is not None,
             "best_of": getattr(req, "best_of", None) not in (None, 1, req.n),
         }
-        if isinstance(req, ChatCompletionRequest):
-            choice = req.tool_choice
-            unsupported["tool_choice"] = isinstance(choice, dict) or choice == "required"
         for param, bad in unsupported.items():
             if bad:
                 raise APIError(400, f"'{param}' is not supported by this server yet", param=param)
@@ -133,9 +130,10 @@ class ServingState:
         except GrammarError as exc:
             raise APIError(400, f"the output constraint cannot be compiled: {exc}", param=param) from exc
 
-    def reasoning_end_tokens(self, enable_thinking: bool) -> tuple[int, ...]:
-        """Token ids after which a constraint starts: the end of reasoning when the model thinks."""
-        if enable_thinking and getattr(self.tokenizer, "has_thinking", False):
+    def reasoning_end_tokens(self, prompt_opens_reasoning: bool) -> tuple[int, ...]:
+        """Token ids after which a constraint starts: the end of reasoning, when the prompt left
+        reasoning open (otherwise the constraint applies from the first token)."""
+        if prompt_opens_reasoning and getattr(self.tokenizer, "has_thinking", False):
             return tuple(self.tokenizer.think_end_tokens or ())
         return ()
 

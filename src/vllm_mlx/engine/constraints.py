@@ -143,6 +143,7 @@ def tool_call_spec(
         }
         for f in functions
     ]
-    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    schema = dict(options[0]) if len(options) == 1 else {"anyOf": options}
+    schema["x-guidance"] = {"whitespace_flexible": False}  # compact JSON: no room to spin on spaces
     call = f'{open_tag} "\\n" %json {json.dumps(schema)} "\\n" {close_tag}'
     return StructuredSpec(lark=f"start: call{'+' if several else ''}\ncall: {call}")

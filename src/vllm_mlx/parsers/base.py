@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar, Iterable
 
-from .coerce import tool_schemas
+from .coerce import coerce_arguments, tool_schemas
 from .events import (
     ContentDelta,
     Event,
@@ -124,7 +124,10 @@ class ToolParser:
 
     def _emit_call(self, name: str, arguments: dict, call_id: str | None = None) -> bool:
         """A complete call in one go (start, the canonical arguments string, end).  False when
-        the arguments cannot be serialized as strict JSON; nothing is emitted then."""
+        the arguments cannot be serialized as strict JSON; nothing is emitted then.  Values are
+        coerced to the types the tool's schema declares (e.g. ``"3"`` for an integer)."""
+        if isinstance(arguments, dict) and self.schemas.get(name):
+            arguments = coerce_arguments(arguments, self.schemas[name])
         serialized = dump_arguments(arguments)
         if serialized is None:
             return False
