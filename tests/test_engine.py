@@ -163,3 +163,20 @@ def test_n_continuations_from_a_batched_prefill_group(harness):
     for other in rids[1:]:
         harness.wait(other)
     assert harness.engine.stats.prompts_prefilled_together - together_before == 3
+
+
+def test_thinking_budget_closes_reasoning(harness):
+    """max_thinking_tokens: after the budget the engine writes the end-of-reasoning tag itself."""
+    start, end = harness.tokenizer.think_start_tokens, harness.tokenizer.think_end_tokens
+    req = harness.request("Think first", max_tokens=16, temperature=1.0, seed=1, ignore_eos=True,
+                          max_thinking_tokens=5)
+    req.reasoning_markers, req.starts_in_reasoning = (tuple(start), tuple(end)), True
+    harness.engine.add_request(req)
+    _, tokens, _ = harness.wait(req.request_id)
+    assert tokens[5:5 + len(end)] == list(end)  # 5 reasoning tokens, then the closing tag
+    assert list(end) not in [tokens[i:i + len(end)] for i in range(5)]
+    assert len(tokens) == 16  # the model goes on answering after the tag
+    unlimited = harness.request("Think first", max_tokens=16, temperature=1.0, seed=1, ignore_eos=True)
+    unlimited.reasoning_markers, unlimited.starts_in_reasoning = (tuple(start), tuple(end)), True
+    harness.engine.add_request(unlimited)
+    assert harness.wait(unlimited.request_id)[1][:5] == tokens[:5]  # same draws before the budget hit

@@ -49,6 +49,8 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request):
         request_id, rendered.ids, params, constraint,
         state.reasoning_end_tokens(parsing.starts_in_reasoning) if spec else (),
         keep_special_tokens=state.keep_special_tokens(parsing),
+        reasoning_markers=state.reasoning_markers(parsing) if req.max_thinking_tokens is not None else None,
+        starts_in_reasoning=parsing.starts_in_reasoning,
     )
     token_text = TokenText(state.tokenizer) if req.logprobs else None
     created = int(time.time())

@@ -80,6 +80,7 @@ class ChatCompletionRequest(SamplingFields):
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: bool | None = None  # shorthand for chat_template_kwargs.enable_thinking
     reasoning_effort: str | None = None  # "none"/"minimal" switch thinking off; passed to the template
+    max_thinking_tokens: int | None = Field(default=None, ge=0)  # close reasoning after this many tokens
     add_generation_prompt: bool = True
 
 

@@ -173,6 +173,13 @@ class ServingState:
             starts_in_reasoning=prompt_opens_reasoning(reasoning, rendered.text),
         )
 
+    def reasoning_markers(self, parsing: OutputParsing) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """Token ids of the think tags, when this request's output is parsed for reasoning."""
+        tok = self.tokenizer
+        if parsing.reasoning_parser and getattr(tok, "has_thinking", False):
+            return tuple(tok.think_start_tokens or ()), tuple(tok.think_end_tokens or ())
+        return None
+
     def keep_special_tokens(self, parsing: OutputParsing) -> bool:
         """Keep special tokens in the text when a parser's markers are special tokens of this model."""
         return bool(required_markers(parsing.tool_parser, parsing.reasoning_parser) & self.special_tokens)
@@ -254,6 +261,7 @@ class ServingState:
             logprobs=logprobs,
             top_logprobs=top_logprobs,
             n=req.n,
+            max_thinking_tokens=getattr(req, "max_thinking_tokens", None),
         )
         try:
             params.validate()
@@ -282,10 +290,12 @@ class ServingState:
     # -- generation -------------------------------------------------------------
     async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                        constraint: Any = None, constraint_after: tuple[int, ...] = (),
-                       keep_special_tokens: bool = False) -> AsyncIterator[GenerationOutput]:
+                       keep_special_tokens: bool = False, reasoning_markers=None,
+                       starts_in_reasoning: bool = False) -> AsyncIterator[GenerationOutput]:
         request = GenerationRequest(request_id=request_id, prompt_token_ids=prompt_ids, sampling=params,
                                     constraint=constraint, constraint_after=constraint_after,
-                                    keep_special_tokens=keep_special_tokens)
+                                    keep_special_tokens=keep_special_tokens, reasoning_markers=reasoning_markers,
+                                    starts_in_reasoning=starts_in_reasoning)
         async for out in self.engine.generate(request):
             yield out
 

@@ -91,22 +91,26 @@ class GrammarCompiler:
         return matcher
 
 
-def allowed_tokens(matchers: list[Any | None], vocab_size: int) -> mx.array | None:
-    """(B, vocab) bool mask of the tokens each row's matcher allows next; None when no row has one.
+def allowed_tokens(rules: list[Any], vocab_size: int) -> mx.array | None:
+    """(B, vocab) bool mask of the tokens each row may take next; None when no row has a rule.
 
-    Rows without an (active) matcher allow everything.
+    A row's rule is None (anything goes), a token id (exactly that token, e.g. the
+    end-of-reasoning marker forced by a thinking budget) or an llguidance matcher.
     """
-    if not any(m is not None for m in matchers):
+    if not any(r is not None for r in rules):
         return None
     words = (vocab_size + 31) // 32
-    bitmask = np.full((len(matchers), words), -1, dtype=np.int32)
-    for i, matcher in enumerate(matchers):
-        if matcher is not None and not matcher.is_stopped():
+    bitmask = np.full((len(rules), words), -1, dtype=np.int32)
+    for i, matcher in enumerate(rules):
+        if isinstance(matcher, int):
+            bitmask[i] = 0
+            bitmask[i, matcher // 32] = np.uint32(1 << (matcher % 32)).view(np.int32)
+        elif matcher is not None and not matcher.is_stopped():
             row = bitmask[i]
             matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.size * row.itemsize)
     packed = mx.array(bitmask.view(np.uint32))
     bits = (packed[:, :, None] >> mx.arange(32, dtype=mx.uint32)) & 1
-    return bits.reshape(len(matchers), words * 32)[:, :vocab_size].astype(mx.bool_)
+    return bits.reshape(len(rules), words * 32)[:, :vocab_size].astype(mx.bool_)
 
 
 def tool_call_spec(

@@ -256,7 +256,7 @@ class LLMEngine:
         previous_seqs, previous = list(runner.batch_seqs), runner.rows
         deferred = None
         if previous_seqs:
-            if any(s.constraint is not None for s in previous_seqs):
+            if any(s.steers_tokens for s in previous_seqs):
                 # Grammar masks for token t+1 need token t: run the forward now, sample after read-back.
                 deferred = runner.decode()
                 mx.async_eval(deferred)
@@ -288,7 +288,7 @@ class LLMEngine:
             penalties.add_tokens(rows["tokens"])
         fed = 0 if pending_applied else 1
         generated = [len(s.output_ids) + fed for s in seqs] if params.min_tokens else None
-        allowed = allowed_tokens([s.active_constraint for s in seqs], self.vocab_size)
+        allowed = allowed_tokens([s.next_token_rule for s in seqs], self.vocab_size)
         result = sample(logits, params, rows["keys"], penalties, generated, allowed)
         return self._pending_rows(result, penalties)
 
@@ -338,7 +338,7 @@ class LLMEngine:
         if params.uses_penalties:
             penalties = PenaltyState.for_prompts([s.prompt_ids for s in seqs], self.vocab_size)
         generated = [0] * len(seqs) if params.min_tokens else None
-        allowed = allowed_tokens([s.active_constraint for s in seqs], self.vocab_size)
+        allowed = allowed_tokens([s.next_token_rule for s in seqs], self.vocab_size)
         result = sample(logits, params, mx.stack([s.rng_key for s in seqs]), penalties, generated, allowed)
         for seq in seqs:
             self.scheduler.mark_running(seq)

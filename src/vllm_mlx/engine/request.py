@@ -45,6 +45,9 @@ class SamplingParams:
     logprobs: bool = False  # report the sampled token's logprob
     top_logprobs: int = 0  # and this many most likely alternatives
     n: int = 1  # continuations of one prompt (one prefill)
+    # Reasoning budget: after this many tokens inside reasoning, the engine writes the
+    # end-of-reasoning marker itself so the model goes on to answer (None = no budget).
+    max_thinking_tokens: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -92,6 +95,10 @@ class GenerationRequest:
     constraint: Any = None
     constraint_after: tuple[int, ...] = ()
     keep_special_tokens: bool = False  # detokenize special tokens too (parsers whose markers are special)
+    # Reasoning markers as token ids (start, end), for max_thinking_tokens; and whether the prompt
+    # already opened reasoning.
+    reasoning_markers: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+    starts_in_reasoning: bool = False
 
 
 @dataclass(frozen=True)

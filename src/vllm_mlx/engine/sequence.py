@@ -31,6 +31,13 @@ class Sequence:
         self.constraint = request.constraint  # llguidance matcher, or None
         self.constraint_after = list(request.constraint_after)
         self.constraint_started = not self.constraint_after
+        # Reasoning budget (max_thinking_tokens): state of the reasoning block and tokens to force.
+        self.thinking_budget = self.sampling.max_thinking_tokens if request.reasoning_markers else None
+        self.in_reasoning = request.starts_in_reasoning
+        self.reasoning_tokens = 0
+        self.forced: list[int] = []
+        if self.in_reasoning and self.thinking_budget == 0:
+            self.forced = list(request.reasoning_markers[1])
         self.status = SequenceStatus.WAITING
         self.finish_reason: FinishReason | None = None
         # Prompt tokens whose keys/values are already in this sequence's cache.
@@ -56,6 +63,33 @@ class Sequence:
         if self.constraint is not None and self.constraint_started and self.status is not SequenceStatus.FINISHED:
             return self.constraint
         return None
+
+    @property
+    def steers_tokens(self) -> bool:
+        """Whether this row's next token may be masked (a grammar, or a reasoning budget)."""
+        return self.constraint is not None or self.thinking_budget is not None
+
+    @property
+    def next_token_rule(self) -> Any:
+        """What decides this row's next token: a forced token id, a grammar matcher, or None."""
+        if self.forced:
+            return self.forced[0]
+        return self.active_constraint
+
+    def _track_reasoning(self, token: int) -> None:
+        if self.thinking_budget is None:
+            return
+        if self.forced and token == self.forced[0]:
+            self.forced.pop(0)
+        start, end = self.request.reasoning_markers
+        if self.in_reasoning:
+            self.reasoning_tokens += 1
+            if self.output_ids[-len(end):] == list(end):
+                self.in_reasoning, self.forced = False, []
+            elif self.reasoning_tokens >= self.thinking_budget and not self.forced:
+                self.forced = list(end)  # close the reasoning: the model answers next
+        elif self.output_ids[-len(start):] == list(start):
+            self.in_reasoning = True
 
     def _advance_constraint(self, token: int) -> str | None:
         """Feed the grammar; returns an error message if the token broke it."""
@@ -91,6 +125,7 @@ class Sequence:
         stops_apply = len(self.output_ids) > self.sampling.min_tokens
         if token in self.stop_ids and stops_apply:
             return self.finish(FinishReason.STOP, stop_token=True)
+        self._track_reasoning(token)
         error = self._advance_constraint(token)
         if error is not None:
             out = self.finish(FinishReason.ERROR)
