@@ -28,9 +28,7 @@ def _finish(reason: FinishReason | None, tool_calls: bool) -> str | None:
 @router.post("/v1/chat/completions")
 async def chat_completions(req: ChatCompletionRequest, raw: Request):
     state = _state(raw)
-    state.warn_unknown_fields(req, "/v1/chat/completions")
-    state.check_model(req.model)
-    state.reject_unsupported(req)
+    state.admit(req, "/v1/chat/completions")
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
     spec = state.structured_spec(req)

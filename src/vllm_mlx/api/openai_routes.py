@@ -114,9 +114,7 @@ def _completion_prompts(state: ServingState, prompt: Any) -> list[list[int]]:
 @router.post("/v1/completions")
 async def completions(req: CompletionRequest, raw: Request):
     state = _state(raw)
-    state.warn_unknown_fields(req, "/v1/completions")
-    state.check_model(req.model)
-    state.reject_unsupported(req)
+    state.admit(req, "/v1/completions")
     prompts = await state.tokenize(_completion_prompts, state, req.prompt)
     wants_logprobs = req.logprobs is not None
     params = [state.sampling_params(req, len(p), req.max_tokens, logprobs=wants_logprobs,

@@ -54,6 +54,12 @@ class ServingState:
     special_tokens: frozenset[str] = frozenset()  # tokens the detokenizer drops unless told to keep them
 
     # -- request checks -------------------------------------------------------
+    def admit(self, req: SamplingFields, route: str) -> None:
+        """The checks every generation route makes first: unknown fields, model id, unsupported fields."""
+        self.warn_unknown_fields(req, route)
+        self.check_model(req.model)
+        self.reject_unsupported(req)
+
     def warn_unknown_fields(self, req: OpenAIRequest, route: str) -> None:
         if req.model_extra:
             logger.warning("%s: ignoring unknown field(s) %s", route, sorted(req.model_extra))
