@@ -10,6 +10,9 @@ from .engine import LLMEngine
 from .request import FinishReason, GenerationOutput, GenerationRequest
 
 
+ENGINE_CHECK_S = 2.0  # how often a waiting request checks that the engine thread is alive
+
+
 class AsyncEngine:
     """Bridges the engine thread and the event loop it was started from."""
 
@@ -41,9 +44,11 @@ class AsyncEngine:
         self._queues[request.request_id] = queue
         unfinished = request.sampling.n
         try:
+            if not self.engine.alive:
+                raise RuntimeError("the engine is not running")
             self.engine.add_request(request)
             while unfinished:
-                out = await queue.get()
+                out = await self._next(queue)
                 # A consumer that fell behind gets the queued deltas of one continuation as one.
                 while unfinished == 1 and not out.finished and not queue.empty():
                     out = out.merged_with(queue.get_nowait())
@@ -56,6 +61,15 @@ class AsyncEngine:
             self._queues.pop(request.request_id, None)
             if unfinished:  # consumer gone, or one continuation failed: stop the rest
                 self.engine.abort(request.request_id)
+
+    async def _next(self, queue: asyncio.Queue[GenerationOutput]) -> GenerationOutput:
+        """The next delta; never waits forever on an engine thread that has died."""
+        while True:
+            try:
+                return await asyncio.wait_for(queue.get(), timeout=ENGINE_CHECK_S)
+            except asyncio.TimeoutError:
+                if not self.engine.alive:
+                    raise RuntimeError("the engine stopped") from None
 
     def _on_outputs(self, outputs: list[GenerationOutput]) -> None:
         """Called on the engine thread: hand the step's deltas to the event loop."""

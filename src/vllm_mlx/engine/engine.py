@@ -103,11 +103,17 @@ class LLMEngine:
         self._batch_params: BatchSamplingParams | None = None
         self._publish_stats("ready")
         self._ready.set()
-        while True:
-            if not self._drain_commands(block=not self.scheduler.has_work):
-                break
-            if self.scheduler.has_work:
-                self._step_safely()
+        try:
+            while True:
+                if not self._drain_commands(block=not self.scheduler.has_work):
+                    break
+                if self.scheduler.has_work:
+                    self._step_safely()
+        except BaseException:  # a bug outside a step: fail every request loudly rather than hang them
+            logger.exception("engine loop crashed; failing all requests")
+            self._fail(self.scheduler.all_sequences(), RuntimeError("the engine stopped"))
+            self._publish_stats("failed")
+            raise
         self._abort_all()
         self.runner = ModelRunner(self.loaded.model, self.config.deterministic)  # release the batch arrays
         mx.synchronize()  # no MLX work may still be in flight when the thread ends
