@@ -138,6 +138,7 @@ SYSTEM = "You are a helpful assistant. " + " ".join(f"Rule {i}: be kind and brie
 
 
 def test_second_turn_reports_cached_tokens(qwen3_server):
+    httpx.post(f"{qwen3_server.base_url}/v1/cache/clear")  # the server is shared: start cold
     c = openai.OpenAI(base_url=f"{qwen3_server.base_url}/v1", api_key="x", max_retries=0)
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "First question?"}]
     first = c.chat.completions.create(model="m", messages=messages, max_tokens=12, temperature=0)

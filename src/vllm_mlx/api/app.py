@@ -18,12 +18,15 @@ from ..engine.config import EngineConfig
 from ..models.extra_models import ExtraModels
 from ..models.loader import LoadedModel, load_model, resolve_model_path
 from ..platform import detect_backend
+from .anthropic_routes import router as anthropic_router
 from .audio_routes import router as audio_router
 from .auth import APIKeyMiddleware
 from .embeddings_routes import router as embeddings_router
 from .errors import install_error_handlers
 from .chat_routes import router as chat_router
 from .openai_routes import router as openai_router
+from .responses_convert import ResponseStore
+from .responses_routes import router as responses_router
 from .serving import ServingState
 from .warmup import warm_up
 
@@ -127,6 +130,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app = FastAPI(title="vllm-mlx", version="0.1.0", lifespan=lifespan)
     app.state.config = config
     app.state.extra_models = extra_models
+    app.state.responses_store = ResponseStore()  # bounded, for previous_response_id
     install_error_handlers(app)
     if config.api_keys:
         app.add_middleware(APIKeyMiddleware, keys=config.api_keys)
@@ -135,8 +139,10 @@ def create_app(config: ServerConfig) -> FastAPI:
                        "Pass --api-key.", config.host)
     app.include_router(chat_router)
     app.include_router(openai_router)
+    app.include_router(responses_router)
     app.include_router(embeddings_router)
     app.include_router(audio_router)
+    app.include_router(anthropic_router)
 
     @app.get("/health")
     async def health(raw: Request):

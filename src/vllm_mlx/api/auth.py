@@ -1,4 +1,4 @@
-"""API-key authentication for every route but /health (Bearer token or x-api-key header)."""
+"""API-key authentication for every route but /health and / (Bearer token or x-api-key header)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import logging
 
 from starlette.requests import Request
 
-from .errors import error_response
+from .errors import error_response_for
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/"})  # "/": the liveness probe some clients send (HEAD /)
 
 
 def presented_key(request: Request) -> str | None:
@@ -46,6 +46,7 @@ class APIKeyMiddleware:
         if request.url.path in OPEN_PATHS or request.method == "OPTIONS" or self._valid(presented_key(request)):
             return await self.app(scope, receive, send)
         logger.info("rejected unauthenticated %s %s", request.method, request.url.path)
-        response = error_response(401, "invalid or missing API key (send 'Authorization: Bearer KEY' or 'x-api-key')",
-                                  code="invalid_api_key")
+        response = error_response_for(
+            request.url.path, 401, "invalid or missing API key (send 'Authorization: Bearer KEY' or 'x-api-key')",
+            code="invalid_api_key")
         await response(scope, receive, send)

@@ -108,8 +108,24 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
     kind: Literal["chat", "embedding", "transcription", "speech"] = "chat"  # what the model serves
     loaded: bool = True  # embedding and audio models load on their first request
+    # Anthropic's model object (client.models.list() in the anthropic SDK); OpenAI clients ignore these
+    type: Literal["model"] = "model"
+    display_name: str | None = None
+    created_at: str | None = None
+
+    def model_post_init(self, _context: Any) -> None:
+        self.display_name = self.display_name or self.id
+        if self.created_at is None:
+            self.created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created))
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+    has_more: bool = False  # Anthropic's page fields
+    first_id: str | None = None
+    last_id: str | None = None
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.data:
+            self.first_id, self.last_id = self.data[0].id, self.data[-1].id

@@ -124,6 +124,7 @@ class GenerationOutput:
     cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
     error: str | None = None
     logprobs: list[TokenLogprob] | None = None  # one per new token, when requested
+    stop_sequence: str | None = None  # the stop string that ended generation (finish_reason STOP)
 
     @property
     def finished(self) -> bool:
@@ -143,4 +144,5 @@ class GenerationOutput:
             cached_tokens=later.cached_tokens,
             error=later.error,
             logprobs=logprobs,
+            stop_sequence=later.stop_sequence,
         )

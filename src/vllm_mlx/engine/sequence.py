@@ -139,7 +139,7 @@ class Sequence:
         else:
             stop_at = self.stop_matcher.find(text, max(self.emitted_chars, self.stop_scan_from))
         if stop_at is not None:
-            return self._final_delta(text[:stop_at], FinishReason.STOP)
+            return self._final_delta(text[:stop_at], FinishReason.STOP, self._stop_string(text, stop_at))
         if len(self.output_ids) >= self.sampling.max_tokens:
             return self.finish(FinishReason.LENGTH)
         if self.constraint is not None and self.constraint_started and self.constraint.is_stopped():
@@ -158,15 +158,22 @@ class Sequence:
         if reason is not FinishReason.ABORT and len(self.output_ids) > self.sampling.min_tokens:
             stop_at = self.stop_matcher.find(text, max(self.emitted_chars, self.stop_scan_from))
             if stop_at is not None:
+                matched = self._stop_string(text, stop_at)
                 text, reason = text[:stop_at], FinishReason.STOP
+                return self._final_delta(text, reason, matched, hidden_tokens=1 if stop_token else 0)
         return self._final_delta(text, reason, hidden_tokens=1 if stop_token else 0)
 
-    def _final_delta(self, text: str, reason: FinishReason, hidden_tokens: int = 0) -> GenerationOutput:
+    def _stop_string(self, text: str, at: int) -> str | None:
+        return next((s for s in self.stop_matcher.stops if text.startswith(s, at)), None)
+
+    def _final_delta(self, text: str, reason: FinishReason, stop_sequence: str | None = None,
+                     hidden_tokens: int = 0) -> GenerationOutput:
         self.status = SequenceStatus.FINISHED
         self.finish_reason = reason
         delta = self._delta(text[self.emitted_chars :], hidden_tokens)
         self.emitted_chars = max(self.emitted_chars, len(text))
         delta.finish_reason = reason
+        delta.stop_sequence = stop_sequence
         return delta
 
     def _delta(self, text: str, hidden_tokens: int = 0) -> GenerationOutput:

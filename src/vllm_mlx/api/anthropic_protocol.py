@@ -1,0 +1,212 @@
+"""Anthropic Messages wire format, and its translation into the chat pipeline's request.
+
+An Anthropic request becomes a :class:`ChatCompletionRequest`, so it is rendered by the same chat
+template, sampled with the same parameters and parsed by the same reasoning/tool-call pipeline as
+/v1/chat/completions. See docs/anthropic-api.md for the field mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import APIError
+from .protocol import ChatCompletionRequest
+
+logger = logging.getLogger(__name__)
+
+
+class AnthropicMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["user", "assistant", "system"]
+    content: str | list[dict[str, Any]]
+
+
+class MessagesRequest(BaseModel):
+    """POST /v1/messages (and /v1/messages/count_tokens, which ignores the generation fields)."""
+
+    model_config = ConfigDict(extra="allow")  # other fields are logged and ignored
+    model: str = "default"
+    messages: list[AnthropicMessage] = Field(min_length=1)
+    system: str | list[dict[str, Any]] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop_sequences: list[str] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+    output_format: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
+    # accepted and ignored (declared so they are not logged as unknown on every Claude Code request)
+    metadata: dict[str, Any] | None = None
+    context_management: dict[str, Any] | None = None
+    cache_control: dict[str, Any] | None = None
+    service_tier: str | None = None
+
+
+def _text_of(blocks: str | list[dict[str, Any]], where: str) -> str:
+    """Plain text of a string or a list of text blocks (cache_control and citations ignored)."""
+    if isinstance(blocks, str):
+        return blocks
+    texts = []
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(str(block.get("text") or ""))
+        elif kind in ("image", "document"):
+            raise APIError(400, f"{where}: this model does not accept images or documents", param=where)
+        else:
+            raise APIError(400, f"{where}: unsupported content block type {kind!r}", param=where)
+    return "\n".join(texts) if len(texts) > 1 else "".join(texts)
+
+
+def _tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
+    content = block.get("content")
+    text = "" if content is None else _text_of(content, where)
+    if block.get("is_error"):
+        text = f"Error: {text}"
+    if not block.get("tool_use_id"):
+        raise APIError(400, f"{where}: tool_result needs tool_use_id", param=where)
+    return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}
+
+
+def _convert_message(message: AnthropicMessage, i: int) -> list[dict[str, Any]]:
+    """One Anthropic message as OpenAI-style chat messages (tool results become role "tool")."""
+    where = f"messages.{i}.content"
+    if isinstance(message.content, str):
+        return [{"role": message.role, "content": message.content}]
+    texts: list[str] = []
+    reasoning: list[str] = []
+    calls: list[dict[str, Any]] = []
+    tool_results: list[dict[str, Any]] = []
+    for j, block in enumerate(message.content):
+        kind = block.get("type")
+        here = f"{where}.{j}"
+        if kind == "text":
+            texts.append(str(block.get("text") or ""))
+        elif kind in ("image", "document"):
+            raise APIError(400, f"{here}: this model does not accept images or documents", param=here)
+        elif kind == "tool_use" and message.role == "assistant":
+            if not block.get("name"):
+                raise APIError(400, f"{here}: tool_use needs a name", param=here)
+            calls.append({"id": block.get("id") or f"toolu_{i}_{j}", "type": "function",
+                          "function": {"name": block["name"], "arguments": json.dumps(block.get("input") or {})}})
+        elif kind == "tool_result" and message.role == "user":
+            tool_results.append(_tool_result(block, here))
+        elif kind == "thinking" and message.role == "assistant":
+            reasoning.append(str(block.get("thinking") or ""))
+        elif kind == "redacted_thinking" and message.role == "assistant":
+            continue  # opaque: nothing a local model can read
+        else:
+            raise APIError(400, f"{here}: unsupported content block type {kind!r} in a {message.role} message",
+                           param=here)
+    text = "\n".join(texts) if len(texts) > 1 else "".join(texts)
+    if message.role == "assistant":
+        out: dict[str, Any] = {"role": "assistant", "content": text}
+        if calls:
+            out["tool_calls"] = calls
+        if reasoning:
+            out["reasoning_content"] = "\n".join(reasoning)
+        return [out]
+    if message.role == "system":
+        return [{"role": "system", "content": text}]
+    return tool_results + ([{"role": "user", "content": text}] if text or not tool_results else [])
+
+
+def _tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Anthropic client tools as OpenAI function tools; server tools (web search, ...) are skipped."""
+    out = []
+    for k, tool in enumerate(tools or []):
+        if "input_schema" not in tool:
+            logger.warning("/v1/messages: ignoring tool %r of type %r (no input_schema)", tool.get("name"),
+                           tool.get("type"))
+            continue
+        if not tool.get("name"):
+            raise APIError(400, f"tools.{k}: a tool needs a name", param=f"tools.{k}")
+        function = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
+        if tool.get("description"):
+            function["description"] = tool["description"]
+        out.append({"type": "function", "function": function})
+    return out or None
+
+
+def _tool_choice(choice: dict[str, Any] | None) -> tuple[Any, bool | None]:
+    """(OpenAI tool_choice, parallel_tool_calls) for an Anthropic tool_choice."""
+    if choice is None:
+        return None, None
+    kind = choice.get("type")
+    parallel = False if choice.get("disable_parallel_tool_use") else None
+    if kind == "auto":
+        return "auto", parallel
+    if kind == "any":
+        return "required", parallel
+    if kind == "none":
+        return "none", None
+    if kind == "tool":
+        if not choice.get("name"):
+            raise APIError(400, "tool_choice of type 'tool' needs a name", param="tool_choice")
+        return {"type": "function", "function": {"name": choice["name"]}}, parallel
+    raise APIError(400, f"unknown tool_choice type {kind!r}", param="tool_choice")
+
+
+def _thinking(thinking: dict[str, Any] | None) -> tuple[bool | None, int | None]:
+    """(enable_thinking, max_thinking_tokens); absent leaves the model's template default."""
+    if thinking is None:
+        return None, None
+    kind = thinking.get("type")
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if budget is not None and (not isinstance(budget, int) or budget < 0):
+            raise APIError(400, "thinking.budget_tokens must be a non-negative integer", param="thinking")
+        return True, budget
+    if kind == "adaptive":
+        return True, None
+    if kind == "disabled":
+        return False, None
+    raise APIError(400, f"unknown thinking type {kind!r}", param="thinking")
+
+
+def _response_format(req: MessagesRequest) -> dict[str, Any] | None:
+    fmt = req.output_format or (req.output_config or {}).get("format")
+    if not fmt:
+        return None
+    if fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise APIError(400, "output format must be {\"type\": \"json_schema\", \"schema\": {...}}",
+                       param="output_format")
+    return {"type": "json_schema", "json_schema": {"schema": fmt["schema"]}}
+
+
+def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
+    """The chat-completions request that renders, samples and parses exactly like this one."""
+    system = [] if req.system is None else [_text_of(req.system, "system")]
+    messages: list[dict[str, Any]] = []
+    for i, message in enumerate(req.messages):
+        for converted in _convert_message(message, i):
+            if converted["role"] == "system":  # hoisted: many templates accept a system message only first
+                system.append(converted["content"])
+            else:
+                messages.append(converted)
+    if system:
+        messages.insert(0, {"role": "system", "content": "\n\n".join(s for s in system if s)})
+    if not messages or all(m["role"] == "system" for m in messages):
+        raise APIError(400, "messages: at least one user or assistant message is required", param="messages")
+    tool_choice, parallel = _tool_choice(req.tool_choice)
+    enable_thinking, budget = _thinking(req.thinking)
+    fields: dict[str, Any] = {
+        "model": req.model, "messages": messages, "max_tokens": req.max_tokens, "stop": req.stop_sequences,
+        "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "stream": req.stream,
+        "tools": _tools(req.tools), "tool_choice": tool_choice, "parallel_tool_calls": parallel,
+        "enable_thinking": enable_thinking, "max_thinking_tokens": budget,
+        "response_format": _response_format(req),
+    }
+    try:
+        return ChatCompletionRequest.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {}
+        raise APIError(400, f"invalid request: {first.get('msg', exc)}") from exc

@@ -1,0 +1,239 @@
+"""Anthropic adapter: POST /v1/messages and /v1/messages/count_tokens, plus GET/HEAD / for probes.
+
+Requests go through the chat pipeline (see anthropic_protocol.to_chat_request): the same template
+rendering, sampling parameters, constraints and output parsers as /v1/chat/completions. Parser
+events become content blocks: reasoning -> thinking, content -> text, tool calls -> tool_use.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ..engine.request import FinishReason, GenerationOutput
+from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
+from .anthropic_protocol import MessagesRequest, to_chat_request
+from .chat_output import OutputParsing
+from .errors import APIError, anthropic_error_body
+from .openai_routes import _state, collect
+from .serving import RenderedChat, ServingState
+
+router = APIRouter()
+
+# Thinking blocks need a signature; a local model has nothing to sign, so this marks them as ours.
+THINKING_SIGNATURE = "vllm-mlx-local"
+
+
+def _message_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
+def sse_event(name: str, data: dict) -> str:
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+@dataclass
+class Prepared:
+    chat: Any  # the equivalent ChatCompletionRequest
+    spec: tuple[str, Any] | None  # output constraint (structured output or forced tool use)
+    rendered: RenderedChat
+
+
+def _prepare(state: ServingState, req: MessagesRequest) -> Prepared:
+    """Translate and render exactly as chat completions does (also used by count_tokens)."""
+    chat = to_chat_request(req)
+    state.check_model(chat.model)
+    spec = state.structured_spec(chat)
+    forced_tools = state.tool_choice_constraint(chat)
+    if spec and forced_tools:
+        raise APIError(400, "tool_choice any/tool cannot be combined with an output format", param="tool_choice")
+    spec = spec or forced_tools
+    return Prepared(chat, spec, state.render_chat(chat, spec is not None))
+
+
+@dataclass
+class BlockBuilder:
+    """Parser events -> Anthropic content blocks, as stream events and as the final block list."""
+
+    parsing: OutputParsing
+    blocks: list[dict] = field(default_factory=list)
+    saw_tool_use: bool = False
+    _open: str | None = None  # type of the block being written
+    _args: str = ""
+
+    def __post_init__(self):
+        self.pipeline = self.parsing.pipeline()
+
+    def feed(self, text: str) -> list[str]:
+        if not text:
+            return []
+        if self.pipeline is None:
+            return self._events([ContentDelta(text)])
+        return self._events(self.pipeline.feed(text))
+
+    def finish(self) -> list[str]:
+        out = self._events(self.pipeline.finish()) if self.pipeline is not None else []
+        return out + self._close()
+
+    def _start(self, block: dict) -> list[str]:
+        out = self._close()
+        self.blocks.append(block)
+        self._open = block["type"]
+        self._args = ""
+        empty = {**block, "input": {}} if block["type"] == "tool_use" else block
+        return out + [sse_event("content_block_start", {"type": "content_block_start",
+                                                        "index": len(self.blocks) - 1, "content_block": empty})]
+
+    def _delta(self, delta: dict) -> str:
+        return sse_event("content_block_delta", {"type": "content_block_delta", "index": len(self.blocks) - 1,
+                                                 "delta": delta})
+
+    def _close(self) -> list[str]:
+        if self._open is None:
+            return []
+        out = []
+        block = self.blocks[-1]
+        if self._open == "thinking":
+            block["signature"] = THINKING_SIGNATURE
+            out.append(self._delta({"type": "signature_delta", "signature": THINKING_SIGNATURE}))
+        elif self._open == "tool_use":
+            try:
+                block["input"] = json.loads(self._args) if self._args.strip() else {}
+            except json.JSONDecodeError:
+                block["input"] = {}
+        self._open = None
+        return out + [sse_event("content_block_stop", {"type": "content_block_stop", "index": len(self.blocks) - 1})]
+
+    def _events(self, events) -> list[str]:
+        out: list[str] = []
+        for ev in events:
+            if isinstance(ev, ReasoningDelta):
+                if self._open != "thinking":
+                    out += self._start({"type": "thinking", "thinking": "", "signature": ""})
+                self.blocks[-1]["thinking"] += ev.text
+                out.append(self._delta({"type": "thinking_delta", "thinking": ev.text}))
+            elif isinstance(ev, ContentDelta):
+                if self._open != "text":
+                    out += self._start({"type": "text", "text": ""})
+                self.blocks[-1]["text"] += ev.text
+                out.append(self._delta({"type": "text_delta", "text": ev.text}))
+            elif isinstance(ev, ToolCallStart):
+                self.saw_tool_use = True
+                out += self._start({"type": "tool_use", "id": ev.id, "name": ev.name, "input": {}})
+            elif isinstance(ev, ToolCallArgsDelta) and self._open == "tool_use":
+                self._args += ev.text
+                out.append(self._delta({"type": "input_json_delta", "partial_json": ev.text}))
+            elif isinstance(ev, ToolCallEnd):
+                out += self._close()
+        return out
+
+
+def _stop_reason(last: GenerationOutput | None, saw_tool_use: bool) -> tuple[str, str | None]:
+    if last is None or last.finish_reason is None:
+        return "end_turn", None
+    if last.finish_reason is FinishReason.LENGTH:
+        return "max_tokens", None
+    if last.stop_sequence is not None:
+        return "stop_sequence", last.stop_sequence
+    if saw_tool_use:
+        return "tool_use", None
+    return "end_turn", None
+
+
+def _usage(out: GenerationOutput | None, prompt_len: int) -> dict:
+    """Anthropic usage: input_tokens excludes the prompt tokens read from the prefix cache."""
+    cached = out.cached_tokens if out else 0
+    return {"input_tokens": (out.prompt_tokens if out else prompt_len) - cached,
+            "output_tokens": out.completion_tokens if out else 0,
+            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
+
+
+@router.post("/v1/messages")
+async def messages(req: MessagesRequest, raw: Request):
+    state = _state(raw)
+    if req.model_extra:
+        state.warn_unknown_fields(req, "/v1/messages")  # type: ignore[arg-type]
+    prepared = await state.tokenize(_prepare, state, req)
+    chat, spec, rendered = prepared.chat, prepared.spec, prepared.rendered
+    parsing = state.output_parsing(chat, rendered)
+    max_tokens = chat.max_tokens
+    if max_tokens is not None:  # clients ask for a lot (Claude Code: 32000); clamp to the context left
+        max_tokens = min(max_tokens, max(state.max_model_len - len(rendered.ids), 1))
+    params = state.sampling_params(chat, len(rendered.ids), max_tokens)
+    constraint = await state.compile_constraint(*reversed(spec)) if spec else None
+    message_id = _message_id()
+    stream = state.generate(
+        message_id, rendered.ids, params, constraint,
+        state.reasoning_end_tokens(parsing.starts_in_reasoning) if spec else (),
+        keep_special_tokens=state.keep_special_tokens(parsing),
+        reasoning_markers=state.reasoning_markers(parsing) if chat.max_thinking_tokens is not None else None,
+        starts_in_reasoning=parsing.starts_in_reasoning,
+    )
+    if req.stream:
+        return StreamingResponse(_stream(stream, message_id, state.model_name, parsing, len(rendered.ids)),
+                                 media_type="text/event-stream")
+    choice = (await collect(stream, raw, 1))[0]
+    builder = BlockBuilder(parsing)
+    builder.feed(choice.text)
+    builder.finish()
+    stop_reason, stop_sequence = _stop_reason(choice.last, builder.saw_tool_use)
+    return JSONResponse({
+        "id": message_id, "type": "message", "role": "assistant", "model": state.model_name,
+        "content": builder.blocks, "stop_reason": stop_reason, "stop_sequence": stop_sequence,
+        "usage": _usage(choice.last, len(rendered.ids)),
+    })
+
+
+async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, model: str, parsing: OutputParsing,
+                  prompt_len: int) -> AsyncIterator[str]:
+    builder = BlockBuilder(parsing)
+    last: GenerationOutput | None = None
+
+    def message_start(out: GenerationOutput | None) -> list[str]:
+        usage = {**_usage(out, prompt_len), "output_tokens": 0}
+        return [sse_event("message_start", {"type": "message_start", "message": {
+            "id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": usage}}), sse_event("ping", {"type": "ping"})]
+
+    async for out in stream:
+        if out.finish_reason is FinishReason.ERROR:
+            yield sse_event("error", anthropic_error_body(500, f"generation failed: {out.error}"))
+            return
+        if last is None:  # sent with the first output, so the usage knows the cached prompt tokens
+            for event in message_start(out):
+                yield event
+        last = out
+        for event in builder.feed(out.text):
+            yield event
+        if out.finished:
+            break
+    if last is None:
+        for event in message_start(None):
+            yield event
+    for event in builder.finish():
+        yield event
+    stop_reason, stop_sequence = _stop_reason(last, builder.saw_tool_use)
+    yield sse_event("message_delta", {"type": "message_delta",
+                                      "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                                      "usage": _usage(last, prompt_len)})
+    yield sse_event("message_stop", {"type": "message_stop"})
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(req: MessagesRequest, raw: Request):
+    state = _state(raw)
+    prepared = await state.tokenize(_prepare, state, req)
+    return JSONResponse({"input_tokens": len(prepared.rendered.ids)})
+
+
+@router.api_route("/", methods=["GET", "HEAD"])
+async def root(raw: Request):
+    """Liveness for clients that probe the base URL (Claude Code sends HEAD /)."""
+    if raw.method == "HEAD":
+        return Response(status_code=200)
+    return JSONResponse({"status": "ok", "apis": ["/v1/chat/completions", "/v1/completions", "/v1/messages"]})
