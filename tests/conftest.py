@@ -14,7 +14,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import vllm_mlx  # noqa: E402  (loads OpenBLAS before mlx is imported anywhere)
+import vllm_mlx  # noqa: E402,F401  (loads OpenBLAS before mlx is imported anywhere)
+
 
 VLLM_MLX = str(Path(sys.executable).with_name("vllm-mlx"))
 

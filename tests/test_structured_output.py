@@ -8,7 +8,6 @@ import re
 
 import httpx
 import jsonschema
-import openai
 import pytest
 
 from test_server_openai import async_client, client

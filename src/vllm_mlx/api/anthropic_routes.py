@@ -19,7 +19,7 @@ from ..engine.request import FinishReason, GenerationOutput
 from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
 from .anthropic_protocol import MessagesRequest, to_chat_request
 from .chat_output import OutputParsing
-from .errors import APIError, anthropic_error_body
+from .errors import anthropic_error_body
 from .openai_routes import _state, collect
 from .serving import RenderedChat, ServingState
 
@@ -48,11 +48,7 @@ def _prepare(state: ServingState, req: MessagesRequest) -> Prepared:
     """Translate and render exactly as chat completions does (also used by count_tokens)."""
     chat = to_chat_request(req)
     state.check_model(chat.model)
-    spec = state.structured_spec(chat)
-    forced_tools = state.tool_choice_constraint(chat)
-    if spec and forced_tools:
-        raise APIError(400, "tool_choice any/tool cannot be combined with an output format", param="tool_choice")
-    spec = spec or forced_tools
+    spec = state.output_constraint(chat)
     return Prepared(chat, spec, state.render_chat(chat, spec is not None))
 
 
@@ -160,20 +156,12 @@ async def messages(req: MessagesRequest, raw: Request):
         state.warn_unknown_fields(req, "/v1/messages")  # type: ignore[arg-type]
     prepared = await state.tokenize(_prepare, state, req)
     chat, spec, rendered = prepared.chat, prepared.spec, prepared.rendered
-    parsing = state.output_parsing(chat, rendered)
     max_tokens = chat.max_tokens
     if max_tokens is not None:  # clients ask for a lot (Claude Code: 32000); clamp to the context left
         max_tokens = min(max_tokens, max(state.max_model_len - len(rendered.ids), 1))
-    params = state.sampling_params(chat, len(rendered.ids), max_tokens)
-    constraint = await state.compile_constraint(*reversed(spec)) if spec else None
     message_id = _message_id()
-    stream = state.generate(
-        message_id, rendered.ids, params, constraint,
-        state.reasoning_end_tokens(parsing.starts_in_reasoning) if spec else (),
-        keep_special_tokens=state.keep_special_tokens(parsing),
-        reasoning_markers=state.reasoning_markers(parsing) if chat.max_thinking_tokens is not None else None,
-        starts_in_reasoning=parsing.starts_in_reasoning,
-    )
+    run = await state.start_chat(chat, message_id, rendered, spec, max_tokens)
+    stream, parsing = run.stream, run.parsing
     if req.stream:
         return StreamingResponse(_stream(stream, message_id, state.model_name, parsing, len(rendered.ids)),
                                  media_type="text/event-stream")

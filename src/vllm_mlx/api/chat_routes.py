@@ -31,25 +31,12 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request):
     state.admit(req, "/v1/chat/completions")
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
-    spec = state.structured_spec(req)
-    forced_tools = state.tool_choice_constraint(req)
-    if spec and forced_tools:
-        raise APIError(400, "tool_choice required/named cannot be combined with a response format",
-                       param="tool_choice")
-    spec = spec or forced_tools
+    spec = state.output_constraint(req)
     rendered = await state.tokenize(state.render_chat, req, spec is not None)
-    parsing = state.output_parsing(req, rendered)
-    params = state.sampling_params(req, len(rendered.ids), req.max_completion_tokens or req.max_tokens,
-                                   logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
-    constraint = await state.compile_constraint(*reversed(spec)) if spec else None
     request_id = new_id("chatcmpl")
-    stream = state.generate(
-        request_id, rendered.ids, params, constraint,
-        state.reasoning_end_tokens(parsing.starts_in_reasoning) if spec else (),
-        keep_special_tokens=state.keep_special_tokens(parsing),
-        reasoning_markers=state.reasoning_markers(parsing) if req.max_thinking_tokens is not None else None,
-        starts_in_reasoning=parsing.starts_in_reasoning,
-    )
+    run = await state.start_chat(req, request_id, rendered, spec, req.max_completion_tokens or req.max_tokens,
+                                 logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
+    stream, parsing = run.stream, run.parsing
     token_text = TokenText(state.tokenizer) if req.logprobs else None
     created = int(time.time())
     if req.stream:

@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ..engine.request import FinishReason, GenerationOutput, TokenLogprob
 from .errors import APIError, error_body
 from .extra_model_access import extra_model_cards
-from .logprobs import TokenText, chat_logprobs, completion_logprobs
-from .protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, Usage, new_id
+from .logprobs import TokenText, completion_logprobs
+from .protocol import CompletionRequest, ModelCard, ModelList, Usage, new_id
 from .serving import ServingState, finish_reason_text
 
 router = APIRouter()

@@ -112,22 +112,11 @@ async def create_response(req: ResponsesRequest, raw: Request):
         chat, conversation, namespaces = chat_request(req, history)
         state.admit(chat, "/v1/responses")
         # From here on, the steps of /v1/chat/completions, on the equivalent chat request.
-        spec = state.structured_spec(chat)
-        forced_tools = state.tool_choice_constraint(chat)
-        if spec and forced_tools:
-            raise APIError(400, "tool_choice required/named cannot be combined with text.format", param="tool_choice")
-        spec = spec or forced_tools
+        spec = state.output_constraint(chat)
         rendered = await state.tokenize(state.render_chat, chat, spec is not None)
-        parsing = state.output_parsing(chat, rendered)
-        params = state.sampling_params(chat, len(rendered.ids), chat.max_completion_tokens)
-        constraint = await state.compile_constraint(*reversed(spec)) if spec else None
-    response_id = item_id("resp")
-    stream = state.generate(
-        response_id, rendered.ids, params, constraint,
-        state.reasoning_end_tokens(parsing.starts_in_reasoning) if spec else (),
-        keep_special_tokens=state.keep_special_tokens(parsing),
-        starts_in_reasoning=parsing.starts_in_reasoning,
-    )
+        response_id = item_id("resp")
+        run = await state.start_chat(chat, response_id, rendered, spec, chat.max_completion_tokens)
+    stream, parsing, params = run.stream, run.parsing, run.params
     turn = _Turn(req, state, response_id, params)
     builder = OutputBuilder(parsing, namespaces)
 

@@ -31,6 +31,13 @@ TOOL_CALL_MARKUP = {
 }
 
 
+@dataclass
+class ChatRun:
+    parsing: OutputParsing
+    params: SamplingParams
+    stream: AsyncIterator[GenerationOutput]
+
+
 @dataclass(frozen=True)
 class RenderedChat:
     ids: list[int]
@@ -294,6 +301,35 @@ class ServingState:
         return await asyncio.to_thread(fn, *args)
 
     # -- generation -------------------------------------------------------------
+    # -- the generation steps every chat-shaped API shares --------------------------------
+    def output_constraint(self, req: ChatCompletionRequest) -> tuple[str, StructuredSpec] | None:
+        """The one grammar a request asks for: a structured-output format, or a forced tool call."""
+        spec = self.structured_spec(req)
+        forced_tools = self.tool_choice_constraint(req)
+        if spec and forced_tools:
+            raise APIError(400, "a forced tool_choice cannot be combined with a structured-output format",
+                           param="tool_choice")
+        return spec or forced_tools
+
+    async def start_chat(
+        self, req: ChatCompletionRequest, request_id: str, rendered: RenderedChat,
+        spec: tuple[str, StructuredSpec] | None, max_tokens: int | None,
+        logprobs: bool = False, top_logprobs: int = 0,
+    ) -> ChatRun:
+        """Sampling, constraint, output parsing and the engine stream for a rendered chat request —
+        the same for chat completions, Responses and Anthropic Messages."""
+        parsing = self.output_parsing(req, rendered)
+        params = self.sampling_params(req, len(rendered.ids), max_tokens, logprobs=logprobs, top_logprobs=top_logprobs)
+        constraint = await self.compile_constraint(*reversed(spec)) if spec else None
+        stream = self.generate(
+            request_id, rendered.ids, params, constraint,
+            self.reasoning_end_tokens(parsing.starts_in_reasoning) if spec else (),
+            keep_special_tokens=self.keep_special_tokens(parsing),
+            reasoning_markers=self.reasoning_markers(parsing) if req.max_thinking_tokens is not None else None,
+            starts_in_reasoning=parsing.starts_in_reasoning,
+        )
+        return ChatRun(parsing, params, stream)
+
     async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                        constraint: Any = None, constraint_after: tuple[int, ...] = (),
                        keep_special_tokens: bool = False, reasoning_markers=None,
