@@ -23,6 +23,7 @@ from .audio_routes import router as audio_router
 from .auth import APIKeyMiddleware
 from .embeddings_routes import router as embeddings_router
 from .errors import install_error_handlers
+from .metrics import MetricsMiddleware, ServerMetrics, metrics_endpoint
 from .chat_routes import router as chat_router
 from .openai_routes import router as openai_router
 from .responses_convert import ResponseStore
@@ -132,6 +133,10 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.extra_models = extra_models
     app.state.responses_store = ResponseStore()  # bounded, for previous_response_id
     install_error_handlers(app)
+    app.state.metrics = ServerMetrics(lambda: engine.stats if engine.engine.alive else None)
+    engine.metrics = app.state.metrics
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     if config.api_keys:
         app.add_middleware(APIKeyMiddleware, keys=config.api_keys)
     elif config.host not in ("127.0.0.1", "localhost", "::1"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import AsyncIterator
 
 from .config import EngineConfig
@@ -18,6 +19,7 @@ class AsyncEngine:
 
     def __init__(self, load, config: EngineConfig):
         self._queues: dict[str, asyncio.Queue[GenerationOutput]] = {}
+        self.metrics = None  # optional: an object with observe_stream(started, first, last, tokens)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.engine = LLMEngine(load, config, self._on_outputs)
 
@@ -43,6 +45,7 @@ class AsyncEngine:
         queue: asyncio.Queue[GenerationOutput] = asyncio.Queue()
         self._queues[request.request_id] = queue
         unfinished = request.sampling.n
+        started, first, last, tokens = time.monotonic(), None, None, 0
         try:
             if not self.engine.alive:
                 raise RuntimeError("the engine is not running")
@@ -54,10 +57,16 @@ class AsyncEngine:
                     out = out.merged_with(queue.get_nowait())
                 if out.finished:
                     unfinished -= 1
+                if out.token_ids:
+                    last = time.monotonic()
+                    first = first or last
+                    tokens += len(out.token_ids)
                 yield out
                 if out.finish_reason in (FinishReason.ERROR, FinishReason.ABORT):
                     break
         finally:
+            if self.metrics is not None:
+                self.metrics.observe_stream(started, first, last, tokens)
             self._queues.pop(request.request_id, None)
             if unfinished:  # consumer gone, or one continuation failed: stop the rest
                 self.engine.abort(request.request_id)

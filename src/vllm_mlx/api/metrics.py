@@ -1,0 +1,96 @@
+"""Prometheus metrics at /metrics (prometheus-client, one registry per app — no global state)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from starlette.requests import Request
+from starlette.responses import Response
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class EngineCollector:
+    """Gauges read from the engine's latest stats snapshot at scrape time."""
+
+    def __init__(self, stats: Callable[[], Any]):
+        self._stats = stats
+
+    def collect(self):
+        stats = self._stats()
+        if stats is None:
+            return
+        for name, help_text, value in (
+            ("vllm_mlx_running_requests", "Sequences in the decode batch", stats.running),
+            ("vllm_mlx_waiting_requests", "Requests queued for admission", stats.waiting),
+            ("vllm_mlx_prefilling_requests", "Prompts being prefilled", stats.prefilling),
+            ("vllm_mlx_prompt_tokens_processed", "Prompt tokens computed since start", stats.prompt_tokens),
+            ("vllm_mlx_generation_tokens_processed", "Tokens generated since start", stats.generation_tokens),
+        ):
+            yield GaugeMetricFamily(name, help_text, value=value)
+        cache = stats.prefix_cache
+        if cache:
+            yield GaugeMetricFamily("vllm_mlx_prefix_cache_bytes", "Bytes held by the prefix cache", value=cache["bytes"])
+            yield GaugeMetricFamily("vllm_mlx_prefix_cache_token_hit_rate",
+                                    "Prompt tokens reused / prompt tokens looked up", value=cache["token_hit_rate"])
+
+
+class ServerMetrics:
+    def __init__(self, engine_stats: Callable[[], Any]):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("vllm_mlx_http_requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=self.registry)
+        self.request_seconds = Histogram("vllm_mlx_http_request_duration_seconds", "HTTP request duration",
+                                         ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.ttft = Histogram("vllm_mlx_time_to_first_token_seconds", "Time from submission to the first token",
+                              buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.inter_token = Histogram("vllm_mlx_inter_token_latency_seconds", "Time between streamed tokens",
+                                     buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(EngineCollector(engine_stats))
+
+    def observe_stream(self, started: float, first: float | None, last: float | None, tokens: int) -> None:
+        """A finished generation: its TTFT and its mean inter-token latency, once per token gap."""
+        if first is None:
+            return
+        self.ttft.observe(first - started)
+        if tokens > 1 and last is not None:
+            gap = (last - first) / (tokens - 1)
+            for _ in range(min(tokens - 1, 4096)):
+                self.inter_token.observe(gap)
+
+    def response(self) -> Response:
+        return Response(generate_latest(self.registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by its route template (not the raw path) and status."""
+
+    def __init__(self, app, metrics: ServerMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.monotonic()
+        status = {"code": 500}
+
+        async def record_status(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            name = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(name, str(status["code"])).inc()
+            self.metrics.request_seconds.labels(name).observe(time.monotonic() - started)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return request.app.state.metrics.response()
