@@ -89,6 +89,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--default-repetition-penalty", type=float, default=1.0)
     p.add_argument("--continuous-batching", action="store_true",
                    help="accepted for compatibility: batching is always on")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="on SIGTERM, seconds in-flight requests may keep running before they are ended "
+                        "with a final event (default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -138,6 +141,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         max_audio_upload_bytes=int(args.max_audio_upload_mb * 2**20),
         sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,
+        shutdown_timeout=args.shutdown_timeout,
     )
 
 
@@ -155,6 +159,7 @@ def run_server(config: ServerConfig) -> int:
     import uvicorn
 
     from .api.app import create_app
+    from .api.shutdown import DrainingServer
     from .models.loader import ModelNotFoundError
 
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -163,8 +168,9 @@ def run_server(config: ServerConfig) -> int:
     except ModelNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    uvicorn_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level)
-    server = uvicorn.Server(uvicorn_config)
+    uvicorn_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
+                                    timeout_graceful_shutdown=config.shutdown_timeout + 5)
+    server = DrainingServer(uvicorn_config, app, config.shutdown_timeout)
     server.run()
     return 0 if server.started else 1
 

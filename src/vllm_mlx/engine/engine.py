@@ -68,6 +68,10 @@ class LLMEngine:
     def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id))
 
+    def abort_all(self) -> None:
+        """End every request now (each gets its final ABORT delta)."""
+        self._commands.put(("abort_all", None))
+
     def clear_prefix_cache(self) -> None:
         self._commands.put(("clear_prefix_cache", None))
 
@@ -186,6 +190,8 @@ class LLMEngine:
                     self._add(request)
             elif kind == "abort":
                 self._abort(arg)
+            elif kind == "abort_all":
+                self._abort_all()
             elif kind == "clear_prefix_cache" and self.prefix_cache is not None:
                 self.prefix_cache.clear()
                 self._publish_stats()
