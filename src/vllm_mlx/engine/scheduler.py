@@ -15,12 +15,9 @@ MIN_PREFILL_TOKENS_PER_STEP = 32
 
 @dataclass
 class StepPlan:
-    decode: list[Sequence] = field(default_factory=list)
-    prefill: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, tokens this step)
+    """One step's prompt work; every running row (the decode batch) also advances by one token."""
 
-    @property
-    def empty(self) -> bool:
-        return not self.decode and not self.prefill
+    prefill: list[tuple[Sequence, int]] = field(default_factory=list)  # (sequence, tokens this step)
 
 
 class Scheduler:
@@ -71,8 +68,8 @@ class Scheduler:
             self.waiting.remove(seq)
 
     def schedule(self) -> StepPlan:
-        plan = StepPlan(decode=list(self.running))
-        budget = max(self.max_num_batched_tokens - len(plan.decode), MIN_PREFILL_TOKENS_PER_STEP)
+        plan = StepPlan()
+        budget = max(self.max_num_batched_tokens - len(self.running), MIN_PREFILL_TOKENS_PER_STEP)
         while self.waiting and len(self.running) + len(self.prefilling) < self.max_num_seqs:
             seq = self.waiting.popleft()
             seq.status = SequenceStatus.PREFILLING
