@@ -211,8 +211,7 @@ class PrefixCache:
         return self._add_block(h, parent, kv)
 
     def _add_block(self, h: bytes, parent: bytes | None, kv: list, tail: tuple[int, ...] | None = None) -> _Block:
-        nbytes = sum(_state_bytes(list(k)) + _state_bytes(list(v)) if isinstance(k, tuple)
-                     else k.nbytes + v.nbytes for k, v in kv)
+        nbytes = _state_bytes(kv)  # plain or quantized (arrays plus group/axis ints): arrays counted
         block = self._blocks[h] = _Block(parent, kv, nbytes, tail=tail)
         if tail is not None:
             self._tails.setdefault(parent or self.root, set()).add(h)
