@@ -73,6 +73,8 @@ class AsyncEngine:
 
     async def _next(self, queue: asyncio.Queue[GenerationOutput]) -> GenerationOutput:
         """The next delta; never waits forever on an engine thread that has died."""
+        if not queue.empty():  # the common case under load: no timer task per delta
+            return queue.get_nowait()
         while True:
             try:
                 return await asyncio.wait_for(queue.get(), timeout=ENGINE_CHECK_S)
