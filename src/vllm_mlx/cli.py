@@ -93,6 +93,12 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="on SIGTERM, seconds in-flight requests may keep running before they are ended "
                         "with a final event (default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    m = p.add_argument_group("MCP tools (docs/mcp.md)")
+    m.add_argument("--mcp-config", default=None,
+                   help="a JSON file of MCP servers ({\"mcpServers\": ...}, plus \"policy\"): serves "
+                        "/v1/mcp/* and lets chat requests use the allowed tools")
+    m.add_argument("--mcp-auto", action="store_true",
+                   help="run the server-side MCP tool loop for every chat request that does not send \"mcp\"")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +148,23 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
+        mcp_config=_checked_mcp_config(args),
+        mcp_auto=args.mcp_auto,
     )
+
+
+def _checked_mcp_config(args: argparse.Namespace) -> str | None:
+    """--mcp-config, read and checked now so a bad file fails before any model is loaded."""
+    if args.mcp_auto and not args.mcp_config:
+        raise SystemExit("--mcp-auto needs --mcp-config")
+    if args.mcp_config:
+        from .mcp.config import MCPConfigError, load_mcp_config
+
+        try:
+            load_mcp_config(args.mcp_config)
+        except MCPConfigError as exc:
+            raise SystemExit(f"error: {exc}")
+    return args.mcp_config
 
 
 def _sampling_defaults(args: argparse.Namespace) -> SamplingDefaults:

@@ -1,0 +1,48 @@
+"""A small MCP server for the test suite (stdio by default, streamable HTTP with --http PORT).
+
+Tools: ``add(a, b)``, ``slow(seconds)``, ``crash()`` (ends the process just after answering, for restart tests) and
+``delete_everything()`` (which the test policy denies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import threading
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("demo")
+
+
+@server.tool(description="Add two integers.")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@server.tool(description="Sleep for the given number of seconds, then say so.")
+async def slow(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return f"slept {seconds} s"
+
+
+@server.tool(description="End this server process shortly after answering (for restart tests).")
+def crash() -> str:
+    threading.Timer(0.2, os._exit, args=(3,)).start()
+    return "crashing"
+
+
+@server.tool(description="A dangerous tool the policy must never let through.")
+def delete_everything() -> str:
+    return "everything deleted"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--http", type=int, default=None, help="serve streamable HTTP on this port")
+    args = parser.parse_args()
+    if args.http:
+        server.run(transport="streamable-http", host="127.0.0.1", port=args.http)
+    else:
+        server.run()
