@@ -80,14 +80,17 @@ class ServerConnection:
     async def _supervise(self) -> None:
         backoff = self.sup.restart_backoff_s
         while not self._stop.is_set():
-            began = time.monotonic()
+            began, repeated = time.monotonic(), False
             try:
                 await self._connect_and_watch()
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # noqa: BLE001 - anything the transport raises ends this connection
-                self.last_error = _describe(exc)
-                logger.warning("MCP server %s: %s", self.spec.name, self.last_error)
+                error = _describe(exc)
+                # the same failure again (a server that stays down) is logged once, then at debug level
+                repeated = error == self.last_error and self.status == "restarting"
+                self.last_error = error
+                logger.log(logging.DEBUG if repeated else logging.WARNING, "MCP server %s: %s", self.spec.name, error)
             finally:
                 self._session = None
                 self.connected_at = None
@@ -98,8 +101,8 @@ class ServerConnection:
                 backoff = self.sup.restart_backoff_s  # it had been healthy a while: start over
             self.status = "restarting"
             self.restarts += 1
-            logger.warning("MCP server %s: reconnecting in %.1f s (restart %d)", self.spec.name, backoff,
-                           self.restarts)
+            logger.log(logging.DEBUG if repeated else logging.WARNING, "MCP server %s: reconnecting in %.1f s "
+                       "(restart %d)", self.spec.name, backoff, self.restarts)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=backoff)
             backoff = min(backoff * 2, self.sup.restart_backoff_max_s)
