@@ -161,6 +161,11 @@ def _checked_mcp_config(args: argparse.Namespace) -> str | None:
         from .mcp.config import MCPConfigError, load_mcp_config
 
         try:
+            import jsonschema  # noqa: F401
+            import mcp  # noqa: F401
+        except ImportError:
+            raise SystemExit("error: --mcp-config needs the MCP SDK: pip install 'vllm-mlx[mcp]'")
+        try:
             load_mcp_config(args.mcp_config)
         except MCPConfigError as exc:
             raise SystemExit(f"error: {exc}")

@@ -161,7 +161,10 @@ def _server(name: str, body: Any, environ: dict[str, str]) -> ServerSpec:
     if kind not in _TRANSPORTS:
         raise MCPConfigError(f"{where}: transport {kind!r} is not supported (use stdio or streamable HTTP)")
     transport = _TRANSPORTS[kind]
-    expand = lambda value, key: _expand(value, f"{where}.{key}", environ)  # noqa: E731
+
+    def expand(value: str, key: str) -> str:
+        return _expand(value, f"{where}.{key}", environ)
+
     common = dict(
         allowed_tools=frozenset(_names(body, "allowedTools", where)),
         denied_tools=frozenset(_names(body, "deniedTools", where)),

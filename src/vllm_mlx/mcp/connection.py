@@ -61,7 +61,7 @@ class ServerConnection:
             return
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout=5)
-        except (asyncio.TimeoutError, Exception):
+        except Exception:  # noqa: BLE001 - it did not end by itself in time (or failed): cancel it
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self.status = "stopped"
@@ -103,7 +103,7 @@ class ServerConnection:
             self.restarts += 1
             logger.log(logging.DEBUG if repeated else logging.WARNING, "MCP server %s: reconnecting in %.1f s "
                        "(restart %d)", self.spec.name, backoff, self.restarts)
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=backoff)
             backoff = min(backoff * 2, self.sup.restart_backoff_max_s)
         self.status = "stopped"
@@ -131,7 +131,7 @@ class ServerConnection:
         """Return when asked to stop; raise when the server stops answering."""
         while not self._stop.is_set():
             waits = [asyncio.create_task(self._stop.wait()), asyncio.create_task(self._broken.wait())]
-            done, pending = await asyncio.wait(waits, timeout=self.sup.health_check_interval_s,
+            _, pending = await asyncio.wait(waits, timeout=self.sup.health_check_interval_s,
                                                return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
@@ -150,7 +150,6 @@ class ServerConnection:
             params = StdioServerParameters(command=spec.command, args=list(spec.args), env=dict(spec.env) or None,
                                            cwd=spec.cwd)
             return stdio_client(params, errlog=sys.stderr)
-        from mcp.client.streamable_http import streamable_http_client
         from mcp.shared._httpx_utils import create_mcp_http_client
 
         return _http_transport(spec.url, create_mcp_http_client(headers=dict(spec.headers) or None))
@@ -180,7 +179,7 @@ def _describe(exc: BaseException) -> str:
     """A one-line reason, unwrapping the exception groups the transports raise."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+    if isinstance(exc, TimeoutError):
         return "timed out connecting"
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:500]

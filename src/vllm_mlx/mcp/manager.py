@@ -79,7 +79,7 @@ class MCPManager:
         try:
             await asyncio.wait_for(asyncio.gather(*(c.wait_first_attempt() for c in self.connections.values())),
                                    timeout=self.config.supervision.startup_timeout_s + 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         for name, conn in self.connections.items():
             if conn.status == "ready":

@@ -12,9 +12,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-
 from .config import MCPConfig, ServerSpec
 
 
@@ -51,7 +48,7 @@ class ToolPolicy:
         self._global = RateWindow(config.policy.calls_per_minute, clock) if config.policy.calls_per_minute else None
         self._per_server = {name: RateWindow(spec.calls_per_minute, clock)
                             for name, spec in config.servers.items() if spec.calls_per_minute}
-        self._validators: dict[tuple[str, str, str], Draft202012Validator] = {}
+        self._validators: dict[tuple[str, str, str], Any] = {}  # jsonschema validators, built on first use
 
     def server_allowed(self, server: str) -> bool:
         allowed = self.config.policy.allowed_servers
@@ -89,6 +86,9 @@ class ToolPolicy:
         key = (server, tool, repr(schema))
         validator = self._validators.get(key)
         if validator is None:
+            from jsonschema import Draft202012Validator  # installed with the mcp extra
+            from jsonschema.exceptions import SchemaError
+
             try:
                 Draft202012Validator.check_schema(schema)
             except SchemaError as exc:
