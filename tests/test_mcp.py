@@ -32,6 +32,7 @@ RULES = [
      "reply": "The tool says {quote}."},
     {"if_contains": "client weather", "reply": _call("get_weather", {"city": "Paris"})},
     {"if_contains": "slow please", "reply": _call("slow", {"seconds": 5})},
+    {"if_contains": '"name": "demo__add"', "reply": _call("demo__add", {"a": 2, "b": 3})},
     {"if_contains": '"name": "add"', "reply": _call("add", {"a": 20, "b": 22})},
 ]
 DEFAULT = "No tools were offered."
@@ -101,7 +102,7 @@ def test_discovery_lists_allowed_tools_and_server_status(mcp_server):
     assert add["server"] == "demo" and add["description"] == "Add two integers."
     assert add["input_schema"]["required"] == ["a", "b"]
     demo = servers["demo"]
-    assert (demo["status"], demo["transport"], demo["tools"], demo["allowed_tools"]) == ("ready", "stdio", 4, 3)
+    assert (demo["status"], demo["transport"], demo["tools"], demo["allowed_tools"]) == ("ready", "stdio", 5, 3)
     ghost = servers["ghost"]
     assert ghost["status"] in ("restarting", "starting") and ghost["last_error"] and ghost["tools"] == 0
     assert SECRET not in json.dumps(servers)  # env values are never shown
@@ -245,6 +246,18 @@ def test_loop_returns_client_tool_calls_to_the_client(mcp_server):
     assert [(tc.index, tc.function.name) for tc in starts] == [(0, "get_weather")]
 
 
+def test_loop_renames_an_mcp_tool_that_clashes_with_a_client_tool(mcp_server):
+    client_add = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+    resp = _client(mcp_server).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "What is 2 plus 3?"}], tools=[client_add],
+        extra_body={"mcp": True})
+    # the client keeps "add"; the MCP tool is offered (and run) as "demo__add"
+    assert resp.choices[0].message.content == "The tool says 5."
+    [call] = resp.model_extra["mcp"]["calls"]
+    assert (call["server"], call["tool"]) == ("demo", "add")
+    assert resp.model_extra["mcp"]["messages"][0]["tool_calls"][0]["function"]["name"] == "demo__add"
+
+
 def test_loop_rejects_what_it_cannot_honour(mcp_server):
     c = _client(mcp_server)
     messages = [{"role": "user", "content": "What is 20 plus 22?"}]
@@ -259,6 +272,17 @@ def test_no_secrets_in_the_server_log(mcp_server, mcp_files):
     assert SECRET not in mcp_server.log()
     assert SECRET not in mcp_files["audit"].read_text()
     assert '"source": "chat"' in mcp_files["audit"].read_text()
+
+
+def test_mcp_auto_runs_the_loop_unless_the_request_opts_out(start_server, models_dir, mcp_files, mcp_server):
+    server = start_server(models_dir / "scripted-mcp", "--trust-remote-code", "--mcp-config", mcp_files["config"],
+                          "--mcp-auto")
+    c = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
+    messages = [{"role": "user", "content": "What is 20 plus 22?"}]
+    assert c.chat.completions.create(model="m", messages=messages).choices[0].message.content == "The tool says 42."
+    off = c.chat.completions.create(model="m", messages=messages, extra_body={"mcp": False})
+    assert off.choices[0].message.content == DEFAULT and "mcp" not in (off.model_extra or {})
+    server.stop()
 
 
 def test_mcp_request_without_mcp_config_is_400(scripted_server):

@@ -149,7 +149,7 @@ def test_streamable_http_server(tmp_path):
     try:
         cfg = parse_mcp_config({
             "mcpServers": {"web": {"url": f"http://127.0.0.1:{port}/mcp", "headers": {"X-Token": "${TOKEN}"},
-                                   "allowedTools": ["add"]}},
+                                   "allowedTools": ["add", "token_header"]}},
             "supervision": {"restartBackoff": 0.2, "restartBackoffMax": 0.5, "healthCheckInterval": 1},
         }, {"TOKEN": "tok-123"})
         asyncio.run(_use_http_server(cfg))
@@ -166,10 +166,11 @@ async def _use_http_server(cfg) -> None:
         while manager.connections["web"].status != "ready" and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         [status] = manager.servers_status()
-        assert status["status"] == "ready" and status["transport"] == "http" and status["tools"] == 4
-        assert [t.name for t in manager.allowed_tools()] == ["add"]
+        assert status["status"] == "ready" and status["transport"] == "http" and status["tools"] == 5
+        assert sorted(t.name for t in manager.allowed_tools()) == ["add", "token_header"]
         result = await manager.execute("add", {"a": 19, "b": 23})
         assert (result.server, result.text, result.is_error) == ("web", "42", False)
+        assert (await manager.execute("token_header", {})).text == "tok-123"  # the configured, expanded header
         with pytest.raises(ToolCallError) as err:
             await manager.execute("delete_everything", {})
         assert err.value.status == 403

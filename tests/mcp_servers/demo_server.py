@@ -1,7 +1,8 @@
 """A small MCP server for the test suite (stdio by default, streamable HTTP with --http PORT).
 
 Tools: ``add(a, b)``, ``slow(seconds)``, ``crash()`` (ends the process just after answering, for restart tests) and
-``delete_everything()`` (which the test policy denies).
+``delete_everything()`` (which the test policy denies); ``token_header()`` tells which X-Token header
+a streamable HTTP request carried.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import os
 import threading
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("demo")
 
@@ -31,6 +32,11 @@ async def slow(seconds: float) -> str:
 def crash() -> str:
     threading.Timer(0.2, os._exit, args=(3,)).start()
     return "crashing"
+
+
+@server.tool(description="The X-Token header this request came with (streamable HTTP only).")
+def token_header(ctx: Context) -> str:
+    return (ctx.headers or {}).get("x-token", "none")
 
 
 @server.tool(description="A dangerous tool the policy must never let through.")
