@@ -93,11 +93,11 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="on SIGTERM, seconds in-flight requests may keep running before they are ended "
                         "with a final event (default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    m = p.add_argument_group("MCP tools (docs/mcp.md)")
-    m.add_argument("--mcp-config", default=None,
+    mcp = p.add_argument_group("MCP tools (docs/mcp.md)")
+    mcp.add_argument("--mcp-config", default=None,
                    help="a JSON file of MCP servers ({\"mcpServers\": ...}, plus \"policy\"): serves "
                         "/v1/mcp/* and lets chat requests use the allowed tools")
-    m.add_argument("--mcp-auto", action="store_true",
+    mcp.add_argument("--mcp-auto", action="store_true",
                    help="run the server-side MCP tool loop for every chat request that does not send \"mcp\"")
 
 
@@ -130,6 +130,8 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         strict_model_id=args.strict_model_id,
         tool_call_parser=args.tool_call_parser,
         reasoning_parser=args.reasoning_parser,
+        mcp_config=_checked_mcp_config(args),
+        mcp_auto=args.mcp_auto,
         deterministic=args.deterministic,
         prefix_cache=args.prefix_cache,
         cache_memory_mb=args.cache_memory_mb,
@@ -148,8 +150,6 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
-        mcp_config=_checked_mcp_config(args),
-        mcp_auto=args.mcp_auto,
     )
 
 
