@@ -153,6 +153,16 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+def _sampling_defaults(args: argparse.Namespace) -> SamplingDefaults:
+    """--default-<field> flags; checked with the same rules as request values."""
+    defaults = SamplingDefaults(**{f.name: getattr(args, f"default_{f.name}") for f in fields(SamplingDefaults)})
+    try:
+        SamplingParams(**asdict(defaults)).validate()
+    except ValueError as exc:
+        raise SystemExit(f"invalid sampling default: {exc}")
+    return defaults
+
+
 def _checked_mcp_config(args: argparse.Namespace) -> str | None:
     """--mcp-config, read and checked now so a bad file fails before any model is loaded."""
     if args.mcp_auto and not args.mcp_config:
@@ -170,16 +180,6 @@ def _checked_mcp_config(args: argparse.Namespace) -> str | None:
         except MCPConfigError as exc:
             raise SystemExit(f"error: {exc}")
     return args.mcp_config
-
-
-def _sampling_defaults(args: argparse.Namespace) -> SamplingDefaults:
-    """--default-<field> flags; checked with the same rules as request values."""
-    defaults = SamplingDefaults(**{f.name: getattr(args, f"default_{f.name}") for f in fields(SamplingDefaults)})
-    try:
-        SamplingParams(**asdict(defaults)).validate()
-    except ValueError as exc:
-        raise SystemExit(f"invalid sampling default: {exc}")
-    return defaults
 
 
 def run_server(config: ServerConfig) -> int:
