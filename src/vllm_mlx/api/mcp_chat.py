@@ -28,7 +28,7 @@ from ..engine.request import FinishReason
 from ..mcp import MCPManager, ToolCallError
 from ..mcp.connection import ToolInfo
 from ..mcp.manager import QUALIFIER
-from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
+from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallStart
 from .errors import APIError, error_body
 from .mcp_routes import mcp_manager
 from .openai_routes import DISCONNECT_POLL_S, _state, _usage, sse
@@ -153,8 +153,7 @@ async def _loop(state: ServingState, manager: MCPManager, req: ChatCompletionReq
                 for delta in _deltas(ev, calls, client_index, offer, text, said):
                     yield "delta", delta
             last = out
-        for key, value in zip(range(3), (last.prompt_tokens, last.completion_tokens, last.cached_tokens)):
-            totals[key] += value
+        totals = [t + v for t, v in zip(totals, (last.prompt_tokens, last.completion_tokens, last.cached_tokens))]
         mcp_calls = [c for c in calls.values() if c["name"] in offer.mcp]
         if mcp_calls and report.rounds > manager.max_rounds:
             report.stopped = "max_rounds"
@@ -209,9 +208,7 @@ def _deltas(ev, calls: dict, client_index: dict, offer: Offer, text: dict, said:
         calls[ev.index]["arguments"] += ev.text
         if ev.index in client_index:
             return [{"tool_calls": [{"index": client_index[ev.index], "function": {"arguments": ev.text}}]}]
-    if isinstance(ev, ToolCallEnd):
-        return []
-    return []
+    return []  # ToolCallEnd, and argument text of MCP calls
 
 
 async def _execute(manager: MCPManager, tool: ToolInfo, call: dict, request_id: str, limit: int) -> tuple[dict, str]:
