@@ -31,6 +31,7 @@ RULES = [
     {"if_contains": "<tool_response>", "quote": r"<tool_response>\n(.*?)\n</tool_response>",
      "reply": "The tool says {quote}."},
     {"if_contains": "client weather", "reply": _call("get_weather", {"city": "Paris"})},
+    {"if_contains": "both kinds", "reply": _call("add", {"a": 1, "b": 2}) + "\n" + _call("get_weather", {"city": "Oslo"})},
     {"if_contains": "slow please", "reply": _call("slow", {"seconds": 5})},
     {"if_contains": '"name": "demo__add"', "reply": _call("demo__add", {"a": 2, "b": 3})},
     {"if_contains": '"name": "add"', "reply": _call("add", {"a": 20, "b": 22})},
@@ -46,7 +47,7 @@ def mcp_files(tmp_path_factory) -> dict:
     config = {
         "mcpServers": {
             "demo": {"command": sys.executable, "args": [str(DEMO_SERVER)], "env": {"DEMO_SECRET": SECRET},
-                     "allowedTools": ["add", "slow", "crash"], "timeout": 1},
+                     "allowedTools": ["add", "slow", "crash", "fail"], "timeout": 1},
             "ghost": {"command": str(folder / "no-such-server"), "allowedTools": ["*"]},
         },
         "policy": {"maxRounds": 3, "auditLog": str(folder / "audit.jsonl")},
@@ -97,12 +98,12 @@ def test_discovery_lists_allowed_tools_and_server_status(mcp_server):
     with _http(mcp_server) as c:
         tools = c.get("/v1/mcp/tools").json()["data"]
         servers = {s["name"]: s for s in c.get("/v1/mcp/servers").json()["data"]}
-    assert sorted(t["name"] for t in tools) == ["add", "crash", "slow"]  # delete_everything is not allowed
+    assert sorted(t["name"] for t in tools) == ["add", "crash", "fail", "slow"]  # not delete_everything
     add = next(t for t in tools if t["name"] == "add")
     assert add["server"] == "demo" and add["description"] == "Add two integers."
     assert add["input_schema"]["required"] == ["a", "b"]
     demo = servers["demo"]
-    assert (demo["status"], demo["transport"], demo["tools"], demo["allowed_tools"]) == ("ready", "stdio", 5, 3)
+    assert (demo["status"], demo["transport"], demo["tools"], demo["allowed_tools"]) == ("ready", "stdio", 6, 4)
     ghost = servers["ghost"]
     assert ghost["status"] in ("restarting", "starting") and ghost["last_error"] and ghost["tools"] == 0
     assert SECRET not in json.dumps(servers)  # env values are never shown
@@ -121,6 +122,12 @@ def test_execute_runs_the_tool(mcp_server, mcp_files):
     mine = [r for r in records if r["request_id"] == body["id"]]
     assert len(mine) == 1 and mine[0]["outcome"] == "ok" and mine[0]["source"] == "execute"
     assert mine[0]["arguments"]["keys"] == ["a", "b"] and set(mine[0]["arguments"]) == {"keys", "sha256"}
+
+
+def test_a_failing_tool_is_a_result_with_is_error(mcp_server):
+    r = _execute(mcp_server, "fail", {})
+    assert r.status_code == 200 and r.json()["is_error"] is True
+    assert "this tool always fails" in r.json()["text"]
 
 
 def test_denied_and_unknown_tools(mcp_server, mcp_files):
@@ -244,6 +251,18 @@ def test_loop_returns_client_tool_calls_to_the_client(mcp_server):
                                             stream=True, extra_body={"mcp": True}))
     starts = [tc for ch in chunks if ch.choices for tc in ch.choices[0].delta.tool_calls or [] if tc.id]
     assert [(tc.index, tc.function.name) for tc in starts] == [(0, "get_weather")]
+
+
+def test_loop_runs_mcp_calls_and_returns_client_calls_of_the_same_turn(mcp_server):
+    resp = _client(mcp_server).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "both kinds"}], tools=[WEATHER_TOOL],
+        extra_body={"mcp": True})
+    choice = resp.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert [c.function.name for c in choice.message.tool_calls] == ["get_weather"]
+    report = resp.model_extra["mcp"]
+    assert [(c["tool"], c["is_error"]) for c in report["calls"]] == [("add", False)]
+    assert report["messages"][1]["content"] == "3" and report["rounds"] == 1
 
 
 def test_loop_renames_an_mcp_tool_that_clashes_with_a_client_tool(mcp_server):

@@ -166,7 +166,7 @@ async def _use_http_server(cfg) -> None:
         while manager.connections["web"].status != "ready" and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         [status] = manager.servers_status()
-        assert status["status"] == "ready" and status["transport"] == "http" and status["tools"] == 5
+        assert status["status"] == "ready" and status["transport"] == "http" and status["tools"] == 6
         assert sorted(t.name for t in manager.allowed_tools()) == ["add", "token_header"]
         result = await manager.execute("add", {"a": 19, "b": 23})
         assert (result.server, result.text, result.is_error) == ("web", "42", False)

@@ -1,6 +1,6 @@
 """A small MCP server for the test suite (stdio by default, streamable HTTP with --http PORT).
 
-Tools: ``add(a, b)``, ``slow(seconds)``, ``crash()`` (ends the process just after answering, for restart tests) and
+Tools: ``add(a, b)``, ``slow(seconds)``, ``fail()``, ``crash()`` (ends the process just after answering, for restart tests) and
 ``delete_everything()`` (which the test policy denies); ``token_header()`` tells which X-Token header
 a streamable HTTP request carried.
 """
@@ -13,6 +13,7 @@ import os
 import threading
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("demo")
 
@@ -32,6 +33,11 @@ async def slow(seconds: float) -> str:
 def crash() -> str:
     threading.Timer(0.2, os._exit, args=(3,)).start()
     return "crashing"
+
+
+@server.tool(description="Always fails (the tool reports an error).")
+def fail() -> str:
+    raise ToolError("this tool always fails")
 
 
 @server.tool(description="The X-Token header this request came with (streamable HTTP only).")
