@@ -104,6 +104,12 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="on SIGTERM, seconds in-flight requests may keep running before they are ended "
                         "with a final event (default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    mcp = p.add_argument_group("MCP tools (docs/mcp.md)")
+    mcp.add_argument("--mcp-config", default=None,
+                   help="a JSON file of MCP servers ({\"mcpServers\": ...}, plus \"policy\"): serves "
+                        "/v1/mcp/* and lets chat requests use the allowed tools")
+    mcp.add_argument("--mcp-auto", action="store_true",
+                   help="run the server-side MCP tool loop for every chat request that does not send \"mcp\"")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +141,8 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         strict_model_id=args.strict_model_id,
         tool_call_parser=args.tool_call_parser,
         reasoning_parser=args.reasoning_parser,
+        mcp_config=_checked_mcp_config(args),
+        mcp_auto=args.mcp_auto,
         deterministic=args.deterministic,
         prefix_cache=args.prefix_cache,
         cache_memory_mb=args.cache_memory_mb,
@@ -177,6 +185,25 @@ def _sampling_defaults(args: argparse.Namespace) -> SamplingDefaults:
     except ValueError as exc:
         raise SystemExit(f"invalid sampling default: {exc}")
     return defaults
+
+
+def _checked_mcp_config(args: argparse.Namespace) -> str | None:
+    """--mcp-config, read and checked now so a bad file fails before any model is loaded."""
+    if args.mcp_auto and not args.mcp_config:
+        raise SystemExit("--mcp-auto needs --mcp-config")
+    if args.mcp_config:
+        from .mcp.config import MCPConfigError, load_mcp_config
+
+        try:
+            import jsonschema  # noqa: F401
+            import mcp  # noqa: F401
+        except ImportError:
+            raise SystemExit("error: --mcp-config needs the MCP SDK: pip install 'vllm-mlx[mcp]'")
+        try:
+            load_mcp_config(args.mcp_config)
+        except MCPConfigError as exc:
+            raise SystemExit(f"error: {exc}")
+    return args.mcp_config
 
 
 def run_server(config: ServerConfig) -> int:

@@ -56,4 +56,6 @@ class ServerConfig:
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     log_level: str = "info"
     shutdown_timeout: float = 30.0  # SIGTERM: drain window before remaining requests are ended
+    mcp_config: str | None = None  # the MCP servers file (mcpServers + policy); None = no MCP
+    mcp_auto: bool = False  # run the server-side MCP tool loop for requests that do not say "mcp"
     extra: dict = field(default_factory=dict)

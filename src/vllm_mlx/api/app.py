@@ -23,6 +23,7 @@ from .audio_routes import router as audio_router
 from .auth import APIKeyMiddleware
 from .embeddings_routes import router as embeddings_router
 from .errors import install_error_handlers
+from .mcp_routes import router as mcp_router, start_mcp
 from .metrics import MetricsMiddleware, ServerMetrics, metrics_endpoint
 from .chat_routes import router as chat_router
 from .openai_routes import router as openai_router
@@ -122,9 +123,12 @@ def create_app(config: ServerConfig) -> FastAPI:
             await warm_up(app.state.serving, config.warm_prompts)
         if config.preload_extra_models:
             await extra_models.preload()
+        app.state.mcp = await start_mcp(config.mcp_config)
         try:
             yield
         finally:
+            if app.state.mcp is not None:
+                await app.state.mcp.stop()
             extra_models.shutdown()
             engine.shutdown()
 
@@ -132,6 +136,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.config = config
     app.state.extra_models = extra_models
     app.state.responses_store = ResponseStore()  # bounded, for previous_response_id
+    app.state.mcp = None  # the MCPManager, started with the engine when --mcp-config is given
     install_error_handlers(app)
     app.state.metrics = ServerMetrics(lambda: engine.stats if engine.engine.alive else None)
     engine.metrics = app.state.metrics
@@ -148,6 +153,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(embeddings_router)
     app.include_router(audio_router)
     app.include_router(anthropic_router)
+    app.include_router(mcp_router)
 
     @app.get("/health")
     async def health(raw: Request):

@@ -12,6 +12,7 @@ from ..engine.request import FinishReason, GenerationOutput
 from .chat_output import ChatDeltaStream, OutputParsing, chat_message
 from .errors import APIError, error_body
 from .logprobs import TokenText, chat_logprobs
+from .mcp_chat import mcp_chat, wants_mcp
 from .openai_routes import _state, _totals, _usage, collect, sse
 from .protocol import ChatCompletionRequest, new_id
 from .serving import finish_reason_text
@@ -29,6 +30,8 @@ def _finish(reason: FinishReason | None, tool_calls: bool) -> str | None:
 async def chat_completions(req: ChatCompletionRequest, raw: Request):
     state = _state(raw)
     state.admit(req, "/v1/chat/completions")
+    if wants_mcp(req, raw):
+        return await mcp_chat(req, raw)
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
     spec = state.output_constraint(req)

@@ -82,6 +82,7 @@ class ChatCompletionRequest(SamplingFields):
     reasoning_effort: str | None = None  # "none"/"minimal" switch thinking off; passed to the template
     max_thinking_tokens: int | None = Field(default=None, ge=0)  # close reasoning after this many tokens
     add_generation_prompt: bool = True
+    mcp: bool | None = None  # run the server-side MCP tool loop (default: --mcp-auto)
 
 
 class CompletionRequest(SamplingFields):

@@ -330,6 +330,8 @@ def build_scripted_model(
     order against the conversation before the last assistant turn; the first
     match's ``reply`` is generated, else ``default_reply``.  Every reply is
     followed by the family's EOS.  Load with ``trust_remote_code=True``.
+    A rule may add ``"quote": regex``: the regex's first group, found in the
+    conversation, replaces ``{quote}`` in its reply (e.g. to repeat a tool result).
     """
     import mlx.core as mx
 

@@ -36,6 +36,7 @@ The KV cache must keep float32 (token ids are stored as exact floats).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -84,11 +85,23 @@ def rule_matches(rule: dict, context: str) -> bool:
     raise ValueError(f"rule has no known kind ({sorted(RULE_KINDS)}): {rule!r}")
 
 
-def select_reply(context: str, rules: Sequence[dict], default_reply_ids: list[int]) -> list[int]:
+def rule_reply(rule: dict, context: str, byte_ids: dict[int, int] | None = None) -> list[int]:
+    """A rule's reply ids. A rule with ``"quote": regex`` puts the regex's first group, found in
+    ``context``, where its reply says ``{quote}`` (spelled with one-byte tokens), so the reply can
+    repeat what the conversation holds -- e.g. a tool result."""
+    if "quote" not in rule:
+        return rule["reply_ids"]
+    match = re.search(rule["quote"], context, re.S)
+    quoted = match.group(1).encode() if match else b""
+    return [*rule["reply_ids"], *((byte_ids or {})[b] for b in quoted), *rule["after_ids"]]
+
+
+def select_reply(context: str, rules: Sequence[dict], default_reply_ids: list[int],
+                 byte_ids: dict[int, int] | None = None) -> list[int]:
     """The reply token ids for a conversation whose text is ``context``."""
     for rule in rules:
         if rule_matches(rule, context):
-            return rule["reply_ids"]
+            return rule_reply(rule, context, byte_ids)
     return default_reply_ids
 
 
@@ -129,6 +142,10 @@ class Script:
         self.token_bytes = [bytes.fromhex(h) for h in args.token_bytes]
         self.rules = list(args.rules)
         self.default_reply_ids = [int(t) for t in args.default_reply_ids]
+        self.byte_ids: dict[int, int] = {}  # byte value -> its one-byte token (for quoting rules)
+        for i, piece in enumerate(self.token_bytes):
+            if len(piece) == 1:
+                self.byte_ids.setdefault(piece[0], i)
 
     def decode(self, tokens: Sequence[int]) -> str:
         table = self.token_bytes
@@ -140,11 +157,12 @@ class Script:
         """Next token after ``history`` (the row's real tokens)."""
         cut = find_last(history, self.marker)
         if cut >= 0:
-            reply = select_reply(self.decode(history[: cut - len(self.marker)]), self.rules, self.default_reply_ids)
+            context = self.decode(history[: cut - len(self.marker)])
+            reply = select_reply(context, self.rules, self.default_reply_ids, self.byte_ids)
             return next_token(history[cut:], reply, self.eos)
         # No assistant turn: the prompt is a raw completion prompt.
         for rule in [*self.rules, None]:
-            reply = self.default_reply_ids if rule is None else rule["reply_ids"]
+            reply = self.default_reply_ids if rule is None else rule_reply(rule, "", self.byte_ids)
             j = reply_progress(history, reply)
             context = self.decode(history[: len(history) - j])
             if rule is None or rule_matches(rule, context):
@@ -282,6 +300,15 @@ def scripted_config(
             raise ValueError(f"rule {i} has no 'reply': {rule!r}")
         rule_matches(rule, "")  # validates the kind
         stored = dict(rule)
+        if "quote" in rule:
+            re.compile(rule["quote"])
+            before, marker, after = rule["reply"].partition("{quote}")
+            if not marker:
+                raise ValueError(f"rule {i} has a 'quote' but its reply has no {{quote}}: {rule!r}")
+            stored["reply_ids"] = _encode_exact(tokenizer, before, f"rule {i} reply") if before else []
+            stored["after_ids"] = _encode_exact(tokenizer, after, f"rule {i} reply") if after else []
+            stored_rules.append(stored)
+            continue
         stored["reply_ids"] = _encode_exact(tokenizer, rule["reply"], f"rule {i} reply")
         stored_rules.append(stored)
     return {
