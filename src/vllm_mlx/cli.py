@@ -10,6 +10,8 @@ from dataclasses import asdict, fields
 
 from . import __version__
 from .config import SamplingDefaults, ServerConfig
+from .config_file import add_operator_flags
+from .operator_cli import OPERATOR_COMMANDS, add_operator_commands, run_operator_command, serve_main
 from .engine.request import SamplingParams
 
 
@@ -93,6 +95,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="on SIGTERM, seconds in-flight requests may keep running before they are ended "
                         "with a final event (default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_operator_flags(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vllm-mlx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve_parser(sub)
+    add_operator_commands(sub)
     return parser
 
 
@@ -177,8 +181,10 @@ def run_server(config: ServerConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return run_server(serve_config(args))
+    if args.command == "serve":  # flags > --config > --client > --profile > defaults
+        return serve_main(build_parser, argv, serve_config, run_server)
+    if args.command in OPERATOR_COMMANDS:
+        return run_operator_command(args)
     return 2
 
 
