@@ -257,3 +257,14 @@ def test_doctor_model_checks(tiny_qwen3, tmp_path):
     assert "[FAIL] tokenizer" in result.stdout and "[FAIL] weights: no *.safetensors" in result.stdout
     missing = run_cli("doctor", str(tmp_path / "absent"))
     assert missing.returncode == 1 and "[FAIL] model files" in missing.stdout
+
+
+def test_settings_this_build_cannot_honour_are_refused_at_serve():
+    from vllm_mlx.config_file import SettingSpace, subparser
+
+    space = SettingSpace.of(subparser(build_parser(), "serve"))
+    if "mllm" in space.actions:
+        pytest.skip("this build has --mllm: mllm profiles are served")
+    result = run_cli("serve", "--profile", "mllm-default")
+    assert result.returncode == 2
+    assert "mllm=True (from profile mllm-default)" in result.stderr and "silently ignored" in result.stderr
