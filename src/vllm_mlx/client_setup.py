@@ -59,8 +59,9 @@ def _codex(e: Endpoint) -> str:
   base_url = "{e.v1}"
   env_key = "VLLM_MLX_API_KEY"
   wire_api = "responses"
-then:  export VLLM_MLX_API_KEY={e.key}
-       codex"""
+then, in the shell:
+  export VLLM_MLX_API_KEY={e.key}
+  codex"""
 
 
 def _opencode(e: Endpoint) -> str:
