@@ -164,6 +164,7 @@ def test_precedence_flags_over_config_over_client_over_profile(tmp_path):
     ("print-config = true\n", "can only be given on the command line"),
     ("mllm = \"yes\"\n", "'mllm' must be a bool"),
     ("profile = \"text-fancy\"\n", "unknown serving profile 'text-fancy'"),
+    ("tool-call-parser = false\n", "not true/false"),
     ("max_tokens = [\n", "is not valid TOML"),
 ])
 def test_bad_config_files_fail_clearly(tmp_path, content, message):

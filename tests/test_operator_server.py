@@ -125,3 +125,24 @@ def test_token_bucket_refills_at_the_configured_rate():
     assert buckets.take("b") == 0.0  # separate caller
     now[0] += 3600  # refill caps at the burst size
     assert [buckets.take("a") for _ in range(7)].count(0.0) == 6
+
+
+def test_without_server_keys_the_limit_is_per_client_ip():
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from vllm_mlx.api.rate_limit import RateLimitMiddleware
+
+    async def ok(request):
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/v1/models", ok), Route("/health", ok)])
+    app.add_middleware(RateLimitMiddleware, per_minute=1, by_key=False)
+    client = TestClient(app)
+    assert client.get("/v1/models", headers={"x-api-key": "a"}).status_code == 200
+    limited = client.get("/v1/models", headers={"x-api-key": "b"})  # an invented key is no way around it
+    assert limited.status_code == 429 and limited.headers["retry-after"] == "60"
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+    assert client.get("/health").status_code == 200

@@ -153,8 +153,8 @@ def _scalar(action: argparse.Action, value: Any, bad: Callable[[str], ConfigErro
             return None
         raise bad("cannot be empty")
     kind = action.type
-    if isinstance(value, bool) and kind is not None:
-        raise bad("must be a number or a string, not true/false")
+    if isinstance(value, bool):  # YAML reads yes/no/on/off as booleans too
+        raise bad("must be a number or a string, not true/false (quote it in YAML)")
     if kind is int and isinstance(value, float):
         if not value.is_integer():
             raise bad("must be a whole number")
