@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -269,3 +271,22 @@ def test_settings_this_build_cannot_honour_are_refused_at_serve():
     result = run_cli("serve", "--profile", "mllm-default")
     assert result.returncode == 2
     assert "mllm=True (from profile mllm-default)" in result.stderr and "silently ignored" in result.stderr
+
+
+def test_client_context_read_from_a_local_folder_or_the_hub_cache(tiny_qwen3, tmp_path):
+    from vllm_mlx.operator_cli import endpoint_for
+
+    config, _ = resolve(str(tiny_qwen3), "--client", "opencode")
+    expected = json.loads((tiny_qwen3 / "config.json").read_text())["max_position_embeddings"]
+    assert endpoint_for(config).context == expected
+    assert endpoint_for(resolve(str(tiny_qwen3), "--max-model-len", "333")[0]).context == 333
+    snapshot = tmp_path / "hub" / "models--org--cached" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"max_position_embeddings": 12345}))
+    (tmp_path / "hub" / "models--org--cached" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--cached" / "refs" / "main").write_text("a" * 40)
+    code = ("from vllm_mlx.operator_cli import context_hint; from vllm_mlx.config import ServerConfig; "
+            "print(context_hint(ServerConfig(model='org/cached')), context_hint(ServerConfig(model='org/other')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert out.stdout.split() == ["12345", "None"], out.stderr

@@ -97,17 +97,27 @@ def served_name(config: ServerConfig) -> str:
 
 
 def context_hint(config: ServerConfig) -> int | None:
-    """The context budget when it can be read without loading: --max-model-len, or a local config.json."""
+    """The context budget when it can be read without loading or downloading: --max-model-len, else the
+    model's config.json (a local folder, or a repo id already in the Hugging Face cache)."""
     if config.max_model_len:
         return config.max_model_len
-    if config.model and (Path(config.model).expanduser() / "config.json").is_file():
-        try:
-            data = json.loads((Path(config.model).expanduser() / "config.json").read_text())
-            value = data.get("max_position_embeddings") or (data.get("text_config") or {}).get("max_position_embeddings")
-            return int(value) if value else None
-        except (OSError, ValueError):
-            return None
-    return None
+    if config.model is None:
+        return None
+    local = Path(config.model).expanduser() / "config.json"
+    path: Path | None = local if local.is_file() else None
+    if path is None and config.model.count("/") == 1 and not config.model.startswith((".", "/", "~")):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(config.model, "config.json")
+        path = Path(cached) if isinstance(cached, str) else None
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+        value = data.get("max_position_embeddings") or (data.get("text_config") or {}).get("max_position_embeddings")
+        return int(value) if value else None
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def endpoint_for(config: ServerConfig) -> Endpoint:
