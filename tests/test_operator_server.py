@@ -84,6 +84,7 @@ def test_page_for_browsers_json_for_probes(operator_server):
     probe = httpx.get(f"{base}/")  # Accept: */* as API clients send: the JSON liveness answer is unchanged
     assert probe.status_code == 200 and probe.json()["status"] == "ok"
     assert httpx.head(f"{base}/").status_code == 200  # Claude Code's probe, no key needed
+    assert httpx.head(f"{base}/ui").status_code == 200
     ui = httpx.get(f"{base}/ui")
     assert ui.status_code == 200 and "Chat playground" in ui.text
 

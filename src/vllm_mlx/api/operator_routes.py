@@ -50,7 +50,7 @@ def page_response() -> HTMLResponse:
     return HTMLResponse(page_html(), headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/ui", include_in_schema=False)
+@router.api_route("/ui", methods=["GET", "HEAD"], include_in_schema=False)
 async def ui_page():
     """The web page under a path of its own (/ serves it too, to browsers)."""
     return page_response()
