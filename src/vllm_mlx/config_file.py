@@ -3,7 +3,7 @@
 Every serve option can be set in a TOML or YAML file; keys are the option names with ``-`` or ``_``
 (``max-num-seqs``, ``max_num_seqs``, ``no-prefix-cache``) or the option's destination
 (``prefix_cache = false``). Keys that are :class:`ServerConfig` fields without a flag (set by the
-mllm-* profiles) are accepted too. An unknown key, a wrong type or a value outside an option's
+mllm-* profiles, see FLAGLESS) are accepted too. An unknown key, a wrong type or a value outside an option's
 choices is an error naming the file and key.
 """
 
@@ -21,8 +21,10 @@ from .config import ServerConfig
 from .profiles import ProfileError, client_profile, serving_profile
 
 META = frozenset({"help", "config", "print_config", "print_format"})  # command-line only
-# ServerConfig fields the serve flags fill under another name (or derive); not settable directly
-DERIVED = frozenset({"served_model_names", "api_keys", "sampling_defaults", "max_audio_upload_bytes", "extra"})
+# ServerConfig fields that profiles and config files may set although no serve option exists for them yet
+# (the mllm-* profiles ask for them); once an option of the same name exists, it takes over
+FLAGLESS = ("mllm", "batch_divergence_monitor", "batch_divergence_threshold", "batch_divergence_action",
+            "batch_divergence_interval")
 # ServerConfig fields this module fills from the options it adds (add_operator_flags)
 OPERATOR_FIELDS = ("profile", "client", "rate_limit", "cors_origins", "cors_methods", "cors_headers",
                    "cors_allow_credentials")
@@ -108,8 +110,8 @@ class SettingSpace:
             actions.setdefault(a.dest, a)
             for opt in a.option_strings:
                 aliases[opt.lstrip("-").replace("-", "_")] = a
-        extras = {f.name: getattr(ServerConfig(), f.name) for f in fields(ServerConfig)
-                  if f.name not in actions and f.name not in DERIVED}
+        known = {f.name for f in fields(ServerConfig)}
+        extras = {name: getattr(ServerConfig(), name) for name in FLAGLESS if name in known and name not in actions}
         return cls(actions, aliases, extras)
 
     def setting(self, key: str, value: Any, where: str) -> tuple[str, Any]:
