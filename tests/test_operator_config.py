@@ -290,3 +290,11 @@ def test_client_context_read_from_a_local_folder_or_the_hub_cache(tiny_qwen3, tm
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub")})
     assert out.stdout.split() == ["12345", "None"], out.stderr
+
+
+def test_doctor_custom_model_file_needs_trust_remote_code(scripted_qwen3):
+    refused = run_cli("doctor", str(scripted_qwen3))
+    assert refused.returncode == 1 and "--trust-remote-code" in refused.stdout
+    trusted = json.loads(run_cli("doctor", str(scripted_qwen3), "--trust-remote-code", "--json").stdout)
+    assert trusted["ok"] is True
+    assert next(c for c in trusted["checks"] if c["name"] == "architecture")["status"] == "ok"
