@@ -147,3 +147,25 @@ def test_without_server_keys_the_limit_is_per_client_ip():
     assert limited.status_code == 429 and limited.headers["retry-after"] == "60"
     assert limited.json()["error"]["type"] == "rate_limit_error"
     assert client.get("/health").status_code == 200
+
+
+def test_every_route_but_the_open_ones_needs_the_key(operator_server):
+    base = operator_server.base_url
+    spec = httpx.get(f"{base}/openapi.json", headers={"x-api-key": KEY}).json()
+    routes = [(method.upper(), path.replace("{", "").replace("}", ""))
+              for path, ops in spec["paths"].items() for method in ops]
+    routes += [("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/v1/capabilities")]
+    assert len(routes) > 10
+    for method, path in routes:
+        r = httpx.request(method, f"{base}{path}", json={} if method == "POST" else None)
+        if path in ("/", "/health", "/ui"):
+            assert r.status_code != 401, path
+            continue
+        assert r.status_code == 401, (method, path, r.status_code)
+        body = r.json()
+        if path.startswith("/v1/messages"):
+            assert body["type"] == "error" and body["error"]["type"] == "authentication_error", path
+        else:
+            assert body["error"]["type"] == "authentication_error", path
+        wrong = httpx.request(method, f"{base}{path}", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401, path
