@@ -11,6 +11,8 @@ from pathlib import Path
 
 from . import __version__
 from .config import SamplingDefaults, ServerConfig
+from .config_file import add_operator_flags
+from .operator_cli import OPERATOR_COMMANDS, add_operator_commands, run_operator_command, serve_main
 from .engine.request import SamplingParams
 from .media.fetch import FetchPolicy
 
@@ -110,6 +112,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                         "/v1/mcp/* and lets chat requests use the allowed tools")
     mcp.add_argument("--mcp-auto", action="store_true",
                    help="run the server-side MCP tool loop for every chat request that does not send \"mcp\"")
+    add_operator_flags(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vllm-mlx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve_parser(sub)
+    add_operator_commands(sub)
     return parser
 
 
@@ -228,8 +232,10 @@ def run_server(config: ServerConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return run_server(serve_config(args))
+    if args.command == "serve":  # flags > --config > --client > --profile > defaults
+        return serve_main(build_parser, argv, serve_config, run_server)
+    if args.command in OPERATOR_COMMANDS:
+        return run_operator_command(args)
     return 2
 
 

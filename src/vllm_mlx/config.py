@@ -58,4 +58,18 @@ class ServerConfig:
     shutdown_timeout: float = 30.0  # SIGTERM: drain window before remaining requests are ended
     mcp_config: str | None = None  # the MCP servers file (mcpServers + policy); None = no MCP
     mcp_auto: bool = False  # run the server-side MCP tool loop for requests that do not say "mcp"
+    # operator settings (profiles.py, config_file.py, api/rate_limit.py, api/operator_routes.py)
+    profile: str | None = None  # serving profile the settings came from, reported by /v1/capabilities
+    client: str | None = None  # client profile
+    rate_limit: int | None = None  # requests per minute per API key (or client IP without keys)
+    cors_origins: tuple[str, ...] = ()
+    cors_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
+    cors_headers: tuple[str, ...] = ("Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta")
+    cors_allow_credentials: bool = False
+    # set by the mllm-* serving profiles; the vision and divergence-monitor work reads them
+    mllm: bool = False
+    batch_divergence_monitor: bool = False
+    batch_divergence_threshold: float = 0.95
+    batch_divergence_action: str = "warn"  # warn | serialize
+    batch_divergence_interval: float = 300.0  # seconds between probes
     extra: dict = field(default_factory=dict)

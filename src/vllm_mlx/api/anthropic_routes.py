@@ -21,6 +21,7 @@ from .anthropic_protocol import MessagesRequest, to_chat_request
 from .chat_output import OutputParsing
 from .errors import anthropic_error_body
 from .openai_routes import _state, collect
+from .operator_routes import page_response, wants_html
 from .serving import RenderedChat, ServingState
 
 router = APIRouter()
@@ -224,4 +225,6 @@ async def root(raw: Request):
     """Liveness for clients that probe the base URL (Claude Code sends HEAD /)."""
     if raw.method == "HEAD":
         return Response(status_code=200)
+    if wants_html(raw):  # a browser: the status page and chat playground
+        return page_response()
     return JSONResponse({"status": "ok", "apis": ["/v1/chat/completions", "/v1/completions", "/v1/messages"]})

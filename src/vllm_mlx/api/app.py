@@ -17,6 +17,7 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineConfig
 from ..models.extra_models import ExtraModels
 from ..models.loader import LoadedModel, load_model, resolve_model_path
+from ..operator_cli import is_loopback
 from ..platform import detect_backend
 from .anthropic_routes import router as anthropic_router
 from .audio_routes import router as audio_router
@@ -27,6 +28,7 @@ from .mcp_routes import router as mcp_router, start_mcp
 from .metrics import MetricsMiddleware, ServerMetrics, metrics_endpoint
 from .chat_routes import router as chat_router
 from .openai_routes import router as openai_router
+from .operator_routes import install_cors, install_rate_limit, router as operator_router
 from .responses_convert import ResponseStore
 from .responses_routes import router as responses_router
 from .serving import ServingState
@@ -142,11 +144,13 @@ def create_app(config: ServerConfig) -> FastAPI:
     engine.metrics = app.state.metrics
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    install_rate_limit(app, config)  # inside the key check: one bucket per valid key
     if config.api_keys:
         app.add_middleware(APIKeyMiddleware, keys=config.api_keys)
-    elif config.host not in ("127.0.0.1", "localhost", "::1"):
+    elif not is_loopback(config.host):
         logger.warning("listening on %s WITHOUT an API key: anyone who can reach this port can use the model. "
                        "Pass --api-key.", config.host)
+    install_cors(app, config)  # outermost
     app.include_router(chat_router)
     app.include_router(openai_router)
     app.include_router(responses_router)
@@ -154,6 +158,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(audio_router)
     app.include_router(anthropic_router)
     app.include_router(mcp_router)
+    app.include_router(operator_router)
 
     @app.get("/health")
     async def health(raw: Request):

@@ -1,4 +1,4 @@
-"""API-key authentication for every route but /health and / (Bearer token or x-api-key header)."""
+"""API-key authentication for every route but /health, / and /ui (Bearer token or x-api-key header)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .errors import error_response_for
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health", "/"})  # "/": the liveness probe some clients send (HEAD /)
+OPEN_PATHS = frozenset({"/health", "/", "/ui"})  # "/": the liveness probe some clients send (HEAD /); "/ui": the page
 
 
 def presented_key(request: Request) -> str | None:
