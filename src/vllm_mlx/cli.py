@@ -9,7 +9,9 @@ import sys
 from dataclasses import asdict, fields
 
 from . import __version__
+from .cli_lifecycle import add_lifecycle_arguments, lifecycle_fields
 from .config import SamplingDefaults, ServerConfig
+from .download import add_download_parser, run_download
 from .engine.request import SamplingParams
 
 
@@ -93,6 +95,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="on SIGTERM, seconds in-flight requests may keep running before they are ended "
                         "with a final event (default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_lifecycle_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vllm-mlx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve_parser(sub)
+    add_download_parser(sub)
     return parser
 
 
@@ -142,6 +146,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
+        **lifecycle_fields(args),
     )
 
 
@@ -179,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return run_server(serve_config(args))
+    if args.command == "download":
+        return run_download(args)
     return 2
 
 

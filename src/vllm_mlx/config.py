@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+BATCH_DIVERGENCE_ACTIONS = ("warn", "serialize")
+
+
 @dataclass(frozen=True)
 class SamplingDefaults:
     """Server-side defaults, used only for fields a request omits."""
@@ -53,4 +56,14 @@ class ServerConfig:
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     log_level: str = "info"
     shutdown_timeout: float = 30.0  # SIGTERM: drain window before remaining requests are ended
+    # batch-divergence monitor (see docs/divergence-monitor.md)
+    batch_divergence_monitor: bool = False
+    batch_divergence_threshold: float = 0.95
+    batch_divergence_action: str = "warn"  # "warn" or "serialize"
+    batch_divergence_interval: float = 300.0  # seconds between probes; 0 = at startup only
+    # multi-model serving (see docs/model-lifecycle.md): "name=model" entries (or {name: model} items)
+    models: tuple = ()
+    model_ttl: float | None = None  # idle seconds before a model is unloaded; None = never
+    models_memory_gb: float | None = None  # bound on the weights of all loaded models
+    preload_models: bool = False
     extra: dict = field(default_factory=dict)

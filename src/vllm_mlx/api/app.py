@@ -25,6 +25,7 @@ from .embeddings_routes import router as embeddings_router
 from .errors import install_error_handlers
 from .metrics import MetricsMiddleware, ServerMetrics, metrics_endpoint
 from .chat_routes import router as chat_router
+from .divergence_monitor import DivergenceMonitor
 from .openai_routes import router as openai_router
 from .responses_convert import ResponseStore
 from .responses_routes import router as responses_router
@@ -122,9 +123,13 @@ def create_app(config: ServerConfig) -> FastAPI:
             await warm_up(app.state.serving, config.warm_prompts)
         if config.preload_extra_models:
             await extra_models.preload()
+        if monitor is not None:
+            await monitor.start()
         try:
             yield
         finally:
+            if monitor is not None:
+                await monitor.stop()
             extra_models.shutdown()
             engine.shutdown()
 
@@ -135,6 +140,12 @@ def create_app(config: ServerConfig) -> FastAPI:
     install_error_handlers(app)
     app.state.metrics = ServerMetrics(lambda: engine.stats if engine.engine.alive else None)
     engine.metrics = app.state.metrics
+    monitor = None
+    if config.batch_divergence_monitor:
+        monitor = app.state.divergence_monitor = DivergenceMonitor(
+            lambda: app.state.serving, config.batch_divergence_threshold, config.batch_divergence_action,
+            config.batch_divergence_interval)
+        app.state.metrics.registry.register(monitor.collector())
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     if config.api_keys:
@@ -159,6 +170,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             body["engine"] = asdict(serving.engine.stats)
         if extra_models.services():
             body["extra_models"] = extra_models.stats()
+        if monitor is not None:
+            body["batch_divergence"] = monitor.snapshot()
         return JSONResponse(body, status_code=200 if ok else 503)
 
     return app
