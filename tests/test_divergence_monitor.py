@@ -50,9 +50,9 @@ async def _concurrent_chats(base_url: str, n: int, stream: bool) -> list[str]:
         await client.close()
 
 
-def _metric(base_url: str, name: str) -> float:
+def _metric(base_url: str, name: str, model: str = "variant") -> float:
     for line in httpx.get(f"{base_url}/metrics").text.splitlines():
-        if line.startswith(name + " "):
+        if line.startswith(f'{name}{{model="{model}"}} '):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
 

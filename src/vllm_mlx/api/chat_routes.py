@@ -12,7 +12,8 @@ from ..engine.request import FinishReason, GenerationOutput
 from .chat_output import ChatDeltaStream, OutputParsing, chat_message
 from .errors import APIError, error_body
 from .logprobs import TokenText, chat_logprobs
-from .openai_routes import _state, _totals, _usage, collect, sse
+from .model_registry import serving_for
+from .openai_routes import _totals, _usage, collect, sse
 from .protocol import ChatCompletionRequest, new_id
 from .serving import finish_reason_text
 
@@ -27,7 +28,7 @@ def _finish(reason: FinishReason | None, tool_calls: bool) -> str | None:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(req: ChatCompletionRequest, raw: Request):
-    state = _state(raw)
+    state = await serving_for(raw, req.model)
     state.admit(req, "/v1/chat/completions")
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")

@@ -16,11 +16,12 @@ import asyncio
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
 
 from ..config import BATCH_DIVERGENCE_ACTIONS as ACTIONS
+from ..config import ServerConfig
 from ..engine.request import FinishReason, SamplingParams
 from .protocol import new_id
 from .serving import ServingState
@@ -136,27 +137,79 @@ class DivergenceMonitor:
     def snapshot(self) -> dict:
         return asdict(self.status)
 
-    def collector(self) -> "DivergenceCollector":
-        return DivergenceCollector(self.status)
+
+
+class DivergenceMonitors:
+    """The server's monitors: one for the single model, or one per loaded model in multi-model serving
+    (started when the model has loaded, before its first request runs; stopped when it unloads)."""
+
+    def __init__(self, config: ServerConfig, app: Any, registry: Any = None):
+        self.enabled = config.batch_divergence_monitor
+        self._settings = (config.batch_divergence_threshold, config.batch_divergence_action,
+                          config.batch_divergence_interval)
+        self.monitors: dict[str, DivergenceMonitor] = {}
+        self._app, self._registry = app, registry
+        if not self.enabled:
+            return
+        app.state.metrics.registry.register(DivergenceCollector(self))
+        if registry is not None:
+            registry.on_loaded, registry.on_unloading = self._model_loaded, self._model_unloading
+
+    async def start(self) -> None:
+        """Single-model serving: probe the model before traffic."""
+        if self.enabled and self._registry is None:
+            state = self._app.state.serving
+            await self._start(state.model_name, lambda: state)
+
+    async def _start(self, name: str, serving: Callable[[], ServingState]) -> None:
+        monitor = self.monitors[name] = DivergenceMonitor(serving, *self._settings)
+        await monitor.start()
+
+    async def _model_loaded(self, entry: Any) -> None:
+        if self.enabled:
+            await self._start(entry.name, lambda: entry.serving)
+
+    async def _model_unloading(self, entry: Any) -> None:
+        monitor = self.monitors.pop(entry.name, None)
+        if monitor is not None:
+            await monitor.stop()
+
+    async def stop(self) -> None:
+        for monitor in self.monitors.values():
+            await monitor.stop()
+
+    def snapshot(self) -> dict:
+        """The single model's status, or {model name: status} in multi-model serving."""
+        if self._registry is None:
+            return next((m.snapshot() for m in self.monitors.values()), {"enabled": True, "probes": 0})
+        return {name: m.snapshot() for name, m in self.monitors.items()}
 
 
 class DivergenceCollector:
-    """Prometheus gauges of the monitor's status, read at scrape time."""
+    """Prometheus gauges of every monitor's status (label ``model``), read at scrape time."""
 
-    def __init__(self, status: DivergenceStatus):
-        self._status = status
+    def __init__(self, monitors: DivergenceMonitors):
+        self._monitors = monitors
 
     def collect(self):
-        s = self._status
-        yield GaugeMetricFamily("vllm_mlx_batch_divergence_serialized",
-                                "1 when generation is serialized because of batch divergence",
-                                value=int(s.serialized))
-        yield GaugeMetricFamily("vllm_mlx_batch_divergence_threshold",
-                                "Token agreement below which the monitor acts", value=s.threshold)
-        yield GaugeMetricFamily("vllm_mlx_batch_divergence_probes", "Divergence probes completed", value=s.probes)
-        if s.agreement is not None:
-            yield GaugeMetricFamily("vllm_mlx_batch_divergence_agreement",
-                                    "Token agreement of serial and batched greedy outputs in the last probe",
-                                    value=s.agreement)
-            yield GaugeMetricFamily("vllm_mlx_batch_divergence_last_probe_timestamp_seconds",
-                                    "Unix time of the last probe", value=s.last_probe_at)
+        families = {
+            "serialized": GaugeMetricFamily("vllm_mlx_batch_divergence_serialized",
+                                            "1 when generation is serialized because of batch divergence",
+                                            labels=["model"]),
+            "threshold": GaugeMetricFamily("vllm_mlx_batch_divergence_threshold",
+                                           "Token agreement below which the monitor acts", labels=["model"]),
+            "probes": GaugeMetricFamily("vllm_mlx_batch_divergence_probes", "Divergence probes completed",
+                                        labels=["model"]),
+            "agreement": GaugeMetricFamily("vllm_mlx_batch_divergence_agreement",
+                                           "Token agreement of serial and batched greedy outputs in the last probe",
+                                           labels=["model"]),
+            "last_probe_at": GaugeMetricFamily("vllm_mlx_batch_divergence_last_probe_timestamp_seconds",
+                                               "Unix time of the last probe", labels=["model"]),
+        }
+        for name, monitor in list(self._monitors.monitors.items()):
+            s = monitor.status
+            for key, family in families.items():
+                value = getattr(s, key)
+                if value is not None:
+                    family.add_metric([name], float(value))
+        yield from families.values()
