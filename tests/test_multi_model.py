@@ -1,0 +1,137 @@
+"""Multi-model serving through the real server: allow-list, routing by `model` in every API,
+lazy load, idle unload and reload, memory-bound eviction and 503 + Retry-After."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+REPLY_A = "I am model A, at your service."
+REPLY_B = "Model B speaking here."
+
+
+@pytest.fixture(scope="module")
+def two_scripted(models_dir):
+    from vllm_mlx.testing import build_scripted_model
+
+    return (build_scripted_model(models_dir / "multi-a", [], REPLY_A, "qwen3"),
+            build_scripted_model(models_dir / "multi-b", [], REPLY_B, "llama"))
+
+
+@pytest.fixture(scope="module")
+def multi_server(start_server, two_scripted):
+    a, b = two_scripted
+    return start_server("--models", f"model-a={a}", f"model-b={b}", "--trust-remote-code", "--model-ttl", "2")
+
+
+def _models(server) -> dict[str, dict]:
+    return {m["name"]: m for m in server.health()["models"]["models"]}
+
+
+def _chat(server, model: str, **kw) -> openai.types.chat.ChatCompletion:
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x")
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], **kw)
+
+
+def _wait(predicate, timeout: float = 30.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_models_listed_unloaded_then_loaded_lazily_and_routed_in_every_api(multi_server):
+    server = multi_server
+    listed = httpx.get(f"{server.base_url}/v1/models").json()["data"]
+    assert {m["id"]: m["loaded"] for m in listed} == {"model-a": False, "model-b": False}
+    assert {n: m["state"] for n, m in _models(server).items()} == {"model-a": "unloaded", "model-b": "unloaded"}
+
+    chat = _chat(server, "model-a")
+    assert chat.model == "model-a" and chat.choices[0].message.content == REPLY_A
+    assert {n: m["state"] for n, m in _models(server).items()} == {"model-a": "loaded", "model-b": "unloaded"}
+
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x")
+    stream = client.chat.completions.create(model="model-b", messages=[{"role": "user", "content": "hi"}],
+                                            stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == REPLY_B
+    completion = client.completions.create(model="model-a", prompt="Say something", max_tokens=40)
+    assert completion.model == "model-a" and completion.choices[0].text == REPLY_A
+    response = client.responses.create(model="model-b", input="hi")
+    assert response.model == "model-b" and response.output_text == REPLY_B
+    message = anthropic.Anthropic(base_url=server.base_url, api_key="x").messages.create(
+        model="model-a", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+    assert message.model == "model-a" and message.content[0].text == REPLY_A
+    listed = httpx.get(f"{server.base_url}/v1/models").json()["data"]
+    assert {m["id"]: m["loaded"] for m in listed} == {"model-a": True, "model-b": True}
+    metrics = httpx.get(f"{server.base_url}/metrics").text
+    assert 'vllm_mlx_model_loaded{model="model-a"} 1.0' in metrics
+
+
+def test_unknown_model_is_404_and_never_loaded(multi_server, tiny_qwen3):
+    server = multi_server
+    for name in ("default", str(tiny_qwen3), "some-org/some-model"):
+        with pytest.raises(openai.NotFoundError) as err:
+            _chat(server, name)
+        assert err.value.body["code"] == "model_not_found"
+    with pytest.raises(anthropic.NotFoundError) as aerr:
+        anthropic.Anthropic(base_url=server.base_url, api_key="x").messages.create(
+            model=str(tiny_qwen3), max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert aerr.value.body["type"] == "error" and aerr.value.body["error"]["type"] == "not_found_error"
+    assert set(_models(server)) == {"model-a", "model-b"}
+    assert "tiny-qwen3" not in server.log()
+
+
+def test_idle_model_unloads_after_ttl_and_reloads(multi_server):
+    server = multi_server
+    assert _chat(server, "model-a").choices[0].message.content == REPLY_A
+    loads = _models(server)["model-a"]["loads"]
+    assert _wait(lambda: _models(server)["model-a"]["state"] == "unloaded", timeout=20)
+    assert _models(server)["model-a"]["unloads"] >= 1
+    assert {m["id"]: m["loaded"] for m in httpx.get(f"{server.base_url}/v1/models").json()["data"]}["model-a"] is False
+    assert _chat(server, "model-a").choices[0].message.content == REPLY_A  # loaded again on demand
+    assert _models(server)["model-a"]["loads"] == loads + 1
+
+
+def test_memory_bound_evicts_least_recently_used_and_answers_503_when_all_in_use(start_server, tiny_qwen3,
+                                                                                 tiny_llama):
+    sizes = [sum(f.stat().st_size for f in p.glob("*.safetensors")) for p in (tiny_qwen3, tiny_llama)]
+    bound_gb = max(sizes) * 1.2 / 2**30  # room for either model, not both
+    assert sum(sizes) > max(sizes) * 1.2
+    server = start_server("--models", f"q={tiny_qwen3}", f"l={tiny_llama}", "--models-memory-gb", f"{bound_gb:.12f}")
+    assert _chat(server, "q", max_tokens=4).model == "q"
+    assert _chat(server, "l", max_tokens=4).model == "l"
+    models = _models(server)
+    assert models["q"]["state"] == "unloaded" and models["q"]["unloads"] == 1 and models["l"]["state"] == "loaded"
+
+    # While "l" is generating, "q" cannot be loaded: 503 with Retry-After, and "l" keeps running.
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
+    started, finished = threading.Event(), {}
+
+    def long_stream():
+        stream = client.chat.completions.create(model="l", messages=[{"role": "user", "content": "go"}],
+                                                max_tokens=1500, stream=True, extra_body={"ignore_eos": True})
+        text = ""
+        for chunk in stream:
+            started.set()
+            text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+        finished["text"] = text
+
+    worker = threading.Thread(target=long_stream)
+    worker.start()
+    assert started.wait(60)
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=30,
+                          json={"model": "q", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    worker.join(120)
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"]["code"] == "model_capacity"
+    assert finished.get("text"), "the running stream was not disturbed"
+    assert _chat(server, "q", max_tokens=4).model == "q"  # once "l" is idle, it gives way
+    assert _models(server)["l"]["state"] == "unloaded"
