@@ -109,3 +109,17 @@ async def _wait_for_probes(server, n: int, timeout: float = 30.0) -> bool:
             return True
         await asyncio.sleep(0.3)
     return False
+
+
+def test_multi_model_serving_probes_each_model_when_it_loads(start_server, variant_model, tiny_qwen3):
+    server = start_server("--models", f"variant={variant_model}", f"q={tiny_qwen3}", "--trust-remote-code",
+                          "--batch-divergence-monitor", "--batch-divergence-action", "serialize",
+                          "--batch-divergence-interval", "0")
+    assert server.health()["batch_divergence"] == {}  # nothing loaded, nothing probed
+    # The first request loads the model; its probe runs (and serializes) before any request generates.
+    assert asyncio.run(_concurrent_chats(server.base_url, 3, stream=True)) == [ALONE] * 3
+    status = server.health()["batch_divergence"]
+    assert set(status) == {"variant"} and status["variant"]["serialized"] is True
+    variant = next(m for m in server.health()["models"]["models"] if m["name"] == "variant")
+    assert variant["engine"]["peak_active"] == 1 and variant["engine"]["max_num_seqs"] == 1
+    assert _metric(server.base_url, "vllm_mlx_batch_divergence_serialized") == 1

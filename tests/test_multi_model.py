@@ -24,9 +24,42 @@ def two_scripted(models_dir):
 
 
 @pytest.fixture(scope="module")
-def multi_server(start_server, two_scripted):
+def broken_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("broken-model")
+    (folder / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    return folder
+
+
+@pytest.fixture(scope="module")
+def multi_server(start_server, two_scripted, broken_model):
     a, b = two_scripted
-    return start_server("--models", f"model-a={a}", f"model-b={b}", "--trust-remote-code", "--model-ttl", "2")
+    return start_server("--models", f"model-a,alias-a={a}", f"model-b={b}", f"broken={broken_model}",
+                        "--trust-remote-code", "--model-ttl", "2")
+
+
+def test_model_specs_forms_and_errors():
+    from vllm_mlx.models.model_specs import ModelSpec, ModelSpecError, parse_model_specs
+
+    assert parse_model_specs(["a=/m/a", "b,b2,b3=org/b", {"name": "c", "model": "/m/c", "aliases": ["c2"]},
+                              {"d": "/m/d"}]) == [
+        ModelSpec("a", "/m/a"), ModelSpec("b", "org/b", ("b2", "b3")), ModelSpec("c", "/m/c", ("c2",)),
+        ModelSpec("d", "/m/d")]
+    for bad in (["a"], ["=x"], ["a="], [{"name": "a"}], [3], ["a=x", "b,a=y"]):
+        with pytest.raises(ModelSpecError):
+            parse_model_specs(bad)
+
+
+def test_cli_rejects_bad_models_flags(tiny_qwen3):
+    from test_cli import run_cli
+
+    result = run_cli("serve", "--models", "just-a-name")
+    assert result.returncode != 0 and "--models: a models entry must be NAME=MODEL" in result.stderr
+    result = run_cli("serve", str(tiny_qwen3), "--models", f"q={tiny_qwen3}")
+    assert result.returncode != 0 and "either a MODEL argument or --models" in result.stderr
+    result = run_cli("serve", "--models", f"q={tiny_qwen3}", "--served-model-name", "x")
+    assert result.returncode != 0 and "--served-model-name applies to a single MODEL" in result.stderr
+    result = run_cli("serve", "--models", f"q={tiny_qwen3.parent / 'missing'}")
+    assert result.returncode == 2 and "is not a model folder" in result.stderr
 
 
 def _models(server) -> dict[str, dict]:
@@ -34,7 +67,7 @@ def _models(server) -> dict[str, dict]:
 
 
 def _chat(server, model: str, **kw) -> openai.types.chat.ChatCompletion:
-    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x")
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
     return client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], **kw)
 
 
@@ -50,12 +83,16 @@ def _wait(predicate, timeout: float = 30.0) -> bool:
 def test_models_listed_unloaded_then_loaded_lazily_and_routed_in_every_api(multi_server):
     server = multi_server
     listed = httpx.get(f"{server.base_url}/v1/models").json()["data"]
-    assert {m["id"]: m["loaded"] for m in listed} == {"model-a": False, "model-b": False}
-    assert {n: m["state"] for n, m in _models(server).items()} == {"model-a": "unloaded", "model-b": "unloaded"}
+    assert {m["id"]: (m["root"], m["loaded"]) for m in listed} == {
+        "model-a": ("model-a", False), "alias-a": ("model-a", False), "model-b": ("model-b", False),
+        "broken": ("broken", False)}
+    assert {n: m["state"] for n, m in _models(server).items()} == {
+        "model-a": "unloaded", "model-b": "unloaded", "broken": "unloaded"}
 
-    chat = _chat(server, "model-a")
+    chat = _chat(server, "alias-a")  # an alias reaches its model; responses name the model
     assert chat.model == "model-a" and chat.choices[0].message.content == REPLY_A
-    assert {n: m["state"] for n, m in _models(server).items()} == {"model-a": "loaded", "model-b": "unloaded"}
+    assert {n: m["state"] for n, m in _models(server).items()} == {
+        "model-a": "loaded", "model-b": "unloaded", "broken": "unloaded"}
 
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x")
     stream = client.chat.completions.create(model="model-b", messages=[{"role": "user", "content": "hi"}],
@@ -69,7 +106,8 @@ def test_models_listed_unloaded_then_loaded_lazily_and_routed_in_every_api(multi
         model="model-a", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
     assert message.model == "model-a" and message.content[0].text == REPLY_A
     listed = httpx.get(f"{server.base_url}/v1/models").json()["data"]
-    assert {m["id"]: m["loaded"] for m in listed} == {"model-a": True, "model-b": True}
+    assert {m["id"]: m["loaded"] for m in listed} == {"model-a": True, "alias-a": True, "model-b": True,
+                                                      "broken": False}
     metrics = httpx.get(f"{server.base_url}/metrics").text
     assert 'vllm_mlx_model_loaded{model="model-a"} 1.0' in metrics
 
@@ -84,8 +122,18 @@ def test_unknown_model_is_404_and_never_loaded(multi_server, tiny_qwen3):
         anthropic.Anthropic(base_url=server.base_url, api_key="x").messages.create(
             model=str(tiny_qwen3), max_tokens=8, messages=[{"role": "user", "content": "hi"}])
     assert aerr.value.body["type"] == "error" and aerr.value.body["error"]["type"] == "not_found_error"
-    assert set(_models(server)) == {"model-a", "model-b"}
-    assert "tiny-qwen3" not in server.log()
+    assert all(m["loads"] == 0 or m["name"] != "broken" for m in _models(server).values())
+    assert "tiny-qwen3" not in server.log()  # nothing was resolved or loaded for the unknown names
+
+
+def test_model_that_fails_to_load_answers_500_and_others_keep_serving(multi_server):
+    server = multi_server
+    with pytest.raises(openai.InternalServerError) as err:
+        _chat(server, "broken")
+    assert err.value.body["code"] == "model_load_failed"
+    broken = _models(server)["broken"]
+    assert broken["state"] == "unloaded" and "No safetensors found" in broken["last_error"]
+    assert _chat(server, "model-b").choices[0].message.content == REPLY_B
 
 
 def test_idle_model_unloads_after_ttl_and_reloads(multi_server):

@@ -166,11 +166,12 @@ def run_server(config: ServerConfig) -> int:
     from .api.app import create_app
     from .api.shutdown import DrainingServer
     from .models.loader import ModelNotFoundError
+    from .models.model_specs import ModelSpecError
 
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(config)
-    except ModelNotFoundError as exc:
+    except (ModelNotFoundError, ModelSpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     uvicorn_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .config import BATCH_DIVERGENCE_ACTIONS as ACTIONS
+from .models.model_specs import ModelSpecError, parse_model_specs
 
 
 def add_lifecycle_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,8 +26,9 @@ def add_lifecycle_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds between probes; 0 probes at startup only (default: %(default)s)")
     m = p.add_argument_group("multi-model serving (instead of the MODEL argument)")
     m.add_argument("--models", nargs="+", default=None, metavar="NAME=MODEL",
-                   help="serve these models under these names (a local folder or a repo id each); a model is "
-                        "loaded on its first request, and requests naming any other model get 404")
+                   help="serve these models under these names (a local folder or a repo id each; NAME,ALIAS=MODEL "
+                        "adds aliases); a model is loaded on its first request, and requests naming any other "
+                        "model get 404")
     m.add_argument("--model-ttl", dest="model_ttl", type=float, default=None,
                    help="unload a model after this many idle seconds (default: never)")
     m.add_argument("--models-memory-gb", dest="models_memory_gb", type=float, default=None,
@@ -46,8 +48,17 @@ def lifecycle_fields(args: argparse.Namespace) -> dict:
         raise SystemExit("--model-ttl must be positive")
     if args.models_memory_gb is not None and args.models_memory_gb <= 0:
         raise SystemExit("--models-memory-gb must be positive")
-    if args.models and args.model:
-        raise SystemExit("give either a MODEL argument or --models, not both")
+    if args.models:
+        if args.model:
+            raise SystemExit("give either a MODEL argument or --models, not both")
+        for flag, given in (("--served-model-name", args.served_model_name), ("--warm-prompts", args.warm_prompts)):
+            if given:
+                raise SystemExit(f"{flag} applies to a single MODEL; with --models, give names (and aliases) "
+                                 f"as NAME,ALIAS=MODEL")
+        try:
+            parse_model_specs(args.models)
+        except ModelSpecError as exc:
+            raise SystemExit(f"--models: {exc}")
     return dict(
         batch_divergence_monitor=args.batch_divergence_monitor,
         batch_divergence_threshold=args.batch_divergence_threshold,

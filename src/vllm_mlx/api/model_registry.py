@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from fastapi import Request
 from prometheus_client.core import GaugeMetricFamily
@@ -27,6 +27,7 @@ from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineStats
 from ..models.loader import ModelNotFoundError
+from ..models.model_specs import ModelSpec, parse_model_specs
 from .errors import APIError
 from .model_setup import build_engine, build_serving
 from .serving import ServingState
@@ -37,40 +38,17 @@ RETRY_AFTER_S = 5
 LEASES = "model_leases"  # request.state attribute: the entries a request holds
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    source: str  # a local folder or a repo id
-
-
-def parse_model_specs(entries: Iterable[Any]) -> list[ModelSpec]:
-    """``"name=model"`` strings, ``{"name": ..., "model": ...}`` items or ``{name: model}`` mappings."""
-    specs: list[ModelSpec] = []
-    for entry in entries:
-        if isinstance(entry, str):
-            name, sep, source = entry.partition("=")
-            pairs = [(name, source)] if sep else []
-        elif isinstance(entry, dict) and "name" in entry:
-            pairs = [(entry.get("name"), entry.get("model") or entry.get("path"))]
-        elif isinstance(entry, dict):
-            pairs = list(entry.items())
-        else:
-            pairs = []
-        if not pairs or any(not isinstance(n, str) or not isinstance(s, str) or not n.strip() or not s.strip()
-                            for n, s in pairs):
-            raise ValueError(f"a models entry must be NAME=MODEL (a folder or repo id), not {entry!r}")
-        specs += [ModelSpec(n.strip(), s.strip()) for n, s in pairs]
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"model names must be unique: {names}")
-    return specs
-
-
 def weight_file_bytes(source: str) -> int:
-    """Estimated weight bytes before the first load: the size of the safetensors files (0 if unknown)."""
+    """Estimated weight bytes before the first load: the size of the safetensors files of the folder,
+    or of the cached snapshot of a repo id (0 when not known yet; measured after the first load)."""
     folder = Path(source).expanduser()
     if not folder.is_dir():
-        return 0
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(source, local_files_only=True))
+        except Exception:  # not cached (yet): nothing to measure, and nothing is fetched here
+            return 0
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
@@ -111,6 +89,7 @@ class ModelRegistry:
         self.memory_bound = None if config.models_memory_gb is None else int(config.models_memory_gb * 2**30)
         self.entries = {s.name: ModelEntry(s, weight_bytes=weight_file_bytes(s.source))
                         for s in parse_model_specs(config.models)}
+        self._by_name = {n: e for e in self.entries.values() for n in e.spec.names}  # aliases included
         self._lock = asyncio.Lock()  # loads and unloads, one at a time
         self._reaper: asyncio.Task | None = None
         self.on_loaded: Callable[[ModelEntry], Any] | None = None  # async hook after a load
@@ -127,10 +106,10 @@ class ModelRegistry:
 
     # -- routing -----------------------------------------------------------------------
     def entry(self, name: str | None) -> ModelEntry:
-        entry = self.entries.get(name or "")
+        entry = self._by_name.get(name or "")
         if entry is None:
             raise APIError(404, f"The model '{name}' does not exist; this server serves "
-                           f"{', '.join(repr(n) for n in self.entries)}", param="model", code="model_not_found")
+                           f"{', '.join(repr(n) for n in self._by_name)}", param="model", code="model_not_found")
         return entry
 
     async def serving(self, name: str | None, request: Request | None = None) -> ServingState:
@@ -188,7 +167,7 @@ class ModelRegistry:
         engine.metrics = self.metrics
         try:
             await asyncio.to_thread(engine.start, asyncio.get_running_loop())
-            serving = build_serving(self.config, engine, (entry.name,), strict_model_id=True)
+            serving = build_serving(self.config, engine, entry.spec.names, strict_model_id=True)
         except Exception as exc:
             await asyncio.to_thread(engine.shutdown)
             entry.last_error = f"{type(exc).__name__}: {exc}"
@@ -280,7 +259,7 @@ class ModelRegistry:
             "memory_bound_bytes": self.memory_bound,
             "loaded_bytes": self.loaded_bytes(),
             "models": [{
-                "name": e.name, "source": e.spec.source, "state": e.state(), "in_use": e.in_use,
+                "name": e.name, "aliases": list(e.spec.aliases), "source": e.spec.source, "state": e.state(), "in_use": e.in_use,
                 "idle_s": round(now - e.last_used, 2), "weight_bytes": e.weight_bytes, "loads": e.loads,
                 "unloads": e.unloads, "last_error": e.last_error,
                 "engine": None if e.engine is None else {k: v for k, v in vars(e.engine.stats).items()},
@@ -288,8 +267,9 @@ class ModelRegistry:
         }
 
     def model_cards(self) -> list[dict]:
-        return [{"id": e.name, "root": e.name, "loaded": e.loaded,
-                 "max_model_len": e.serving.max_model_len if e.serving else None} for e in self.entries.values()]
+        return [{"id": name, "root": e.name, "loaded": e.loaded,
+                 "max_model_len": e.serving.max_model_len if e.serving else None}
+                for e in self.entries.values() for name in e.spec.names]
 
 
 class ModelRegistryCollector:
