@@ -143,6 +143,9 @@ def test_idle_model_unloads_after_ttl_and_reloads(multi_server):
     assert _wait(lambda: _models(server)["model-a"]["state"] == "unloaded", timeout=20)
     assert _models(server)["model-a"]["unloads"] >= 1
     assert {m["id"]: m["loaded"] for m in httpx.get(f"{server.base_url}/v1/models").json()["data"]}["model-a"] is False
+    # Once every model is unloaded, their arrays are gone too.
+    assert _wait(lambda: all(m["state"] == "unloaded" for m in _models(server).values()), timeout=20)
+    assert server.health()["models"]["active_memory_bytes"] < 2**16
     assert _chat(server, "model-a").choices[0].message.content == REPLY_A  # loaded again on demand
     assert _models(server)["model-a"]["loads"] == loads + 1
 

@@ -258,6 +258,7 @@ class ModelRegistry:
             "ttl_s": self.ttl,
             "memory_bound_bytes": self.memory_bound,
             "loaded_bytes": self.loaded_bytes(),
+            "active_memory_bytes": _active_memory(),  # held by MLX arrays now, all models together
             "models": [{
                 "name": e.name, "aliases": list(e.spec.aliases), "source": e.spec.source, "state": e.state(), "in_use": e.in_use,
                 "idle_s": round(now - e.last_used, 2), "weight_bytes": e.weight_bytes, "loads": e.loads,
@@ -290,6 +291,15 @@ class ModelRegistryCollector:
             loads.add_metric([e.name], e.loads)
             unloads.add_metric([e.name], e.unloads)
         yield from (loaded, weights, loads, unloads)
+
+
+def _active_memory() -> int | None:
+    try:
+        import mlx.core as mx
+
+        return int(mx.get_active_memory())
+    except Exception:  # reporting only
+        return None
 
 
 def _stop_engine(engine: AsyncEngine) -> None:
