@@ -15,6 +15,15 @@ ALONE = "Alone I answer the same way every time."
 BATCHED = "Together we say something else entirely!"
 
 
+def test_cli_checks_monitor_flags():
+    from test_cli import run_cli
+
+    result = run_cli("serve", "--batch-divergence-threshold", "1.5")
+    assert result.returncode != 0 and "--batch-divergence-threshold must be within 0..1" in result.stderr
+    result = run_cli("serve", "--batch-divergence-action", "ignore")
+    assert result.returncode != 0 and "invalid choice: 'ignore'" in result.stderr
+
+
 def test_token_agreement_counts_missing_positions_as_mismatches():
     assert token_agreement([[1, 2, 3]], [[1, 2, 3]]) == 1.0
     assert token_agreement([[1, 2, 3], [4]], [[1, 9, 3], [4]]) == 0.75

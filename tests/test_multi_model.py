@@ -186,3 +186,11 @@ def test_memory_bound_evicts_least_recently_used_and_answers_503_when_all_in_use
     assert finished.get("text"), "the running stream was not disturbed"
     assert _chat(server, "q", max_tokens=4).model == "q"  # once "l" is idle, it gives way
     assert _models(server)["l"]["state"] == "unloaded"
+
+
+def test_preload_models_loads_at_startup(start_server, tiny_qwen3):
+    server = start_server("--models", f"q={tiny_qwen3}", "--preload-models")
+    assert _models(server)["q"]["state"] == "loaded"
+    response = httpx.get(f"{server.base_url}/v1/cache/stats")  # several models could be meant: name one
+    assert response.status_code == 400 and response.json()["error"]["param"] == "model"
+    assert httpx.get(f"{server.base_url}/v1/cache/stats", params={"model": "q"}).json()["enabled"] is True

@@ -27,7 +27,7 @@ from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineStats
 from ..models.loader import ModelNotFoundError
-from ..models.model_specs import ModelSpec, parse_model_specs
+from ..models.model_specs import ModelSpec, ModelSpecError, parse_model_specs
 from .errors import APIError
 from .model_setup import build_engine, build_serving
 from .serving import ServingState
@@ -83,6 +83,11 @@ class ModelEntry:
 
 class ModelRegistry:
     def __init__(self, config: ServerConfig, metrics: Any = None):
+        for what, given in (("a single model", config.model), ("served model names", config.served_model_names),
+                            ("warm prompts", config.warm_prompts)):
+            if given:
+                raise ModelSpecError(f"{what} cannot be combined with a models list; give names and aliases "
+                                     f"in the list (NAME,ALIAS=MODEL)")
         self.config = config
         self.metrics = metrics  # attached to every engine (TTFT / inter-token histograms)
         self.ttl = config.model_ttl
@@ -107,6 +112,9 @@ class ModelRegistry:
     # -- routing -----------------------------------------------------------------------
     def entry(self, name: str | None) -> ModelEntry:
         entry = self._by_name.get(name or "")
+        if not name:
+            raise APIError(400, f"name the model: this server serves {', '.join(repr(n) for n in self._by_name)}",
+                           param="model")
         if entry is None:
             raise APIError(404, f"The model '{name}' does not exist; this server serves "
                            f"{', '.join(repr(n) for n in self._by_name)}", param="model", code="model_not_found")
