@@ -127,9 +127,8 @@ class ModelRegistry:
         entry.leases += 1  # held from now on, so no unload can race with this request
         try:
             if not self._ready(entry):
-                async with self._lock:
-                    if not self._ready(entry):
-                        await self._load(entry)
+                # Shielded: a request cancelled meanwhile must not leave a half-registered engine behind.
+                await asyncio.shield(self._load_once(entry))
         except BaseException:
             entry.leases -= 1
             raise
@@ -140,6 +139,11 @@ class ModelRegistry:
         else:
             held.append(entry)
         return entry.serving
+
+    async def _load_once(self, entry: ModelEntry) -> None:
+        async with self._lock:
+            if not self._ready(entry):
+                await self._load(entry)
 
     @staticmethod
     def _ready(entry: ModelEntry) -> bool:
