@@ -194,3 +194,40 @@ def test_preload_models_loads_at_startup(start_server, tiny_qwen3):
     response = httpx.get(f"{server.base_url}/v1/cache/stats")  # several models could be meant: name one
     assert response.status_code == 400 and response.json()["error"]["param"] == "model"
     assert httpx.get(f"{server.base_url}/v1/cache/stats", params={"model": "q"}).json()["enabled"] is True
+
+
+def test_sigterm_drains_every_loaded_model(start_server, tmp_path_factory, tiny_qwen3):
+    import json
+    import signal
+
+    from vllm_mlx.testing.demo import ensure_demo_model
+
+    demo = ensure_demo_model(tmp_path_factory.mktemp("demo"))  # slow enough to outlast the drain window
+    server = start_server("--models", f"demo={demo}", f"q={tiny_qwen3}", "--shutdown-timeout", "1.5")
+    lines: list[str] = []
+    started = threading.Event()
+
+    def long_stream():
+        body = {"model": "demo", "messages": [{"role": "user", "content": "go"}], "max_tokens": 3000,
+                "temperature": 0, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as resp:
+            for line in resp.iter_lines():
+                if line:
+                    lines.append(line)
+                    if len(lines) >= 3:
+                        started.set()
+
+    assert _chat(server, "q", max_tokens=4).model == "q"  # a second loaded model, idle
+    worker = threading.Thread(target=long_stream)
+    worker.start()
+    assert started.wait(60)
+    signalled = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    worker.join(30)
+    assert time.monotonic() - signalled < 15
+    assert server.proc.wait(30) in (0, -signal.SIGTERM)
+    chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    reasons = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert reasons == ["abort"] and lines[-1] == "data: [DONE]"  # ended with a final event, not cut
+    log = server.log()
+    assert "drain time is over" in log and "model demo unloaded" in log and "model q unloaded" in log
