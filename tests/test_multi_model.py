@@ -58,6 +58,8 @@ def test_cli_rejects_bad_models_flags(tiny_qwen3):
     assert result.returncode != 0 and "either a MODEL argument or --models" in result.stderr
     result = run_cli("serve", "--models", f"q={tiny_qwen3}", "--served-model-name", "x")
     assert result.returncode != 0 and "--served-model-name applies to a single MODEL" in result.stderr
+    result = run_cli("serve", str(tiny_qwen3), "--model-ttl", "60")
+    assert result.returncode != 0 and "--model-ttl applies to multi-model serving" in result.stderr
     result = run_cli("serve", "--models", f"q={tiny_qwen3.parent / 'missing'}")
     assert result.returncode == 2 and "is not a model folder" in result.stderr
 

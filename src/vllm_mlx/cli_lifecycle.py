@@ -48,6 +48,11 @@ def lifecycle_fields(args: argparse.Namespace) -> dict:
         raise SystemExit("--model-ttl must be positive")
     if args.models_memory_gb is not None and args.models_memory_gb <= 0:
         raise SystemExit("--models-memory-gb must be positive")
+    if not args.models:
+        for flag, given in (("--model-ttl", args.model_ttl), ("--models-memory-gb", args.models_memory_gb),
+                            ("--preload-models", args.preload_models)):
+            if given:
+                raise SystemExit(f"{flag} applies to multi-model serving: give --models NAME=MODEL ...")
     if args.models:
         if args.model:
             raise SystemExit("give either a MODEL argument or --models, not both")
