@@ -57,3 +57,33 @@ def test_help_lists_options():
     assert result.returncode == 0
     for option in ("--revision", "--local-dir", "--all-files"):
         assert option in result.stdout
+
+
+def test_download_from_a_hub_with_progress_then_serve_offline(tmp_path, tiny_qwen3):
+    from fake_hub import COMMIT as HUB_COMMIT
+    from fake_hub import FakeHub
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_qwen3, repo)
+    (repo / "training-log.bin").write_bytes(b"\0" * 1000)  # not needed to serve: not fetched by default
+    home = tmp_path / "home"
+    with FakeHub("test-org/tiny", repo) as hub:
+        env = {"HF_HUB_OFFLINE": "0", "HF_HOME": str(home), "HF_ENDPOINT": hub.url}
+        result = run_download("test-org/tiny", env=env)
+        assert result.returncode == 0, result.stderr
+        assert "Fetching" in result.stderr and "100%" in result.stderr  # the progress bar
+        snapshot = home / "hub" / "models--test-org--tiny" / "snapshots" / HUB_COMMIT
+        assert str(snapshot) in result.stdout
+        assert (snapshot / "model.safetensors").read_bytes() == (repo / "model.safetensors").read_bytes()
+        assert not (snapshot / "training-log.bin").exists()
+
+        local = tmp_path / "local"
+        result = run_download("test-org/tiny", "--local-dir", str(local), "--all-files", env=env)
+        assert result.returncode == 0, result.stderr
+        assert (local / "training-log.bin").exists() and f"vllm-mlx serve {local}" in result.stdout
+
+        result = run_download("test-org/no-such-model", env=env)
+        assert result.returncode == 1 and "no model repository 'test-org/no-such-model'" in result.stderr
+    # Downloaded once, found again with the network forbidden.
+    result = run_download("test-org/tiny", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(home)})
+    assert result.returncode == 0 and str(snapshot) in result.stdout
