@@ -10,9 +10,11 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from . import __version__
+from .cli_lifecycle import add_lifecycle_arguments, lifecycle_fields
 from .config import SamplingDefaults, ServerConfig
 from .config_file import add_operator_flags
 from .operator_cli import OPERATOR_COMMANDS, add_operator_commands, run_operator_command, serve_main
+from .download import add_download_parser, run_download
 from .engine.request import SamplingParams
 from .media.fetch import FetchPolicy
 
@@ -113,6 +115,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     mcp.add_argument("--mcp-auto", action="store_true",
                    help="run the server-side MCP tool loop for every chat request that does not send \"mcp\"")
     add_operator_flags(p)
+    add_lifecycle_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve_parser(sub)
     add_operator_commands(sub)
+    add_download_parser(sub)
     return parser
 
 
@@ -166,6 +170,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
+        **lifecycle_fields(args),
     )
 
 
@@ -216,11 +221,12 @@ def run_server(config: ServerConfig) -> int:
     from .api.app import create_app
     from .api.shutdown import DrainingServer
     from .models.loader import ModelNotFoundError
+    from .models.model_specs import ModelSpecError
 
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(config)
-    except ModelNotFoundError as exc:
+    except (ModelNotFoundError, ModelSpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     uvicorn_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
@@ -236,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve_main(build_parser, argv, serve_config, run_server)
     if args.command in OPERATOR_COMMANDS:
         return run_operator_command(args)
+    if args.command == "download":
+        return run_download(args)
     return 2
 
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from .media.fetch import FetchPolicy
 
 
+BATCH_DIVERGENCE_ACTIONS = ("warn", "serialize")
+
+
 @dataclass(frozen=True)
 class SamplingDefaults:
     """Server-side defaults, used only for fields a request omits."""
@@ -66,10 +69,15 @@ class ServerConfig:
     cors_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
     cors_headers: tuple[str, ...] = ("Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta")
     cors_allow_credentials: bool = False
-    # set by the mllm-* serving profiles; the vision and divergence-monitor work reads them
-    mllm: bool = False
+    mllm: bool = False  # set by the mllm-* serving profiles
+    # batch-divergence monitor (see docs/divergence-monitor.md)
     batch_divergence_monitor: bool = False
     batch_divergence_threshold: float = 0.95
-    batch_divergence_action: str = "warn"  # warn | serialize
-    batch_divergence_interval: float = 300.0  # seconds between probes
+    batch_divergence_action: str = "warn"  # "warn" or "serialize"
+    batch_divergence_interval: float = 300.0  # seconds between probes; 0 = at startup only
+    # multi-model serving (see docs/model-lifecycle.md): "name=model" entries (or {name: model} items)
+    models: tuple = ()
+    model_ttl: float | None = None  # idle seconds before a model is unloaded; None = never
+    models_memory_gb: float | None = None  # bound on the weights of all loaded models
+    preload_models: bool = False
     extra: dict = field(default_factory=dict)

@@ -20,7 +20,8 @@ from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallE
 from .anthropic_protocol import MessagesRequest, to_chat_request
 from .chat_output import OutputParsing
 from .errors import anthropic_error_body
-from .openai_routes import _state, collect
+from .model_registry import serving_for
+from .openai_routes import collect
 from .operator_routes import page_response, wants_html
 from .serving import RenderedChat, ServingState
 
@@ -152,7 +153,7 @@ def _usage(out: GenerationOutput | None, prompt_len: int) -> dict:
 
 @router.post("/v1/messages")
 async def messages(req: MessagesRequest, raw: Request):
-    state = _state(raw)
+    state = await serving_for(raw, req.model)
     if req.model_extra:
         state.warn_unknown_fields(req, "/v1/messages")  # type: ignore[arg-type]
     prepared = await state.tokenize(_prepare, state, req)
@@ -215,7 +216,7 @@ async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, mode
 
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(req: MessagesRequest, raw: Request):
-    state = _state(raw)
+    state = await serving_for(raw, req.model)
     prepared = await state.tokenize(_prepare, state, req)
     return JSONResponse({"input_tokens": len(prepared.rendered.ids)})
 

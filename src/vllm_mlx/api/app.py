@@ -11,14 +11,10 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from .. import BLAS_STATUS
 from ..config import ServerConfig
-from ..engine.async_engine import AsyncEngine
-from ..engine.config import EngineConfig
 from ..models.extra_models import ExtraModels
-from ..models.loader import LoadedModel, load_model, resolve_model_path
+from ..models.loader import resolve_model_path
 from ..operator_cli import is_loopback
-from ..platform import detect_backend
 from .anthropic_routes import router as anthropic_router
 from .audio_routes import router as audio_router
 from .auth import APIKeyMiddleware
@@ -27,6 +23,9 @@ from .errors import install_error_handlers
 from .mcp_routes import router as mcp_router, start_mcp
 from .metrics import MetricsMiddleware, ServerMetrics, metrics_endpoint
 from .chat_routes import router as chat_router
+from .divergence_monitor import DivergenceMonitors
+from .model_registry import ModelLeaseMiddleware, ModelRegistry, ModelRegistryCollector
+from .model_setup import build_engine, build_serving
 from .openai_routes import router as openai_router
 from .operator_routes import install_cors, install_rate_limit, router as operator_router
 from .responses_convert import ResponseStore
@@ -67,72 +66,52 @@ def choose_output_parsers(tokenizer, tool_flag: str, reasoning_flag: str) -> dic
 
 
 def create_app(config: ServerConfig) -> FastAPI:
-    source, default_name = resolve_model(config)
-    names = config.served_model_names or (default_name,)
-    path = resolve_model_path(source)  # fails fast, with what is missing, before any MLX work
+    registry = ModelRegistry(config) if config.models else None  # multi-model serving
+    engine = names = None
+    if registry is not None:
+        registry.check_sources()  # fails fast on a configured folder that is not a model
+    else:
+        source, default_name = resolve_model(config)
+        names = config.served_model_names or (default_name,)
+        path = resolve_model_path(source)  # fails fast, with what is missing, before any MLX work
+        engine = build_engine(config, path)
     extra_models = ExtraModels.from_sources(  # embedding / speech models: resolved now, loaded on first use
         embedding=config.embedding_model, transcription=config.stt_model, speech=config.tts_model,
         requested_dtype=config.dtype, max_embedding_batch_tokens=config.max_embedding_batch_tokens)
 
-    def load() -> LoadedModel:
-        backend = detect_backend(BLAS_STATUS, config.dtype)
-        logger.info("%s", backend.describe())
-        loaded = load_model(str(path), compute_dtype=backend.compute_dtype, trust_remote_code=config.trust_remote_code)
-        loaded.backend = backend
-        return loaded
-
-    engine = AsyncEngine(
-        load,
-        EngineConfig(
-            max_num_seqs=config.max_num_seqs,
-            max_num_batched_tokens=config.max_num_batched_tokens,
-            deterministic=config.deterministic,
-            prefix_cache=config.prefix_cache,
-            cache_memory_bytes=None if config.cache_memory_mb is None else config.cache_memory_mb << 20,
-            cache_memory_fraction=config.cache_memory_fraction,
-            prefix_block_size=config.prefix_block_size,
-            kv_cache_bits=config.kv_cache_bits,
-            kv_cache_dir=config.kv_cache_dir,
-            kv_cache_dir_bytes=config.kv_cache_dir_mb << 20,
-        ),
-    )
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def start_single_model(app: FastAPI) -> None:
         await asyncio.to_thread(engine.start, asyncio.get_running_loop())
-        loaded: LoadedModel = engine.loaded
-        max_len = min(config.max_model_len or loaded.max_model_len, loaded.max_model_len)
-        if config.max_model_len and config.max_model_len > loaded.max_model_len:
-            logger.warning("--max-model-len %d exceeds the model's %d; using %d",
-                           config.max_model_len, loaded.max_model_len, max_len)
-        app.state.serving = ServingState(
-            engine=engine,
-            tokenizer=loaded.tokenizer,
-            model_name=names[0],
-            aliases=tuple(names[1:]),
-            max_model_len=max_len,
-            default_max_tokens=config.max_tokens,
-            defaults=config.sampling_defaults,
-            strict_model_id=config.strict_model_id,
-            **choose_output_parsers(loaded.tokenizer, config.tool_call_parser, config.reasoning_parser),
-        )
+        app.state.serving = serving = build_serving(config, engine, names)
         if config.model is None:
             logger.warning(
                 "Serving the built-in DEMO model '%s' (random weights): it produces nonsense text. "
                 "Pass a model folder or Hugging Face repo id to serve a real model.", names[0])
-        logger.info("model loaded from %s; serving as %s; context %d tokens", loaded.path, ", ".join(names), max_len)
+        logger.info("model loaded from %s; serving as %s; context %d tokens", engine.loaded.path, ", ".join(names),
+                    serving.max_model_len)
         if config.warm_prompts:
-            await warm_up(app.state.serving, config.warm_prompts)
+            await warm_up(serving, config.warm_prompts)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if registry is None:
+            await start_single_model(app)
+        else:
+            await registry.start()
         if config.preload_extra_models:
             await extra_models.preload()
         app.state.mcp = await start_mcp(config.mcp_config)
+        await monitors.start()
         try:
             yield
         finally:
+            await monitors.stop()
             if app.state.mcp is not None:
                 await app.state.mcp.stop()
             extra_models.shutdown()
-            engine.shutdown()
+            if registry is None:
+                engine.shutdown()
+            else:
+                await registry.shutdown()
 
     app = FastAPI(title="vllm-mlx", version="0.1.0", lifespan=lifespan)
     app.state.config = config
@@ -140,8 +119,15 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.responses_store = ResponseStore()  # bounded, for previous_response_id
     app.state.mcp = None  # the MCPManager, started with the engine when --mcp-config is given
     install_error_handlers(app)
-    app.state.metrics = ServerMetrics(lambda: engine.stats if engine.engine.alive else None)
-    engine.metrics = app.state.metrics
+    if registry is None:
+        app.state.metrics = ServerMetrics(lambda: engine.stats if engine.engine.alive else None)
+        engine.metrics = app.state.metrics
+    else:
+        app.state.model_registry = registry
+        app.state.metrics = registry.metrics = ServerMetrics(registry.combined_stats)
+        app.state.metrics.registry.register(ModelRegistryCollector(registry))
+        app.add_middleware(ModelLeaseMiddleware, registry=registry)
+    monitors = app.state.divergence_monitors = DivergenceMonitors(config, app, registry)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     install_rate_limit(app, config)  # inside the key check: one bucket per valid key
@@ -163,13 +149,17 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.get("/health")
     async def health(raw: Request):
         serving: ServingState | None = getattr(raw.app.state, "serving", None)
-        ok = serving is not None and serving.engine.engine.alive
+        ok = registry is not None or (serving is not None and serving.engine.engine.alive)
         body = {"status": "ok" if ok else "unavailable"}
-        if serving is not None:
+        if registry is not None:
+            body["models"] = registry.snapshot()
+        elif serving is not None:
             body["model"] = serving.model_name
             body["engine"] = asdict(serving.engine.stats)
         if extra_models.services():
             body["extra_models"] = extra_models.stats()
+        if monitors.enabled:
+            body["batch_divergence"] = monitors.snapshot()
         return JSONResponse(body, status_code=200 if ok else 503)
 
     return app

@@ -13,7 +13,8 @@ from .chat_output import ChatDeltaStream, OutputParsing, chat_message
 from .errors import APIError, error_body
 from .logprobs import TokenText, chat_logprobs
 from .mcp_chat import mcp_chat, wants_mcp
-from .openai_routes import _state, _totals, _usage, collect, sse
+from .model_registry import serving_for
+from .openai_routes import _totals, _usage, collect, sse
 from .protocol import ChatCompletionRequest, new_id
 from .serving import finish_reason_text
 
@@ -28,7 +29,7 @@ def _finish(reason: FinishReason | None, tool_calls: bool) -> str | None:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(req: ChatCompletionRequest, raw: Request):
-    state = _state(raw)
+    state = await serving_for(raw, req.model)
     state.admit(req, "/v1/chat/completions")
     if wants_mcp(req, raw):
         return await mcp_chat(req, raw)

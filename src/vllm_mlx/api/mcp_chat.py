@@ -31,7 +31,8 @@ from ..mcp.manager import QUALIFIER
 from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallStart
 from .errors import APIError, error_body
 from .mcp_routes import mcp_manager
-from .openai_routes import DISCONNECT_POLL_S, _state, _usage, sse
+from .model_registry import serving_for
+from .openai_routes import DISCONNECT_POLL_S, _usage, sse
 from .protocol import ChatCompletionRequest, ChatMessage, new_id
 from .serving import ChatRun, ServingState, finish_reason_text
 
@@ -87,7 +88,7 @@ class LoopReport:
 
 
 async def mcp_chat(req: ChatCompletionRequest, raw: Request):
-    state, manager = _state(raw), mcp_manager(raw)
+    state, manager = await serving_for(raw, req.model), mcp_manager(raw)
     if req.n != 1:
         raise APIError(400, "'mcp' supports n=1 only", param="n")
     if req.logprobs:

@@ -17,6 +17,7 @@ from .errors import APIError, error_body
 from .extra_model_access import extra_model_cards
 from .logprobs import TokenText, completion_logprobs
 from .protocol import CompletionRequest, ModelCard, ModelList, Usage, new_id
+from .model_registry import serving_for
 from .serving import ServingState, finish_reason_text
 
 router = APIRouter()
@@ -81,6 +82,9 @@ def _totals(choices: list[Choice]) -> dict:
 
 @router.get("/v1/models")
 async def list_models(raw: Request) -> ModelList:
+    registry = getattr(raw.app.state, "model_registry", None)
+    if registry is not None:  # multi-model serving: every allowed name, loaded or not
+        return ModelList(data=[ModelCard(**card) for card in registry.model_cards() + extra_model_cards(raw)])
     state = _state(raw)
     names = (state.model_name, *state.aliases)
     return ModelList(
@@ -113,7 +117,7 @@ def _completion_prompts(state: ServingState, prompt: Any) -> list[list[int]]:
 
 @router.post("/v1/completions")
 async def completions(req: CompletionRequest, raw: Request):
-    state = _state(raw)
+    state = await serving_for(raw, req.model)
     state.admit(req, "/v1/completions")
     prompts = await state.tokenize(_completion_prompts, state, req.prompt)
     wants_logprobs = req.logprobs is not None
@@ -218,13 +222,13 @@ async def _completion_stream(
 
 @router.get("/v1/cache/stats")
 async def cache_stats(raw: Request):
-    stats = _state(raw).engine.stats.prefix_cache
+    stats = (await serving_for(raw, raw.query_params.get("model"))).engine.stats.prefix_cache
     return JSONResponse({"enabled": stats is not None, **(stats or {})})
 
 
 @router.post("/v1/cache/clear")
 async def cache_clear(raw: Request):
-    state = _state(raw)
+    state = await serving_for(raw, raw.query_params.get("model"))
     if state.engine.stats.prefix_cache is None:
         raise APIError(400, "the prefix cache is disabled on this server")
     state.engine.engine.clear_prefix_cache()

@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.request import FinishReason, GenerationOutput
 from .errors import APIError
-from .openai_routes import _state, collect
+from .model_registry import serving_for
+from .openai_routes import collect
 from .responses_convert import ResponsesRequest, ResponseStore, chat_request
 from .responses_output import OutputBuilder, item_id
 from .serving import ServingState
@@ -98,7 +99,7 @@ class _Turn:
 
 @router.post("/v1/responses")
 async def create_response(req: ResponsesRequest, raw: Request):
-    state = _state(raw)
+    state = await serving_for(raw, req.model)
     state.warn_unknown_fields(req, "/v1/responses")  # the chat request built below has none of its own
     store = response_store(raw)
     history: list[dict] = []

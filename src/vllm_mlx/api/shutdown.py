@@ -38,3 +38,7 @@ class DrainingServer(uvicorn.Server):
         if serving is not None:
             logger.warning("drain time is over: ending the remaining requests")
             serving.engine.engine.abort_all()
+        registry = getattr(self._app.state, "model_registry", None)
+        if registry is not None:
+            logger.warning("drain time is over: ending the remaining requests")
+            registry.abort_all()

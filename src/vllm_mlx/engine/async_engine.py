@@ -31,6 +31,11 @@ class AsyncEngine:
     def stats(self):
         return self.engine.stats
 
+    @property
+    def in_flight(self) -> int:
+        """Generations submitted and not yet finished (or abandoned) by their consumers."""
+        return len(self._queues)
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.engine.start()

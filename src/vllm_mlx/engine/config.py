@@ -39,3 +39,5 @@ class EngineStats:
     steps: int = 0
     state: str = "starting"
     prefix_cache: dict | None = None  # PrefixCacheStats as a dict, when the cache is on
+    max_num_seqs: int = 0  # the admission bound in force (1 when generation is serialized)
+    peak_active: int = 0  # most sequences running or prefilling at once since the bound last changed

@@ -47,7 +47,8 @@ class LLMEngine:
         self._load_error: BaseException | None = None
         self.loaded: Any = None
         self.stats = EngineStats()
-        self._counters = dict(finished=0, aborted=0, failed=0, prompt=0, generated=0, steps=0, together=0)
+        self._counters = dict(finished=0, aborted=0, failed=0, prompt=0, generated=0, steps=0, together=0,
+                              peak_active=0)
 
     # -- called from other threads ------------------------------------------
     def start(self, timeout: float | None = None) -> Any:
@@ -74,6 +75,11 @@ class LLMEngine:
 
     def clear_prefix_cache(self) -> None:
         self._commands.put(("clear_prefix_cache", None))
+
+    def set_max_num_seqs(self, n: int) -> None:
+        """Change the admission bound at run time; 1 serializes generation end to end (the next
+        request is admitted only when the previous one has finished)."""
+        self._commands.put(("max_num_seqs", max(int(n), 1)))
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self._commands.put(("stop", None))
@@ -192,6 +198,10 @@ class LLMEngine:
                 self._abort(arg)
             elif kind == "abort_all":
                 self._abort_all()
+            elif kind == "max_num_seqs":
+                self.scheduler.max_num_seqs = arg
+                self._counters["peak_active"] = 0  # the peak is measured under the new bound
+                self._publish_stats()
             elif kind == "clear_prefix_cache" and self.prefix_cache is not None:
                 self.prefix_cache.clear()
                 self._publish_stats()
@@ -433,6 +443,7 @@ class LLMEngine:
     def _publish_stats(self, state: str | None = None) -> None:
         c = self._counters
         sched = self.scheduler
+        c["peak_active"] = max(c["peak_active"], len(sched.running) + len(sched.prefilling))
         self.stats = EngineStats(
             running=len(sched.running),
             prefilling=len(sched.prefilling),
@@ -447,6 +458,8 @@ class LLMEngine:
             steps=c["steps"],
             state=state or self.stats.state,
             batch_rows=len(self.runner.batch_seqs),
+            max_num_seqs=sched.max_num_seqs,
+            peak_active=c["peak_active"],
         )
 
 

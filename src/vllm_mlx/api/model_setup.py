@@ -1,0 +1,78 @@
+"""Building one served chat model: its engine (loading on the engine thread) and its ServingState.
+
+Used for the single model of a server and for each model of multi-model serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mlx.utils import tree_flatten
+
+from .. import BLAS_STATUS
+from ..config import ServerConfig
+from ..engine.async_engine import AsyncEngine
+from ..engine.config import EngineConfig
+from ..models.loader import LoadedModel, load_model
+from ..platform import detect_backend
+from .serving import ServingState
+
+logger = logging.getLogger("vllm_mlx")
+
+
+def engine_config(config: ServerConfig) -> EngineConfig:
+    return EngineConfig(
+        max_num_seqs=config.max_num_seqs,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+        deterministic=config.deterministic,
+        prefix_cache=config.prefix_cache,
+        cache_memory_bytes=None if config.cache_memory_mb is None else config.cache_memory_mb << 20,
+        cache_memory_fraction=config.cache_memory_fraction,
+        prefix_block_size=config.prefix_block_size,
+        kv_cache_bits=config.kv_cache_bits,
+        kv_cache_dir=config.kv_cache_dir,
+        kv_cache_dir_bytes=config.kv_cache_dir_mb << 20,
+    )
+
+
+def model_loader(config: ServerConfig, source: str | Path):
+    """The load function run on the engine thread; it also records the loaded weights' bytes."""
+
+    def load() -> LoadedModel:
+        backend = detect_backend(BLAS_STATUS, config.dtype)
+        logger.info("%s", backend.describe())
+        loaded = load_model(str(source), compute_dtype=backend.compute_dtype,
+                            trust_remote_code=config.trust_remote_code)
+        loaded.backend = backend
+        loaded.weight_bytes = sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters()))
+        return loaded
+
+    return load
+
+
+def build_engine(config: ServerConfig, source: str | Path) -> AsyncEngine:
+    return AsyncEngine(model_loader(config, source), engine_config(config))
+
+
+def build_serving(config: ServerConfig, engine: AsyncEngine, names: tuple[str, ...],
+                  strict_model_id: bool | None = None) -> ServingState:
+    """The serving state of a started engine (its model is loaded)."""
+    from .app import choose_output_parsers
+
+    loaded: LoadedModel = engine.loaded
+    max_len = min(config.max_model_len or loaded.max_model_len, loaded.max_model_len)
+    if config.max_model_len and config.max_model_len > loaded.max_model_len:
+        logger.warning("--max-model-len %d exceeds the model's %d; using %d",
+                       config.max_model_len, loaded.max_model_len, max_len)
+    return ServingState(
+        engine=engine,
+        tokenizer=loaded.tokenizer,
+        model_name=names[0],
+        aliases=tuple(names[1:]),
+        max_model_len=max_len,
+        default_max_tokens=config.max_tokens,
+        defaults=config.sampling_defaults,
+        strict_model_id=config.strict_model_id if strict_model_id is None else strict_model_id,
+        **choose_output_parsers(loaded.tokenizer, config.tool_call_parser, config.reasoning_parser),
+    )
