@@ -7,10 +7,12 @@ import logging
 import os
 import sys
 from dataclasses import asdict, fields
+from pathlib import Path
 
 from . import __version__
 from .config import SamplingDefaults, ServerConfig
 from .engine.request import SamplingParams
+from .media.fetch import FetchPolicy
 
 
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -79,6 +81,15 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                         "this size (default: %(default)s)")
     x.add_argument("--max-audio-upload-mb", type=float, default=25.0,
                    help="largest audio upload accepted, in MiB; larger ones get 413 (default: %(default)s)")
+    m = p.add_argument_group("media URLs in requests (images, video)")
+    m.add_argument("--media-max-mb", type=float, default=20.0, help="largest fetched or inlined media file (default: %(default)s)")
+    m.add_argument("--media-timeout", type=float, default=10.0, help="seconds one media fetch may take, redirects included")
+    m.add_argument("--media-allow-private", action="store_true",
+                   help="allow media URLs that resolve to loopback, private, link-local or metadata addresses")
+    m.add_argument("--media-allowed-hosts", nargs="+", default=(), metavar="HOST",
+                   help="host names exempt from the private-address check")
+    m.add_argument("--media-local-dir", default=None,
+                   help="allow file:// and absolute-path media inside this directory (off by default)")
     d = p.add_argument_group("sampling defaults (used only when a request omits the field)")
     d.add_argument("--default-temperature", type=float, default=1.0)
     d.add_argument("--default-top-p", type=float, default=1.0)
@@ -139,9 +150,22 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         preload_extra_models=args.preload_extra_models,
         max_embedding_batch_tokens=args.max_embedding_batch_tokens,
         max_audio_upload_bytes=int(args.max_audio_upload_mb * 2**20),
+        media_fetch=_media_fetch_policy(args),
         sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
+    )
+
+
+def _media_fetch_policy(args: argparse.Namespace) -> FetchPolicy:
+    if args.media_max_mb <= 0 or args.media_timeout <= 0:
+        raise SystemExit("--media-max-mb and --media-timeout must be positive")
+    return FetchPolicy(
+        max_bytes=int(args.media_max_mb * 2**20),
+        timeout_s=args.media_timeout,
+        allow_private=args.media_allow_private,
+        allowed_hosts=frozenset(h.lower() for h in args.media_allowed_hosts),
+        allowed_local_dir=Path(args.media_local_dir) if args.media_local_dir else None,
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .media.fetch import FetchPolicy
+
 
 @dataclass(frozen=True)
 class SamplingDefaults:
@@ -50,6 +52,7 @@ class ServerConfig:
     preload_extra_models: bool = False
     max_embedding_batch_tokens: int = 8192  # padded tokens of one coalesced embedding forward
     max_audio_upload_bytes: int = 25 * 1024 * 1024
+    media_fetch: FetchPolicy = field(default_factory=FetchPolicy)  # how request media URLs are fetched
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     log_level: str = "info"
     shutdown_timeout: float = 30.0  # SIGTERM: drain window before remaining requests are ended

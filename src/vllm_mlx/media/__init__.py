@@ -1,0 +1,1 @@
+"""Media inputs named by URL: guarded fetching."""
