@@ -17,6 +17,7 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineConfig
 from ..models.extra_models import ExtraModels
 from ..models.loader import LoadedModel, load_model, resolve_model_path
+from ..models.vision_loader import load_vision_model, vision_evidence
 from ..platform import detect_backend
 from .anthropic_routes import router as anthropic_router
 from .audio_routes import router as audio_router
@@ -29,6 +30,7 @@ from .openai_routes import router as openai_router
 from .responses_convert import ResponseStore
 from .responses_routes import router as responses_router
 from .serving import ServingState
+from .vision_inputs import VisionInputs
 from .warmup import warm_up
 
 logger = logging.getLogger("vllm_mlx")
@@ -74,7 +76,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     def load() -> LoadedModel:
         backend = detect_backend(BLAS_STATUS, config.dtype)
         logger.info("%s", backend.describe())
-        loaded = load_model(str(path), compute_dtype=backend.compute_dtype, trust_remote_code=config.trust_remote_code)
+        if config.mllm or vision_evidence(path):
+            loaded = load_vision_model(path, cache_bytes=config.vision_cache_mb << 20,
+                                       trust_remote_code=config.trust_remote_code)
+        else:
+            loaded = load_model(str(path), compute_dtype=backend.compute_dtype, trust_remote_code=config.trust_remote_code)
         loaded.backend = backend
         return loaded
 
@@ -112,6 +118,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             defaults=config.sampling_defaults,
             strict_model_id=config.strict_model_id,
             **choose_output_parsers(loaded.tokenizer, config.tool_call_parser, config.reasoning_parser),
+            vision=VisionInputs(loaded.vision, loaded.tokenizer, config.media_fetch, config.media_limits)
+            if loaded.vision else None,
         )
         if config.model is None:
             logger.warning(

@@ -218,8 +218,12 @@ async def _completion_stream(
 
 @router.get("/v1/cache/stats")
 async def cache_stats(raw: Request):
-    stats = _state(raw).engine.stats.prefix_cache
-    return JSONResponse({"enabled": stats is not None, **(stats or {})})
+    engine_stats = _state(raw).engine.stats
+    stats = engine_stats.prefix_cache
+    body = {"enabled": stats is not None, **(stats or {})}
+    if engine_stats.vision_cache is not None:
+        body["vision_embeddings"] = engine_stats.vision_cache
+    return JSONResponse(body)
 
 
 @router.post("/v1/cache/clear")

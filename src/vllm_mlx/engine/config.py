@@ -39,3 +39,4 @@ class EngineStats:
     steps: int = 0
     state: str = "starting"
     prefix_cache: dict | None = None  # PrefixCacheStats as a dict, when the cache is on
+    vision_cache: dict | None = None  # vision-embedding cache stats, for a vision-language model
