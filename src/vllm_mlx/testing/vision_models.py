@@ -152,7 +152,7 @@ def vision_model_config(arch: str, ids: dict[str, Any], *, vocab_size: int, hidd
     return {**top, "text_config": {**text, "model_type": "qwen3_vl_text"}, "vision_config": vision}
 
 
-def _random_weights(config: dict[str, Any], seed: int) -> dict:
+def _random_weights(config: dict[str, Any], seed: int, init_scale: float = 1.0) -> dict:
     """Instantiate mlx-vlm's model class for ``config`` and return its random parameters."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -166,6 +166,9 @@ def _random_weights(config: dict[str, Any], seed: int) -> dict:
     mx.random.seed(seed)
     model = arch.Model(model_config)
     weights = {k: v.astype(mx.float32) for k, v in tree_flatten(model.parameters())}
+    for name in weights:  # a livelier random model: outputs depend visibly on every input
+        if name.endswith("embed_tokens.weight") or ".mlp." in name or name.endswith("merger.mlp.2.weight"):
+            weights[name] = weights[name] * init_scale
     mx.eval(weights)
     return weights
 
@@ -185,11 +188,14 @@ def build_tiny_vision_model(
     min_pixels: int = 28 * 28,
     max_pixels: int = 112 * 112,
     seed: int = 0,
+    init_scale: float = 3.0,
 ) -> Path:
     """Write a tiny random ``arch`` (``qwen2_vl`` or ``qwen3_vl``) folder at ``path``; returns it.
 
     ``min_pixels``/``max_pixels`` bound the resized image (a 112x112 image of qwen2_vl is
-    8x8 patches = 16 image tokens), keeping prompts short on a CPU.
+    8x8 patches = 16 image tokens), keeping prompts short on a CPU. ``init_scale`` multiplies the
+    token embeddings and MLP weights: at 3.0 greedy output varies token by token and differs from
+    the first token on between two random images (at 1.0 it repeats one token).
     """
     import mlx.core as mx
 
@@ -206,7 +212,7 @@ def build_tiny_vision_model(
         intermediate_size=intermediate_size, vision_width=vision_width, vision_depth=vision_depth,
     )
     _write_json(path / "config.json", config)
-    weights = _random_weights(config, seed)
+    weights = _random_weights(config, seed, init_scale)
     mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})
     return path
 
@@ -243,3 +249,47 @@ def build_scripted_vision_model(
     _write_json(path / "config.json", config)
     (path / SCRIPTED_VISION_FILE).write_text(SCRIPTED_VISION_SOURCE)
     return path
+
+
+# -- test media -------------------------------------------------------------------------
+
+
+def random_image(seed: int, size: tuple[int, int] = (96, 80), fmt: str = "PNG") -> bytes:
+    """A random RGB image (``size`` = width, height) encoded as ``fmt``."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = (rng.random((size[1], size[0], 3)) * 255).astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    import base64
+
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def random_video(seconds: float = 2.0, fps: int = 8, size: tuple[int, int] = (64, 48), seed: int = 0) -> bytes:
+    """A short MPEG-4 video of random frames, encoded with PyAV."""
+    import io
+
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for _ in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
