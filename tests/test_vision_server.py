@@ -141,8 +141,8 @@ def test_batched_with_text_and_other_images(client, qwen2vl, server):
     assert peak[0] >= 2, "the requests never ran together"
     assert results["img1"] == reference_greedy(qwen2vl, QUESTION, [IMAGES[1]], 48)
     assert results["img4"] == reference_greedy(qwen2vl, QUESTION, [IMAGES[4]], 48)
-    text_alone = chat(client, "Tell me a story about the sea.", max_tokens=48).choices[0].message.content
-    assert results["text"] == text_alone
+    story = [{"type": "text", "text": "Tell me a story about the sea."}]
+    assert results["text"] == reference_greedy(qwen2vl, story, [], 48)
 
 
 def test_per_request_controls_on_vision_requests(client):
@@ -151,6 +151,9 @@ def test_per_request_controls_on_vision_requests(client):
     b = ask(client, [1], temperature=1.0, seed=7, max_tokens=16).choices[0].message.content
     c = ask(client, [1], temperature=1.0, seed=8, max_tokens=16).choices[0].message.content
     assert a == b and a != c
+    # n continuations share one prefill of the image prompt
+    two = ask(client, [1], n=2)
+    assert [c.message.content for c in two.choices] == [ask(client, [1]).choices[0].message.content] * 2
     # stop string and logprobs
     full = ask(client, [1]).choices[0].message.content
     stop = full[3:5]
@@ -177,6 +180,13 @@ def test_anthropic_image_blocks(server, client, qwen2vl):
                                      "data": base64.b64encode(png).decode()}}]}],
         extra_body={"ignore_eos": True, "temperature": 0})
     assert msg.content[0].text == reference_greedy(qwen2vl, QUESTION, [png], N)
+    same = ask(client, [1])
+    assert msg.usage.input_tokens + msg.usage.cache_read_input_tokens == same.usage.prompt_tokens  # image tokens count
+    counted = ac.messages.count_tokens(model="vl", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                     "data": base64.b64encode(png).decode()}}]}])
+    assert counted.input_tokens == same.usage.prompt_tokens
     with pytest.raises(anthropic.BadRequestError) as err:
         ac.messages.create(model="vl", max_tokens=4, messages=[{"role": "user", "content": [
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "bm90IGFuIGltYWdl"}}]}])

@@ -316,6 +316,13 @@ class ServingState:
                            param="tool_choice")
         return spec or forced_tools
 
+    async def prepare_media(self, rendered: RenderedChat) -> RenderedChat:
+        """Fetch, decode and process a rendered chat's images/video: the prompt grows by their tokens."""
+        if not rendered.media or rendered.multimodal is not None:
+            return rendered
+        ids, mm = await self.vision.prepare(rendered.text, list(rendered.media))
+        return RenderedChat(ids, rendered.text, rendered.thinking, rendered.media, mm)
+
     async def start_chat(
         self, req: ChatCompletionRequest, request_id: str, rendered: RenderedChat,
         spec: tuple[str, StructuredSpec] | None, max_tokens: int | None,
@@ -323,9 +330,7 @@ class ServingState:
     ) -> ChatRun:
         """Sampling, constraint, output parsing and the engine stream for a rendered chat request —
         the same for chat completions, Responses and Anthropic Messages."""
-        if rendered.media:  # fetch, decode and process the images/video; the prompt grows by their tokens
-            ids, mm = await self.vision.prepare(rendered.text, list(rendered.media))
-            rendered = RenderedChat(ids, rendered.text, rendered.thinking, rendered.media, mm)
+        rendered = await self.prepare_media(rendered)
         parsing = self.output_parsing(req, rendered)
         params = self.sampling_params(req, len(rendered.ids), max_tokens, logprobs=logprobs, top_logprobs=top_logprobs)
         constraint = await self.compile_constraint(*reversed(spec)) if spec else None

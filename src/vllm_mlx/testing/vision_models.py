@@ -24,8 +24,9 @@ from .chat_templates import QWEN3_CHAT_TEMPLATE
 from .tokenizer import FAMILY_TOKENS, train_tokenizer
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-ARCHITECTURES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen3_vl": "Qwen3VLForConditionalGeneration"}
-PATCH_SIZE = {"qwen2_vl": 14, "qwen3_vl": 16}
+ARCHITECTURES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                 "qwen3_vl": "Qwen3VLForConditionalGeneration"}
+PATCH_SIZE = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
 
 # The text macro of the qwen3 template, taught to render image and video parts.
 _VISION_TEXT_OF = """\
@@ -107,7 +108,7 @@ def write_processor_configs(path: Path, arch: str, *, min_pixels: int, max_pixel
         "patch_size": patch, "temporal_patch_size": 2, "merge_size": 2,
         "min_pixels": min_pixels, "max_pixels": max_pixels,
     }
-    processor = "Qwen2VLProcessor" if arch == "qwen2_vl" else "Qwen3VLProcessor"
+    processor = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}.get(arch, "Qwen3VLProcessor")
     _write_json(path / "preprocessor_config.json", {
         **common, "image_processor_type": "Qwen2VLImageProcessor", "processor_class": processor,
     })
@@ -143,6 +144,12 @@ def vision_model_config(arch: str, ids: dict[str, Any], *, vocab_size: int, hidd
         vision = {"depth": vision_depth, "embed_dim": vision_width, "hidden_size": hidden_size,
                   "num_heads": 2, "mlp_ratio": 2, "patch_size": 14, "spatial_patch_size": 14,
                   "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3, "model_type": arch}
+        return {**top, **text, "vision_config": vision}
+    if arch == "qwen2_5_vl":
+        vision = {"depth": vision_depth, "hidden_size": vision_width, "intermediate_size": 2 * vision_width,
+                  "out_hidden_size": hidden_size, "num_heads": 2, "patch_size": 14, "spatial_patch_size": 14,
+                  "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3, "window_size": 56,
+                  "fullatt_block_indexes": [0], "tokens_per_second": 2, "model_type": arch}
         return {**top, **text, "vision_config": vision}
     vision = {"depth": vision_depth, "hidden_size": vision_width, "intermediate_size": 2 * vision_width,
               "out_hidden_size": hidden_size, "num_heads": 2, "patch_size": 16, "spatial_patch_size": 16,
@@ -190,7 +197,7 @@ def build_tiny_vision_model(
     seed: int = 0,
     init_scale: float = 3.0,
 ) -> Path:
-    """Write a tiny random ``arch`` (``qwen2_vl`` or ``qwen3_vl``) folder at ``path``; returns it.
+    """Write a tiny random ``arch`` (``qwen2_vl``, ``qwen2_5_vl`` or ``qwen3_vl``) folder at ``path``.
 
     ``min_pixels``/``max_pixels`` bound the resized image (a 112x112 image of qwen2_vl is
     8x8 patches = 16 image tokens), keeping prompts short on a CPU. ``init_scale`` multiplies the
