@@ -13,12 +13,12 @@ import numpy as np
 import openai
 import pytest
 
-from vision_helpers import openai_content, reference_greedy
+from vision_helpers import openai_content, reference_greedy, reference_greedy_video
 from vllm_mlx.engine.multimodal import MediaItem, MultimodalPrompt
-from vllm_mlx.media.decode import MediaDecodeError, MediaLimits, decode_image
+from vllm_mlx.media.decode import MediaDecodeError, MediaLimits, decode_image, decode_video
 from vllm_mlx.models.vision_loader import vision_evidence
 from vllm_mlx.testing.vision_models import (build_scripted_vision_model, build_tiny_vision_model, data_url,
-                                            random_image)
+                                            random_image, random_video)
 
 QUESTION = [{"type": "text", "text": "What is in this picture?"}, {"type": "image"}]
 TOOLS = [{"type": "function", "function": {"name": "describe_image", "description": "Record what an image shows",
@@ -59,6 +59,15 @@ def test_matches_mlx_vlm_alone_and_batched(start_server, models_dir, qwen3vl, ar
     for k in (1, 2):
         assert results[k] == reference_greedy(path, QUESTION, [images[k]], 24)
     assert results["text"].finish_reason in ("stop", "length")
+    # a video, frames sampled at 2 fps (Qwen3-VL: one timestamped block per frame group)
+    video = random_video(seconds=2.0, fps=8)
+    frames = decode_video(video, MediaLimits(), fps=2.0).frames
+    content = [{"type": "text", "text": "What happens?"}, {"type": "video"}]
+    out = client.chat.completions.create(model="vl3", max_tokens=10, temperature=0, extra_body={"ignore_eos": True},
+                                         messages=[{"role": "user", "content": [content[0], {
+                                             "type": "video_url", "video_url": {"url": data_url(video, "video/mp4"),
+                                                                                "fps": 2.0}}]}])
+    assert out.choices[0].message.content == reference_greedy_video(path, content, frames, 2.0, 10)
 
 
 def test_tool_call_from_a_vision_request(start_server, models_dir):

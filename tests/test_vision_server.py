@@ -15,7 +15,8 @@ import httpx
 import openai
 import pytest
 
-from vision_helpers import openai_content, reference_greedy
+from vision_helpers import openai_content, reference_greedy, reference_greedy_video
+from vllm_mlx.media.decode import MediaLimits, decode_video
 from vllm_mlx.testing.vision_models import build_tiny_vision_model, data_url, random_image, random_video
 
 N = 12  # greedy tokens compared
@@ -212,7 +213,7 @@ def test_bad_images_are_400_in_openai_shape(client, server):
     assert ask(client, [1], max_tokens=2).usage.completion_tokens == 2
 
 
-def test_video_frames_at_requested_fps(client):
+def test_video_frames_at_requested_fps(client, qwen2vl):
     url = data_url(random_video(seconds=2.0, fps=8), "video/mp4")
 
     def video(**opts):
@@ -225,5 +226,9 @@ def test_video_frames_at_requested_fps(client):
     assert four.usage.prompt_tokens != two.usage.prompt_tokens
     assert capped.usage.prompt_tokens == two.usage.prompt_tokens
     assert two.usage.completion_tokens == 4
+    frames = decode_video(random_video(seconds=2.0, fps=8), MediaLimits(), fps=2.0).frames
+    assert len(frames) == 4
+    assert two.choices[0].message.content == reference_greedy_video(
+        qwen2vl, [{"type": "text", "text": "What happens?"}, {"type": "video"}], frames, 2.0, 4)
     with pytest.raises(openai.BadRequestError, match="video could not be decoded"):
         chat(client, [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,bm90IGEgdmlkZW8="}}])
