@@ -79,7 +79,7 @@ def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
             raise APIError(400, f"{where}: a url image source needs url", param=where)
         url = source["url"]
     else:
-        raise APIError(400, f"{where}: image source type {kind!r} is not supported (use base64 or url)", param=where)
+        raise APIError(400, f"{where}: images need a source of type base64 or url, not {kind!r}", param=where)
     return {"type": "image_url", "image_url": {"url": url}}
 
 
