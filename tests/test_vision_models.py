@@ -156,3 +156,8 @@ def test_image_limits():
     with pytest.raises(MediaDecodeError, match="could not be decoded"):
         decode_image(b"GIF89a-truncated", MediaLimits())
     assert decode_image(random_image(1, fmt="JPEG"), MediaLimits()).mode == "RGB"
+
+
+def test_mllm_flag_on_an_unsupported_architecture_fails_at_startup(start_server, tiny_qwen3):
+    with pytest.raises(RuntimeError, match="not supported by this server's engine"):
+        start_server(tiny_qwen3, "--mllm")

@@ -30,7 +30,8 @@ def qwen2vl(models_dir):
 
 @pytest.fixture(scope="module")
 def server(start_server, qwen2vl):
-    return start_server(qwen2vl, "--served-model-name", "vl", "--max-num-seqs", "8")
+    # "localhost" is exempt from the private-address check (for the http test); 127.0.0.1 is not
+    return start_server(qwen2vl, "--served-model-name", "vl", "--max-num-seqs", "8", "--media-allowed-hosts", "localhost")
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +233,32 @@ def test_video_frames_at_requested_fps(client, qwen2vl):
         qwen2vl, [{"type": "text", "text": "What happens?"}, {"type": "video"}], frames, 2.0, 4)
     with pytest.raises(openai.BadRequestError, match="video could not be decoded"):
         chat(client, [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,bm90IGEgdmlkZW8="}}])
+
+
+def test_image_by_http_url(client, qwen2vl):
+    import http.server
+
+    png = random_image(77)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = png if self.path == "/cat.png" else b"<html>not an image</html>"
+            self.send_response(200 if self.path == "/cat.png" else 404)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        port = httpd.server_address[1]
+        out = chat(client, openai_content(QUESTION, [f"http://localhost:{port}/cat.png"]))
+        assert out.choices[0].message.content == reference_greedy(qwen2vl, QUESTION, [png], N)
+        with pytest.raises(openai.BadRequestError, match="404"):
+            chat(client, openai_content(QUESTION, [f"http://localhost:{port}/missing.png"]))
+    finally:
+        httpd.shutdown()
