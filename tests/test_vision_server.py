@@ -115,6 +115,7 @@ def test_streaming_arrives_token_by_token(client, qwen2vl):
 
 def test_batched_with_text_and_other_images(client, qwen2vl, server):
     """Vision rows (different images, different mrope deltas) and a text row decode in one batch."""
+    LONG = 200  # long enough that the three overlap even when the CPU is busy
     results, peak = {}, [0]
     done = threading.Event()
 
@@ -127,9 +128,9 @@ def test_batched_with_text_and_other_images(client, qwen2vl, server):
         results[key] = fn()
 
     jobs = {
-        "img1": lambda: ask(client, [1], max_tokens=48).choices[0].message.content,
-        "img4": lambda: ask(client, [4], max_tokens=48).choices[0].message.content,
-        "text": lambda: chat(client, "Tell me a story about the sea.", max_tokens=48).choices[0].message.content,
+        "img1": lambda: ask(client, [1], max_tokens=LONG).choices[0].message.content,
+        "img4": lambda: ask(client, [4], max_tokens=LONG).choices[0].message.content,
+        "text": lambda: chat(client, "Tell me a story about the sea.", max_tokens=LONG).choices[0].message.content,
     }
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -141,10 +142,10 @@ def test_batched_with_text_and_other_images(client, qwen2vl, server):
     done.set()
     watcher.join()
     assert peak[0] >= 2, "the requests never ran together"
-    assert results["img1"] == reference_greedy(qwen2vl, QUESTION, [IMAGES[1]], 48)
-    assert results["img4"] == reference_greedy(qwen2vl, QUESTION, [IMAGES[4]], 48)
+    assert results["img1"] == reference_greedy(qwen2vl, QUESTION, [IMAGES[1]], LONG)
+    assert results["img4"] == reference_greedy(qwen2vl, QUESTION, [IMAGES[4]], LONG)
     story = [{"type": "text", "text": "Tell me a story about the sea."}]
-    assert results["text"] == reference_greedy(qwen2vl, story, [], 48)
+    assert results["text"] == reference_greedy(qwen2vl, story, [], LONG)
 
 
 def test_per_request_controls_on_vision_requests(client):

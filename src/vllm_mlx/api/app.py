@@ -77,7 +77,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         backend = detect_backend(BLAS_STATUS, config.dtype)
         logger.info("%s", backend.describe())
         if config.mllm or vision_evidence(path):
-            loaded = load_vision_model(path, cache_bytes=config.vision_cache_mb << 20,
+            loaded = load_vision_model(path, compute_dtype=backend.compute_dtype, cache_bytes=config.vision_cache_mb << 20,
                                        trust_remote_code=config.trust_remote_code)
         else:
             loaded = load_model(str(path), compute_dtype=backend.compute_dtype, trust_remote_code=config.trust_remote_code)

@@ -7,7 +7,7 @@ arrays into MLX arrays when it prefills the request (MLX streams are per thread)
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -45,8 +45,6 @@ class MultimodalPrompt:
     items: list[MediaItem]
     key_ids: list[int]
     rope_delta: int = 0  # set by the engine at prefill: decode positions are cache offset + delta
-    media_token_ids: tuple[int, ...] = ()
-    extra: dict = field(default_factory=dict)
 
     @staticmethod
     def build(items: list[MediaItem], prompt_ids: list[int], media_token_ids: dict[str, int]) -> "MultimodalPrompt":
@@ -66,7 +64,7 @@ class MultimodalPrompt:
             for j in range(item.num_tokens):
                 key[positions[at + j]] = -1 - words[j % 4]  # negative: never a real token id
             at += item.num_tokens
-        return MultimodalPrompt(items, key, media_token_ids=tuple(sorted(placeholder)))
+        return MultimodalPrompt(items, key)
 
     @property
     def images(self) -> list[MediaItem]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .loader import LoadedModel, context_length
+from .loader import LoadedModel, _cast_floating_weights, context_length
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ class VisionInfo:
     supports_video: bool
 
 
-def load_vision_model(path: Path, *, cache_bytes: int = 512 << 20, trust_remote_code: bool = False) -> LoadedModel:
+def load_vision_model(path: Path, *, compute_dtype: str = "model", cache_bytes: int = 512 << 20,
+                      trust_remote_code: bool = False) -> LoadedModel:
     """Load with mlx-vlm on the calling (engine) thread; the model is wrapped for the engine."""
     import mlx.core as mx
     from mlx_lm.utils import load_tokenizer
@@ -89,15 +90,21 @@ def load_vision_model(path: Path, *, cache_bytes: int = 512 << 20, trust_remote_
     model_type = get_model_type(config) or "?"
     if config.get("model_file") and not trust_remote_code:
         raise ValueError(f"{path} declares model_file={config['model_file']!r}: pass --trust-remote-code to run it")
-    family = model_type if model_type in SUPPORTED_ARCHITECTURES else _custom_family(config)
+    family = model_type
     if family not in SUPPORTED_ARCHITECTURES:
         raise ValueError(
             f"vision-language architecture {model_type!r} is not supported by this server's engine yet "
             f"(supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}); serve it without --mllm only if it "
             f"is a text model")
     vlm, processor = vlm_load(str(path), lazy=True)
+    if compute_dtype not in ("model", "auto"):
+        _cast_floating_weights(vlm, getattr(mx, compute_dtype))
     mx.eval(vlm.parameters())
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    template = getattr(processor, "chat_template", None)
+    if template and not getattr(tokenizer, "chat_template", None):  # kept in chat_template.json only
+        tokenizer.chat_template = template  # (the wrapper sets both on the Hugging Face tokenizer)
+        tokenizer.has_chat_template = True
     model = VisionLanguageModel(vlm, family, cache_bytes=cache_bytes)
     hf_tok = processor.tokenizer
     image_token = getattr(processor, "image_token", "<|image_pad|>")
@@ -121,7 +128,3 @@ def load_vision_model(path: Path, *, cache_bytes: int = 512 << 20, trust_remote_
     logger.info("vision-language model %s (%s) loaded through mlx-vlm", path.name, family)
     return loaded
 
-
-def _custom_family(config: dict) -> str | None:
-    """The architecture a ``model_file`` model builds on (its ``model_type`` names it)."""
-    return config.get("model_type") if config.get("model_file") else None
