@@ -67,29 +67,53 @@ def test_different_images_same_text_are_independent(client, qwen2vl, server):
     second = ask(client, [3])
     assert second.choices[0].message.content == reference_greedy(qwen2vl, QUESTION, [IMAGES[3]], N)
     assert first != second.choices[0].message.content
+    before = httpx.get(f"{server.base_url}/v1/cache/stats").json()["vision_embeddings"]
     again = ask(client, [2])
     assert again.choices[0].message.content == first
-    # the resent image reuses the cached prompt (keys/values) and its vision embedding
+    # the resent request reuses its cached prompt (keys/values): the image is not even looked up
     assert again.usage.prompt_tokens_details.cached_tokens >= again.usage.prompt_tokens - 1
-    stats = httpx.get(f"{server.base_url}/v1/cache/stats").json()["vision_embeddings"]
-    assert stats["hits"] >= 1 and stats["encoded_items"] >= 2
+    after = httpx.get(f"{server.base_url}/v1/cache/stats").json()["vision_embeddings"]
+    assert after["encoded_items"] == before["encoded_items"]
 
 
-def test_vision_embedding_cache_hit_on_resend(client, server):
-    """A conversation that resends the image: the second turn does not re-encode it."""
+def test_vision_embedding_cache_hit_on_resend(client, server, qwen2vl):
+    """A resent image is not re-encoded: in the next turn of a conversation (its keys/values are
+    reused), and after different text (the vision-embedding cache hits)."""
     url = data_url(random_image(40))
-    before = httpx.get(f"{server.base_url}/v1/cache/stats").json()["vision_embeddings"]
+
+    def stats():
+        return httpx.get(f"{server.base_url}/v1/cache/stats").json()["vision_embeddings"]
+
+    before = stats()
     turn1 = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                           {"type": "text", "text": "Describe it."}]}]
     r1 = client.chat.completions.create(model="vl", messages=turn1, max_tokens=4, temperature=0)
     turn2 = turn1 + [{"role": "assistant", "content": r1.choices[0].message.content or "ok"},
                      {"role": "user", "content": "And the colours?"}]
     client.chat.completions.create(model="vl", messages=turn2, max_tokens=4, temperature=0)
-    after = httpx.get(f"{server.base_url}/v1/cache/stats").json()["vision_embeddings"]
-    assert after["encoded_items"] == before["encoded_items"] + 1
-    assert after["hits"] == before["hits"] + 1
+    assert stats()["encoded_items"] == before["encoded_items"] + 1
+    # different leading text: the prompt's keys/values cannot be reused, the embedding can
+    content = [{"type": "text", "text": "Something else first."}, {"type": "image"}]
+    out = chat(client, openai_content(content, [url]))
+    after = stats()
+    assert after["encoded_items"] == before["encoded_items"] + 1 and after["hits"] == before["hits"] + 1
+    assert out.choices[0].message.content == reference_greedy(qwen2vl, content, [random_image(40)], N)
     metrics = httpx.get(f"{server.base_url}/metrics").text
     assert "vllm_mlx_vision_cache_hits" in metrics
+
+
+def test_prefix_hit_over_the_first_image_encodes_only_the_second(client, qwen2vl, server):
+    """A prompt whose cached prefix covers image A: only image B goes through the vision tower."""
+    a, b = random_image(50), random_image(51)
+    first = [{"type": "text", "text": "Look at"}, {"type": "image"}]
+    chat(client, openai_content(first, [data_url(a)]), max_tokens=1)
+    before = httpx.get(f"{server.base_url}/v1/cache/stats").json()["vision_embeddings"]
+    both = first + [{"type": "text", "text": "and then at"}, {"type": "image"}]
+    out = chat(client, openai_content(both, [data_url(a), data_url(b)]))
+    after = httpx.get(f"{server.base_url}/v1/cache/stats").json()["vision_embeddings"]
+    assert out.usage.prompt_tokens_details.cached_tokens > 16  # image A's tokens came from the cache
+    assert (after["encoded_items"] - before["encoded_items"], after["hits"] - before["hits"]) == (1, 0)
+    assert out.choices[0].message.content == reference_greedy(qwen2vl, both, [a, b], N)
 
 
 def test_two_images_in_one_message(client, qwen2vl):

@@ -195,7 +195,7 @@ class VisionInputs:
             if not pieces[-1].endswith(start) or not text.startswith(end, pos + len(info.video_token)):
                 raise APIError(400, "the chat template did not wrap the video in vision markers", param="messages")
             pieces[-1] = pieces[-1][: -len(start)]
-            tps = 2
+            tps = int(getattr(info.processor.video_processor, "temporal_patch_size", 2))
             blocks = [f"<{(g * tps + (tps - 1) / 2) / sample_fps:.1f} seconds>{start}"
                       f"{info.video_token * per_frame}{end}" for g in range(t)]
             return "".join(blocks)[: -len(end)]

@@ -126,15 +126,12 @@ class VisionLanguageModel:
         if seq.cache is None:
             seq.cache = self.make_cache()
         ids = mx.array(seq.prompt_ids)[None]
-        embeds, deep, visual = self._prompt_embeddings(ids, mm)
         positions, delta = self.language.get_rope_index(ids, self._grid(mm.images), self._grid(mm.videos))
         mm.rope_delta = int(np.array(delta).reshape(-1)[0])
         start = seq.num_computed
-        kwargs = {}
-        if deep is not None:
-            before = int(visual[0, :start].sum().item()) if start else 0
-            kwargs = {"visual_pos_masks": visual[:, start:], "deepstack_visual_embeds": [d[before:] for d in deep]}
-        out = self.language(ids[:, start:], inputs_embeds=embeds[:, start:], cache=seq.cache,
+        embeds, deep, visual = self._prompt_embeddings(seq.prompt_ids, mm, start)
+        kwargs = {} if deep is None else {"visual_pos_masks": visual, "deepstack_visual_embeds": deep}
+        out = self.language(ids[:, start:], inputs_embeds=embeds, cache=seq.cache,
                             position_ids=positions[..., start:], **kwargs)
         seq.num_computed = seq.num_prompt_tokens
         return out.logits[:, -1, :]
@@ -172,23 +169,34 @@ class VisionLanguageModel:
         self.embeddings.put(item.digest, features)
         return features
 
-    def _prompt_embeddings(self, ids: mx.array, mm: MultimodalPrompt):
-        """Token embeddings with every media item's features at its placeholder positions (prompt order)."""
-        embeds = self.language.model.embed_tokens(ids)
-        features = [self._features(it) for it in mm.items]
-        flat = np.array(ids[0])
+    def _prompt_embeddings(self, prompt_ids: list[int], mm: MultimodalPrompt, start: int):
+        """Embeddings of the prompt from ``start`` on, with the media features at their placeholder
+        positions (items in prompt order); media wholly before ``start`` (already in the cache from a
+        prefix hit) are not looked up. Also the deepstack features and visual mask of that window."""
+        flat = np.array(prompt_ids)
         visual_np = (flat == self.image_token_id) | (flat == self.video_token_id)
         where = np.nonzero(visual_np)[0]
-        main = mx.concatenate([f[0] for f in features]).astype(embeds.dtype)
-        if main.shape[0] != len(where):
-            raise ValueError(f"{len(where)} media placeholder tokens for {main.shape[0]} media features")
-        embeds[0, mx.array(where)] = main
-        visual = mx.array(visual_np)[None]
+        if len(where) != sum(it.num_tokens for it in mm.items):
+            raise ValueError(f"{len(where)} media placeholder tokens for media that need "
+                             f"{sum(it.num_tokens for it in mm.items)}")
+        embeds = self.language.model.embed_tokens(mx.array(prompt_ids[start:])[None])
+        features, skipped, at = [], 0, 0
+        for item in mm.items:
+            if not features and where[at + item.num_tokens - 1] < start:
+                skipped += item.num_tokens  # wholly inside the cached prefix
+            else:
+                features.append(self._features(item))
+            at += item.num_tokens
+        drop = int((where < start).sum()) - skipped  # positions of the first item already cached
+        window = where[where >= start] - start
         deep = None
-        if self.deepstack and all(f[1] is not None for f in features):
-            layers = len(features[0][1])
-            deep = [mx.concatenate([f[1][k] for f in features]).astype(embeds.dtype) for k in range(layers)]
-        return embeds, deep, visual
+        if features and window.size:
+            main = mx.concatenate([f[0] for f in features])[drop:].astype(embeds.dtype)
+            embeds[0, mx.array(window)] = main
+            if self.deepstack and all(f[1] is not None for f in features):
+                layers = len(features[0][1])
+                deep = [mx.concatenate([f[1][k] for f in features])[drop:].astype(embeds.dtype) for k in range(layers)]
+        return embeds, deep, mx.array(visual_np[start:])[None]
 
 
 def _positions(shape: tuple[int, int], cache: list | None, rope_deltas: mx.array | None) -> mx.array:
