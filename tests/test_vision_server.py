@@ -181,6 +181,12 @@ def test_per_request_controls_on_vision_requests(client):
     # n continuations share one prefill of the image prompt
     two = ask(client, [1], n=2)
     assert [c.message.content for c in two.choices] == [ask(client, [1]).choices[0].message.content] * 2
+    # penalties apply to the vision row (greedy output changes, and the request is still reproducible)
+    plain = ask(client, [1], max_tokens=32).choices[0].message.content
+    penalised = ask(client, [1], max_tokens=32, frequency_penalty=2.0, presence_penalty=2.0).choices[0].message.content
+    assert penalised != plain
+    assert ask(client, [1], max_tokens=32, frequency_penalty=2.0,
+               presence_penalty=2.0).choices[0].message.content == penalised
     # stop string and logprobs
     full = ask(client, [1]).choices[0].message.content
     stop = full[3:5]
@@ -287,3 +293,9 @@ def test_image_by_http_url(client, qwen2vl):
             chat(client, openai_content(QUESTION, [f"http://localhost:{port}/missing.png"]))
     finally:
         httpd.shutdown()
+
+
+def test_deterministic_mode_runs_vision_rows_alone(start_server, qwen2vl, client):
+    det = start_server(qwen2vl, "--served-model-name", "vl", "--deterministic")
+    dc = openai.OpenAI(base_url=f"{det.base_url}/v1", api_key="x", max_retries=0)
+    assert ask(dc, [3]).choices[0].message.content == reference_greedy(qwen2vl, QUESTION, [IMAGES[3]], N)
