@@ -12,13 +12,23 @@ import anthropic
 import numpy as np
 import openai
 import pytest
-
 from vision_helpers import openai_content, reference_greedy, reference_greedy_video
+
 from vllm_mlx.engine.multimodal import MediaItem, MultimodalPrompt
-from vllm_mlx.media.decode import MediaDecodeError, MediaLimits, decode_image, decode_video
+from vllm_mlx.media.decode import (
+    MediaDecodeError,
+    MediaLimits,
+    decode_image,
+    decode_video,
+)
 from vllm_mlx.models.vision_loader import vision_evidence
-from vllm_mlx.testing.vision_models import (build_scripted_vision_model, build_tiny_vision_model, data_url,
-                                            random_image, random_video)
+from vllm_mlx.testing.vision_models import (
+    build_scripted_vision_model,
+    build_tiny_vision_model,
+    data_url,
+    random_image,
+    random_video,
+)
 
 QUESTION = [{"type": "text", "text": "What is in this picture?"}, {"type": "image"}]
 TOOLS = [{"type": "function", "function": {"name": "describe_image", "description": "Record what an image shows",

@@ -14,10 +14,15 @@ import anthropic
 import httpx
 import openai
 import pytest
-
 from vision_helpers import openai_content, reference_greedy, reference_greedy_video
+
 from vllm_mlx.media.decode import MediaLimits, decode_video
-from vllm_mlx.testing.vision_models import build_tiny_vision_model, data_url, random_image, random_video
+from vllm_mlx.testing.vision_models import (
+    build_tiny_vision_model,
+    data_url,
+    random_image,
+    random_video,
+)
 
 N = 12  # greedy tokens compared
 QUESTION = [{"type": "text", "text": "What is in this picture?"}, {"type": "image"}]

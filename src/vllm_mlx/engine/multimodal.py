@@ -23,7 +23,7 @@ class MediaItem:
     digest: bytes  # content hash of the processed pixels and grid: the vision-embedding cache key
 
     @staticmethod
-    def make(kind: str, pixel_values: np.ndarray, grid_thw, merge_size: int) -> "MediaItem":
+    def make(kind: str, pixel_values: np.ndarray, grid_thw, merge_size: int) -> MediaItem:
         pixels = np.ascontiguousarray(pixel_values, dtype=np.float32)
         grid = tuple(int(x) for x in grid_thw)
         h = hashlib.blake2b(digest_size=16)
@@ -47,7 +47,7 @@ class MultimodalPrompt:
     rope_delta: int = 0  # set by the engine at prefill: decode positions are cache offset + delta
 
     @staticmethod
-    def build(items: list[MediaItem], prompt_ids: list[int], media_token_ids: dict[str, int]) -> "MultimodalPrompt":
+    def build(items: list[MediaItem], prompt_ids: list[int], media_token_ids: dict[str, int]) -> MultimodalPrompt:
         """Check that the prompt's placeholder runs match the items, and derive the cache key."""
         placeholder = set(media_token_ids.values())
         key = list(prompt_ids)

@@ -82,7 +82,8 @@ def load_vision_model(path: Path, *, compute_dtype: str = "model", cache_bytes: 
     """Load with mlx-vlm on the calling (engine) thread; the model is wrapped for the engine."""
     import mlx.core as mx
     from mlx_lm.utils import load_tokenizer
-    from mlx_vlm.utils import get_model_type, load as vlm_load
+    from mlx_vlm.utils import get_model_type
+    from mlx_vlm.utils import load as vlm_load
 
     from ..engine.vision_model import SUPPORTED_ARCHITECTURES, VisionLanguageModel
 

@@ -16,8 +16,9 @@ calls from a vision request can be tested exactly.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .builders import FAMILY_SPECS, write_generation_config
 from .chat_templates import QWEN3_CHAT_TEMPLATE
@@ -47,7 +48,7 @@ _VISION_TEXT_OF = """\
 
 
 def vision_chat_template() -> str:
-    head, sep, body = QWEN3_CHAT_TEMPLATE.partition("{%- endmacro -%}\n")
+    _, sep, body = QWEN3_CHAT_TEMPLATE.partition("{%- endmacro -%}\n")
     assert sep, "the qwen3 template has no text_of macro"
     return _VISION_TEXT_OF + body
 
@@ -173,9 +174,9 @@ def _random_weights(config: dict[str, Any], seed: int, init_scale: float = 1.0) 
     mx.random.seed(seed)
     model = arch.Model(model_config)
     weights = {k: v.astype(mx.float32) for k, v in tree_flatten(model.parameters())}
-    for name in weights:  # a livelier random model: outputs depend visibly on every input
-        if name.endswith("embed_tokens.weight") or ".mlp." in name or name.endswith("merger.mlp.2.weight"):
-            weights[name] = weights[name] * init_scale
+    for name, value in weights.items():  # a livelier random model: outputs depend visibly on every input
+        if name.endswith("embed_tokens.weight") or ".mlp." in name:  # (the vision merger's MLP included)
+            weights[name] = value * init_scale
     mx.eval(weights)
     return weights
 
