@@ -166,6 +166,19 @@ def test_image_limits():
     with pytest.raises(MediaDecodeError, match="could not be decoded"):
         decode_image(b"GIF89a-truncated", MediaLimits())
     assert decode_image(random_image(1, fmt="JPEG"), MediaLimits()).mode == "RGB"
+    # transparency over white; EXIF orientation applied
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (4, 2), (0, 0, 0, 0)).save(buf, format="PNG")
+    assert decode_image(buf.getvalue(), MediaLimits()).getpixel((0, 0)) == (255, 255, 255)
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    Image.new("RGB", (8, 2)).save(buf, format="JPEG", exif=exif)
+    assert decode_image(buf.getvalue(), MediaLimits()).size == (2, 8)
 
 
 def test_mllm_flag_on_an_unsupported_architecture_fails_at_startup(start_server, tiny_qwen3):

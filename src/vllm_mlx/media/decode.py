@@ -49,6 +49,18 @@ def decode_image(data: bytes, limits: MediaLimits):
         raise MediaDecodeError(f"the image could not be decoded: {exc}") from None
     if width < 1 or height < 1:
         raise MediaDecodeError("the image is empty")
+    return _to_rgb(image)
+
+
+def _to_rgb(image):
+    """Upright (EXIF orientation applied) RGB; transparent pixels shown over white."""
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 
 
