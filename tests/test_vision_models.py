@@ -43,20 +43,23 @@ def qwen3vl(models_dir):
 
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
-def test_matches_mlx_vlm_alone_and_batched(start_server, models_dir, qwen3vl, arch):
+def test_matches_mlx_vlm_alone_and_batched(start_server, models_dir, arch):
     """Qwen2.5-VL (windowed vision attention) and Qwen3-VL (deepstack features, another mrope layout)."""
-    path = qwen3vl if arch == "qwen3_vl" else build_tiny_vision_model(models_dir / f"tiny-{arch}", arch)
-    server = start_server(path, "--served-model-name", "vl3")
+    # 224x224 images = 64 image tokens, more than one 32-token prefill chunk
+    path = build_tiny_vision_model(models_dir / f"tiny-{arch}-224", arch, max_pixels=224 * 224)
+    # a small step budget: image prompts are prefilled in chunks (an image run split across chunks)
+    server = start_server(path, "--served-model-name", "vl3", "--max-num-batched-tokens", "24")
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
-    images = {k: random_image(k) for k in (1, 2)}
+    images = {k: random_image(k, (224, 224)) for k in (1, 2)}
 
     def ask(key, n=10):
         content = openai_content(QUESTION, [data_url(images[key])])
         return client.chat.completions.create(model="vl3", messages=[{"role": "user", "content": content}],
                                               max_tokens=n, temperature=0, extra_body={"ignore_eos": True})
 
-    alone = ask(1).choices[0].message.content
-    assert alone == reference_greedy(path, QUESTION, [images[1]], 10)
+    first = ask(1)
+    assert first.usage.prompt_tokens > 64  # so it took several 32-token chunks
+    assert first.choices[0].message.content == reference_greedy(path, QUESTION, [images[1]], 10)
     results = {}
     threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, ask(k, 24).choices[0].message.content))
                for k in (1, 2)]

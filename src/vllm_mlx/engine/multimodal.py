@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +46,7 @@ class MultimodalPrompt:
     items: list[MediaItem]
     key_ids: list[int]
     rope_delta: int = 0  # set by the engine at prefill: decode positions are cache offset + delta
+    prefill_state: Any = None  # engine-thread state while the prompt is prefilled in chunks
 
     @staticmethod
     def build(items: list[MediaItem], prompt_ids: list[int], media_token_ids: dict[str, int]) -> MultimodalPrompt:

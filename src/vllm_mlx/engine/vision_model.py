@@ -13,10 +13,11 @@ on the language model (one request at a time); here every forward passes explici
 different images (and text rows, delta 0) decode in one batch and no state carries over between
 requests.
 
-Prefill of a prompt with media (:meth:`prefill_multimodal`) runs on the engine thread: the media
-items are encoded by the vision tower (or taken from the vision-embedding cache, keyed by their
-content hash), scattered into the token embeddings at the placeholder positions, and the remaining
-prompt (after any prefix-cache hit) is run in one forward with its mrope positions.
+Prefill of a prompt with media (:meth:`prefill_multimodal`) runs on the engine thread, in chunks
+like a text prompt: the media items a chunk covers are encoded by the vision tower (or taken from
+the vision-embedding cache, keyed by their content hash), scattered into the chunk's token
+embeddings at the placeholder positions, and the chunk runs with its slice of the prompt's mrope
+positions. Media inside a prefix-cache hit are not looked up at all.
 """
 
 from __future__ import annotations
@@ -120,20 +121,32 @@ class VisionLanguageModel:
         positions = _positions(inputs.shape, cache, rope_deltas)
         return self.language(inputs, cache=cache, position_ids=positions).logits
 
-    def prefill_multimodal(self, seq: Any) -> mx.array:
-        """Write the rest of ``seq``'s prompt (with its media) into ``seq.cache``; returns the last logits."""
+    def prefill_multimodal(self, seq: Any, num_tokens: int) -> mx.array | None:
+        """Write the next ``num_tokens`` prompt tokens of ``seq`` (media included) into ``seq.cache``.
+
+        Returns the last logits once the whole prompt is in, else None (chunked like a text prompt).
+        The prompt's positions and its media features are kept for the chunks of this prefill.
+        """
         mm: MultimodalPrompt = seq.request.multimodal
         if seq.cache is None:
             seq.cache = self.make_cache()
-        ids = mx.array(seq.prompt_ids)[None]
-        positions, delta = self.language.get_rope_index(ids, self._grid(mm.images), self._grid(mm.videos))
-        mm.rope_delta = int(np.array(delta).reshape(-1)[0])
+        state = mm.prefill_state
+        if state is None:
+            ids = mx.array(seq.prompt_ids)[None]
+            positions, delta = self.language.get_rope_index(ids, self._grid(mm.images), self._grid(mm.videos))
+            mm.rope_delta = int(np.array(delta).reshape(-1)[0])
+            state = mm.prefill_state = _PrefillState(positions, self._visual_layout(seq.prompt_ids, mm))
         start = seq.num_computed
-        embeds, deep, visual = self._prompt_embeddings(seq.prompt_ids, mm, start)
+        end = min(start + num_tokens, seq.num_prompt_tokens)
+        embeds, deep, visual = self._window_embeddings(seq.prompt_ids, mm, state, start, end)
         kwargs = {} if deep is None else {"visual_pos_masks": visual, "deepstack_visual_embeds": deep}
-        out = self.language(ids[:, start:], inputs_embeds=embeds, cache=seq.cache,
-                            position_ids=positions[..., start:], **kwargs)
-        seq.num_computed = seq.num_prompt_tokens
+        out = self.language(mx.array(seq.prompt_ids[start:end])[None], inputs_embeds=embeds, cache=seq.cache,
+                            position_ids=state.positions[..., start:end], **kwargs)
+        seq.num_computed = end
+        if end < seq.num_prompt_tokens:
+            mx.eval([c.state for c in seq.cache])
+            return None
+        mm.prefill_state = None  # the features stay in the vision-embedding cache only
         return out.logits[:, -1, :]
 
     def stats(self) -> dict:
@@ -169,34 +182,54 @@ class VisionLanguageModel:
         self.embeddings.put(item.digest, features)
         return features
 
-    def _prompt_embeddings(self, prompt_ids: list[int], mm: MultimodalPrompt, start: int):
-        """Embeddings of the prompt from ``start`` on, with the media features at their placeholder
-        positions (items in prompt order); media wholly before ``start`` (already in the cache from a
-        prefix hit) are not looked up. Also the deepstack features and visual mask of that window."""
+    def _visual_layout(self, prompt_ids: list[int], mm: MultimodalPrompt) -> np.ndarray:
+        """Prompt positions of the media placeholders, in order (item k fills the next num_tokens)."""
         flat = np.array(prompt_ids)
-        visual_np = (flat == self.image_token_id) | (flat == self.video_token_id)
-        where = np.nonzero(visual_np)[0]
-        if len(where) != sum(it.num_tokens for it in mm.items):
-            raise ValueError(f"{len(where)} media placeholder tokens for media that need "
-                             f"{sum(it.num_tokens for it in mm.items)}")
-        embeds = self.language.model.embed_tokens(mx.array(prompt_ids[start:])[None])
-        features, skipped, at = [], 0, 0
-        for item in mm.items:
-            if not features and where[at + item.num_tokens - 1] < start:
-                skipped += item.num_tokens  # wholly inside the cached prefix
-            else:
-                features.append(self._features(item))
-            at += item.num_tokens
-        drop = int((where < start).sum()) - skipped  # positions of the first item already cached
-        window = where[where >= start] - start
+        where = np.nonzero((flat == self.image_token_id) | (flat == self.video_token_id))[0]
+        need = sum(it.num_tokens for it in mm.items)
+        if len(where) != need:
+            raise ValueError(f"{len(where)} media placeholder tokens for media that need {need}")
+        return where
+
+    def _window_embeddings(self, prompt_ids: list[int], mm: MultimodalPrompt, state: _PrefillState,
+                           start: int, end: int):
+        """Embeddings of prompt[start:end] with the media features at their placeholder positions;
+        media outside the window (e.g. inside a prefix-cache hit) are not looked up. Also the window's
+        deepstack features and visual mask (Qwen3-VL)."""
+        embeds = self.language.model.embed_tokens(mx.array(prompt_ids[start:end])[None])
+        where = state.where
+        inside = np.nonzero((where >= start) & (where < end))[0]  # indices into the visual sequence
+        window_mask = np.zeros(end - start, dtype=bool)
+        window_mask[where[inside] - start] = True
+        if not inside.size:
+            return embeds, None, mx.array(window_mask)[None]
+        bounds = np.cumsum([0] + [it.num_tokens for it in mm.items])
+        first = int(np.searchsorted(bounds, inside[0], side="right")) - 1
+        last = int(np.searchsorted(bounds, inside[-1], side="right")) - 1
+        features = [state.features(k, mm.items[k], self._features) for k in range(first, last + 1)]
+        lo = int(inside[0] - bounds[first])
+        rows = slice(lo, lo + inside.size)
+        main = mx.concatenate([f[0] for f in features])[rows].astype(embeds.dtype)
+        embeds[0, mx.array(where[inside] - start)] = main
         deep = None
-        if features and window.size:
-            main = mx.concatenate([f[0] for f in features])[drop:].astype(embeds.dtype)
-            embeds[0, mx.array(window)] = main
-            if self.deepstack and all(f[1] is not None for f in features):
-                layers = len(features[0][1])
-                deep = [mx.concatenate([f[1][k] for f in features])[drop:].astype(embeds.dtype) for k in range(layers)]
-        return embeds, deep, mx.array(visual_np[start:])[None]
+        if self.deepstack and all(f[1] is not None for f in features):
+            layers = len(features[0][1])
+            deep = [mx.concatenate([f[1][k] for f in features])[rows].astype(embeds.dtype) for k in range(layers)]
+        return embeds, deep, mx.array(window_mask)[None]
+
+
+class _PrefillState:
+    """One multimodal prompt's positions and media features while it is prefilled chunk by chunk."""
+
+    def __init__(self, positions: mx.array, where: np.ndarray):
+        self.positions = positions  # (3, 1, prompt length) mrope position ids
+        self.where = where  # prompt positions of the media placeholders
+        self._features: dict[int, Any] = {}
+
+    def features(self, index: int, item: MediaItem, lookup) -> Any:
+        if index not in self._features:  # looked up (and counted) once per prefill
+            self._features[index] = lookup(item)
+        return self._features[index]
 
 
 def _positions(shape: tuple[int, int], cache: list | None, rope_deltas: mx.array | None) -> mx.array:
