@@ -111,6 +111,10 @@ class VisionLanguageModel:
         self.embeddings = VisionEmbeddingCache(cache_bytes)
         self.uses_rope_deltas = True
 
+    def parameters(self) -> dict:
+        """All weights (vision tower included), as an ``nn.Module`` reports them."""
+        return self.vlm.parameters()
+
     # -- what the runner calls --------------------------------------------------
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.layers]
