@@ -164,7 +164,7 @@ def test_precedence_flags_over_config_over_client_over_profile(tmp_path):
     ("dtype = \"float8\"\n", "must be one of auto, float32"),
     ("deterministic = 1\n", "must be true or false"),
     ("print-config = true\n", "can only be given on the command line"),
-    ("mllm = \"yes\"\n", "'mllm' must be a bool"),
+    ("mllm = \"yes\"\n", "'mllm' must be true or false"),
     ("profile = \"text-fancy\"\n", "unknown serving profile 'text-fancy'"),
     ("tool-call-parser = false\n", "not true/false"),
     ("max_tokens = [\n", "is not valid TOML"),

@@ -16,6 +16,7 @@ from .config_file import add_operator_flags
 from .operator_cli import OPERATOR_COMMANDS, add_operator_commands, run_operator_command, serve_main
 from .download import add_download_parser, run_download
 from .engine.request import SamplingParams
+from .media.decode import MediaLimits
 from .media.fetch import FetchPolicy
 
 
@@ -94,6 +95,16 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="host names exempt from the private-address check")
     m.add_argument("--media-local-dir", default=None,
                    help="allow file:// and absolute-path media inside this directory (off by default)")
+    v = p.add_argument_group("vision-language models (images and video, through mlx-vlm)")
+    v.add_argument("--mllm", action="store_true",
+                   help="load the model as a vision-language model (default: detected from its metadata)")
+    v.add_argument("--vision-cache-mb", type=int, default=512,
+                   help="vision-embedding cache, keyed by image content hash (default: %(default)s)")
+    v.add_argument("--max-image-pixels", type=int, default=40_000_000,
+                   help="largest decoded image (width x height) accepted (default: %(default)s)")
+    v.add_argument("--max-media-per-request", type=int, default=16, help="images + videos in one request")
+    v.add_argument("--video-fps", type=float, default=2.0, help="default video frame sampling rate")
+    v.add_argument("--video-max-frames", type=int, default=32, help="frames sampled from one video at most")
     d = p.add_argument_group("sampling defaults (used only when a request omits the field)")
     d.add_argument("--default-temperature", type=float, default=1.0)
     d.add_argument("--default-top-p", type=float, default=1.0)
@@ -167,6 +178,10 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         max_embedding_batch_tokens=args.max_embedding_batch_tokens,
         max_audio_upload_bytes=int(args.max_audio_upload_mb * 2**20),
         media_fetch=_media_fetch_policy(args),
+        media_limits=MediaLimits(max_image_pixels=args.max_image_pixels, max_images=args.max_media_per_request,
+                                 video_fps=args.video_fps, video_max_frames=args.video_max_frames),
+        mllm=args.mllm,
+        vision_cache_mb=args.vision_cache_mb,
         sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,

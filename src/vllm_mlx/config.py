@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .media.decode import MediaLimits
 from .media.fetch import FetchPolicy
 
 
@@ -56,6 +57,9 @@ class ServerConfig:
     max_embedding_batch_tokens: int = 8192  # padded tokens of one coalesced embedding forward
     max_audio_upload_bytes: int = 25 * 1024 * 1024
     media_fetch: FetchPolicy = field(default_factory=FetchPolicy)  # how request media URLs are fetched
+    media_limits: MediaLimits = field(default_factory=MediaLimits)  # decoded image/video limits
+    mllm: bool = False  # load the model as a vision-language model even if its metadata does not say so
+    vision_cache_mb: int = 512  # vision-embedding cache budget (by image content hash)
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     log_level: str = "info"
     shutdown_timeout: float = 30.0  # SIGTERM: drain window before remaining requests are ended
@@ -69,7 +73,6 @@ class ServerConfig:
     cors_methods: tuple[str, ...] = ("GET", "POST", "OPTIONS")
     cors_headers: tuple[str, ...] = ("Authorization", "Content-Type", "x-api-key", "anthropic-version", "anthropic-beta")
     cors_allow_credentials: bool = False
-    mllm: bool = False  # set by the mllm-* serving profiles
     # batch-divergence monitor (see docs/divergence-monitor.md)
     batch_divergence_monitor: bool = False
     batch_divergence_threshold: float = 0.95

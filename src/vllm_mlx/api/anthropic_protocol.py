@@ -66,6 +66,23 @@ def _text_of(blocks: str | list[dict[str, Any]], where: str) -> str:
     return "\n".join(texts) if len(texts) > 1 else "".join(texts)
 
 
+def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
+    """An Anthropic image block (base64 or url source) as an OpenAI image_url content part."""
+    source = block.get("source") or {}
+    kind = source.get("type")
+    if kind == "base64":
+        if not source.get("data") or not source.get("media_type"):
+            raise APIError(400, f"{where}: a base64 image source needs media_type and data", param=where)
+        url = f"data:{source['media_type']};base64,{source['data']}"
+    elif kind == "url":
+        if not source.get("url"):
+            raise APIError(400, f"{where}: a url image source needs url", param=where)
+        url = source["url"]
+    else:
+        raise APIError(400, f"{where}: images need a source of type base64 or url, not {kind!r}", param=where)
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
 def _tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
     content = block.get("content")
     text = "" if content is None else _text_of(content, where)
@@ -82,6 +99,7 @@ def _convert_message(message: AnthropicMessage, i: int) -> list[dict[str, Any]]:
     if isinstance(message.content, str):
         return [{"role": message.role, "content": message.content}]
     texts: list[str] = []
+    images: list[tuple[int, dict[str, Any]]] = []  # (position among the text blocks, part)
     reasoning: list[str] = []
     calls: list[dict[str, Any]] = []
     tool_results: list[dict[str, Any]] = []
@@ -90,8 +108,10 @@ def _convert_message(message: AnthropicMessage, i: int) -> list[dict[str, Any]]:
         here = f"{where}.{j}"
         if kind == "text":
             texts.append(str(block.get("text") or ""))
+        elif kind == "image" and message.role == "user":
+            images.append((len(texts), _image_part(block, here)))
         elif kind in ("image", "document"):
-            raise APIError(400, f"{here}: this model does not accept images or documents", param=here)
+            raise APIError(400, f"{here}: this model does not accept {kind}s here", param=here)
         elif kind == "tool_use" and message.role == "assistant":
             if not block.get("name"):
                 raise APIError(400, f"{here}: tool_use needs a name", param=here)
@@ -116,6 +136,13 @@ def _convert_message(message: AnthropicMessage, i: int) -> list[dict[str, Any]]:
         return [out]
     if message.role == "system":
         return [{"role": "system", "content": text}]
+    if images:  # content parts keep the images where they stood among the text blocks
+        parts: list[dict[str, Any]] = []
+        for k, t in enumerate(texts + [None]):
+            parts += [part for at, part in images if at == k]
+            if t is not None:
+                parts.append({"type": "text", "text": t if k == 0 else "\n" + t})
+        return tool_results + [{"role": "user", "content": parts}]
     return tool_results + ([{"role": "user", "content": text}] if text or not tool_results else [])
 
 

@@ -157,7 +157,7 @@ async def messages(req: MessagesRequest, raw: Request):
     if req.model_extra:
         state.warn_unknown_fields(req, "/v1/messages")  # type: ignore[arg-type]
     prepared = await state.tokenize(_prepare, state, req)
-    chat, spec, rendered = prepared.chat, prepared.spec, prepared.rendered
+    chat, spec, rendered = prepared.chat, prepared.spec, await state.prepare_media(prepared.rendered)
     max_tokens = chat.max_tokens
     if max_tokens is not None:  # clients ask for a lot (Claude Code: 32000); clamp to the context left
         max_tokens = min(max_tokens, max(state.max_model_len - len(rendered.ids), 1))
@@ -218,7 +218,7 @@ async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, mode
 async def count_tokens(req: MessagesRequest, raw: Request):
     state = await serving_for(raw, req.model)
     prepared = await state.tokenize(_prepare, state, req)
-    return JSONResponse({"input_tokens": len(prepared.rendered.ids)})
+    return JSONResponse({"input_tokens": len((await state.prepare_media(prepared.rendered)).ids)})
 
 
 @router.api_route("/", methods=["GET", "HEAD"])

@@ -36,6 +36,13 @@ class EngineCollector:
             yield GaugeMetricFamily("vllm_mlx_prefix_cache_bytes", "Bytes held by the prefix cache", value=cache["bytes"])
             yield GaugeMetricFamily("vllm_mlx_prefix_cache_token_hit_rate",
                                     "Prompt tokens reused / prompt tokens looked up", value=cache["token_hit_rate"])
+        vision = getattr(stats, "vision_cache", None)
+        if vision:
+            for key, help_text in (("hits", "Media whose vision embedding came from the cache"),
+                                   ("misses", "Media encoded by the vision tower"),
+                                   ("bytes", "Bytes held by the vision-embedding cache"),
+                                   ("encode_seconds", "Seconds spent in the vision tower")):
+                yield GaugeMetricFamily(f"vllm_mlx_vision_cache_{key}", help_text, value=vision[key])
 
 
 class ServerMetrics:

@@ -15,8 +15,10 @@ from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineConfig
 from ..models.loader import LoadedModel, load_model
+from ..models.vision_loader import load_vision_model, vision_evidence
 from ..platform import detect_backend
 from .serving import ServingState
+from .vision_inputs import VisionInputs
 
 logger = logging.getLogger("vllm_mlx")
 
@@ -42,8 +44,13 @@ def model_loader(config: ServerConfig, source: str | Path):
     def load() -> LoadedModel:
         backend = detect_backend(BLAS_STATUS, config.dtype)
         logger.info("%s", backend.describe())
-        loaded = load_model(str(source), compute_dtype=backend.compute_dtype,
-                            trust_remote_code=config.trust_remote_code)
+        if config.mllm or vision_evidence(Path(source)):
+            loaded = load_vision_model(Path(source), compute_dtype=backend.compute_dtype,
+                                       cache_bytes=config.vision_cache_mb << 20,
+                                       trust_remote_code=config.trust_remote_code)
+        else:
+            loaded = load_model(str(source), compute_dtype=backend.compute_dtype,
+                                trust_remote_code=config.trust_remote_code)
         loaded.backend = backend
         loaded.weight_bytes = sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters()))
         return loaded
@@ -75,4 +82,6 @@ def build_serving(config: ServerConfig, engine: AsyncEngine, names: tuple[str, .
         defaults=config.sampling_defaults,
         strict_model_id=config.strict_model_id if strict_model_id is None else strict_model_id,
         **choose_output_parsers(loaded.tokenizer, config.tool_call_parser, config.reasoning_parser),
+        vision=VisionInputs(loaded.vision, loaded.tokenizer, config.media_fetch, config.media_limits)
+        if loaded.vision else None,
     )

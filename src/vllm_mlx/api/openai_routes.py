@@ -222,8 +222,12 @@ async def _completion_stream(
 
 @router.get("/v1/cache/stats")
 async def cache_stats(raw: Request):
-    stats = (await serving_for(raw, raw.query_params.get("model"))).engine.stats.prefix_cache
-    return JSONResponse({"enabled": stats is not None, **(stats or {})})
+    engine_stats = (await serving_for(raw, raw.query_params.get("model"))).engine.stats
+    stats = engine_stats.prefix_cache
+    body = {"enabled": stats is not None, **(stats or {})}
+    if engine_stats.vision_cache is not None:
+        body["vision_embeddings"] = engine_stats.vision_cache
+    return JSONResponse(body)
 
 
 @router.post("/v1/cache/clear")

@@ -91,10 +91,29 @@ def _text(content: Any, param: str) -> str:
         elif kind == "refusal":
             texts.append(part.get("refusal") or "")
         elif kind == "input_image":
-            raise APIError(400, "this model does not accept images", param=param)
+            raise APIError(400, "images are accepted only in user messages", param=param)
         else:
             raise APIError(400, f"content part type {kind!r} is not supported by this text model", param=param)
     return "".join(texts)
+
+
+def _parts(content: list, param: str) -> list[dict]:
+    """A user message's content with images, as chat content parts (input_image -> image_url)."""
+    parts = []
+    for j, part in enumerate(content):
+        if isinstance(part, str):
+            parts.append({"type": "text", "text": part})
+        elif part.get("type") == "input_image":
+            url = part.get("image_url")
+            if not url:
+                raise APIError(400, "input_image needs image_url (a data: or http(s) URL); file_id is not supported",
+                               param=f"{param}.{j}")
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        elif part.get("type") == "input_video":
+            parts.append({"type": "video_url", "video_url": {"url": part.get("video_url")}})
+        else:
+            parts.append({"type": "text", "text": _text([part], f"{param}.{j}")})
+    return parts
 
 
 def input_messages(items: str | list[dict[str, Any]]) -> list[dict]:
@@ -109,8 +128,13 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict]:
             role = item.get("role")
             if role not in ("user", "assistant", "system", "developer"):
                 raise APIError(400, f"unknown message role {role!r}", param=f"{param}.role")
+            content = item.get("content")
+            if role == "user" and isinstance(content, list) and any(
+                    isinstance(p, dict) and p.get("type") in ("input_image", "input_video") for p in content):
+                messages.append({"role": "user", "content": _parts(content, f"{param}.content")})
+                continue
             messages.append({"role": "system" if role == "developer" else role,
-                             "content": _text(item.get("content"), f"{param}.content")})
+                             "content": _text(content, f"{param}.content")})
         elif kind == "function_call":
             if not item.get("call_id") or not item.get("name"):
                 raise APIError(400, "a function_call item needs call_id and name", param=param)

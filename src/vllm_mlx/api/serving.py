@@ -20,6 +20,7 @@ from .chat_output import OutputParsing, history_message
 from ..engine.request import FinishReason, GenerationOutput, GenerationRequest, SamplingParams
 from .errors import APIError
 from .protocol import ChatCompletionRequest, ChatMessage, OpenAIRequest, SamplingFields
+from .vision_inputs import template_parts
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class RenderedChat:
     ids: list[int]
     text: str
     thinking: bool  # the template let the model reason (enable_thinking not switched off)
+    media: tuple = ()  # vision_inputs.MediaRef of each image/video, in message order
+    multimodal: Any = None  # engine.multimodal.MultimodalPrompt, once the media are prepared
 
 
 @dataclass
@@ -59,6 +62,7 @@ class ServingState:
     tool_parser: str | None = None  # output parsers for this model (detected or from the flags)
     reasoning_parser: str | None = None
     special_tokens: frozenset[str] = frozenset()  # tokens the detokenizer drops unless told to keep them
+    vision: Any = None  # vision_inputs.VisionInputs for a vision-language model (None: text-only)
 
     # -- request checks -------------------------------------------------------
     def admit(self, req: SamplingFields, route: str) -> None:
@@ -153,7 +157,8 @@ class ServingState:
     # -- prompts ----------------------------------------------------------------
     def render_chat(self, req: ChatCompletionRequest, constrained: bool = False) -> RenderedChat:
         """The prompt (ids and text), and whether the model will think (reason) before answering."""
-        messages = [history_message(_message_dict(m)) for m in req.messages]
+        media: list | None = [] if self.vision is not None else None
+        messages = [history_message(_message_dict(m, media, f"messages.{i}.content")) for i, m in enumerate(req.messages)]
         kwargs = dict(req.chat_template_kwargs or {})
         if req.reasoning_effort is not None:
             kwargs.setdefault("reasoning_effort", req.reasoning_effort)
@@ -172,7 +177,7 @@ class ServingState:
         except Exception as exc:  # template errors are the request's fault (e.g. bad role order)
             raise APIError(400, f"the chat template could not render these messages: {exc}", param="messages")
         thinking = kwargs.get("enable_thinking", True) is not False
-        return RenderedChat(self.tokenizer.encode(prompt, add_special_tokens=False), prompt, thinking)
+        return RenderedChat(self.tokenizer.encode(prompt, add_special_tokens=False), prompt, thinking, tuple(media or ()))
 
     def output_parsing(self, req: ChatCompletionRequest, rendered: RenderedChat) -> OutputParsing:
         """Which parsers read this request's output: reasoning when the model thinks, tool calls
@@ -311,6 +316,13 @@ class ServingState:
                            param="tool_choice")
         return spec or forced_tools
 
+    async def prepare_media(self, rendered: RenderedChat) -> RenderedChat:
+        """Fetch, decode and process a rendered chat's images/video: the prompt grows by their tokens."""
+        if not rendered.media or rendered.multimodal is not None:
+            return rendered
+        ids, mm = await self.vision.prepare(rendered.text, list(rendered.media))
+        return RenderedChat(ids, rendered.text, rendered.thinking, rendered.media, mm)
+
     async def start_chat(
         self, req: ChatCompletionRequest, request_id: str, rendered: RenderedChat,
         spec: tuple[str, StructuredSpec] | None, max_tokens: int | None,
@@ -318,6 +330,7 @@ class ServingState:
     ) -> ChatRun:
         """Sampling, constraint, output parsing and the engine stream for a rendered chat request —
         the same for chat completions, Responses and Anthropic Messages."""
+        rendered = await self.prepare_media(rendered)
         parsing = self.output_parsing(req, rendered)
         params = self.sampling_params(req, len(rendered.ids), max_tokens, logprobs=logprobs, top_logprobs=top_logprobs)
         constraint = await self.compile_constraint(*reversed(spec)) if spec else None
@@ -326,35 +339,28 @@ class ServingState:
             self.reasoning_end_tokens(parsing.starts_in_reasoning) if spec else (),
             keep_special_tokens=self.keep_special_tokens(parsing),
             reasoning_markers=self.reasoning_markers(parsing) if req.max_thinking_tokens is not None else None,
-            starts_in_reasoning=parsing.starts_in_reasoning,
+            starts_in_reasoning=parsing.starts_in_reasoning, multimodal=rendered.multimodal,
         )
         return ChatRun(parsing, params, stream)
 
     async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                        constraint: Any = None, constraint_after: tuple[int, ...] = (),
                        keep_special_tokens: bool = False, reasoning_markers=None,
-                       starts_in_reasoning: bool = False) -> AsyncIterator[GenerationOutput]:
+                       starts_in_reasoning: bool = False, multimodal: Any = None) -> AsyncIterator[GenerationOutput]:
         request = GenerationRequest(request_id=request_id, prompt_token_ids=prompt_ids, sampling=params,
                                     constraint=constraint, constraint_after=constraint_after,
                                     keep_special_tokens=keep_special_tokens, reasoning_markers=reasoning_markers,
-                                    starts_in_reasoning=starts_in_reasoning)
+                                    starts_in_reasoning=starts_in_reasoning, multimodal=multimodal)
         async for out in self.engine.generate(request):
             yield out
 
 
-def _message_dict(message: ChatMessage) -> dict[str, Any]:
+def _message_dict(message: ChatMessage, media: list | None = None, where: str = "messages") -> dict[str, Any]:
+    """A chat message for the template; image/video parts are collected in ``media`` (None: text-only model)."""
     data = message.model_dump(exclude_none=True)
     content = message.content
     if isinstance(content, list):
-        texts = []
-        for part in content:
-            if part.type in ("text", "input_text") and part.text is not None:
-                texts.append(part.text)
-            else:
-                raise APIError(
-                    400, f"content part type '{part.type}' is not supported by this text model", param="messages"
-                )
-        data["content"] = "".join(texts)
+        data["content"] = template_parts(content, media, where)
     elif content is None:
         data["content"] = ""
     return data

@@ -41,3 +41,4 @@ class EngineStats:
     prefix_cache: dict | None = None  # PrefixCacheStats as a dict, when the cache is on
     max_num_seqs: int = 0  # the admission bound in force (1 when generation is serialized)
     peak_active: int = 0  # most sequences running or prefilling at once since the bound last changed
+    vision_cache: dict | None = None  # vision-embedding cache stats, for a vision-language model

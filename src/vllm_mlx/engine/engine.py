@@ -141,7 +141,7 @@ class LLMEngine:
 
     def _reuse_prefix(self, seq: Sequence) -> None:
         """On admission: start the sequence from the longest cached prefix of its prompt."""
-        hit = self.prefix_cache.lookup(seq.prompt_ids)
+        hit = self.prefix_cache.lookup(seq.prefix_key)
         if hit.num_tokens:
             seq.cache, seq.num_computed, seq.num_cached_tokens = hit.cache, hit.num_tokens, hit.num_tokens
 
@@ -159,7 +159,7 @@ class LLMEngine:
         rows = {s: i for i, s in enumerate(self.runner.batch_seqs)}
         for seq in done:
             if seq in rows and seq.finish_reason in (FinishReason.STOP, FinishReason.LENGTH):
-                tokens = seq.prompt_ids + seq.output_ids
+                tokens = seq.prefix_key + seq.output_ids
                 self._remember(tokens, [c.extract(rows[seq]) for c in self.runner.batch_cache])
 
     @property
@@ -175,6 +175,10 @@ class LLMEngine:
             stats |= {"disk_writes": cache.disk.writes, "disk_reads": cache.disk.reads,
                       "disk_rejected": cache.disk.rejected, "disk_folder": str(cache.disk.folder)}
         return stats
+
+    def _vision_stats(self) -> dict | None:
+        model = getattr(self.loaded, "model", None)
+        return model.stats() if hasattr(model, "prefill_multimodal") else None
 
     def _probe_vocab_size(self) -> int:
         """The logits width (may exceed the tokenizer's size); the one forward also warms the model up."""
@@ -396,7 +400,8 @@ class LLMEngine:
         """
         groups, together = [], set()
         if self.runner.can_prefill_together:
-            whole = [seq for seq, n in chunks if seq.num_computed == 0 and n == seq.num_prompt_tokens]
+            whole = [seq for seq, n in chunks if seq.num_computed == 0 and n == seq.num_prompt_tokens
+                     and seq.request.multimodal is None]
             for group in group_for_padding(whole):
                 if len(group) < 2:
                     continue
@@ -425,7 +430,7 @@ class LLMEngine:
                 continue
             self._counters["prompt"] += n
             if logits is not None:
-                self._remember(seq.prompt_ids, seq.cache)
+                self._remember(seq.prefix_key, seq.cache)
                 done.append(seq)
                 last_logits.append(logits)
         if done:
@@ -455,6 +460,7 @@ class LLMEngine:
             generation_tokens=c["generated"],
             prompts_prefilled_together=c["together"],
             prefix_cache=self._prefix_cache_stats(),
+            vision_cache=self._vision_stats(),
             steps=c["steps"],
             state=state or self.stats.state,
             batch_rows=len(self.runner.batch_seqs),

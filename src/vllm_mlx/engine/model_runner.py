@@ -47,6 +47,8 @@ class ModelRunner:
         Returns the logits (1, vocab) of the last prompt position once the whole
         prompt is in the cache, else None.
         """
+        if seq.request.multimodal is not None:
+            return self.model.prefill_multimodal(seq, num_tokens)  # media embedded at their placeholders
         if seq.cache is None:
             seq.cache = make_prompt_cache(self.model)
         start = seq.num_computed
@@ -119,8 +121,20 @@ class ModelRunner:
     def decode(self) -> mx.array:
         """One decode step for every row from its pending token -> logits (B, vocab)."""
         tokens = self.rows["tokens"]
+        deltas = self._rope_deltas()
         if self.deterministic:
-            return mx.concatenate(
-                [self.model(tokens[i : i + 1, None], cache=s.cache)[:, -1, :] for i, s in enumerate(self.batch_seqs)]
-            )
-        return self.model(tokens[:, None], cache=self.batch_cache)[:, -1, :]
+            return mx.concatenate([
+                self.model(tokens[i : i + 1, None], cache=s.cache,
+                           **({} if deltas is None else {"rope_deltas": deltas[i : i + 1]}))[:, -1, :]
+                for i, s in enumerate(self.batch_seqs)
+            ])
+        if deltas is None:
+            return self.model(tokens[:, None], cache=self.batch_cache)[:, -1, :]
+        return self.model(tokens[:, None], cache=self.batch_cache, rope_deltas=deltas)[:, -1, :]
+
+    def _rope_deltas(self) -> mx.array | None:
+        """Per-row position offsets of a vision-language model's rows (None when all are 0)."""
+        if not getattr(self.model, "uses_rope_deltas", False):
+            return None
+        deltas = [s.rope_delta for s in self.batch_seqs]
+        return mx.array(deltas) if any(deltas) else None

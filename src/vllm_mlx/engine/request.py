@@ -99,6 +99,9 @@ class GenerationRequest:
     # already opened reasoning.
     reasoning_markers: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     starts_in_reasoning: bool = False
+    # Images/video of a vision request (multimodal.MultimodalPrompt: numpy arrays; the engine makes the
+    # MLX arrays on its own thread), or None for a text request.
+    multimodal: Any = None
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,19 @@ class Sequence:
         return None
 
     @property
+    def prefix_key(self) -> list[int]:
+        """The prompt as the prefix cache keys it: the token ids, with media placeholders replaced by
+        ids derived from the media's content hash (placeholders alone are the same for every image)."""
+        mm = self.request.multimodal
+        return self.prompt_ids if mm is None else mm.key_ids
+
+    @property
+    def rope_delta(self) -> int:
+        """Position offset of this row's decode tokens (mrope models, after media in the prompt)."""
+        mm = self.request.multimodal
+        return 0 if mm is None else mm.rope_delta
+
+    @property
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_ids)
 

@@ -32,6 +32,7 @@ class LoadedModel:
     path: Path
     max_model_len: int
     backend: Any = None  # vllm_mlx.platform.BackendInfo, set by the server
+    vision: Any = None  # vision_loader.VisionInfo for a vision-language model
 
 
 def resolve_model_path(model: str) -> Path:

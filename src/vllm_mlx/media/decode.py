@@ -1,0 +1,107 @@
+"""Decoding request media: images with Pillow, video frames with PyAV, within configured limits.
+
+Failures raise :class:`MediaDecodeError` (a client error: the bytes are not a usable image/video).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class MediaDecodeError(ValueError):
+    """The media bytes could not be decoded, or exceed a limit."""
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    max_image_pixels: int = 40_000_000  # decoded width x height of one image (checked before decoding)
+    max_images: int = 16  # images + videos in one request
+    video_fps: float = 2.0  # default frame sampling rate
+    video_max_frames: int = 32  # frames sampled from one video at most
+    video_max_seconds: float = 600.0  # longest video accepted
+
+
+@dataclass
+class DecodedVideo:
+    frames: list[np.ndarray]  # (H, W, 3) uint8, in time order
+    frame_indices: list[int]  # source frame index of each sampled frame
+    source_fps: float
+    sample_fps: float  # the rate the frames were taken at
+
+
+def decode_image(data: bytes, limits: MediaLimits):
+    """An RGB ``PIL.Image`` of ``data``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > limits.max_image_pixels:
+            raise MediaDecodeError(f"the image is {width}x{height} pixels, more than the "
+                                   f"{limits.max_image_pixels} pixels this server accepts")
+        image.load()
+    except MediaDecodeError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise MediaDecodeError(f"the image could not be decoded: {exc}") from None
+    if width < 1 or height < 1:
+        raise MediaDecodeError("the image is empty")
+    return _to_rgb(image)
+
+
+def _to_rgb(image):
+    """Upright (EXIF orientation applied) RGB; transparent pixels shown over white."""
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_video(data: bytes, limits: MediaLimits, fps: float | None = None,
+                 max_frames: int | None = None) -> DecodedVideo:
+    """Frames sampled at ``fps`` (default ``limits.video_fps``), at most ``max_frames`` (capped by
+    ``limits.video_max_frames``); when the video is longer the frames are spread evenly over it."""
+    import av
+
+    fps = limits.video_fps if fps is None else fps
+    cap = limits.video_max_frames if max_frames is None else min(max_frames, limits.video_max_frames)
+    if not fps > 0 or cap < 1:
+        raise MediaDecodeError("video fps must be positive and max_frames at least 1")
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise MediaDecodeError("the file has no video stream")
+            stream = container.streams.video[0]
+            source_fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+            duration = container.duration / 1e6 if container.duration else (
+                stream.frames / source_fps if stream.frames else None)
+            if duration is not None and duration > limits.video_max_seconds:
+                raise MediaDecodeError(f"the video lasts {duration:.0f} s, longer than the "
+                                       f"{limits.video_max_seconds:g} s this server accepts")
+            # Sample times: every 1/fps seconds, spread evenly over the video when that exceeds the cap.
+            count = cap if duration is None else max(1, min(cap, int(duration * fps) or 1))
+            step = 1.0 / fps if duration is None else max(duration / count, 1.0 / fps) if count > 1 else 0.0
+            frames, indices = [], []
+            for i, frame in enumerate(container.decode(stream)):
+                t = frame.time if frame.time is not None else i / source_fps
+                if t > limits.video_max_seconds:
+                    raise MediaDecodeError(f"the video is longer than {limits.video_max_seconds:g} seconds")
+                if t + 1e-6 >= len(frames) * step:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                    indices.append(i)
+                    if len(frames) >= count:
+                        break
+    except MediaDecodeError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
+        raise MediaDecodeError(f"the video could not be decoded: {exc}") from None
+    if not frames:
+        raise MediaDecodeError("the video has no frames")
+    return DecodedVideo(frames, indices, source_fps, 1.0 / step if step else fps)
