@@ -28,7 +28,7 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def setting(resolved, key):
-    return resolved.extras[key] if key in resolved.extras else getattr(resolved.namespace, key)
+    return getattr(resolved.namespace, key)
 
 
 # -- serving profiles -----------------------------------------------------------------------------
@@ -260,17 +260,6 @@ def test_doctor_model_checks(tiny_qwen3, tmp_path):
     assert "[FAIL] tokenizer" in result.stdout and "[FAIL] weights: no *.safetensors" in result.stdout
     missing = run_cli("doctor", str(tmp_path / "absent"))
     assert missing.returncode == 1 and "[FAIL] model files" in missing.stdout
-
-
-def test_settings_this_build_cannot_honour_are_refused_at_serve():
-    from vllm_mlx.config_file import SettingSpace, subparser
-
-    space = SettingSpace.of(subparser(build_parser(), "serve"))
-    if "mllm" in space.actions:
-        pytest.skip("this build has --mllm: mllm profiles are served")
-    result = run_cli("serve", "--profile", "mllm-default")
-    assert result.returncode == 2
-    assert "mllm=True (from profile mllm-default)" in result.stderr and "silently ignored" in result.stderr
 
 
 def test_client_context_read_from_a_local_folder_or_the_hub_cache(tiny_qwen3, tmp_path):

@@ -2,9 +2,8 @@
 
 Every serve option can be set in a TOML or YAML file; keys are the option names with ``-`` or ``_``
 (``max-num-seqs``, ``max_num_seqs``, ``no-prefix-cache``) or the option's destination
-(``prefix_cache = false``). Keys that are :class:`ServerConfig` fields without a flag (set by the
-mllm-* profiles, see FLAGLESS) are accepted too. An unknown key, a wrong type or a value outside an option's
-choices is an error naming the file and key.
+(``prefix_cache = false``). An unknown key, a wrong type or a value outside an option's choices is an
+error naming the file and key.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import argparse
 import json
 import sys
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,10 +20,6 @@ from .config import ServerConfig
 from .profiles import ProfileError, client_profile, serving_profile
 
 META = frozenset({"help", "config", "print_config", "print_format"})  # command-line only
-# ServerConfig fields that profiles and config files may set although no serve option exists for them yet
-# (the mllm-* profiles ask for them); once an option of the same name exists, it takes over
-FLAGLESS = ("mllm", "batch_divergence_monitor", "batch_divergence_threshold", "batch_divergence_action",
-            "batch_divergence_interval")
 # ServerConfig fields this module fills from the options it adds (add_operator_flags)
 OPERATOR_FIELDS = ("profile", "client", "rate_limit", "cors_origins", "cors_methods", "cors_headers",
                    "cors_allow_credentials")
@@ -95,11 +90,10 @@ def load_config_file(path: str) -> dict:
 
 @dataclass
 class SettingSpace:
-    """What keys may be set: serve options (by destination or option name) and flagless ServerConfig fields."""
+    """What keys may be set: serve options, by destination or option name."""
 
     actions: dict[str, argparse.Action]  # dest -> action
     aliases: dict[str, argparse.Action]  # normalized option name -> action
-    extras: dict[str, Any]  # ServerConfig field -> default
 
     @classmethod
     def of(cls, serve: argparse.ArgumentParser) -> "SettingSpace":
@@ -110,9 +104,7 @@ class SettingSpace:
             actions.setdefault(a.dest, a)
             for opt in a.option_strings:
                 aliases[opt.lstrip("-").replace("-", "_")] = a
-        known = {f.name for f in fields(ServerConfig)}
-        extras = {name: getattr(ServerConfig(), name) for name in FLAGLESS if name in known and name not in actions}
-        return cls(actions, aliases, extras)
+        return cls(actions, aliases)
 
     def setting(self, key: str, value: Any, where: str) -> tuple[str, Any]:
         """(destination, checked value) for one key of a profile or config file."""
@@ -124,8 +116,6 @@ class SettingSpace:
         if norm in self.aliases:
             action = self.aliases[norm]
             return action.dest, _coerce(action, value, where, key, by_dest=norm == action.dest)
-        if norm in self.extras:
-            return norm, _coerce_extra(self.extras[norm], value, where, key)
         raise ConfigError(f"{where}: unknown setting '{key}' (settings are `vllm-mlx serve` option names; "
                           f"see `vllm-mlx serve --help`)")
 
@@ -170,20 +160,9 @@ def _scalar(action: argparse.Action, value: Any, bad: Callable[[str], ConfigErro
     return value
 
 
-def _coerce_extra(default: Any, value: Any, where: str, key: str) -> Any:
-    ok = (isinstance(value, bool) if isinstance(default, bool) else
-          isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float) else
-          isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int) else
-          isinstance(value, str) if isinstance(default, str) else True)
-    if not ok:
-        raise ConfigError(f"{where}: '{key}' must be a {type(default).__name__} (got {value!r})")
-    return float(value) if isinstance(default, float) else value
-
-
 @dataclass
 class Resolved:
     namespace: argparse.Namespace  # every serve option, resolved
-    extras: dict[str, Any]  # flagless ServerConfig fields, resolved
     sources: dict[str, str] = field(default_factory=dict)  # setting -> where its value came from
 
 
@@ -223,14 +202,13 @@ def resolve_serve_settings(build_parser: Callable[[], argparse.ArgumentParser], 
     layers.append((f"config {ns.config}", file_settings))
     layers.append(("command line", {k: v for k, v in given.items() if k not in META}))
     values = {dest: getattr(ns, dest) for dest in space.actions}
-    extras = dict(space.extras)
     sources: dict[str, str] = {}
     for source, settings in layers:
         for dest, value in settings.items():
-            (extras if dest in space.extras else values)[dest] = value
+            values[dest] = value
             sources[dest] = source
     merged = argparse.Namespace(**{**vars(ns), **values})
-    return Resolved(merged, extras, sources)
+    return Resolved(merged, sources)
 
 
 def _checked(space: SettingSpace, settings: dict, where: str) -> dict:
@@ -247,17 +225,13 @@ def apply_operator_settings(config: ServerConfig, resolved: Resolved) -> ServerC
     values = {name: getattr(ns, name) for name in OPERATOR_FIELDS}
     for name in ("cors_origins", "cors_methods", "cors_headers"):
         values[name] = tuple(values[name])
-    extras = dict(resolved.extras)
-    action = extras.get("batch_divergence_action")
-    if action not in (None, "warn", "serialize"):
-        raise ConfigError(f"batch_divergence_action must be warn or serialize (got {action!r})")
-    return replace(config, **values, **extras)
+    return replace(config, **values)
 
 
 def printable_settings(resolved: Resolved) -> dict[str, Any]:
     """Every resolved setting under its option name; keys redacted; suitable for --config."""
     out = {}
-    for dest, value in sorted({**vars(resolved.namespace), **resolved.extras}.items()):
+    for dest, value in sorted(vars(resolved.namespace).items()):
         if dest in META or dest == "command":
             continue
         if dest == "api_key" and value:

@@ -66,22 +66,10 @@ def serve_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[s
     if resolved.namespace.print_config:
         print(format_settings(resolved, resolved.namespace.print_format))
         return 0
-    inert = unavailable_settings(resolved)
-    if inert:
-        return fail(ConfigError(f"{', '.join(inert)}: this build has no such option yet, so the setting would be "
-                                "silently ignored; drop it (or the profile that sets it)"))
     warn_if_exposed(config)
     if config.client:
         print(client_instructions(client_profile(config.client), endpoint_for(config)), flush=True)
     return run_server(config)
-
-
-def unavailable_settings(resolved) -> list[str]:
-    """Flagless ServerConfig settings (set by a profile or file) that differ from their defaults: no code
-    in this build reads them until their options exist (e.g. --mllm, --batch-divergence-monitor)."""
-    defaults = ServerConfig()
-    return [f"{k}={v!r} (from {resolved.sources[k]})" for k, v in resolved.extras.items()
-            if k in resolved.sources and v != getattr(defaults, k)]
 
 
 def served_name(config: ServerConfig) -> str:
