@@ -304,3 +304,9 @@ def test_deterministic_mode_runs_vision_rows_alone(start_server, qwen2vl, client
     det = start_server(qwen2vl, "--served-model-name", "vl", "--deterministic")
     dc = openai.OpenAI(base_url=f"{det.base_url}/v1", api_key="x", max_retries=0)
     assert ask(dc, [3]).choices[0].message.content == reference_greedy(qwen2vl, QUESTION, [IMAGES[3]], N)
+
+
+def test_capabilities_report_image_and_video_input(server):
+    caps = httpx.get(f"{server.base_url}/v1/capabilities").json()
+    assert caps["model"]["multimodal"] is True
+    assert caps["modalities"]["input"] == ["text", "image", "video"]

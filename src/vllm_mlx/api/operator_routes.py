@@ -65,11 +65,13 @@ async def capabilities(raw: Request):
     extra = raw.app.state.extra_models
     kinds = {s.kind: s.name for s in extra.services()}
     engine = serving.engine.engine
+    vision = serving.vision
+    media = ([] if vision is None else ["image", "video"] if vision.info.supports_video else ["image"])
     return JSONResponse({
         "object": "capabilities",
         "model": {"id": serving.model_name, "aliases": list(serving.aliases), "source": config.model or "demo",
-                  "multimodal": config.mllm},
-        "modalities": {"input": ["text", "image"] if config.mllm else ["text"], "output": ["text"],
+                  "multimodal": vision is not None},
+        "modalities": {"input": ["text", *media], "output": ["text"],
                        "embeddings": "embedding" in kinds, "speech_to_text": "transcription" in kinds,
                        "text_to_speech": "speech" in kinds},
         "extra_models": kinds,
