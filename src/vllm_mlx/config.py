@@ -53,4 +53,6 @@ class ServerConfig:
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     log_level: str = "info"
     shutdown_timeout: float = 30.0  # SIGTERM: drain window before remaining requests are ended
+    distributed: bool = False  # one model over the ranks of an mlx.launch job (docs/distributed.md)
+    distributed_timeout: float = 60.0  # an engine step or exchange longer than this ends the job
     extra: dict = field(default_factory=dict)

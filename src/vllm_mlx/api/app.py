@@ -15,6 +15,7 @@ from .. import BLAS_STATUS
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineConfig
+from ..engine.engine import LLMEngine
 from ..models.extra_models import ExtraModels
 from ..models.loader import LoadedModel, load_model, resolve_model_path
 from ..platform import detect_backend
@@ -63,7 +64,23 @@ def choose_output_parsers(tokenizer, tool_flag: str, reasoning_flag: str) -> dic
     return {"tool_parser": tool, "reasoning_parser": reasoning, "special_tokens": special}
 
 
-def create_app(config: ServerConfig) -> FastAPI:
+def engine_config(config: ServerConfig) -> EngineConfig:
+    return EngineConfig(
+        max_num_seqs=config.max_num_seqs,
+        max_num_batched_tokens=config.max_num_batched_tokens,
+        deterministic=config.deterministic,
+        prefix_cache=config.prefix_cache,
+        cache_memory_bytes=None if config.cache_memory_mb is None else config.cache_memory_mb << 20,
+        cache_memory_fraction=config.cache_memory_fraction,
+        prefix_block_size=config.prefix_block_size,
+        kv_cache_bits=config.kv_cache_bits,
+        kv_cache_dir=config.kv_cache_dir,
+        kv_cache_dir_bytes=config.kv_cache_dir_mb << 20,
+    )
+
+
+def create_app(config: ServerConfig, group=None) -> FastAPI:
+    """``group``: the mx.distributed group when serving with --distributed (this is rank 0)."""
     source, default_name = resolve_model(config)
     names = config.served_model_names or (default_name,)
     path = resolve_model_path(source)  # fails fast, with what is missing, before any MLX work
@@ -78,21 +95,12 @@ def create_app(config: ServerConfig) -> FastAPI:
         loaded.backend = backend
         return loaded
 
-    engine = AsyncEngine(
-        load,
-        EngineConfig(
-            max_num_seqs=config.max_num_seqs,
-            max_num_batched_tokens=config.max_num_batched_tokens,
-            deterministic=config.deterministic,
-            prefix_cache=config.prefix_cache,
-            cache_memory_bytes=None if config.cache_memory_mb is None else config.cache_memory_mb << 20,
-            cache_memory_fraction=config.cache_memory_fraction,
-            prefix_block_size=config.prefix_block_size,
-            kv_cache_bits=config.kv_cache_bits,
-            kv_cache_dir=config.kv_cache_dir,
-            kv_cache_dir_bytes=config.kv_cache_dir_mb << 20,
-        ),
-    )
+    engine_factory = LLMEngine
+    if group is not None:
+        from ..serve_distributed import distributed_engine
+
+        load, engine_factory = distributed_engine(config, path, group)
+    engine = AsyncEngine(load, engine_config(config), engine_factory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
