@@ -1,12 +1,13 @@
-"""One process vs 2 tensor-parallel ranks (mlx.launch, ring backend on loopback): throughput, memory
-per rank, and whether the greedy output is the same.
+"""One process vs 2 ranks (mlx.launch, ring backend on loopback; tensor and pipeline parallel):
+throughput, memory per rank, and whether the greedy output is the same.
 
     .venv/bin/python benchmarks/bench_distributed.py [--streams 4] [--max-tokens 32]
 
 Model: a Qwen3-architecture random model built locally (hidden 1024, 8 layers, 16 heads / 8 KV heads,
 MLP 2816, vocab 2048; float32, ~380 MB of weights). Each server gets one warm-up request, then
 ``--streams`` concurrent greedy completions of ``--max-tokens`` tokens (ignore_eos), timed end to end.
-Memory: peak resident set (VmHWM) of every serving process, read from /proc when the run ends.
+Memory: the weights each rank holds (from its log), and the peak and final resident set (VmHWM,
+VmRSS) of every serving process, read from /proc when the run ends.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,11 +56,16 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
-def peak_rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str) -> int:
     for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        if line.startswith(field + ":"):
+            return round(int(line.split()[1]) / 1024)
+    return -1
+
+
+def weights_mb(log: Path, model: Path) -> list[float]:
+    found = re.findall(r"\((\d+\.\d) MB of weights\)", log.read_text())
+    return [float(x) for x in found] or [round((model / "model.safetensors").stat().st_size / 2**20, 1)]
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
@@ -95,14 +102,16 @@ def run(label: str, cmd: list[str], port: int, ranks: int, args, tmp: Path) -> d
         with ThreadPoolExecutor(len(prompts)) as pool:
             texts = list(pool.map(lambda p: complete(url, p, args.max_tokens), prompts))
         elapsed = time.perf_counter() - start
-        memory = [round(peak_rss_mb(pid)) for pid in servers]
+        memory = {"weights_mb": weights_mb(log, Path(cmd[cmd.index("serve") + 1])),
+                  "peak_rss_mb": [rss_mb(pid, "VmHWM") for pid in servers],
+                  "rss_mb": [rss_mb(pid, "VmRSS") for pid in servers]}
     finally:
         for pid in ([proc.pid] if ranks == 1 else children_of(proc.pid)):
             os.kill(pid, signal.SIGTERM)
         proc.wait(60)
     tokens = len(prompts) * args.max_tokens
     return {"label": label, "seconds": round(elapsed, 2), "tokens_per_s": round(tokens / elapsed, 2),
-            "peak_rss_mb_per_rank": memory, "texts": texts}
+            **memory, "texts": texts}
 
 
 def main() -> None:
@@ -117,13 +126,16 @@ def main() -> None:
         model = str(build_model(tmp / "qwen3-h1024"))
         port = free_port()
         single = run("1 process", [str(BIN / "vllm-mlx"), "serve", model, "--port", str(port)], port, 1, args, tmp)
-        port = free_port()
-        dist = run("2 ranks", [str(BIN / "mlx.launch"), "--backend", "ring", "-n", "2", "--starting-port",
-                               str(free_port()), "--", str(BIN / "vllm-mlx"), "serve", model, "--distributed",
-                               "--port", str(port), "--distributed-timeout", "600"], port, 2, args, tmp)
-    for r in (single, dist):
+        results = [single]
+        for mode in ("tensor", "pipeline"):
+            port = free_port()
+            results.append(run(f"2 ranks, {mode}", [
+                str(BIN / "mlx.launch"), "--backend", "ring", "-n", "2", "--starting-port", str(free_port()), "--",
+                str(BIN / "vllm-mlx"), "serve", model, "--distributed", "--distributed-parallelism", mode,
+                "--port", str(port), "--distributed-timeout", "600"], port, 2, args, tmp))
+    for r in results:
         print(json.dumps({k: v for k, v in r.items() if k != "texts"}))
-    print("identical output:", single["texts"] == dist["texts"])
+        print("  identical output to 1 process:", r["texts"] == single["texts"])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ and a lost or stalled rank must end the job instead of hanging it.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -152,11 +154,15 @@ def single_llama(tmp_path_factory, tiny_llama):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def dist_qwen3(launch, tiny_qwen3):
+    return launch(tiny_qwen3)
+
+
 @pytest.mark.parametrize("family", ["qwen3", "llama"])
 def test_two_ranks_match_one_process(family, launch, request):
     single = request.getfixturevalue("qwen3_server" if family == "qwen3" else "single_llama")
-    model = request.getfixturevalue(f"tiny_{family}")
-    dist = launch(model)
+    dist = request.getfixturevalue("dist_qwen3") if family == "qwen3" else launch(request.getfixturevalue("tiny_llama"))
 
     # Greedy output through the server is the single-process output, token for token.
     for prompt in PROMPTS[:2]:
@@ -176,8 +182,8 @@ def test_two_ranks_match_one_process(family, launch, request):
     assert health["status"] == "ok" and health["engine"]["running"] == 0
 
 
-def test_prefix_cache_n_and_abort_stay_consistent(launch, tiny_qwen3, qwen3_server):
-    dist = launch(tiny_qwen3)
+def test_prefix_cache_n_and_abort_stay_consistent(dist_qwen3, qwen3_server):
+    dist = dist_qwen3
     c = client(dist)
 
     # The prefix cache hits on rank 0 and the followers reuse the same blocks: same tokens again.
@@ -204,6 +210,37 @@ def test_prefix_cache_n_and_abort_stay_consistent(launch, tiny_qwen3, qwen3_serv
     while httpx.get(f"{dist.base_url}/health").json()["engine"]["running"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert httpx.get(f"{dist.base_url}/health").json()["engine"]["requests_aborted"] >= 1
+
+
+def build_tiny_qwen2(path: Path, like: Path) -> Path:
+    """A tiny Qwen2 model (mlx-lm gives Qwen2 pipeline parallelism) with ``like``'s sizes and tokenizer."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import qwen2
+
+    path.mkdir(parents=True, exist_ok=True)
+    config = json.loads((like / "config.json").read_text())
+    config.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"], num_hidden_layers=4)
+    (path / "config.json").write_text(json.dumps(config))
+    for f in like.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "generation")):
+            shutil.copy(f, path / f.name)
+    mx.random.seed(0)
+    model = qwen2.Model(qwen2.ModelArgs.from_dict(config))
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    return path
+
+
+def test_pipeline_parallel_matches_one_process(launch, models_dir, tiny_qwen3, start_server):
+    model = build_tiny_qwen2(models_dir / "tiny-qwen2", tiny_qwen3)
+    single = start_server(model)
+    dist = launch(model, "--distributed-parallelism", "pipeline")
+    assert "pipeline-parallel shard" in dist.log()
+    for prompt in PROMPTS[:2]:
+        assert greedy_tokens(dist, prompt)[0] == greedy_tokens(single, prompt)[0]
+    want = [stream_chat(single, p) for p in PROMPTS[:3]]
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(lambda p: stream_chat(dist, p), PROMPTS[:3])) == want
 
 
 def _stream_until_failure(server, on_third_chunk) -> tuple[str, float]:

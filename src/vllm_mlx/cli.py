@@ -99,6 +99,10 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--distributed-timeout", type=float, default=60.0,
                    help="seconds one engine step (or a wait for rank 0) may take before a rank is considered "
                         "lost and the job exits (default: %(default)s)")
+    g.add_argument("--distributed-parallelism", choices=["auto", "tensor", "pipeline"], default="auto",
+                   help="how the model is split: tensor (every layer over all ranks; needs fast links), "
+                        "pipeline (a run of layers per rank; fewer round trips per step, no prefix cache); "
+                        "auto = tensor when mlx-lm can shard the architecture, else pipeline")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -151,6 +155,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         shutdown_timeout=args.shutdown_timeout,
         distributed=args.distributed,
         distributed_timeout=args.distributed_timeout,
+        distributed_parallelism=args.distributed_parallelism,
     )
 
 

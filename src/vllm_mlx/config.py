@@ -55,4 +55,5 @@ class ServerConfig:
     shutdown_timeout: float = 30.0  # SIGTERM: drain window before remaining requests are ended
     distributed: bool = False  # one model over the ranks of an mlx.launch job (docs/distributed.md)
     distributed_timeout: float = 60.0  # an engine step or exchange longer than this ends the job
+    distributed_parallelism: str = "auto"  # tensor (shard()) when the model has it, else pipeline
     extra: dict = field(default_factory=dict)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -53,7 +54,8 @@ def _shard_loader(config: ServerConfig, path: Path, group: Any) -> Callable[[], 
         backend = detect_backend(BLAS_STATUS, config.dtype)
         logger.info("%s", backend.describe())
         loaded = load_sharded(str(path), group, compute_dtype=backend.compute_dtype,
-                              trust_remote_code=config.trust_remote_code)
+                              trust_remote_code=config.trust_remote_code,
+                              parallelism=config.distributed_parallelism)
         loaded.backend = backend
         return loaded
 
@@ -86,6 +88,14 @@ def run_follower(config: ServerConfig, group: Any) -> int:
     except Exception as exc:
         logger.error("rank %d could not load its shard: %s", group.rank(), exc)
         return 2
+    # Ctrl-C in mlx.launch's terminal (or a SIGTERM for the whole job) reaches every rank: a follower
+    # keeps following while rank 0 drains, and ends when rank 0 sends its stop (or after the drain).
+    stopping: list[float] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.append(time.monotonic()))
     while engine.alive:
+        if stopping and time.monotonic() - stopping[0] > config.shutdown_timeout + 15:
+            logger.warning("rank %d: rank 0 did not stop in time; exiting", group.rank())
+            return 1
         time.sleep(0.5)
     return 0

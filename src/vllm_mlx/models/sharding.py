@@ -2,9 +2,10 @@
 
 * **Tensor parallel** when the mlx-lm model class has ``shard(group)`` (Qwen3, Llama, Qwen2, Mistral,
   DeepSeek, ... ): every layer's attention heads and MLP columns are split over the ranks, and the
-  partial results are summed with ``all_sum`` inside the forward pass.
-* **Pipeline parallel** when it only has ``model.pipeline(group)``: each rank holds a contiguous run
-  of layers and hands the hidden state on.
+  partial results are summed with ``all_sum`` inside the forward pass (two round trips per layer).
+* **Pipeline parallel** with ``model.pipeline(group)`` (Qwen2, Qwen3-MoE, DeepSeek, GLM-4 MoE, ...):
+  each rank holds a contiguous run of layers and hands the hidden state on (one hop per rank), the
+  default only for a model that has no ``shard()``.
 * Anything else cannot be split: :class:`UnsplittableModelError` at startup.
 
 The weights are opened lazily and sharded before they are evaluated, so a rank reads (and keeps)
@@ -27,12 +28,13 @@ class UnsplittableModelError(RuntimeError):
     """The architecture gives no way to split it across ranks (or not into this many parts)."""
 
 
-def parallelism_of(model: Any) -> str | None:
-    if hasattr(model, "shard"):
-        return "tensor"
-    if hasattr(getattr(model, "model", None), "pipeline"):
-        return "pipeline"
-    return None
+def parallelism_of(model: Any, wanted: str = "auto") -> str | None:
+    """``wanted``: "auto" (tensor when possible), "tensor" or "pipeline"; None when impossible."""
+    can = [kind for kind, ok in (("tensor", hasattr(model, "shard")),
+                                 ("pipeline", hasattr(getattr(model, "model", None), "pipeline"))) if ok]
+    if wanted == "auto":
+        return can[0] if can else None
+    return wanted if wanted in can else None
 
 
 def _check_divisible(config: dict, size: int) -> None:
@@ -45,16 +47,20 @@ def _check_divisible(config: dict, size: int) -> None:
                 f"run on a number of ranks that divides it")
 
 
-def load_sharded(model: str, group: Any, *, compute_dtype: str = "model",
-                 trust_remote_code: bool = False) -> LoadedModel:
+def load_sharded(model: str, group: Any, *, compute_dtype: str = "model", trust_remote_code: bool = False,
+                 parallelism: str = "auto") -> LoadedModel:
     """This rank's shard of ``model`` (on the engine thread: MLX streams are per thread)."""
     from mlx_lm.utils import load_model as mlx_load_model
     from mlx_lm.utils import load_tokenizer
 
     path = resolve_model_path(model)
     net, config = mlx_load_model(path, lazy=True, strict=False, trust_remote_code=trust_remote_code)
-    kind = parallelism_of(net)
+    kind = parallelism_of(net, parallelism)
     size = group.size()
+    if kind is None and parallelism != "auto":
+        raise UnsplittableModelError(
+            f"model type {config.get('model_type')!r} has no {parallelism} parallelism in mlx-lm; "
+            f"use --distributed-parallelism auto")
     if kind is None:
         raise UnsplittableModelError(
             f"model type {config.get('model_type')!r} cannot be split across machines: its mlx-lm "
