@@ -10,8 +10,9 @@ import functools
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .config import ServerConfig
 
