@@ -3,8 +3,8 @@ throughput, memory per rank, and whether the greedy output is the same.
 
     .venv/bin/python benchmarks/bench_distributed.py [--streams 4] [--max-tokens 32]
 
-Model: a Qwen3-architecture random model built locally (hidden 1024, 8 layers, 16 heads / 8 KV heads,
-MLP 2816, vocab 2048; float32, ~380 MB of weights). Each server gets one warm-up request, then
+Model: a Qwen2-architecture random model built locally (hidden 1024, 8 layers, 16 heads / 8 KV heads,
+MLP 2816, vocab 2048; float32, ~380 MB of weights) -- Qwen2, because mlx-lm splits it both ways. Each server gets one warm-up request, then
 ``--streams`` concurrent greedy completions of ``--max-tokens`` tokens (ignore_eos), timed end to end.
 Memory: the weights each rank holds (from its log), and the peak and final resident set (VmHWM,
 VmRSS) of every serving process, read from /proc when the run ends.
@@ -38,9 +38,13 @@ def build_model(path: Path) -> Path:
     import vllm_mlx  # noqa: F401
     from vllm_mlx.testing import build_tiny_model
 
+    from vllm_mlx.testing.pipeline_models import build_qwen2_like
+
+    like = path.with_name(path.name + "-qwen3")
     if not (path / "config.json").exists():
-        build_tiny_model(path, "qwen3", hidden_size=1024, num_hidden_layers=8, num_attention_heads=16,
+        build_tiny_model(like, "qwen3", hidden_size=1024, num_hidden_layers=8, num_attention_heads=16,
                          num_key_value_heads=8, intermediate_size=2816, vocab_size=2048)
+        build_qwen2_like(path, like)
     return path
 
 
@@ -123,9 +127,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = str(build_model(tmp / "qwen3-h1024"))
+        model = str(build_model(tmp / "qwen2-h1024"))
         port = free_port()
         single = run("1 process", [str(BIN / "vllm-mlx"), "serve", model, "--port", str(port)], port, 1, args, tmp)
+        show(single, single)
         results = [single]
         for mode in ("tensor", "pipeline"):
             port = free_port()
@@ -133,9 +138,12 @@ def main() -> None:
                 str(BIN / "mlx.launch"), "--backend", "ring", "-n", "2", "--starting-port", str(free_port()), "--",
                 str(BIN / "vllm-mlx"), "serve", model, "--distributed", "--distributed-parallelism", mode,
                 "--port", str(port), "--distributed-timeout", "600"], port, 2, args, tmp))
-    for r in results:
-        print(json.dumps({k: v for k, v in r.items() if k != "texts"}))
-        print("  identical output to 1 process:", r["texts"] == single["texts"])
+            show(results[-1], single)
+
+
+def show(result: dict, single: dict) -> None:
+    print(json.dumps({k: v for k, v in result.items() if k != "texts"}), flush=True)
+    print("  identical output to 1 process:", result["texts"] == single["texts"], flush=True)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,7 @@ and a lost or stalled rank must end the job instead of hanging it.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -212,27 +210,10 @@ def test_prefix_cache_n_and_abort_stay_consistent(dist_qwen3, qwen3_server):
     assert httpx.get(f"{dist.base_url}/health").json()["engine"]["requests_aborted"] >= 1
 
 
-def build_tiny_qwen2(path: Path, like: Path) -> Path:
-    """A tiny Qwen2 model (mlx-lm gives Qwen2 pipeline parallelism) with ``like``'s sizes and tokenizer."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.models import qwen2
-
-    path.mkdir(parents=True, exist_ok=True)
-    config = json.loads((like / "config.json").read_text())
-    config.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"], num_hidden_layers=4)
-    (path / "config.json").write_text(json.dumps(config))
-    for f in like.iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "generation")):
-            shutil.copy(f, path / f.name)
-    mx.random.seed(0)
-    model = qwen2.Model(qwen2.ModelArgs.from_dict(config))
-    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    return path
-
-
 def test_pipeline_parallel_matches_one_process(launch, models_dir, tiny_qwen3, start_server):
-    model = build_tiny_qwen2(models_dir / "tiny-qwen2", tiny_qwen3)
+    from vllm_mlx.testing.pipeline_models import build_qwen2_like
+
+    model = build_qwen2_like(models_dir / "tiny-qwen2", tiny_qwen3, num_hidden_layers=4)
     single = start_server(model)
     dist = launch(model, "--distributed-parallelism", "pipeline")
     assert "pipeline-parallel shard" in dist.log()

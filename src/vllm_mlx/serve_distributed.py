@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,7 +74,17 @@ def distributed_engine(config: ServerConfig, path: Path, group: Any) -> tuple[Ca
 
 
 def run_follower(config: ServerConfig, group: Any) -> int:
-    """Ranks 1..N-1: load the shard and follow rank 0 until it stops (or is lost)."""
+    """Ranks 1..N-1: load the shard and follow rank 0 until it stops (or is lost); ends the process
+    (the distributed backend's threads do not survive interpreter shutdown)."""
+    code = _follow(config, group)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _follow(config: ServerConfig, group: Any) -> int:
     from .api.app import engine_config, resolve_model
     from .engine.distributed import FollowerEngine
     from .models.loader import ModelNotFoundError, resolve_model_path
