@@ -82,7 +82,8 @@ class LockstepChannel:
         return json.loads(first[1:].tobytes()[:length])
 
     def _sum(self, words: np.ndarray) -> mx.array:
-        out = mx.distributed.all_sum(mx.array(words), group=self.group)
+        # On the CPU stream, as mlx-lm's own barrier does: these are host messages, not model tensors.
+        out = mx.distributed.all_sum(mx.array(words), group=self.group, stream=mx.cpu)
         mx.eval(out)
         return out
 
