@@ -76,7 +76,14 @@ def load_sharded(model: str, group: Any, *, compute_dtype: str = "model", trust_
         net.model.pipeline(group)
     if compute_dtype not in ("model", "auto"):
         _cast_floating_weights(net, getattr(mx, compute_dtype))
+    # Layer by layer, so at most one layer's full tensors are read at a time before they are sliced;
+    # then hand the buffers of the full tensors back (MLX keeps freed buffers for reuse).
+    for layer in getattr(net, "layers", []):
+        if layer is not None:
+            mx.eval(layer.parameters())
+            mx.clear_cache()
     mx.eval(net.parameters())
+    mx.clear_cache()
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
     logger.info("rank %d of %d: loaded the %s-parallel shard of %s (%.1f MB of weights)", group.rank(), size,
                 kind, path, sum(a.nbytes for a in _leaves(net.parameters())) / 2**20)
