@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
     from conftest import free_port
+    from test_distributed import _free_port_pair
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -135,7 +136,7 @@ def main() -> None:
         for mode in ("tensor", "pipeline"):
             port = free_port()
             results.append(run(f"2 ranks, {mode}", [
-                str(BIN / "mlx.launch"), "--backend", "ring", "-n", "2", "--starting-port", str(free_port()), "--",
+                str(BIN / "mlx.launch"), "--backend", "ring", "-n", "2", "--starting-port", str(_free_port_pair()), "--",
                 str(BIN / "vllm-mlx"), "serve", model, "--distributed", "--distributed-parallelism", mode,
                 "--port", str(port), "--distributed-timeout", "600"], port, 2, args, tmp))
             show(results[-1], single)
