@@ -225,7 +225,7 @@ def test_pipeline_parallel_matches_one_process(launch, models_dir, tiny_qwen3, s
 
 
 def _stream_until_failure(server, on_third_chunk) -> tuple[str, float]:
-    """Start a long stream, call ``on_third_chunk``, return how the stream ended and how long it took."""
+    """Start a long stream, call ``on_third_chunk``; returns how the stream ended (the error) and when."""
     stream = client(server).completions.create(model="m", prompt="Hello", max_tokens=2000, temperature=0,
                                                stream=True, extra_body={"ignore_eos": True})
     started = None
@@ -235,7 +235,7 @@ def _stream_until_failure(server, on_third_chunk) -> tuple[str, float]:
                 on_third_chunk()
                 started = time.monotonic()
     except (openai.APIError, httpx.HTTPError) as exc:
-        return type(exc).__name__, time.monotonic() - started
+        return f"{type(exc).__name__}: {exc}", time.monotonic() - started
     return "completed", time.monotonic() - started
 
 
@@ -243,7 +243,7 @@ def test_killed_follower_ends_the_job(launch, tiny_qwen3):
     dist = launch(tiny_qwen3)
     rank0, rank1 = dist.rank_pid(0), dist.rank_pid(1)
     ended, seconds = _stream_until_failure(dist, lambda: os.kill(rank1, signal.SIGKILL))
-    assert ended != "completed" and seconds < 30
+    assert "connection to a peer was lost" in ended and seconds < 30
     dist.proc.wait(30)  # rank 0 exits, and with it the launcher
     assert not dist.alive(rank0)
     with pytest.raises(httpx.HTTPError):
@@ -256,12 +256,11 @@ def test_stalled_follower_ends_the_job(launch, tiny_qwen3):
     rank0, rank1 = dist.rank_pid(0), dist.rank_pid(1)
     try:
         ended, seconds = _stream_until_failure(dist, lambda: os.kill(rank1, signal.SIGSTOP))
-        assert ended != "completed" and seconds < 30
+        assert "a rank stalled or died" in ended and seconds < 30
         deadline = time.monotonic() + 30
         while dist.alive(rank0) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not dist.alive(rank0)
-        assert "a rank stalled or died" in dist.log()
+        assert not dist.alive(rank0)  # (mlx.launch may not relay its last lines: it waits on the frozen rank)
     finally:
         os.kill(rank1, signal.SIGKILL)  # a stopped process ignores the launcher's SIGTERM
 

@@ -124,9 +124,9 @@ class LLMEngine:
                     self._step_safely()
                 else:
                     self._on_idle()
-        except BaseException:  # a bug outside a step: fail every request loudly rather than hang them
+        except BaseException as exc:  # a bug outside a step: fail every request loudly rather than hang them
             logger.exception("engine loop crashed; failing all requests")
-            self._fail(self.scheduler.all_sequences(), RuntimeError("the engine stopped"))
+            self._fail(self.scheduler.all_sequences(), RuntimeError(f"the engine stopped: {exc}"))
             self._publish_stats("failed")
             raise
         self._abort_all()
