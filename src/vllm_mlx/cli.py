@@ -118,6 +118,17 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="on SIGTERM, seconds in-flight requests may keep running before they are ended "
                         "with a final event (default: %(default)s)")
+    g = p.add_argument_group("distributed serving (run every rank under mlx.launch; see docs/distributed.md)")
+    g.add_argument("--distributed", action="store_true",
+                   help="shard the model over the ranks of an mlx.launch job: rank 0 serves HTTP and schedules, "
+                        "every rank runs the same forward passes on its shard")
+    g.add_argument("--distributed-timeout", type=float, default=60.0,
+                   help="seconds one engine step (or a wait for rank 0) may take before a rank is considered "
+                        "lost and the job exits (default: %(default)s)")
+    g.add_argument("--distributed-parallelism", choices=["auto", "tensor", "pipeline"], default="auto",
+                   help="how the model is split: tensor (every layer over all ranks; needs fast links), "
+                        "pipeline (a run of layers per rank; fewer round trips per step, no prefix cache); "
+                        "auto = tensor when mlx-lm can shard the architecture, else pipeline")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     mcp = p.add_argument_group("MCP tools (docs/mcp.md)")
     mcp.add_argument("--mcp-config", default=None,
@@ -185,6 +196,9 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
+        distributed=args.distributed,
+        distributed_timeout=args.distributed_timeout,
+        distributed_parallelism=args.distributed_parallelism,
         **lifecycle_fields(args),
     )
 
@@ -239,8 +253,19 @@ def run_server(config: ServerConfig) -> int:
     from .models.model_specs import ModelSpecError
 
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    group = None
+    if config.distributed:
+        from .serve_distributed import DistributedSetupError, join_group, run_follower
+
+        try:
+            group = join_group(config)
+        except DistributedSetupError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if group.rank() != 0:
+            return run_follower(config, group)
     try:
-        app = create_app(config)
+        app = create_app(config, group=group)
     except (ModelNotFoundError, ModelSpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -83,4 +83,7 @@ class ServerConfig:
     model_ttl: float | None = None  # idle seconds before a model is unloaded; None = never
     models_memory_gb: float | None = None  # bound on the weights of all loaded models
     preload_models: bool = False
+    distributed: bool = False  # one model over the ranks of an mlx.launch job (docs/distributed.md)
+    distributed_timeout: float = 60.0  # an engine step or exchange longer than this ends the job
+    distributed_parallelism: str = "auto"  # tensor (shard()) when the model has it, else pipeline
     extra: dict = field(default_factory=dict)

@@ -65,7 +65,8 @@ def choose_output_parsers(tokenizer, tool_flag: str, reasoning_flag: str) -> dic
     return {"tool_parser": tool, "reasoning_parser": reasoning, "special_tokens": special}
 
 
-def create_app(config: ServerConfig) -> FastAPI:
+def create_app(config: ServerConfig, group=None) -> FastAPI:
+    """``group``: the mx.distributed group when serving with --distributed (this is rank 0)."""
     registry = ModelRegistry(config) if config.models else None  # multi-model serving
     engine = names = None
     if registry is not None:
@@ -74,7 +75,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         source, default_name = resolve_model(config)
         names = config.served_model_names or (default_name,)
         path = resolve_model_path(source)  # fails fast, with what is missing, before any MLX work
-        engine = build_engine(config, path)
+        engine = build_engine(config, path, group)
     extra_models = ExtraModels.from_sources(  # embedding / speech models: resolved now, loaded on first use
         embedding=config.embedding_model, transcription=config.stt_model, speech=config.tts_model,
         requested_dtype=config.dtype, max_embedding_batch_tokens=config.max_embedding_batch_tokens)

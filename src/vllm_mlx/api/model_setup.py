@@ -58,7 +58,13 @@ def model_loader(config: ServerConfig, source: str | Path):
     return load
 
 
-def build_engine(config: ServerConfig, source: str | Path) -> AsyncEngine:
+def build_engine(config: ServerConfig, source: str | Path, group=None) -> AsyncEngine:
+    """``group``: the mx.distributed group of a --distributed job (this process is rank 0)."""
+    if group is not None:
+        from ..serve_distributed import distributed_engine
+
+        load, engine_factory = distributed_engine(config, Path(source), group)
+        return AsyncEngine(load, engine_config(config), engine_factory)
     return AsyncEngine(model_loader(config, source), engine_config(config))
 
 

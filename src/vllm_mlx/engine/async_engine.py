@@ -17,11 +17,11 @@ ENGINE_CHECK_S = 2.0  # how often a waiting request checks that the engine threa
 class AsyncEngine:
     """Bridges the engine thread and the event loop it was started from."""
 
-    def __init__(self, load, config: EngineConfig):
+    def __init__(self, load, config: EngineConfig, engine_factory=LLMEngine):
         self._queues: dict[str, asyncio.Queue[GenerationOutput]] = {}
         self.metrics = None  # optional: an object with observe_stream(started, first, last, tokens)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.engine = LLMEngine(load, config, self._on_outputs)
+        self.engine = engine_factory(load, config, self._on_outputs)
 
     @property
     def loaded(self):

@@ -36,6 +36,9 @@ OutputCallback = Callable[[list[GenerationOutput]], None]
 
 
 class LLMEngine:
+    # How long an idle engine waits for a command before calling ``_on_idle`` (None: forever).
+    idle_wait: float | None = None
+
     def __init__(self, load: Callable[[], Any], config: EngineConfig, on_outputs: OutputCallback):
         """``load`` runs on the engine thread and returns an object with ``model`` and ``tokenizer``."""
         self._load = load
@@ -91,25 +94,32 @@ class LLMEngine:
         return self._thread.is_alive()
 
     # -- the engine thread ---------------------------------------------------
+    def _setup(self) -> None:
+        """Load the model and build the runner, prefix cache and scheduler (on the engine thread)."""
+        self.loaded = self._load()
+        tokenizer = self.loaded.tokenizer
+        self._eos_ids = set(tokenizer.eos_token_ids)
+        self._tokenizer = tokenizer
+        self.runner = self._make_runner()
+        self.prefix_cache = self._make_prefix_cache()
+        self._memory_limit = int(device_memory_bytes() * 0.9)
+        self.scheduler = Scheduler(
+            self.config.max_num_seqs, self.config.max_num_batched_tokens, self.config.deterministic,
+            on_admit=self._reuse_prefix if self.prefix_cache else None,
+        )
+        self.vocab_size = self._probe_vocab_size()
+        self._batch_params: BatchSamplingParams | None = None
+
+    def _make_runner(self) -> ModelRunner:
+        return ModelRunner(self.loaded.model, self.config.deterministic)
+
     def _run(self) -> None:
         try:
-            self.loaded = self._load()
-            tokenizer = self.loaded.tokenizer
-            self._eos_ids = set(tokenizer.eos_token_ids)
-            self._tokenizer = tokenizer
-            self.runner = ModelRunner(self.loaded.model, self.config.deterministic)
-            self.prefix_cache = self._make_prefix_cache()
-            self._memory_limit = int(device_memory_bytes() * 0.9)
-            self.scheduler = Scheduler(
-                self.config.max_num_seqs, self.config.max_num_batched_tokens, self.config.deterministic,
-                on_admit=self._reuse_prefix if self.prefix_cache else None,
-            )
-            self.vocab_size = self._probe_vocab_size()
+            self._setup()
         except BaseException as exc:  # reported to start()
             self._load_error = exc
             self._ready.set()
             return
-        self._batch_params: BatchSamplingParams | None = None
         self._publish_stats("ready")
         self._ready.set()
         try:
@@ -118,13 +128,15 @@ class LLMEngine:
                     break
                 if self.scheduler.has_work:
                     self._step_safely()
-        except BaseException:  # a bug outside a step: fail every request loudly rather than hang them
+                else:
+                    self._on_idle()
+        except BaseException as exc:  # a bug outside a step: fail every request loudly rather than hang them
             logger.exception("engine loop crashed; failing all requests")
-            self._fail(self.scheduler.all_sequences(), RuntimeError("the engine stopped"))
+            self._fail(self.scheduler.all_sequences(), RuntimeError(f"the engine stopped: {exc}"))
             self._publish_stats("failed")
             raise
         self._abort_all()
-        self.runner = ModelRunner(self.loaded.model, self.config.deterministic)  # release the batch arrays
+        self.runner = self._make_runner()  # release the batch arrays
         mx.synchronize()  # no MLX work may still be in flight when the thread ends
         mx.clear_streams()
         self._publish_stats("stopped")
@@ -189,7 +201,7 @@ class LLMEngine:
         """Apply queued commands; returns False when asked to stop."""
         while True:
             try:
-                kind, arg = self._commands.get(block=block)
+                kind, arg = self._commands.get(block=block, timeout=self.idle_wait if block else None)
             except queue.Empty:
                 return True
             block = False
@@ -206,9 +218,16 @@ class LLMEngine:
                 self.scheduler.max_num_seqs = arg
                 self._counters["peak_active"] = 0  # the peak is measured under the new bound
                 self._publish_stats()
-            elif kind == "clear_prefix_cache" and self.prefix_cache is not None:
-                self.prefix_cache.clear()
-                self._publish_stats()
+            elif kind == "clear_prefix_cache":
+                self._clear_prefix_cache()
+
+    def _on_idle(self) -> None:
+        """Called when a wait for commands ran out (``idle_wait``) with nothing to do."""
+
+    def _clear_prefix_cache(self) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+            self._publish_stats()
 
     def _new_sequence(self, request: GenerationRequest, index: int = 0) -> Sequence:
         detokenizer = IncrementalDetokenizer(self._tokenizer, request.prompt_token_ids,
@@ -259,12 +278,15 @@ class LLMEngine:
         self._counters["failed"] += len(seqs)
         self._emit(outputs)
 
-    def _step_safely(self) -> None:
+    def _make_room(self) -> None:
+        """The running batch comes first: cached blocks give way when memory runs short."""
         if self.prefix_cache is not None and self.prefix_cache.stats.bytes:
-            # The running batch comes first: cached blocks give way when memory runs short.
             excess = mx.get_active_memory() - self._memory_limit
             if excess > 0:
                 self.prefix_cache.shrink(excess)
+
+    def _step_safely(self) -> None:
+        self._make_room()
         plan = self.scheduler.schedule()
         try:
             outputs = self._step(plan)
@@ -358,6 +380,14 @@ class LLMEngine:
     def _join(self, seqs: list[Sequence], logits: mx.array, merged: list | None) -> None:
         """Sample the first tokens of freshly prefilled prompts and add them to the decode batch."""
         seqs, logits, merged = self._expand_n(seqs, logits, merged)
+        rows = self._sample_first(seqs, logits)
+        for seq in seqs:
+            self.scheduler.mark_running(seq)
+        self.runner.add_to_batch(seqs, rows, merged)
+        self._batch_params = None
+
+    def _sample_first(self, seqs: list[Sequence], logits: mx.array) -> RowArrays:
+        """The first token of each freshly prefilled row, as the rows' pending arrays."""
         params = self._params_for(seqs)
         penalties = None
         if params.uses_penalties:
@@ -365,10 +395,7 @@ class LLMEngine:
         generated = [0] * len(seqs) if params.min_tokens else None
         allowed = allowed_tokens([s.next_token_rule for s in seqs], self.vocab_size)
         result = sample(logits, params, mx.stack([s.rng_key for s in seqs]), penalties, generated, allowed)
-        for seq in seqs:
-            self.scheduler.mark_running(seq)
-        self.runner.add_to_batch(seqs, self._pending_rows(result, penalties), merged)
-        self._batch_params = None
+        return self._pending_rows(result, penalties)
 
     def _expand_n(self, seqs: list[Sequence], logits: mx.array, merged: list | None):
         """Fork requests with n > 1 into n rows sharing one prefill."""

@@ -118,9 +118,9 @@ class ModelRunner:
         self.rows = self.rows.take(keep)
         return True
 
-    def decode(self) -> mx.array:
-        """One decode step for every row from its pending token -> logits (B, vocab)."""
-        tokens = self.rows["tokens"]
+    def decode(self, tokens: mx.array | None = None) -> mx.array:
+        """One decode step for every row from its pending token (or ``tokens``) -> logits (B, vocab)."""
+        tokens = self.rows["tokens"] if tokens is None else tokens
         deltas = self._rope_deltas()
         if self.deterministic:
             return mx.concatenate([

@@ -1,0 +1,273 @@
+"""Distributed serving end to end: 2 ranks on loopback (ring backend) started by mlx.launch.
+
+The model is split tensor-parallel over the ranks; the same prompts must give the same greedy
+tokens as one process, concurrent streams, n > 1, the prefix cache and aborts must keep working,
+and a lost or stalled rank must end the job instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from conftest import VLLM_MLX, ServerProcess, free_port
+
+MLX_LAUNCH = str(Path(sys.executable).with_name("mlx.launch"))
+PROMPTS = ["Hello there, how are you?", "The capital of France is", "1 2 3 4 5", "Write a haiku about the sea."]
+LONG_PROMPT = "Distributed serving keeps every rank in lockstep. " * 12  # > one 64-token cache block
+MAX_TOKENS = 8
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p + 1 free (mlx.launch gives rank i the ring port p + i)."""
+    for _ in range(50):
+        p = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("no free port pair")
+
+
+class DistributedServer:
+    """`mlx.launch -n 2 -- vllm-mlx serve MODEL --distributed` on loopback."""
+
+    def __init__(self, model: Path, log_path: Path, *args: str):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        cmd = [MLX_LAUNCH, "--backend", "ring", "-n", "2", "--starting-port", str(_free_port_pair()), "--",
+               VLLM_MLX, "serve", str(model), "--distributed", "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 240.0) -> "DistributedServer":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlx.launch exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"not ready after {timeout}s:\n{self.log()}")
+
+    def rank_pid(self, rank: int) -> int:
+        """The pid of a rank: a child of the launcher whose environment says MLX_RANK=rank."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                env = (entry / "environ").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == self.proc.pid and f"MLX_RANK={rank}".encode() in env:
+                return int(entry.name)
+        raise LookupError(f"rank {rank} not found")
+
+    def alive(self, pid: int) -> bool:
+        try:
+            state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        pids = []
+        for rank in (0, 1):
+            try:
+                pids.append(self.rank_pid(rank))
+            except LookupError:
+                pass
+        for pid in pids:  # rank 0 stops its followers with a last message
+            os.kill(pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            for pid in pids:
+                if self.alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory):
+    servers: list[DistributedServer] = []
+
+    def start(model: Path, *args: str, wait: bool = True) -> DistributedServer:
+        server = DistributedServer(model, tmp_path_factory.mktemp("dist") / "server.log", *args)
+        servers.append(server)
+        return server.wait_ready() if wait else server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def greedy_tokens(server, prompt: str, max_tokens: int = MAX_TOKENS) -> tuple[list[str], list[float]]:
+    r = client(server).completions.create(model="m", prompt=prompt, max_tokens=max_tokens, temperature=0,
+                                          logprobs=1, extra_body={"ignore_eos": True})
+    lp = r.choices[0].logprobs
+    return lp.tokens, lp.token_logprobs
+
+
+def stream_chat(server, content: str) -> str:
+    stream = client(server).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": content}], max_tokens=MAX_TOKENS, temperature=0,
+        stream=True, extra_body={"ignore_eos": True})
+    return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+
+
+@pytest.fixture(scope="module")
+def single_llama(tmp_path_factory, tiny_llama):
+    server = ServerProcess([str(tiny_llama)], tmp_path_factory.mktemp("single") / "server.log").wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def dist_qwen3(launch, tiny_qwen3):
+    return launch(tiny_qwen3)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_two_ranks_match_one_process(family, launch, request):
+    single = request.getfixturevalue("qwen3_server" if family == "qwen3" else "single_llama")
+    dist = request.getfixturevalue("dist_qwen3") if family == "qwen3" else launch(request.getfixturevalue("tiny_llama"))
+
+    # Greedy output through the server is the single-process output, token for token.
+    for prompt in PROMPTS[:2]:
+        tokens, logprobs = greedy_tokens(dist, prompt)
+        want_tokens, want_logprobs = greedy_tokens(single, prompt)
+        assert tokens == want_tokens
+        assert logprobs == pytest.approx(want_logprobs, abs=1e-3)  # sharded sums round differently
+
+    # Concurrent streams share the batch on both ranks and still give the solo results.
+    want = [stream_chat(single, p) for p in PROMPTS]
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        got = list(pool.map(lambda p: stream_chat(dist, p), PROMPTS))
+    assert got == want
+    assert all(got)
+
+    health = httpx.get(f"{dist.base_url}/health").json()
+    assert health["status"] == "ok" and health["engine"]["running"] == 0
+
+
+def test_prefix_cache_n_and_abort_stay_consistent(dist_qwen3, qwen3_server):
+    dist = dist_qwen3
+    c = client(dist)
+
+    # The prefix cache hits on rank 0 and the followers reuse the same blocks: same tokens again.
+    first = greedy_tokens(dist, LONG_PROMPT)[0]
+    r = c.completions.create(model="m", prompt=LONG_PROMPT, max_tokens=MAX_TOKENS, temperature=0,
+                             logprobs=1, extra_body={"ignore_eos": True})
+    assert r.usage.prompt_tokens_details.cached_tokens >= 64
+    assert r.choices[0].logprobs.tokens == first == greedy_tokens(qwen3_server, LONG_PROMPT)[0]
+
+    # n > 1 forks rows from one prefill on every rank.
+    r = c.completions.create(model="m", prompt=PROMPTS[0], max_tokens=MAX_TOKENS, temperature=0, n=2,
+                             extra_body={"ignore_eos": True})
+    assert [ch.text for ch in r.choices] == [r.choices[0].text] * 2
+
+    # A client that goes away mid-stream aborts its row on every rank; serving goes on.
+    stream = c.completions.create(model="m", prompt=PROMPTS[1], max_tokens=200, temperature=0, stream=True,
+                                  extra_body={"ignore_eos": True})
+    for i, _ in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    assert greedy_tokens(dist, PROMPTS[2])[0] == greedy_tokens(qwen3_server, PROMPTS[2])[0]
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{dist.base_url}/health").json()["engine"]["running"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert httpx.get(f"{dist.base_url}/health").json()["engine"]["requests_aborted"] >= 1
+
+
+def test_pipeline_parallel_matches_one_process(launch, models_dir, tiny_qwen3, start_server):
+    from vllm_mlx.testing.pipeline_models import build_qwen2_like
+
+    model = build_qwen2_like(models_dir / "tiny-qwen2", tiny_qwen3, num_hidden_layers=4)
+    single = start_server(model)
+    dist = launch(model, "--distributed-parallelism", "pipeline")
+    assert "pipeline-parallel shard" in dist.log()
+    for prompt in PROMPTS[:2]:
+        assert greedy_tokens(dist, prompt)[0] == greedy_tokens(single, prompt)[0]
+    want = [stream_chat(single, p) for p in PROMPTS[:3]]
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(lambda p: stream_chat(dist, p), PROMPTS[:3])) == want
+
+
+def _stream_until_failure(server, on_third_chunk) -> tuple[str, float]:
+    """Start a long stream, call ``on_third_chunk``; returns how the stream ended (the error) and when."""
+    stream = client(server).completions.create(model="m", prompt="Hello", max_tokens=2000, temperature=0,
+                                               stream=True, extra_body={"ignore_eos": True})
+    started = None
+    try:
+        for i, _ in enumerate(stream):
+            if i == 2:
+                on_third_chunk()
+                started = time.monotonic()
+    except (openai.APIError, httpx.HTTPError) as exc:
+        return f"{type(exc).__name__}: {exc}", time.monotonic() - started
+    return "completed", time.monotonic() - started
+
+
+def test_killed_follower_ends_the_job(launch, tiny_qwen3):
+    dist = launch(tiny_qwen3)
+    rank0, rank1 = dist.rank_pid(0), dist.rank_pid(1)
+    ended, seconds = _stream_until_failure(dist, lambda: os.kill(rank1, signal.SIGKILL))
+    assert "connection to a peer was lost" in ended and seconds < 30
+    dist.proc.wait(30)  # rank 0 exits, and with it the launcher
+    assert not dist.alive(rank0)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{dist.base_url}/health", timeout=2)
+    assert "connection to a peer was lost" in dist.log()
+
+
+def test_stalled_follower_ends_the_job(launch, tiny_qwen3):
+    dist = launch(tiny_qwen3, "--distributed-timeout", "3")
+    rank0, rank1 = dist.rank_pid(0), dist.rank_pid(1)
+    try:
+        ended, seconds = _stream_until_failure(dist, lambda: os.kill(rank1, signal.SIGSTOP))
+        assert "a rank stalled or died" in ended and seconds < 30
+        deadline = time.monotonic() + 30
+        while dist.alive(rank0) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not dist.alive(rank0)  # (mlx.launch may not relay its last lines: it waits on the frozen rank)
+    finally:
+        os.kill(rank1, signal.SIGKILL)  # a stopped process ignores the launcher's SIGTERM
+
+
+def test_distributed_outside_a_launcher_is_a_clear_error(tiny_qwen3):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_")}
+    proc = subprocess.run([VLLM_MLX, "serve", str(tiny_qwen3), "--distributed"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2
+    assert "--distributed must run under mlx.launch" in proc.stderr
