@@ -132,3 +132,10 @@ def qwen3_server(start_server, tiny_qwen3) -> ServerProcess:
 @pytest.fixture(scope="session")
 def scripted_server(start_server, scripted_qwen3) -> ServerProcess:
     return start_server(scripted_qwen3, "--trust-remote-code", "--served-model-name", "scripted")
+
+
+@pytest.fixture(scope="session")
+def fuzz_server(start_server, tiny_qwen3) -> ServerProcess:
+    """A small-context server for fuzz and property tests: every generation stays short."""
+    return start_server(tiny_qwen3, "--served-model-name", "tiny-qwen3", "--max-model-len", "96", "--max-tokens", "4",
+                        "--max-num-seqs", "8", "--max-messages", "64", "--max-tools", "16")

@@ -8,7 +8,7 @@ import os
 import sys
 from dataclasses import asdict, fields
 
-from . import __version__
+from . import __version__, limits
 from .config import SamplingDefaults, ServerConfig
 from .engine.request import SamplingParams
 
@@ -93,6 +93,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="on SIGTERM, seconds in-flight requests may keep running before they are ended "
                         "with a final event (default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    limits.add_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +143,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
+        **limits.from_args(args),
     )
 
 

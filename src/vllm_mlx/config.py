@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .limits import AccessConfig, Limits, WatchdogConfig
+
 
 @dataclass(frozen=True)
 class SamplingDefaults:
@@ -53,4 +55,7 @@ class ServerConfig:
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     log_level: str = "info"
     shutdown_timeout: float = 30.0  # SIGTERM: drain window before remaining requests are ended
+    limits: Limits = field(default_factory=Limits)  # request limits and memory admission
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)  # which routes skip the API key
     extra: dict = field(default_factory=dict)

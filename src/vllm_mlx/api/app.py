@@ -20,7 +20,10 @@ from ..models.loader import LoadedModel, load_model, resolve_model_path
 from ..platform import detect_backend
 from .anthropic_routes import router as anthropic_router
 from .audio_routes import router as audio_router
-from .auth import APIKeyMiddleware
+from .admission import build_admission
+from .auth import APIKeyMiddleware, open_paths
+from .body_limit import BodySizeLimitMiddleware
+from .process_stats import process_memory
 from .embeddings_routes import router as embeddings_router
 from .errors import install_error_handlers
 from .metrics import MetricsMiddleware, ServerMetrics, metrics_endpoint
@@ -30,6 +33,7 @@ from .responses_convert import ResponseStore
 from .responses_routes import router as responses_router
 from .serving import ServingState
 from .warmup import warm_up
+from .watchdog import EngineWatchdog
 
 logger = logging.getLogger("vllm_mlx")
 
@@ -111,6 +115,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             default_max_tokens=config.max_tokens,
             defaults=config.sampling_defaults,
             strict_model_id=config.strict_model_id,
+            limits=config.limits,
+            admission=build_admission(config.limits, engine.engine.kv_bytes_per_token),
             **choose_output_parsers(loaded.tokenizer, config.tool_call_parser, config.reasoning_parser),
         )
         if config.model is None:
@@ -122,14 +128,17 @@ def create_app(config: ServerConfig) -> FastAPI:
             await warm_up(app.state.serving, config.warm_prompts)
         if config.preload_extra_models:
             await extra_models.preload()
+        watchdog.start()
         try:
             yield
         finally:
+            watchdog.stop()
             extra_models.shutdown()
             engine.shutdown()
 
     app = FastAPI(title="vllm-mlx", version="0.1.0", lifespan=lifespan)
     app.state.config = config
+    watchdog = app.state.watchdog = EngineWatchdog(engine.engine, config.watchdog)
     app.state.extra_models = extra_models
     app.state.responses_store = ResponseStore()  # bounded, for previous_response_id
     install_error_handlers(app)
@@ -137,8 +146,10 @@ def create_app(config: ServerConfig) -> FastAPI:
     engine.metrics = app.state.metrics
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_request_bytes)
     if config.api_keys:
-        app.add_middleware(APIKeyMiddleware, keys=config.api_keys)
+        app.add_middleware(APIKeyMiddleware, keys=config.api_keys,
+                           open_paths=open_paths(config.access.public_metrics, config.access.private_health))
     elif config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s WITHOUT an API key: anyone who can reach this port can use the model. "
                        "Pass --api-key.", config.host)
@@ -154,9 +165,15 @@ def create_app(config: ServerConfig) -> FastAPI:
         serving: ServingState | None = getattr(raw.app.state, "serving", None)
         ok = serving is not None and serving.engine.engine.alive
         body = {"status": "ok" if ok else "unavailable"}
+        watchdog.check()
+        if ok and watchdog.problem():
+            ok, body = False, {"status": "unhealthy", "reason": watchdog.problem()}
         if serving is not None:
             body["model"] = serving.model_name
             body["engine"] = asdict(serving.engine.stats)
+            if serving.admission is not None:
+                body["admission"] = serving.admission.stats()
+            body["memory"] = process_memory()
         if extra_models.services():
             body["extra_models"] = extra_models.stats()
         return JSONResponse(body, status_code=200 if ok else 503)

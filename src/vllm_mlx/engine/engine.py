@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from .detokenizer import IncrementalDetokenizer
 from mlx_lm.models.cache import make_prompt_cache
 
 from ..platform import device_memory_bytes
+from .kv_estimate import kv_bytes_per_token
 from .model_runner import ModelRunner
 from .config import EngineConfig, EngineStats
 from .constraints import allowed_tokens
@@ -47,6 +49,8 @@ class LLMEngine:
         self._load_error: BaseException | None = None
         self.loaded: Any = None
         self.stats = EngineStats()
+        self.step_started: float | None = None  # monotonic start of the step running now (for the watchdog)
+        self.kv_bytes_per_token = 0  # measured after loading (for memory admission)
         self._counters = dict(finished=0, aborted=0, failed=0, prompt=0, generated=0, steps=0, together=0)
 
     # -- called from other threads ------------------------------------------
@@ -99,6 +103,7 @@ class LLMEngine:
                 on_admit=self._reuse_prefix if self.prefix_cache else None,
             )
             self.vocab_size = self._probe_vocab_size()
+            self.kv_bytes_per_token = kv_bytes_per_token(self.loaded.model)
         except BaseException as exc:  # reported to start()
             self._load_error = exc
             self._ready.set()
@@ -187,7 +192,7 @@ class LLMEngine:
                 return False
             if kind == "add":
                 for request in arg:
-                    self._add(request)
+                    self._add_safely(request)
             elif kind == "abort":
                 self._abort(arg)
             elif kind == "abort_all":
@@ -200,6 +205,17 @@ class LLMEngine:
         detokenizer = IncrementalDetokenizer(self._tokenizer, request.prompt_token_ids,
                                              skip_special_tokens=not request.keep_special_tokens)
         return Sequence(request, detokenizer, self._eos_ids, index)
+
+    def _add_safely(self, request: GenerationRequest) -> None:
+        """A request that cannot even be queued fails alone; the loop goes on."""
+        try:
+            self._add(request)
+        except Exception as exc:
+            logger.exception("request %s could not be queued", request.request_id)
+            self.scheduler.remove_request(request.request_id)
+            self._counters["failed"] += 1
+            self._emit([GenerationOutput(request.request_id, index=i, finish_reason=FinishReason.ERROR,
+                                         error=f"{type(exc).__name__}: {exc}") for i in range(request.sampling.n)])
 
     def _add(self, request: GenerationRequest) -> None:
         seq = self._new_sequence(request)
@@ -246,6 +262,13 @@ class LLMEngine:
         self._emit(outputs)
 
     def _step_safely(self) -> None:
+        self.step_started = time.monotonic()
+        try:
+            self._step_and_publish()
+        finally:
+            self.step_started = None
+
+    def _step_and_publish(self) -> None:
         if self.prefix_cache is not None and self.prefix_cache.stats.bytes:
             # The running batch comes first: cached blocks give way when memory runs short.
             excess = mx.get_active_memory() - self._memory_limit

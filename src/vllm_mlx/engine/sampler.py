@@ -32,7 +32,8 @@ _NEG_INF = float("-inf")
 
 def make_rng_key(seed: int | None) -> mx.array:
     """A request's PRNG key: from its seed, or from fresh entropy when it has none."""
-    return mx.random.key(seed if seed is not None else secrets.randbits(63))
+    # any integer is a valid seed: negative and huge ones wrap to the key's 64 bits
+    return mx.random.key(seed % 2**64 if seed is not None else secrets.randbits(63))
 
 
 def _split_keys(keys: mx.array) -> tuple[mx.array, mx.array]:
