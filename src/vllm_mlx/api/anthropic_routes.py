@@ -192,6 +192,9 @@ async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, mode
         if out.finish_reason is FinishReason.ERROR:
             yield sse_event("error", anthropic_error_body(500, f"generation failed: {out.error}"))
             return
+        if out.finish_reason is FinishReason.ABORT:  # ended by the server (shutdown): say so, not end_turn
+            yield sse_event("error", anthropic_error_body(503, "the server ended this request before it finished"))
+            return
         if last is None:  # sent with the first output, so the usage knows the cached prompt tokens
             for event in message_start(out):
                 yield event

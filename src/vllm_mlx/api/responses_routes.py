@@ -153,8 +153,9 @@ async def _events(stream: AsyncIterator[GenerationOutput], turn: _Turn, builder:
     last: GenerationOutput | None = None
     status = "completed"
     async for out in stream:
-        if out.finish_reason is FinishReason.ERROR:
-            error = {"code": "server_error", "message": f"generation failed: {out.error}"}
+        if out.finish_reason in (FinishReason.ERROR, FinishReason.ABORT):  # failed, or ended by a shutdown
+            reason = out.error if out.finish_reason is FinishReason.ERROR else "ended by the server before it finished"
+            error = {"code": "server_error", "message": f"generation failed: {reason}"}
             yield event({"type": "response.failed", "response": turn.body("failed", builder.items, error=error)})
             return
         last = out
