@@ -15,7 +15,7 @@ SOAK = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
 def test_short_soak(start_server, tiny_qwen3):
     server = start_server(tiny_qwen3, "--max-num-seqs", "16", "--api-key", "soak")
     result = subprocess.run(
-        [sys.executable, str(SOAK), "--url", server.base_url, "--clients", "24", "--duration", "15",
+        [sys.executable, str(SOAK), "--url", server.base_url, "--clients", "24", "--duration", "8", "--rounds", "2",
          "--max-tokens", "24", "--disconnect", "0.3", "--health-p99-ms", "1000"],
         capture_output=True, text=True, timeout=240)
     summary = json.loads(result.stdout)
