@@ -121,6 +121,26 @@ def test_responses_validation(server, mutation):
     _check(server, "/v1/responses", {"model": "m", "input": "hi"}, mutation)
 
 
+EMBEDDING_INPUTS = st.one_of(VALUES, st.text(max_size=30), st.lists(st.text(max_size=10), max_size=3),
+                             st.lists(st.integers(-5, 100000), max_size=5),
+                             st.lists(st.lists(st.integers(-5, 100000), max_size=4), max_size=3))
+
+
+@SETTINGS
+@given(mutation=st.fixed_dictionaries({}, optional={"input": EMBEDDING_INPUTS, "dimensions": VALUES,
+                                                    "encoding_format": st.one_of(VALUES, st.just("base64"))}))
+def test_embeddings_validation(server, mutation):
+    _check(server, "/v1/embeddings", {"model": "m", "input": "hi"}, mutation)
+
+
+@SETTINGS
+@given(mutation=st.fixed_dictionaries({}, optional={"query": st.one_of(VALUES, st.text(max_size=20)),
+                                                    "documents": st.one_of(VALUES, EMBEDDING_INPUTS),
+                                                    "top_n": VALUES}))
+def test_rerank_validation(server, mutation):
+    _check(server, "/v1/rerank", {"model": "m", "query": "a", "documents": ["b", "c"]}, mutation)
+
+
 @pytest.mark.parametrize("path,body", [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "temperature": math.nan}),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": math.inf}),
@@ -137,6 +157,8 @@ def test_responses_validation(server, mutation):
     ("/v1/messages/count_tokens", {"messages": []}),
     ("/v1/responses", {"input": [], "max_output_tokens": math.inf}),
     ("/v1/embeddings", {"input": math.nan}),
+    ("/v1/embeddings", {"input": "hi", "dimensions": -1}),
+    ("/v1/embeddings", {"input": [[10**12]]}),
 ])
 def test_known_bad_inputs_are_4xx(server, path, body):
     data = json.dumps({"model": "m", **body}, allow_nan=True)
