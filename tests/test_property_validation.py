@@ -35,8 +35,15 @@ ROLES = st.one_of(st.sampled_from(["user", "assistant", "system", "tool", "devel
 CONTENT = st.one_of(st.text(max_size=40), st.none(), st.integers(), st.just("x " * 3000),
                     st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "bogus"]),
                                                     "text": st.text(max_size=10)}), max_size=2))
+TOOL_CALLS = st.lists(st.one_of(WRONG_TYPES, st.fixed_dictionaries(
+    {"id": st.text(max_size=4), "type": st.just("function"),
+     "function": st.one_of(WRONG_TYPES, st.fixed_dictionaries({"name": st.one_of(st.text(max_size=6), st.integers()),
+                                                               "arguments": st.one_of(st.text(max_size=10), VALUES)}))})),
+    max_size=2)
 MESSAGES = st.one_of(
-    st.lists(st.fixed_dictionaries({"role": ROLES, "content": CONTENT}), min_size=0, max_size=4),
+    st.lists(st.fixed_dictionaries({"role": ROLES, "content": CONTENT},
+                                   optional={"tool_calls": TOOL_CALLS, "name": VALUES, "tool_call_id": VALUES}),
+             min_size=0, max_size=4),
     st.just([{"role": "user", "content": "hi"}] * 65),  # over --max-messages
     WRONG_TYPES,
 )

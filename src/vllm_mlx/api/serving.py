@@ -161,7 +161,10 @@ class ServingState:
     def render_chat(self, req: ChatCompletionRequest, constrained: bool = False) -> RenderedChat:
         """The prompt (ids and text), and whether the model will think (reason) before answering."""
         check_chat_limits(self.limits, req.messages, req.tools)
-        messages = [history_message(_message_dict(m)) for m in req.messages]
+        try:
+            messages = [history_message(_message_dict(m)) for m in req.messages]
+        except (TypeError, ValueError, AttributeError) as exc:  # e.g. tool_calls that are not objects
+            raise APIError(400, f"messages: a message is malformed ({exc})", param="messages") from exc
         kwargs = dict(req.chat_template_kwargs or {})
         if req.reasoning_effort is not None:
             kwargs.setdefault("reasoning_effort", req.reasoning_effort)
