@@ -304,8 +304,25 @@ class LLMEngine:
         self._drop(*done)
         self._counters["finished"] += len(done)
         for seqs, logits, merged in prefilled:
-            self._join(seqs, logits, merged)
+            self._join_isolated(seqs, logits, merged)
         return outputs
+
+    def _join_isolated(self, seqs: list[Sequence], logits: mx.array, merged: list | None) -> None:
+        """Join prefilled rows to the batch; if the group fails, join them one by one so a bad row
+        fails alone (with every continuation of its request) instead of taking its group down."""
+        try:
+            return self._join(seqs, logits, merged)
+        except Exception as exc:
+            if len(seqs) == 1:
+                return self._fail(self.scheduler.find_all(seqs[0].request_id) or seqs, exc)
+            logger.warning("joining %d prefilled rows failed; joining them one by one", len(seqs), exc_info=True)
+        for i, seq in enumerate(seqs):
+            if merged is not None:
+                seq.cache = [c.extract(i) for c in merged]
+            try:
+                self._join([seq], logits[i:i + 1], None)
+            except Exception as exc:
+                self._fail(self.scheduler.find_all(seq.request_id) or [seq], exc)
 
     def _sample_decode(self, seqs: list[Sequence], logits: mx.array, pending_applied: bool) -> RowArrays:
         """Sample every row's next token from the decode logits; ``pending_applied``: the tokens that

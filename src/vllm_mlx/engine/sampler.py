@@ -98,7 +98,7 @@ class BatchSamplingParams:
         if any(p.top_p < 1.0 for p in params):
             out.top_p = _column([p.top_p for p in params])
         if any(p.top_k > 0 for p in params):
-            out.top_k = mx.array([p.top_k for p in params])
+            out.top_k = mx.array([min(p.top_k, vocab) for p in params])  # top_k >= vocab: every token
         if any(p.min_p > 0 for p in params):
             out.min_p = _column([p.min_p for p in params])
         if any(p.logit_bias for p in params):
