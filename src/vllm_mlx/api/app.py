@@ -24,6 +24,7 @@ from .admission import build_admission
 from .auth import APIKeyMiddleware, open_paths
 from .body_limit import BodySizeLimitMiddleware
 from .process_stats import process_memory
+from .stream_guard import StreamErrorMiddleware
 from .embeddings_routes import router as embeddings_router
 from .errors import install_error_handlers
 from .metrics import MetricsMiddleware, ServerMetrics, metrics_endpoint
@@ -146,6 +147,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     engine.metrics = app.state.metrics
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.add_middleware(StreamErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_request_bytes)
     if config.api_keys:
         app.add_middleware(APIKeyMiddleware, keys=config.api_keys,
