@@ -119,3 +119,13 @@ def test_a_request_bigger_than_the_budget_runs_alone(server):
                                                    max_tokens=40, n=128)
     assert len(resp.choices) == 128
     assert server.health()["admission"]["reserved_bytes"] == 0
+
+
+def test_kv_bytes_per_token_is_measured_from_the_model(tiny_qwen3):
+    from mlx_lm import load
+
+    from vllm_mlx.engine.kv_estimate import kv_bytes_per_token
+
+    model, _ = load(str(tiny_qwen3))
+    # 2 layers x (keys + values) x 2 KV heads x 16 dims x 4 bytes (float32 weights, float32 cache)
+    assert kv_bytes_per_token(model) == 2 * 2 * 2 * 16 * 4
