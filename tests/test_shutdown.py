@@ -73,6 +73,10 @@ def test_sigterm_ends_anthropic_and_responses_streams_with_a_final_event(start_s
     started = {path: threading.Event() for path in streams}
     threads = [threading.Thread(target=_raw_stream, args=(server, path, body, lines[path], started[path]))
                for path, body in streams.items()]
+    whole = {}  # the same long requests without streaming
+    threads += [threading.Thread(target=lambda p=path, b=body: whole.update(
+        {p: httpx.post(f"{server.base_url}{p}", json={**b, "stream": False}, timeout=60)}))
+        for path, body in streams.items()]
     for t in threads:
         t.start()
     assert all(e.wait(30) for e in started.values())
@@ -87,3 +91,6 @@ def test_sigterm_ends_anthropic_and_responses_streams_with_a_final_event(start_s
     assert last["type"] == "error" and last["error"]["type"] == "overloaded_error"
     last = json.loads(lines["/v1/responses"][-1][6:])
     assert last["type"] == "response.failed" and last["response"]["status"] == "failed"
+    # non-streamed, they are a 503 in their API's shape, not a normal-looking answer
+    assert whole["/v1/messages"].status_code == 503 and whole["/v1/messages"].json()["type"] == "error"
+    assert whole["/v1/responses"].status_code == 503 and "ended" in whole["/v1/responses"].json()["error"]["message"]

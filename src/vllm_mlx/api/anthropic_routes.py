@@ -19,7 +19,7 @@ from ..engine.request import FinishReason, GenerationOutput
 from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
 from .anthropic_protocol import MessagesRequest, to_chat_request
 from .chat_output import OutputParsing
-from .errors import anthropic_error_body
+from .errors import APIError, anthropic_error_body
 from .openai_routes import _state, collect
 from .serving import RenderedChat, ServingState
 
@@ -166,6 +166,8 @@ async def messages(req: MessagesRequest, raw: Request):
         return StreamingResponse(_stream(stream, message_id, state.model_name, parsing, len(rendered.ids)),
                                  media_type="text/event-stream")
     choice = (await collect(stream, raw, 1))[0]
+    if choice.last.finish_reason is FinishReason.ABORT:  # ended by a shutdown: not a normal end
+        raise APIError(503, "the server ended this request before it finished", code="request_aborted")
     builder = BlockBuilder(parsing)
     builder.feed(choice.text)
     builder.finish()

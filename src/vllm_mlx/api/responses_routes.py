@@ -127,6 +127,8 @@ async def create_response(req: ResponsesRequest, raw: Request):
     if req.stream:
         return StreamingResponse(_events(stream, turn, builder, remember), media_type="text/event-stream")
     choice = (await collect(stream, raw, 1))[0]
+    if choice.last.finish_reason is FinishReason.ABORT:  # ended by a shutdown: not a normal end
+        raise APIError(503, "the server ended this request before it finished", code="request_aborted")
     status = "incomplete" if choice.last.finish_reason is FinishReason.LENGTH else "completed"
     builder.feed(choice.text)
     builder.finish(status)
