@@ -132,3 +132,13 @@ def qwen3_server(start_server, tiny_qwen3) -> ServerProcess:
 @pytest.fixture(scope="session")
 def scripted_server(start_server, scripted_qwen3) -> ServerProcess:
     return start_server(scripted_qwen3, "--trust-remote-code", "--served-model-name", "scripted")
+
+
+@pytest.fixture(scope="session")
+def fuzz_server(start_server, tiny_qwen3, models_dir) -> ServerProcess:
+    """A small-context server (every generation stays short) with an embedding model, for fuzz tests."""
+    from vllm_mlx.testing.embedding_models import build_tiny_bert
+
+    bert = build_tiny_bert(models_dir / "fuzz-bert")
+    return start_server(tiny_qwen3, "--served-model-name", "tiny-qwen3", "--max-model-len", "96", "--max-tokens", "4",
+                        "--max-num-seqs", "8", "--max-messages", "64", "--max-tools", "16", "--embedding-model", bert)

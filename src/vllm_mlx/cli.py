@@ -9,7 +9,7 @@ import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from . import __version__
+from . import __version__, limits
 from .cli_lifecycle import add_lifecycle_arguments, lifecycle_fields
 from .config import SamplingDefaults, ServerConfig
 from .config_file import add_operator_flags
@@ -138,6 +138,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="run the server-side MCP tool loop for every chat request that does not send \"mcp\"")
     add_operator_flags(p)
     add_lifecycle_arguments(p)
+    limits.add_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +200,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         distributed=args.distributed,
         distributed_timeout=args.distributed_timeout,
         distributed_parallelism=args.distributed_parallelism,
+        **limits.from_args(args),
         **lifecycle_fields(args),
     )
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .media.decode import MediaLimits
 from .media.fetch import FetchPolicy
+from .limits import AccessConfig, Limits, WatchdogConfig
 
 
 BATCH_DIVERGENCE_ACTIONS = ("warn", "serialize")
@@ -86,4 +87,7 @@ class ServerConfig:
     distributed: bool = False  # one model over the ranks of an mlx.launch job (docs/distributed.md)
     distributed_timeout: float = 60.0  # an engine step or exchange longer than this ends the job
     distributed_parallelism: str = "auto"  # tensor (shard()) when the model has it, else pipeline
+    limits: Limits = field(default_factory=Limits)  # request limits and memory admission
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)  # which routes skip the API key
     extra: dict = field(default_factory=dict)

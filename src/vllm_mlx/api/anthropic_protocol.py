@@ -214,6 +214,10 @@ def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
     system = [] if req.system is None else [_text_of(req.system, "system")]
     messages: list[dict[str, Any]] = []
     for i, message in enumerate(req.messages):
+        final_assistant = i == len(req.messages) - 1 and message.role == "assistant"
+        if message.content == [] and not final_assistant:
+            raise APIError(400, f"messages.{i}: content must not be empty (only a final assistant turn may be)",
+                           param=f"messages.{i}.content")
         for converted in _convert_message(message, i):
             if converted["role"] == "system":  # hoisted: many templates accept a system message only first
                 system.append(converted["content"])

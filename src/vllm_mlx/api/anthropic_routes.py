@@ -19,7 +19,7 @@ from ..engine.request import FinishReason, GenerationOutput
 from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
 from .anthropic_protocol import MessagesRequest, to_chat_request
 from .chat_output import OutputParsing
-from .errors import anthropic_error_body
+from .errors import APIError, anthropic_error_body
 from .model_registry import serving_for
 from .openai_routes import collect
 from .operator_routes import page_response, wants_html
@@ -168,6 +168,8 @@ async def messages(req: MessagesRequest, raw: Request):
         return StreamingResponse(_stream(stream, message_id, state.model_name, parsing, len(rendered.ids)),
                                  media_type="text/event-stream")
     choice = (await collect(stream, raw, 1))[0]
+    if choice.last.finish_reason is FinishReason.ABORT:  # ended by a shutdown: not a normal end
+        raise APIError(503, "the server ended this request before it finished", code="request_aborted")
     builder = BlockBuilder(parsing)
     builder.feed(choice.text)
     builder.finish()
@@ -193,6 +195,9 @@ async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, mode
     async for out in stream:
         if out.finish_reason is FinishReason.ERROR:
             yield sse_event("error", anthropic_error_body(500, f"generation failed: {out.error}"))
+            return
+        if out.finish_reason is FinishReason.ABORT:  # ended by the server (shutdown): say so, not end_turn
+            yield sse_event("error", anthropic_error_body(503, "the server ended this request before it finished"))
             return
         if last is None:  # sent with the first output, so the usage knows the cached prompt tokens
             for event in message_start(out):

@@ -17,7 +17,10 @@ from ..models.loader import resolve_model_path
 from ..operator_cli import is_loopback
 from .anthropic_routes import router as anthropic_router
 from .audio_routes import router as audio_router
-from .auth import APIKeyMiddleware
+from .auth import APIKeyMiddleware, open_paths
+from .body_limit import BodySizeLimitMiddleware
+from .process_stats import process_memory
+from .stream_guard import StreamErrorMiddleware
 from .embeddings_routes import router as embeddings_router
 from .errors import install_error_handlers
 from .mcp_routes import router as mcp_router, start_mcp
@@ -32,6 +35,7 @@ from .responses_convert import ResponseStore
 from .responses_routes import router as responses_router
 from .serving import ServingState
 from .warmup import warm_up
+from .watchdog import EngineWatchdog
 
 logger = logging.getLogger("vllm_mlx")
 
@@ -102,9 +106,11 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
             await extra_models.preload()
         app.state.mcp = await start_mcp(config.mcp_config)
         await monitors.start()
+        watchdog.start()
         try:
             yield
         finally:
+            watchdog.stop()
             await monitors.stop()
             if app.state.mcp is not None:
                 await app.state.mcp.stop()
@@ -116,6 +122,8 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
 
     app = FastAPI(title="vllm-mlx", version="0.1.0", lifespan=lifespan)
     app.state.config = config
+    watchdog = app.state.watchdog = EngineWatchdog(
+        (lambda: [engine.engine]) if registry is None else registry.running_engines, config.watchdog)
     app.state.extra_models = extra_models
     app.state.responses_store = ResponseStore()  # bounded, for previous_response_id
     app.state.mcp = None  # the MCPManager, started with the engine when --mcp-config is given
@@ -131,9 +139,12 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
     monitors = app.state.divergence_monitors = DivergenceMonitors(config, app, registry)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.add_middleware(StreamErrorMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_request_bytes)
     install_rate_limit(app, config)  # inside the key check: one bucket per valid key
     if config.api_keys:
-        app.add_middleware(APIKeyMiddleware, keys=config.api_keys)
+        app.add_middleware(APIKeyMiddleware, keys=config.api_keys,
+                           open_paths=open_paths(config.access.public_metrics, config.access.private_health))
     elif not is_loopback(config.host):
         logger.warning("listening on %s WITHOUT an API key: anyone who can reach this port can use the model. "
                        "Pass --api-key.", config.host)
@@ -152,11 +163,17 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
         serving: ServingState | None = getattr(raw.app.state, "serving", None)
         ok = registry is not None or (serving is not None and serving.engine.engine.alive)
         body = {"status": "ok" if ok else "unavailable"}
+        watchdog.check()
+        if ok and watchdog.problem():
+            ok, body = False, {"status": "unhealthy", "reason": watchdog.problem()}
         if registry is not None:
             body["models"] = registry.snapshot()
         elif serving is not None:
             body["model"] = serving.model_name
             body["engine"] = asdict(serving.engine.stats)
+            if serving.admission is not None:
+                body["admission"] = serving.admission.stats()
+            body["memory"] = process_memory()
         if extra_models.services():
             body["extra_models"] = extra_models.stats()
         if monitors.enabled:

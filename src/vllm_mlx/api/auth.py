@@ -14,6 +14,12 @@ logger = logging.getLogger(__name__)
 OPEN_PATHS = frozenset({"/health", "/", "/ui"})  # "/": the liveness probe some clients send (HEAD /); "/ui": the page
 
 
+def open_paths(public_metrics: bool = False, private_health: bool = False) -> frozenset[str]:
+    """Routes served without the key: "/" and the page at /ui always, /health unless private, /metrics when
+    public."""
+    return frozenset({"/", "/ui"} | (set() if private_health else {"/health"}) | ({"/metrics"} if public_metrics else set()))
+
+
 def presented_key(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
@@ -28,8 +34,9 @@ class APIKeyMiddleware:
     client-disconnect detection pass through untouched.
     """
 
-    def __init__(self, app, keys: tuple[str, ...]):
+    def __init__(self, app, keys: tuple[str, ...], open_paths: frozenset[str] = OPEN_PATHS):
         self.app = app
+        self._open = open_paths
         self._keys = tuple(k.encode() for k in keys)
 
     def _valid(self, key: str | None) -> bool:
@@ -43,7 +50,7 @@ class APIKeyMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request = Request(scope)
-        if request.url.path in OPEN_PATHS or request.method == "OPTIONS" or self._valid(presented_key(request)):
+        if request.url.path in self._open or request.method == "OPTIONS" or self._valid(presented_key(request)):
             return await self.app(scope, receive, send)
         logger.info("rejected unauthenticated %s %s", request.method, request.url.path)
         response = error_response_for(

@@ -252,6 +252,10 @@ class ModelRegistry:
                 entry.engine.engine.abort_all()
 
     # -- reporting -------------------------------------------------------------------------
+    def running_engines(self) -> list:
+        """The engine threads of the loaded models (for the watchdog)."""
+        return [e.engine.engine for e in self.entries.values() if e.engine is not None]
+
     def combined_stats(self) -> EngineStats | None:
         """The engines' counters summed (for the /metrics engine gauges)."""
         engines = [e.engine for e in self.entries.values() if e.engine is not None and e.engine.engine.alive]

@@ -17,6 +17,7 @@ from ..engine.config import EngineConfig
 from ..models.loader import LoadedModel, load_model
 from ..models.vision_loader import load_vision_model, vision_evidence
 from ..platform import detect_backend
+from .admission import build_admission
 from .serving import ServingState
 from .vision_inputs import VisionInputs
 
@@ -87,6 +88,8 @@ def build_serving(config: ServerConfig, engine: AsyncEngine, names: tuple[str, .
         default_max_tokens=config.max_tokens,
         defaults=config.sampling_defaults,
         strict_model_id=config.strict_model_id if strict_model_id is None else strict_model_id,
+        limits=config.limits,
+        admission=build_admission(config.limits, engine.engine.kv_bytes_per_token),
         **choose_output_parsers(loaded.tokenizer, config.tool_call_parser, config.reasoning_parser),
         vision=VisionInputs(loaded.vision, loaded.tokenizer, config.media_fetch, config.media_limits)
         if loaded.vision else None,

@@ -128,6 +128,7 @@ async def completions(req: CompletionRequest, raw: Request):
     request_id = new_id("cmpl")
     created = int(time.time())
     token_text = TokenText(state.tokenizer) if wants_logprobs else None
+    await state.wait_for_memory(*((len(p), sp) for p, sp in zip(prompts, params)))
     streams = [state.generate(f"{request_id}-{i}", p, sp, constraint.deep_copy() if constraint else None)
                for i, (p, sp) in enumerate(zip(prompts, params))]
     if req.stream:

@@ -128,6 +128,8 @@ async def create_response(req: ResponsesRequest, raw: Request):
     if req.stream:
         return StreamingResponse(_events(stream, turn, builder, remember), media_type="text/event-stream")
     choice = (await collect(stream, raw, 1))[0]
+    if choice.last.finish_reason is FinishReason.ABORT:  # ended by a shutdown: not a normal end
+        raise APIError(503, "the server ended this request before it finished", code="request_aborted")
     status = "incomplete" if choice.last.finish_reason is FinishReason.LENGTH else "completed"
     builder.feed(choice.text)
     builder.finish(status)
@@ -154,8 +156,9 @@ async def _events(stream: AsyncIterator[GenerationOutput], turn: _Turn, builder:
     last: GenerationOutput | None = None
     status = "completed"
     async for out in stream:
-        if out.finish_reason is FinishReason.ERROR:
-            error = {"code": "server_error", "message": f"generation failed: {out.error}"}
+        if out.finish_reason in (FinishReason.ERROR, FinishReason.ABORT):  # failed, or ended by a shutdown
+            reason = out.error if out.finish_reason is FinishReason.ERROR else "ended by the server before it finished"
+            error = {"code": "server_error", "message": f"generation failed: {reason}"}
             yield event({"type": "response.failed", "response": turn.body("failed", builder.items, error=error)})
             return
         last = out

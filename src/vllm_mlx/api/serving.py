@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from ..config import SamplingDefaults
+from ..limits import Limits
+from .admission import AdmittedStream, MemoryAdmission
+from .request_limits import check_chat_limits, check_generation_limits, check_prompt_count
 from ..engine.async_engine import AsyncEngine
 from ..engine.constraints import GrammarCompiler, GrammarError, StructuredSpec, tool_call_spec
 from ..parsers import prompt_opens_reasoning, required_markers
@@ -63,12 +66,16 @@ class ServingState:
     reasoning_parser: str | None = None
     special_tokens: frozenset[str] = frozenset()  # tokens the detokenizer drops unless told to keep them
     vision: Any = None  # vision_inputs.VisionInputs for a vision-language model (None: text-only)
+    limits: Limits = field(default_factory=Limits)
+    admission: MemoryAdmission | None = None  # memory-aware admission (None: off)
 
     # -- request checks -------------------------------------------------------
     def admit(self, req: SamplingFields, route: str) -> None:
         """The checks every generation route makes first: unknown fields, model id, unsupported fields."""
         self.warn_unknown_fields(req, route)
         self.check_model(req.model)
+        if getattr(req, "prompt", None) is not None:
+            check_prompt_count(self.limits, req.prompt)
         self.reject_unsupported(req)
 
     def warn_unknown_fields(self, req: OpenAIRequest, route: str) -> None:
@@ -157,8 +164,13 @@ class ServingState:
     # -- prompts ----------------------------------------------------------------
     def render_chat(self, req: ChatCompletionRequest, constrained: bool = False) -> RenderedChat:
         """The prompt (ids and text), and whether the model will think (reason) before answering."""
+        check_chat_limits(self.limits, req.messages, req.tools)
         media: list | None = [] if self.vision is not None else None
-        messages = [history_message(_message_dict(m, media, f"messages.{i}.content")) for i, m in enumerate(req.messages)]
+        try:
+            messages = [history_message(_message_dict(m, media, f"messages.{i}.content"))
+                        for i, m in enumerate(req.messages)]
+        except (TypeError, ValueError, AttributeError) as exc:  # e.g. tool_calls that are not objects
+            raise APIError(400, f"messages: a message is malformed ({exc})", param="messages") from exc
         kwargs = dict(req.chat_template_kwargs or {})
         if req.reasoning_effort is not None:
             kwargs.setdefault("reasoning_effort", req.reasoning_effort)
@@ -238,6 +250,8 @@ class ServingState:
 
     def sampling_params(self, req: SamplingFields, prompt_len: int, max_tokens: int | None,
                         logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams:
+        prompt_param = "messages" if isinstance(req, ChatCompletionRequest) else "prompt"
+        check_generation_limits(self.limits, prompt_len, max_tokens, prompt_param)
         budget = self.max_model_len - prompt_len
         if budget < 1:
             raise APIError(
@@ -305,7 +319,6 @@ class ServingState:
         """Run tokenizer work off the event loop."""
         return await asyncio.to_thread(fn, *args)
 
-    # -- generation -------------------------------------------------------------
     # -- the generation steps every chat-shaped API shares --------------------------------
     def output_constraint(self, req: ChatCompletionRequest) -> tuple[str, StructuredSpec] | None:
         """The one grammar a request asks for: a structured-output format, or a forced tool call."""
@@ -334,6 +347,7 @@ class ServingState:
         parsing = self.output_parsing(req, rendered)
         params = self.sampling_params(req, len(rendered.ids), max_tokens, logprobs=logprobs, top_logprobs=top_logprobs)
         constraint = await self.compile_constraint(*reversed(spec)) if spec else None
+        await self.wait_for_memory((len(rendered.ids), params))
         stream = self.generate(
             request_id, rendered.ids, params, constraint,
             self.reasoning_end_tokens(parsing.starts_in_reasoning) if spec else (),
@@ -343,16 +357,27 @@ class ServingState:
         )
         return ChatRun(parsing, params, stream)
 
-    async def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
-                       constraint: Any = None, constraint_after: tuple[int, ...] = (),
-                       keep_special_tokens: bool = False, reasoning_markers=None,
-                       starts_in_reasoning: bool = False, multimodal: Any = None) -> AsyncIterator[GenerationOutput]:
+    async def wait_for_memory(self, *runs: tuple[int, SamplingParams]) -> None:
+        """Wait until generations of these (prompt length, params) fit the memory budget (else 503)."""
+        if self.admission is not None:
+            need = sum(self.admission.need(n, params) for n, params in runs)
+            await self.admission.wait_for_room(min(need, self.admission.budget_bytes))
+
+    def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                 constraint: Any = None, constraint_after: tuple[int, ...] = (),
+                 keep_special_tokens: bool = False, reasoning_markers=None,
+                 starts_in_reasoning: bool = False, multimodal: Any = None) -> AsyncIterator[GenerationOutput]:
+        """The engine stream of one generation; its memory is reserved now (503 when it does not fit)."""
+        if not self.engine.engine.alive:
+            raise APIError(503, "the engine is not running", code="engine_unavailable")
+        reservation = None
+        if self.admission is not None:
+            reservation = self.admission.reserve(self.admission.need(len(prompt_ids), params))
         request = GenerationRequest(request_id=request_id, prompt_token_ids=prompt_ids, sampling=params,
                                     constraint=constraint, constraint_after=constraint_after,
                                     keep_special_tokens=keep_special_tokens, reasoning_markers=reasoning_markers,
                                     starts_in_reasoning=starts_in_reasoning, multimodal=multimodal)
-        async for out in self.engine.generate(request):
-            yield out
+        return AdmittedStream(self.engine.generate(request), reservation)
 
 
 def _message_dict(message: ChatMessage, media: list | None = None, where: str = "messages") -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from .detokenizer import IncrementalDetokenizer
 from mlx_lm.models.cache import make_prompt_cache
 
 from ..platform import device_memory_bytes
+from .kv_estimate import kv_bytes_per_token
 from .model_runner import ModelRunner
 from .config import EngineConfig, EngineStats
 from .constraints import allowed_tokens
@@ -50,6 +52,8 @@ class LLMEngine:
         self._load_error: BaseException | None = None
         self.loaded: Any = None
         self.stats = EngineStats()
+        self.step_started: float | None = None  # monotonic start of the step running now (for the watchdog)
+        self.kv_bytes_per_token = 0  # measured after loading (for memory admission)
         self._counters = dict(finished=0, aborted=0, failed=0, prompt=0, generated=0, steps=0, together=0,
                               peak_active=0)
 
@@ -108,6 +112,7 @@ class LLMEngine:
             on_admit=self._reuse_prefix if self.prefix_cache else None,
         )
         self.vocab_size = self._probe_vocab_size()
+        self.kv_bytes_per_token = kv_bytes_per_token(self.loaded.model)
         self._batch_params: BatchSamplingParams | None = None
 
     def _make_runner(self) -> ModelRunner:
@@ -209,7 +214,7 @@ class LLMEngine:
                 return False
             if kind == "add":
                 for request in arg:
-                    self._add(request)
+                    self._add_safely(request)
             elif kind == "abort":
                 self._abort(arg)
             elif kind == "abort_all":
@@ -233,6 +238,17 @@ class LLMEngine:
         detokenizer = IncrementalDetokenizer(self._tokenizer, request.prompt_token_ids,
                                              skip_special_tokens=not request.keep_special_tokens)
         return Sequence(request, detokenizer, self._eos_ids, index)
+
+    def _add_safely(self, request: GenerationRequest) -> None:
+        """A request that cannot even be queued fails alone; the loop goes on."""
+        try:
+            self._add(request)
+        except Exception as exc:
+            logger.exception("request %s could not be queued", request.request_id)
+            self.scheduler.remove_request(request.request_id)
+            self._counters["failed"] += 1
+            self._emit([GenerationOutput(request.request_id, index=i, finish_reason=FinishReason.ERROR,
+                                         error=f"{type(exc).__name__}: {exc}") for i in range(request.sampling.n)])
 
     def _add(self, request: GenerationRequest) -> None:
         seq = self._new_sequence(request)
@@ -286,6 +302,13 @@ class LLMEngine:
                 self.prefix_cache.shrink(excess)
 
     def _step_safely(self) -> None:
+        self.step_started = time.monotonic()
+        try:
+            self._step_and_publish()
+        finally:
+            self.step_started = None
+
+    def _step_and_publish(self) -> None:
         self._make_room()
         plan = self.scheduler.schedule()
         try:
@@ -317,8 +340,25 @@ class LLMEngine:
         self._drop(*done)
         self._counters["finished"] += len(done)
         for seqs, logits, merged in prefilled:
-            self._join(seqs, logits, merged)
+            self._join_isolated(seqs, logits, merged)
         return outputs
+
+    def _join_isolated(self, seqs: list[Sequence], logits: mx.array, merged: list | None) -> None:
+        """Join prefilled rows to the batch; if the group fails, join them one by one so a bad row
+        fails alone (with every continuation of its request) instead of taking its group down."""
+        try:
+            return self._join(seqs, logits, merged)
+        except Exception as exc:
+            if len(seqs) == 1:
+                return self._fail(self.scheduler.find_all(seqs[0].request_id) or seqs, exc)
+            logger.warning("joining %d prefilled rows failed; joining them one by one", len(seqs), exc_info=True)
+        for i, seq in enumerate(seqs):
+            if merged is not None:
+                seq.cache = [c.extract(i) for c in merged]
+            try:
+                self._join([seq], logits[i:i + 1], None)
+            except Exception as exc:
+                self._fail(self.scheduler.find_all(seq.request_id) or [seq], exc)
 
     def _sample_decode(self, seqs: list[Sequence], logits: mx.array, pending_applied: bool) -> RowArrays:
         """Sample every row's next token from the decode logits; ``pending_applied``: the tokens that

@@ -32,7 +32,8 @@ _NEG_INF = float("-inf")
 
 def make_rng_key(seed: int | None) -> mx.array:
     """A request's PRNG key: from its seed, or from fresh entropy when it has none."""
-    return mx.random.key(seed if seed is not None else secrets.randbits(63))
+    # any integer is a valid seed: negative and huge ones wrap to the key's 64 bits
+    return mx.random.key(seed % 2**64 if seed is not None else secrets.randbits(63))
 
 
 def _split_keys(keys: mx.array) -> tuple[mx.array, mx.array]:
@@ -97,7 +98,7 @@ class BatchSamplingParams:
         if any(p.top_p < 1.0 for p in params):
             out.top_p = _column([p.top_p for p in params])
         if any(p.top_k > 0 for p in params):
-            out.top_k = mx.array([p.top_k for p in params])
+            out.top_k = mx.array([min(p.top_k, vocab) for p in params])  # top_k >= vocab: every token
         if any(p.min_p > 0 for p in params):
             out.min_p = _column([p.min_p for p in params])
         if any(p.logit_bias for p in params):

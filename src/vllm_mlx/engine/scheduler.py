@@ -60,6 +60,10 @@ class Scheduler:
         """Every sequence of a request (n > 1 gives several)."""
         return [seq for seq in self.all_sequences() if seq.request_id == request_id]
 
+    def remove_request(self, request_id: str) -> None:
+        for seq in self.find_all(request_id):
+            self.remove(seq)
+
     def remove(self, seq: Sequence) -> None:
         for group in (self.running, self.prefilling):
             if seq in group:
