@@ -92,6 +92,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="on SIGTERM, seconds in-flight requests may keep running before they are ended "
                         "with a final event (default: %(default)s)")
+    p.add_argument("--request-log", default=None, metavar="FILE",
+                   help="append one JSON line per HTTP request to FILE: route, status, auth scheme, user agent, "
+                        "and a summary of the body (stream, roles, tool names; no prompt text)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -142,6 +145,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
+        request_log=args.request_log,
     )
 
 

@@ -52,5 +52,6 @@ class ServerConfig:
     max_audio_upload_bytes: int = 25 * 1024 * 1024
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     log_level: str = "info"
+    request_log: str | None = None  # JSONL file: one summary line per HTTP request (api/request_log.py)
     shutdown_timeout: float = 30.0  # SIGTERM: drain window before remaining requests are ended
     extra: dict = field(default_factory=dict)

@@ -26,6 +26,7 @@ from .errors import install_error_handlers
 from .metrics import MetricsMiddleware, ServerMetrics, metrics_endpoint
 from .chat_routes import router as chat_router
 from .openai_routes import router as openai_router
+from .request_log import RequestLogMiddleware
 from .responses_convert import ResponseStore
 from .responses_routes import router as responses_router
 from .serving import ServingState
@@ -142,6 +143,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     elif config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s WITHOUT an API key: anyone who can reach this port can use the model. "
                        "Pass --api-key.", config.host)
+    if config.request_log:  # outermost: also sees requests the key check refuses
+        app.add_middleware(RequestLogMiddleware, path=config.request_log)
     app.include_router(chat_router)
     app.include_router(openai_router)
     app.include_router(responses_router)

@@ -36,6 +36,8 @@ The KV cache must keep float32 (token ids are stored as exact floats).
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -45,7 +47,12 @@ import numpy as np
 from mlx_lm.models.base import BaseModelArgs
 from mlx_lm.models.cache import KVCache
 
+from .agent_script import DEFAULT_COMMAND, FORMATS, agent_reply
+
 MODEL_TYPE = "vllm_mlx_scripted"
+# When set (in the server's environment), every new conversation the model answers is appended to
+# this file as one JSON line {"context", "kind", "reply"}: what the server really handed the model.
+TRANSCRIPT_ENV = "VLLM_MLX_SCRIPTED_TRANSCRIPT"
 MODEL_FILE = "scripted_model.py"
 MODEL_FILE_SOURCE = (
     '"""Scripted test model; the implementation lives in vllm_mlx.testing."""\n'
@@ -64,6 +71,8 @@ class ModelArgs(BaseModelArgs):
     rules: list = field(default_factory=list)
     default_reply: str = ""
     default_reply_ids: list = field(default_factory=list)
+    # agent behaviour (see agent_script.py): {"format": "hermes" | "llama3_json", "command": str}
+    agent: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -129,6 +138,53 @@ class Script:
         self.token_bytes = [bytes.fromhex(h) for h in args.token_bytes]
         self.rules = list(args.rules)
         self.default_reply_ids = [int(t) for t in args.default_reply_ids]
+        self.agent = dict(args.agent or {})
+        self.format = FORMATS[self.agent.get("format", "hermes")] if self.agent else None
+        self.encoding = {b: i for i, b in reversed(list(enumerate(self.token_bytes))) if b}
+        self.longest = max((len(b) for b in self.encoding), default=1)
+        self.transcript = os.environ.get(TRANSCRIPT_ENV)
+        self._replies: dict[tuple, list[int]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        """Greedy longest-match tokens whose bytes spell ``text`` (any spelling decodes the same)."""
+        data, out, i = text.encode("utf-8"), [], 0
+        while i < len(data):
+            for n in range(min(self.longest, len(data) - i), 0, -1):
+                token = self.encoding.get(data[i : i + n])
+                if token is not None:
+                    out.append(token)
+                    i += n
+                    break
+            else:
+                raise ValueError(f"byte {data[i]:#x} has no token")
+        return out
+
+    def reply_for(self, context_ids: Sequence[int]) -> list[int]:
+        """The reply to a conversation (memoized: every decode step asks again)."""
+        key = tuple(context_ids)
+        reply = self._replies.get(key)
+        if reply is None:
+            context = self.decode(context_ids)
+            kind, text = "default", None
+            for i, rule in enumerate(self.rules):
+                if rule_matches(rule, context):
+                    kind, reply = f"rule {i}", rule["reply_ids"]
+                    break
+            if reply is None and self.format is not None:
+                found = agent_reply(context, self.format, self.agent.get("command", DEFAULT_COMMAND))
+                if found is not None:
+                    kind, text = found
+                    reply = self.encode(text)
+            if reply is None:
+                reply = self.default_reply_ids
+            if len(self._replies) >= 64:
+                self._replies.pop(next(iter(self._replies)))
+            self._replies[key] = reply
+            if self.transcript:
+                record = {"context": context, "kind": kind, "reply": text if text is not None else self.decode(reply)}
+                with open(self.transcript, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return reply
 
     def decode(self, tokens: Sequence[int]) -> str:
         table = self.token_bytes
@@ -140,7 +196,7 @@ class Script:
         """Next token after ``history`` (the row's real tokens)."""
         cut = find_last(history, self.marker)
         if cut >= 0:
-            reply = select_reply(self.decode(history[: cut - len(self.marker)]), self.rules, self.default_reply_ids)
+            reply = self.reply_for(history[: cut - len(self.marker)])
             return next_token(history[cut:], reply, self.eos)
         # No assistant turn: the prompt is a raw completion prompt.
         for rule in [*self.rules, None]:
