@@ -147,6 +147,7 @@ def run_client(cmd: list[str], *, env: dict, cwd: Path, timeout: float = 240, tr
     strace = shutil.which("strace") if trace else None
     log = cwd / "connects.strace"
     full = [strace, "-f", "-qq", "-e", "trace=connect", "-o", str(log), *cmd] if strace else cmd
+    env = {**env, "PWD": str(cwd)}  # some clients take their project folder from $PWD
     start = time.monotonic()
     done = subprocess.run(full, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
                           input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
@@ -209,12 +210,17 @@ def size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def check_offline(run: ClientRun, proxy: NoEgressProxy) -> None:
-    assert not proxy.attempts, f"the client tried to reach the network through the proxy: {proxy.attempts}"
+def check_offline(run: ClientRun, proxy: NoEgressProxy, refused_ok: tuple[str, ...] = ()) -> list[str]:
+    """Nothing connected off this machine (strace); every proxy attempt was refused, and only the
+    client housekeeping hosts in ``refused_ok`` were even attempted.  Returns the refused attempts."""
     assert not run.outbound, f"the client connected off this machine: {run.outbound}"
+    unexpected = [a for a in proxy.attempts if not any(f" {host}:" in a or f"//{host}" in a for host in refused_ok)]
+    assert not unexpected, f"the client tried to reach the network through the proxy: {unexpected}"
+    return list(proxy.attempts)
 
 
-def check_agent_round_trip(run: ClientRun, evidence: Evidence, proxy: NoEgressProxy, output: str) -> None:
+def check_agent_round_trip(run: ClientRun, evidence: Evidence, proxy: NoEgressProxy, output: str,
+                           refused_ok: tuple[str, ...] = ()) -> list[str]:
     """Clean exit; the shell tool ran and its evaluated output came back to the model; the final
     answer reached the client's output; nothing left the machine."""
     kinds = [c["kind"] for c in evidence.conversations]
@@ -226,4 +232,4 @@ def check_agent_round_trip(run: ClientRun, evidence: Evidence, proxy: NoEgressPr
         f"MARKER_42 never came back as a tool result (kinds {kinds}; "
         f"last answer {[c['reply'] for c in evidence.conversations if c['kind'] == 'answer'][-1:]})\n{run.tail()}")
     assert ANSWER in output, f"the final answer is not in the client's output\n{run.tail()}"
-    check_offline(run, proxy)
+    return check_offline(run, proxy, refused_ok)
