@@ -210,17 +210,21 @@ def size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def check_offline(run: ClientRun, proxy: NoEgressProxy, refused_ok: tuple[str, ...] = ()) -> list[str]:
+def check_offline(run: ClientRun, proxy: NoEgressProxy, refused_ok: tuple[str, ...] = (),
+                  dns_ok: bool = False) -> list[str]:
     """Nothing connected off this machine (strace); every proxy attempt was refused, and only the
-    client housekeeping hosts in ``refused_ok`` were even attempted.  Returns the refused attempts."""
-    assert not run.outbound, f"the client connected off this machine: {run.outbound}"
+    client housekeeping hosts in ``refused_ok`` were even attempted.  ``dns_ok``: the client's own
+    update check resolves a name (a DNS query, no connection follows offline).  Returns what was
+    attempted and stopped."""
+    outbound = [c for c in run.outbound if not (dns_ok and c.endswith(":53"))]
+    assert not outbound, f"the client connected off this machine: {outbound}"
     unexpected = [a for a in proxy.attempts if not any(f" {host}:" in a or f"//{host}" in a for host in refused_ok)]
     assert not unexpected, f"the client tried to reach the network through the proxy: {unexpected}"
-    return list(proxy.attempts)
+    return list(proxy.attempts) + [f"DNS query ({c})" for c in run.outbound if c not in outbound]
 
 
 def check_agent_round_trip(run: ClientRun, evidence: Evidence, proxy: NoEgressProxy, output: str,
-                           refused_ok: tuple[str, ...] = ()) -> list[str]:
+                           refused_ok: tuple[str, ...] = (), dns_ok: bool = False) -> list[str]:
     """Clean exit; the shell tool ran and its evaluated output came back to the model; the final
     answer reached the client's output; nothing left the machine."""
     kinds = [c["kind"] for c in evidence.conversations]
@@ -232,4 +236,4 @@ def check_agent_round_trip(run: ClientRun, evidence: Evidence, proxy: NoEgressPr
         f"MARKER_42 never came back as a tool result (kinds {kinds}; "
         f"last answer {[c['reply'] for c in evidence.conversations if c['kind'] == 'answer'][-1:]})\n{run.tail()}")
     assert ANSWER in output, f"the final answer is not in the client's output\n{run.tail()}"
-    return check_offline(run, proxy, refused_ok)
+    return check_offline(run, proxy, refused_ok, dns_ok)
