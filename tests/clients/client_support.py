@@ -99,15 +99,17 @@ class NoEgressProxy:
         self._sock.close()
 
 
-def sandbox_env(home: Path, proxy: NoEgressProxy, **extra: str) -> dict[str, str]:
-    """The client's environment: a throwaway home, every proxy variable at the refusing proxy."""
+def sandbox_env(home: Path, proxy: NoEgressProxy | None, **extra: str) -> dict[str, str]:
+    """The client's environment: a throwaway home, every proxy variable at the refusing proxy
+    (``proxy=None`` for a client that sends even 127.0.0.1 through a proxy: strace alone watches it)."""
     env = {k: v for k, v in os.environ.items() if not SCRUBBED.match(k)}
     for sub in ("config", "cache", "data", "state"):
         (home / f".{sub}").mkdir(parents=True, exist_ok=True)
     env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_CACHE_HOME=str(home / ".cache"),
                XDG_DATA_HOME=str(home / ".data"), XDG_STATE_HOME=str(home / ".state"),
                DO_NOT_TRACK="1", NO_COLOR="1", TERM="dumb", CI="1")
-    env.update(proxy.env())
+    if proxy is not None:
+        env.update(proxy.env())
     env.update(extra)
     return env
 
