@@ -162,29 +162,39 @@ class Script:
     def reply_for(self, context_ids: Sequence[int]) -> list[int]:
         """The reply to a conversation (memoized: every decode step asks again)."""
         key = tuple(context_ids)
-        reply = self._replies.get(key)
-        if reply is None:
-            context = self.decode(context_ids)
-            kind, text = "default", None
-            for i, rule in enumerate(self.rules):
-                if rule_matches(rule, context):
-                    kind, reply = f"rule {i}", rule["reply_ids"]
-                    break
-            if reply is None and self.format is not None:
-                found = agent_reply(context, self.format, self.agent.get("command", DEFAULT_COMMAND))
-                if found is not None:
-                    kind, text = found
-                    reply = self.encode(text)
-            if reply is None:
-                reply = self.default_reply_ids
+        found = self._replies.get(key)
+        if found is None:
+            found = self._reply_for(key)
             if len(self._replies) >= 64:
                 self._replies.pop(next(iter(self._replies)))
-            self._replies[key] = reply
-            if self.transcript:
-                record = {"context": context, "kind": kind, "reply": text if text is not None else self.decode(reply)}
-                with open(self.transcript, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        return reply
+            self._replies[key] = found
+        return found[2]
+
+    def record(self, context_ids: Sequence[int]) -> None:
+        """Append the conversation and its reply to the transcript file, when there is one."""
+        if self.transcript:
+            kind, text, _ = self._replies[tuple(context_ids)]
+            line = {"context": self.decode(context_ids), "kind": kind, "reply": text}
+            with open(self.transcript, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def _reply_for(self, context_ids: tuple) -> tuple[str, str, list[int]]:
+        """(kind, text, token ids) of the reply: the first matching rule, else the agent, else the default."""
+        reply = None
+        context = self.decode(context_ids)
+        kind, text = "default", None
+        for i, rule in enumerate(self.rules):
+            if rule_matches(rule, context):
+                kind, reply = f"rule {i}", rule["reply_ids"]
+                break
+        if reply is None and self.format is not None:
+            found = agent_reply(context, self.format, self.agent.get("command", DEFAULT_COMMAND))
+            if found is not None:
+                kind, text = found
+                reply = self.encode(text)
+        if reply is None:
+            reply = self.default_reply_ids
+        return kind, text if text is not None else self.decode(reply), reply
 
     def decode(self, tokens: Sequence[int]) -> str:
         table = self.token_bytes
@@ -192,11 +202,15 @@ class Script:
             "utf-8", errors="replace"
         )
 
-    def predict(self, history: Sequence[int]) -> int:
-        """Next token after ``history`` (the row's real tokens)."""
+    def predict(self, history: Sequence[int], sampled: bool = False) -> int:
+        """Next token after ``history`` (the row's real tokens); ``sampled``: this position's
+        prediction is the one the engine samples (the last of the forward call)."""
         cut = find_last(history, self.marker)
         if cut >= 0:
-            reply = self.reply_for(history[: cut - len(self.marker)])
+            context = history[: cut - len(self.marker)]
+            reply = self.reply_for(context)
+            if sampled and reply_progress(history[cut:], reply) == 0:
+                self.record(context)  # the reply's first token: once per request
             return next_token(history[cut:], reply, self.eos)
         # No assistant turn: the prompt is a raw completion prompt.
         for rule in [*self.rules, None]:
@@ -218,7 +232,7 @@ class Script:
             if p < 0:
                 out.append(self.eos)
             elif p == len(history) - 1 or (cut >= 0 and p + 1 >= cut):
-                out.append(self.predict(history[: p + 1]))
+                out.append(self.predict(history[: p + 1], sampled=p == len(history) - 1))
             else:
                 out.append(self.eos)
         return out
