@@ -18,7 +18,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS_DIR = ROOT / ".clients"
 ARTIFACTS = ROOT / "test-artifacts" / "clients"
-SHARED_CONFIGS = ROOT.parent / "shared" / "clients"  # optional: operators' reference configs
 PROMPT = "Please run the marker command and tell me what it printed."
 ANSWER = "The command printed MARKER_42."
 UNEVALUATED = "MARKER_$((6*7))"

@@ -24,7 +24,7 @@ QUIET = {"OPENCODE_DISABLE_MODELS_FETCH": "1", "OPENCODE_DISABLE_AUTOUPDATE": "1
          "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1", "OPENCODE_DISABLE_LSP_DOWNLOAD": "1", "OPENCODE_DISABLE_SHARE": "1"}
 
 
-def opencode_config(base_url: str, api_key: str, model: str) -> dict:
+def opencode_config(base_url: str, api_key: str, model: str, provider: str) -> dict:
     limits = {"context": 32768, "output": 4096}
     return {
         "$schema": "https://opencode.ai/config.json",
@@ -34,8 +34,8 @@ def opencode_config(base_url: str, api_key: str, model: str) -> dict:
                   "models": {model: {"name": model, "tool_call": True, "limit": limits}}}
             for pid, (package, _) in PROVIDERS.items()
         },
-        "model": f"local/{model}",
-        "small_model": f"local/{model}",
+        "model": f"{provider}/{model}",
+        "small_model": f"{provider}/{model}",  # titles etc. over the same protocol
     }
 
 
@@ -47,7 +47,7 @@ def test_opencode_bash_tool_round_trip(agent_server, proxy, record, tmp_path, pr
                  family=server.parser)
     work = tmp_path / "work"
     work.mkdir()
-    (work / "opencode.json").write_text(json.dumps(opencode_config(server.base_url, server.api_key, server.model)))
+    (work / "opencode.json").write_text(json.dumps(opencode_config(server.base_url, server.api_key, server.model, provider)))
     env = sandbox_env(tmp_path / "home", proxy, **QUIET)
     with server.watch() as seen:
         run = run_client([OPENCODE, "run", "--pure", "-m", f"{provider}/{server.model}", PROMPT, "--format", "json"],
@@ -62,5 +62,5 @@ def test_opencode_bash_tool_round_trip(agent_server, proxy, record, tmp_path, pr
                                                    refused_ok=("registry.npmjs.org",))
     tools = [e["part"] for e in events if e.get("type") == "tool_use"]
     assert tools and tools[0]["tool"] == "bash" and "MARKER_42" in json.dumps(tools[0]["state"])
-    assert route in evidence.protocols()
+    assert evidence.protocols() == [route]
     row.update(text=True, tools=True)
