@@ -5,12 +5,14 @@
 
 RESULTS_JSON defaults to test-artifacts/clients/results.json (written by tests/clients). The table
 replaces what stands between the two MATRIX markers in docs/clients.md, and the results are copied
-to docs/clients-results.json so the matrix can be traced back to the run.
+to docs/clients-results.json (and the Open WebUI screenshot to docs/images/) so the matrix can be
+traced back to the run.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -79,6 +81,10 @@ def main(argv: list[str]) -> int:
     tail = rest.split(END, 1)[1]
     DOC.write_text(f"{head}{BEGIN}\n{render(rows)}\n{END}{tail}")
     (ROOT / "docs" / "clients-results.json").write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    shot = source.parent / "open-webui-chat.png"  # the browser test's screenshot
+    if shot.exists():
+        (ROOT / "docs" / "images").mkdir(exist_ok=True)
+        shutil.copyfile(shot, ROOT / "docs" / "images" / "open-webui-chat.png")
     print(f"{len(rows)} rows -> {DOC.relative_to(ROOT)}")
     return 0
 
