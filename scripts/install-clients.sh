@@ -9,7 +9,8 @@
 #   .clients/llm/bin/llm             (own venv)
 #   .clients/aider/bin/aider         (own venv: aider pins many packages)
 #   .clients/open-webui/bin/open-webui  (own venv, --heavy)
-# The tests look for each client on PATH first, then in these folders.
+# The tests look for each client in these folders first, then on PATH. strace (apt, as root) lets
+# them watch the connections of clients that ignore proxy variables.
 set -euo pipefail
 
 HEAVY=0
@@ -55,7 +56,10 @@ if [ "$HEAVY" = 1 ]; then
       echo "chromium is not installed; run as root or install it yourself (apt-get install chromium)" >&2
     fi
   fi
-  command -v strace >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y strace || true; }
+fi
+if ! command -v strace >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  step "strace (apt)"
+  apt-get install -y strace || echo "strace not installed: the client tests will rely on the proxy check alone" >&2
 fi
 
 step "installed versions"

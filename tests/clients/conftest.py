@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from client_support import ARTIFACTS, Evidence, NoEgressProxy, read_jsonl, size
+from .client_support import ARTIFACTS, Evidence, NoEgressProxy, read_jsonl, size
 
 API_KEY = "client-test-key"
 MODEL = "scripted"

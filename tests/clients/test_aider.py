@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from client_support import check_offline, client_version, find_client, run_client, sandbox_env
+from .client_support import check_offline, client_version, find_client, run_client, sandbox_env
 
 AIDER = find_client("aider")
 pytestmark = [pytest.mark.clients,

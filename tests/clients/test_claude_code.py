@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from client_support import PROMPT, check_agent_round_trip, client_version, find_client, run_client, sandbox_env
+from .client_support import PROMPT, check_agent_round_trip, client_version, find_client, run_client, sandbox_env
 
 CLAUDE = find_client("claude")
 pytestmark = [pytest.mark.clients,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from client_support import (PROMPT, check_agent_round_trip, client_version, fill, find_client,
+from .client_support import (PROMPT, check_agent_round_trip, client_version, fill, find_client,
                             run_client, sandbox_env)
 
 CODEX = find_client("codex")

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from client_support import PROMPT, check_agent_round_trip, client_version, fill, find_client, run_client, sandbox_env
+from .client_support import (PROMPT, check_agent_round_trip, client_version, fill, find_client, run_client,
+                            sandbox_env)
 
 CN = find_client("cn")
 pytestmark = [pytest.mark.clients,
-              pytest.mark.skipif(CN is None, reason="the Continue CLI (cn) is not installed (scripts/install-clients.sh)")]
+              pytest.mark.skipif(CN is None, reason="the Continue CLI (cn) is not installed "
+                                                    "(scripts/install-clients.sh)")]
 
 CONFIG = """name: vllm-mlx-local
 version: 1.0.0

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from client_support import PROMPT, check_agent_round_trip, check_offline, client_version, find_client, run_client, sandbox_env
+from .client_support import (PROMPT, check_agent_round_trip, check_offline, client_version, find_client,
+                            run_client, sandbox_env)
 
 LLM = find_client("llm")
 pytestmark = [pytest.mark.clients,

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from client_support import ARTIFACTS, client_version, find_client, outbound_connects, sandbox_env
+from .client_support import ARTIFACTS, client_version, find_client, outbound_connects, sandbox_env
 
 OPEN_WEBUI = find_client("open-webui")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -143,7 +143,8 @@ def test_open_webui_page_in_chromium(webui, proxy, record):
         finally:
             browser.close()
     evidence = seen[0]
-    row.update(client_seconds=round(time.monotonic() - started, 1), screenshot=str(shot.relative_to(ARTIFACTS.parents[1])),
+    row.update(client_seconds=round(time.monotonic() - started, 1),
+               screenshot=str(shot.relative_to(ARTIFACTS.parents[1])),
                **evidence.facts())
     assert any("Say hello." in c["context"] for c in evidence.conversations)
     assert shot.stat().st_size > 10_000

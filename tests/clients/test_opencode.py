@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from client_support import PROMPT, check_agent_round_trip, client_version, find_client, run_client, sandbox_env
+from .client_support import PROMPT, check_agent_round_trip, client_version, find_client, run_client, sandbox_env
 
 OPENCODE = find_client("opencode")
 pytestmark = [pytest.mark.clients,
@@ -47,7 +47,8 @@ def test_opencode_bash_tool_round_trip(agent_server, proxy, record, tmp_path, pr
                  family=server.parser)
     work = tmp_path / "work"
     work.mkdir()
-    (work / "opencode.json").write_text(json.dumps(opencode_config(server.base_url, server.api_key, server.model, provider)))
+    config = opencode_config(server.base_url, server.api_key, server.model, provider)
+    (work / "opencode.json").write_text(json.dumps(config))
     env = sandbox_env(tmp_path / "home", proxy, **QUIET)
     with server.watch() as seen:
         run = run_client([OPENCODE, "run", "--pure", "-m", f"{provider}/{server.model}", PROMPT, "--format", "json"],

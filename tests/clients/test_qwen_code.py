@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from client_support import PROMPT, check_agent_round_trip, client_version, find_client, run_client, sandbox_env
+from .client_support import PROMPT, check_agent_round_trip, client_version, find_client, run_client, sandbox_env
 
 QWEN = find_client("qwen")
 pytestmark = [pytest.mark.clients,

@@ -10,7 +10,7 @@ import anthropic
 import pytest
 from anthropic import beta_tool
 
-from client_support import ANSWER, PROMPT, UNEVALUATED
+from .client_support import ANSWER, PROMPT, UNEVALUATED
 
 pytestmark = pytest.mark.clients
 SYSTEM = "You are a careful assistant with a shell."

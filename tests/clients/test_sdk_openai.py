@@ -11,7 +11,7 @@ import time
 import openai
 import pytest
 
-from client_support import ANSWER, PROMPT, UNEVALUATED
+from .client_support import ANSWER, PROMPT, UNEVALUATED
 
 pytestmark = pytest.mark.clients
 SYSTEM = "You are a careful assistant with a shell."
