@@ -118,6 +118,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="on SIGTERM, seconds in-flight requests may keep running before they are ended "
                         "with a final event (default: %(default)s)")
+    p.add_argument("--request-log", default=None, metavar="FILE",
+                   help="append one JSON line per HTTP request to FILE: route, status, auth scheme, user agent, "
+                        "and a summary of the body (stream, roles, tool names; no prompt text)")
     g = p.add_argument_group("distributed serving (run every rank under mlx.launch; see docs/distributed.md)")
     g.add_argument("--distributed", action="store_true",
                    help="shard the model over the ranks of an mlx.launch job: rank 0 serves HTTP and schedules, "
@@ -200,6 +203,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         distributed=args.distributed,
         distributed_timeout=args.distributed_timeout,
         distributed_parallelism=args.distributed_parallelism,
+        request_log=args.request_log,
         **limits.from_args(args),
         **lifecycle_fields(args),
     )

@@ -63,6 +63,7 @@ class ServerConfig:
     vision_cache_mb: int = 512  # vision-embedding cache budget (by image content hash)
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     log_level: str = "info"
+    request_log: str | None = None  # JSONL file: one summary line per HTTP request (api/request_log.py)
     shutdown_timeout: float = 30.0  # SIGTERM: drain window before remaining requests are ended
     mcp_config: str | None = None  # the MCP servers file (mcpServers + policy); None = no MCP
     mcp_auto: bool = False  # run the server-side MCP tool loop for requests that do not say "mcp"

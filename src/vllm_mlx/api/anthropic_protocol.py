@@ -43,6 +43,7 @@ class MessagesRequest(BaseModel):
     thinking: dict[str, Any] | None = None
     output_format: dict[str, Any] | None = None
     output_config: dict[str, Any] | None = None
+    thread: dict[str, Any] | None = None  # server-kept conversation (anthropic_threads.py)
     # accepted and ignored (declared so they are not logged as unknown on every Claude Code request)
     metadata: dict[str, Any] | None = None
     context_management: dict[str, Any] | None = None

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ..engine.request import FinishReason, GenerationOutput
 from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
 from .anthropic_protocol import MessagesRequest, to_chat_request
+from .anthropic_threads import MessageThreads
 from .chat_output import OutputParsing
 from .errors import APIError, anthropic_error_body
 from .model_registry import serving_for
@@ -44,6 +45,13 @@ class Prepared:
     chat: Any  # the equivalent ChatCompletionRequest
     spec: tuple[str, Any] | None  # output constraint (structured output or forced tool use)
     rendered: RenderedChat
+
+
+def _threads(raw: Request) -> MessageThreads:
+    threads = getattr(raw.app.state, "message_threads", None)
+    if threads is None:
+        threads = raw.app.state.message_threads = MessageThreads()
+    return threads
 
 
 def _prepare(state: ServingState, req: MessagesRequest) -> Prepared:
@@ -156,6 +164,8 @@ async def messages(req: MessagesRequest, raw: Request):
     state = await serving_for(raw, req.model)
     if req.model_extra:
         state.warn_unknown_fields(req, "/v1/messages")  # type: ignore[arg-type]
+    threads = _threads(raw)
+    req = threads.expand(req)
     prepared = await state.tokenize(_prepare, state, req)
     chat, spec, rendered = prepared.chat, prepared.spec, await state.prepare_media(prepared.rendered)
     max_tokens = chat.max_tokens
@@ -165,7 +175,10 @@ async def messages(req: MessagesRequest, raw: Request):
     run = await state.start_chat(chat, message_id, rendered, spec, max_tokens)
     stream, parsing = run.stream, run.parsing
     if req.stream:
-        return StreamingResponse(_stream(stream, message_id, state.model_name, parsing, len(rendered.ids)),
+        def done(blocks: list[dict]) -> None:
+            threads.remember(req, message_id, blocks)
+
+        return StreamingResponse(_stream(stream, message_id, state.model_name, parsing, len(rendered.ids), done),
                                  media_type="text/event-stream")
     choice = (await collect(stream, raw, 1))[0]
     if choice.last.finish_reason is FinishReason.ABORT:  # ended by a shutdown: not a normal end
@@ -173,6 +186,7 @@ async def messages(req: MessagesRequest, raw: Request):
     builder = BlockBuilder(parsing)
     builder.feed(choice.text)
     builder.finish()
+    threads.remember(req, message_id, builder.blocks)
     stop_reason, stop_sequence = _stop_reason(choice.last, builder.saw_tool_use)
     return JSONResponse({
         "id": message_id, "type": "message", "role": "assistant", "model": state.model_name,
@@ -182,7 +196,7 @@ async def messages(req: MessagesRequest, raw: Request):
 
 
 async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, model: str, parsing: OutputParsing,
-                  prompt_len: int) -> AsyncIterator[str]:
+                  prompt_len: int, done=None) -> AsyncIterator[str]:
     builder = BlockBuilder(parsing)
     last: GenerationOutput | None = None
 
@@ -212,6 +226,8 @@ async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, mode
             yield event
     for event in builder.finish():
         yield event
+    if done is not None:
+        done(builder.blocks)
     stop_reason, stop_sequence = _stop_reason(last, builder.saw_tool_use)
     yield sse_event("message_delta", {"type": "message_delta",
                                       "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
@@ -222,7 +238,7 @@ async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, mode
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(req: MessagesRequest, raw: Request):
     state = await serving_for(raw, req.model)
-    prepared = await state.tokenize(_prepare, state, req)
+    prepared = await state.tokenize(_prepare, state, _threads(raw).expand(req))
     return JSONResponse({"input_tokens": len((await state.prepare_media(prepared.rendered)).ids)})
 
 

@@ -31,6 +31,7 @@ from .model_registry import ModelLeaseMiddleware, ModelRegistry, ModelRegistryCo
 from .model_setup import build_engine, build_serving
 from .openai_routes import router as openai_router
 from .operator_routes import install_cors, install_rate_limit, router as operator_router
+from .request_log import RequestLogMiddleware
 from .responses_convert import ResponseStore
 from .responses_routes import router as responses_router
 from .serving import ServingState
@@ -149,6 +150,8 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
         logger.warning("listening on %s WITHOUT an API key: anyone who can reach this port can use the model. "
                        "Pass --api-key.", config.host)
     install_cors(app, config)  # outermost
+    if config.request_log:  # outermost: also sees requests the key check refuses
+        app.add_middleware(RequestLogMiddleware, path=config.request_log)
     app.include_router(chat_router)
     app.include_router(openai_router)
     app.include_router(responses_router)

@@ -323,6 +323,9 @@ def build_scripted_model(
     family: str = "qwen3",
     *,
     vocab_size: int = 2048,
+    agent: bool = False,
+    command: str | None = None,
+    max_position_embeddings: int | None = None,
 ) -> Path:
     """Write a model folder whose replies are scripted (see ``scripted_model``).
 
@@ -332,6 +335,13 @@ def build_scripted_model(
     followed by the family's EOS.  Load with ``trust_remote_code=True``.
     A rule may add ``"quote": regex``: the regex's first group, found in the
     conversation, replaces ``{quote}`` in its reply (e.g. to repeat a tool result).
+
+    ``agent=True`` makes it behave like a tool-using agent when no rule
+    matches (``agent_script``): with tools offered it calls the shell tool
+    with ``command`` (default ``echo MARKER_$((6*7))``) in the family's native
+    format (qwen3: Hermes ``<tool_call>``; llama: Llama 3 JSON), and once the
+    result is back it answers quoting it.  ``max_position_embeddings`` sets
+    the context length (agent clients send long system prompts).
     """
     import mlx.core as mx
 
@@ -352,6 +362,12 @@ def build_scripted_model(
         bos_token_id=ids["bos_token_id"],
         vocab_size=vocab_size,
     )
+    if agent:
+        from .agent_script import DEFAULT_COMMAND, FAMILY_FORMATS
+
+        config["agent"] = {"format": FAMILY_FORMATS[family], "command": command or DEFAULT_COMMAND}
+    if max_position_embeddings:
+        config["max_position_embeddings"] = max_position_embeddings
     _write_json(path / "config.json", config)
     (path / scripted_model.MODEL_FILE).write_text(scripted_model.MODEL_FILE_SOURCE)
     mx.save_safetensors(

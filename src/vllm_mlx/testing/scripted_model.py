@@ -36,6 +36,8 @@ The KV cache must keep float32 (token ids are stored as exact floats).
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -46,7 +48,12 @@ import numpy as np
 from mlx_lm.models.base import BaseModelArgs
 from mlx_lm.models.cache import KVCache
 
+from .agent_script import DEFAULT_COMMAND, FORMATS, agent_reply
+
 MODEL_TYPE = "vllm_mlx_scripted"
+# When set (in the server's environment), every new conversation the model answers is appended to
+# this file as one JSON line {"context", "kind", "reply"}: what the server really handed the model.
+TRANSCRIPT_ENV = "VLLM_MLX_SCRIPTED_TRANSCRIPT"
 MODEL_FILE = "scripted_model.py"
 MODEL_FILE_SOURCE = (
     '"""Scripted test model; the implementation lives in vllm_mlx.testing."""\n'
@@ -65,6 +72,8 @@ class ModelArgs(BaseModelArgs):
     rules: list = field(default_factory=list)
     default_reply: str = ""
     default_reply_ids: list = field(default_factory=list)
+    # agent behaviour (see agent_script.py): {"format": "hermes" | "llama3_json", "command": str}
+    agent: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -146,6 +155,63 @@ class Script:
         for i, piece in enumerate(self.token_bytes):
             if len(piece) == 1:
                 self.byte_ids.setdefault(piece[0], i)
+        self.agent = dict(args.agent or {})
+        self.format = FORMATS[self.agent.get("format", "hermes")] if self.agent else None
+        self.encoding = {b: i for i, b in reversed(list(enumerate(self.token_bytes))) if b}
+        self.longest = max((len(b) for b in self.encoding), default=1)
+        self.transcript = os.environ.get(TRANSCRIPT_ENV)
+        self._replies: dict[tuple, list[int]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        """Greedy longest-match tokens whose bytes spell ``text`` (any spelling decodes the same)."""
+        data, out, i = text.encode("utf-8"), [], 0
+        while i < len(data):
+            for n in range(min(self.longest, len(data) - i), 0, -1):
+                token = self.encoding.get(data[i : i + n])
+                if token is not None:
+                    out.append(token)
+                    i += n
+                    break
+            else:
+                raise ValueError(f"byte {data[i]:#x} has no token")
+        return out
+
+    def reply_for(self, context_ids: Sequence[int]) -> list[int]:
+        """The reply to a conversation (memoized: every decode step asks again)."""
+        key = tuple(context_ids)
+        found = self._replies.get(key)
+        if found is None:
+            found = self._reply_for(key)
+            if len(self._replies) >= 64:
+                self._replies.pop(next(iter(self._replies)))
+            self._replies[key] = found
+        return found[2]
+
+    def record(self, context_ids: Sequence[int]) -> None:
+        """Append the conversation and its reply to the transcript file, when there is one."""
+        if self.transcript:
+            kind, text, _ = self._replies[tuple(context_ids)]
+            line = {"context": self.decode(context_ids), "kind": kind, "reply": text}
+            with open(self.transcript, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def _reply_for(self, context_ids: tuple) -> tuple[str, str, list[int]]:
+        """(kind, text, token ids) of the reply: the first matching rule, else the agent, else the default."""
+        reply = None
+        context = self.decode(context_ids)
+        kind, text = "default", None
+        for i, rule in enumerate(self.rules):
+            if rule_matches(rule, context):
+                kind, reply = f"rule {i}", rule_reply(rule, context, self.byte_ids)
+                break
+        if reply is None and self.format is not None:
+            found = agent_reply(context, self.format, self.agent.get("command", DEFAULT_COMMAND))
+            if found is not None:
+                kind, text = found
+                reply = self.encode(text)
+        if reply is None:
+            reply = self.default_reply_ids
+        return kind, text if text is not None else self.decode(reply), reply
 
     def decode(self, tokens: Sequence[int]) -> str:
         table = self.token_bytes
@@ -153,12 +219,15 @@ class Script:
             "utf-8", errors="replace"
         )
 
-    def predict(self, history: Sequence[int]) -> int:
-        """Next token after ``history`` (the row's real tokens)."""
+    def predict(self, history: Sequence[int], sampled: bool = False) -> int:
+        """Next token after ``history`` (the row's real tokens); ``sampled``: this position's
+        prediction is the one the engine samples (the last of the forward call)."""
         cut = find_last(history, self.marker)
         if cut >= 0:
-            context = self.decode(history[: cut - len(self.marker)])
-            reply = select_reply(context, self.rules, self.default_reply_ids, self.byte_ids)
+            context = history[: cut - len(self.marker)]
+            reply = self.reply_for(context)
+            if sampled and reply_progress(history[cut:], reply) == 0:
+                self.record(context)  # the reply's first token: once per request
             return next_token(history[cut:], reply, self.eos)
         # No assistant turn: the prompt is a raw completion prompt.
         for rule in [*self.rules, None]:
@@ -180,7 +249,7 @@ class Script:
             if p < 0:
                 out.append(self.eos)
             elif p == len(history) - 1 or (cut >= 0 and p + 1 >= cut):
-                out.append(self.predict(history[: p + 1]))
+                out.append(self.predict(history[: p + 1], sampled=p == len(history) - 1))
             else:
                 out.append(self.eos)
         return out
