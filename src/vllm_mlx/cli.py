@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vllm-mlx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve_parser(sub)
+    sub.add_parser("bench", add_help=False, help="benchmarks: `vllm-mlx bench MODEL`, "
+                   "`bench serve --url URL`, `bench divergence`, `bench agent` (see `vllm-mlx bench --help`)")
     return parser
 
 
@@ -176,6 +178,11 @@ def run_server(config: ServerConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parsers: `bench MODEL` or `bench serve|divergence|agent ...`
+        from .bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return run_server(serve_config(args))
