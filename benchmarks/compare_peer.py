@@ -3,7 +3,8 @@
     PYTHONPATH=src .venv/bin/python benchmarks/compare_peer.py [--models tiny mid] [--repeat 3] [--out DIR]
 
 For each model (built locally, random weights, float32):
-  tiny -- the test model (Qwen3 architecture, hidden 64, 2 layers, vocab 2048);
+  tiny -- the test model's shape (Qwen3 architecture, hidden 64, 2 layers, vocab 2048), with an untied,
+          scaled head that never emits invisible tokens (as the demo model), so every token streams text;
   mid  -- Qwen3 architecture, hidden 1024, 4 layers, 16 heads / 8 KV heads, intermediate 3072,
           vocab 4096, untied head (~58 M parameters, 230 MB): the model, not Python, dominates a step.
 it runs, one after the other (never two at once):
@@ -27,7 +28,7 @@ import vllm_mlx  # noqa: F401  (OpenBLAS before mlx)
 from vllm_mlx.bench.servers import mlx_lm_server, vllm_mlx_server
 
 MODELS = {
-    "tiny": dict(family="qwen3"),
+    "tiny": dict(family="qwen3", init_scale=8.0, tie_word_embeddings=False, visible_text=True),
     "mid": dict(family="qwen3", hidden_size=1024, num_hidden_layers=4, num_attention_heads=16,
                 num_key_value_heads=8, intermediate_size=3072, vocab_size=4096, init_scale=8.0,
                 tie_word_embeddings=False, visible_text=True),

@@ -60,15 +60,16 @@ async def run_round(target: HttpTarget, concurrency: int, prompts: list[str], ma
 
 def round_metrics(records: list[StreamRecord], wall: float) -> dict:
     ok = [r for r in records if r.ok]
+    timed = [r for r in ok if r.timed]
     failed = len(records) - len(ok)
     out_tokens = sum(r.completion_tokens for r in ok)
     prompt_tokens = sum(r.prompt_tokens for r in ok)
-    ttft = latency_percentiles([r.ttft * 1000 for r in ok])
-    tpot = latency_percentiles([r.tpot * 1000 for r in ok if r.tpot is not None])
-    itl = latency_percentiles([g * 1000 for r in ok for g in r.itls])
+    ttft = latency_percentiles([r.ttft * 1000 for r in timed])
+    tpot = latency_percentiles([r.tpot * 1000 for r in timed if r.tpot is not None])
+    itl = latency_percentiles([g * 1000 for r in timed for g in r.itls])
     e2e = latency_percentiles([r.e2e * 1000 for r in ok])
     return {
-        "requests": len(records), "failed": failed, "wall_s": wall,
+        "requests": len(records), "failed": failed, "untimed": len(ok) - len(timed), "wall_s": wall,
         "errors": sorted({r.error for r in records if r.error})[:3],
         "completion_tokens": out_tokens, "prompt_tokens": prompt_tokens,
         "req_per_s": len(ok) / wall, "output_tok_per_s": out_tokens / wall,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,11 +30,16 @@ class StreamRecord:
 
     @property
     def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def timed(self) -> bool:
+        """Streamed at least one chunk of text (a model that emits only invisible tokens cannot be timed)."""
         return self.error is None and bool(self.chunks)
 
     @property
     def ttft(self) -> float:
-        return self.chunks[0][0] - self.start
+        return self.chunks[0][0] - self.start if self.chunks else math.nan
 
     @property
     def e2e(self) -> float:
