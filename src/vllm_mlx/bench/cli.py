@@ -153,7 +153,7 @@ def run_engine(argv: list[str]) -> int:
     print("| " + " | ".join(_fmt(result["summary"][c], 3 if c == "total_s" else 1) for c in COLUMNS) + " |")
     if "ceiling_summary" in result:
         s = result["ceiling_summary"]
-        print(f"\nagainst the ceiling (paired per run): median [95% CI]")
+        print("\nagainst the ceiling (paired per run): median [95% CI]")
         print("| measure | engine tok/s | ceiling tok/s | engine/ceiling |")
         print("|---|---|---|---|")
         print(f"| decode, batch {s['batch']} vs bare mlx-lm loop | {_fmt(s['engine_decode'])} | "

@@ -60,11 +60,12 @@ class ManagedServer:
         self.stop()
 
 
-def vllm_mlx_server(model: str, log: Path, *args: str, port: int | None = None) -> ManagedServer:
+def vllm_mlx_server(model: str, log: Path, *args: str, port: int | None = None,
+                    env: dict | None = None) -> ManagedServer:
     port = port or free_port()
     exe = str(Path(sys.executable).with_name("vllm-mlx"))
     return ManagedServer("vllm-mlx", [exe, "serve", model, "--port", str(port), *args], port, log,
-                         {"HF_HUB_OFFLINE": "1"}, ready_path="/health")
+                         {"HF_HUB_OFFLINE": "1", **(env or {})}, ready_path="/health")
 
 
 def mlx_lm_server(model: str, log: Path, *args: str, port: int | None = None) -> ManagedServer:
