@@ -59,16 +59,20 @@ def main() -> None:
     p.add_argument("--max-tokens", default="64")
     p.add_argument("--out", default="bench-results/compare-peer")
     p.add_argument("--model-dir", default="/tmp/vllm-mlx-bench-models")
-    p.add_argument("--skip-engine", action="store_true")
+    p.add_argument("--engine-presets", nargs="*", default=["batch16", "batch10"],
+                   help="engine presets to run (batch16 runs with --ceiling); none to skip")
+    p.add_argument("--engine-max-tokens", default=None, help="override the presets' tokens per prompt")
     args = p.parse_args()
     out, started = Path(args.out), time.monotonic()
     for name in args.models:
         model = str(build(name, Path(args.model_dir)))
         print(f"\n## model {name}: {model}", flush=True)
-        rep = ["--repeat", args.repeat.__str__(), "--no-progress"]
-        if not args.skip_engine:
-            bench(model, "--preset", "batch16", "--ceiling", *rep, "--json", str(out / f"engine-batch16-{name}.json"))
-            bench(model, "--preset", "batch10", *rep, "--json", str(out / f"engine-batch10-{name}.json"))
+        rep = ["--repeat", str(args.repeat), "--no-progress"]
+        for preset in args.engine_presets:
+            extra = ["--ceiling"] if preset == "batch16" else []
+            if args.engine_max_tokens:
+                extra += ["--max-tokens", args.engine_max_tokens]
+            bench(model, "--preset", preset, *extra, *rep, "--json", str(out / f"engine-{preset}-{name}.json"))
         ours = vllm_mlx_server(model, out / f"vllm-mlx-{name}.log", "--max-num-seqs", "32")
         peer = mlx_lm_server(model, out / f"mlx_lm-{name}.log")
         try:
