@@ -12,7 +12,9 @@ it runs, one after the other (never two at once):
      bare mlx-lm batched forward loop (same batch) and single-stream against mlx_lm.stream_generate;
   2. `vllm-mlx bench MODEL --preset batch10` -- the published batched-generation configuration;
   3. `vllm-mlx serve` and `mlx_lm.server` started side by side, then
-     `vllm-mlx bench serve --url A --compare B --concurrency 1 4 10`, the two servers interleaved.
+     `vllm-mlx bench serve --url A --compare B --concurrency 1 4 10`, the two servers interleaved,
+     and on the tiny model `vllm-mlx bench agent --url A --compare B` (TTFT per turn of a growing
+     conversation).
 Everything lands in --out (JSON, PNG plots, logs); the tables are printed.
 """
 
@@ -62,6 +64,8 @@ def main() -> None:
     p.add_argument("--engine-presets", nargs="*", default=["batch16", "batch10"],
                    help="engine presets to run (batch16 runs with --ceiling); none to skip")
     p.add_argument("--engine-max-tokens", default=None, help="override the presets' tokens per prompt")
+    p.add_argument("--agent-models", nargs="*", default=["tiny"],
+                   help="models on which `bench agent --compare` also runs (multi-turn TTFT)")
     args = p.parse_args()
     out, started = Path(args.out), time.monotonic()
     for name in args.models:
@@ -81,6 +85,9 @@ def main() -> None:
             bench("serve", "--url", ours.url, "--compare", peer.url, "--name", "vllm-mlx", "--name", "mlx_lm.server",
                   "--concurrency", *args.concurrency, "--max-tokens", args.max_tokens, *rep,
                   "--out", str(out / f"serve-{name}"))
+            if name in args.agent_models:
+                bench("agent", "--url", ours.url, "--compare", peer.url, "--name", "vllm-mlx", "--name",
+                      "mlx_lm.server", "--no-progress", "--json", str(out / f"agent-{name}.json"))
         finally:
             ours.stop()
             peer.stop()
