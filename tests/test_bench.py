@@ -200,4 +200,4 @@ def test_cli_errors():
     r = bench("serve", "--url", "http://x", "--concurrency", 0)
     assert r.returncode == 2 and "--concurrency must be at least 1" in r.stderr
     r = bench("/nonexistent-model-folder", "--repeat", 1)
-    assert r.returncode != 0 and "does not exist" in r.stderr
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr

@@ -123,7 +123,13 @@ def _positive(parser: argparse.ArgumentParser, args: argparse.Namespace, *names:
 def main(argv: list[str]) -> int:
     mode = argv[0] if argv and argv[0] in MODES else "engine"
     rest = argv[1:] if mode != "engine" else argv
-    return {"engine": run_engine, "serve": run_serve, "divergence": run_divergence, "agent": run_agent}[mode](rest)
+    from ..models.loader import ModelNotFoundError
+
+    try:
+        return {"engine": run_engine, "serve": run_serve, "divergence": run_divergence, "agent": run_agent}[mode](rest)
+    except ModelNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def run_engine(argv: list[str]) -> int:
@@ -201,7 +207,8 @@ def run_serve(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-async def _with_targets(args, names: list[str], body):
+async def _with_targets(args, body):
+    """Open the targets the arguments name (MODEL in-process, or --url [--compare]), run ``body(targets)``."""
     from .targets import EngineTarget, HttpTarget
 
     if args.url:
@@ -232,7 +239,7 @@ def run_divergence(argv: list[str]) -> int:
     _check_target(parser, args)
     _positive(parser, args, "num_prompts", "max_tokens")
     with _progress(3 * args.num_prompts, args.no_progress, "requests") as bar:
-        result = asyncio.run(_with_targets(args, [], lambda ts: run(ts[0], args.num_prompts, args.max_tokens,
+        result = asyncio.run(_with_targets(args, lambda ts: run(ts[0], args.num_prompts, args.max_tokens,
                                                                     progress=bar)))
     print(format_divergence(result))
     if args.json:
@@ -253,7 +260,7 @@ def run_agent(argv: list[str]) -> int:
         parser.error("give one --name per server")
     total = (args.warmup + args.conversations) * count
     with _progress(total, args.no_progress, "conversations") as bar:
-        result = asyncio.run(_with_targets(args, names, lambda ts: run(
+        result = asyncio.run(_with_targets(args, lambda ts: run(
             ts, names, args.turns, args.conversations, args.system_words, args.max_tokens, args.warmup, bar)))
     print(format_agent(result))
     if args.json:
