@@ -11,12 +11,11 @@ the median of the per-repeat ratios deterministic/default.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 from pathlib import Path
 
-from bench_engine import ROOT, fmt, server_runs  # noqa: F401  (ROOT puts tests/ on sys.path)
+from bench_engine import fmt, server_runs
 
 
 def main() -> None:
@@ -30,14 +29,13 @@ def main() -> None:
         from vllm_mlx.testing.demo import ensure_demo_model
 
         args.model = str(ensure_demo_model())
-    from conftest import ServerProcess
+    from vllm_mlx.bench.servers import vllm_mlx_server
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     modes = {"default": [], "deterministic": ["--deterministic"]}
     results = {m: {c: [] for c in args.concurrency} for m in modes}
     with tempfile.TemporaryDirectory() as tmp:
         servers = {
-            m: ServerProcess([args.model, "--max-num-seqs", str(max(args.concurrency)), *flags], Path(tmp) / m, env)
+            m: vllm_mlx_server(args.model, Path(tmp) / m, "--max-num-seqs", str(max(args.concurrency)), *flags)
             for m, flags in modes.items()
         }
         try:
@@ -45,12 +43,12 @@ def main() -> None:
                 server.wait_ready()
             for c in args.concurrency:
                 for server in servers.values():
-                    server_runs(server.base_url, c, args.tokens, 0)  # warm-up
+                    server_runs(server.url, c, args.tokens, 0)  # warm-up
             for rep in range(args.repeats):
                 for c in args.concurrency:
                     order = list(modes) if rep % 2 == 0 else list(reversed(modes))
                     for m in order:
-                        results[m][c].append(server_runs(servers[m].base_url, c, args.tokens, 1, warm=False)[0][0])
+                        results[m][c].append(server_runs(servers[m].url, c, args.tokens, 1, warm=False)[0][0])
         finally:
             for server in servers.values():
                 server.stop()

@@ -28,70 +28,31 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def bare_loop(model_dir: str, batch: int, tokens: int, repeats: int, prompt_len: int) -> list[float]:
-    import vllm_mlx  # noqa: F401  (OpenBLAS first)
-    import mlx.core as mx
-    from mlx_lm.models.cache import make_prompt_cache
+    """Decode tokens/s of the bare mlx-lm batched loop (vllm_mlx.bench.ceiling), after one warm-up."""
+    from vllm_mlx.bench.ceiling import Ceiling
 
-    from vllm_mlx.models.loader import load_model
-
-    model = load_model(model_dir, compute_dtype="float32").model
-    prompt = mx.random.randint(10, 1000, (batch, prompt_len))
-
-    def run() -> float:
-        cache = make_prompt_cache(model)
-        y = mx.argmax(model(prompt, cache=cache)[:, -1], axis=-1)
-        mx.eval(y)
-        start = time.perf_counter()
-        for _ in range(tokens):
-            nxt = mx.argmax(model(y[:, None], cache=cache)[:, -1], axis=-1)
-            mx.async_eval(nxt)
-            y = nxt
-        mx.eval(y)
-        return batch * tokens / (time.perf_counter() - start)
-
-    run()  # warm-up
-    return [run() for _ in range(repeats)]
-
-
-async def _one_stream(client, base_url: str, tokens: int, prompt: str) -> tuple[int, float, float, float]:
-    """One streaming chat request, read with a plain SSE reader (cheap on the shared CPU)."""
-    body = {"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
-    start = time.perf_counter()
-    first = last = None
-    count = 0
-    async with client.stream("POST", f"{base_url}/v1/chat/completions", json=body) as resp:
-        async for line in resp.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            now = time.perf_counter()
-            chunk = json.loads(line[6:])
-            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                first = first or now
-                last = now
-            if chunk.get("usage"):
-                count = chunk["usage"]["completion_tokens"]
-    return count, start, first, last
+    ceiling = Ceiling(model_dir)
+    ceiling.batched_decode(batch, tokens, prompt_len)  # warm-up
+    return [ceiling.batched_decode(batch, tokens, prompt_len, seed=i + 1).decode_tps for i in range(repeats)]
 
 
 def server_runs(base_url: str, concurrency: int, tokens: int, repeats: int, warm: bool = True) -> tuple[list, list, list]:
-    import httpx
+    """B concurrent streams: (aggregate tok/s, median per-stream decode tok/s, median TTFT ms) per repeat."""
+    from vllm_mlx.bench.targets import HttpTarget
 
     async def run() -> tuple[float, float, float]:
-        async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=256)) as client:
+        async with HttpTarget(base_url, "m") as target:
             t0 = time.perf_counter()
-            results = await asyncio.gather(
-                *(_one_stream(client, base_url, tokens, f"Benchmark prompt number {i}: tell a story.")
-                  for i in range(concurrency))
-            )
+            records = await asyncio.gather(*(
+                target.chat([{"role": "user", "content": f"Benchmark prompt number {i}: tell a story."}], tokens)
+                for i in range(concurrency)))
             wall = time.perf_counter() - t0
-        total = sum(r[0] for r in results)
-        per_stream = statistics.median((r[0] - 1) / (r[3] - r[2]) for r in results)
-        ttft_ms = statistics.median((r[2] - r[1]) * 1000 for r in results)
+        total = sum(r.completion_tokens for r in records)
+        per_stream = statistics.median(1000 / r.tpot for r in records)
+        ttft_ms = statistics.median(r.ttft * 1000 for r in records)
         return total / wall, per_stream, ttft_ms
 
     if warm:
@@ -109,14 +70,15 @@ def measure(args, blas: str) -> dict:
     env = {**os.environ, "VLLM_MLX_BLAS": blas, "HF_HUB_OFFLINE": "1"}
     keys = ("bare", "server", "server_per_stream", "ttft", "ratio")
     results: dict = {k: {c: [] for c in args.concurrency} for k in keys}
-    from conftest import ServerProcess
+    from vllm_mlx.bench.servers import vllm_mlx_server
 
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess([args.model, "--max-num-seqs", str(max(args.concurrency))], Path(tmp) / "log", env)
+        server = vllm_mlx_server(args.model, Path(tmp) / "log", "--max-num-seqs", str(max(args.concurrency)),
+                                 env={"VLLM_MLX_BLAS": blas})
         try:
             server.wait_ready()
             for c in args.concurrency:
-                server_runs(server.base_url, c, args.tokens, 0)  # warm-up
+                server_runs(server.url, c, args.tokens, 0)  # warm-up
             for _ in range(args.repeats):
                 for c in args.concurrency:
                     out = subprocess.run(
@@ -125,7 +87,7 @@ def measure(args, blas: str) -> dict:
                         env=env, capture_output=True, text=True, check=True,
                     )
                     bare = json.loads(out.stdout.strip().splitlines()[-1])[0]
-                    agg, per, ttft = (v[0] for v in server_runs(server.base_url, c, args.tokens, 1, warm=False))
+                    agg, per, ttft = (v[0] for v in server_runs(server.url, c, args.tokens, 1, warm=False))
                     for key, value in zip(keys, (bare, agg, per, ttft, agg / bare)):
                         results[key][c].append(value)
         finally:

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,8 +28,6 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
 WORDS = ("the model reads every rule below before it answers and keeps each answer short clear and kind "
          "while tools are described with names arguments and types so that calls can be checked").split()
@@ -78,23 +74,6 @@ async def stream_chat(client: httpx.AsyncClient, url: str, messages: list, max_t
             if chunk.get("usage"):
                 usage = chunk["usage"]
     return ttft, "".join(text), usage
-
-
-def start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, path: str = "/v1/models") -> None:
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.returncode}")
-        try:
-            if httpx.get(url + path, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(url)
 
 
 def conversation_ttfts(args, servers: dict[str, str]) -> dict[str, list[list[float]]]:
@@ -158,32 +137,21 @@ def main() -> None:
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-prefix-"))
     model = Path(args.model) if args.model else build_model(Path(tempfile.gettempdir()) / "vllm-mlx-bench-16k")
-    import vllm_mlx
+    from vllm_mlx.bench.servers import mlx_lm_server, vllm_mlx_server
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    peer_env = dict(env)
-    if vllm_mlx.BLAS_STATUS.path:
-        peer_env["LD_PRELOAD"] = vllm_mlx.BLAS_STATUS.path
-    vllm = str(Path(sys.executable).with_name("vllm-mlx"))
-    ports = {"vllm-mlx cache on": 8301, "vllm-mlx cache off": 8302, "mlx_lm.server": 8303}
-    cmds = {
-        "vllm-mlx cache on": [vllm, "serve", str(model), "--port", "8301", "--max-num-batched-tokens", "512"],
-        "vllm-mlx cache off": [vllm, "serve", str(model), "--port", "8302", "--no-prefix-cache",
-                               "--max-num-batched-tokens", "512"],
-        "mlx_lm.server": [sys.executable, "-m", "mlx_lm.server", "--model", str(model), "--port", "8303"],
+    servers = {
+        "vllm-mlx cache on": vllm_mlx_server(str(model), work / "cache_on.log", "--max-num-batched-tokens", "512"),
+        "vllm-mlx cache off": vllm_mlx_server(str(model), work / "cache_off.log", "--no-prefix-cache",
+                                              "--max-num-batched-tokens", "512"),
+        "mlx_lm.server": mlx_lm_server(str(model), work / "mlx_lm.log"),
     }
-    procs = {n: start(c, work / f"{n.replace(' ', '_')}.log", peer_env if n == "mlx_lm.server" else env)
-             for n, c in cmds.items()}
     try:
-        servers = {}
-        for name, port in ports.items():
-            wait_ready(f"http://127.0.0.1:{port}", procs[name])
-            servers[name] = f"http://127.0.0.1:{port}"
-        results = conversation_ttfts(args, servers)
+        for server in servers.values():
+            server.wait_ready()
+        results = conversation_ttfts(args, {name: server.url for name, server in servers.items()})
     finally:
-        for proc in procs.values():
-            proc.terminate()
-            proc.wait(30)
+        for server in servers.values():
+            server.stop()
     print(f"\nTTFT per turn, ms: median (min-max) of {args.repeats} conversations; ~{args.prefix_tokens}-token "
           f"shared prefix, {args.max_tokens} tokens per answer")
     print("| turn | " + " | ".join(results) + " |")
@@ -199,15 +167,14 @@ def main() -> None:
     print("| --max-num-batched-tokens | max inter-token gap ms | p99 gap ms | TTFT of the 4k prompt ms |")
     print("|---|---|---|---|")
     for budget in (256, 8192):
-        proc = start([vllm, "serve", str(model), "--port", "8304", "--max-num-batched-tokens", str(budget),
-                      "--no-prefix-cache"], work / f"itl-{budget}.log", env)
+        server = vllm_mlx_server(str(model), work / f"itl-{budget}.log", "--max-num-batched-tokens", str(budget),
+                                 "--no-prefix-cache")
         try:
-            wait_ready("http://127.0.0.1:8304", proc)
-            admission_gaps("http://127.0.0.1:8304", args.prefix_tokens)  # warm-up
-            runs = [admission_gaps("http://127.0.0.1:8304", args.prefix_tokens) for _ in range(args.repeats)]
+            server.wait_ready()
+            admission_gaps(server.url, args.prefix_tokens)  # warm-up
+            runs = [admission_gaps(server.url, args.prefix_tokens) for _ in range(args.repeats)]
         finally:
-            proc.terminate()
-            proc.wait(30)
+            server.stop()
         cols = [statistics.median(r[i] for r in runs) for i in range(3)]
         print(f"| {budget} | {cols[0]:.0f} | {cols[1]:.0f} | {cols[2]:.0f} |")
 

@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(sub)
     add_operator_commands(sub)
     add_download_parser(sub)
+    sub.add_parser("bench", add_help=False, help="benchmarks: `vllm-mlx bench MODEL`, "
+                   "`bench serve --url URL`, `bench divergence`, `bench agent` (see `vllm-mlx bench --help`)")
     return parser
 
 
@@ -283,6 +285,11 @@ def run_server(config: ServerConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parsers: `bench MODEL` or `bench serve|divergence|agent ...`
+        from .bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":  # flags > --config > --client > --profile > defaults
         return serve_main(build_parser, argv, serve_config, run_server)

@@ -1,0 +1,203 @@
+"""`vllm-mlx bench`: the statistics, and every mode run for real on the tiny model / real servers."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vllm_mlx.bench.stats import bootstrap_median_interval, percentile, summarize, wilson_interval
+
+VLLM_MLX = str(Path(sys.executable).with_name("vllm-mlx"))
+
+
+def bench(*args, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([VLLM_MLX, "bench", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def visible_qwen3(models_dir) -> Path:
+    """A tiny model whose every token shows text (as the demo model): each streamed token can be timed."""
+    from vllm_mlx.testing import build_tiny_model
+
+    return build_tiny_model(models_dir / "tiny-visible-qwen3", "qwen3", init_scale=8.0, tie_word_embeddings=False,
+                            visible_text=True)
+
+
+# -- statistics ----------------------------------------------------------------
+
+def test_percentile_interpolates_between_order_statistics():
+    data = [5, 1, 4, 2, 3]
+    assert percentile(data, 0) == 1 and percentile(data, 100) == 5
+    assert percentile(data, 50) == 3
+    assert percentile(data, 95) == pytest.approx(4.8)
+    assert percentile([10, 20], 25) == pytest.approx(12.5)
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_summary_median_and_bootstrap_interval():
+    data = [10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 100.0]
+    s = summarize(data)
+    assert s.median == 13.0 and s.n == 7
+    assert 10.0 <= s.low <= 13.0 <= s.high <= 100.0
+    assert s.high < 100.0  # the median's interval does not follow the outlier
+    assert summarize(data) == s  # fixed seed: reproducible
+    assert bootstrap_median_interval([3.0, 9.0]) == (3.0, 9.0)  # too few values: the range
+    tight = summarize([7.0] * 9)
+    assert (tight.low, tight.median, tight.high) == (7.0, 7.0, 7.0)
+    wide = summarize([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+    assert wide.low < 5.0 < wide.high and wide.median == statistics.median(range(1, 10))
+
+
+def test_wilson_interval_known_values():
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
+    low, high = wilson_interval(16, 16)
+    assert low == pytest.approx(0.8064, abs=1e-4) and high == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+# -- engine mode -----------------------------------------------------------------
+
+def test_engine_bench_preset_columns(tiny_qwen3, tmp_path):
+    out = tmp_path / "engine.json"
+    r = bench(tiny_qwen3, "--preset", "batch10", "--repeat", 2, "--json", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    for column in ("total time s", "prompts/s", "completion tok/s", "prompt+completion tok/s"):
+        assert column in r.stdout
+    result = json.loads(out.read_text())
+    assert result["preset"]["num_prompts"] == 10 and result["preset"]["max_tokens"] == 64
+    assert result["preset"]["engine_max_num_seqs"] == 16
+    assert len(result["runs"]) == 2
+    for run in result["runs"]:
+        assert run["completion_tokens"] == 10 * 64
+        assert run["prompts_per_s"] == pytest.approx(10 / run["total_s"])
+        assert run["total_tok_per_s"] > run["completion_tok_per_s"] > 0
+    s = result["summary"]["completion_tok_per_s"]
+    assert s["n"] == 2 and s["low"] <= s["median"] <= s["high"]
+
+
+def test_engine_bench_against_ceiling(tiny_qwen3, tmp_path):
+    out = tmp_path / "ceiling.json"
+    r = bench(tiny_qwen3, "--preset", "single", "--max-tokens", 32, "--repeat", 2, "--warmup", 0, "--ceiling",
+              "--json", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "bare mlx-lm loop" in r.stdout and "mlx_lm.stream_generate" in r.stdout
+    s = json.loads(out.read_text())["ceiling_summary"]
+    assert s["batch"] == 1
+    for key in ("bare_decode", "engine_decode", "engine_single", "mlx_generate_single", "single_ratio"):
+        assert s[key]["n"] == 2 and s[key]["median"] > 0
+
+
+# -- serve mode against real servers -------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_servers(start_server, visible_qwen3):
+    return [start_server(visible_qwen3, "--max-num-seqs", "8") for _ in range(2)]
+
+
+def test_serve_sweep_writes_json_and_plots(two_servers, tmp_path):
+    out = tmp_path / "serve"
+    r = bench("serve", "--url", two_servers[0].base_url, "--concurrency", 1, 3, "--repeat", 2, "--warmup", 0,
+              "--max-tokens", 12, "--out", out)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "TTFT p95" in r.stdout and "ITL p99" in r.stdout
+    result = json.loads((out / "results.json").read_text())
+    levels = result["servers"]["server1"]["concurrency"]
+    assert set(levels) == {"1", "3"}
+    for c, entry in levels.items():
+        assert entry["failed"] == 0 and all(r["untimed"] == 0 for r in entry["rounds"]) and len(entry["rounds"]) == 2
+        for rnd in entry["rounds"]:
+            assert rnd["requests"] == 2 * int(c)  # --requests-per-client 2
+            assert rnd["completion_tokens"] == rnd["requests"] * 12  # ignore_eos: exactly max_tokens each
+            assert rnd["ttft_p50"] <= rnd["ttft_p95"] <= rnd["ttft_p99"]
+            assert rnd["itl_p50"] <= rnd["itl_p99"] and rnd["e2e_p50"] >= rnd["ttft_p50"]
+            assert rnd["output_tok_per_s"] == pytest.approx(rnd["completion_tokens"] / rnd["wall_s"])
+    assert "compare" not in result
+    for png in ("throughput.png", "latency.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_serve_compare_interleaves_two_servers(two_servers, tmp_path):
+    out = tmp_path / "compare"
+    a, b = (s.base_url for s in two_servers)
+    r = bench("serve", "--url", a, "--compare", b, "--name", "A", "--name", "B", "--concurrency", 2,
+              "--repeat", 2, "--warmup", 1, "--max-tokens", 8, "--out", out, "--no-plots")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "A / B (paired per round)" in r.stdout and "tok/s ratio" in r.stdout
+    result = json.loads((out / "results.json").read_text())
+    assert result["names"] == ["A", "B"]
+    ratio = result["compare"]["2"]["output_tok_per_s_ratio"]
+    rounds_a = result["servers"]["A"]["concurrency"]["2"]["rounds"]
+    rounds_b = result["servers"]["B"]["concurrency"]["2"]["rounds"]
+    expected = [x["output_tok_per_s"] / y["output_tok_per_s"] for x, y in zip(rounds_a, rounds_b)]
+    assert ratio["values"] == pytest.approx(expected) and ratio["n"] == 2
+    assert "ttft_p95_ratio" in result["compare"]["2"]
+    assert not (out / "throughput.png").exists()
+
+
+def test_serve_reports_failures_of_a_dead_server(tmp_path):
+    r = bench("serve", "--url", "http://127.0.0.1:9", "--concurrency", 1, "--repeat", 1, "--warmup", 0,
+              "--out", tmp_path, "--no-plots", "--no-progress")
+    assert r.returncode == 1
+    level = json.loads((tmp_path / "results.json").read_text())["servers"]["server1"]["concurrency"]["1"]
+    assert level["failed"] == 2 and "ConnectError" in level["rounds"][0]["errors"][0]
+
+
+def test_agent_over_http(two_servers, tmp_path):
+    out = tmp_path / "agent.json"
+    r = bench("agent", "--url", two_servers[0].base_url, "--turns", 3, "--conversations", 2, "--warmup", 0,
+              "--system-words", 120, "--max-tokens", 8, "--json", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(out.read_text())["summary"][two_servers[0].base_url]
+    tokens = [t["prompt_tokens"] for t in summary]
+    assert len(tokens) == 3 and tokens[0] > 120 and tokens[0] < tokens[1] < tokens[2]
+    assert all(t["ttft_ms"]["n"] == 2 and t["ttft_ms"]["median"] > 0 for t in summary)
+
+
+# -- divergence and agent in-process ----------------------------------------------
+
+def test_divergence_in_process(tiny_qwen3, tmp_path):
+    out = tmp_path / "div.json"
+    r = bench("divergence", tiny_qwen3, "--num-prompts", 6, "--max-tokens", 12, "--json", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "serial vs concurrent" in r.stdout and "Wilson" in r.stdout
+    result = json.loads(out.read_text())
+    assert result["compared_on"] == "token ids"
+    base, conc = result["serial_vs_serial"], result["serial_vs_concurrent"]
+    assert base["total"] == conc["total"] == 6
+    assert base["agree"] == 6  # the same request alone twice is reproducible
+    # float32 on the CPU: batched greedy decoding gives the solo tokens (as test_engine asserts)
+    assert conc["agree"] == 6 and conc["ci95"][0] < 1.0 == conc["ci95"][1]
+
+
+def test_agent_in_process(visible_qwen3, tmp_path):
+    out = tmp_path / "agent.json"
+    r = bench("agent", visible_qwen3, "--turns", 3, "--conversations", 2, "--warmup", 0, "--system-words", 200,
+              "--max-tokens", 8, "--json", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "TTFT per turn" in r.stdout
+    result = json.loads(out.read_text())
+    (name,) = result["names"]
+    assert len(result["runs"][name]) == 2
+    tokens = [t["prompt_tokens"] for t in result["summary"][name]]
+    assert tokens[0] > 200 and tokens[0] < tokens[1] < tokens[2]
+
+
+def test_cli_errors():
+    r = bench("divergence")
+    assert r.returncode == 2 and "either MODEL" in r.stderr
+    r = bench("agent", "some-model", "--compare", "http://127.0.0.1:9")
+    assert r.returncode == 2 and "--compare needs --url" in r.stderr
+    r = bench("serve", "--url", "http://x", "--concurrency", 0)
+    assert r.returncode == 2 and "--concurrency must be at least 1" in r.stderr
+    r = bench("/nonexistent-model-folder", "--repeat", 1)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
