@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,60 +12,26 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import vllm_mlx  # noqa: E402,F401  (loads OpenBLAS before mlx is imported anywhere)
+from vllm_mlx.bench.servers import ManagedServer, free_port  # noqa: E402
 
 
 VLLM_MLX = str(Path(sys.executable).with_name("vllm-mlx"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
+class ServerProcess(ManagedServer):
     """`vllm-mlx serve ...` started as a real process on a free port."""
 
     def __init__(self, args: list[str], log_path: Path, env: dict | None = None):
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [VLLM_MLX, "serve", *args, "--port", str(self.port)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
+        port = free_port()
+        super().__init__("vllm-mlx", [VLLM_MLX, "serve", *args, "--port", str(port)], port, log_path, env,
+                         ready_path="/health")
+        self.base_url = self.url
 
     def wait_ready(self, timeout: float = 180.0) -> "ServerProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        return super().wait_ready(timeout)
 
     def health(self) -> dict:
         return httpx.get(f"{self.base_url}/health", timeout=5).json()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self._log.close()
 
 
 @pytest.fixture(scope="session")

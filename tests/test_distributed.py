@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import VLLM_MLX, ServerProcess, free_port
+from conftest import VLLM_MLX, ManagedServer, ServerProcess, free_port
 
 MLX_LAUNCH = str(Path(sys.executable).with_name("mlx.launch"))
 PROMPTS = ["Hello there, how are you?", "The capital of France is", "1 2 3 4 5", "Write a haiku about the sea."]
@@ -43,30 +43,18 @@ def _free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
-class DistributedServer:
+class DistributedServer(ManagedServer):
     """`mlx.launch -n 2 -- vllm-mlx serve MODEL --distributed` on loopback."""
 
     def __init__(self, model: Path, log_path: Path, *args: str):
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
+        port = free_port()
         cmd = [MLX_LAUNCH, "--backend", "ring", "-n", "2", "--starting-port", str(_free_port_pair()), "--",
-               VLLM_MLX, "serve", str(model), "--distributed", "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+               VLLM_MLX, "serve", str(model), "--distributed", "--port", str(port), *args]
+        super().__init__("mlx.launch", cmd, port, log_path, ready_path="/health")
+        self.base_url = self.url
 
     def wait_ready(self, timeout: float = 240.0) -> "DistributedServer":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlx.launch exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"not ready after {timeout}s:\n{self.log()}")
+        return super().wait_ready(timeout)
 
     def rank_pid(self, rank: int) -> int:
         """The pid of a rank: a child of the launcher whose environment says MLX_RANK=rank."""
@@ -88,10 +76,6 @@ class DistributedServer:
         except OSError:
             return False
         return state != "Z"
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
         pids = []

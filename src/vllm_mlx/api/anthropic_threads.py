@@ -11,35 +11,19 @@ continued conversation is kept again under the new reply's id. Like Responses'
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 from .anthropic_protocol import MessagesRequest
 from .errors import APIError
+from .lru_store import LRUStore
 
 DEFAULT_THREADS = 1024
 CARRIED = ("system", "tools", "tool_choice")
 
 
-class MessageThreads:
+class MessageThreads(LRUStore[dict[str, Any]]):
     def __init__(self, capacity: int = DEFAULT_THREADS):
-        self.capacity = capacity
-        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
-
-    def get(self, message_id: str) -> dict[str, Any] | None:
-        kept = self._items.get(message_id)
-        if kept is not None:
-            self._items.move_to_end(message_id)
-        return kept
-
-    def put(self, message_id: str, kept: dict[str, Any]) -> None:
-        self._items[message_id] = kept
-        self._items.move_to_end(message_id)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
+        super().__init__(capacity)
 
     def expand(self, req: MessagesRequest) -> MessagesRequest:
         """The full request a `thread` request stands for (itself when it has none or starts one)."""

@@ -7,12 +7,12 @@ constraints and output parsing are exactly those of /v1/chat/completions.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import Any
 
 from pydantic import Field, ValidationError
 
 from .errors import APIError
+from .lru_store import LRUStore
 from .protocol import ChatCompletionRequest, OpenAIRequest
 
 logger = logging.getLogger(__name__)
@@ -48,27 +48,11 @@ class ResponsesRequest(OpenAIRequest):
     client_metadata: dict[str, Any] | None = None  # sent by Codex CLI
 
 
-class ResponseStore:
+class ResponseStore(LRUStore[list[dict]]):
     """The conversations of recent responses (chat messages), bounded, least recently used dropped."""
 
     def __init__(self, capacity: int = DEFAULT_STORE_SIZE):
-        self.capacity = capacity
-        self._items: OrderedDict[str, list[dict]] = OrderedDict()
-
-    def get(self, response_id: str) -> list[dict] | None:
-        messages = self._items.get(response_id)
-        if messages is not None:
-            self._items.move_to_end(response_id)
-        return messages
-
-    def put(self, response_id: str, messages: list[dict]) -> None:
-        self._items[response_id] = messages
-        self._items.move_to_end(response_id)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
+        super().__init__(capacity)
 
 
 # -- input items -> chat messages ----------------------------------------------------------

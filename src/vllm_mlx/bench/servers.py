@@ -34,14 +34,22 @@ class ManagedServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log: {self.log_path}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log: {self.log_path}"
+                                   + self._log_tail())
             try:
                 if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
-        raise TimeoutError(f"{self.name} not ready after {timeout}s; log: {self.log_path}")
+        raise TimeoutError(f"{self.name} not ready after {timeout}s; log: {self.log_path}" + self._log_tail())
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def _log_tail(self) -> str:
+        return "\n" + self.log()[-4000:]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
