@@ -310,3 +310,19 @@ def test_capabilities_report_image_and_video_input(server):
     caps = httpx.get(f"{server.base_url}/v1/capabilities").json()
     assert caps["model"]["multimodal"] is True
     assert caps["modalities"]["input"] == ["text", "image", "video"]
+
+
+def test_cache_clear_empties_the_vision_embedding_cache(client, server):
+    url = data_url(random_image(41))
+    content = [{"type": "text", "text": "Look."}, {"type": "image"}]
+
+    def stats():
+        return httpx.get(f"{server.base_url}/v1/cache/stats").json()["vision_embeddings"]
+
+    chat(client, openai_content(content, [url]))
+    assert stats()["entries"] >= 1
+    assert httpx.post(f"{server.base_url}/v1/cache/clear").json() == {"cleared": True}
+    cleared = stats()
+    assert cleared["entries"] == 0 and cleared["bytes"] == 0
+    chat(client, openai_content(content, [url]))  # must be encoded again
+    assert stats()["encoded_items"] == cleared["encoded_items"] + 1

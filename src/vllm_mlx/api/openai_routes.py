@@ -234,7 +234,8 @@ async def cache_stats(raw: Request):
 @router.post("/v1/cache/clear")
 async def cache_clear(raw: Request):
     state = await serving_for(raw, raw.query_params.get("model"))
-    if state.engine.stats.prefix_cache is None:
+    stats = state.engine.stats
+    if stats.prefix_cache is None and stats.vision_cache is None:
         raise APIError(400, "the prefix cache is disabled on this server")
     state.engine.engine.clear_prefix_cache()
     return JSONResponse({"cleared": True})

@@ -31,6 +31,7 @@ from .rows import RowArrays
 from .sampler import BatchSamplingParams, PenaltyState, SampleResult, make_rng_key, sample
 from .scheduler import Scheduler, StepPlan
 from .sequence import Sequence, SequenceStatus
+from .vision_model import VisionLanguageModel
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class LLMEngine:
 
     def _vision_stats(self) -> dict | None:
         model = getattr(self.loaded, "model", None)
-        return model.stats() if hasattr(model, "prefill_multimodal") else None
+        return model.stats() if isinstance(model, VisionLanguageModel) else None
 
     def _probe_vocab_size(self) -> int:
         """The logits width (may exceed the tokenizer's size); the one forward also warms the model up."""
@@ -230,9 +231,12 @@ class LLMEngine:
         """Called when a wait for commands ran out (``idle_wait``) with nothing to do."""
 
     def _clear_prefix_cache(self) -> None:
+        """Empty the prefix cache and, for a vision-language model, its vision-embedding cache."""
         if self.prefix_cache is not None:
             self.prefix_cache.clear()
-            self._publish_stats()
+        if isinstance(self.loaded.model, VisionLanguageModel):
+            self.loaded.model.embeddings.clear()
+        self._publish_stats()
 
     def _new_sequence(self, request: GenerationRequest, index: int = 0) -> Sequence:
         detokenizer = IncrementalDetokenizer(self._tokenizer, request.prompt_token_ids,
