@@ -23,7 +23,7 @@ formats of the two families:
 from __future__ import annotations
 
 # Shared macro: flatten a message ``content`` into text.
-_TEXT_OF = """\
+TEXT_OF_MACRO = """\
 {%- macro text_of(content) -%}
 {%- if content is none -%}
 {%- elif content is string -%}{{- content -}}
@@ -37,7 +37,7 @@ _TEXT_OF = """\
 {%- endmacro -%}
 """
 
-QWEN3_CHAT_TEMPLATE = _TEXT_OF + """\
+QWEN3_CHAT_TEMPLATE = TEXT_OF_MACRO + """\
 {%- set first_is_system = messages and messages[0].role == 'system' %}
 {%- if tools %}
 {{- '<|im_start|>system\\n' }}
@@ -89,7 +89,7 @@ QWEN3_CHAT_TEMPLATE = _TEXT_OF + """\
 {%- endif %}
 """
 
-LLAMA3_CHAT_TEMPLATE = _TEXT_OF + """\
+LLAMA3_CHAT_TEMPLATE = TEXT_OF_MACRO + """\
 {{- bos_token }}
 {%- set ns = namespace(system='', tools_in_user=true, tools_pending=false, start=0) %}
 {%- if tools_in_user_message is defined %}{%- set ns.tools_in_user = tools_in_user_message %}{%- endif %}

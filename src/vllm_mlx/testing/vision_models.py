@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .builders import FAMILY_SPECS, write_generation_config
-from .chat_templates import QWEN3_CHAT_TEMPLATE
+from .chat_templates import QWEN3_CHAT_TEMPLATE, TEXT_OF_MACRO
 from .tokenizer import FAMILY_TOKENS, train_tokenizer
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -29,28 +29,19 @@ ARCHITECTURES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Q
                  "qwen3_vl": "Qwen3VLForConditionalGeneration"}
 PATCH_SIZE = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
 
-# The text macro of the qwen3 template, taught to render image and video parts.
-_VISION_TEXT_OF = """\
-{%- macro text_of(content) -%}
-{%- if content is none -%}
-{%- elif content is string -%}{{- content -}}
-{%- else -%}
-{%- for part in content -%}
-{%- if part is string -%}{{- part -}}
-{%- elif part is mapping and part.get('type', 'text') == 'text' -%}{{- part.get('text') or '' -}}
+# What the qwen3 template's text macro also renders for a vision model: image and video parts.
+_MEDIA_PARTS = """\
 {%- elif part is mapping and part.get('type') in ('image', 'image_url') -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}
 {%- elif part is mapping and part.get('type') in ('video', 'video_url') -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}
-{%- endif -%}
-{%- endfor -%}
-{%- endif -%}
-{%- endmacro -%}
 """
 
 
 def vision_chat_template() -> str:
-    _, sep, body = QWEN3_CHAT_TEMPLATE.partition("{%- endmacro -%}\n")
-    assert sep, "the qwen3 template has no text_of macro"
-    return _VISION_TEXT_OF + body
+    """The qwen3 test template whose text macro also renders image and video placeholders."""
+    assert QWEN3_CHAT_TEMPLATE.startswith(TEXT_OF_MACRO)
+    part_end = "{%- endif -%}\n{%- endfor -%}"
+    macro = TEXT_OF_MACRO.replace(part_end, _MEDIA_PARTS + part_end, 1)
+    return macro + QWEN3_CHAT_TEMPLATE[len(TEXT_OF_MACRO):]
 
 
 def _write_json(path: Path, obj: Any) -> None:
