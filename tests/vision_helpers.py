@@ -14,15 +14,18 @@ def _load(path: str):
     return load(path)
 
 
-def reference_greedy(path: Path, content: list[dict], images: list[bytes], max_tokens: int) -> str:
+def reference_greedy(path: Path, content: list[dict], images: list[bytes], max_tokens: int,
+                     template_kwargs: dict | None = None) -> str:
     """Greedy text of mlx-vlm's own generate loop (one request, its own stateful positions) for a
-    user message with ``content`` parts ({"type": "text"/"image"}); special tokens dropped."""
+    user message with ``content`` parts ({"type": "text"/"image"}); special tokens dropped.
+    ``template_kwargs``: extra chat-template variables (e.g. ``enable_thinking``)."""
     from mlx_vlm.generate.ar import generate_step
     from PIL import Image
 
     model, processor = _load(str(path))
     prompt = processor.tokenizer.apply_chat_template([{"role": "user", "content": content}],
-                                                     add_generation_prompt=True, tokenize=False)
+                                                     add_generation_prompt=True, tokenize=False,
+                                                     **(template_kwargs or {}))
     pil = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
     inputs = processor(text=[prompt], images=pil or None)
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}

@@ -72,6 +72,13 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--kv-cache-dir", default=None,
                    help="persist cached blocks in this folder (safetensors), so a restarted server still hits")
     c.add_argument("--kv-cache-dir-mb", type=int, default=4096, help="size bound of --kv-cache-dir (default: %(default)s)")
+    c.add_argument("--checkpoint-stride", type=int, default=4096,
+                   help="models with recurrent or sliding-window layers: also checkpoint long prompts every this "
+                        "many tokens, besides template boundaries and prompt/completion ends (0: off; "
+                        "default: %(default)s)")
+    c.add_argument("--verify-cache-restores", type=float, default=0.0, metavar="RATE",
+                   help="re-check this fraction of prefix-cache restores against a fresh prefill; mismatches "
+                        "are counted in /metrics and the request uses the fresh cache (default: 0)")
     c.add_argument("--warm-prompts", default=None,
                    help="a JSON or JSONL file of prompts (strings, or chat message lists) prefilled at startup")
     x = p.add_argument_group("models served beside the chat model (local folder or repo id; loaded on first use)")
@@ -98,6 +105,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     v = p.add_argument_group("vision-language models (images and video, through mlx-vlm)")
     v.add_argument("--mllm", action="store_true",
                    help="load the model as a vision-language model (default: detected from its metadata)")
+    v.add_argument("--text-only", action="store_true",
+                   help="serve a vision-language folder (e.g. Qwen3.5) as a text model through mlx-lm: the vision "
+                        "tower is not loaded and requests with images get a 400 (default: detected)")
     v.add_argument("--vision-cache-mb", type=int, default=512,
                    help="vision-embedding cache, keyed by image content hash (default: %(default)s)")
     v.add_argument("--max-image-pixels", type=int, default=40_000_000,
@@ -162,6 +172,12 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_audio_upload_mb <= 0:
         raise SystemExit("--max-audio-upload-mb must be positive")
+    if args.mllm and args.text_only:
+        raise SystemExit("--mllm and --text-only contradict each other; pass one of them")
+    if args.checkpoint_stride < 0:
+        raise SystemExit("--checkpoint-stride must be 0 (off) or positive")
+    if not 0.0 <= args.verify_cache_restores <= 1.0:
+        raise SystemExit("--verify-cache-restores must be a rate between 0 and 1")
     return ServerConfig(
         model=args.model,
         served_model_names=tuple(args.served_model_name or ()),
@@ -187,6 +203,8 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         kv_cache_bits=args.kv_cache_bits,
         kv_cache_dir=args.kv_cache_dir,
         kv_cache_dir_mb=args.kv_cache_dir_mb,
+        checkpoint_stride=args.checkpoint_stride,
+        verify_cache_restores=args.verify_cache_restores,
         warm_prompts=args.warm_prompts,
         embedding_model=args.embedding_model,
         stt_model=args.stt_model,
@@ -198,6 +216,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         media_limits=MediaLimits(max_image_pixels=args.max_image_pixels, max_images=args.max_media_per_request,
                                  video_fps=args.video_fps, video_max_frames=args.video_max_frames),
         mllm=args.mllm,
+        text_only=args.text_only,
         vision_cache_mb=args.vision_cache_mb,
         sampling_defaults=_sampling_defaults(args),
         log_level=args.log_level,

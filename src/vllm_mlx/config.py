@@ -49,6 +49,8 @@ class ServerConfig:
     kv_cache_bits: int | None = None
     kv_cache_dir: str | None = None
     kv_cache_dir_mb: int = 4096
+    checkpoint_stride: int = 4096  # recurrent / sliding-window models: checkpoint long prompts this often
+    verify_cache_restores: float = 0.0  # fraction of cache restores re-checked against a fresh prefill
     warm_prompts: str | None = None
     # models served beside the chat model (folders or repo ids), loaded on first use
     embedding_model: str | None = None
@@ -60,6 +62,7 @@ class ServerConfig:
     media_fetch: FetchPolicy = field(default_factory=FetchPolicy)  # how request media URLs are fetched
     media_limits: MediaLimits = field(default_factory=MediaLimits)  # decoded image/video limits
     mllm: bool = False  # load the model as a vision-language model even if its metadata does not say so
+    text_only: bool = False  # serve a vision-language folder's language model as text (mlx-lm), no images
     vision_cache_mb: int = 512  # vision-embedding cache budget (by image content hash)
     sampling_defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     log_level: str = "info"

@@ -38,7 +38,8 @@ def join_group(config: ServerConfig) -> Any:
         raise DistributedSetupError("--batch-divergence-monitor is not supported with --distributed (its "
                                     "serialize switch would change rank 0's schedule alone); drop it")
     if config.mllm:
-        raise DistributedSetupError("vision-language models cannot be served with --distributed yet")
+        raise DistributedSetupError("vision-language models cannot be served with --distributed yet "
+                                    "(--text-only serves a vision-language folder's language model)")
     try:
         group = mx.distributed.init(strict=True)
     except Exception as exc:
@@ -58,12 +59,13 @@ def join_group(config: ServerConfig) -> Any:
 def _shard_loader(config: ServerConfig, path: Path, group: Any) -> Callable[[], Any]:
     from . import BLAS_STATUS
     from .models.sharding import load_sharded
-    from .models.vision_loader import vision_evidence
+    from .models.vision_loader import serving_mode
     from .platform import detect_backend
 
     def load():
-        if vision_evidence(path):
-            raise DistributedSetupError("vision-language models cannot be served with --distributed yet")
+        if serving_mode(path, text_only=config.text_only).vision:
+            raise DistributedSetupError("vision-language models cannot be served with --distributed yet; "
+                                        "--text-only serves the folder's language model as text")
         backend = detect_backend(BLAS_STATUS, config.dtype)
         logger.info("%s", backend.describe())
         loaded = load_sharded(str(path), group, compute_dtype=backend.compute_dtype,

@@ -36,6 +36,18 @@ class EngineCollector:
             yield GaugeMetricFamily("vllm_mlx_prefix_cache_bytes", "Bytes held by the prefix cache", value=cache["bytes"])
             yield GaugeMetricFamily("vllm_mlx_prefix_cache_token_hit_rate",
                                     "Prompt tokens reused / prompt tokens looked up", value=cache["token_hit_rate"])
+            for key, help_text in (
+                    ("checkpoints", "Checkpoints (state copies of recurrent / sliding-window layers) held"),
+                    ("checkpoint_bytes", "Bytes held by checkpoints"),
+                    ("hit_tokens", "Prompt tokens restored from the prefix cache since start"),
+                    ("restore_failures", "Cache hits that could not be assembled (prefilled cold instead)"),
+                    ("verified_restores", "Restores re-checked against a fresh prefill (--verify-cache-restores)"),
+                    ("restore_mismatches", "Re-checked restores whose logits differed from a fresh prefill")):
+                yield GaugeMetricFamily(f"vllm_mlx_prefix_cache_{key}", help_text, value=cache.get(key, 0))
+            if "disk_rejected" in cache:
+                yield GaugeMetricFamily("vllm_mlx_prefix_cache_disk_rejected",
+                                        "Cache files refused (foreign, damaged or edited) and deleted",
+                                        value=cache["disk_rejected"])
         vision = getattr(stats, "vision_cache", None)
         if vision:
             for key, help_text in (("hits", "Media whose vision embedding came from the cache"),

@@ -15,7 +15,7 @@ from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineConfig
 from ..models.loader import LoadedModel, load_model
-from ..models.vision_loader import load_vision_model, vision_evidence
+from ..models.vision_loader import NO_VISION_METADATA, load_vision_model, serving_mode
 from ..platform import detect_backend
 from .admission import build_admission
 from .serving import ServingState
@@ -36,6 +36,8 @@ def engine_config(config: ServerConfig) -> EngineConfig:
         kv_cache_bits=config.kv_cache_bits,
         kv_cache_dir=config.kv_cache_dir,
         kv_cache_dir_bytes=config.kv_cache_dir_mb << 20,
+        checkpoint_stride=config.checkpoint_stride,
+        verify_cache_restores=config.verify_cache_restores,
     )
 
 
@@ -45,11 +47,14 @@ def model_loader(config: ServerConfig, source: str | Path):
     def load() -> LoadedModel:
         backend = detect_backend(BLAS_STATUS, config.dtype)
         logger.info("%s", backend.describe())
-        if config.mllm or vision_evidence(Path(source)):
+        mode = serving_mode(Path(source), mllm=config.mllm, text_only=config.text_only)
+        if mode.vision:
             loaded = load_vision_model(Path(source), compute_dtype=backend.compute_dtype,
                                        cache_bytes=config.vision_cache_mb << 20,
-                                       trust_remote_code=config.trust_remote_code)
+                                       trust_remote_code=config.trust_remote_code, mode=mode)
         else:
+            if mode.reason != NO_VISION_METADATA:
+                logger.info("serving %s as a text model: %s", Path(source).name, mode.reason)
             loaded = load_model(str(source), compute_dtype=backend.compute_dtype,
                                 trust_remote_code=config.trust_remote_code)
         loaded.backend = backend

@@ -16,6 +16,7 @@ from ..config import SamplingDefaults
 from ..limits import Limits
 from .admission import AdmittedStream, MemoryAdmission
 from .request_limits import check_chat_limits, check_generation_limits, check_prompt_count
+from .turn_boundaries import remap_after_media, turn_boundaries
 from ..engine.async_engine import AsyncEngine
 from ..engine.constraints import GrammarCompiler, GrammarError, StructuredSpec, tool_call_spec
 from ..parsers import prompt_opens_reasoning, required_markers
@@ -49,6 +50,7 @@ class RenderedChat:
     thinking: bool  # the template let the model reason (enable_thinking not switched off)
     media: tuple = ()  # vision_inputs.MediaRef of each image/video, in message order
     multimodal: Any = None  # engine.multimodal.MultimodalPrompt, once the media are prepared
+    checkpoints: tuple[int, ...] = ()  # positions where the conversation may branch (turn_boundaries)
 
 
 @dataclass
@@ -189,7 +191,21 @@ class ServingState:
         except Exception as exc:  # template errors are the request's fault (e.g. bad role order)
             raise APIError(400, f"the chat template could not render these messages: {exc}", param="messages")
         thinking = kwargs.get("enable_thinking", True) is not False
-        return RenderedChat(self.tokenizer.encode(prompt, add_special_tokens=False), prompt, thinking, tuple(media or ()))
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        checkpoints = ()
+        if self.wants_checkpoints:
+            checkpoints = turn_boundaries(
+                lambda msgs: self.tokenizer.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False,
+                                                                **kwargs),
+                lambda text: self.tokenizer.encode(text, add_special_tokens=False), messages, prompt, ids)
+        return RenderedChat(ids, prompt, thinking, tuple(media or ()), checkpoints=checkpoints)
+
+    @property
+    def wants_checkpoints(self) -> bool:
+        """Whether the engine's prefix cache resumes only from checkpoints (recurrent or
+        sliding-window layers), so template boundaries are worth computing."""
+        cache = getattr(self.engine.engine, "prefix_cache", None)
+        return cache is not None and not cache.block_mode
 
     def output_parsing(self, req: ChatCompletionRequest, rendered: RenderedChat) -> OutputParsing:
         """Which parsers read this request's output: reasoning when the model thinks, tool calls
@@ -334,7 +350,10 @@ class ServingState:
         if not rendered.media or rendered.multimodal is not None:
             return rendered
         ids, mm = await self.vision.prepare(rendered.text, list(rendered.media))
-        return RenderedChat(ids, rendered.text, rendered.thinking, rendered.media, mm)
+        # Checkpoint positions after a media placeholder move by its expansion.
+        checkpoints = remap_after_media(rendered.checkpoints, rendered.ids, ids,
+                                        set(self.vision.info.token_ids.values()))
+        return RenderedChat(ids, rendered.text, rendered.thinking, rendered.media, mm, checkpoints)
 
     async def start_chat(
         self, req: ChatCompletionRequest, request_id: str, rendered: RenderedChat,
@@ -354,6 +373,7 @@ class ServingState:
             keep_special_tokens=self.keep_special_tokens(parsing),
             reasoning_markers=self.reasoning_markers(parsing) if req.max_thinking_tokens is not None else None,
             starts_in_reasoning=parsing.starts_in_reasoning, multimodal=rendered.multimodal,
+            checkpoints=rendered.checkpoints,
         )
         return ChatRun(parsing, params, stream)
 
@@ -366,7 +386,8 @@ class ServingState:
     def generate(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                  constraint: Any = None, constraint_after: tuple[int, ...] = (),
                  keep_special_tokens: bool = False, reasoning_markers=None,
-                 starts_in_reasoning: bool = False, multimodal: Any = None) -> AsyncIterator[GenerationOutput]:
+                 starts_in_reasoning: bool = False, multimodal: Any = None,
+                 checkpoints: tuple[int, ...] = ()) -> AsyncIterator[GenerationOutput]:
         """The engine stream of one generation; its memory is reserved now (503 when it does not fit)."""
         if not self.engine.engine.alive:
             raise APIError(503, "the engine is not running", code="engine_unavailable")
@@ -376,7 +397,8 @@ class ServingState:
         request = GenerationRequest(request_id=request_id, prompt_token_ids=prompt_ids, sampling=params,
                                     constraint=constraint, constraint_after=constraint_after,
                                     keep_special_tokens=keep_special_tokens, reasoning_markers=reasoning_markers,
-                                    starts_in_reasoning=starts_in_reasoning, multimodal=multimodal)
+                                    starts_in_reasoning=starts_in_reasoning, multimodal=multimodal,
+                                    checkpoints=checkpoints)
         return AdmittedStream(self.engine.generate(request), reservation)
 
 

@@ -20,6 +20,10 @@ class EngineConfig:
     kv_cache_bits: int | None = None  # quantize cached blocks to 8 or 4 bits
     kv_cache_dir: str | None = None  # persist blocks here (safetensors) across restarts
     kv_cache_dir_bytes: int = 4 << 30
+    # Models with recurrent or sliding-window layers: also checkpoint long prompts every this many
+    # tokens (0: only at template boundaries and the ends of prompts and completions).
+    checkpoint_stride: int = 4096
+    verify_cache_restores: float = 0.0  # fraction of cache hits re-checked against a fresh prefill
 
 
 @dataclass

@@ -81,6 +81,8 @@ def plan_digest(engine: LLMEngine, plan: StepPlan) -> list:
 class LeaderEngine(LLMEngine):
     """Rank 0: the ordinary engine, recording its decisions for the other ranks."""
 
+    verifies_restores = False  # a re-check's extra forwards would not be run on the other ranks
+
     idle_wait = HEARTBEAT_S
 
     def __init__(self, load, config, on_outputs, *, group: Any, timeout: float):
@@ -97,7 +99,8 @@ class LeaderEngine(LLMEngine):
 
     def _add(self, request: GenerationRequest) -> None:
         sampling = request.sampling
-        self._records.append(["add", request.request_id, list(request.prompt_token_ids), sampling.n])
+        self._records.append(["add", request.request_id, list(request.prompt_token_ids), sampling.n,
+                              list(request.checkpoints)])
         super()._add(request)
 
     def _abort(self, request_id: str) -> None:
@@ -194,6 +197,8 @@ class LeaderEngine(LLMEngine):
 class FollowerEngine(LLMEngine):
     """Ranks 1..N-1: replay rank 0's record and run the same forwards; no outputs of its own."""
 
+    verifies_restores = False
+
     def __init__(self, load, config, *, group: Any, timeout: float):
         super().__init__(load, config, lambda outputs: None)
         self.channel = LockstepChannel(group)
@@ -249,8 +254,8 @@ class FollowerEngine(LLMEngine):
     def _apply(self, record: list) -> None:
         kind, *args = record
         if kind == "add":
-            request_id, prompt, n = args
-            self._add(GenerationRequest(request_id, prompt, SamplingParams(n=n)))
+            request_id, prompt, n, checkpoints = args
+            self._add(GenerationRequest(request_id, prompt, SamplingParams(n=n), checkpoints=tuple(checkpoints)))
         elif kind == "abort":
             self._abort(args[0])
         elif kind == "clear":

@@ -26,6 +26,7 @@ from .model_runner import ModelRunner
 from .config import EngineConfig, EngineStats
 from .constraints import allowed_tokens
 from .prefix_cache import PrefixCache, build_prefix_cache
+from .restore_check import RestoreChecker
 from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
 from .rows import RowArrays
 from .sampler import BatchSamplingParams, PenaltyState, SampleResult, make_rng_key, sample
@@ -41,6 +42,8 @@ OutputCallback = Callable[[list[GenerationOutput]], None]
 class LLMEngine:
     # How long an idle engine waits for a command before calling ``_on_idle`` (None: forever).
     idle_wait: float | None = None
+    # Whether sampled cache restores may be re-checked with extra forwards (not across lockstep ranks).
+    verifies_restores = True
 
     def __init__(self, load: Callable[[], Any], config: EngineConfig, on_outputs: OutputCallback):
         """``load`` runs on the engine thread and returns an object with ``model`` and ``tokenizer``."""
@@ -107,6 +110,10 @@ class LLMEngine:
         self._tokenizer = tokenizer
         self.runner = self._make_runner()
         self.prefix_cache = self._make_prefix_cache()
+        self.restore_checker = None
+        if self.prefix_cache is not None and self.config.verify_cache_restores > 0 and self.verifies_restores:
+            self.restore_checker = RestoreChecker(self.loaded.model, self.config.verify_cache_restores,
+                                                  self.config.kv_cache_bits, self.config.max_num_batched_tokens)
         self._memory_limit = int(device_memory_bytes() * 0.9)
         self.scheduler = Scheduler(
             self.config.max_num_seqs, self.config.max_num_batched_tokens, self.config.deterministic,
@@ -158,10 +165,41 @@ class LLMEngine:
         return cache
 
     def _reuse_prefix(self, seq: Sequence) -> None:
-        """On admission: start the sequence from the longest cached prefix of its prompt."""
-        hit = self.prefix_cache.lookup(seq.prefix_key)
-        if hit.num_tokens:
-            seq.cache, seq.num_computed, seq.num_cached_tokens = hit.cache, hit.num_tokens, hit.num_tokens
+        """On admission: start the sequence from the longest cached prefix of its prompt.
+
+        A hit that cannot be assembled (a bad cache file, a bug) costs only the reuse: the
+        sequence is prefilled cold. A sample of hits is re-checked against a fresh prefill."""
+        try:
+            hit = self.prefix_cache.lookup(seq.prefix_key)
+        except Exception:
+            logger.warning("prefix-cache restore for %s failed; prefilling it cold", seq.request_id, exc_info=True)
+            self.prefix_cache.stats.restore_failures += 1
+            return
+        if not hit.num_tokens:
+            return
+        seq.cache, seq.num_computed, seq.num_cached_tokens = hit.cache, hit.num_tokens, hit.num_tokens
+        if self.restore_checker is not None and seq.request.multimodal is None:
+            self.restore_checker.maybe_verify(seq, self.prefix_cache.stats)
+
+    def _checkpoint_positions(self, seq: Sequence, end: int) -> list[int]:
+        """Prompt positions in (computed, end) where a model with state layers saves a checkpoint."""
+        if self.prefix_cache is None or self.prefix_cache.block_mode:
+            return []
+        start, stride = seq.num_computed, self.config.checkpoint_stride
+        # Template boundaries, and one token before the prompt's end: an identical resend (a retry,
+        # a regenerate) can reuse all but the token it must compute.
+        cuts = {p for p in (*seq.request.checkpoints, seq.num_prompt_tokens - 1) if start < p < end}
+        if stride > 0:
+            cuts.update(range((start // stride + 1) * stride, end, stride))
+        return sorted(p for p in cuts if p < seq.num_prompt_tokens)
+
+    def _prefill_chunk(self, seq: Sequence, num_tokens: int) -> mx.array | None:
+        """Prefill ``num_tokens`` more prompt tokens, stopping at checkpoint positions to save them."""
+        end = seq.num_computed + num_tokens
+        for cut in self._checkpoint_positions(seq, end):
+            self.runner.prefill(seq, cut - seq.num_computed)
+            self._remember(seq.prefix_key[:cut], seq.cache)
+        return self.runner.prefill(seq, end - seq.num_computed)
 
     def _remember(self, tokens: list[int], cache: list) -> None:
         if self.prefix_cache is not None:
@@ -495,7 +533,7 @@ class LLMEngine:
             if seq in together:
                 continue
             try:
-                logits = self.runner.prefill(seq, n)
+                logits = self._prefill_chunk(seq, n)
             except Exception as exc:
                 self._fail([seq], exc)
                 continue

@@ -1,24 +1,25 @@
-"""The prefix cache: reuse of keys/values across requests that share a token prefix.
+"""The prefix cache: reuse of cache state across requests that share a token prefix.
 
-Two stores behind one interface, chosen by the model's cache layout:
+The token sequence is cut into fixed-size blocks; block i is named by a chained hash
+``h_i = H(h_{i-1}, tokens of block i)`` rooted in a fingerprint of the model, so a hash names the
+whole prefix up to that block. A model's cache is split into leaves (:mod:`.cache_layout`):
 
-* **Blocks** (every layer a plain ``KVCache``): the token sequence is cut into
-  fixed-size blocks; block i is identified by a chained hash
-  ``h_i = H(h_{i-1}, tokens of block i)`` rooted in a fingerprint of the model,
-  so a hash names the whole prefix up to that block. A block holds that slice
-  of keys/values for every layer (optionally quantized). A new prompt walks its
-  block hashes from the start and reuses the longest cached run. Blocks are
-  reference-counted by their cached children and evicted least-recently-used,
-  leaves first, so a cached prefix never loses an inner block.
-* **Snapshots** (recurrent, hybrid or sliding-window layers, whose state cannot
-  be cut at an arbitrary token): the whole per-layer state is copied at message
-  boundaries — the end of a prompt and the end of a completion — keyed by the
-  hash of the tokens it covers. A new prompt reuses the longest snapshot that is
-  a strict prefix of it. No partial reuse is ever attempted.
+* **KV leaves** (plain ``KVCache``) are stored per block: that slice of keys/values (optionally
+  quantized). Blocks are shared by every sequence that passes through them.
+* **State leaves** (recurrent states, sliding windows) cannot be cut at an arbitrary token. They are
+  copied whole at *checkpoints*: a checkpoint at token ``n`` sits under the last full block before
+  ``n`` and holds the tokens after it (its *tail*), those tokens' keys/values for the KV leaves and
+  every state leaf's value after token ``n``.
 
-Both leave at least one prompt token to compute, so the last logits are fresh.
-The store never exceeds its byte budget and ``shrink`` lets the engine give
-memory back to the running batch.
+A model whose every leaf is KV keeps partial last blocks as tails too, matched token by token, so
+reuse is token-exact. For other models a lookup takes the longest checkpoint whose tokens are a
+prefix of the new prompt; the engine places checkpoints where conversations branch (template
+boundaries from the serving layer, a stride through long prompts, the end of every prompt and
+completion).
+
+Every entry is reference-counted by the entries under it and evicted least-recently-used, leaves
+first, within one byte budget; ``shrink`` lets the engine give memory back to the running batch.
+At least one prompt token is always left to compute, so the last logits are fresh.
 """
 
 from __future__ import annotations
@@ -27,38 +28,20 @@ import hashlib
 import json
 from array import array
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-from mlx.utils import tree_map
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from ..platform import available_memory_bytes
-from .block_store import BlockDiskStore
+from .block_store import BlockDiskStore, StateShapes
+from .cache_layout import CacheLayout, copy_state, restore_leaf, state_bytes
 
 
-def _digest(parent: bytes, tokens: list[int]) -> bytes:
+def _digest(parent: bytes, tokens: list[int] | tuple[int, ...]) -> bytes:
     return hashlib.blake2b(parent + array("i", tokens).tobytes(), digest_size=16).digest()
-
-
-def _copy_state(state: Any) -> Any:
-    """New array objects for a cache state (in-place cache updates must not reach the copy)."""
-    return tree_map(lambda x: mx.array(x) if isinstance(x, mx.array) else x, state)
-
-
-def _state_bytes(state: Any) -> int:
-    total = 0
-
-    def add(x):
-        nonlocal total
-        if isinstance(x, mx.array):
-            total += x.nbytes
-        return x
-
-    tree_map(add, state)
-    return total
 
 
 @dataclass
@@ -68,19 +51,16 @@ class PrefixHit:
 
 
 @dataclass
-class _Block:
+class CacheEntry:
+    """A full block (``tail`` None), a partial block (KV-only models) or a checkpoint."""
+
     parent: bytes | None
-    kv: list[tuple[Any, Any]]  # per layer (keys, values), each (1, heads, tokens, dim), maybe quantized
+    kv: list[tuple[Any, Any] | None]  # per KV leaf (keys, values), each (1, heads, tokens, dim); None: no tokens
     nbytes: int
     children: int = 0
-    tail: tuple[int, ...] | None = None  # set for a partial block: the tokens after the last full block
-
-
-@dataclass
-class _Snapshot:
-    num_tokens: int
-    states: list[tuple[type, Any]]
-    nbytes: int
+    tail: tuple[int, ...] | None = None  # tokens after the parent block (partial blocks, checkpoints)
+    states: list[Any] | None = None  # per state leaf: its state after the last token (checkpoints)
+    tokens: tuple[int, ...] | None = None  # a full block's tokens (KV-only models: matched token by token)
 
 
 @dataclass
@@ -93,11 +73,23 @@ class PrefixCacheStats:
     bytes: int = 0
     evictions: int = 0
     budget_bytes: int = 0
-    mode: str = "blocks"
+    mode: str = "blocks"  # "blocks": every layer KV; "checkpoints": some layers keep a state
+    checkpoints: int = 0
+    checkpoint_bytes: int = 0
+    restore_failures: int = 0  # hits that could not be assembled (the request prefilled cold)
+    verified_restores: int = 0  # restores re-checked against a fresh prefill (--verify-cache-restores)
+    restore_mismatches: int = 0
 
     @property
     def token_hit_rate(self) -> float:
         return self.hit_tokens / self.queried_tokens if self.queried_tokens else 0.0
+
+
+@dataclass
+class _Found:
+    blocks: list[CacheEntry] = field(default_factory=list)
+    last: CacheEntry | None = None  # the tail or checkpoint after the blocks
+    tail_tokens: int = 0
 
 
 class PrefixCache:
@@ -110,17 +102,17 @@ class PrefixCache:
         kv_bits: int | None = None,
         disk: BlockDiskStore | None = None,
     ):
-        self.block_mode = all(type(c) is KVCache for c in template_cache)
+        self.layout = CacheLayout.of(template_cache)
+        self.block_mode = self.layout.all_kv
         self.block_size = block_size
         self.kv_bits = kv_bits
-        self.disk = disk if self.block_mode else None  # snapshots stay in memory
+        self.disk = disk
         self.root = hashlib.blake2b(fingerprint.encode(), digest_size=16).digest()
-        self._blocks: OrderedDict[bytes, _Block] = OrderedDict()
-        # Partial blocks ("tails"), by the hash of the full block before them (root for none):
-        # a sequence's last, incomplete block, matched token by token.
-        self._tails: dict[bytes, set[bytes]] = {}
-        self._snapshots: OrderedDict[bytes, _Snapshot] = OrderedDict()
-        self.stats = PrefixCacheStats(budget_bytes=budget_bytes, mode="blocks" if self.block_mode else "snapshots")
+        self._entries: OrderedDict[bytes, CacheEntry] = OrderedDict()
+        # Every entry by the hash of the full block before it (root for none).
+        self._under: dict[bytes, set[bytes]] = {}
+        self.stats = PrefixCacheStats(budget_bytes=budget_bytes,
+                                      mode="blocks" if self.block_mode else "checkpoints")
 
     # -- lookup ---------------------------------------------------------------
     def block_hashes(self, tokens: list[int], limit: int | None = None) -> list[bytes]:
@@ -136,143 +128,180 @@ class PrefixCache:
         """The longest reusable prefix of ``prompt`` (always leaving one token to compute)."""
         self.stats.queries += 1
         self.stats.queried_tokens += len(prompt)
-        hit = self._lookup_blocks(prompt) if self.block_mode else self._lookup_snapshot(prompt)
-        if hit.num_tokens:
-            self.stats.hits += 1
-            self.stats.hit_tokens += hit.num_tokens
-        return hit
-
-    def _lookup_blocks(self, prompt: list[int]) -> PrefixHit:
-        found: list[tuple[_Block, int]] = []  # (block, tokens of it used)
-        last, matched, usable = None, 0, len(prompt) - 1  # one prompt token is always computed
-        for i, h in enumerate(self.block_hashes(prompt)):
-            block = self._blocks.get(h) or self._from_disk(h, last, prompt[i * self.block_size :][: self.block_size])
+        usable = len(prompt) - 1
+        chain: list[tuple[bytes, CacheEntry]] = []
+        for i, h in enumerate(self.block_hashes(prompt, None if self.block_mode else usable)):
+            parent = chain[-1][0] if chain else None
+            block = self._entries.get(h) or self._from_disk(h, parent, prompt[i * self.block_size:][: self.block_size])
             if block is None:
                 break
-            self._blocks.move_to_end(h)
-            take = min(self.block_size, usable - matched)
-            found.append((block, take))
-            matched += take
-            if take < self.block_size:
-                break
-            last = h
-        tail = None if matched % self.block_size else self._best_tail(last or self.root, prompt[matched:usable])
-        if tail is not None:
-            found.append(tail)
-            matched += tail[1]
-        if not found:
+            chain.append((h, block))
+        found = self._match_tokens(prompt, chain, usable) if self.block_mode else self._match_checkpoint(prompt, chain, usable)
+        if found is None:
             return PrefixHit()
-        cache = []
-        for layer in range(len(found[0][0].kv)):
-            keys = mx.concatenate([self._load(b.kv[layer][0])[..., :n, :] for b, n in found], axis=2)
-            values = mx.concatenate([self._load(b.kv[layer][1])[..., :n, :] for b, n in found], axis=2)
-            c = KVCache()
-            c.update_and_fetch(keys, values)
-            cache.append(c)
-        self._evict_to(self.stats.budget_bytes)  # blocks read back from disk count against the budget
-        return PrefixHit(matched, cache)
+        cache = self._assemble(found)
+        num_tokens = len(found.blocks) * self.block_size + found.tail_tokens
+        self._evict_to(self.stats.budget_bytes)  # entries read back from disk count against the budget
+        self.stats.hits += 1
+        self.stats.hit_tokens += num_tokens
+        return PrefixHit(num_tokens, cache)
 
-    def _best_tail(self, parent: bytes, wanted: list[int]) -> tuple[_Block, int] | None:
-        """The cached partial block after ``parent`` sharing the most leading tokens with ``wanted``."""
+    def _touch(self, chain: list[tuple[bytes, CacheEntry]], last_key: bytes | None) -> None:
+        for h, _ in chain:
+            self._entries.move_to_end(h)
+        if last_key is not None:
+            self._entries.move_to_end(last_key)
+
+    def _match_tokens(self, prompt: list[int], chain, usable: int) -> _Found | None:
+        """KV-only models: every full block, then the cached block (full or partial) after them that
+        shares the most leading tokens with the rest of the prompt."""
         best, best_len = None, 0
-        for key in self._tails.get(parent, ()):
-            block = self._blocks[key]
+        if len(chain) * self.block_size > usable:  # the block holding the last prompt token: used in part
+            best, _ = chain.pop()
+            best_len = usable - len(chain) * self.block_size
+        matched = len(chain) * self.block_size
+        parent = chain[-1][0] if chain else self.root
+        for key in self._under.get(parent, ()):
+            entry = self._entries[key]
             n = 0
-            for a, b in zip(block.tail, wanted):
+            for a, b in zip(entry.tail if entry.tail is not None else entry.tokens or (), prompt[matched:usable]):
                 if a != b:
                     break
                 n += 1
             if n > best_len:
                 best, best_len = key, n
-        if best is None:
+        if not chain and best is None:
             return None
-        self._blocks.move_to_end(best)
-        return self._blocks[best], best_len
+        self._touch(chain, best)
+        return _Found([b for _, b in chain], self._entries[best] if best else None, best_len)
 
-    def _lookup_snapshot(self, prompt: list[int]) -> PrefixHit:
-        best: tuple[bytes, _Snapshot] | None = None
-        for key, snap in self._snapshots.items():
-            n = snap.num_tokens
-            if n < len(prompt) and (best is None or n > best[1].num_tokens):
-                if key == _digest(self.root, prompt[:n]):
-                    best = (key, snap)
-        if best is None:
-            return PrefixHit()
-        self._snapshots.move_to_end(best[0])
-        cache = [cls.from_state(_copy_state(state)) for cls, state in best[1].states]
-        return PrefixHit(best[1].num_tokens, cache)
+    def _match_checkpoint(self, prompt: list[int], chain, usable: int) -> _Found | None:
+        """Models with state leaves: the deepest checkpoint whose whole tail continues the prompt."""
+        for depth in range(len(chain), -1, -1):
+            parent = chain[depth - 1][0] if depth else self.root
+            start = depth * self.block_size
+            tails = {key: self._entries[key].tail for key in self._under.get(parent, ())
+                     if self._entries[key].states is not None}
+            if self.disk is not None:
+                tails = self.disk.checkpoints_under(parent if depth else None) | tails
+            best, best_len = None, -1
+            for key, tail in tails.items():
+                n = len(tail)
+                if best_len < n and 0 < start + n <= usable and tuple(prompt[start : start + n]) == tail:
+                    best, best_len = key, n
+            if best is None:
+                continue
+            entry = self._entries.get(best) or self._checkpoint_from_disk(best, parent if depth else None)
+            if entry is None:
+                continue
+            self._touch(chain[:depth], best)
+            return _Found([b for _, b in chain[:depth]], entry, best_len)
+        return None
 
-    def _from_disk(self, h: bytes, parent: bytes | None, tokens: list[int]) -> _Block | None:
-        if self.disk is None or (parent is not None and parent not in self._blocks):
+    def _assemble(self, found: _Found) -> list[Any]:
+        """A fresh per-layer cache holding the found blocks' keys/values and the checkpoint's states."""
+        leaves: list[Any] = [None] * len(self.layout.kinds)
+        n = found.tail_tokens
+        for j, leaf in enumerate(self.layout.kv_leaves):
+            parts = [(self._load(b.kv[j][0]), self._load(b.kv[j][1])) for b in found.blocks]
+            if found.last is not None and n and found.last.kv[j] is not None:
+                k, v = found.last.kv[j]
+                parts.append((self._load(k)[..., :n, :], self._load(v)[..., :n, :]))
+            c = KVCache()
+            if parts:
+                c.update_and_fetch(mx.concatenate([k for k, _ in parts], axis=2),
+                                   mx.concatenate([v for _, v in parts], axis=2))
+            leaves[leaf] = c
+        for j, leaf in enumerate(self.layout.state_leaves):
+            leaves[leaf] = restore_leaf(self.layout.types[leaf], found.last.states[j])
+        return self.layout.assemble(leaves)
+
+    def _from_disk(self, h: bytes, parent: bytes | None, tokens: list[int]) -> CacheEntry | None:
+        if self.disk is None or (parent is not None and parent not in self._entries):
             return None
-        kv = self.disk.load(h, parent, tokens, self.kv_bits)
+        kv = self.disk.load(h, parent, tokens, self.kv_bits, self._load)
         if kv is None:
             return None
-        return self._add_block(h, parent, kv)
+        return self._add(h, CacheEntry(parent, kv, state_bytes(kv), tokens=tuple(tokens) if self.block_mode else None))
 
-    def _add_block(self, h: bytes, parent: bytes | None, kv: list, tail: tuple[int, ...] | None = None) -> _Block:
-        nbytes = _state_bytes(kv)  # plain or quantized (arrays plus group/axis ints): arrays counted
-        block = self._blocks[h] = _Block(parent, kv, nbytes, tail=tail)
-        if tail is not None:
-            self._tails.setdefault(parent or self.root, set()).add(h)
-        if parent is not None:
-            self._blocks[parent].children += 1
-        self.stats.bytes += nbytes
-        self.stats.entries = len(self._blocks)
-        return block
+    def _checkpoint_from_disk(self, key: bytes, parent: bytes | None) -> CacheEntry | None:
+        if self.disk is None or (parent is not None and parent not in self._entries):
+            return None
+        loaded = self.disk.load_checkpoint(key, parent, self.kv_bits, self._load)
+        if loaded is None:
+            return None
+        tail, kv, states = loaded
+        return self._add(key, CacheEntry(parent, kv, state_bytes(kv) + state_bytes(states), tail=tail, states=states))
+
+    def _add(self, key: bytes, entry: CacheEntry) -> CacheEntry:
+        self._entries[key] = entry
+        self._under.setdefault(entry.parent or self.root, set()).add(key)
+        if entry.parent is not None:
+            self._entries[entry.parent].children += 1
+        self.stats.bytes += entry.nbytes
+        if entry.states is not None:
+            self.stats.checkpoints += 1
+            self.stats.checkpoint_bytes += entry.nbytes
+        self.stats.entries = len(self._entries)
+        return entry
 
     # -- insertion ----------------------------------------------------------------
     def insert(self, tokens: list[int], cache: list[Any]) -> None:
-        """Remember the keys/values of ``tokens``, held by a batch-1 per-layer ``cache``.
+        """Remember the state after ``tokens``, held by a batch-1 per-layer ``cache``.
 
-        ``cache`` must cover the tokens in order; in block mode only the tokens
-        the keys/values really cover (the cache's offset) are stored.
+        KV leaves must cover at least ``tokens``; state leaves must be exactly after the last of
+        them (only the tokens the KV leaves really cover are stored for a KV-only model).
         """
+        leaves = self.layout.leaves(cache)
+        kv = [leaves[i] for i in self.layout.kv_leaves]
+        covered = min((c.offset for c in kv), default=len(tokens))
         if self.block_mode:
-            tokens = tokens[: min(c.offset for c in cache)]
+            tokens = tokens[:covered]
+        elif covered < len(tokens):
+            return
         if not tokens or self.stats.budget_bytes <= 0:
             return
-        if self.block_mode:
-            self._insert_blocks(tokens, cache)
-        else:
-            self._insert_snapshot(tokens, cache)
+        parent = self._insert_blocks(tokens, kv)
+        rest = len(tokens) % self.block_size
+        if rest or not self.block_mode:
+            self._insert_tail(tokens, rest, parent, leaves, kv)
         self._evict_to(self.stats.budget_bytes)
 
-    def _insert_blocks(self, tokens: list[int], cache: list[Any]) -> None:
+    def _insert_tail(self, tokens: list[int], rest: int, parent: bytes | None, leaves: list, kv: list) -> None:
+        """The partial block after the last full one; a checkpoint (with the state leaves) where there are any."""
+        tail = tuple(tokens[len(tokens) - rest:])
+        key = _digest((parent or self.root) + b"tail", tail)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+        else:
+            start = len(tokens) - rest
+            kv_tail = [self._slice(c, start, len(tokens)) if rest else None for c in kv]
+            states = None
+            if not self.block_mode:
+                states = [copy_state(leaves[i].state) for i in self.layout.state_leaves]
+                mx.eval(states)
+            self._add(key, CacheEntry(parent, kv_tail, state_bytes(kv_tail) + state_bytes(states or []),
+                                      tail=tail, states=states))
+            if states is not None and self.disk is not None:
+                self.disk.save_checkpoint(key, parent, tail, kv_tail, states)
+
+    def _insert_blocks(self, tokens: list[int], kv: list[Any]) -> bytes | None:
         parent = None
         for i, h in enumerate(self.block_hashes(tokens)):
-            if h in self._blocks:
-                self._blocks.move_to_end(h)
+            if h in self._entries:
+                self._entries.move_to_end(h)
             else:
                 start, end = i * self.block_size, (i + 1) * self.block_size
-                kv = [(self._store(c.keys[..., start:end, :]), self._store(c.values[..., start:end, :])) for c in cache]
-                self._add_block(h, parent, kv)
+                block_kv = [self._slice(c, start, end) for c in kv]
+                self._add(h, CacheEntry(parent, block_kv, state_bytes(block_kv),
+                                        tokens=tuple(tokens[start:end]) if self.block_mode else None))
                 if self.disk is not None:
-                    self.disk.save(h, parent, tokens[start:end], kv)
+                    self.disk.save(h, parent, tokens[start:end], block_kv)
             parent = h
-        rest = len(tokens) % self.block_size
-        if rest:
-            tail = tuple(tokens[-rest:])
-            key = _digest((parent or self.root) + b"tail", list(tail))
-            if key in self._blocks:
-                self._blocks.move_to_end(key)
-            else:
-                start = len(tokens) - rest
-                kv = [(self._store(c.keys[..., start : start + rest, :]),
-                       self._store(c.values[..., start : start + rest, :])) for c in cache]
-                self._add_block(key, parent, kv, tail)
+        return parent
 
-    def _insert_snapshot(self, tokens: list[int], cache: list[Any]) -> None:
-        key = _digest(self.root, tokens)
-        if key in self._snapshots:
-            self._snapshots.move_to_end(key)
-            return
-        states = [(type(c), _copy_state(c.state)) for c in cache]
-        mx.eval([s for _, s in states])
-        nbytes = sum(_state_bytes(s) for _, s in states)
-        self._snapshots[key] = _Snapshot(len(tokens), states, nbytes)
-        self.stats.bytes += nbytes
-        self.stats.entries = len(self._snapshots)
+    def _slice(self, c: KVCache, start: int, end: int) -> tuple[Any, Any]:
+        return self._store(c.keys[..., start:end, :]), self._store(c.values[..., start:end, :])
 
     def _store(self, x: mx.array) -> Any:
         """A block slice, copied; quantized in groups along head_dim (or along tokens when head_dim is small)."""
@@ -298,20 +327,23 @@ class PrefixCache:
 
     # -- eviction -------------------------------------------------------------------
     def _evict_to(self, limit: int) -> None:
-        store = self._blocks if self.block_mode else self._snapshots
-        while self.stats.bytes > limit and store:
-            victim = next((h for h, b in store.items() if not getattr(b, "children", 0)), None)
+        while self.stats.bytes > limit and self._entries:
+            victim = next((h for h, e in self._entries.items() if not e.children), None)
             if victim is None:
                 break
-            entry = store.pop(victim)
-            self.stats.bytes -= entry.nbytes
+            self._remove(victim)
             self.stats.evictions += 1
-            parent = getattr(entry, "parent", None)
-            if parent is not None and parent in store:
-                store[parent].children -= 1
-            if getattr(entry, "tail", None) is not None:
-                self._tails[parent or self.root].discard(victim)
-        self.stats.entries = len(store)
+        self.stats.entries = len(self._entries)
+
+    def _remove(self, key: bytes) -> None:
+        entry = self._entries.pop(key)
+        self.stats.bytes -= entry.nbytes
+        if entry.states is not None:
+            self.stats.checkpoints -= 1
+            self.stats.checkpoint_bytes -= entry.nbytes
+        if entry.parent is not None and entry.parent in self._entries:
+            self._entries[entry.parent].children -= 1
+        self._under[entry.parent or self.root].discard(key)
 
     def shrink(self, bytes_needed: int) -> int:
         """Evict until ``bytes_needed`` bytes are freed (or the cache is empty); returns bytes freed."""
@@ -323,10 +355,10 @@ class PrefixCache:
         """Forget every cached prefix, on disk too."""
         if self.disk is not None:
             self.disk.clear()
-        self._blocks.clear()
-        self._tails.clear()
-        self._snapshots.clear()
-        self.stats.bytes = self.stats.entries = 0
+        self._entries.clear()
+        self._under.clear()
+        self.stats.bytes = self.stats.entries = self.stats.checkpoints = self.stats.checkpoint_bytes = 0
+
 
 def model_fingerprint(loaded: Any) -> str:
     """What identifies the weights a cached key/value belongs to: folder, config, weight files, dtype."""
@@ -337,6 +369,20 @@ def model_fingerprint(loaded: Any) -> str:
                       sort_keys=True, default=str)
 
 
+def reference_shapes(model: Any) -> StateShapes:
+    """What every cache leaf of ``model`` looks like after one and two tokens (checked when loading files)."""
+    cache = make_prompt_cache(model)
+    layout = CacheLayout.of(cache)
+    leaves = layout.leaves(cache)
+    model(mx.array([[0]]), cache=cache)
+    one = [copy_state(leaves[i].state) for i in layout.state_leaves]
+    model(mx.array([[0]]), cache=cache)
+    two = [leaves[i].state for i in layout.state_leaves]
+    kv = [(leaves[i].keys[..., :1, :], leaves[i].values[..., :1, :]) for i in layout.kv_leaves]
+    mx.eval(kv, one, two)
+    return StateShapes.of(kv, one, two)
+
+
 def build_prefix_cache(loaded: Any, config: Any) -> PrefixCache:
     """The prefix cache an engine config asks for (``config``: an ``EngineConfig``)."""
     budget = config.cache_memory_bytes
@@ -345,6 +391,7 @@ def build_prefix_cache(loaded: Any, config: Any) -> PrefixCache:
     fingerprint = model_fingerprint(loaded)
     template = make_prompt_cache(loaded.model)
     disk = None
-    if config.kv_cache_dir and all(type(c) is KVCache for c in template):
-        disk = BlockDiskStore(Path(config.kv_cache_dir), fingerprint, config.kv_cache_dir_bytes)
+    if config.kv_cache_dir:
+        disk = BlockDiskStore(Path(config.kv_cache_dir), fingerprint, config.kv_cache_dir_bytes,
+                              reference_shapes(loaded.model))
     return PrefixCache(template, budget, fingerprint, config.prefix_block_size, config.kv_cache_bits, disk)

@@ -102,6 +102,9 @@ class GenerationRequest:
     # Images/video of a vision request (multimodal.MultimodalPrompt: numpy arrays; the engine makes the
     # MLX arrays on its own thread), or None for a text request.
     multimodal: Any = None
+    # Prompt positions where conversations branch (ends of the system prompt and of earlier turns,
+    # from the chat template): models with recurrent or sliding-window layers checkpoint there.
+    checkpoints: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,13 @@ model: ``model(tokens, cache=...)`` returns logits, and the caches are mlx-lm's 
 ``BatchKVCache``, so text and vision rows share the decode batch, the batched prefill and the
 prefix cache.
 
+Qwen3.5 (``qwen3_5``, ``qwen3_5_moe``) mixes Gated DeltaNet layers (a recurrent state per row)
+with full-attention layers. Its cache follows the language model's own layout (mlx-vlm's
+``make_cache``): a :class:`GatedDeltaStateCache` for every Gated DeltaNet layer, a ``KVCache`` for
+every attention layer. The decoder is run layer by layer here (:meth:`_gated_delta_logits`), with
+the masks mlx-lm's batch caches make, so a decode batch of rows with different lengths runs as one
+forward (mlx-vlm's own forward splits such batches row by row).
+
 Positions. Qwen2-VL / Qwen2.5-VL / Qwen3-VL use multimodal rotary positions (mrope): a media run
 advances the position by its grid size, not by its token count, so after an image a row's next
 position is ``cache offset + rope_delta`` with a per-row delta. mlx-vlm keeps that delta as state
@@ -25,20 +32,71 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import ArraysCache, KVCache
 
 from .multimodal import MediaItem, MultimodalPrompt
 
 logger = logging.getLogger(__name__)
 
-# Architectures whose vision inputs this engine drives (mrope positions, image/video placeholder
-# tokens, the Qwen-VL processor), and whether their vision tower returns deepstack features.
-SUPPORTED_ARCHITECTURES = {"qwen2_vl": False, "qwen2_5_vl": False, "qwen3_vl": True, "qwen3_vl_moe": True}
+
+@dataclass(frozen=True)
+class VisionFamily:
+    """How the engine drives one mlx-vlm architecture (all: mrope positions, image/video
+    placeholder tokens, the Qwen-VL processor)."""
+
+    tower_returns_pair: bool = False  # the vision tower returns (features, deepstack features)
+    deepstack: bool = False  # the deepstack features feed the language model (Qwen3-VL)
+    gated_delta: bool = False  # Gated DeltaNet layers (a recurrent state) beside attention (Qwen3.5)
+
+
+# Architectures (mlx-vlm model types) whose vision inputs this engine drives.
+SUPPORTED_ARCHITECTURES: Mapping[str, VisionFamily] = MappingProxyType({
+    "qwen2_vl": VisionFamily(),
+    "qwen2_5_vl": VisionFamily(),
+    "qwen3_vl": VisionFamily(tower_returns_pair=True, deepstack=True),
+    "qwen3_vl_moe": VisionFamily(tower_returns_pair=True, deepstack=True),
+    "qwen3_5": VisionFamily(tower_returns_pair=True, gated_delta=True),
+    "qwen3_5_moe": VisionFamily(tower_returns_pair=True, gated_delta=True),
+})
+
+
+class GatedDeltaStateCache(ArraysCache):
+    """The state of one Gated DeltaNet layer (convolution window, recurrent state).
+
+    It is mlx-lm's ``ArraysCache`` -- what the engine merges into a batch, filters, extracts and
+    snapshots into the prefix cache (``from_state(state)``) -- plus the two update methods that
+    mlx-vlm's Qwen3.5 layers call on their cache (without speculative-decoding history).
+    """
+
+    def update_window(self, index: int, source: mx.array, width: int, *, lengths: mx.array | None = None) -> mx.array:
+        """Keep the last ``width`` steps of ``source`` (the convolution's input window)."""
+        length = source.shape[1] - width
+        if lengths is None:
+            state = mx.contiguous(source[:, length:])
+        else:  # right-padded rows: each row's window ends at its own length
+            positions = mx.clip(lengths, 0, length)[:, None] + mx.arange(width)
+            positions = positions.reshape(*positions.shape, *([1] * (source.ndim - 2)))
+            state = mx.take_along_axis(source, positions, axis=1)
+        self.cache[index] = state
+        return state
+
+    def update_recurrent(self, index: int, length: int, update) -> tuple[mx.array, mx.array]:
+        """Run ``update(state, None) -> (output, new state, ...)`` and keep the new state."""
+        output, state = update(self.cache[index], None)[:2]
+        self.cache[index] = state
+        return output, state
+
+    def extract(self, idx: int) -> GatedDeltaStateCache:
+        cache = type(self)(len(self.cache))
+        cache.cache = [None if c is None else c[idx : idx + 1] for c in self.cache]
+        return cache
 
 
 @dataclass
@@ -100,11 +158,19 @@ class VisionLanguageModel:
     """The engine's view of an mlx-vlm model (see the module docstring)."""
 
     def __init__(self, vlm: Any, model_type: str, cache_bytes: int = 512 << 20):
+        if model_type not in SUPPORTED_ARCHITECTURES:  # the loader says why, with what to do
+            raise ValueError(f"vision-language architecture {model_type!r} is not driven by this engine")
         self.vlm = vlm
         self.model_type = model_type
+        self.family = SUPPORTED_ARCHITECTURES[model_type]
         self.language = vlm.language_model
         self.layers = self.language.model.layers
-        self.deepstack = SUPPORTED_ARCHITECTURES.get(model_type, False)
+        self.deepstack = self.family.deepstack
+        # the layer whose cache offset counts the row's tokens (the first attention layer), and for
+        # Qwen3.5 the first Gated DeltaNet layer (whose cache gives the recurrent layers' mask)
+        linear = [bool(getattr(layer, "is_linear", False)) for layer in self.layers]
+        self._offset_layer = linear.index(False) if False in linear else 0
+        self._state_layer = linear.index(True) if True in linear else None
         cfg = vlm.config
         self.image_token_id = int(getattr(cfg, "image_token_id", None) or cfg.image_token_index)
         self.video_token_id = int(getattr(cfg, "video_token_id", None) or cfg.video_token_index)
@@ -116,14 +182,45 @@ class VisionLanguageModel:
         return self.vlm.parameters()
 
     # -- what the runner calls --------------------------------------------------
-    def make_cache(self) -> list[KVCache]:
+    def make_cache(self) -> list[Any]:
+        """The language model's cache layout: KVCache per attention layer, and for Qwen3.5 a
+        GatedDeltaStateCache per Gated DeltaNet layer (as mlx-vlm's ``make_cache`` lays it out)."""
+        if self.family.gated_delta:
+            return [GatedDeltaStateCache(2) if layer.is_linear else KVCache() for layer in self.layers]
         return [KVCache() for _ in self.layers]
 
     def __call__(self, inputs: mx.array, cache: list | None = None, rope_deltas: mx.array | None = None) -> mx.array:
         """Logits for text tokens (prefill chunks, batched prefill, decode) at mrope positions
         ``cache offset + arange + rope delta`` per row."""
-        positions = _positions(inputs.shape, cache, rope_deltas)
-        return self.language(inputs, cache=cache, position_ids=positions).logits
+        positions = _positions(inputs.shape, cache[self._offset_layer] if cache else None, rope_deltas)
+        return self._logits(inputs, cache, positions)
+
+    def _logits(self, inputs: mx.array, cache: list | None, positions: mx.array, **kwargs) -> mx.array:
+        if self.family.gated_delta:
+            return self._gated_delta_logits(inputs, cache, positions, **kwargs)
+        return self.language(inputs, cache=cache, position_ids=positions, **kwargs).logits
+
+    def _gated_delta_logits(self, inputs: mx.array, cache: list | None, positions: mx.array,
+                            inputs_embeds: mx.array | None = None) -> mx.array:
+        """Qwen3.5's decoder layer by layer (the plain path of mlx-vlm's forward): one attention
+        mask from the attention layers' cache (causal, plus left padding in a batch) and one for
+        the Gated DeltaNet layers (None unless their cache holds padding)."""
+        from mlx_vlm.models.base import create_attention_mask, create_ssm_mask
+
+        text = self.language.model
+        h = text.embed_tokens(inputs) if inputs_embeds is None else inputs_embeds
+        cache = cache or [None] * len(self.layers)
+        attention_mask = create_attention_mask(h, cache[self._offset_layer])
+        state_mask = create_ssm_mask(h, cache[self._state_layer])
+        rotary = self.layers[self._offset_layer].self_attn.rotary_emb
+        position_embeddings = None if rotary.fused_apply else rotary(h, positions)
+        for layer, layer_cache in zip(self.layers, cache):
+            h = layer(h, mask=state_mask if layer.is_linear else attention_mask, cache=layer_cache,
+                      position_ids=positions, position_embeddings=position_embeddings)
+        h = text.norm(h)
+        if self.language.args.tie_word_embeddings:
+            return text.embed_tokens.as_linear(h)
+        return self.language.lm_head(h)
 
     def prefill_multimodal(self, seq: Any, num_tokens: int) -> mx.array | None:
         """Write the next ``num_tokens`` prompt tokens of ``seq`` (media included) into ``seq.cache``.
@@ -144,14 +241,14 @@ class VisionLanguageModel:
         end = min(start + num_tokens, seq.num_prompt_tokens)
         embeds, deep, visual = self._window_embeddings(seq.prompt_ids, mm, state, start, end)
         kwargs = {} if deep is None else {"visual_pos_masks": visual, "deepstack_visual_embeds": deep}
-        out = self.language(mx.array(seq.prompt_ids[start:end])[None], inputs_embeds=embeds, cache=seq.cache,
-                            position_ids=state.positions[..., start:end], **kwargs)
+        logits = self._logits(mx.array(seq.prompt_ids[start:end])[None], seq.cache, state.positions[..., start:end],
+                              inputs_embeds=embeds, **kwargs)
         seq.num_computed = end
         if end < seq.num_prompt_tokens:
             mx.eval([c.state for c in seq.cache])
             return None
         mm.prefill_state = None  # the features stay in the vision-embedding cache only
-        return out.logits[:, -1, :]
+        return logits[:, -1, :]
 
     def stats(self) -> dict:
         s = self.embeddings.stats
@@ -171,9 +268,9 @@ class VisionLanguageModel:
         tower = self.vlm.vision_tower
         pixels = mx.array(item.pixel_values).astype(tower.patch_embed.proj.weight.dtype)
         grid = mx.array([item.grid_thw], dtype=mx.int32)
-        if self.deepstack:
+        if self.family.tower_returns_pair:  # Qwen3-VL's tower (Qwen3.5 has no deepstack layers)
             main, deep = tower(pixels, grid)
-            features = (main, list(deep) if deep is not None else None)
+            features = (main, list(deep) if self.deepstack and deep is not None else None)
         else:
             features = (tower(pixels, grid, output_hidden_states=False), None)
         mx.eval(_arrays(features))
@@ -236,10 +333,11 @@ class _PrefillState:
         return self._features[index]
 
 
-def _positions(shape: tuple[int, int], cache: list | None, rope_deltas: mx.array | None) -> mx.array:
-    """mrope position ids (3, B, L): each row's cache offset + arange(L) + its rope delta."""
+def _positions(shape: tuple[int, int], offset_cache: Any, rope_deltas: mx.array | None) -> mx.array:
+    """mrope position ids (3, B, L): each row's cache offset (of ``offset_cache``, an attention
+    layer's cache) + arange(L) + its rope delta."""
     batch, length = shape
-    offset = cache[0].offset if cache else 0
+    offset = offset_cache.offset if offset_cache is not None else 0
     steps = mx.arange(length)[None, :]
     if isinstance(offset, mx.array):
         base = offset.reshape(-1, 1).astype(mx.int32) + steps

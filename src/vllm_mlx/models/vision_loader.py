@@ -4,7 +4,18 @@ A folder is a vision-language model when its ``config.json`` has a ``vision_conf
 ``vision_tower``/``visual`` sub-config), when it ships an image processor config
 (``preprocessor_config.json`` / ``processor_config.json`` naming an image processor), or when its
 weight names include a vision tower (``visual.*``, ``vision_tower.*``, ``vision_model.*``). No
-guess is made from the repository name. ``--mllm`` forces the vision path.
+guess is made from the repository name.
+
+What a folder is served as (:func:`serving_mode`):
+
+* ``--text-only``: text, through mlx-lm (the vision tower, if any, is not loaded; images get 400);
+* ``--mllm``: vision-language, through mlx-vlm;
+* otherwise vision-language when the metadata says so (above) -- except a folder whose weights
+  are listed and hold no vision tower at all (a text-only export that kept the original
+  ``config.json`` or the processor files): mlx-vlm could not load it, so it is text.
+
+A vision-language folder whose architecture the engine does not drive fails at startup with a
+message naming the architecture and suggesting ``--text-only`` (:func:`unsupported_architecture_message`).
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from .loader import LoadedModel, _cast_floating_weights, context_length
 
 logger = logging.getLogger(__name__)
 
+NO_VISION_METADATA = "no vision metadata"  # the reason a plain text folder is served as text
 VISION_WEIGHT_PREFIXES = ("visual.", "vision_tower.", "vision_model.", "model.visual.", "model.vision_tower.")
 
 
@@ -44,6 +56,48 @@ def _weight_names(path: Path) -> list[str]:
         except (OSError, ValueError):
             continue
     return names
+
+
+def _has_vision_weights(names: list[str]) -> bool:
+    return any(n.startswith(VISION_WEIGHT_PREFIXES) or "vision" in n or "visual" in n for n in names)
+
+
+@dataclass(frozen=True)
+class ServingMode:
+    """How a folder is served: ``vision`` (through mlx-vlm) or not (text, mlx-lm), and why."""
+
+    vision: bool
+    reason: str
+    forced: bool = False  # chosen by --mllm (the user asked for the vision path)
+
+
+def serving_mode(path: Path, *, mllm: bool = False, text_only: bool = False) -> ServingMode:
+    """The detection rule of the module docstring."""
+    if mllm and text_only:
+        raise ValueError("--mllm and --text-only contradict each other; pass one of them")
+    if text_only:
+        return ServingMode(False, "--text-only was passed")
+    if mllm:
+        return ServingMode(True, "--mllm was passed", forced=True)
+    evidence = vision_evidence(path)
+    if evidence is None:
+        return ServingMode(False, NO_VISION_METADATA)
+    names = _weight_names(path)
+    if names and not _has_vision_weights(names):
+        return ServingMode(False, f"{evidence}, but the weights hold no vision tower (a text-only conversion)")
+    return ServingMode(True, evidence)
+
+
+def unsupported_architecture_message(model_type: str, mode: ServingMode) -> str:
+    """Why a vision-language folder of ``model_type`` cannot be served with images, and what to do
+    (``--mllm`` is named only when the user passed it)."""
+    from ..engine.vision_model import SUPPORTED_ARCHITECTURES
+
+    advice = ("drop --mllm to serve it as text" if mode.forced
+              else "to serve its language model as text (requests with images get a 400), pass --text-only")
+    return (f"vision-language architecture {model_type!r} is not supported by this server's engine "
+            f"(supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}); it was taken for a vision-language "
+            f"model because {mode.reason}; {advice}")
 
 
 def vision_evidence(path: Path) -> str | None:
@@ -78,8 +132,9 @@ class VisionInfo:
 
 
 def load_vision_model(path: Path, *, compute_dtype: str = "model", cache_bytes: int = 512 << 20,
-                      trust_remote_code: bool = False) -> LoadedModel:
-    """Load with mlx-vlm on the calling (engine) thread; the model is wrapped for the engine."""
+                      trust_remote_code: bool = False, mode: ServingMode | None = None) -> LoadedModel:
+    """Load with mlx-vlm on the calling (engine) thread; the model is wrapped for the engine.
+    ``mode``: why the folder is served as vision-language (for the error of an unsupported one)."""
     import mlx.core as mx
     from mlx_lm.utils import load_tokenizer
     from mlx_vlm.utils import get_model_type
@@ -93,10 +148,8 @@ def load_vision_model(path: Path, *, compute_dtype: str = "model", cache_bytes: 
         raise ValueError(f"{path} declares model_file={config['model_file']!r}: pass --trust-remote-code to run it")
     family = model_type
     if family not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(
-            f"vision-language architecture {model_type!r} is not supported by this server's engine yet "
-            f"(supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}); serve it without --mllm only if it "
-            f"is a text model")
+        mode = mode or ServingMode(True, vision_evidence(path) or "it was loaded as one")
+        raise ValueError(unsupported_architecture_message(model_type, mode))
     vlm, processor = vlm_load(str(path), lazy=True)
     if compute_dtype not in ("model", "auto"):
         _cast_floating_weights(vlm, getattr(mx, compute_dtype))

@@ -19,6 +19,13 @@ import random
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+
+def _specials(*special: str, plain: tuple[str, ...] = ()) -> list[tuple[str, bool]]:
+    return [(t, True) for t in special] + [(t, False) for t in plain]
+
+
+_QWEN_TAGS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+
 # Special tokens per family: (content, special).  Qwen marks its think /
 # tool-call tags as added-but-not-special tokens, so ``skip_special_tokens``
 # keeps them; the chat-control tokens are special.
@@ -43,6 +50,39 @@ FAMILY_TOKENS: dict[str, list[tuple[str, bool]]] = {
         ("<|python_tag|>", True),
         ("<|eom_id|>", True),
     ],
+    # The families below are used by ``arch_models`` (hybrid / sliding-window
+    # architectures); their chat-control tokens follow the public formats.
+    # ``_specials(*special, plain=(...))``: special tokens, then added ones.
+    "gemma3": _specials("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"),
+    "gemma4": _specials(
+        "<pad>", "<eos>", "<bos>", "<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>",
+        "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>",
+        '<|"|>',
+    ),
+    "harmony": _specials(
+        "<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>",
+        "<|start|>", "<|end|>", "<|message|>", "<|call|>",
+    ),
+    "nemotron_h": _specials("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", plain=_QWEN_TAGS),
+    "falcon_h1": _specials(
+        "<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>",
+        plain=_QWEN_TAGS[2:],
+    ),
+    "lfm2": _specials(
+        "<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+        "<|tool_list_start|>", "<|tool_list_end|>", "<|tool_call_start|>", "<|tool_call_end|>",
+        "<|tool_response_start|>", "<|tool_response_end|>",
+    ),
+}
+
+# Families whose tokenizer prepends a BOS token on ``encode`` (a post-processor,
+# as in the real tokenizer.json files); their chat templates also start with it.
+FAMILY_BOS: dict[str, str] = {
+    "llama": "<|begin_of_text|>",
+    "gemma3": "<bos>",
+    "gemma4": "<bos>",
+    "falcon_h1": "<|begin_of_text|>",
+    "lfm2": "<|startoftext|>",
 }
 
 _NOUNS = """
@@ -356,7 +396,7 @@ def build_corpus(seed: int = 1234, lines: int = 16000) -> list[str]:
     return out
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=32)
 def _train_cached(family: str, vocab_size: int) -> str:
     specials = FAMILY_TOKENS[family]
     base_size = vocab_size - len(specials)
@@ -385,10 +425,10 @@ def _train_cached(family: str, vocab_size: int) -> str:
             tok.add_special_tokens([added])
         else:
             tok.add_tokens([added])
-    if family == "llama":
+    if family in FAMILY_BOS:
         from tokenizers import processors
 
-        bos = "<|begin_of_text|>"
+        bos = FAMILY_BOS[family]
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A",
             pair=f"{bos} $A {bos} $B",
@@ -401,9 +441,10 @@ def _train_cached(family: str, vocab_size: int) -> str:
 def train_tokenizer(family: str, vocab_size: int = 2048) -> Tokenizer:
     """Train (once per process, then cached) the byte-level BPE tokenizer.
 
-    ``family`` is ``"qwen3"`` or ``"llama"``; it decides the special tokens
-    (appended after the learned vocabulary) and, for llama, a post-processor
-    that prepends ``<|begin_of_text|>``.  The result has exactly
+    ``family`` is a key of ``FAMILY_TOKENS`` (``"qwen3"``, ``"llama"``, or one
+    of the ``arch_models`` families); it decides the special tokens (appended
+    after the learned vocabulary) and, for the ``FAMILY_BOS`` families, a
+    post-processor that prepends the BOS token.  The result has exactly
     ``vocab_size`` tokens.  A fresh ``Tokenizer`` is returned on every call,
     so callers may mutate it.
     """
