@@ -123,6 +123,7 @@ def test_prefill_together_matches_one_by_one(tiny_qwen3):
     import mlx.core as mx
 
     from vllm_mlx.engine.engine import group_for_padding
+    from vllm_mlx.engine.numerics import logits_close
     from vllm_mlx.engine.model_runner import ModelRunner
     from vllm_mlx.engine.sequence import Sequence
 
@@ -136,7 +137,7 @@ def test_prefill_together_matches_one_by_one(tiny_qwen3):
 
     _, together = runner.prefill_together(seqs())
     alone = mx.concatenate([runner.prefill(s, 100) for s in seqs()], axis=0)
-    assert mx.allclose(together, alone, atol=1e-4).item()
+    assert logits_close(together, alone)[0]  # tolerance by backend and dtype
     lengths = [[s.num_prompt_tokens for s in g] for g in group_for_padding(
         [Sequence(GenerationRequest(f"g{n}", list(range(n))), None, set()) for n in (3, 100, 4, 5, 90)])]
     assert lengths == [[3, 4, 5], [90, 100]]

@@ -183,16 +183,16 @@ def _fake_vision_folder(path, model_type: str, weight_names=("vision_tower.patch
 
 
 def test_unsupported_architecture_error_names_it_and_the_way_out(tmp_path):
-    folder = _fake_vision_folder(tmp_path / "xyz", "gemma3")
+    folder = _fake_vision_folder(tmp_path / "xyz", "llava")
     with pytest.raises(ValueError) as err:
         model_loader(ServerConfig(model=str(folder)), folder)()
     message = str(err.value)
-    assert "vision-language architecture 'gemma3' is not supported" in message
+    assert "vision-language architecture 'llava' is not supported" in message
     assert "--text-only" in message and "qwen3_5" in message  # what to do; the supported families
     assert "--mllm" not in message  # a flag the user did not pass
     with pytest.raises(ValueError) as forced:
         model_loader(ServerConfig(model=str(folder), mllm=True), folder)()
-    assert "'gemma3'" in str(forced.value) and "--mllm" in str(forced.value)
+    assert "'llava'" in str(forced.value) and "--mllm" in str(forced.value)
 
 
 def test_detection_rule(tmp_path, qwen35, tiny_qwen3):

@@ -83,15 +83,51 @@ def remap_after_media(positions: tuple[int, ...], before: list[int], after: list
                       media_ids: set[int]) -> tuple[int, ...]:
     """Positions in ``before`` (the rendered prompt, one placeholder per image/video) as positions in
     ``after`` (the placeholders expanded to one token per media patch); positions past a point where
-    the two cannot be aligned are dropped."""
-    wanted, out, j = set(positions), [], 0
-    for i, token in enumerate(before):
-        if i in wanted:
+    the two cannot be aligned are dropped.
+
+    An expansion may also add tokens around the media run (Gemma 3 turns the template's
+    ``<start_of_image>`` into ``\n\n<start_of_image>`` + soft tokens + ``<end_of_image>\n\n``):
+    where the two differ, the walk resumes at the nearest place where ``RESYNC`` tokens agree again
+    (media runs in ``after`` are skipped whole); the positions in between are dropped."""
+    wanted, out, i, j = set(positions), [], 0, 0
+    while i < len(before):
+        if i in wanted:  # before[:i] and after[:j] hold the same text and media
             out.append(j)
+            wanted.discard(i)
+        token = before[i]
         if j >= len(after) or after[j] != token:
-            return tuple(out)
-        j += 1
-        if token in media_ids and (i + 1 >= len(before) or before[i + 1] != token):
+            resumed = _resync(before, after, i, j, media_ids)
+            if resumed is None:
+                return tuple(out)
+            i, j = resumed
+            continue
+        i, j = i + 1, j + 1
+        if token in media_ids and (i >= len(before) or before[i] != token):
             while j < len(after) and after[j] == token:
                 j += 1
     return tuple(out)
+
+
+RESYNC = 3  # tokens that must agree where the walk resumes
+RESYNC_WINDOW = 16  # tokens (not counting media runs) searched on each side
+
+
+def _resync(before: list[int], after: list[int], i: int, j: int, media_ids: set[int]) -> tuple[int, int] | None:
+    """The first (i', j') at or past a mismatch at (i, j) where ``RESYNC`` tokens (fewer at the end
+    of ``before``) agree again."""
+    starts, k, budget = [], j, RESYNC_WINDOW
+    while k < len(after) and budget >= 0:
+        starts.append(k)
+        if after[k] in media_ids:
+            while k < len(after) and after[k] in media_ids:
+                k += 1
+        else:
+            k, budget = k + 1, budget - 1
+    for i2 in range(i, min(i + RESYNC_WINDOW, len(before)) + 1):
+        if i2 == len(before):
+            return i2, j
+        n = min(RESYNC, len(before) - i2)
+        for j2 in starts:
+            if before[i2:i2 + n] == after[j2:j2 + n]:
+                return i2, j2
+    return None

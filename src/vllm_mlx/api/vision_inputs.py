@@ -6,6 +6,12 @@ content parts (``image_url``, ``video_url``); here they become the chat template
 each URL through the guarded fetcher, decodes it (Pillow / PyAV), runs the model's image/video
 processor (numpy), expands each placeholder to the number of tokens its grid needs and returns the
 prompt ids with a :class:`MultimodalPrompt` for the engine. No MLX array is made here.
+
+Gemma 3's template marks an image with ``<start_of_image>``; like mlx-vlm's ``Gemma3Processor`` it
+becomes ``\n\n<start_of_image>`` + ``mm_tokens_per_image`` soft tokens + ``<end_of_image>\n\n``,
+and each image is one view at the processor's size (pan-and-scan crops are not made). Gemma 4's
+template writes the soft token ``<|image|>`` once; like ``Gemma4Processor`` it becomes ``<|image>``
++ as many soft tokens as the resized image needs + ``<image|>``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import asyncio
 import threading
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..engine.multimodal import MediaItem, MultimodalPrompt
 from ..media.decode import MediaDecodeError, MediaLimits, decode_image, decode_video
@@ -142,6 +150,15 @@ class VisionInputs:
         return ids, mm
 
     def _image(self, image) -> MediaItem:
+        if self.info.image_marker:  # Gemma: one resized view (1, 3, H, W)
+            proc = self.info.processor.image_processor
+            if self.info.image_tokens:  # Gemma 3: a fixed number of soft tokens
+                out, tokens = proc(images=[image], do_pan_and_scan=False), self.info.image_tokens
+            else:  # Gemma 4: the aspect ratio kept, the soft tokens counted by the processor
+                out, counts = proc([image])
+                tokens = int(counts[0])
+            pixels = np.stack([np.asarray(p) for p in out["pixel_values"]])
+            return MediaItem.make("image", pixels, (1, *pixels.shape[-2:]), 1, num_tokens=tokens)
         out = self.info.processor.image_processor(images=[image])
         return MediaItem.make("image", out["pixel_values"], out["image_grid_thw"][0], self.info.merge_size)
 
@@ -157,7 +174,7 @@ class VisionInputs:
     def _expand(self, text: str, items: dict[str, list]) -> tuple[str, list]:
         """Replace each placeholder with as many tokens as its item fills (prompt order kept)."""
         info = self.info
-        tokens = {"image": info.image_token, "video": info.video_token}
+        tokens = {"image": info.image_marker or info.image_token, "video": info.video_token}
         pieces, ordered, at, used = [], [], 0, {"image": 0, "video": 0}
         while True:
             hits = [(text.find(tok, at), kind) for kind, tok in tokens.items() if tok]
@@ -184,7 +201,7 @@ class VisionInputs:
     def _placeholder(self, kind: str, entry, text: str, pos: int, pieces: list[str]) -> str:
         info = self.info
         if kind == "image":
-            return info.image_token * entry.num_tokens
+            return info.image_wrap[0] + info.image_token * entry.num_tokens + info.image_wrap[1]
         item, sample_fps = entry
         t, h, w = item.grid_thw
         per_frame = h * w // info.merge_size**2

@@ -194,12 +194,16 @@ class LLMEngine:
         return sorted(p for p in cuts if p < seq.num_prompt_tokens)
 
     def _prefill_chunk(self, seq: Sequence, num_tokens: int) -> mx.array | None:
-        """Prefill ``num_tokens`` more prompt tokens, stopping at checkpoint positions to save them."""
+        """Prefill ``num_tokens`` more prompt tokens, stopping at checkpoint positions to save them.
+        (A model may stop a chunk short of, or run it past, what was asked -- a vision model keeps an
+        image whole -- so a checkpoint is saved only where the prefill really stopped.)"""
         end = seq.num_computed + num_tokens
         for cut in self._checkpoint_positions(seq, end):
-            self.runner.prefill(seq, cut - seq.num_computed)
-            self._remember(seq.prefix_key[:cut], seq.cache)
-        return self.runner.prefill(seq, end - seq.num_computed)
+            if cut > seq.num_computed:
+                self.runner.prefill(seq, cut - seq.num_computed)
+                if seq.num_computed == cut:
+                    self._remember(seq.prefix_key[:cut], seq.cache)
+        return self.runner.prefill(seq, end - seq.num_computed) if end > seq.num_computed else None
 
     def _remember(self, tokens: list[int], cache: list) -> None:
         if self.prefix_cache is not None:

@@ -18,19 +18,24 @@ class MediaItem:
     """One image or video of a prompt, processed for the vision tower."""
 
     kind: str  # "image" | "video"
-    pixel_values: np.ndarray  # (patches, channels * temporal_patch * patch * patch)
-    grid_thw: tuple[int, int, int]  # patch grid (time, height, width)
+    pixel_values: np.ndarray  # Qwen: (patches, channels * temporal_patch * patch * patch); Gemma 3: (1, 3, H, W)
+    grid_thw: tuple[int, int, int]  # patch grid (time, height, width); Gemma 3: (1, H, W) pixels
     num_tokens: int  # placeholder tokens it fills in the prompt
     digest: bytes  # content hash of the processed pixels and grid: the vision-embedding cache key
 
     @staticmethod
-    def make(kind: str, pixel_values: np.ndarray, grid_thw, merge_size: int) -> MediaItem:
+    def make(kind: str, pixel_values: np.ndarray, grid_thw, merge_size: int,
+             num_tokens: int | None = None) -> MediaItem:
+        """``num_tokens``: the placeholder tokens, when the family's count is fixed (Gemma 3's soft
+        tokens per image) rather than the grid's patches divided by ``merge_size**2``."""
         pixels = np.ascontiguousarray(pixel_values, dtype=np.float32)
         grid = tuple(int(x) for x in grid_thw)
         h = hashlib.blake2b(digest_size=16)
         h.update(kind.encode() + np.asarray(grid, dtype=np.int64).tobytes())
         h.update(pixels.tobytes())
-        return MediaItem(kind, pixels, grid, grid[0] * grid[1] * grid[2] // merge_size**2, h.digest())
+        if num_tokens is None:
+            num_tokens = grid[0] * grid[1] * grid[2] // merge_size**2
+        return MediaItem(kind, pixels, grid, num_tokens, h.digest())
 
 
 @dataclass

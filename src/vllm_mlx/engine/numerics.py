@@ -39,3 +39,8 @@ def logits_close(a: mx.array, b: mx.array, kv_bits: int | None = None) -> tuple[
     diff = mx.max(mx.abs(a32 - b32)).item()
     scale = max(1.0, mx.max(mx.abs(b32)).item())
     return diff <= logits_tolerance(a.dtype, kv_bits) * scale, diff
+
+
+def vector_tolerance(dtype: mx.Dtype | str = "float32") -> float:
+    """Absolute tolerance for unit-scale vectors (embeddings) computed two ways in ``dtype``."""
+    return logits_tolerance(dtype) / 5

@@ -25,6 +25,10 @@ like a text prompt: the media items a chunk covers are encoded by the vision tow
 the vision-embedding cache, keyed by their content hash), scattered into the chunk's token
 embeddings at the placeholder positions, and the chunk runs with its slice of the prompt's mrope
 positions. Media inside a prefix-cache hit are not looked up at all.
+
+Gemma 3 and Gemma 4 (``gemma3``, ``gemma4``) have plain positions and sliding-window cache layouts;
+what differs is in :mod:`.vision_gemma` (an adapter per family), the chunked prefill, the
+vision-embedding cache and the prefix-cache keys here are shared.
 """
 
 from __future__ import annotations
@@ -42,15 +46,17 @@ import numpy as np
 from mlx_lm.models.cache import ArraysCache, KVCache
 
 from .multimodal import MediaItem, MultimodalPrompt
+from .vision_gemma import Gemma3Adapter, Gemma4Adapter
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class VisionFamily:
-    """How the engine drives one mlx-vlm architecture (all: mrope positions, image/video
-    placeholder tokens, the Qwen-VL processor)."""
+    """How the engine drives one mlx-vlm architecture (Qwen: mrope positions, image/video
+    placeholder tokens, the Qwen-VL processor; ``mrope=False``: a family with its own adapter)."""
 
+    mrope: bool = True  # multimodal rotary positions (Qwen); False: plain positions (Gemma 3)
     tower_returns_pair: bool = False  # the vision tower returns (features, deepstack features)
     deepstack: bool = False  # the deepstack features feed the language model (Qwen3-VL)
     gated_delta: bool = False  # Gated DeltaNet layers (a recurrent state) beside attention (Qwen3.5)
@@ -64,7 +70,10 @@ SUPPORTED_ARCHITECTURES: Mapping[str, VisionFamily] = MappingProxyType({
     "qwen3_vl_moe": VisionFamily(tower_returns_pair=True, deepstack=True),
     "qwen3_5": VisionFamily(tower_returns_pair=True, gated_delta=True),
     "qwen3_5_moe": VisionFamily(tower_returns_pair=True, gated_delta=True),
+    "gemma3": VisionFamily(mrope=False),
+    "gemma4": VisionFamily(mrope=False),
 })
+ADAPTERS = MappingProxyType({"gemma3": Gemma3Adapter, "gemma4": Gemma4Adapter})
 
 
 class GatedDeltaStateCache(ArraysCache):
@@ -172,10 +181,12 @@ class VisionLanguageModel:
         self._offset_layer = linear.index(False) if False in linear else 0
         self._state_layer = linear.index(True) if True in linear else None
         cfg = vlm.config
+        self.adapter = ADAPTERS[model_type](vlm) if model_type in ADAPTERS else None
         self.image_token_id = int(getattr(cfg, "image_token_id", None) or cfg.image_token_index)
-        self.video_token_id = int(getattr(cfg, "video_token_id", None) or cfg.video_token_index)
+        video = getattr(cfg, "video_token_id", None) or getattr(cfg, "video_token_index", None)
+        self.video_token_id = None if video is None else int(video)
         self.embeddings = VisionEmbeddingCache(cache_bytes)
-        self.uses_rope_deltas = True
+        self.uses_rope_deltas = self.family.mrope
 
     def parameters(self) -> dict:
         """All weights (vision tower included), as an ``nn.Module`` reports them."""
@@ -184,14 +195,19 @@ class VisionLanguageModel:
     # -- what the runner calls --------------------------------------------------
     def make_cache(self) -> list[Any]:
         """The language model's cache layout: KVCache per attention layer, and for Qwen3.5 a
-        GatedDeltaStateCache per Gated DeltaNet layer (as mlx-vlm's ``make_cache`` lays it out)."""
+        GatedDeltaStateCache per Gated DeltaNet layer (as mlx-vlm's ``make_cache`` lays it out);
+        for an adapter's family (Gemma) its own layout."""
+        if self.adapter is not None:
+            return self.adapter.make_cache()
         if self.family.gated_delta:
             return [GatedDeltaStateCache(2) if layer.is_linear else KVCache() for layer in self.layers]
         return [KVCache() for _ in self.layers]
 
     def __call__(self, inputs: mx.array, cache: list | None = None, rope_deltas: mx.array | None = None) -> mx.array:
         """Logits for text tokens (prefill chunks, batched prefill, decode) at mrope positions
-        ``cache offset + arange + rope delta`` per row."""
+        ``cache offset + arange + rope delta`` per row (plain positions for an adapter's family)."""
+        if self.adapter is not None:
+            return self.adapter.logits(inputs, cache)
         positions = _positions(inputs.shape, cache[self._offset_layer] if cache else None, rope_deltas)
         return self._logits(inputs, cache, positions)
 
@@ -233,16 +249,23 @@ class VisionLanguageModel:
             seq.cache = self.make_cache()
         state = mm.prefill_state
         if state is None:
-            ids = mx.array(seq.prompt_ids)[None]
-            positions, delta = self.language.get_rope_index(ids, self._grid(mm.images), self._grid(mm.videos))
-            mm.rope_delta = int(np.array(delta).reshape(-1)[0])
+            positions = None
+            if self.family.mrope:
+                ids = mx.array(seq.prompt_ids)[None]
+                positions, delta = self.language.get_rope_index(ids, self._grid(mm.images), self._grid(mm.videos))
+                mm.rope_delta = int(np.array(delta).reshape(-1)[0])
             state = mm.prefill_state = _PrefillState(positions, self._visual_layout(seq.prompt_ids, mm))
         start = seq.num_computed
         end = min(start + num_tokens, seq.num_prompt_tokens)
+        if self.adapter is not None and self.adapter.whole_images:
+            end = _whole_runs(state.where, start, end)
         embeds, deep, visual = self._window_embeddings(seq.prompt_ids, mm, state, start, end)
-        kwargs = {} if deep is None else {"visual_pos_masks": visual, "deepstack_visual_embeds": deep}
-        logits = self._logits(mx.array(seq.prompt_ids[start:end])[None], seq.cache, state.positions[..., start:end],
-                              inputs_embeds=embeds, **kwargs)
+        ids = mx.array(seq.prompt_ids[start:end])[None]
+        if self.adapter is not None:
+            logits = self.adapter.prefill_logits(ids, seq.cache, embeds, _run_ids(state.where, start, end))
+        else:
+            kwargs = {} if deep is None else {"visual_pos_masks": visual, "deepstack_visual_embeds": deep}
+            logits = self._logits(ids, seq.cache, state.positions[..., start:end], inputs_embeds=embeds, **kwargs)
         seq.num_computed = end
         if end < seq.num_prompt_tokens:
             mx.eval([c.state for c in seq.cache])
@@ -266,13 +289,13 @@ class VisionLanguageModel:
             return cached
         start = time.perf_counter()
         tower = self.vlm.vision_tower
-        pixels = mx.array(item.pixel_values).astype(tower.patch_embed.proj.weight.dtype)
-        grid = mx.array([item.grid_thw], dtype=mx.int32)
-        if self.family.tower_returns_pair:  # Qwen3-VL's tower (Qwen3.5 has no deepstack layers)
-            main, deep = tower(pixels, grid)
+        if self.adapter is not None:
+            features = (self.adapter.encode(item.pixel_values), None)
+        elif self.family.tower_returns_pair:  # Qwen3-VL's tower (Qwen3.5 has no deepstack layers)
+            main, deep = tower(*self._tower_inputs(item))
             features = (main, list(deep) if self.deepstack and deep is not None else None)
         else:
-            features = (tower(pixels, grid, output_hidden_states=False), None)
+            features = (tower(*self._tower_inputs(item), output_hidden_states=False), None)
         mx.eval(_arrays(features))
         stats = self.embeddings.stats
         stats.encode_seconds += time.perf_counter() - start
@@ -283,10 +306,15 @@ class VisionLanguageModel:
         self.embeddings.put(item.digest, features)
         return features
 
+    def _tower_inputs(self, item: MediaItem) -> tuple[mx.array, mx.array]:
+        """A Qwen vision tower's inputs: the patches (in the tower's dtype) and their grid."""
+        pixels = mx.array(item.pixel_values).astype(self.vlm.vision_tower.patch_embed.proj.weight.dtype)
+        return pixels, mx.array([item.grid_thw], dtype=mx.int32)
+
     def _visual_layout(self, prompt_ids: list[int], mm: MultimodalPrompt) -> np.ndarray:
         """Prompt positions of the media placeholders, in order (item k fills the next num_tokens)."""
         flat = np.array(prompt_ids)
-        where = np.nonzero((flat == self.image_token_id) | (flat == self.video_token_id))[0]
+        where = np.nonzero((flat == self.image_token_id) | (flat == (self.video_token_id or -1)))[0]
         need = sum(it.num_tokens for it in mm.items)
         if len(where) != need:
             raise ValueError(f"{len(where)} media placeholder tokens for media that need {need}")
@@ -297,7 +325,8 @@ class VisionLanguageModel:
         """Embeddings of prompt[start:end] with the media features at their placeholder positions;
         media outside the window (e.g. inside a prefix-cache hit) are not looked up. Also the window's
         deepstack features and visual mask (Qwen3-VL)."""
-        embeds = self.language.model.embed_tokens(mx.array(prompt_ids[start:end])[None])
+        ids = mx.array(prompt_ids[start:end])[None]
+        embeds = self.adapter.embed(ids) if self.adapter is not None else self.language.model.embed_tokens(ids)
         where = state.where
         inside = np.nonzero((where >= start) & (where < end))[0]  # indices into the visual sequence
         window_mask = np.zeros(end - start, dtype=bool)
@@ -322,8 +351,8 @@ class VisionLanguageModel:
 class _PrefillState:
     """One multimodal prompt's positions and media features while it is prefilled chunk by chunk."""
 
-    def __init__(self, positions: mx.array, where: np.ndarray):
-        self.positions = positions  # (3, 1, prompt length) mrope position ids
+    def __init__(self, positions: mx.array | None, where: np.ndarray):
+        self.positions = positions  # (3, 1, prompt length) mrope position ids (None: plain positions)
         self.where = where  # prompt positions of the media placeholders
         self._features: dict[int, Any] = {}
 
@@ -331,6 +360,34 @@ class _PrefillState:
         if index not in self._features:  # looked up (and counted) once per prefill
             self._features[index] = lookup(item)
         return self._features[index]
+
+
+def _runs(where: np.ndarray) -> list[tuple[int, int]]:
+    """The placeholder runs [start, end) of sorted placeholder positions."""
+    if not where.size:
+        return []
+    breaks = np.nonzero(np.diff(where) != 1)[0]
+    starts = np.concatenate([where[:1], where[breaks + 1]])
+    ends = np.concatenate([where[breaks], where[-1:]]) + 1
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def _whole_runs(where: np.ndarray, start: int, end: int) -> int:
+    """``end`` moved so that no placeholder run is split: back to the start of a run it would cut,
+    or, when the window starts at (or in) that run, on to its end."""
+    for lo, hi in _runs(where):
+        if lo < end < hi:
+            return lo if start < lo else hi
+    return end
+
+
+def _run_ids(where: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Per position of prompt[start:end]: the index of its placeholder run, or -1 for text."""
+    ids = np.full(end - start, -1, dtype=np.int32)
+    for k, (lo, hi) in enumerate(_runs(where)):
+        if lo < end and hi > start:
+            ids[max(lo, start) - start:min(hi, end) - start] = k
+    return ids
 
 
 def _positions(shape: tuple[int, int], offset_cache: Any, rope_deltas: mx.array | None) -> mx.array:

@@ -122,13 +122,19 @@ class VisionInfo:
 
     model_type: str
     processor: Any  # the mlx-vlm/HF processor: image_processor, video_processor, tokenizer
-    image_token: str
+    image_token: str  # the token an image's features fill, once per feature
     video_token: str | None
     vision_start: str | None
     vision_end: str | None
-    token_ids: dict[str, int]  # {"image": id, "video": id}
+    token_ids: dict[str, int]  # {"image": id, "video": id}: the placeholder tokens of the features
     merge_size: int
     supports_video: bool
+    # Gemma: the chat template marks an image with ``image_marker`` (Gemma 3: ``<start_of_image>``,
+    # Gemma 4: the soft token itself), which becomes ``image_wrap[0] + image_token * n +
+    # image_wrap[1]``. None: the template writes ``image_token`` (Qwen), repeated by the image's grid.
+    image_marker: str | None = None
+    image_wrap: tuple[str, str] = ("", "")
+    image_tokens: int = 0  # soft tokens per image (Gemma 3's mm_tokens_per_image); 0: per image (Gemma 4)
 
 
 def load_vision_model(path: Path, *, compute_dtype: str = "model", cache_bytes: int = 512 << 20,
@@ -163,6 +169,9 @@ def load_vision_model(path: Path, *, compute_dtype: str = "model", cache_bytes: 
     hf_tok = processor.tokenizer
     image_token = getattr(processor, "image_token", "<|image_pad|>")
     video_token = getattr(processor, "video_token", None)
+    token_ids = {"image": model.image_token_id}
+    if model.video_token_id is not None:
+        token_ids["video"] = model.video_token_id
     info = VisionInfo(
         model_type=family,
         processor=processor,
@@ -170,10 +179,19 @@ def load_vision_model(path: Path, *, compute_dtype: str = "model", cache_bytes: 
         video_token=video_token,
         vision_start=getattr(processor, "vision_start_token", None) or "<|vision_start|>",
         vision_end=getattr(processor, "vision_end_token", None) or "<|vision_end|>",
-        token_ids={"image": model.image_token_id, "video": model.video_token_id},
-        merge_size=int(processor.image_processor.merge_size),
-        supports_video=video_token is not None and getattr(processor, "video_processor", None) is not None,
+        token_ids=token_ids,
+        merge_size=int(getattr(processor.image_processor, "merge_size", 1)),
+        supports_video=(SUPPORTED_ARCHITECTURES[family].mrope and video_token is not None
+                        and getattr(processor, "video_processor", None) is not None),
     )
+    if family in ("gemma3", "gemma4"):  # mlx-vlm's processors: what an image becomes in the prompt
+        full = processor.full_image_sequence
+        first, last = full.index(image_token), full.rindex(image_token) + len(image_token)
+        info.image_wrap = (full[:first], full[last:])
+        if family == "gemma3":  # the template's "<start_of_image>": "\n\n<boi>" + soft tokens + "<eoi>\n\n"
+            info.image_marker, info.image_tokens = processor.boi_token, full.count(image_token)
+        else:  # Gemma 4: the template's "<|image|>": "<|image>" + the image's soft tokens + "<image|>"
+            info.image_marker = image_token
     if hf_tok.convert_tokens_to_ids(image_token) != model.image_token_id:
         raise ValueError(f"the tokenizer's {image_token!r} id does not match the config's image_token_id")
     max_len = context_length(config)
