@@ -1,5 +1,6 @@
-"""Gemma 3 (a vision-language checkpoint with sliding-window attention layers): served with images
-through mlx-vlm's ``gemma3`` in the one engine, or as text with ``--text-only``.
+"""Gemma 3 and Gemma 4 (vision-language checkpoints with sliding-window attention layers): served
+with images through mlx-vlm's ``gemma3`` / ``gemma4`` in the one engine, or as text with
+``--text-only`` (mlx-lm).
 
 Greedy outputs are compared with mlx-vlm's own single-request generation of the same prompt ids, so
 a wrong image expansion or feature scale, a lost sliding window between prefill chunks or a batch
@@ -58,7 +59,8 @@ def gemma3(models_dir):
 
 @pytest.fixture(scope="module")
 def server(start_server, gemma3):
-    return start_server(gemma3, "--served-model-name", "g3", "--max-num-seqs", "8", "--max-num-batched-tokens", "32")
+    return start_server(gemma3, "--served-model-name", "gemma", "--max-num-seqs", "8",
+                        "--max-num-batched-tokens", "32")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def chat(client, messages, **kw):
     kw.setdefault("max_tokens", N)
     kw.setdefault("temperature", 0)
     # (no thinking: mlx-lm's tokenizer would switch on Gemma 4's template's thinking system turn)
-    return client.chat.completions.create(model="g3", messages=messages, **kw,
+    return client.chat.completions.create(model="gemma", messages=messages, **kw,
                                           extra_body={"ignore_eos": True, "enable_thinking": False})
 
 
@@ -151,7 +153,7 @@ def test_image_conversation_reuses_the_cache(client, server):
     the image keyed by its content hash) and answers as with a cold cache."""
     system = {"role": "system", "content": "You describe pictures for a museum catalogue. " * 6}
     turn1 = [system, user(openai_content(QUESTION, [data_url(IMAGES[2])]))[0]]
-    kw = dict(model="g3", max_tokens=6, temperature=0)
+    kw = dict(model="gemma", max_tokens=6, temperature=0)
     first = client.chat.completions.create(messages=turn1, **kw)
     turn2 = turn1 + [{"role": "assistant", "content": first.choices[0].message.content},
                      {"role": "user", "content": "And the colours?"}]
@@ -183,7 +185,7 @@ def test_capabilities_and_vision_cache(server, client):
 def test_text_only_flag_serves_the_language_model(start_server, gemma3, client):
     """--text-only: mlx-lm's gemma3 serves the same folder as text (the same greedy text as the
     vision server's text row), and an image is a 400 in the API's shape."""
-    text_server = start_server(gemma3, "--served-model-name", "g3", "--text-only")
+    text_server = start_server(gemma3, "--served-model-name", "gemma", "--text-only")
     tc = openai.OpenAI(base_url=f"{text_server.base_url}/v1", api_key="x", max_retries=0)
     answer = chat(tc, user(STORY[0]["text"])).choices[0].message.content
     assert answer == reference(gemma3, user(STORY), [], N)[0]
@@ -224,10 +226,10 @@ def test_quantized_checkpoint_with_images_and_as_text(start_server, models_dir):
     """A 4-bit conversion (quantized language model and tied head, full-precision vision tower):
     served with images, and with --text-only through mlx-lm."""
     path = build_tiny_gemma3_vision_model(models_dir / "tiny-gemma3-4bit", quantize_bits=4)
-    vision = openai.OpenAI(base_url=f"{start_server(path, '--served-model-name', 'g3').base_url}/v1", api_key="x",
+    vision = openai.OpenAI(base_url=f"{start_server(path, '--served-model-name', 'gemma').base_url}/v1", api_key="x",
                            max_retries=0)
     assert ask(vision, 2).choices[0].message.content == reference(path, user(QUESTION), [IMAGES[2]], N)[0]
-    text = openai.OpenAI(base_url=f"{start_server(path, '--served-model-name', 'g3', '--text-only').base_url}/v1",
+    text = openai.OpenAI(base_url=f"{start_server(path, '--served-model-name', 'gemma', '--text-only').base_url}/v1",
                          api_key="x", max_retries=0)
     assert chat(text, user(STORY[0]["text"])).choices[0].message.content == reference(path, user(STORY), [], N)[0]
 
@@ -244,7 +246,7 @@ def gemma4(models_dir):
 
 @pytest.fixture(scope="module")
 def g4_server(start_server, gemma4):
-    return start_server(gemma4, "--served-model-name", "g3", "--max-num-batched-tokens", "32")
+    return start_server(gemma4, "--served-model-name", "gemma", "--max-num-batched-tokens", "32")
 
 
 def test_gemma4_images_of_any_shape_match_mlx_vlm(g4_server, gemma4):
@@ -269,7 +271,7 @@ def test_gemma4_images_of_any_shape_match_mlx_vlm(g4_server, gemma4):
 def test_gemma4_text_only(start_server, gemma4):
     """--text-only: mlx-lm's gemma4 serves the folder's language model (the same greedy text as
     mlx-vlm's); an image is a 400."""
-    server = start_server(gemma4, "--served-model-name", "g3", "--text-only")
+    server = start_server(gemma4, "--served-model-name", "gemma", "--text-only")
     tc = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
     assert chat(tc, user(STORY[0]["text"])).choices[0].message.content == reference(gemma4, user(STORY), [], N)[0]
     with pytest.raises(openai.BadRequestError, match="text-only model"):
@@ -283,7 +285,7 @@ def test_gemma4_bidirectional_image_attention(start_server, models_dir):
     budget to the run's end; checkpoints every 8 tokens are saved only outside the runs, and the
     prefix cache hits."""
     path = build_tiny_gemma4_vision_model(models_dir / "tiny-gemma4-bidi", bidirectional=True, max_soft_tokens=40)
-    server = start_server(path, "--served-model-name", "g3", "--max-num-batched-tokens", "32",
+    server = start_server(path, "--served-model-name", "gemma", "--max-num-batched-tokens", "32",
                           "--checkpoint-stride", "8")
     bc = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
     content = [{"type": "text", "text": "Compare"}, {"type": "image"}, {"type": "text", "text": "with"},

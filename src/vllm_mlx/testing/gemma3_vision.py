@@ -170,10 +170,10 @@ def build_tiny_gemma3_vision_model(
     With the defaults the decoder has four layers, sliding-window (16 tokens) and global attention
     alternating; an image is resized to 64x64 pixels = 8x8 patches of 8, pooled to 4x4 = 16 soft
     tokens. ``quantize_bits`` (4 or 8) stores the language model quantized like mlx-vlm's 4-/8-bit
-    conversions (which also store the tied ``lm_head``, quantized). The projector into the language model (mlx-vlm initializes it to ones) is random; at
-    the default ``init_scale`` greedy output varies token by token and with the image (a larger
-    scale, which multiplies the token embeddings, MLP weights and ``LIVELIER_WEIGHTS``, makes
-    this model repeat one token).
+    conversions (which also store the tied ``lm_head``, quantized). The projector into the language
+    model (mlx-vlm initializes it to ones) is random; at the default ``init_scale`` greedy output
+    varies token by token and with the image (a larger scale, which multiplies the token
+    embeddings, MLP weights and ``LIVELIER_WEIGHTS``, makes this model repeat one token).
     """
     import mlx.core as mx
 
