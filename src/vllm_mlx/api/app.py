@@ -169,6 +169,9 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
         watchdog.check()
         if ok and watchdog.problem():
             ok, body = False, {"status": "unhealthy", "reason": watchdog.problem()}
+        if config.api_keys and not raw.scope.get("state", {}).get("authenticated"):
+            # liveness only without the key: no model folder, counters or memory for anyone who asks
+            return JSONResponse({"status": body["status"]}, status_code=200 if ok else 503)
         if registry is not None:
             body["models"] = registry.snapshot()
         elif serving is not None:
