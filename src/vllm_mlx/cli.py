@@ -256,6 +256,7 @@ def run_server(config: ServerConfig) -> int:
     import uvicorn
 
     from .api.app import create_app
+    from .api.connection_guard import guarded_protocol
     from .api.shutdown import DrainingServer
     from .models.loader import ModelNotFoundError
     from .models.model_specs import ModelSpecError
@@ -277,8 +278,11 @@ def run_server(config: ServerConfig) -> int:
     except (ModelNotFoundError, ModelSpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    limits = config.limits
     uvicorn_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
-                                    timeout_graceful_shutdown=config.shutdown_timeout + 5)
+                                    timeout_graceful_shutdown=config.shutdown_timeout + 5,
+                                    http=guarded_protocol(limits.header_timeout_s, limits.body_timeout_s,
+                                                          limits.write_timeout_s))
     server = DrainingServer(uvicorn_config, app, config.shutdown_timeout)
     server.run()
     return 0 if server.started else 1

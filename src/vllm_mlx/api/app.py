@@ -141,7 +141,8 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     app.add_middleware(StreamErrorMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_request_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_request_bytes,
+                       timeout_s=config.limits.body_timeout_s)
     install_rate_limit(app, config)  # inside the key check: one bucket per valid key
     if config.api_keys:
         app.add_middleware(APIKeyMiddleware, keys=config.api_keys,

@@ -17,6 +17,7 @@ _TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -62,7 +63,7 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 # Routes under this prefix speak Anthropic's error shape: {"type": "error", "error": {"type", "message"}}.
 ANTHROPIC_PREFIX = "/v1/messages"
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                    404: "not_found_error", 413: "request_too_large", 422: "invalid_request_error",
+                    404: "not_found_error", 408: "timeout_error", 413: "request_too_large", 422: "invalid_request_error",
                     429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
 
 

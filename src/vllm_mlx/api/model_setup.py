@@ -36,6 +36,8 @@ def engine_config(config: ServerConfig) -> EngineConfig:
         kv_cache_bits=config.kv_cache_bits,
         kv_cache_dir=config.kv_cache_dir,
         kv_cache_dir_bytes=config.kv_cache_dir_mb << 20,
+        stream_buffer_events=config.limits.stream_buffer_events,
+        stream_buffer_bytes=config.limits.stream_buffer_bytes,
     )
 
 

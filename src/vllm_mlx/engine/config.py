@@ -20,6 +20,10 @@ class EngineConfig:
     kv_cache_bits: int | None = None  # quantize cached blocks to 8 or 4 bits
     kv_cache_dir: str | None = None  # persist blocks here (safetensors) across restarts
     kv_cache_dir_bytes: int = 4 << 30
+    # Deltas of one request waiting for its consumer (async_engine.py); past either bound the
+    # request is stopped. None: unbounded.
+    stream_buffer_events: int | None = None
+    stream_buffer_bytes: int | None = None
 
 
 @dataclass
