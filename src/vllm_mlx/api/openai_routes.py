@@ -109,6 +109,8 @@ def _completion_prompts(state: ServingState, prompt: Any) -> list[list[int]]:
         prompt = [prompt]
     out = []
     for p in prompt:
+        if isinstance(p, str) and state.prompt_guard is not None:
+            state.prompt_guard.check(p, "prompt")
         ids = list(p) if isinstance(p, list) else state.tokenizer.encode(p)
         if not ids:
             raise APIError(400, "prompt must not be empty", param="prompt")
