@@ -79,6 +79,14 @@ def error_response_for(path: str, status: int, message: str, param: str | None =
     return error_response(status, message, param, code)
 
 
+def generation_failure(out) -> APIError:
+    """The error of a generation that ended with FinishReason.ERROR: a grammar that failed while
+    decoding is the request's fault (400); anything else is the server's (500)."""
+    if getattr(out, "error_status", 500) == 400:
+        return APIError(400, f"the output constraint failed while decoding: {out.error}", code="constraint_failed")
+    return APIError(500, f"generation failed: {out.error}", code="generation_error")
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0] if exc.errors() else {}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]

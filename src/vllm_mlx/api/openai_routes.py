@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.backlog import OutputBacklog, delta_bytes
 from ..engine.request import FinishReason, GenerationOutput, TokenLogprob
-from .errors import APIError, error_body
+from .errors import APIError, error_body, generation_failure
 from .extra_model_access import extra_model_cards
 from .logprobs import TokenText, completion_logprobs
 from .protocol import CompletionRequest, ModelCard, ModelList, Usage, new_id
@@ -64,7 +64,7 @@ async def collect(stream: AsyncIterator[GenerationOutput], raw: Request, n: int)
             choice.logprobs += out.logprobs or []
             choice.last = out
             if out.finish_reason is FinishReason.ERROR:
-                raise APIError(500, f"generation failed: {out.error}", code="generation_error")
+                raise generation_failure(out)
         return choices
 
     task = asyncio.ensure_future(consume())
@@ -208,7 +208,8 @@ async def _completion_stream(
                 open_streams -= 1
                 continue
             if out.finish_reason is FinishReason.ERROR:
-                yield sse(error_body(500, f"generation failed: {out.error}", code="generation_error"))
+                failure = generation_failure(out)
+                yield sse(error_body(failure.status, failure.message, code=failure.code))
                 if queue.overflow is not None:
                     break
                 continue
