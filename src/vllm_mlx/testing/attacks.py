@@ -181,3 +181,58 @@ def surrogate_requests() -> list[tuple[str, str, bytes]]:
     out.append(("encoded surrogate bytes", "/v1/chat/completions",
                 b'{"messages": [{"role": "user", "content": "\xed\xa0\x80"}]}'))
     return out
+
+
+# -- all of them at once, on a loop (scripts/soak.py --attacks) ------------------------------------------
+def attack_loop(url: str, api_key: str | None, stop, results, huge_mb: float = 10.0) -> None:
+    """Until ``stop`` is set: a client that stops reading a large stream (kept open, a new one every
+    round), 24 slow or silent connections, two huge prompts and every lone-surrogate request. Puts a
+    tally on ``results``: what the server answered, and every answer that was not the bound's."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port or 80
+    auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    huge = "hello world " * int(huge_mb * 2**20 / 12)
+    stalled = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000, "n": 16,
+               "stream": True, "logprobs": True, "top_logprobs": 20, "ignore_eos": True}
+    tally = {"rounds": 0, "stalled_streams": 0, "slow_connections": 0, "huge_prompts": 0, "surrogate_requests": 0,
+             "huge_prompt_max_s": 0.0, "unexpected": []}
+    slow: list[threading.Thread] = []
+    slow_results: list = []
+    sockets: list[socket.socket] = []
+
+    def slow_batch() -> None:
+        slow_results.extend(slow_connections(host, port, count=24, drip_s=0.5, give_up_s=180))
+
+    with httpx.Client(base_url=url, headers=auth, timeout=300) as client:
+        while not stop.is_set():
+            tally["rounds"] += 1
+            sockets.append(stalled_stream(host, port, "/v1/chat/completions", stalled, auth))
+            tally["stalled_streams"] += 1
+            if len(sockets) > 4:
+                sockets.pop(0).close()
+            if not any(t.is_alive() for t in slow):
+                slow = [threading.Thread(target=slow_batch, daemon=True)]
+                slow[0].start()
+            for _ in range(2):
+                t0 = time.monotonic()
+                resp = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": huge}]})
+                tally["huge_prompts"] += 1
+                tally["huge_prompt_max_s"] = max(tally["huge_prompt_max_s"], round(time.monotonic() - t0, 2))
+                if resp.status_code != 400:
+                    tally["unexpected"].append(f"huge prompt: HTTP {resp.status_code}")
+            for name, path, body in surrogate_requests():
+                resp = client.post(path, content=body, headers={"content-type": "application/json"})
+                tally["surrogate_requests"] += 1
+                if resp.status_code != 400:
+                    tally["unexpected"].append(f"surrogate in {name}: HTTP {resp.status_code}")
+            stop.wait(1.0)
+    for s in sockets:
+        s.close()
+    for t in slow:
+        t.join(200)
+    tally["slow_connections"] = len(slow_results)
+    tally["unexpected"] += [f"slow {kind} connection left open" for kind, end, _ in slow_results if end == "open"]
+    tally["unexpected"] = tally["unexpected"][:20]
+    results.put(tally)
