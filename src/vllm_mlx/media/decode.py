@@ -101,7 +101,8 @@ def decode_video(data: bytes, limits: MediaLimits, fps: float | None = None,
     if not fps > 0 or cap < 1:
         raise MediaDecodeError("video fps must be positive and max_frames at least 1")
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
+        # skip_frame: FFmpeg's stream probe would otherwise decode a frame to learn what the headers say
+        with av.open(io.BytesIO(data), mode="r", options={"skip_frame": "all"}) as container:
             if not container.streams.video:
                 raise MediaDecodeError("the file has no video stream")
             stream = container.streams.video[0]
