@@ -17,12 +17,27 @@ import httpx
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process, in MiB (Linux /proc)."""
+    """Resident memory of a process now, in MiB (Linux /proc)."""
+    return _status_mb(pid, "VmRSS")
+
+
+def _status_mb(pid: int, field: str) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start measuring a process's peak resident memory afresh (Linux: clear_refs 5 resets VmHWM)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory since :func:`reset_peak_rss`, in MiB (catches what was freed)."""
+    return _status_mb(pid, "VmHWM")
 
 
 @dataclass
