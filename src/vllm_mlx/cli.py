@@ -43,7 +43,8 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow models whose config names a custom Python model file")
     p.add_argument("--api-key", action="append", default=None,
-                   help="require this key (Bearer or x-api-key) on every route but /health and /; repeatable; "
+                   help="require this key (Bearer or x-api-key) on every route but /health and / (/health then shows "
+                        "liveness only to requests without it); repeatable; "
                         "default: $VLLM_MLX_API_KEY")
     p.add_argument("--tool-call-parser", default="auto",
                    help="tool-call format: auto (from the chat template), none, or a name "
