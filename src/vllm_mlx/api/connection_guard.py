@@ -91,11 +91,18 @@ def guarded_protocol(header_timeout_s: float, body_timeout_s: float, write_timeo
             self._disarm()
 
         def connection_lost(self, exc) -> None:
+            self._disarm_all()
+            super().connection_lost(exc)
+
+        def handle_websocket_upgrade(self) -> None:
+            self._disarm_all()  # the connection belongs to the WebSocket protocol from here on
+            super().handle_websocket_upgrade()
+
+        def _disarm_all(self) -> None:
             self._disarm()
             if self._write is not None:
                 self._write.cancel()
                 self._write = None
-            super().connection_lost(exc)
 
         def pause_writing(self) -> None:
             super().pause_writing()
