@@ -130,6 +130,7 @@ def test_health_and_metrics_exemptions_are_configurable(tiny_qwen3, public_metri
     assert client.get("/v1/models").status_code == 401
 
 
+@pytest.mark.reliability
 def test_health_without_the_key_is_liveness_only(server):
     """No folder paths, counters or memory figures for whoever asks; the key shows them."""
     public = httpx.get(f"{server.base_url}/health")
