@@ -122,8 +122,8 @@ def non_finite_number(value: Any, path: str = "", depth: int = 0) -> str | None:
     return None
 
 
-_BOUNDS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems",
-           "maxItems", "minProperties", "maxProperties", "multipleOf", "uniqueItems"}
+_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems",
+           "maxItems", "minProperties", "maxProperties", "multipleOf", "uniqueItems"})
 
 
 def schema_error_text(error: Any) -> str:
