@@ -21,6 +21,12 @@ fraction of the requests is abandoned after a few chunks (the connection is clos
   rounds, but freed pages stay with the process);
 * /health p99 latency during the run is under --health-p99-ms.
 
+With ``--attacks`` (the long form of tests/test_bounds_*.py), each round also runs hostile clients in a
+process of their own (vllm_mlx.testing.attacks.attack_loop): clients that stop reading a large
+stream, slow and silent connections, 10 MB prompts and lone-surrogate requests. Every one must get
+its bound's answer (400s, closed connections), and the checks above -- memory, /health, idle engine --
+must hold with them running.
+
 The summary (figures and checks) is printed as JSON.
 """
 
@@ -52,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rss-growth-mb", type=float, default=32.0, help="bound on RSS growth after the first round")
     p.add_argument("--mlx-growth-mb", type=float, default=16.0)
     p.add_argument("--health-p99-ms", type=float, default=500.0)
+    p.add_argument("--attacks", action="store_true",
+                   help="run hostile clients beside the load in every round (docs/reliability.md)")
     return p.parse_args(argv)
 
 
@@ -156,6 +164,16 @@ def idle_problems(health: dict) -> list[str]:
     return found
 
 
+def start_attacks(ctx, args):
+    """The hostile clients of one round, in a process of their own."""
+    from vllm_mlx.testing.attacks import attack_loop
+
+    stop, results = ctx.Event(), ctx.Queue()
+    process = ctx.Process(target=attack_loop, args=(args.url, args.api_key, stop, results), daemon=True)
+    process.start()
+    return stop, results, process
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
@@ -177,9 +195,15 @@ async def soak(args) -> dict:
         started = time.monotonic()
         idle: list[dict] = []  # /health at idle after each round
         cached: list[int] = []  # prefix-cache bytes at the end of each round (its high-water mark)
+        attacks: list[dict] = []
         for _ in range(args.rounds):  # the same load each round
             deadline = time.monotonic() + args.duration
+            attack_stop, attack_results, attacker = start_attacks(ctx, args) if args.attacks else (None, None, None)
             await asyncio.gather(*(client_loop(client, n, args, deadline, tally) for n in range(args.clients)))
+            if attacker is not None:
+                attack_stop.set()
+                attacks.append(await asyncio.to_thread(attack_results.get, True, 300))
+                attacker.join(30)
             cache_now = (await client.get("/health")).json()["engine"].get("prefix_cache") or {}
             cached.append(cache_now.get("bytes", 0))
             idle_deadline = time.monotonic() + args.idle_timeout
@@ -214,6 +238,9 @@ async def soak(args) -> dict:
             f"/health p99 < {args.health_p99_ms} ms": p99 < args.health_p99_ms,
             "some streams completed and some were cut": tally.completed > 0 and tally.disconnected > 0,
         }
+        if args.attacks:
+            checks["every attack got its bound's answer"] = not any(a["unexpected"] for a in attacks)
+            checks["huge prompts refused within 5 s"] = all(a["huge_prompt_max_s"] < 5 for a in attacks)
         return {
             "config": {k: getattr(args, k) for k in ("clients", "duration", "rounds", "disconnect", "max_tokens")},
             "seconds": round(elapsed, 1),
@@ -236,6 +263,7 @@ async def soak(args) -> dict:
                           "peak_rss": round(mem1["peak_rss_bytes"] / 2**20, 1),
                           "mlx_active_start": round(mem_start["mlx_active_bytes"] / 2**20, 2),
                           "mlx_active_end": round(mem1["mlx_active_bytes"] / 2**20, 2)},
+            "attacks": attacks,
             "not_idle": not_idle,
             "broken_examples": tally.broken[:5],
             "checks": checks,

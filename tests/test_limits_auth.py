@@ -128,3 +128,14 @@ def test_health_and_metrics_exemptions_are_configurable(tiny_qwen3, public_metri
     assert (client.get("/health").status_code == 401) is private_health
     assert client.get("/metrics", headers={"x-api-key": KEY}).status_code == 200
     assert client.get("/v1/models").status_code == 401
+
+
+@pytest.mark.reliability
+def test_health_without_the_key_is_liveness_only(server):
+    """No folder paths, counters or memory figures for whoever asks; the key shows them."""
+    public = httpx.get(f"{server.base_url}/health")
+    assert public.status_code == 200 and public.json() == {"status": "ok"}
+    for headers in ({"authorization": "Bearer wrong"}, {"x-api-key": KEY + "x"}):
+        assert httpx.get(f"{server.base_url}/health", headers=headers).json() == {"status": "ok"}
+    keyed = httpx.get(f"{server.base_url}/health", headers={"x-api-key": KEY}).json()
+    assert keyed["status"] == "ok" and "engine" in keyed and "memory" in keyed and keyed["model"]

@@ -144,14 +144,27 @@ def test_denied_and_unknown_tools(mcp_server, mcp_files):
     assert '"outcome": "tool_not_allowed"' in audit and '"tool": "delete_everything"' in audit
 
 
-def test_arguments_are_validated_against_the_schema(mcp_server):
-    r = _execute(mcp_server, "add", {"a": "two", "b": 3})
+def test_arguments_are_validated_against_the_schema(mcp_server, mcp_files):
+    r = _execute(mcp_server, "add", {"a": "private-value-7781", "b": 3})
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["code"] == "invalid_arguments" and err["param"] == "arguments"
-    assert "'two' is not of type 'integer'" in err["message"]
+    assert "at a: must be of type integer" in err["message"] and "private-value-7781" not in err["message"]
     r = _execute(mcp_server, "add", {"a": 1})
-    assert r.status_code == 400 and "'b' is a required property" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "misses the required property 'b'" in r.json()["error"]["message"]
+    # the audit log records the refusal, never the value (docs/mcp.md)
+    audit = mcp_files["audit"].read_text()
+    assert '"outcome": "invalid_arguments"' in audit and "private-value-7781" not in audit
+
+
+@pytest.mark.reliability
+def test_nan_and_infinity_arguments_are_refused(mcp_server):
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        body = b'{"tool": "add", "arguments": {"a": %s, "b": 1}}' % literal
+        with _http(mcp_server) as c:
+            r = c.post("/v1/mcp/execute", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400, (literal, r.text)
+        assert r.json()["error"]["code"] == "invalid_arguments" and "NaN or Infinity at a" in r.json()["error"]["message"]
 
 
 def test_timeout_gives_504_and_the_server_keeps_working(mcp_server):

@@ -89,8 +89,9 @@ def test_policy_allow_lists():
 def test_policy_validates_arguments():
     policy = ToolPolicy(_config({"a": {"command": "x", "allowedTools": ["add"]}}))
     policy.check("a", "add", {"a": 1, "b": 2}, ADD_SCHEMA)
-    for args, text in (({"a": 1}, "'b' is a required property"), ({"a": 1, "b": "2"}, "at b: '2' is not of type"),
-                       ([1, 2], "must be a JSON object")):
+    for args, text in (({"a": 1}, "misses the required property 'b'"), ({"a": 1, "b": "2"}, "at b: must be of type"),
+                       ([1, 2], "must be a JSON object"), ({"a": float("nan"), "b": 1}, "NaN or Infinity at a"),
+                       ({"a": 1, "b": {"deep": [1, float("-inf")]}}, "NaN or Infinity at b/deep/1")):
         with pytest.raises(ToolCallError) as err:
             policy.check("a", "add", args, ADD_SCHEMA)
         assert err.value.status == 400 and text in err.value.message
@@ -127,6 +128,33 @@ def test_refused_calls_do_not_count_against_the_limit():
         policy.check("a", "add", {"a": 1, "b": 2}, ADD_SCHEMA)
     assert err.value.status == 429 and "retry in 60 s" in err.value.message
     assert RateWindow(1, clock=lambda: 0.0).retry_after() == 0.0
+
+
+@pytest.mark.reliability
+def test_schema_errors_never_quote_the_value(tmp_path):
+    """Every kind of schema refusal, with a secret as the offending value: neither the message nor the
+    audit record that carries it holds the secret."""
+    secret = "hunter2-private"
+    schema = {"type": "object", "additionalProperties": False, "required": ["s"], "properties": {
+        "s": {"type": "string", "maxLength": 3, "pattern": "^[a-z]+$", "enum": ["abc"]},
+        "n": {"type": "integer"}, "c": {"const": "x"}, "f": {"type": "string", "format": "email"},
+        "o": {"not": {"type": "string"}}}}
+    policy = ToolPolicy(_config({"a": {"command": "x", "allowedTools": ["*"]}}))
+    log = AuditLog(str(tmp_path / "audit.jsonl"))
+    cases = [{"s": secret}, {"s": "abc", "n": secret}, {"s": "abc", "c": secret}, {"s": "abc", "o": secret},
+             {"s": "abc", "f": secret, "n": 1.5}, {"n": 1}]
+    for args in cases:
+        with pytest.raises(ToolCallError) as err:
+            policy.check("a", "t", args, schema)
+        assert err.value.code == "invalid_arguments" and secret not in err.value.message, err.value.message
+        log.record(source="execute", request_id="r", server="a", tool="t", arguments=args,
+                   outcome=err.value.code, status=err.value.status, duration_ms=0.1, error=err.value.message)
+    audit = (tmp_path / "audit.jsonl").read_text()
+    assert audit.count('"invalid_arguments"') == len(cases) and secret not in audit
+    # keys are recorded (docs/mcp.md), so an unexpected key may be named
+    with pytest.raises(ToolCallError) as err:
+        policy.check("a", "t", {"s": "abc", "extra": secret}, schema)
+    assert "'extra'" in err.value.message and secret not in err.value.message
 
 
 def test_audit_records_keys_and_digest_not_values(tmp_path):

@@ -139,3 +139,59 @@ def test_local_files_only_inside_the_allowed_directory(tmp_path):
     assert fetch(f"file://{allowed}/a.png", allowed_local_dir=allowed).data == PNG_BYTES
     for outside in (f"{allowed}/../secret.txt", str(allowed / "escape.png")):
         assert "outside the allowed directory" in error_of(outside, allowed_local_dir=allowed).message
+
+
+# -- IPv6 spellings of IPv4 addresses (NAT64, 6to4, IPv4-compatible, SIIT, mapped, Teredo) ---------------
+METADATA = "169.254.169.254"
+EMBEDDED_PRIVATE = [
+    "64:ff9b::a9fe:a9fe", "64:ff9b::169.254.169.254", "64:ff9b::7f00:1", "64:ff9b::a00:1",  # NAT64 well-known
+    "64:ff9b:1::a9fe:a9fe", "64:ff9b:1:a9fe:a900:fe00::",  # local-use NAT64, any prefix length
+    "2002:a9fe:a9fe::1", "2002:7f00:1::", "2002:c0a8:101::1",  # 6to4
+    "::a9fe:a9fe", "::127.0.0.1", "::10.1.2.3",  # IPv4-compatible
+    "::ffff:0:a9fe:a9fe", "::ffff:0:7f00:1", "::ffff:0:c0a8:101",  # SIIT IPv4-translated
+    "::ffff:a9fe:a9fe", "::ffff:10.0.0.1",  # IPv4-mapped
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo (client 192.0.2.45)
+]
+EMBEDDED_PUBLIC = ["64:ff9b::808:808", "2002:808:808::1", "::ffff:0:808:808", "::ffff:8.8.8.8"]
+
+
+class _NoTraffic:
+    """Stands in for the network backend: records where a connection would go, never connects."""
+
+    def __init__(self):
+        self.attempts: list[str] = []
+
+    async def connect_tcp(self, host, port, **kwargs):
+        self.attempts.append(host)
+        raise OSError("no traffic in this test")
+
+
+@pytest.mark.reliability
+def test_ipv6_spellings_of_private_ipv4_are_refused():
+    for address in EMBEDDED_PRIVATE:
+        assert not address_is_public(address), address
+    for address in EMBEDDED_PUBLIC:
+        assert address_is_public(address), address
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("address", EMBEDDED_PRIVATE + EMBEDDED_PUBLIC)
+def test_the_checked_connector_refuses_before_connecting(address):
+    """The connector the fetcher uses, with a stub in place of the network: a literal IPv6 host resolves
+    to itself (no DNS query), and a refused one never reaches the stub."""
+    from vllm_mlx.media.fetch import _CheckedBackend
+
+    backend = _CheckedBackend(FetchPolicy())
+    backend.inner = stub = _NoTraffic()
+
+    async def connect():
+        await backend.connect_tcp(address, 80)
+
+    if address in EMBEDDED_PRIVATE:
+        with pytest.raises(MediaFetchError) as err:
+            asyncio.run(connect())
+        assert "non-public address" in err.value.message and stub.attempts == []
+    else:
+        with pytest.raises(OSError, match="no traffic"):
+            asyncio.run(connect())
+        assert len(stub.attempts) == 1  # allowed: it would have connected

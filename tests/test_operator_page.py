@@ -38,13 +38,14 @@ def test_page_shows_status_and_streams_a_chat_reply(page_server, browser):
 
     page = browser.new_page(viewport={"width": 1200, "height": 800})
     page.goto(page_server.base_url + "/")
-    expect(page.locator("#model-name")).to_have_text("scripted-page", timeout=15_000)
-    expect(page.locator("#status")).to_have_text("ok")
-    expect(page.locator("#m-state")).not_to_have_text("—")
-    # without the key the protected panels say so
+    expect(page.locator("#status")).to_have_text("ok", timeout=15_000)
+    # without the key /health tells liveness only, and the protected panels say so
     expect(page.locator("#metrics-note")).to_contain_text("API key")
+    expect(page.locator("#model-name")).to_have_text("—")
     page.fill("#api-key", KEY)
     page.locator("#api-key").dispatch_event("change")
+    expect(page.locator("#model-name")).to_have_text("scripted-page", timeout=15_000)
+    expect(page.locator("#m-state")).not_to_have_text("—")
     expect(page.locator("#c-context")).to_contain_text("tokens", timeout=10_000)
     expect(page.locator("#c-tools")).to_have_text("hermes")
     # chat: the reply arrives as a stream of deltas, each one a separate update of the page

@@ -228,7 +228,12 @@ def test_anthropic_image_blocks(server, client, qwen2vl):
     with pytest.raises(anthropic.BadRequestError) as err:
         ac.messages.create(model="vl", max_tokens=4, messages=[{"role": "user", "content": [
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "bm90IGFuIGltYWdl"}}]}])
-    assert err.value.body["type"] == "error" and "could not be decoded" in err.value.body["error"]["message"]
+    assert err.value.body["type"] == "error" and "does not match media_type" in err.value.body["error"]["message"]
+    broken_png = base64.b64encode(png[:40] + b"garbage" * 8).decode()  # a PNG's start, then nothing usable
+    with pytest.raises(anthropic.BadRequestError) as err:
+        ac.messages.create(model="vl", max_tokens=4, messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": broken_png}}]}])
+    assert "could not be decoded" in err.value.body["error"]["message"]
 
 
 def test_responses_input_image(client, qwen2vl):

@@ -16,6 +16,7 @@ from .config_file import add_operator_flags
 from .operator_cli import OPERATOR_COMMANDS, add_operator_commands, run_operator_command, serve_main
 from .download import add_download_parser, run_download
 from .engine.request import SamplingParams
+from .media.audio import AudioLimits
 from .media.decode import MediaLimits
 from .media.fetch import FetchPolicy
 
@@ -42,7 +43,8 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow models whose config names a custom Python model file")
     p.add_argument("--api-key", action="append", default=None,
-                   help="require this key (Bearer or x-api-key) on every route but /health and /; repeatable; "
+                   help="require this key (Bearer or x-api-key) on every route but /health and / (/health then shows "
+                        "liveness only to requests without it); repeatable; "
                         "default: $VLLM_MLX_API_KEY")
     p.add_argument("--tool-call-parser", default="auto",
                    help="tool-call format: auto (from the chat template), none, or a name "
@@ -93,6 +95,11 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                         "this size (default: %(default)s)")
     x.add_argument("--max-audio-upload-mb", type=float, default=25.0,
                    help="largest audio upload accepted, in MiB; larger ones get 413 (default: %(default)s)")
+    x.add_argument("--max-audio-seconds", type=float, default=AudioLimits.max_seconds,
+                   help="longest audio upload, read from its header before decoding; longer ones get 400 "
+                        "(default: %(default)s)")
+    x.add_argument("--min-audio-sample-rate", type=int, default=AudioLimits.min_sample_rate,
+                   help="lowest sample rate of an audio upload, in Hz; lower ones get 400 (default: %(default)s)")
     m = p.add_argument_group("media URLs in requests (images, video)")
     m.add_argument("--media-max-mb", type=float, default=20.0, help="largest fetched or inlined media file (default: %(default)s)")
     m.add_argument("--media-timeout", type=float, default=10.0, help="seconds one media fetch may take, redirects included")
@@ -111,7 +118,11 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--vision-cache-mb", type=int, default=512,
                    help="vision-embedding cache, keyed by image content hash (default: %(default)s)")
     v.add_argument("--max-image-pixels", type=int, default=40_000_000,
-                   help="largest decoded image (width x height) accepted (default: %(default)s)")
+                   help="largest image or video frame (width x height) accepted, checked on its header before "
+                        "decoding (default: %(default)s)")
+    v.add_argument("--max-request-pixels", type=int, default=MediaLimits.max_request_pixels,
+                   help="pixels of all images and sampled video frames of one request together, checked on their "
+                        "headers before decoding (default: %(default)s)")
     v.add_argument("--max-media-per-request", type=int, default=16, help="images + videos in one request")
     v.add_argument("--video-fps", type=float, default=2.0, help="default video frame sampling rate")
     v.add_argument("--video-max-frames", type=int, default=32, help="frames sampled from one video at most")
@@ -170,8 +181,8 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
     for name in ("max_num_seqs", "max_num_batched_tokens", "max_tokens", "max_embedding_batch_tokens"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
-    if args.max_audio_upload_mb <= 0:
-        raise SystemExit("--max-audio-upload-mb must be positive")
+    if args.max_audio_upload_mb <= 0 or args.max_audio_seconds <= 0 or args.min_audio_sample_rate < 1:
+        raise SystemExit("--max-audio-upload-mb, --max-audio-seconds and --min-audio-sample-rate must be positive")
     if args.mllm and args.text_only:
         raise SystemExit("--mllm and --text-only contradict each other; pass one of them")
     if args.checkpoint_stride < 0:
@@ -212,9 +223,11 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         preload_extra_models=args.preload_extra_models,
         max_embedding_batch_tokens=args.max_embedding_batch_tokens,
         max_audio_upload_bytes=int(args.max_audio_upload_mb * 2**20),
+        audio_limits=AudioLimits(max_seconds=args.max_audio_seconds, min_sample_rate=args.min_audio_sample_rate),
         media_fetch=_media_fetch_policy(args),
         media_limits=MediaLimits(max_image_pixels=args.max_image_pixels, max_images=args.max_media_per_request,
-                                 video_fps=args.video_fps, video_max_frames=args.video_max_frames),
+                                 video_fps=args.video_fps, video_max_frames=args.video_max_frames,
+                                 max_request_pixels=args.max_request_pixels),
         mllm=args.mllm,
         text_only=args.text_only,
         vision_cache_mb=args.vision_cache_mb,
@@ -275,6 +288,7 @@ def run_server(config: ServerConfig) -> int:
     import uvicorn
 
     from .api.app import create_app
+    from .api.connection_guard import guarded_protocol
     from .api.shutdown import DrainingServer
     from .models.loader import ModelNotFoundError
     from .models.model_specs import ModelSpecError
@@ -296,8 +310,11 @@ def run_server(config: ServerConfig) -> int:
     except (ModelNotFoundError, ModelSpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    limits = config.limits
     uvicorn_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
-                                    timeout_graceful_shutdown=config.shutdown_timeout + 5)
+                                    timeout_graceful_shutdown=config.shutdown_timeout + 5,
+                                    http=guarded_protocol(limits.header_timeout_s, limits.body_timeout_s,
+                                                          limits.write_timeout_s))
     server = DrainingServer(uvicorn_config, app, config.shutdown_timeout)
     server.run()
     return 0 if server.started else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .media.audio import AudioLimits
 from .media.decode import MediaLimits
 from .media.fetch import FetchPolicy
 from .limits import AccessConfig, Limits, WatchdogConfig
@@ -59,6 +60,7 @@ class ServerConfig:
     preload_extra_models: bool = False
     max_embedding_batch_tokens: int = 8192  # padded tokens of one coalesced embedding forward
     max_audio_upload_bytes: int = 25 * 1024 * 1024
+    audio_limits: AudioLimits = field(default_factory=AudioLimits)  # checked on the header, before decoding
     media_fetch: FetchPolicy = field(default_factory=FetchPolicy)  # how request media URLs are fetched
     media_limits: MediaLimits = field(default_factory=MediaLimits)  # decoded image/video limits
     mllm: bool = False  # load the model as a vision-language model even if its metadata does not say so

@@ -22,6 +22,14 @@ class Limits:
     memory_budget_bytes: int | None = None  # None: memory_budget_fraction of the memory free after loading
     memory_budget_fraction: float = 0.8
     admission_wait_s: float = 5.0  # how long a request waits for room before it gets 503 + Retry-After
+    # Slow clients (api/connection_guard.py): each phase of a connection has a deadline.
+    header_timeout_s: float = 10.0  # a request's headers, from the connection (or the request's first byte)
+    body_timeout_s: float = 120.0  # the whole request body, once the headers are in; 408 past it
+    write_timeout_s: float = 60.0  # a client that reads none of a waiting response for this long is cut
+    # Undelivered output of one streamed request (engine deltas the client has not taken yet); past
+    # either bound the request is stopped in the engine (engine/async_engine.py).
+    stream_buffer_bytes: int = 16 * 1024 * 1024
+    stream_buffer_events: int = 16384
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--memory-budget-fraction", type=float, default=Limits.memory_budget_fraction)
     g.add_argument("--admission-wait", type=float, default=Limits.admission_wait_s,
                    help="seconds a request waits for memory before 503 (default: %(default)s)")
+    g.add_argument("--header-timeout", type=float, default=Limits.header_timeout_s,
+                   help="seconds a client has to send a request's headers; slower connections are closed "
+                        "(default: %(default)s)")
+    g.add_argument("--body-timeout", type=float, default=Limits.body_timeout_s,
+                   help="seconds a client has to send a request's body once its headers are in; past it 408 and "
+                        "the connection is closed (default: %(default)s)")
+    g.add_argument("--write-timeout", type=float, default=Limits.write_timeout_s,
+                   help="a connection whose client reads nothing of a waiting response for this many seconds is "
+                        "closed (default: %(default)s)")
+    g.add_argument("--stream-buffer-mb", type=float, default=Limits.stream_buffer_bytes / 2**20,
+                   help="output a streamed request may have waiting for a slow client, in MiB; past it the request "
+                        "is stopped (default: %(default)s)")
+    g.add_argument("--stream-buffer-events", type=int, default=Limits.stream_buffer_events,
+                   help="deltas a streamed request may have waiting for a slow client; past it the request is "
+                        "stopped (default: %(default)s)")
     g.add_argument("--watchdog-stall", type=float, default=WatchdogConfig.stall_s,
                    help="an engine step longer than this marks /health 503 until it moves (default: %(default)s)")
     g.add_argument("--watchdog-exit", type=float, default=WatchdogConfig.exit_s,
@@ -74,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def from_args(args: argparse.Namespace) -> dict:
     """ServerConfig fields from the flags above."""
-    for name in ("max_request_bytes", "max_messages", "max_tools", "max_prompts"):
+    for name in ("max_request_bytes", "max_messages", "max_tools", "max_prompts", "stream_buffer_events"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
     if args.memory_budget_mb is not None and args.memory_budget_mb <= 0:
@@ -83,11 +106,16 @@ def from_args(args: argparse.Namespace) -> dict:
         raise SystemExit("--memory-budget-fraction must be in (0, 1]")
     if args.watchdog_stall <= 0 or args.watchdog_exit < 0 or args.admission_wait < 0:
         raise SystemExit("--watchdog-stall must be positive; --watchdog-exit and --admission-wait not negative")
+    for name in ("header_timeout", "body_timeout", "write_timeout", "stream_buffer_mb"):
+        if not getattr(args, name) > 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be positive")
     limits = Limits(
         max_request_bytes=args.max_request_bytes, max_messages=args.max_messages, max_tools=args.max_tools,
         max_tokens_cap=args.max_tokens_cap, max_prompt_tokens=args.max_prompt_tokens, max_prompts=args.max_prompts,
         memory_budget_bytes=None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20),
         memory_budget_fraction=args.memory_budget_fraction, admission_wait_s=args.admission_wait,
+        header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout, write_timeout_s=args.write_timeout,
+        stream_buffer_bytes=int(args.stream_buffer_mb * 2**20), stream_buffer_events=args.stream_buffer_events,
     )
     return {"limits": limits, "watchdog": WatchdogConfig(stall_s=args.watchdog_stall, exit_s=args.watchdog_exit),
             "access": AccessConfig(public_metrics=args.public_metrics, private_health=args.private_health)}

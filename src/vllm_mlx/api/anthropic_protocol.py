@@ -7,6 +7,8 @@ template, sampled with the same parameters and parsed by the same reasoning/tool
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 from typing import Any, Literal
@@ -67,6 +69,35 @@ def _text_of(blocks: str | list[dict[str, Any]], where: str) -> str:
     return "\n".join(texts) if len(texts) > 1 else "".join(texts)
 
 
+# Anthropic's image media types and the bytes each format starts with
+IMAGE_MAGIC = {"image/png": (b"\x89PNG\r\n\x1a\n",), "image/jpeg": (b"\xff\xd8\xff",),
+               "image/gif": (b"GIF87a", b"GIF89a"), "image/webp": (b"RIFF",)}
+
+
+def _sniff(head: bytes) -> str | None:
+    """The media type the first bytes of an image say, or None."""
+    for media_type, magics in IMAGE_MAGIC.items():
+        if head.startswith(magics) and (media_type != "image/webp" or head[8:12] == b"WEBP"):
+            return media_type
+    return None
+
+
+def _check_media_type(source: dict[str, Any], where: str) -> None:
+    """``media_type`` must be one Anthropic accepts, and the data's first bytes must say the same."""
+    media_type, data = source["media_type"], source["data"]
+    if media_type not in IMAGE_MAGIC:
+        raise APIError(400, f"{where}: media_type must be one of {', '.join(IMAGE_MAGIC)}, not {media_type!r}",
+                       param=where)
+    try:
+        head = base64.b64decode(str(data)[:16], validate=True)  # 12 bytes: enough for every magic number
+    except (binascii.Error, ValueError):
+        raise APIError(400, f"{where}: the image data is not valid base64", param=where) from None
+    found = _sniff(head)
+    if found != media_type:
+        raise APIError(400, f"{where}: the image data does not match media_type {media_type} (its bytes are "
+                            f"{found or 'no supported image format'})", param=where)
+
+
 def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     """An Anthropic image block (base64 or url source) as an OpenAI image_url content part."""
     source = block.get("source") or {}
@@ -74,6 +105,7 @@ def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     if kind == "base64":
         if not source.get("data") or not source.get("media_type"):
             raise APIError(400, f"{where}: a base64 image source needs media_type and data", param=where)
+        _check_media_type(source, where)
         url = f"data:{source['media_type']};base64,{source['data']}"
     elif kind == "url":
         if not source.get("url"):

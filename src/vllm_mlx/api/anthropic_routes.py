@@ -20,7 +20,7 @@ from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallE
 from .anthropic_protocol import MessagesRequest, to_chat_request
 from .anthropic_threads import MessageThreads
 from .chat_output import OutputParsing
-from .errors import APIError, anthropic_error_body
+from .errors import APIError, anthropic_error_body, generation_failure
 from .model_registry import serving_for
 from .openai_routes import collect
 from .operator_routes import page_response, wants_html
@@ -208,7 +208,8 @@ async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, mode
 
     async for out in stream:
         if out.finish_reason is FinishReason.ERROR:
-            yield sse_event("error", anthropic_error_body(500, f"generation failed: {out.error}"))
+            failure = generation_failure(out)
+            yield sse_event("error", anthropic_error_body(failure.status, failure.message))
             return
         if out.finish_reason is FinishReason.ABORT:  # ended by the server (shutdown): say so, not end_turn
             yield sse_event("error", anthropic_error_body(503, "the server ended this request before it finished"))

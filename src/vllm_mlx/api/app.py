@@ -141,7 +141,8 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     app.add_middleware(StreamErrorMiddleware)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_request_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_request_bytes,
+                       timeout_s=config.limits.body_timeout_s)
     install_rate_limit(app, config)  # inside the key check: one bucket per valid key
     if config.api_keys:
         app.add_middleware(APIKeyMiddleware, keys=config.api_keys,
@@ -169,6 +170,9 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
         watchdog.check()
         if ok and watchdog.problem():
             ok, body = False, {"status": "unhealthy", "reason": watchdog.problem()}
+        if config.api_keys and not raw.scope.get("state", {}).get("authenticated"):
+            # liveness only without the key: no model folder, counters or memory for anyone who asks
+            return JSONResponse({"status": body["status"]}, status_code=200 if ok else 503)
         if registry is not None:
             body["models"] = registry.snapshot()
         elif serving is not None:

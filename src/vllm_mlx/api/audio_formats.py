@@ -1,8 +1,7 @@
-"""Audio on the wire: decoding uploads, encoding speech, and transcript formats (text, srt, vtt).
+"""Audio on the wire: encoding speech, and transcript formats (text, srt, vtt).
 
-Decoding and encoding go through soundfile (libsndfile 1.2: WAV, FLAC, Ogg Vorbis/Opus, MP3, ...);
-containers libsndfile cannot read (m4a/mp4/webm) fall back to mlx-audio's reader, which hands them to
-ffmpeg when it is installed.  Both come with the ``audio`` extra and are imported on first use.
+Encoding goes through soundfile (libsndfile 1.2), which comes with the ``audio`` extra and is imported
+on first use. Uploads are read, bounded and decoded by media/audio.py.
 """
 
 from __future__ import annotations
@@ -24,38 +23,6 @@ UNSUPPORTED_SPEECH_FORMATS = {"aac": "libsndfile has no AAC encoder"}
 PCM_SAMPLE_RATE = 24000  # OpenAI's pcm format: 24 kHz, 16-bit signed little-endian, no header
 OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
 STREAMED_FORMATS = ("pcm", "wav")  # sent as segments are made; the others once encoded whole
-UPLOAD_FORMATS_HINT = "wav, flac, mp3, ogg (Vorbis or Opus), aiff; m4a/mp4/webm need ffmpeg on the server"
-
-
-class AudioDecodeError(ValueError):
-    """The upload is not audio we can decode; the API answers 400."""
-
-
-def decode_upload(data: bytes, filename: str | None = None) -> tuple[np.ndarray, int]:
-    """(float32 mono samples, sample rate) of an uploaded file, whatever its container."""
-    import soundfile
-
-    label = repr(filename) if filename else "the uploaded file"
-    if not data:
-        raise AudioDecodeError(f"{label} is empty")
-    try:
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as libsndfile_error:
-        try:
-            from mlx_audio.audio_io import read
-
-            samples, rate = read(io.BytesIO(data), dtype="float32", always_2d=True)
-        except Exception:
-            raise AudioDecodeError(
-                f"could not decode {label} as audio ({libsndfile_error}); supported: {UPLOAD_FORMATS_HINT}"
-            ) from None
-    samples = np.asarray(samples, dtype=np.float32)
-    if samples.size == 0:
-        raise AudioDecodeError(f"{label} holds no audio samples")
-    mono = samples.mean(axis=1) if samples.ndim == 2 else samples
-    if not np.all(np.isfinite(mono)):
-        raise AudioDecodeError(f"{label} holds samples that are not finite numbers")
-    return np.ascontiguousarray(mono, dtype=np.float32), int(rate)
 
 
 def pcm16(samples: np.ndarray) -> bytes:

@@ -2,7 +2,8 @@
 
 Uploads are the multipart form the openai SDK sends (``file``, ``model``, ``language``, ``prompt``,
 ``response_format``, ``temperature``, ``timestamp_granularities[]``), read through a size-bounded
-stream (``--max-audio-upload-mb``; 413 past it) and decoded with libsndfile.  Speech takes the SDK's
+stream (``--max-audio-upload-mb``; 413 past it); their header is checked against
+``--max-audio-seconds`` and ``--min-audio-sample-rate`` before they are decoded (media/audio.py).  Speech takes the SDK's
 JSON body and answers with the encoded audio; ``pcm`` and ``wav`` are streamed segment by segment.
 """
 
@@ -26,6 +27,7 @@ from ..models.audio_worker import (
     TranscriptionService,
     resample,
 )
+from ..media.audio import AudioDecodeError, AudioLimitError, AudioLimits, check_header, decode_mono, read_header
 from ..models.extra_models import SPEECH_KIND, TRANSCRIPTION_KIND
 from ..models.model_worker import ModelLoadError
 from . import audio_formats
@@ -172,12 +174,17 @@ async def _transcribe(raw: Request, task: str) -> Response:
     fields, data, filename = await read_upload_form(raw)
     service: TranscriptionService = require_service(raw, TRANSCRIPTION_KIND, _field(fields, "model"))
     options, fmt, granularities = _transcription_options(fields, task)
-    try:
-        samples, rate = audio_formats.decode_upload(data, filename)
-    except audio_formats.AudioDecodeError as exc:
+    label = repr(filename) if filename else "the uploaded file"
+    limits = getattr(raw.app.state.config, "audio_limits", None) or AudioLimits()
+    try:  # the header only: rate, channels, length -- refused here before any decoding
+        header = read_header(data, label)
+        check_header(header, limits)
+        # decoded (block by block, within the header's promise) and resampled on the model's worker thread
+        transcript = await service.transcribe_file(lambda: decode_mono(data, header, limits, label), options)
+    except AudioDecodeError as exc:
         raise APIError(400, str(exc), param="file", code="invalid_audio")
-    try:
-        transcript = await service.transcribe(samples, rate, options)
+    except AudioLimitError as exc:
+        raise APIError(400, str(exc), param="file", code=exc.code)
     except AudioOptionError as exc:
         raise APIError(400, str(exc), param=exc.param)
     except ModelLoadError as exc:

@@ -50,7 +50,9 @@ class APIKeyMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request = Request(scope)
-        if request.url.path in self._open or request.method == "OPTIONS" or self._valid(presented_key(request)):
+        valid = self._valid(presented_key(request))
+        if request.url.path in self._open or request.method == "OPTIONS" or valid:
+            scope.setdefault("state", {})["authenticated"] = valid  # /health shows its details only then
             return await self.app(scope, receive, send)
         logger.info("rejected unauthenticated %s %s", request.method, request.url.path)
         response = error_response_for(

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.request import FinishReason, GenerationOutput
 from .chat_output import ChatDeltaStream, OutputParsing, chat_message
-from .errors import APIError, error_body
+from .errors import APIError, error_body, generation_failure
 from .logprobs import TokenText, chat_logprobs
 from .mcp_chat import mcp_chat, wants_mcp
 from .model_registry import serving_for
@@ -91,7 +91,8 @@ async def _chat_stream(
     prompt_tokens, cached, completion = 0, 0, [0] * n
     async for out in stream:
         if out.finish_reason is FinishReason.ERROR:
-            yield sse(error_body(500, f"generation failed: {out.error}", code="generation_error"))
+            failure = generation_failure(out)
+            yield sse(error_body(failure.status, failure.message, code=failure.code))
             break
         prompt_tokens, cached, completion[out.index] = out.prompt_tokens, out.cached_tokens, out.completion_tokens
         parser = parsers[out.index]

@@ -17,6 +17,7 @@ _TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -62,7 +63,7 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 # Routes under this prefix speak Anthropic's error shape: {"type": "error", "error": {"type", "message"}}.
 ANTHROPIC_PREFIX = "/v1/messages"
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                    404: "not_found_error", 413: "request_too_large", 422: "invalid_request_error",
+                    404: "not_found_error", 408: "timeout_error", 413: "request_too_large", 422: "invalid_request_error",
                     429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
 
 
@@ -76,6 +77,14 @@ def error_response_for(path: str, status: int, message: str, param: str | None =
     if path == ANTHROPIC_PREFIX or path.startswith(ANTHROPIC_PREFIX + "/"):
         return JSONResponse(anthropic_error_body(status, message), status_code=status)
     return error_response(status, message, param, code)
+
+
+def generation_failure(out) -> APIError:
+    """The error of a generation that ended with FinishReason.ERROR: a grammar that failed while
+    decoding is the request's fault (400); anything else is the server's (500)."""
+    if getattr(out, "error_status", 500) == 400:
+        return APIError(400, f"the output constraint failed while decoding: {out.error}", code="constraint_failed")
+    return APIError(500, f"generation failed: {out.error}", code="generation_error")
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

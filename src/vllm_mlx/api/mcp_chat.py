@@ -29,7 +29,7 @@ from ..mcp import MCPManager, ToolCallError
 from ..mcp.connection import ToolInfo
 from ..mcp.manager import QUALIFIER
 from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallStart
-from .errors import APIError, error_body
+from .errors import APIError, error_body, generation_failure
 from .mcp_routes import mcp_manager
 from .model_registry import serving_for
 from .openai_routes import DISCONNECT_POLL_S, _usage, sse
@@ -146,7 +146,7 @@ async def _loop(state: ServingState, manager: MCPManager, req: ChatCompletionReq
         last = None
         async for out in run.stream:
             if out.finish_reason is FinishReason.ERROR:
-                raise APIError(500, f"generation failed: {out.error}", code="generation_error")
+                raise generation_failure(out)
             events = pipeline.feed(out.text) if pipeline else ([ContentDelta(out.text)] if out.text else [])
             if out.finished and pipeline:
                 events += pipeline.finish()

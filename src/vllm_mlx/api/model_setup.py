@@ -18,6 +18,7 @@ from ..models.loader import LoadedModel, load_model
 from ..models.vision_loader import NO_VISION_METADATA, load_vision_model, serving_mode
 from ..platform import detect_backend
 from .admission import build_admission
+from .prompt_guard import PromptGuard
 from .serving import ServingState
 from .vision_inputs import VisionInputs
 
@@ -38,6 +39,8 @@ def engine_config(config: ServerConfig) -> EngineConfig:
         kv_cache_dir_bytes=config.kv_cache_dir_mb << 20,
         checkpoint_stride=config.checkpoint_stride,
         verify_cache_restores=config.verify_cache_restores,
+        stream_buffer_events=config.limits.stream_buffer_events,
+        stream_buffer_bytes=config.limits.stream_buffer_bytes,
     )
 
 
@@ -95,7 +98,16 @@ def build_serving(config: ServerConfig, engine: AsyncEngine, names: tuple[str, .
         strict_model_id=config.strict_model_id if strict_model_id is None else strict_model_id,
         limits=config.limits,
         admission=build_admission(config.limits, engine.engine.kv_bytes_per_token),
+        prompt_guard=prompt_guard(config, loaded.tokenizer, max_len),
         **choose_output_parsers(loaded.tokenizer, config.tool_call_parser, config.reasoning_parser),
         vision=VisionInputs(loaded.vision, loaded.tokenizer, config.media_fetch, config.media_limits)
         if loaded.vision else None,
     )
+
+
+def prompt_guard(config: ServerConfig, tokenizer, max_len: int) -> PromptGuard:
+    """Prompts longer than the tightest token budget can hold are refused before tokenizing."""
+    cap = config.limits.max_prompt_tokens
+    if cap is not None and cap < max_len:
+        return PromptGuard(tokenizer, cap, "--max-prompt-tokens")
+    return PromptGuard(tokenizer, max_len, "--max-model-len")

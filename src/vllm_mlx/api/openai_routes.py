@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -12,13 +13,16 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from ..engine.backlog import OutputBacklog, delta_bytes
 from ..engine.request import FinishReason, GenerationOutput, TokenLogprob
-from .errors import APIError, error_body
+from .errors import APIError, error_body, generation_failure
 from .extra_model_access import extra_model_cards
 from .logprobs import TokenText, completion_logprobs
 from .protocol import CompletionRequest, ModelCard, ModelList, Usage, new_id
 from .model_registry import serving_for
 from .serving import ServingState, finish_reason_text
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -60,7 +64,7 @@ async def collect(stream: AsyncIterator[GenerationOutput], raw: Request, n: int)
             choice.logprobs += out.logprobs or []
             choice.last = out
             if out.finish_reason is FinishReason.ERROR:
-                raise APIError(500, f"generation failed: {out.error}", code="generation_error")
+                raise generation_failure(out)
         return choices
 
     task = asyncio.ensure_future(consume())
@@ -105,6 +109,8 @@ def _completion_prompts(state: ServingState, prompt: Any) -> list[list[int]]:
         prompt = [prompt]
     out = []
     for p in prompt:
+        if isinstance(p, str) and state.prompt_guard is not None:
+            state.prompt_guard.check(p, "prompt")
         ids = list(p) if isinstance(p, list) else state.tokenizer.encode(p)
         if not ids:
             raise APIError(400, "prompt must not be empty", param="prompt")
@@ -134,7 +140,8 @@ async def completions(req: CompletionRequest, raw: Request):
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(
-            _completion_stream(streams, request_id, created, state.model_name, req.n, include_usage, token_text),
+            _completion_stream(streams, request_id, created, state.model_name, req.n, include_usage, token_text,
+                               OutputBacklog(*state.engine.stream_bounds)),
             media_type="text/event-stream",
         )
     results = await asyncio.gather(*(collect(s, raw, req.n) for s in streams))
@@ -165,16 +172,28 @@ async def completions(req: CompletionRequest, raw: Request):
 
 async def _completion_stream(
     streams: list[AsyncIterator[GenerationOutput]], request_id: str, created: int, model: str, n: int,
-    include_usage: bool, token_text: TokenText | None,
+    include_usage: bool, token_text: TokenText | None, queue: OutputBacklog,
 ) -> AsyncIterator[str]:
-    queue: asyncio.Queue[tuple[int, GenerationOutput | None]] = asyncio.Queue()
+    """The prompts' streams read as they come, into one backlog bounded for the whole HTTP request:
+    past its bound (a client that stopped reading) every prompt's generation is stopped."""
 
     async def pump(prompt_index: int, stream: AsyncIterator[GenerationOutput]) -> None:
         try:
             async for out in stream:
-                await queue.put((prompt_index, out))
+                if not queue.put((prompt_index, out), delta_bytes(out)):
+                    overflowed(prompt_index)
+                    await stream.aclose()  # closing a stream aborts its generation
+                    return
         finally:
-            await queue.put((prompt_index, None))
+            queue.force_put((prompt_index, None))
+
+    def overflowed(prompt_index: int) -> None:
+        logger.warning("request %s stopped: its client is not reading the stream (%s)", request_id, queue.overflow)
+        for t in tasks:
+            if t is not asyncio.current_task():
+                t.cancel()
+        queue.force_put((prompt_index, GenerationOutput(request_id, finish_reason=FinishReason.ERROR,
+                                                        error=f"the client did not read the stream: {queue.overflow}")))
 
     tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
     prompt_tokens: dict[int, int] = {}
@@ -189,7 +208,10 @@ async def _completion_stream(
                 open_streams -= 1
                 continue
             if out.finish_reason is FinishReason.ERROR:
-                yield sse(error_body(500, f"generation failed: {out.error}", code="generation_error"))
+                failure = generation_failure(out)
+                yield sse(error_body(failure.status, failure.message, code=failure.code))
+                if queue.overflow is not None:
+                    break
                 continue
             index = prompt_index * n + out.index
             prompt_tokens[prompt_index] = out.prompt_tokens

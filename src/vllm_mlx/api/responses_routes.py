@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.request import FinishReason, GenerationOutput
-from .errors import APIError
+from .errors import APIError, generation_failure
 from .model_registry import serving_for
 from .openai_routes import collect
 from .responses_convert import ResponsesRequest, ResponseStore, chat_request
@@ -157,8 +157,11 @@ async def _events(stream: AsyncIterator[GenerationOutput], turn: _Turn, builder:
     status = "completed"
     async for out in stream:
         if out.finish_reason in (FinishReason.ERROR, FinishReason.ABORT):  # failed, or ended by a shutdown
-            reason = out.error if out.finish_reason is FinishReason.ERROR else "ended by the server before it finished"
-            error = {"code": "server_error", "message": f"generation failed: {reason}"}
+            if out.finish_reason is FinishReason.ERROR:
+                failure = generation_failure(out)
+                error = {"code": "server_error" if failure.status >= 500 else failure.code, "message": failure.message}
+            else:
+                error = {"code": "server_error", "message": "generation failed: ended by the server before it finished"}
             yield event({"type": "response.failed", "response": turn.body("failed", builder.items, error=error)})
             return
         last = out

@@ -70,6 +70,7 @@ class ServingState:
     vision: Any = None  # vision_inputs.VisionInputs for a vision-language model (None: text-only)
     limits: Limits = field(default_factory=Limits)
     admission: MemoryAdmission | None = None  # memory-aware admission (None: off)
+    prompt_guard: Any = None  # prompt_guard.PromptGuard: size bound before tokenizing, tokenizer lanes
 
     # -- request checks -------------------------------------------------------
     def admit(self, req: SamplingFields, route: str) -> None:
@@ -191,6 +192,8 @@ class ServingState:
         except Exception as exc:  # template errors are the request's fault (e.g. bad role order)
             raise APIError(400, f"the chat template could not render these messages: {exc}", param="messages")
         thinking = kwargs.get("enable_thinking", True) is not False
+        if self.prompt_guard is not None:
+            self.prompt_guard.check(prompt)
         ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         checkpoints = ()
         if self.wants_checkpoints:
@@ -332,7 +335,9 @@ class ServingState:
         return tuple(items)
 
     async def tokenize(self, fn, *args) -> Any:
-        """Run tokenizer work off the event loop."""
+        """Run tokenizer work off the event loop (on the prompt guard's lanes when there is one)."""
+        if self.prompt_guard is not None:
+            return await self.prompt_guard.run(fn, *args)
         return await asyncio.to_thread(fn, *args)
 
     # -- the generation steps every chat-shaped API shares --------------------------------

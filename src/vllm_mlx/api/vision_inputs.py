@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.multimodal import MediaItem, MultimodalPrompt
-from ..media.decode import MediaDecodeError, MediaLimits, decode_image, decode_video
+from ..media.decode import MediaDecodeError, MediaLimits, PixelBudget, decode_image, decode_video
 from ..media.fetch import FetchPolicy, MediaFetchError, fetch_media
 from .errors import APIError
 
@@ -130,13 +130,14 @@ class VisionInputs:
     def _process(self, text: str, refs: list[MediaRef], blobs: list[bytes]) -> tuple[list[int], MultimodalPrompt]:
         info = self.info
         items_by_kind: dict[str, list] = {"image": [], "video": []}
+        budget = PixelBudget(self.limits)  # all images and frames of this request together
         with self._lock:
             for ref, data in zip(refs, blobs):
                 try:
                     if ref.kind == "image":
-                        items_by_kind["image"].append(self._image(decode_image(data, self.limits)))
+                        items_by_kind["image"].append(self._image(decode_image(data, self.limits, budget)))
                     else:
-                        video = decode_video(data, self.limits, ref.fps, ref.max_frames)
+                        video = decode_video(data, self.limits, ref.fps, ref.max_frames, budget)
                         items_by_kind["video"].append(self._video(video))
                 except MediaDecodeError as exc:
                     raise APIError(400, f"{ref.where}: {exc}", param=ref.where) from None

@@ -1,26 +1,36 @@
-"""The asyncio side of the engine: submit requests, stream their deltas, abort on cancel."""
+"""The asyncio side of the engine: submit requests, stream their deltas, abort on cancel.
+
+Each request's deltas wait for its consumer in a bounded :class:`OutputBacklog`: a consumer that
+falls too far behind (a streaming client that stopped reading) has its request stopped in the engine,
+and it gets a final error delta instead of the rest.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import AsyncIterator
 
+from .backlog import OutputBacklog, delta_bytes
 from .config import EngineConfig
 from .engine import LLMEngine
 from .request import FinishReason, GenerationOutput, GenerationRequest
 
+logger = logging.getLogger(__name__)
 
 ENGINE_CHECK_S = 2.0  # how often a waiting request checks that the engine thread is alive
+YIELD_EVERY = 64  # deltas taken without waiting before the consumer lets the event loop run others
 
 
 class AsyncEngine:
     """Bridges the engine thread and the event loop it was started from."""
 
     def __init__(self, load, config: EngineConfig, engine_factory=LLMEngine):
-        self._queues: dict[str, asyncio.Queue[GenerationOutput]] = {}
+        self._backlogs: dict[str, OutputBacklog] = {}
         self.metrics = None  # optional: an object with observe_stream(started, first, last, tokens)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.stream_bounds = (config.stream_buffer_events, config.stream_buffer_bytes)
         self.engine = engine_factory(load, config, self._on_outputs)
 
     @property
@@ -34,7 +44,7 @@ class AsyncEngine:
     @property
     def in_flight(self) -> int:
         """Generations submitted and not yet finished (or abandoned) by their consumers."""
-        return len(self._queues)
+        return len(self._backlogs)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -45,21 +55,28 @@ class AsyncEngine:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
         """Yield the request's deltas until it finishes; aborts it if the consumer stops early."""
-        if request.request_id in self._queues:
+        if request.request_id in self._backlogs:
             raise ValueError(f"duplicate request id {request.request_id}")
-        queue: asyncio.Queue[GenerationOutput] = asyncio.Queue()
-        self._queues[request.request_id] = queue
+        backlog = OutputBacklog(*self.stream_bounds)
+        self._backlogs[request.request_id] = backlog
         unfinished = request.sampling.n
         started, first, last, tokens = time.monotonic(), None, None, 0
+        streak = 0
         try:
             if not self.engine.alive:
                 raise RuntimeError("the engine is not running")
             self.engine.add_request(request)
             while unfinished:
-                out = await self._next(queue)
+                if backlog.empty():
+                    streak = 0
+                else:
+                    streak += 1
+                    if streak % YIELD_EVERY == 0:  # a long backlog (or a gone client) must not hog the loop
+                        await asyncio.sleep(0)
+                out = await self._next(backlog)
                 # A consumer that fell behind gets the queued deltas of one continuation as one.
-                while unfinished == 1 and not out.finished and not queue.empty():
-                    out = out.merged_with(queue.get_nowait())
+                while unfinished == 1 and not out.finished and not backlog.empty():
+                    out = out.merged_with(backlog.get_nowait())
                 if out.finished:
                     unfinished -= 1
                 if out.token_ids:
@@ -72,17 +89,17 @@ class AsyncEngine:
         finally:
             if self.metrics is not None:
                 self.metrics.observe_stream(started, first, last, tokens)
-            self._queues.pop(request.request_id, None)
+            self._backlogs.pop(request.request_id, None)
             if unfinished:  # consumer gone, or one continuation failed: stop the rest
                 self.engine.abort(request.request_id)
 
-    async def _next(self, queue: asyncio.Queue[GenerationOutput]) -> GenerationOutput:
+    async def _next(self, backlog: OutputBacklog) -> GenerationOutput:
         """The next delta; never waits forever on an engine thread that has died."""
-        if not queue.empty():  # the common case under load: no timer task per delta
-            return queue.get_nowait()
+        if not backlog.empty():  # the common case under load: no timer task per delta
+            return backlog.get_nowait()
         while True:
             try:
-                return await asyncio.wait_for(queue.get(), timeout=ENGINE_CHECK_S)
+                return await asyncio.wait_for(backlog.get(), timeout=ENGINE_CHECK_S)
             except asyncio.TimeoutError:
                 if not self.engine.alive:
                     raise RuntimeError("the engine stopped") from None
@@ -94,6 +111,13 @@ class AsyncEngine:
 
     def _dispatch(self, outputs: list[GenerationOutput]) -> None:
         for out in outputs:
-            queue = self._queues.get(out.request_id)
-            if queue is not None:
-                queue.put_nowait(out)
+            backlog = self._backlogs.get(out.request_id)
+            if backlog is not None and not backlog.put(out, delta_bytes(out)):
+                self._overflowed(out.request_id, backlog)
+
+    def _overflowed(self, request_id: str, backlog: OutputBacklog) -> None:
+        """The consumer fell too far behind: stop the request; its consumer gets an error delta."""
+        logger.warning("request %s stopped: its client is not reading the stream (%s)", request_id, backlog.overflow)
+        self.engine.abort(request_id)
+        backlog.force_put(GenerationOutput(request_id, finish_reason=FinishReason.ERROR,
+                                           error=f"the client did not read the stream: {backlog.overflow}"))

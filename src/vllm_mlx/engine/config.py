@@ -24,6 +24,10 @@ class EngineConfig:
     # tokens (0: only at template boundaries and the ends of prompts and completions).
     checkpoint_stride: int = 4096
     verify_cache_restores: float = 0.0  # fraction of cache hits re-checked against a fresh prefill
+    # Deltas of one request waiting for its consumer (async_engine.py); past either bound the
+    # request is stopped. None: unbounded.
+    stream_buffer_events: int | None = None
+    stream_buffer_bytes: int | None = None
 
 
 @dataclass

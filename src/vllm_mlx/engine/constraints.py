@@ -8,6 +8,13 @@ without a grammar in the same batch get no mask and pay nothing.
 
 llguidance ships the mask application as a Metal kernel; this module applies
 the same packed bitmask with plain MLX ops, so it runs on every backend.
+
+A grammar must be usable before it reaches the engine: llguidance compiles it within its parser and
+lexer limits (errors without the parser's internal state), then a short dry run decodes
+``DRY_RUN_TOKENS`` tokens through a copy of the matcher -- the lowest allowed token each step -- so a
+grammar that blows a limit as soon as decoding starts (``(a{1000}){1000}``, a schema whose required
+properties recurse forever) is a 400 at once. A grammar that fails later, while decoding, ends its
+request with a 400-coded error (``GenerationOutput.error_status``), counted in ``requests_failed``.
 """
 
 from __future__ import annotations
@@ -21,8 +28,16 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+DRY_RUN_TOKENS = 8  # tokens decoded through a copy of each new matcher before it is accepted
+
+
 class GrammarError(ValueError):
     """The grammar or schema cannot be compiled; the message says why."""
+
+
+def grammar_error_text(message: str | None) -> str:
+    """llguidance's error without the state dump that may follow it (first line only)."""
+    return (message or "").strip().split("\n", 1)[0].strip()
 
 
 @dataclass(frozen=True)
@@ -82,13 +97,36 @@ class GrammarCompiler:
         import llguidance
 
         grammar = spec.grammar()
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.ll_tokenizer)
+        limits = llguidance.LLParserLimits(verbose_errors=False)  # llguidance's default budgets, terse errors
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.ll_tokenizer,
+                                                                                 limits=limits)
         if is_error:
-            raise GrammarError(messages[0] if messages else "the grammar was rejected")
-        matcher = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
+            raise GrammarError(grammar_error_text(messages[0] if messages else "") or "the grammar was rejected")
+        matcher = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0, limits=limits)
         if matcher.is_error():
-            raise GrammarError(matcher.get_error())
+            raise GrammarError(grammar_error_text(matcher.get_error()))
+        self._dry_run(matcher)
         return matcher
+
+    def _dry_run(self, matcher) -> None:
+        """Decode a few tokens through a copy: a grammar that fails as soon as it is used is refused now."""
+        probe = matcher.deep_copy()
+        mask = np.zeros((self._vocab_size + 31) // 32, dtype=np.int32)
+        eos = set(self._eos)
+        for _ in range(DRY_RUN_TOKENS):
+            if probe.is_stopped():
+                return
+            probe.unsafe_compute_mask_ptr(mask.ctypes.data, mask.nbytes)
+            if probe.is_error():
+                break
+            allowed = np.flatnonzero(np.unpackbits(mask.view(np.uint8), bitorder="little")[: self._vocab_size])
+            token = next((int(t) for t in allowed if int(t) not in eos), None)
+            if token is None:
+                return  # only the end is allowed: the grammar can finish
+            if not probe.consume_token(token):
+                break
+        if probe.is_error():
+            raise GrammarError(f"the grammar fails as soon as it is used: {grammar_error_text(probe.get_error())}")
 
 
 def allowed_tokens(rules: list[Any], vocab_size: int) -> mx.array | None:

@@ -384,7 +384,8 @@ class LLMEngine:
             runner.rows = self._sample_decode(previous_seqs, deferred, pending_applied=True)
         self._remember_finished(done)
         self._drop(*done)
-        self._counters["finished"] += len(done)
+        self._counters["failed"] += (failed := sum(s.finish_reason is FinishReason.ERROR for s in done))  # grammars
+        self._counters["finished"] += len(done) - failed
         for seqs, logits, merged in prefilled:
             self._join_isolated(seqs, logits, merged)
         return outputs

@@ -129,6 +129,7 @@ class GenerationOutput:
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
     error: str | None = None
+    error_status: int = 500  # of a failure (ERROR): 400 when the request's own grammar failed while decoding
     logprobs: list[TokenLogprob] | None = None  # one per new token, when requested
     stop_sequence: str | None = None  # the stop string that ended generation (finish_reason STOP)
 
@@ -149,6 +150,7 @@ class GenerationOutput:
             completion_tokens=later.completion_tokens,
             cached_tokens=later.cached_tokens,
             error=later.error,
+            error_status=later.error_status,
             logprobs=logprobs,
             stop_sequence=later.stop_sequence,
         )

@@ -6,6 +6,7 @@ import enum
 import time
 from typing import Any
 
+from .constraints import grammar_error_text
 from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
 from .stop import StopStringMatcher
 
@@ -100,7 +101,7 @@ class Sequence:
             self.constraint_started = self.output_ids[-n:] == self.constraint_after
             return None
         if not self.constraint.consume_token(token):
-            return f"constrained decoding failed: {self.constraint.get_error() or 'token not allowed'}"
+            return grammar_error_text(self.constraint.get_error()) or "token not allowed"
         return None
 
     @property
@@ -142,7 +143,7 @@ class Sequence:
         error = self._advance_constraint(token)
         if error is not None:
             out = self.finish(FinishReason.ERROR)
-            out.error = error
+            out.error, out.error_status = error, 400  # the request's grammar: its own fault
             return out
         self.detokenizer.add_token(token)
         text = self.detokenizer.text

@@ -1,12 +1,15 @@
 """The permission policy every MCP tool call goes through, whoever asks (route or chat loop).
 
-In order: the server is allowed, the tool is allowed (and not denied), the arguments validate
-against the tool's ``inputSchema``, and the per-minute limits have room. Refusals are
-:class:`ToolCallError` with the HTTP status the routes answer with.
+In order: the server is allowed, the tool is allowed (and not denied), the arguments are JSON
+(no NaN or Infinity, which Python's parser lets through) and validate against the tool's
+``inputSchema``, and the per-minute limits have room. Refusals are :class:`ToolCallError` with the
+HTTP status the routes answer with. A refusal's message says what the schema wanted, never the value
+that was sent: it is written to the audit log, which records no argument values.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -82,6 +85,10 @@ class ToolPolicy:
     def validate(self, server: str, tool: str, arguments: Any, schema: dict | None) -> None:
         if not isinstance(arguments, dict):
             raise ToolCallError(400, "arguments must be a JSON object", "invalid_arguments", "arguments")
+        where = non_finite_number(arguments)
+        if where is not None:
+            raise ToolCallError(400, f"arguments of '{tool}' hold NaN or Infinity{' at ' + where if where else ''}, "
+                                "which JSON has no numbers for", "invalid_arguments", "arguments")
         schema = schema or {"type": "object"}
         key = (server, tool, repr(schema))
         validator = self._validators.get(key)
@@ -97,8 +104,49 @@ class ToolPolicy:
             validator = self._validators[key] = Draft202012Validator(schema)
         errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
         if errors:
-            first = errors[0]
-            where = "/".join(str(p) for p in first.absolute_path)
-            raise ToolCallError(400, f"arguments do not match the input schema of '{tool}'"
-                                f"{' at ' + where if where else ''}: {first.message}", "invalid_arguments",
-                                "arguments")
+            raise ToolCallError(400, f"arguments do not match the input schema of '{tool}': "
+                                f"{schema_error_text(errors[0])}", "invalid_arguments", "arguments")
+
+
+def non_finite_number(value: Any, path: str = "", depth: int = 0) -> str | None:
+    """The path ("" for the top) of the first NaN or infinite number in JSON-like data, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if depth > 64:
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = non_finite_number(item, f"{path}/{key}" if path else str(key), depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems",
+           "maxItems", "minProperties", "maxProperties", "multipleOf", "uniqueItems"})
+
+
+def schema_error_text(error: Any) -> str:
+    """A jsonschema error told from the schema's side: where, and what the schema wants -- never the
+    value sent (jsonschema's own messages quote it)."""
+    where = "/".join(str(p) for p in error.absolute_path)
+    kind, wanted, instance = error.validator, error.validator_value, error.instance
+    if kind == "type":
+        what = f"must be of type {' or '.join(wanted) if isinstance(wanted, list) else wanted}"
+    elif kind == "required":
+        missing = [p for p in wanted if isinstance(instance, dict) and p not in instance]
+        what = f"misses the required propert{'y' if len(missing) == 1 else 'ies'} {', '.join(map(repr, missing))}"
+    elif kind == "additionalProperties" and isinstance(instance, dict):
+        allowed = set((error.schema or {}).get("properties") or {})
+        what = f"has properties the schema does not allow: {', '.join(map(repr, sorted(set(instance) - allowed)))}"
+    elif kind in ("enum", "const"):
+        what = "is not one of the values the schema allows"
+    elif kind in _BOUNDS:
+        what = f"breaks the schema's {kind} {wanted}"
+    elif kind == "pattern":
+        what = f"does not match the pattern {wanted!r}"
+    elif kind == "format":
+        what = f"is not a valid {wanted}"
+    else:
+        what = f"fails the schema's {kind!r} rule"
+    return f"at {where}: {what}" if where else what

@@ -6,7 +6,8 @@ Every URL a request names goes through `fetch_media`:
   Each connection's address is checked *after* DNS resolution, at connect time, so a redirect or a
   name that resolves to a private address cannot reach it: loopback, private, link-local (cloud
   metadata included), shared, reserved and multicast addresses are refused unless
-  `allow_private` is set or the host is in `allowed_hosts`;
+  `allow_private` is set or the host is in `allowed_hosts` -- and so are IPv6 addresses that embed
+  such an IPv4 address (NAT64, 6to4, IPv4-compatible, SIIT, mapped, Teredo);
 - local paths (`file://` or a bare absolute path) only when `allowed_local_dir` is set, and only for
   files that resolve (symlinks followed) inside it.
 Failures raise `MediaFetchError` with a message fit for the client and an HTTP status.
@@ -51,10 +52,37 @@ class MediaFetchError(Exception):
         self.status = status
 
 
+# IPv6 prefixes whose addresses carry an IPv4 address in their last 32 bits: IPv4-compatible (::/96,
+# deprecated), SIIT IPv4-translated (::ffff:0:0:0/96) and NAT64 well-known (64:ff9b::/96). Through a
+# translator they reach that IPv4 address, so it must be public too.
+_EMBEDS_IPV4_LOW32 = tuple(ipaddress.ip_network(n) for n in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96"))
+# Local-use NAT64 (RFC 8215): the IPv4 address sits where the operator's prefix length puts it; refused.
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address spells: mapped, compatible, SIIT, NAT64, 6to4, Teredo."""
+    found = [ip.ipv4_mapped] if ip.ipv4_mapped is not None else []
+    if any(ip in net for net in _EMBEDS_IPV4_LOW32):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)  # (server, client)
+    return found
+
+
 def address_is_public(address: str) -> bool:
+    """A global unicast address, and every IPv4 address it embeds is one too."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _LOCAL_NAT64:
+            return False
+        embedded = embedded_ipv4(ip)
+        if not all(v4.is_global and not v4.is_multicast for v4 in embedded):
+            return False
+        if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is that IPv4 address and nothing else
+            return True
     return ip.is_global and not ip.is_multicast
 
 

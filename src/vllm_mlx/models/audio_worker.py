@@ -20,7 +20,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 
@@ -187,6 +187,12 @@ def run_transcription(model: Any, samples: np.ndarray, rate: int, options: Trans
                       duration=duration, task=options.task, segments=segments, words=words)
 
 
+def _decode_and_transcribe(model: Any, decode: Callable[[], tuple[np.ndarray, int]],
+                           options: TranscriptionOptions) -> Transcript:
+    samples, rate = decode()
+    return run_transcription(model, samples, rate, options)
+
+
 def _plain_segment(index: int, segment: Any) -> dict:
     s = segment if isinstance(segment, dict) else vars(segment)
     out = {"id": s.get("id", index), "seek": s.get("seek", 0), "start": float(s.get("start", 0.0)),
@@ -218,6 +224,12 @@ class TranscriptionService:
 
     async def transcribe(self, samples: np.ndarray, rate: int, options: TranscriptionOptions) -> Transcript:
         return await self.worker.run(run_transcription, samples, rate, options)
+
+    async def transcribe_file(self, decode: Callable[[], tuple[np.ndarray, int]],
+                              options: TranscriptionOptions) -> Transcript:
+        """``decode()`` (an upload's samples and rate) and the transcription, both on the worker thread:
+        decoding and resampling never hold the event loop, and run one upload at a time."""
+        return await self.worker.run(_decode_and_transcribe, decode, options)
 
     def stats(self) -> dict:
         return vars(self.worker.stats())

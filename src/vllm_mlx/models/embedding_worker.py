@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .model_worker import ModelWorker
+from .vocab import max_chars_per_token
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,15 @@ class LoadedEmbeddingModel:
         self.pad_id = getattr(tokenizer, "pad_token_id", None) or 0
         limit = getattr(tokenizer, "model_max_length", None)
         self.max_tokens = min(spec.max_tokens, limit) if isinstance(limit, int) and limit > 0 else spec.max_tokens
+        # longer texts cannot fit max_tokens: refused before tokenizing (see api/prompt_guard.py)
+        self.max_chars = self.max_tokens * max_chars_per_token(tokenizer)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        for i, text in enumerate(texts):
+            if len(text) > self.max_chars:
+                raise EmbeddingInputError(
+                    f"input[{i}] has {len(text)} characters, more than fit this model's {self.max_tokens} tokens "
+                    f"({self.max_chars} characters at most); it was refused before tokenizing")
         return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
 
     def check_sequences(self, sequences: list[list[int]]) -> None:
