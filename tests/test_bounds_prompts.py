@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from vllm_mlx.api.errors import APIError
-from vllm_mlx.api.prompt_guard import LARGE_CHARS, LARGE_WAITING, PromptGuard, text_size
+from vllm_mlx.serving.prompt_guard import LARGE_CHARS, LARGE_WAITING, PromptGuard, text_size
 from vllm_mlx.models.vocab import max_chars_per_token
 
 pytestmark = pytest.mark.reliability

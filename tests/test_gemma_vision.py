@@ -202,7 +202,7 @@ def test_checkpoint_positions_follow_the_image_expansion(gemma3):
     the expanded prompt (blank lines, soft tokens and ``<end_of_image>`` added around it)."""
     from transformers import AutoTokenizer
 
-    from vllm_mlx.api.turn_boundaries import remap_after_media
+    from vllm_mlx.serving.turn_boundaries import remap_after_media
 
     tok = AutoTokenizer.from_pretrained(str(gemma3))
 

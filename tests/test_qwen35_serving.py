@@ -19,7 +19,7 @@ import openai
 import pytest
 from vision_helpers import openai_content, reference_greedy, reference_greedy_video
 
-from vllm_mlx.api.model_setup import model_loader
+from vllm_mlx.serving.model_setup import model_loader
 from vllm_mlx.cli import main as cli_main
 from vllm_mlx.config import ServerConfig
 from vllm_mlx.media.decode import MediaLimits, decode_video

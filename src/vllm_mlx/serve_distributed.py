@@ -6,23 +6,17 @@ run a :class:`FollowerEngine` and nothing else. See docs/distributed.md.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .config import ServerConfig
+from .serving.distributed_setup import DistributedSetupError
 
 logger = logging.getLogger("vllm_mlx")
-
-
-class DistributedSetupError(RuntimeError):
-    """--distributed cannot start here (not under mlx.launch, one rank, unsupported option)."""
 
 
 def join_group(config: ServerConfig) -> Any:
@@ -56,35 +50,6 @@ def join_group(config: ServerConfig) -> Any:
     return group
 
 
-def _shard_loader(config: ServerConfig, path: Path, group: Any) -> Callable[[], Any]:
-    from . import BLAS_STATUS
-    from .models.sharding import load_sharded
-    from .models.vision_loader import serving_mode
-    from .platform import detect_backend
-
-    def load():
-        if serving_mode(path, text_only=config.text_only).vision:
-            raise DistributedSetupError("vision-language models cannot be served with --distributed yet; "
-                                        "--text-only serves the folder's language model as text")
-        backend = detect_backend(BLAS_STATUS, config.dtype)
-        logger.info("%s", backend.describe())
-        loaded = load_sharded(str(path), group, compute_dtype=backend.compute_dtype,
-                              trust_remote_code=config.trust_remote_code,
-                              parallelism=config.distributed_parallelism)
-        loaded.backend = backend
-        return loaded
-
-    return load
-
-
-def distributed_engine(config: ServerConfig, path: Path, group: Any) -> tuple[Callable[[], Any], Callable]:
-    """Rank 0's model loader and engine class."""
-    from .engine.distributed import LeaderEngine
-
-    factory = functools.partial(LeaderEngine, group=group, timeout=config.distributed_timeout)
-    return _shard_loader(config, path, group), factory
-
-
 def run_follower(config: ServerConfig, group: Any) -> int:
     """Ranks 1..N-1: load the shard and follow rank 0 until it stops (or is lost); ends the process
     (the distributed backend's threads do not survive interpreter shutdown)."""
@@ -97,8 +62,8 @@ def run_follower(config: ServerConfig, group: Any) -> int:
 
 
 def _follow(config: ServerConfig, group: Any) -> int:
-    from .api.app import resolve_model
-    from .api.model_setup import engine_config
+    from .serving.distributed_setup import shard_loader
+    from .serving.model_setup import engine_config, resolve_model
     from .engine.distributed import FollowerEngine
     from .models.loader import ModelNotFoundError, resolve_model_path
 
@@ -107,7 +72,7 @@ def _follow(config: ServerConfig, group: Any) -> int:
     except ModelNotFoundError as exc:
         logger.error("%s", exc)
         return 2
-    engine = FollowerEngine(_shard_loader(config, path, group), engine_config(config),
+    engine = FollowerEngine(shard_loader(config, path, group), engine_config(config),
                             group=group, timeout=config.distributed_timeout)
     try:
         engine.start()

@@ -1,6 +1,6 @@
 """Anthropic Messages wire format, and its translation into the chat pipeline's request.
 
-An Anthropic request becomes a :class:`ChatCompletionRequest`, so it is rendered by the same chat
+An Anthropic request becomes a :class:`ChatRequest`, so it is rendered by the same chat
 template, sampled with the same parameters and parsed by the same reasoning/tool-call pipeline as
 /v1/chat/completions. See docs/anthropic-api.md for the field mapping.
 """
@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import APIError
-from .protocol import ChatCompletionRequest
+from ..serving.requests import ChatRequest
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def _response_format(req: MessagesRequest) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": {"schema": fmt["schema"]}}
 
 
-def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
+def to_chat_request(req: MessagesRequest) -> ChatRequest:
     """The chat-completions request that renders, samples and parses exactly like this one."""
     system = [] if req.system is None else [_text_of(req.system, "system")]
     messages: list[dict[str, Any]] = []
@@ -264,13 +264,13 @@ def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
     enable_thinking, budget = _thinking(req.thinking)
     fields: dict[str, Any] = {
         "model": req.model, "messages": messages, "max_tokens": req.max_tokens, "stop": req.stop_sequences,
-        "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "stream": req.stream,
+        "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
         "tools": _tools(req.tools), "tool_choice": tool_choice, "parallel_tool_calls": parallel,
         "enable_thinking": enable_thinking, "max_thinking_tokens": budget,
         "response_format": _response_format(req),
     }
     try:
-        return ChatCompletionRequest.model_validate({k: v for k, v in fields.items() if v is not None})
+        return ChatRequest.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0] if exc.errors() else {}
         raise APIError(400, f"invalid request: {first.get('msg', exc)}") from exc

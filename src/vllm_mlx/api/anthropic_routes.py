@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -19,12 +19,12 @@ from ..engine.request import FinishReason, GenerationOutput
 from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
 from .anthropic_protocol import MessagesRequest, to_chat_request
 from .anthropic_threads import MessageThreads
-from .chat_output import OutputParsing
+from ..serving.chat_output import OutputParsing
 from .errors import APIError, anthropic_error_body, generation_failure
 from .model_registry import serving_for
-from .openai_routes import collect
+from .streaming import collect, sse
 from .operator_routes import page_response, wants_html
-from .serving import RenderedChat, ServingState
+from ..serving.chat import MESSAGES_POLICY
 
 router = APIRouter()
 
@@ -36,30 +36,11 @@ def _message_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
-def sse_event(name: str, data: dict) -> str:
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-@dataclass
-class Prepared:
-    chat: Any  # the equivalent ChatCompletionRequest
-    spec: tuple[str, Any] | None  # output constraint (structured output or forced tool use)
-    rendered: RenderedChat
-
-
 def _threads(raw: Request) -> MessageThreads:
     threads = getattr(raw.app.state, "message_threads", None)
     if threads is None:
         threads = raw.app.state.message_threads = MessageThreads()
     return threads
-
-
-def _prepare(state: ServingState, req: MessagesRequest) -> Prepared:
-    """Translate and render exactly as chat completions does (also used by count_tokens)."""
-    chat = to_chat_request(req)
-    state.check_model(chat.model)
-    spec = state.output_constraint(chat)
-    return Prepared(chat, spec, state.render_chat(chat, spec is not None))
 
 
 @dataclass
@@ -92,11 +73,11 @@ class BlockBuilder:
         self._open = block["type"]
         self._args = ""
         empty = {**block, "input": {}} if block["type"] == "tool_use" else block
-        return out + [sse_event("content_block_start", {"type": "content_block_start",
+        return out + [sse(event="content_block_start", payload={"type": "content_block_start",
                                                         "index": len(self.blocks) - 1, "content_block": empty})]
 
     def _delta(self, delta: dict) -> str:
-        return sse_event("content_block_delta", {"type": "content_block_delta", "index": len(self.blocks) - 1,
+        return sse(event="content_block_delta", payload={"type": "content_block_delta", "index": len(self.blocks) - 1,
                                                  "delta": delta})
 
     def _close(self) -> list[str]:
@@ -113,7 +94,7 @@ class BlockBuilder:
             except json.JSONDecodeError:
                 block["input"] = {}
         self._open = None
-        return out + [sse_event("content_block_stop", {"type": "content_block_stop", "index": len(self.blocks) - 1})]
+        return out + [sse(event="content_block_stop", payload={"type": "content_block_stop", "index": len(self.blocks) - 1})]
 
     def _events(self, events) -> list[str]:
         out: list[str] = []
@@ -166,19 +147,15 @@ async def messages(req: MessagesRequest, raw: Request):
         state.warn_unknown_fields(req, "/v1/messages")  # type: ignore[arg-type]
     threads = _threads(raw)
     req = threads.expand(req)
-    prepared = await state.tokenize(_prepare, state, req)
-    chat, spec, rendered = prepared.chat, prepared.spec, await state.prepare_media(prepared.rendered)
-    max_tokens = chat.max_tokens
-    if max_tokens is not None:  # clients ask for a lot (Claude Code: 32000); clamp to the context left
-        max_tokens = min(max_tokens, max(state.max_model_len - len(rendered.ids), 1))
+    chat = to_chat_request(req)
     message_id = _message_id()
-    run = await state.start_chat(chat, message_id, rendered, spec, max_tokens)
+    run = await state.start_chat(chat, message_id, MESSAGES_POLICY)
     stream, parsing = run.stream, run.parsing
     if req.stream:
         def done(blocks: list[dict]) -> None:
             threads.remember(req, message_id, blocks)
 
-        return StreamingResponse(_stream(stream, message_id, state.model_name, parsing, len(rendered.ids), done),
+        return StreamingResponse(_stream(stream, message_id, state.model_name, parsing, run.prompt_tokens, done),
                                  media_type="text/event-stream")
     choice = (await collect(stream, raw, 1))[0]
     if choice.last.finish_reason is FinishReason.ABORT:  # ended by a shutdown: not a normal end
@@ -191,7 +168,7 @@ async def messages(req: MessagesRequest, raw: Request):
     return JSONResponse({
         "id": message_id, "type": "message", "role": "assistant", "model": state.model_name,
         "content": builder.blocks, "stop_reason": stop_reason, "stop_sequence": stop_sequence,
-        "usage": _usage(choice.last, len(rendered.ids)),
+        "usage": _usage(choice.last, run.prompt_tokens),
     })
 
 
@@ -202,17 +179,17 @@ async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, mode
 
     def message_start(out: GenerationOutput | None) -> list[str]:
         usage = {**_usage(out, prompt_len), "output_tokens": 0}
-        return [sse_event("message_start", {"type": "message_start", "message": {
+        return [sse(event="message_start", payload={"type": "message_start", "message": {
             "id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": usage}}), sse_event("ping", {"type": "ping"})]
+            "stop_reason": None, "stop_sequence": None, "usage": usage}}), sse(event="ping", payload={"type": "ping"})]
 
     async for out in stream:
         if out.finish_reason is FinishReason.ERROR:
             failure = generation_failure(out)
-            yield sse_event("error", anthropic_error_body(failure.status, failure.message))
+            yield sse(event="error", payload=anthropic_error_body(failure.status, failure.message))
             return
         if out.finish_reason is FinishReason.ABORT:  # ended by the server (shutdown): say so, not end_turn
-            yield sse_event("error", anthropic_error_body(503, "the server ended this request before it finished"))
+            yield sse(event="error", payload=anthropic_error_body(503, "the server ended this request before it finished"))
             return
         if last is None:  # sent with the first output, so the usage knows the cached prompt tokens
             for event in message_start(out):
@@ -230,17 +207,17 @@ async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, mode
     if done is not None:
         done(builder.blocks)
     stop_reason, stop_sequence = _stop_reason(last, builder.saw_tool_use)
-    yield sse_event("message_delta", {"type": "message_delta",
+    yield sse(event="message_delta", payload={"type": "message_delta",
                                       "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
                                       "usage": _usage(last, prompt_len)})
-    yield sse_event("message_stop", {"type": "message_stop"})
+    yield sse(event="message_stop", payload={"type": "message_stop"})
 
 
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(req: MessagesRequest, raw: Request):
     state = await serving_for(raw, req.model)
-    prepared = await state.tokenize(_prepare, state, _threads(raw).expand(req))
-    return JSONResponse({"input_tokens": len((await state.prepare_media(prepared.rendered)).ids)})
+    _, rendered = await state.prepare_prompt(to_chat_request(_threads(raw).expand(req)))
+    return JSONResponse({"input_tokens": len(rendered.ids)})
 
 
 @router.api_route("/", methods=["GET", "HEAD"])

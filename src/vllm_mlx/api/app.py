@@ -6,7 +6,6 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -28,46 +27,17 @@ from .metrics import MetricsMiddleware, ServerMetrics, metrics_endpoint
 from .chat_routes import router as chat_router
 from .divergence_monitor import DivergenceMonitors
 from .model_registry import ModelLeaseMiddleware, ModelRegistry, ModelRegistryCollector
-from .model_setup import build_engine, build_serving
+from ..serving.model_setup import build_engine, build_serving, resolve_model
 from .openai_routes import router as openai_router
 from .operator_routes import install_cors, install_rate_limit, router as operator_router
 from .request_log import RequestLogMiddleware
 from .responses_convert import ResponseStore
 from .responses_routes import router as responses_router
-from .serving import ServingState
-from .warmup import warm_up
+from ..serving.state import ServingState
+from ..serving.warmup import warm_up
 from .watchdog import EngineWatchdog
 
 logger = logging.getLogger("vllm_mlx")
-
-
-def resolve_model(config: ServerConfig) -> tuple[str, str]:
-    """(what to load, the name to serve it under); no model means the built-in demo model."""
-    if config.model is None:
-        from ..testing.demo import DEMO_MODEL_NAME, ensure_demo_model
-
-        return str(ensure_demo_model()), DEMO_MODEL_NAME
-    name = config.model.rstrip("/")
-    return config.model, (Path(name).name if Path(name).expanduser().exists() else name)
-
-
-def choose_output_parsers(tokenizer, tool_flag: str, reasoning_flag: str) -> dict:
-    """Tool-call and reasoning parsers: from the flags, or detected from the chat template ("auto")."""
-    from ..parsers import detect_reasoning_parser, detect_tool_parser, get_reasoning_parser, get_tool_parser
-
-    template = getattr(tokenizer, "chat_template", None) or ""
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    vocab = {t.content for t in added.values()}
-    special = frozenset(t.content for t in added.values() if getattr(t, "special", False))
-    tool = detect_tool_parser(template, vocab) if tool_flag == "auto" else (None if tool_flag == "none" else tool_flag)
-    reasoning = (detect_reasoning_parser(template, vocab) if reasoning_flag == "auto"
-                 else (None if reasoning_flag == "none" else reasoning_flag))
-    if tool:
-        get_tool_parser(tool)  # unknown names fail at startup, not per request
-    if reasoning:
-        get_reasoning_parser(reasoning)
-    logger.info("output parsers: tool calls %s, reasoning %s", tool or "none", reasoning or "none")
-    return {"tool_parser": tool, "reasoning_parser": reasoning, "special_tokens": special}
 
 
 def create_app(config: ServerConfig, group=None) -> FastAPI:

@@ -9,14 +9,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.request import FinishReason, GenerationOutput
-from .chat_output import ChatDeltaStream, OutputParsing, chat_message
+from ..serving.chat_output import ChatDeltaStream, OutputParsing, chat_message
 from .errors import APIError, error_body, generation_failure
 from .logprobs import TokenText, chat_logprobs
 from .mcp_chat import mcp_chat, wants_mcp
 from .model_registry import serving_for
-from .openai_routes import _totals, _usage, collect, sse
-from .protocol import ChatCompletionRequest, new_id
-from .serving import finish_reason_text
+from .openai_routes import choices_usage, openai_usage
+from .streaming import collect, sse
+from ..serving.requests import new_id
+from .protocol import ChatCompletionRequest
+from ..serving.state import finish_reason_text
 
 router = APIRouter()
 
@@ -35,11 +37,8 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request):
         return await mcp_chat(req, raw)
     if req.top_logprobs and not req.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
-    spec = state.output_constraint(req)
-    rendered = await state.tokenize(state.render_chat, req, spec is not None)
     request_id = new_id("chatcmpl")
-    run = await state.start_chat(req, request_id, rendered, spec, req.max_completion_tokens or req.max_tokens,
-                                 logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
+    run = await state.start_chat(req, request_id, logprobs=req.logprobs, top_logprobs=req.top_logprobs or 0)
     stream, parsing = run.stream, run.parsing
     token_text = TokenText(state.tokenizer) if req.logprobs else None
     created = int(time.time())
@@ -65,7 +64,7 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request):
         "created": created,
         "model": state.model_name,
         "choices": body_choices,
-        "usage": _totals(choices),
+        "usage": choices_usage(choices),
     })
 
 
@@ -108,5 +107,5 @@ async def _chat_stream(
             yield chunk(out.index, {}, _finish(out.finish_reason, parser.saw_tool_call))
     if include_usage:
         yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
-                   "model": model, "choices": [], "usage": _usage(prompt_tokens, sum(completion), cached)})
+                   "model": model, "choices": [], "usage": openai_usage(prompt_tokens, sum(completion), cached)})
     yield sse("[DONE]")

@@ -23,8 +23,8 @@ from prometheus_client.core import GaugeMetricFamily
 from ..config import BATCH_DIVERGENCE_ACTIONS as ACTIONS
 from ..config import ServerConfig
 from ..engine.request import FinishReason, SamplingParams
-from .protocol import new_id
-from .serving import ServingState
+from ..serving.requests import new_id
+from ..serving.state import ServingState
 
 logger = logging.getLogger(__name__)
 

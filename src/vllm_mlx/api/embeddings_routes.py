@@ -23,7 +23,8 @@ from ..models.extra_models import EMBEDDING_KIND
 from ..models.model_worker import ModelLoadError
 from .errors import APIError
 from .extra_model_access import require_service
-from .protocol import OpenAIRequest, new_id
+from ..serving.requests import new_id
+from .protocol import OpenAIRequest
 
 logger = logging.getLogger(__name__)
 

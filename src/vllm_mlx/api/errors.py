@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..serving.errors import APIError
+
 logger = logging.getLogger(__name__)
 
 _TYPES = {
@@ -25,17 +27,6 @@ _TYPES = {
     500: "server_error",
     503: "service_unavailable",
 }
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.headers = headers  # e.g. Retry-After on a 503
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
 
 
 def _phrase(status: int) -> str:

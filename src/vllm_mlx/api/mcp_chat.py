@@ -14,7 +14,6 @@ client as usual. One event generator drives both response kinds, so they agree:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import Counter
@@ -32,9 +31,12 @@ from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallS
 from .errors import APIError, error_body, generation_failure
 from .mcp_routes import mcp_manager
 from .model_registry import serving_for
-from .openai_routes import DISCONNECT_POLL_S, _usage, sse
-from .protocol import ChatCompletionRequest, ChatMessage, new_id
-from .serving import ChatRun, ServingState, finish_reason_text
+from .openai_routes import openai_usage
+from .streaming import sse, until_disconnected
+from ..serving.requests import ChatMessage, new_id
+from .protocol import ChatCompletionRequest
+from ..serving.chat import ChatRun
+from ..serving.state import ServingState, finish_reason_text
 
 
 def wants_mcp(req: ChatCompletionRequest, raw: Request) -> bool:
@@ -98,25 +100,15 @@ async def mcp_chat(req: ChatCompletionRequest, raw: Request):
                        "every round)", param="tool_choice")
     offer = offer_tools(manager, req.tools)
     req = req.model_copy(update={"tools": offer.tools or None})
-    spec = state.output_constraint(req)
     request_id = new_id("chatcmpl")
-    first = await _start_round(state, req, request_id, spec)  # request errors surface before any output
-    events = _loop(state, manager, req, offer, request_id, spec, first)
+    first = await state.start_chat(req, request_id)  # request errors surface before any output
+    events = _loop(state, manager, req, offer, request_id, first)
     created = int(time.time())
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_sse(events, request_id, created, state.model_name, include_usage),
+        return StreamingResponse(_chunks(events, request_id, created, state.model_name, include_usage),
                                  media_type="text/event-stream")
-    task = asyncio.ensure_future(_gather(events))
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-        if done:
-            message, finish, usage, report = task.result()
-            break
-        if await raw.is_disconnected():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            raise APIError(499, "client disconnected")
+    message, finish, usage, report = await until_disconnected(raw, _gather(events))
     return JSONResponse({
         "id": request_id, "object": "chat.completion", "created": created, "model": state.model_name,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
@@ -124,13 +116,8 @@ async def mcp_chat(req: ChatCompletionRequest, raw: Request):
     })
 
 
-async def _start_round(state: ServingState, req: ChatCompletionRequest, request_id: str, spec) -> ChatRun:
-    rendered = await state.tokenize(state.render_chat, req, spec is not None)
-    return await state.start_chat(req, request_id, rendered, spec, req.max_completion_tokens or req.max_tokens)
-
-
 async def _loop(state: ServingState, manager: MCPManager, req: ChatCompletionRequest, offer: Offer,
-                request_id: str, spec, run: ChatRun) -> AsyncIterator[tuple]:
+                request_id: str, run: ChatRun) -> AsyncIterator[tuple]:
     """Yields ("delta", delta), ("mcp", event) and finally ("end", finish_reason, usage, report)."""
     messages = list(req.messages)
     report = LoopReport()
@@ -182,10 +169,10 @@ async def _loop(state: ServingState, manager: MCPManager, req: ChatCompletionReq
         if not mcp_calls or client_calls:
             finish = "tool_calls" if client_calls and last.finish_reason is FinishReason.STOP \
                 else finish_reason_text(last.finish_reason)
-            yield "end", finish, _usage(totals[0], totals[1], totals[2]), report.as_json()
+            yield "end", finish, openai_usage(totals[0], totals[1], totals[2]), report.as_json()
             return
         round_req = req.model_copy(update={"messages": messages})
-        run = await _start_round(state, round_req, f"{request_id}-r{report.rounds + 1}", spec)
+        run = await state.start_chat(round_req, f"{request_id}-r{report.rounds + 1}")
 
 
 def _deltas(ev, calls: dict, client_index: dict, offer: Offer, text: dict, said: dict) -> list[dict]:
@@ -253,7 +240,7 @@ async def _gather(events: AsyncIterator[tuple]) -> tuple[dict, str | None, dict,
     return message, finish, usage, report
 
 
-async def _sse(events: AsyncIterator[tuple], request_id: str, created: int, model: str,
+async def _chunks(events: AsyncIterator[tuple], request_id: str, created: int, model: str,
                include_usage: bool) -> AsyncIterator[str]:
     def chunk(choices: list, **extra) -> str:
         body: dict[str, Any] = {"id": request_id, "object": "chat.completion.chunk", "created": created,

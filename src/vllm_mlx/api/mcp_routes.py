@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..mcp import MCPManager, ToolCallError
 from .errors import APIError
-from .protocol import new_id
+from ..serving.requests import new_id
 
 router = APIRouter()
 

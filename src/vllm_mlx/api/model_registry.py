@@ -29,8 +29,8 @@ from ..engine.config import EngineStats
 from ..models.loader import ModelNotFoundError
 from ..models.model_specs import ModelSpec, ModelSpecError, parse_model_specs
 from .errors import APIError
-from .model_setup import build_engine, build_serving
-from .serving import ServingState
+from ..serving.model_setup import build_engine, build_serving
+from ..serving.state import ServingState
 
 logger = logging.getLogger(__name__)
 

@@ -1,87 +1,44 @@
 """OpenAI adapter: /v1/completions, /v1/models, prefix-cache administration, and the shared helpers
-(SSE framing, usage, gathering a whole generation). Chat completions live in chat_routes.py."""
+(usage in the OpenAI shape). Chat completions live in chat_routes.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.backlog import OutputBacklog, delta_bytes
-from ..engine.request import FinishReason, GenerationOutput, TokenLogprob
+from ..engine.request import FinishReason, GenerationOutput
 from .errors import APIError, error_body, generation_failure
+from .streaming import Choice, collect, sse
 from .extra_model_access import extra_model_cards
 from .logprobs import TokenText, completion_logprobs
-from .protocol import CompletionRequest, ModelCard, ModelList, Usage, new_id
+from ..serving.requests import new_id
+from .protocol import CompletionRequest, ModelCard, ModelList, Usage
 from .model_registry import serving_for
-from .serving import ServingState, finish_reason_text
+from ..serving.state import ServingState, finish_reason_text
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
-DISCONNECT_POLL_S = 0.25
-
-
 def _state(raw: Request) -> ServingState:
     return raw.app.state.serving
 
 
-def sse(payload: dict | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
-    return f"data: {data}\n\n"
-
-
-def _usage(prompt: int, completion: int, cached: int = 0) -> dict:
+def openai_usage(prompt: int, completion: int, cached: int = 0) -> dict:
     usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion).model_dump()
     usage["prompt_tokens_details"] = {"cached_tokens": cached}
     return usage
 
 
-@dataclass
-class Choice:
-    """One continuation gathered whole (non-streaming)."""
-
-    text: str = ""
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    last: GenerationOutput | None = None
-
-
-async def collect(stream: AsyncIterator[GenerationOutput], raw: Request, n: int) -> list[Choice]:
-    """Gather whole generations; stops them (freeing their slots) if the client disconnects."""
-
-    async def consume() -> list[Choice]:
-        choices = [Choice() for _ in range(n)]
-        async for out in stream:
-            choice = choices[out.index]
-            choice.text += out.text
-            choice.logprobs += out.logprobs or []
-            choice.last = out
-            if out.finish_reason is FinishReason.ERROR:
-                raise generation_failure(out)
-        return choices
-
-    task = asyncio.ensure_future(consume())
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-        if done:
-            return task.result()
-        if await raw.is_disconnected():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await stream.aclose()
-            raise APIError(499, "client disconnected")
-
-
-def _totals(choices: list[Choice]) -> dict:
+def choices_usage(choices: list[Choice]) -> dict:
     first = choices[0].last
-    return _usage(first.prompt_tokens, sum(c.last.completion_tokens for c in choices), first.cached_tokens)
+    return openai_usage(first.prompt_tokens, sum(c.last.completion_tokens for c in choices), first.cached_tokens)
 
 
 @router.get("/v1/models")
@@ -165,7 +122,7 @@ async def completions(req: CompletionRequest, raw: Request):
             "created": created,
             "model": state.model_name,
             "choices": choices,
-            "usage": _usage(prompt_tokens, completion_tokens, cached_tokens),
+            "usage": openai_usage(prompt_tokens, completion_tokens, cached_tokens),
         }
     )
 
@@ -231,7 +188,7 @@ async def _completion_stream(
                     body["usage"] = None
                 yield sse(body)
         if include_usage:
-            usage = _usage(sum(prompt_tokens.values()), sum(completion.values()), sum(cached.values()))
+            usage = openai_usage(sum(prompt_tokens.values()), sum(completion.values()), sum(cached.values()))
             yield sse({"id": request_id, "object": "text_completion", "created": created, "model": model,
                        "choices": [], "usage": usage})
         yield sse("[DONE]")

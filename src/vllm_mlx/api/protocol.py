@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from ..serving.requests import ChatRequest, RequestModel, SamplingRequest
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-class OpenAIRequest(BaseModel):
-    # Clients send vendor extensions: unknown fields are kept aside, logged and ignored.
-    model_config = ConfigDict(extra="allow")
-
-
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
-    text: str | None = None
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
+OpenAIRequest = RequestModel
 
 
 class StreamOptions(BaseModel):
@@ -38,50 +17,19 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool = False
 
 
-class SamplingFields(OpenAIRequest):
-    """Decode controls shared by chat and completions."""
+class StreamingFields(BaseModel):
+    """What OpenAI's generation endpoints add on the wire: streaming and the end-user id."""
 
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    ignore_eos: bool = False
-    n: int = Field(default=1, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
-    min_tokens: int = Field(default=0, ge=0)
     user: str | None = None
-    response_format: dict[str, Any] | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
-    # vLLM-style structured outputs: {"json" | "regex" | "choice" | "grammar": ...}; and the older names
-    structured_outputs: dict[str, Any] | None = None
-    guided_json: dict[str, Any] | str | None = None
-    guided_regex: str | None = None
-    guided_choice: list[str] | None = None
-    guided_grammar: str | None = None
 
 
-class ChatCompletionRequest(SamplingFields):
-    model: str = "default"
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
-    enable_thinking: bool | None = None  # shorthand for chat_template_kwargs.enable_thinking
-    reasoning_effort: str | None = None  # "none"/"minimal" switch thinking off; passed to the template
-    max_thinking_tokens: int | None = Field(default=None, ge=0)  # close reasoning after this many tokens
-    add_generation_prompt: bool = True
+class SamplingFields(SamplingRequest, StreamingFields):
+    """Decode controls of /v1/completions and /v1/chat/completions, with the streaming fields."""
+
+
+class ChatCompletionRequest(ChatRequest, StreamingFields):
     mcp: bool | None = None  # run the server-side MCP tool loop (default: --mcp-auto)
 
 

@@ -1,6 +1,6 @@
 """OpenAI Responses API requests, turned into the chat shape the rest of the server speaks.
 
-A Responses request becomes a :class:`ChatCompletionRequest`, so rendering, sampling, output
+A Responses request becomes a :class:`ChatRequest`, so rendering, sampling, output
 constraints and output parsing are exactly those of /v1/chat/completions.
 """
 
@@ -13,7 +13,8 @@ from pydantic import Field, ValidationError
 
 from .errors import APIError
 from .lru_store import LRUStore
-from .protocol import ChatCompletionRequest, OpenAIRequest
+from ..serving.requests import ChatRequest
+from .protocol import OpenAIRequest
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def _response_format(text: dict | None) -> dict | None:
     raise APIError(400, f"unknown text.format type {kind!r}", param="text.format")
 
 
-def chat_request(req: ResponsesRequest, history: list[dict]) -> tuple[ChatCompletionRequest, list[dict], dict]:
+def chat_request(req: ResponsesRequest, history: list[dict]) -> tuple[ChatRequest, list[dict], dict]:
     """(the equivalent chat request, the conversation without instructions, tool namespaces)."""
     conversation = history + input_messages(req.input)
     messages = _with_instructions(req.instructions, conversation)
@@ -228,7 +229,7 @@ def chat_request(req: ResponsesRequest, history: list[dict]) -> tuple[ChatComple
 
 
 def _chat(req: ResponsesRequest, messages: list[dict], tools: list[dict] | None, effort: str | None):
-    return ChatCompletionRequest(
+    return ChatRequest(
         model=req.model,
         messages=messages,
         tools=tools,
@@ -239,6 +240,5 @@ def _chat(req: ResponsesRequest, messages: list[dict], tools: list[dict] | None,
         max_completion_tokens=req.max_output_tokens,
         temperature=req.temperature,
         top_p=req.top_p,
-        user=req.user,
     )
 

@@ -7,7 +7,7 @@ import secrets
 from typing import Any
 
 from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
-from .chat_output import OutputParsing
+from ..serving.chat_output import OutputParsing
 
 
 def item_id(prefix: str) -> str:

@@ -8,7 +8,6 @@ same OutputPipeline into Responses output items (responses_output). See docs/res
 from __future__ import annotations
 
 import copy
-import json
 import time
 from contextlib import contextmanager
 from typing import Any, AsyncIterator, Iterator
@@ -19,10 +18,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ..engine.request import FinishReason, GenerationOutput
 from .errors import APIError, generation_failure
 from .model_registry import serving_for
-from .openai_routes import collect
+from .streaming import collect, sse
 from .responses_convert import ResponsesRequest, ResponseStore, chat_request
 from .responses_output import OutputBuilder, item_id
-from .serving import ServingState
+from ..serving.state import ServingState
 
 router = APIRouter()
 
@@ -112,11 +111,9 @@ async def create_response(req: ResponsesRequest, raw: Request):
     with _as_responses_fields():  # errors name the Responses field, not its chat equivalent
         chat, conversation, namespaces = chat_request(req, history)
         state.admit(chat, "/v1/responses")
-        # From here on, the steps of /v1/chat/completions, on the equivalent chat request.
-        spec = state.output_constraint(chat)
-        rendered = await state.tokenize(state.render_chat, chat, spec is not None)
+        # From here on, the one chat pipeline, on the equivalent chat request.
         response_id = item_id("resp")
-        run = await state.start_chat(chat, response_id, rendered, spec, chat.max_completion_tokens)
+        run = await state.start_chat(chat, response_id)
     stream, parsing, params = run.stream, run.parsing, run.params
     turn = _Turn(req, state, response_id, params)
     builder = OutputBuilder(parsing, namespaces)
@@ -137,10 +134,6 @@ async def create_response(req: ResponsesRequest, raw: Request):
     return JSONResponse(turn.body(status, builder.items, turn.usage(choice.last, builder)))
 
 
-def _sse(payload: dict) -> str:
-    return f"event: {payload['type']}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
 async def _events(stream: AsyncIterator[GenerationOutput], turn: _Turn, builder: OutputBuilder,
                   remember) -> AsyncIterator[str]:
     sequence = 0
@@ -149,7 +142,7 @@ async def _events(stream: AsyncIterator[GenerationOutput], turn: _Turn, builder:
         nonlocal sequence
         payload["sequence_number"] = sequence
         sequence += 1
-        return _sse(payload)
+        return sse(payload, payload["type"])
 
     yield event({"type": "response.created", "response": turn.body("in_progress", [])})
     yield event({"type": "response.in_progress", "response": turn.body("in_progress", [])})

@@ -88,12 +88,12 @@ def _load_stt(source: str, requested_dtype: str) -> Any:
 
     from .. import BLAS_STATUS
     from ..platform import detect_backend
-    from .loader import _cast_floating_weights
+    from .loader import cast_floating_weights
 
     model = load(source)
     compute_dtype = detect_backend(BLAS_STATUS, requested_dtype).compute_dtype
     if is_whisper(model) and compute_dtype in ("float32", "float16", "bfloat16"):
-        _cast_floating_weights(model, getattr(mx, compute_dtype))
+        cast_floating_weights(model, getattr(mx, compute_dtype))
         model.dtype = getattr(mx, compute_dtype)
         mx.eval(model.parameters())
     return model

@@ -148,12 +148,12 @@ def load_embedding_model(source: str, spec: EmbeddingModelSpec, requested_dtype:
 
     from .. import BLAS_STATUS
     from ..platform import detect_backend
-    from .loader import _cast_floating_weights
+    from .loader import cast_floating_weights
 
     compute_dtype = detect_backend(BLAS_STATUS, requested_dtype).compute_dtype
     model, tokenizer = load(source)
     if compute_dtype not in ("model", "auto"):
-        _cast_floating_weights(model, getattr(mx, compute_dtype))
+        cast_floating_weights(model, getattr(mx, compute_dtype))
         mx.eval(model.parameters())
     return LoadedEmbeddingModel(model, tokenizer, spec)
 

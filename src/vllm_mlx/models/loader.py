@@ -71,7 +71,7 @@ def load_model(model: str, *, compute_dtype: str = "model", trust_remote_code: b
     path = resolve_model_path(model)
     net, config = mlx_load_model(path, lazy=True, trust_remote_code=trust_remote_code)
     if compute_dtype not in ("model", "auto"):
-        _cast_floating_weights(net, getattr(mx, compute_dtype))
+        cast_floating_weights(net, getattr(mx, compute_dtype))
     mx.eval(net.parameters())
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
     return LoadedModel(
@@ -79,7 +79,7 @@ def load_model(model: str, *, compute_dtype: str = "model", trust_remote_code: b
     )
 
 
-def _cast_floating_weights(model: nn.Module, dtype: mx.Dtype) -> None:
+def cast_floating_weights(model: nn.Module, dtype: mx.Dtype) -> None:
     """Cast unquantized floating-point weights (quantized weights and scales keep their types)."""
     from mlx.utils import tree_map
 

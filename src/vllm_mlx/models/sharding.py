@@ -19,7 +19,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from .loader import LoadedModel, _cast_floating_weights, context_length, resolve_model_path
+from .loader import LoadedModel, cast_floating_weights, context_length, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def load_sharded(model: str, group: Any, *, compute_dtype: str = "model", trust_
             raise UnsplittableModelError(f"{layers} layers cannot be pipelined over {size} ranks")
         net.model.pipeline(group)
     if compute_dtype not in ("model", "auto"):
-        _cast_floating_weights(net, getattr(mx, compute_dtype))
+        cast_floating_weights(net, getattr(mx, compute_dtype))
     # Layer by layer, so at most one layer's full tensors are read at a time before they are sliced;
     # then hand the buffers of the full tensors back (MLX keeps freed buffers for reuse).
     for layer in getattr(net, "layers", []):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .loader import LoadedModel, _cast_floating_weights, context_length
+from .loader import LoadedModel, cast_floating_weights, context_length
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def load_vision_model(path: Path, *, compute_dtype: str = "model", cache_bytes: 
         raise ValueError(unsupported_architecture_message(model_type, mode))
     vlm, processor = vlm_load(str(path), lazy=True)
     if compute_dtype not in ("model", "auto"):
-        _cast_floating_weights(vlm, getattr(mx, compute_dtype))
+        cast_floating_weights(vlm, getattr(mx, compute_dtype))
     mx.eval(vlm.parameters())
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
     template = getattr(processor, "chat_template", None)

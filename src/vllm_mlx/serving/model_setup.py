@@ -17,9 +17,11 @@ from ..engine.config import EngineConfig
 from ..models.loader import LoadedModel, load_model
 from ..models.vision_loader import NO_VISION_METADATA, load_vision_model, serving_mode
 from ..platform import detect_backend
+from ..parsers import detect_reasoning_parser, detect_tool_parser, get_reasoning_parser, get_tool_parser
 from .admission import build_admission
+from .distributed_setup import distributed_engine
 from .prompt_guard import PromptGuard
-from .serving import ServingState
+from .state import ServingState
 from .vision_inputs import VisionInputs
 
 logger = logging.getLogger("vllm_mlx")
@@ -70,8 +72,6 @@ def model_loader(config: ServerConfig, source: str | Path):
 def build_engine(config: ServerConfig, source: str | Path, group=None) -> AsyncEngine:
     """``group``: the mx.distributed group of a --distributed job (this process is rank 0)."""
     if group is not None:
-        from ..serve_distributed import distributed_engine
-
         load, engine_factory = distributed_engine(config, Path(source), group)
         return AsyncEngine(load, engine_config(config), engine_factory)
     return AsyncEngine(model_loader(config, source), engine_config(config))
@@ -80,8 +80,6 @@ def build_engine(config: ServerConfig, source: str | Path, group=None) -> AsyncE
 def build_serving(config: ServerConfig, engine: AsyncEngine, names: tuple[str, ...],
                   strict_model_id: bool | None = None) -> ServingState:
     """The serving state of a started engine (its model is loaded)."""
-    from .app import choose_output_parsers
-
     loaded: LoadedModel = engine.loaded
     max_len = min(config.max_model_len or loaded.max_model_len, loaded.max_model_len)
     if config.max_model_len and config.max_model_len > loaded.max_model_len:
@@ -111,3 +109,30 @@ def prompt_guard(config: ServerConfig, tokenizer, max_len: int) -> PromptGuard:
     if cap is not None and cap < max_len:
         return PromptGuard(tokenizer, cap, "--max-prompt-tokens")
     return PromptGuard(tokenizer, max_len, "--max-model-len")
+
+
+def resolve_model(config: ServerConfig) -> tuple[str, str]:
+    """(what to load, the name to serve it under); no model means the built-in demo model."""
+    if config.model is None:
+        from ..testing.demo import DEMO_MODEL_NAME, ensure_demo_model  # built on first use
+
+        return str(ensure_demo_model()), DEMO_MODEL_NAME
+    name = config.model.rstrip("/")
+    return config.model, (Path(name).name if Path(name).expanduser().exists() else name)
+
+
+def choose_output_parsers(tokenizer, tool_flag: str, reasoning_flag: str) -> dict:
+    """Tool-call and reasoning parsers: from the flags, or detected from the chat template ("auto")."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    vocab = {t.content for t in added.values()}
+    special = frozenset(t.content for t in added.values() if getattr(t, "special", False))
+    tool = detect_tool_parser(template, vocab) if tool_flag == "auto" else (None if tool_flag == "none" else tool_flag)
+    reasoning = (detect_reasoning_parser(template, vocab) if reasoning_flag == "auto"
+                 else (None if reasoning_flag == "none" else reasoning_flag))
+    if tool:
+        get_tool_parser(tool)  # unknown names fail at startup, not per request
+    if reasoning:
+        get_reasoning_parser(reasoning)
+    logger.info("output parsers: tool calls %s, reasoning %s", tool or "none", reasoning or "none")
+    return {"tool_parser": tool, "reasoning_parser": reasoning, "special_tokens": special}

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.request import SamplingParams
-from .protocol import new_id
-from .serving import ServingState
+from .requests import new_id
+from .state import ServingState
 
 logger = logging.getLogger(__name__)
 

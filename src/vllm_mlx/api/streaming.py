@@ -1,0 +1,65 @@
+"""What every API wing's responses share: the one SSE framer, the one disconnect watcher, and
+gathering whole generations for non-streamed answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable
+
+from fastapi import Request
+
+from ..engine.request import FinishReason, GenerationOutput, TokenLogprob
+from .errors import generation_failure
+from ..serving.errors import APIError
+
+DISCONNECT_POLL_S = 0.25
+
+
+def sse(payload: dict | str, event: str | None = None) -> str:
+    """One server-sent event: ``data:`` (JSON unless already a string), after ``event:`` when named."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
+
+
+async def until_disconnected(raw: Request, work: Awaitable[Any], on_disconnect=None) -> Any:
+    """Await ``work`` unless the client goes away first: then cancel it (and run ``on_disconnect``)
+    and answer 499, so an abandoned non-streamed request frees its engine rows at once."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return task.result()
+        if await raw.is_disconnected():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            if on_disconnect is not None:
+                await on_disconnect()
+            raise APIError(499, "client disconnected")
+
+
+@dataclass
+class Choice:
+    """One continuation gathered whole (non-streaming)."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    last: GenerationOutput | None = None
+
+
+async def collect(stream: AsyncIterator[GenerationOutput], raw: Request, n: int) -> list[Choice]:
+    """Gather whole generations; stops them (freeing their slots) if the client disconnects."""
+
+    async def consume() -> list[Choice]:
+        choices = [Choice() for _ in range(n)]
+        async for out in stream:
+            choice = choices[out.index]
+            choice.text += out.text
+            choice.logprobs += out.logprobs or []
+            choice.last = out
+            if out.finish_reason is FinishReason.ERROR:
+                raise generation_failure(out)
+        return choices
+
+    return await until_disconnected(raw, consume(), stream.aclose)

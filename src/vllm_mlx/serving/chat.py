@@ -1,0 +1,231 @@
+"""The chat pipeline every API shares: one request in, one engine stream out.
+
+:meth:`ChatSteps.start_chat` does, once, what a chat-shaped request needs whatever API it came
+through (chat completions, Responses, Anthropic Messages, the MCP loop): the model check, the
+output constraint, rendering with the chat template (off the event loop), media, sampling
+parameters, memory admission and the engine stream with its output parsing. The API wings only
+translate their wire format into a :class:`~.requests.ChatRequest` and parser events back out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from ..engine.constraints import GrammarError, StructuredSpec, tool_call_spec
+from ..engine.request import GenerationOutput, SamplingParams
+from ..parsers import prompt_opens_reasoning, required_markers
+from .chat_output import OutputParsing, history_message
+from .errors import APIError
+from .request_limits import check_chat_limits
+from .requests import ChatMessage, ChatRequest
+from .turn_boundaries import remap_after_media, turn_boundaries
+from .vision_inputs import template_parts
+
+logger = logging.getLogger(__name__)
+
+
+# Tool-call markup that tool_choice "required"/named can be enforced in: (open tag, close tag, arguments key).
+TOOL_CALL_MARKUP = {
+    "hermes": ("<tool_call>", "</tool_call>", "arguments"),
+    "llama3_json": ("", "", "parameters"),
+}
+
+
+@dataclass
+class ChatRun:
+    parsing: OutputParsing
+    params: SamplingParams
+    stream: AsyncIterator[GenerationOutput]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class ChatPolicy:
+    """Where an API's chat handling really differs — the one place such differences are named."""
+
+    # Anthropic clients ask for far more output than fits (Claude Code: max_tokens 32000): clamp it to
+    # the context left, as the Messages API documents, instead of answering 400 as chat does.
+    clamp_max_tokens: bool = False
+
+
+CHAT_POLICY = ChatPolicy()
+MESSAGES_POLICY = ChatPolicy(clamp_max_tokens=True)
+
+
+@dataclass(frozen=True)
+class RenderedChat:
+    ids: list[int]
+    text: str
+    thinking: bool  # the template let the model reason (enable_thinking not switched off)
+    media: tuple = ()  # vision_inputs.MediaRef of each image/video, in message order
+    multimodal: Any = None  # engine.multimodal.MultimodalPrompt, once the media are prepared
+    checkpoints: tuple[int, ...] = ()  # positions where the conversation may branch (turn_boundaries)
+
+
+class ChatSteps:
+    """The chat steps of :class:`~.state.ServingState` (a model's serving state)."""
+
+    def render_chat(self, req: ChatRequest, constrained: bool = False) -> RenderedChat:
+        """The prompt (ids and text), and whether the model will think (reason) before answering."""
+        check_chat_limits(self.limits, req.messages, req.tools)
+        media: list | None = [] if self.vision is not None else None
+        try:
+            messages = [history_message(_message_dict(m, media, f"messages.{i}.content"))
+                        for i, m in enumerate(req.messages)]
+        except (TypeError, ValueError, AttributeError) as exc:  # e.g. tool_calls that are not objects
+            raise APIError(400, f"messages: a message is malformed ({exc})", param="messages") from exc
+        kwargs = dict(req.chat_template_kwargs or {})
+        if req.reasoning_effort is not None:
+            kwargs.setdefault("reasoning_effort", req.reasoning_effort)
+            kwargs.setdefault("enable_thinking", req.reasoning_effort not in ("none", "minimal"))
+        if req.enable_thinking is not None:
+            kwargs["enable_thinking"] = req.enable_thinking
+        if constrained:
+            # Structured output: answer directly unless the request asked for thinking.
+            kwargs.setdefault("enable_thinking", False)
+        if req.tools and (req.tool_choice != "none"):
+            kwargs["tools"] = req.tools
+        try:
+            prompt = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=req.add_generation_prompt, tokenize=False, **kwargs
+            )
+        except Exception as exc:  # template errors are the request's fault (e.g. bad role order)
+            raise APIError(400, f"the chat template could not render these messages: {exc}", param="messages")
+        thinking = kwargs.get("enable_thinking", True) is not False
+        if self.prompt_guard is not None:
+            self.prompt_guard.check(prompt)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        checkpoints = ()
+        if self.wants_checkpoints:
+            checkpoints = turn_boundaries(
+                lambda msgs: self.tokenizer.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False,
+                                                                **kwargs),
+                lambda text: self.tokenizer.encode(text, add_special_tokens=False), messages, prompt, ids)
+        return RenderedChat(ids, prompt, thinking, tuple(media or ()), checkpoints=checkpoints)
+
+    @property
+    def wants_checkpoints(self) -> bool:
+        """Whether the engine's prefix cache resumes only from checkpoints (recurrent or
+        sliding-window layers), so template boundaries are worth computing."""
+        cache = getattr(self.engine.engine, "prefix_cache", None)
+        return cache is not None and not cache.block_mode
+
+    def output_parsing(self, req: ChatRequest, rendered: RenderedChat) -> OutputParsing:
+        """Which parsers read this request's output: reasoning when the model thinks, tool calls
+        only when the request offers tools (without tools, JSON in the output stays content)."""
+        reasoning = self.reasoning_parser if rendered.thinking else None
+        offers_tools = bool(req.tools) and req.tool_choice != "none"
+        return OutputParsing(
+            reasoning_parser=reasoning,
+            tool_parser=self.tool_parser if offers_tools else None,
+            tools=req.tools if offers_tools else None,
+            starts_in_reasoning=prompt_opens_reasoning(reasoning, rendered.text),
+        )
+
+    def reasoning_markers(self, parsing: OutputParsing) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """Token ids of the think tags, when this request's output is parsed for reasoning."""
+        tok = self.tokenizer
+        if parsing.reasoning_parser and getattr(tok, "has_thinking", False):
+            return tuple(tok.think_start_tokens or ()), tuple(tok.think_end_tokens or ())
+        return None
+
+    def keep_special_tokens(self, parsing: OutputParsing) -> bool:
+        """Keep special tokens in the text when a parser's markers are special tokens of this model."""
+        return bool(required_markers(parsing.tool_parser, parsing.reasoning_parser) & self.special_tokens)
+
+    def tool_choice_constraint(self, req: ChatRequest) -> tuple[str, StructuredSpec] | None:
+        """``tool_choice`` "required" or a named function, enforced by a grammar (never downgraded)."""
+        choice = req.tool_choice
+        if not req.tools or choice in (None, "auto", "none"):
+            if isinstance(choice, (dict, str)) and choice not in (None, "auto", "none") and not req.tools:
+                raise APIError(400, "tool_choice needs tools", param="tool_choice")
+            return None
+        if isinstance(choice, dict):
+            name = (choice.get("function") or {}).get("name") or choice.get("name")
+            if not name:
+                raise APIError(400, "tool_choice must name a function", param="tool_choice")
+        elif choice == "required":
+            name = None
+        else:
+            raise APIError(400, f"unknown tool_choice {choice!r}", param="tool_choice")
+        markup = TOOL_CALL_MARKUP.get(self.tool_parser or "")
+        if markup is None:
+            raise APIError(400, f"tool_choice {choice!r} cannot be enforced for the {self.tool_parser or 'no'} "
+                           f"tool-call format of this model", param="tool_choice")
+        prefix, suffix, args_key = markup
+        try:
+            spec = tool_call_spec(req.tools, name=name, open_tag=self._tag(prefix), close_tag=self._tag(suffix),
+                                  arguments_key=args_key, several=name is None and req.parallel_tool_calls is not False)
+        except GrammarError as exc:
+            raise APIError(400, str(exc), param="tool_choice") from exc
+        return "tool_choice", spec
+
+    def _tag(self, tag: str) -> str:
+        """A markup tag as a Lark fragment: a special-token reference when the vocabulary has it."""
+        if not tag:
+            return '""'
+        vocab = self.tokenizer.get_vocab() if hasattr(self.tokenizer, "get_vocab") else {}
+        return tag if tag in vocab else json.dumps(tag)
+
+    def output_constraint(self, req: ChatRequest) -> tuple[str, StructuredSpec] | None:
+        """The one grammar a request asks for: a structured-output format, or a forced tool call."""
+        spec = self.structured_spec(req)
+        forced_tools = self.tool_choice_constraint(req)
+        if spec and forced_tools:
+            raise APIError(400, "a forced tool_choice cannot be combined with a structured-output format",
+                           param="tool_choice")
+        return spec or forced_tools
+
+    async def prepare_media(self, rendered: RenderedChat) -> RenderedChat:
+        """Fetch, decode and process a rendered chat's images/video: the prompt grows by their tokens."""
+        if not rendered.media or rendered.multimodal is not None:
+            return rendered
+        ids, mm = await self.vision.prepare(rendered.text, list(rendered.media))
+        # Checkpoint positions after a media placeholder move by its expansion.
+        checkpoints = remap_after_media(rendered.checkpoints, rendered.ids, ids,
+                                        set(self.vision.info.token_ids.values()))
+        return RenderedChat(ids, rendered.text, rendered.thinking, rendered.media, mm, checkpoints)
+
+    async def prepare_prompt(self, req: ChatRequest) -> tuple[tuple[str, StructuredSpec] | None, RenderedChat]:
+        """The output constraint a chat request asks for, and its prompt: rendered by the chat
+        template off the event loop, media fetched and expanded (also what counts its tokens)."""
+        self.check_model(req.model)
+        spec = self.output_constraint(req)
+        rendered = await self.tokenize(self.render_chat, req, spec is not None)
+        return spec, await self.prepare_media(rendered)
+
+    async def start_chat(self, req: ChatRequest, request_id: str, policy: ChatPolicy = CHAT_POLICY,
+                         logprobs: bool = False, top_logprobs: int = 0) -> ChatRun:
+        """A chat generation, the same for every API: checks, constraint, rendering, media, sampling
+        parameters, memory admission, and the engine stream with its output parsing."""
+        spec, rendered = await self.prepare_prompt(req)
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        if max_tokens is not None and policy.clamp_max_tokens:
+            max_tokens = min(max_tokens, max(self.max_model_len - len(rendered.ids), 1))
+        parsing = self.output_parsing(req, rendered)
+        params = self.sampling_params(req, len(rendered.ids), max_tokens, logprobs=logprobs, top_logprobs=top_logprobs)
+        constraint = await self.compile_constraint(*reversed(spec)) if spec else None
+        await self.wait_for_memory((len(rendered.ids), params))
+        stream = self.generate(
+            request_id, rendered.ids, params, constraint,
+            self.reasoning_end_tokens(parsing.starts_in_reasoning) if spec else (),
+            keep_special_tokens=self.keep_special_tokens(parsing),
+            reasoning_markers=self.reasoning_markers(parsing) if req.max_thinking_tokens is not None else None,
+            starts_in_reasoning=parsing.starts_in_reasoning, multimodal=rendered.multimodal,
+            checkpoints=rendered.checkpoints,
+        )
+        return ChatRun(parsing, params, stream, len(rendered.ids))
+
+
+def _message_dict(message: ChatMessage, media: list | None = None, where: str = "messages") -> dict[str, Any]:
+    """A chat message for the template; image/video parts are collected in ``media`` (None: text-only model)."""
+    data = message.model_dump(exclude_none=True)
+    content = message.content
+    if isinstance(content, list):
+        data["content"] = template_parts(content, media, where)
+    elif content is None:
+        data["content"] = ""
+    return data
