@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -161,7 +162,7 @@ def test_argument_errors_are_one_line_and_exit_2(capsys):
 
 def test_every_option_is_a_flag_a_config_key_and_printed(capsys):
     help_text = subprocess.run([sys.executable, "-m", "vllm_mlx", "serve", "--help"], capture_output=True, text=True,
-                               env={"COLUMNS": "200", "PATH": ""}).stdout
+                               env={**os.environ, "COLUMNS": "200"}).stdout
     settings = printed(capsys)
     for o in OPTIONS.values():
         for flag in o.option_strings:
