@@ -11,16 +11,16 @@ import tomllib
 import pytest
 
 from conftest import VLLM_MLX
-from vllm_mlx.cli import build_parser, serve_config
 from vllm_mlx.client_setup import Endpoint, client_instructions
-from vllm_mlx.config_file import ConfigError, apply_operator_settings, resolve_serve_settings
+from vllm_mlx.config import server_config
+from vllm_mlx.config_file import ConfigError, resolve_serve_settings
 from vllm_mlx.operator_cli import warn_if_exposed
 from vllm_mlx.profiles import CLIENT_PROFILES, SERVING_PROFILES
 
 
 def resolve(*argv: str):
-    resolved = resolve_serve_settings(build_parser, ["serve", *argv])
-    return apply_operator_settings(serve_config(resolved.namespace), resolved), resolved
+    resolved = resolve_serve_settings(list(argv), environ={})
+    return server_config(resolved.values), resolved
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -28,7 +28,7 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def setting(resolved, key):
-    return getattr(resolved.namespace, key)
+    return resolved.values[key]
 
 
 # -- serving profiles -----------------------------------------------------------------------------

@@ -93,6 +93,7 @@ def _architecture(config: dict) -> tuple[str, str]:
 
 
 def model_checks(model: str, trust_remote_code: bool, available: int | None) -> tuple[list[Check], dict]:
+    from .models.context import declared_context_length
     from .models.loader import ModelNotFoundError, resolve_model_path
 
     checks: list[Check] = []
@@ -119,8 +120,8 @@ def model_checks(model: str, trust_remote_code: bool, available: int | None) -> 
     if quant:
         checks.append(Check("quantization", "info", f"{quant.get('bits', '?')}-bit, group size "
                                                     f"{quant.get('group_size', '?')}"))
-    context = config.get("max_position_embeddings") or (config.get("text_config") or {}).get("max_position_embeddings")
-    facts["max_position_embeddings"] = context
+    context = declared_context_length(config)
+    facts["context_length"] = context
     tok = [f for f in TOKENIZER_FILES if (path / f).exists()]
     checks.append(Check("tokenizer", "ok" if tok else "fail",
                         f"{', '.join(tok)}" if tok else "no tokenizer file (tokenizer.json, tokenizer.model, ...)"))
@@ -137,7 +138,7 @@ def model_checks(model: str, trust_remote_code: bool, available: int | None) -> 
                             + ("" if available is None else f" vs {available / GiB:.1f} GiB available")
                             + ("" if fits else ": the model may not fit beside its KV cache")))
     if context:
-        checks.append(Check("context", "info", f"max_position_embeddings {context}"))
+        checks.append(Check("context", "info", f"{context} tokens declared by config.json"))
     return checks, facts
 
 

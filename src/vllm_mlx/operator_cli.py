@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Callable
 
 from .client_setup import Endpoint, client_instructions, client_url
-from .config import ServerConfig
-from .config_file import ConfigError, apply_operator_settings, fail, format_settings, resolve_serve_settings
+from .config import ServerConfig, server_config
+from .config_file import ConfigError, fail, format_settings, resolve_serve_settings
+from .models.context import read_context_length
+from .options import DEFAULTS
 from .profiles import CLIENT_PROFILES, SERVING_PROFILES, client_profile, describe_settings, list_profiles
 
 logger = logging.getLogger("vllm_mlx")
@@ -49,23 +50,35 @@ def _profiles(name: str | None) -> int:
     if name in CLIENT_PROFILES:
         c = CLIENT_PROFILES[name]
         print(f"{c.name}: {c.summary}\nsets: {describe_settings(c.settings)}\n")
-        print(client_instructions(c, Endpoint(client_url("127.0.0.1", 8000), "MODEL", auth=False)))
+        print(client_instructions(c, Endpoint(client_url(DEFAULTS.host, DEFAULTS.port), "MODEL", auth=False)))
         return 0
     return fail(ConfigError(f"no profile named {name!r}; `vllm-mlx profiles` lists them"))
 
 
-def serve_main(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None,
-               serve_config: Callable[[argparse.Namespace], ServerConfig],
-               run_server: Callable[[ServerConfig], int]) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+class SettingsExit(SystemExit):
+    """A bad serve setting: exit status 2 (as for argparse errors), the message printed on one line
+    before; ``str()`` is the message."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def serve_main(argv: list[str], run_server: Callable[[ServerConfig], int]) -> int:
+    """`vllm-mlx serve` with ``argv`` the arguments after `serve`: settings resolved and checked
+    (also for --print-config); a bad one exits 2 with one line naming it."""
     try:
-        resolved = resolve_serve_settings(build_parser, argv)
-        config = apply_operator_settings(serve_config(resolved.namespace), resolved)
+        resolved = resolve_serve_settings(list(argv))
     except ConfigError as exc:
-        return fail(exc)
-    if resolved.namespace.print_config:
-        print(format_settings(resolved, resolved.namespace.print_format))
+        print(f"vllm-mlx serve: error: {exc}", file=sys.stderr)
+        raise SettingsExit(str(exc)) from None
+    if resolved.values["print_config"]:
+        print(format_settings(resolved, resolved.values["print_format"]))
         return 0
+    config = server_config(resolved.values)
     warn_if_exposed(config)
     if config.client:
         print(client_instructions(client_profile(config.client), endpoint_for(config)), flush=True)
@@ -98,14 +111,7 @@ def context_hint(config: ServerConfig) -> int | None:
 
         cached = try_to_load_from_cache(config.model, "config.json")
         path = Path(cached) if isinstance(cached, str) else None
-    if path is None:
-        return None
-    try:
-        data = json.loads(path.read_text())
-        value = data.get("max_position_embeddings") or (data.get("text_config") or {}).get("max_position_embeddings")
-        return int(value) if value else None
-    except (OSError, ValueError, TypeError):
-        return None
+    return None if path is None else read_context_length(path)
 
 
 def endpoint_for(config: ServerConfig) -> Endpoint:

@@ -1,9 +1,8 @@
 """Built-in serving profiles (`--profile`) and client profiles (`--client`).
 
-A profile is data: settings keyed like `vllm-mlx serve` options (the argparse destination, e.g.
-``tool_call_parser`` for ``--tool-call-parser``) or, for settings that have no flag yet, like
-:class:`~vllm_mlx.config.ServerConfig` fields. config_file.resolve_serve_settings validates every key
-when the profile is used, so a typo in a profile fails loudly. Precedence, lowest first:
+A profile is data: settings keyed by the names of the option table (vllm_mlx/options/table.py, e.g.
+``tool_call_parser`` for ``--tool-call-parser``), typed and checked by the same rules as a config
+file when the profile is used, so a typo in a profile fails loudly. Precedence, lowest first:
 defaults < --profile < --client < --config FILE < command-line flags.
 """
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from ..options import DEFAULTS
 from .presets import Preset, make_prompts
 from .stats import summarize
 from .targets import EngineTarget, StreamRecord
@@ -28,7 +29,7 @@ class EngineBenchOptions:
     repeat: int = 3
     warmup: int = 1
     ceiling: bool = False
-    max_num_batched_tokens: int = 2048
+    max_num_batched_tokens: int = DEFAULTS.max_num_batched_tokens
 
 
 def decode_rate(records: list[StreamRecord]) -> float:

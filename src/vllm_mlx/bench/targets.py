@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..options import DEFAULTS
+
 
 @dataclass
 class StreamRecord:
@@ -127,7 +129,8 @@ class HttpTarget:
 class EngineTarget:
     """The engine in this process (no HTTP): chat messages rendered with the model's chat template."""
 
-    def __init__(self, model: str, max_num_seqs: int = 32, max_num_batched_tokens: int = 2048,
+    def __init__(self, model: str, max_num_seqs: int = DEFAULTS.max_num_seqs,
+                 max_num_batched_tokens: int = DEFAULTS.max_num_batched_tokens,
                  prefix_cache: bool = True, ignore_eos: bool = True, **engine_kwargs):
         self.model_path = model
         self.name = f"engine:{model}"

@@ -1,29 +1,34 @@
-"""Engine configuration and the statistics snapshot it publishes."""
+"""Engine configuration and the statistics snapshot it publishes.
+
+Defaults are the serve options' (vllm_mlx.options); the server fills every field from its ServerConfig.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..options import DEFAULTS as D
+
 
 @dataclass(frozen=True)
 class EngineConfig:
-    max_num_seqs: int = 32
-    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = D.max_num_seqs
+    max_num_batched_tokens: int = D.max_num_batched_tokens
     # Identical requests give identical output whatever else runs: every row is computed
     # at batch size 1 and prompts are prefilled alone in fixed-size chunks.
-    deterministic: bool = False
+    deterministic: bool = D.deterministic
     # Prefix cache (off in deterministic mode: reused keys/values were computed under other chunking).
-    prefix_cache: bool = True
+    prefix_cache: bool = D.prefix_cache
     cache_memory_bytes: int | None = None  # None: cache_memory_fraction of the memory free at start
-    cache_memory_fraction: float = 0.25
-    prefix_block_size: int = 64
-    kv_cache_bits: int | None = None  # quantize cached blocks to 8 or 4 bits
-    kv_cache_dir: str | None = None  # persist blocks here (safetensors) across restarts
-    kv_cache_dir_bytes: int = 4 << 30
+    cache_memory_fraction: float = D.cache_memory_fraction
+    prefix_block_size: int = D.prefix_block_size
+    kv_cache_bits: int | None = D.kv_cache_bits  # quantize cached blocks to 8 or 4 bits
+    kv_cache_dir: str | None = D.kv_cache_dir  # persist blocks here (safetensors) across restarts
+    kv_cache_dir_bytes: int = D.kv_cache_dir_mb << 20
     # Models with recurrent or sliding-window layers: also checkpoint long prompts every this many
     # tokens (0: only at template boundaries and the ends of prompts and completions).
-    checkpoint_stride: int = 4096
-    verify_cache_restores: float = 0.0  # fraction of cache hits re-checked against a fresh prefill
+    checkpoint_stride: int = D.checkpoint_stride
+    verify_cache_restores: float = D.verify_cache_restores  # fraction of cache hits re-checked against a fresh prefill
     # Deltas of one request waiting for its consumer (async_engine.py); past either bound the
     # request is stopped. None: unbounded.
     stream_buffer_events: int | None = None

@@ -45,6 +45,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import ArraysCache, KVCache
 
+from ..options import DEFAULTS
 from .multimodal import MediaItem, MultimodalPrompt
 from .vision_gemma import Gemma3Adapter, Gemma4Adapter
 
@@ -166,7 +167,7 @@ def _arrays(features: Any) -> list[mx.array]:
 class VisionLanguageModel:
     """The engine's view of an mlx-vlm model (see the module docstring)."""
 
-    def __init__(self, vlm: Any, model_type: str, cache_bytes: int = 512 << 20):
+    def __init__(self, vlm: Any, model_type: str, cache_bytes: int = DEFAULTS.vision_cache_mb << 20):
         if model_type not in SUPPORTED_ARCHITECTURES:  # the loader says why, with what to do
             raise ValueError(f"vision-language architecture {model_type!r} is not driven by this engine")
         self.vlm = vlm

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..options import DEFAULTS as D
+
 BLOCK_FRAMES = 1 << 16
 UNKNOWN_FRAMES = 1 << 62  # what libsndfile reports for a stream of unknown length (or near it)
 SAMPLES_RATE_BOUND = 48000 * 2  # samples per second of audio the decoder may read: 48 kHz stereo
@@ -39,8 +41,8 @@ class AudioLimitError(ValueError):
 
 @dataclass(frozen=True)
 class AudioLimits:
-    max_seconds: float = 1800.0  # --max-audio-seconds
-    min_sample_rate: int = 8000  # --min-audio-sample-rate
+    max_seconds: float = D.max_audio_seconds
+    min_sample_rate: int = D.min_audio_sample_rate
 
     @property
     def max_samples(self) -> int:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..options import DEFAULTS as D
+
 
 class MediaDecodeError(ValueError):
     """The media bytes could not be decoded, or exceed a limit."""
@@ -23,12 +25,12 @@ class MediaDecodeError(ValueError):
 
 @dataclass(frozen=True)
 class MediaLimits:
-    max_image_pixels: int = 40_000_000  # decoded width x height of one image (checked before decoding)
-    max_images: int = 16  # images + videos in one request
-    video_fps: float = 2.0  # default frame sampling rate
-    video_max_frames: int = 32  # frames sampled from one video at most
+    max_image_pixels: int = D.max_image_pixels  # decoded width x height of one image (checked before decoding)
+    max_images: int = D.max_media_per_request  # images + videos in one request
+    video_fps: float = D.video_fps  # default frame sampling rate
+    video_max_frames: int = D.video_max_frames  # frames sampled from one video at most
     video_max_seconds: float = 600.0  # longest video accepted
-    max_request_pixels: int = 64_000_000  # all images and sampled video frames of one request together
+    max_request_pixels: int = D.max_request_pixels  # all images and sampled video frames of one request together
 
 
 class PixelBudget:

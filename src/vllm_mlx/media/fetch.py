@@ -26,14 +26,16 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import httpcore
 
-DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+from ..options import DEFAULTS as D
+
+DEFAULT_MAX_BYTES = int(D.media_max_mb * 2**20)
 
 
 @dataclass(frozen=True)
 class FetchPolicy:
     max_bytes: int = DEFAULT_MAX_BYTES
-    timeout_s: float = 10.0  # whole fetch, redirects included
-    allow_private: bool = False
+    timeout_s: float = D.media_timeout  # whole fetch, redirects included
+    allow_private: bool = D.media_allow_private
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)  # exempt from the address check
     allowed_local_dir: Path | None = None
     max_redirects: int = 3

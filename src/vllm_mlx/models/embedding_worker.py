@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .context import declared_context_length
 from .model_worker import ModelWorker
 from .vocab import max_chars_per_token
 
@@ -49,7 +50,7 @@ class EmbeddingModelSpec:
     def from_config(cls, config: dict) -> "EmbeddingModelSpec":
         dims = config.get("matryoshka_dimensions")
         archs = config.get("architectures") or []
-        max_pos = config.get("max_position_embeddings") or 512
+        max_pos = declared_context_length(config) or 512  # BERT's window when the config declares none
         if config.get("model_type") in ("xlm-roberta", "xlm_roberta", "roberta", "camembert"):
             max_pos -= (config.get("pad_token_id") or 1) + 1  # RoBERTa positions start after the pad id
         return cls(

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..options import DEFAULTS
 from .audio_worker import SpeechService, TranscriptionService, missing_audio_packages, module_missing
 from .embedding_worker import EmbeddingService
 from .loader import resolve_model_path
@@ -49,7 +50,7 @@ class ExtraModels:
     @classmethod
     def from_sources(cls, *, embedding: str | None = None, transcription: str | None = None,
                      speech: str | None = None, requested_dtype: str = "auto",
-                     max_embedding_batch_tokens: int = 8192) -> "ExtraModels":
+                     max_embedding_batch_tokens: int = DEFAULTS.max_embedding_batch_tokens) -> "ExtraModels":
         """Resolve every configured model now (fails fast with ModelNotFoundError); load nothing."""
         models = cls()
         if embedding:

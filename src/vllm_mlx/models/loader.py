@@ -11,6 +11,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from .context import context_length  # the one context-length reader (also used by vision_loader, sharding)
+
 logger = logging.getLogger(__name__)
 
 # Files a text model needs: weights, configs, tokenizer, chat templates, custom code.
@@ -95,10 +97,3 @@ def cast_floating_weights(model: nn.Module, dtype: mx.Dtype) -> None:
     model.update(tree_map(cast, model.parameters()))
 
 
-def context_length(config: dict) -> int:
-    """The model's context window from its config (text_config for multimodal configs)."""
-    for source in (config, config.get("text_config") or {}):
-        for key in ("max_position_embeddings", "max_seq_len", "n_positions", "seq_length", "max_sequence_length"):
-            if isinstance(source.get(key), int) and source[key] > 0:
-                return source[key]
-    return 4096

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..options import DEFAULTS
 from .loader import LoadedModel, cast_floating_weights, context_length
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class VisionInfo:
     image_tokens: int = 0  # soft tokens per image (Gemma 3's mm_tokens_per_image); 0: per image (Gemma 4)
 
 
-def load_vision_model(path: Path, *, compute_dtype: str = "model", cache_bytes: int = 512 << 20,
+def load_vision_model(path: Path, *, compute_dtype: str = "model", cache_bytes: int = DEFAULTS.vision_cache_mb << 20,
                       trust_remote_code: bool = False, mode: ServingMode | None = None) -> LoadedModel:
     """Load with mlx-vlm on the calling (engine) thread; the model is wrapped for the engine.
     ``mode``: why the folder is served as vision-language (for the error of an unsupported one)."""
