@@ -44,7 +44,7 @@ logger = logging.getLogger("vllm_mlx")
 def resolve_model(config: ServerConfig) -> tuple[str, str]:
     """(what to load, the name to serve it under); no model means the built-in demo model."""
     if config.model is None:
-        from ..testing.demo import DEMO_MODEL_NAME, ensure_demo_model
+        from ..models.demo import DEMO_MODEL_NAME, ensure_demo_model
 
         return str(ensure_demo_model()), DEMO_MODEL_NAME
     name = config.model.rstrip("/")
