@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     args = p.parse_args()
     if args.model is None:
-        from vllm_mlx.testing.demo import ensure_demo_model
+        from vllm_mlx.models.demo import ensure_demo_model
 
         args.model = str(ensure_demo_model())
     from vllm_mlx.bench.servers import vllm_mlx_server

@@ -36,9 +36,9 @@ PROMPTS = ["Hello there, how are you?", "The capital of France is", "Write a hai
 
 def build_model(path: Path) -> Path:
     import vllm_mlx  # noqa: F401
-    from vllm_mlx.testing import build_tiny_model
+    from vllm_mlx_testing import build_tiny_model
 
-    from vllm_mlx.testing.pipeline_models import build_qwen2_like
+    from vllm_mlx_testing.pipeline_models import build_qwen2_like
 
     like = path.with_name(path.name + "-qwen3")
     if not (path / "config.json").exists():

@@ -110,7 +110,7 @@ def main() -> None:
         print(json.dumps(bare_loop(args.model, args.batch, args.tokens, args.repeats, args.prompt_len)))
         return
     if args.model is None:
-        from vllm_mlx.testing.demo import ensure_demo_model
+        from vllm_mlx.models.demo import ensure_demo_model
 
         args.model = str(ensure_demo_model())
     print(f"model: {args.model}; {args.tokens} tokens per stream; median (min-max) of {args.repeats} runs after warm-up")

@@ -1,6 +1,6 @@
 """Prefix-cache reuse on today's hybrid / sliding-window architectures: vllm-mlx vs mlx_lm.server.
 
-For every architecture of ``vllm_mlx.testing.arch_models`` (plus a plain-KV Qwen3 for reference)
+For every architecture of ``vllm_mlx_testing.arch_models`` (plus a plain-KV Qwen3 for reference)
 this builds the tiny model, starts `vllm-mlx serve` and `mlx_lm.server` on it side by side, runs
 the three conversations of ``vllm_mlx.bench.cache_conversations`` on each (each scenario with its
 own system prompt, so scenarios never hit each other's entries) and prints the measured request's
@@ -25,8 +25,8 @@ import openai
 
 from vllm_mlx.bench.cache_conversations import SCENARIOS, measure, system_prompt
 from vllm_mlx.bench.servers import mlx_lm_server, vllm_mlx_server
-from vllm_mlx.testing import build_tiny_model
-from vllm_mlx.testing.arch_models import ARCHITECTURES, build_arch_model
+from vllm_mlx_testing import build_tiny_model
+from vllm_mlx_testing.arch_models import ARCHITECTURES, build_arch_model
 
 
 def _client(url: str) -> openai.OpenAI:

@@ -35,7 +35,7 @@ WORDS = ("the model reads every rule below before it answers and keeps each answ
 
 def build_model(path: Path) -> Path:
     import vllm_mlx  # noqa: F401
-    from vllm_mlx.testing import build_tiny_model
+    from vllm_mlx_testing import build_tiny_model
 
     if not (path / "config.json").exists():
         build_tiny_model(path, "qwen3", hidden_size=256, num_hidden_layers=4, num_attention_heads=8,

@@ -67,7 +67,7 @@ def main() -> None:
     args = p.parse_args()
     from conftest import ServerProcess
 
-    from vllm_mlx.testing.demo import ensure_demo_model
+    from vllm_mlx.models.demo import ensure_demo_model
 
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerProcess([str(ensure_demo_model())], Path(tmp) / "log", {**os.environ, "HF_HUB_OFFLINE": "1"})

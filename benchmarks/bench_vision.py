@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def build(path: Path, arch: str, size: int) -> Path:
-    from vllm_mlx.testing.vision_models import build_tiny_vision_model
+    from vllm_mlx_testing.vision_models import build_tiny_vision_model
 
     if not (path / "config.json").exists():
         build_tiny_vision_model(path, arch, hidden_size=256, num_hidden_layers=4, num_attention_heads=8,
@@ -52,7 +52,7 @@ async def ttft(client: httpx.AsyncClient, content: list, max_tokens: int = 1) ->
 
 
 async def run(base: str, repeats: int, size: int) -> None:
-    from vllm_mlx.testing.vision_models import data_url, random_image
+    from vllm_mlx_testing.vision_models import data_url, random_image
 
     rows: dict[str, list[float]] = {"cold": [], "embed hit": [], "full hit": []}
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:

@@ -38,7 +38,7 @@ MODELS = {
 
 
 def build(name: str, root: Path) -> Path:
-    from vllm_mlx.testing import build_tiny_model
+    from vllm_mlx_testing import build_tiny_model
 
     path = root / name
     if not (path / "model.safetensors").exists():

@@ -18,7 +18,7 @@ from vllm_mlx.engine.prefix_cache import PrefixCache
 from vllm_mlx.engine.request import GenerationRequest
 from vllm_mlx.engine.sequence import Sequence
 from vllm_mlx.models.loader import load_model
-from vllm_mlx.testing.demo import ensure_demo_model
+from vllm_mlx.models.demo import ensure_demo_model
 
 
 def greedy(runner: ModelRunner, seq: Sequence, first_logits: mx.array, n: int) -> list[int]:

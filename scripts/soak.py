@@ -22,7 +22,7 @@ fraction of the requests is abandoned after a few chunks (the connection is clos
 * /health p99 latency during the run is under --health-p99-ms.
 
 With ``--attacks`` (the long form of tests/test_bounds_*.py), each round also runs hostile clients in a
-process of their own (vllm_mlx.testing.attacks.attack_loop): clients that stop reading a large
+process of their own (vllm_mlx_testing.attacks.attack_loop): clients that stop reading a large
 stream, slow and silent connections, 10 MB prompts and lone-surrogate requests. Every one must get
 its bound's answer (400s, closed connections), and the checks above -- memory, /health, idle engine --
 must hold with them running.
@@ -166,7 +166,7 @@ def idle_problems(health: dict) -> list[str]:
 
 def start_attacks(ctx, args):
     """The hostile clients of one round, in a process of their own."""
-    from vllm_mlx.testing.attacks import attack_loop
+    from vllm_mlx_testing.attacks import attack_loop
 
     stop, results = ctx.Event(), ctx.Queue()
     process = ctx.Process(target=attack_loop, args=(args.url, args.api_key, stop, results), daemon=True)

@@ -41,14 +41,14 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen3(models_dir) -> Path:
-    from vllm_mlx.testing import build_tiny_model
+    from vllm_mlx_testing import build_tiny_model
 
     return build_tiny_model(models_dir / "tiny-qwen3", "qwen3")
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(models_dir) -> Path:
-    from vllm_mlx.testing import build_tiny_model
+    from vllm_mlx_testing import build_tiny_model
 
     return build_tiny_model(models_dir / "tiny-llama", "llama")
 
@@ -67,7 +67,7 @@ SCRIPTED_DEFAULT = "Hello from the scripted model. The answer is 42."
 
 @pytest.fixture(scope="session")
 def scripted_qwen3(models_dir) -> Path:
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     return build_scripted_model(models_dir / "scripted-qwen3", SCRIPTED_RULES, SCRIPTED_DEFAULT, "qwen3")
 
@@ -100,7 +100,7 @@ def scripted_server(start_server, scripted_qwen3) -> ServerProcess:
 @pytest.fixture(scope="session")
 def fuzz_server(start_server, tiny_qwen3, models_dir) -> ServerProcess:
     """A small-context server (every generation stays short) with an embedding model, for fuzz tests."""
-    from vllm_mlx.testing.embedding_models import build_tiny_bert
+    from vllm_mlx_testing.embedding_models import build_tiny_bert
 
     bert = build_tiny_bert(models_dir / "fuzz-bert")
     return start_server(tiny_qwen3, "--served-model-name", "tiny-qwen3", "--max-model-len", "96", "--max-tokens", "4",

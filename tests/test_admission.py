@@ -26,7 +26,7 @@ BUDGET_BYTES = int(0.01 * 2**20)  # --memory-budget-mb 0.01: 1310 tokens at 8 by
 
 @pytest.fixture(scope="module")
 def server(start_server, models_dir):
-    from vllm_mlx.testing.fault_model import build_fault_model
+    from vllm_mlx_testing.fault_model import build_fault_model
 
     model = build_fault_model(models_dir / "fault-admission", stall_seconds=STALL_S, default_reply=SCRIPTED_DEFAULT)
     return start_server(model, "--trust-remote-code", "--memory-budget-mb", "0.01", "--admission-wait", "2",

@@ -7,8 +7,8 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from vllm_mlx.testing import build_scripted_model
-from vllm_mlx.testing.agent_script import FAMILY_FORMATS, FORMATS, agent_reply
+from vllm_mlx_testing import build_scripted_model
+from vllm_mlx_testing.agent_script import FAMILY_FORMATS, FORMATS, agent_reply
 
 CMD = "echo MARKER_$((6*7))"
 

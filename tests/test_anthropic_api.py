@@ -35,7 +35,7 @@ HI = [{"role": "user", "content": "Hi"}]
 
 @pytest.fixture(scope="module")
 def model_path(models_dir):
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     return build_scripted_model(models_dir / "anthropic-scripted", RULES, DEFAULT, "qwen3")
 

@@ -1,4 +1,4 @@
-"""Tests for vllm_mlx.testing.arch_models: tiny hybrid / sliding-window models."""
+"""Tests for vllm_mlx_testing.arch_models: tiny hybrid / sliding-window models."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
-from vllm_mlx.testing.arch_models import ARCHITECTURES, SLIDING_WINDOW, arch_config, build_arch_model
+from vllm_mlx_testing.arch_models import ARCHITECTURES, SLIDING_WINDOW, arch_config, build_arch_model
 
 EXPECTED_CACHES = {
     "qwen3_5": ["ArraysCache", "ArraysCache", "ArraysCache", "KVCache"],

@@ -22,14 +22,14 @@ UPLOAD_LIMIT_MB = 0.25
 
 @pytest.fixture(scope="module")
 def tiny_whisper(models_dir):
-    from vllm_mlx.testing.audio_models import build_tiny_whisper
+    from vllm_mlx_testing.audio_models import build_tiny_whisper
 
     return build_tiny_whisper(models_dir / "tiny-whisper")
 
 
 @pytest.fixture(scope="module")
 def tiny_soprano(models_dir):
-    from vllm_mlx.testing.audio_models import build_tiny_soprano
+    from vllm_mlx_testing.audio_models import build_tiny_soprano
 
     return build_tiny_soprano(models_dir / "tiny-soprano")
 
@@ -224,7 +224,7 @@ for name in ("mlx_audio", "mlx_embeddings", "soundfile", "python_multipart", "mu
 
 
 def test_routes_answer_501_without_the_extras(start_server, tiny_qwen3, tiny_whisper, tiny_soprano, tmp_path):
-    from vllm_mlx.testing.embedding_models import build_tiny_bert
+    from vllm_mlx_testing.embedding_models import build_tiny_bert
 
     (tmp_path / "sitecustomize.py").write_text(HIDE_EXTRAS)
     bert = build_tiny_bert(tmp_path / "tiny-bert")

@@ -22,7 +22,7 @@ def bench(*args, timeout: float = 240) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def visible_qwen3(models_dir) -> Path:
     """A tiny model whose every token shows text (as the demo model): each streamed token can be timed."""
-    from vllm_mlx.testing import build_tiny_model
+    from vllm_mlx_testing import build_tiny_model
 
     return build_tiny_model(models_dir / "tiny-visible-qwen3", "qwen3", init_scale=8.0, tie_word_embeddings=False,
                             visible_text=True)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from vllm_mlx.api.unicode_check import lone_surrogate
-from vllm_mlx.testing.attacks import (
+from vllm_mlx_testing.attacks import (
     HealthProbe,
     closed_by_server,
     peak_rss_mb,

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from vllm_mlx.testing.attacks import HealthProbe, peak_rss_mb, reset_peak_rss, rss_mb
+from vllm_mlx_testing.attacks import HealthProbe, peak_rss_mb, reset_peak_rss, rss_mb
 
 pytestmark = pytest.mark.reliability
 
@@ -39,7 +39,7 @@ def flac_bytes(seconds: float, rate: int, channels: int) -> bytes:
 @pytest.fixture(scope="module")
 def audio_server(start_server, tiny_qwen3, models_dir):
     pytest.importorskip("mlx_audio", reason="the 'audio' extra is not installed")
-    from vllm_mlx.testing.audio_models import build_tiny_whisper
+    from vllm_mlx_testing.audio_models import build_tiny_whisper
 
     whisper = build_tiny_whisper(models_dir / "bounds-whisper")
     return start_server(tiny_qwen3, "--served-model-name", "tiny-qwen3", "--stt-model", whisper,
@@ -114,7 +114,7 @@ def h264(width: int, height: int, frames: int = 2, fps: int = 2) -> bytes:
 @pytest.fixture(scope="module")
 def vision_server(start_server, models_dir):
     pytest.importorskip("av")
-    from vllm_mlx.testing.vision_models import build_tiny_vision_model
+    from vllm_mlx_testing.vision_models import build_tiny_vision_model
 
     model = build_tiny_vision_model(models_dir / "bounds-qwen2-vl", "qwen2_vl")
     return start_server(model, "--served-model-name", "vl", "--max-image-pixels", str(MAX_IMAGE_PIXELS),
@@ -134,7 +134,7 @@ def _video(data: bytes, **options) -> dict:
 def test_video_frames_obey_the_image_pixel_limit(vision_server):
     """A few-KB H.264 file whose frames are over the pixel limit is refused from its header, as the
     same frame sent as a PNG is; nothing is decoded."""
-    from vllm_mlx.testing.vision_models import data_url, random_image
+    from vllm_mlx_testing.vision_models import data_url, random_image
 
     big = h264(4000, 4000)  # decoding one frame would take ~40 MB
     assert len(big) < 20_000
@@ -161,7 +161,7 @@ def test_pixels_per_request_are_budgeted(vision_server):
 
 
 def test_anthropic_image_media_type_is_checked_against_the_bytes(vision_server):
-    from vllm_mlx.testing.vision_models import random_image
+    from vllm_mlx_testing.vision_models import random_image
 
     def message(data: bytes, media_type: str) -> httpx.Response:
         return httpx.post(f"{vision_server.base_url}/v1/messages", timeout=300, json={

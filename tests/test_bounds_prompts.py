@@ -21,7 +21,7 @@ HUGE = 10 * 2**20  # characters
 
 @pytest.fixture(scope="module")
 def server(start_server, tiny_qwen3, models_dir):
-    from vllm_mlx.testing.embedding_models import build_tiny_bert
+    from vllm_mlx_testing.embedding_models import build_tiny_bert
 
     bert = build_tiny_bert(models_dir / "bounds-bert")
     return start_server(tiny_qwen3, "--served-model-name", "tiny-qwen3", "--embedding-model", bert,

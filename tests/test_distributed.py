@@ -195,7 +195,7 @@ def test_prefix_cache_n_and_abort_stay_consistent(dist_qwen3, qwen3_server):
 
 
 def test_pipeline_parallel_matches_one_process(launch, models_dir, tiny_qwen3, start_server):
-    from vllm_mlx.testing.pipeline_models import build_qwen2_like
+    from vllm_mlx_testing.pipeline_models import build_qwen2_like
 
     model = build_qwen2_like(models_dir / "tiny-qwen2", tiny_qwen3, num_hidden_layers=4)
     single = start_server(model)

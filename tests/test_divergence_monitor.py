@@ -33,7 +33,7 @@ def test_token_agreement_counts_missing_positions_as_mismatches():
 
 @pytest.fixture(scope="module")
 def variant_model(models_dir):
-    from vllm_mlx.testing.batch_variant_model import build_batch_variant_model
+    from vllm_mlx_testing.batch_variant_model import build_batch_variant_model
 
     return build_batch_variant_model(models_dir / "batch-variant", ALONE, BATCHED)
 

@@ -25,7 +25,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tiny_bert(models_dir):
-    from vllm_mlx.testing.embedding_models import build_tiny_bert
+    from vllm_mlx_testing.embedding_models import build_tiny_bert
 
     return build_tiny_bert(models_dir / "tiny-bert", matryoshka_dimensions=[16, 32])
 

@@ -20,7 +20,7 @@ from conftest import SCRIPTED_DEFAULT
 
 @pytest.fixture(scope="module")
 def fault_model(models_dir):
-    from vllm_mlx.testing.fault_model import build_fault_model
+    from vllm_mlx_testing.fault_model import build_fault_model
 
     return build_fault_model(models_dir / "fault-qwen3", stall_seconds=6.0, default_reply=SCRIPTED_DEFAULT)
 
@@ -78,7 +78,7 @@ def test_watchdog_marks_a_stalled_engine_unhealthy_then_recovers(fault_server):
 
 
 def test_watchdog_exit_shuts_a_stuck_server_down(start_server, models_dir):
-    from vllm_mlx.testing.fault_model import build_fault_model
+    from vllm_mlx_testing.fault_model import build_fault_model
 
     model = build_fault_model(models_dir / "fault-long", stall_seconds=8.0)
     server = start_server(model, "--trust-remote-code", "--watchdog-stall", "1", "--watchdog-exit", "2",

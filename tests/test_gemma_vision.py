@@ -19,9 +19,9 @@ import openai
 import pytest
 from vision_helpers import _load, openai_content
 
-from vllm_mlx.testing.gemma3_vision import build_tiny_gemma3_vision_model
-from vllm_mlx.testing.gemma4_vision import build_tiny_gemma4_vision_model
-from vllm_mlx.testing.vision_models import data_url, random_image
+from vllm_mlx_testing.gemma3_vision import build_tiny_gemma3_vision_model
+from vllm_mlx_testing.gemma4_vision import build_tiny_gemma4_vision_model
+from vllm_mlx_testing.vision_models import data_url, random_image
 
 N = 12  # greedy tokens compared
 QUESTION = [{"type": "text", "text": "Look closely. What is in this picture?"}, {"type": "image"}]

@@ -17,7 +17,7 @@ from vllm_mlx.engine.prefix_cache import PrefixCache
 from vllm_mlx.engine.request import GenerationRequest
 from vllm_mlx.engine.sequence import Sequence
 from vllm_mlx.models.loader import load_model
-from vllm_mlx.testing.arch_models import ARCHITECTURES, build_arch_model
+from vllm_mlx_testing.arch_models import ARCHITECTURES, build_arch_model
 
 
 @pytest.fixture(scope="session")

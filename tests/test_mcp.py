@@ -61,7 +61,7 @@ def mcp_files(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def mcp_server(start_server, models_dir, mcp_files):
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     model = build_scripted_model(models_dir / "scripted-mcp", RULES, DEFAULT, "qwen3")
     return start_server(model, "--trust-remote-code", "--served-model-name", "scripted",

@@ -17,7 +17,7 @@ REPLY_B = "Model B speaking here."
 
 @pytest.fixture(scope="module")
 def two_scripted(models_dir):
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     return (build_scripted_model(models_dir / "multi-a", [], REPLY_A, "qwen3"),
             build_scripted_model(models_dir / "multi-b", [], REPLY_B, "llama"))
@@ -202,7 +202,7 @@ def test_sigterm_drains_every_loaded_model(start_server, tmp_path_factory, tiny_
     import json
     import signal
 
-    from vllm_mlx.testing.demo import ensure_demo_model
+    from vllm_mlx.models.demo import ensure_demo_model
 
     demo = ensure_demo_model(tmp_path_factory.mktemp("demo"))  # slow enough to outlast the drain window
     server = start_server("--models", f"demo={demo}", f"q={tiny_qwen3}", "--shutdown-timeout", "1.5")

@@ -31,7 +31,7 @@ CLAUDE_RULES = [RULES[0], {"if_contains": "run the marker command", "reply":
 
 
 def long_context_model(models_dir, name, rules):
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     path = build_scripted_model(models_dir / name, rules, "Nothing to do.", "qwen3")
     config = json.loads((path / "config.json").read_text())

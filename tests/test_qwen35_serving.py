@@ -24,8 +24,8 @@ from vllm_mlx.cli import main as cli_main
 from vllm_mlx.config import ServerConfig
 from vllm_mlx.media.decode import MediaLimits, decode_video
 from vllm_mlx.models.vision_loader import serving_mode
-from vllm_mlx.testing.qwen35_vision import build_tiny_qwen35_vision_model
-from vllm_mlx.testing.vision_models import data_url, random_image, random_video
+from vllm_mlx_testing.qwen35_vision import build_tiny_qwen35_vision_model
+from vllm_mlx_testing.vision_models import data_url, random_image, random_video
 
 N = 12  # greedy tokens compared
 QUESTION = [{"type": "text", "text": "What is in this picture?"}, {"type": "image"}]

@@ -32,7 +32,7 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Weather fo
 
 @pytest.fixture(scope="module")
 def server(start_server, models_dir):
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     path = build_scripted_model(models_dir / "responses-scripted", RULES, DEFAULT, "qwen3")
     return start_server(path, "--trust-remote-code", "--served-model-name", "scripted")

@@ -1,4 +1,5 @@
-"""Tests for vllm_mlx.testing: tiny model folders that mlx-lm loads normally."""
+"""Tests for the tiny model folders mlx-lm loads normally: the fixtures (vllm_mlx_testing) and the
+demo model (vllm_mlx.models.demo)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,11 @@ import pytest
 from mlx_lm.sample_utils import make_sampler
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer
 
-from vllm_mlx.testing import (
-    DEMO_MODEL_NAME,
-    build_scripted_model,
-    build_tiny_model,
-    ensure_demo_model,
-    train_tokenizer,
-)
-from vllm_mlx.testing import demo as demo_mod
-from vllm_mlx.testing import tokenizer as tokenizer_mod
-from vllm_mlx.testing.scripted_model import next_token, reply_progress, select_reply
+from vllm_mlx.models.demo import DEMO_MODEL_NAME, ensure_demo_model
+from vllm_mlx.models.demo import demo_model as demo_mod
+from vllm_mlx.models.demo import tokenizer as tokenizer_mod
+from vllm_mlx_testing import build_scripted_model, build_tiny_model, train_tokenizer
+from vllm_mlx_testing.scripted_model import next_token, reply_progress, select_reply
 
 
 TOOLS = [

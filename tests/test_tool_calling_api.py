@@ -42,7 +42,7 @@ TOOL_RESULT = json.dumps({"sky": "sunny", "checked_by": "weather-service"})
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def family_server(request, start_server, models_dir):
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     name = request.param
     family, flags, call = FAMILIES[name]

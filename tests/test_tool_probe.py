@@ -45,7 +45,7 @@ FAMILIES = {"hermes": ("qwen3", []), "llama3_json": ("llama", []),
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def probe_server(request, start_server, models_dir):
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     family = request.param
     model_family, flags = FAMILIES[family]

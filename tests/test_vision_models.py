@@ -22,7 +22,7 @@ from vllm_mlx.media.decode import (
     decode_video,
 )
 from vllm_mlx.models.vision_loader import vision_evidence
-from vllm_mlx.testing.vision_models import (
+from vllm_mlx_testing.vision_models import (
     build_scripted_vision_model,
     build_tiny_vision_model,
     data_url,

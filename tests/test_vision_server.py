@@ -17,7 +17,7 @@ import pytest
 from vision_helpers import openai_content, reference_greedy, reference_greedy_video
 
 from vllm_mlx.media.decode import MediaLimits, decode_video
-from vllm_mlx.testing.vision_models import (
+from vllm_mlx_testing.vision_models import (
     build_tiny_vision_model,
     data_url,
     random_image,

@@ -90,7 +90,7 @@ def served_name(config: ServerConfig) -> str:
     if config.served_model_names:
         return config.served_model_names[0]
     if config.model is None:
-        from .testing.demo import DEMO_MODEL_NAME
+        from .models.demo import DEMO_MODEL_NAME
 
         return DEMO_MODEL_NAME
     name = config.model.rstrip("/")

@@ -49,7 +49,7 @@ class AgentServer:
 @pytest.fixture(scope="session")
 def agent_server(start_server, models_dir, tmp_path_factory):
     """agent_server(family) -> AgentServer, started once per family for the session."""
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     running: dict[str, AgentServer] = {}
 

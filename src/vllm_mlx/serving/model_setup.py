@@ -114,7 +114,7 @@ def prompt_guard(config: ServerConfig, tokenizer, max_len: int) -> PromptGuard:
 def resolve_model(config: ServerConfig) -> tuple[str, str]:
     """(what to load, the name to serve it under); no model means the built-in demo model."""
     if config.model is None:
-        from ..testing.demo import DEMO_MODEL_NAME, ensure_demo_model  # built on first use
+        from ..models.demo import DEMO_MODEL_NAME, ensure_demo_model  # built on first use
 
         return str(ensure_demo_model()), DEMO_MODEL_NAME
     name = config.model.rstrip("/")

@@ -18,10 +18,7 @@ import mlx.core as mx
 from . import scripted_model
 
 MODEL_FILE = "batch_variant_model.py"
-MODEL_FILE_SOURCE = (
-    '"""Batch-size-dependent scripted test model; the implementation lives in vllm_mlx.testing."""\n'
-    "from vllm_mlx.testing.batch_variant_model import Model, ModelArgs  # noqa: F401\n"
-)
+MODEL_FILE_SOURCE = scripted_model.model_file_source("Batch-size-dependent scripted test model", "vllm_mlx_testing.batch_variant_model")
 
 
 @dataclass

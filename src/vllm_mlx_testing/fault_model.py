@@ -18,10 +18,7 @@ from . import scripted_model
 from .builders import build_scripted_model
 
 MODEL_FILE = "fault_model.py"
-MODEL_FILE_SOURCE = (
-    '"""Fault-injecting test model; the implementation lives in vllm_mlx.testing."""\n'
-    "from vllm_mlx.testing.fault_model import Model, ModelArgs  # noqa: F401\n"
-)
+MODEL_FILE_SOURCE = scripted_model.model_file_source("Fault-injecting test model", "vllm_mlx_testing.fault_model")
 
 
 class InjectedFault(RuntimeError):

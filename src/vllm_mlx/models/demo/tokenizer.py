@@ -1,14 +1,14 @@
-"""Deterministic byte-level BPE tokenizers for tiny test models.
+"""The demo model's tokenizer: a deterministic byte-level BPE trained at run time.
 
-The tokenizers are trained at run time on a corpus generated in code (no
-downloads), so the test suite and the demo model never need a model hub.
-The layout follows the GPT-2 / Qwen / Llama 3 family: a ``ByteLevel``
-pre-tokenizer and a ``ByteLevel`` decoder, which makes mlx-lm pick its BPE
-streaming detokenizer, and which round-trips any text (every byte is in the
-initial alphabet).
+The tokenizer is trained on a corpus generated in code (no downloads), so the
+demo model -- and the test fixtures, which reuse this trainer -- never need a
+model hub.  The layout follows the GPT-2 / Qwen / Llama 3 family: a
+``ByteLevel`` pre-tokenizer and a ``ByteLevel`` decoder, which makes mlx-lm
+pick its BPE streaming detokenizer, and which round-trips any text (every
+byte is in the initial alphabet).
 
 Training is deterministic: the corpus comes from a seeded ``random.Random``
-and the BPE trainer breaks ties by pair order, so the same ``family`` and
+and the BPE trainer breaks ties by pair order, so the same special tokens and
 ``vocab_size`` always give the same vocabulary and merges.
 """
 
@@ -16,74 +16,24 @@ from __future__ import annotations
 
 import functools
 import random
+from typing import Iterable
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-
-def _specials(*special: str, plain: tuple[str, ...] = ()) -> list[tuple[str, bool]]:
-    return [(t, True) for t in special] + [(t, False) for t in plain]
-
-
-_QWEN_TAGS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
-
-# Special tokens per family: (content, special).  Qwen marks its think /
-# tool-call tags as added-but-not-special tokens, so ``skip_special_tokens``
-# keeps them; the chat-control tokens are special.
-FAMILY_TOKENS: dict[str, list[tuple[str, bool]]] = {
-    "qwen3": [
-        ("<|endoftext|>", True),
-        ("<|im_start|>", True),
-        ("<|im_end|>", True),
-        ("<think>", False),
-        ("</think>", False),
-        ("<tool_call>", False),
-        ("</tool_call>", False),
-        ("<tool_response>", False),
-        ("</tool_response>", False),
-    ],
-    "llama": [
-        ("<|begin_of_text|>", True),
-        ("<|end_of_text|>", True),
-        ("<|start_header_id|>", True),
-        ("<|end_header_id|>", True),
-        ("<|eot_id|>", True),
-        ("<|python_tag|>", True),
-        ("<|eom_id|>", True),
-    ],
-    # The families below are used by ``arch_models`` (hybrid / sliding-window
-    # architectures); their chat-control tokens follow the public formats.
-    # ``_specials(*special, plain=(...))``: special tokens, then added ones.
-    "gemma3": _specials("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"),
-    "gemma4": _specials(
-        "<pad>", "<eos>", "<bos>", "<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>",
-        "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>",
-        '<|"|>',
-    ),
-    "harmony": _specials(
-        "<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>",
-        "<|start|>", "<|end|>", "<|message|>", "<|call|>",
-    ),
-    "nemotron_h": _specials("<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", plain=_QWEN_TAGS),
-    "falcon_h1": _specials(
-        "<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>",
-        plain=_QWEN_TAGS[2:],
-    ),
-    "lfm2": _specials(
-        "<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>",
-        "<|tool_list_start|>", "<|tool_list_end|>", "<|tool_call_start|>", "<|tool_call_end|>",
-        "<|tool_response_start|>", "<|tool_response_end|>",
-    ),
-}
-
-# Families whose tokenizer prepends a BOS token on ``encode`` (a post-processor,
-# as in the real tokenizer.json files); their chat templates also start with it.
-FAMILY_BOS: dict[str, str] = {
-    "llama": "<|begin_of_text|>",
-    "gemma3": "<bos>",
-    "gemma4": "<bos>",
-    "falcon_h1": "<|begin_of_text|>",
-    "lfm2": "<|startoftext|>",
-}
+# Qwen3's added tokens: (content, special).  Qwen marks its think / tool-call
+# tags as added-but-not-special tokens, so ``skip_special_tokens`` keeps them;
+# the chat-control tokens are special.
+QWEN3_TOKENS: tuple[tuple[str, bool], ...] = (
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<think>", False),
+    ("</think>", False),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+)
 
 _NOUNS = """
 time year people way day man woman child world life hand part place case week
@@ -397,11 +347,10 @@ def build_corpus(seed: int = 1234, lines: int = 16000) -> list[str]:
 
 
 @functools.lru_cache(maxsize=32)
-def _train_cached(family: str, vocab_size: int) -> str:
-    specials = FAMILY_TOKENS[family]
-    base_size = vocab_size - len(specials)
+def _train_cached(special_tokens: tuple[tuple[str, bool], ...], vocab_size: int, bos: str | None) -> str:
+    base_size = vocab_size - len(special_tokens)
     if base_size < 300:
-        raise ValueError(f"vocab_size {vocab_size} is too small (need >= {300 + len(specials)})")
+        raise ValueError(f"vocab_size {vocab_size} is too small (need >= {300 + len(special_tokens)})")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -419,16 +368,15 @@ def _train_cached(family: str, vocab_size: int) -> str:
     while tok.get_vocab_size() < base_size:
         tok.add_special_tokens([AddedToken(f"<|reserved_{i}|>", special=True)])
         i += 1
-    for content, special in specials:
+    for content, special in special_tokens:
         added = AddedToken(content, special=special, normalized=False)
         if special:
             tok.add_special_tokens([added])
         else:
             tok.add_tokens([added])
-    if family in FAMILY_BOS:
+    if bos is not None:
         from tokenizers import processors
 
-        bos = FAMILY_BOS[family]
         tok.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A",
             pair=f"{bos} $A {bos} $B",
@@ -438,16 +386,47 @@ def _train_cached(family: str, vocab_size: int) -> str:
     return tok.to_str()
 
 
-def train_tokenizer(family: str, vocab_size: int = 2048) -> Tokenizer:
+def train_bpe_tokenizer(
+    special_tokens: Iterable[tuple[str, bool]], vocab_size: int = 2048, bos: str | None = None
+) -> Tokenizer:
     """Train (once per process, then cached) the byte-level BPE tokenizer.
 
-    ``family`` is a key of ``FAMILY_TOKENS`` (``"qwen3"``, ``"llama"``, or one
-    of the ``arch_models`` families); it decides the special tokens (appended
-    after the learned vocabulary) and, for the ``FAMILY_BOS`` families, a
-    post-processor that prepends the BOS token.  The result has exactly
-    ``vocab_size`` tokens.  A fresh ``Tokenizer`` is returned on every call,
-    so callers may mutate it.
+    ``special_tokens`` are ``(content, special)`` pairs appended after the
+    learned vocabulary (e.g. ``QWEN3_TOKENS``); ``bos``, one of them, is then
+    prepended on ``encode`` by a post-processor (as in Llama-style
+    tokenizer.json files).  The result has exactly ``vocab_size`` tokens.  A
+    fresh ``Tokenizer`` is returned on every call, so callers may mutate it.
     """
-    if family not in FAMILY_TOKENS:
-        raise ValueError(f"unknown family {family!r}; expected one of {sorted(FAMILY_TOKENS)}")
-    return Tokenizer.from_str(_train_cached(family, int(vocab_size)))
+    return Tokenizer.from_str(_train_cached(tuple(map(tuple, special_tokens)), int(vocab_size), bos))
+
+
+def _byte_level_table() -> dict[str, int]:
+    """Map of the byte-level BPE alphabet characters back to byte values."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    mapping = {chr(b): b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            mapping[chr(256 + extra)] = b
+            extra += 1
+    return mapping
+
+
+def token_byte_table(tokenizer: Tokenizer) -> list[str]:
+    """Hex-encoded bytes of every token id of a byte-level BPE tokenizer."""
+    table = _byte_level_table()
+    added = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+    out = []
+    for i in range(tokenizer.get_vocab_size()):
+        piece = tokenizer.id_to_token(i)
+        if piece is None:
+            out.append("")
+        elif piece in added:
+            out.append(piece.encode("utf-8").hex())
+        else:
+            out.append(bytes(table[ch] for ch in piece).hex())
+    return out

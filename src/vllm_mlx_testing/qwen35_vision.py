@@ -26,7 +26,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .builders import write_generation_config
+from vllm_mlx.models.demo.builder import QWEN3, write_generation_config
+
 from .vision_models import _random_weights, _write_json, write_processor_configs, write_vision_tokenizer
 
 ARCHITECTURES = {"qwen3_5": "Qwen3_5ForConditionalGeneration", "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration"}
@@ -227,7 +228,7 @@ def build_tiny_qwen35_vision_model(
     path.mkdir(parents=True, exist_ok=True)
     ids = write_vision_tokenizer(path, vocab_size)
     _use_qwen35_template(path)
-    write_generation_config(path, "qwen3", ids)
+    write_generation_config(path, QWEN3, ids)
     write_processor_configs(path, "qwen3_vl", min_pixels=min_pixels, max_pixels=max_pixels)
     config = qwen35_config(
         ids, vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,

@@ -48,14 +48,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .builders import build_tiny_model
+from .builder import QWEN3, build_random_model
 
 DEMO_MODEL_NAME = "vllm-mlx-demo"
 DEMO_DIR_NAME = "demo-model-v1"
 DEMO_MARKER = ".vllm-mlx-demo-complete"
 DEMO_INIT_SCALE = 8.0
-DEMO_MODEL_KWARGS = {
-    "family": "qwen3",
+DEMO_MODEL_KWARGS = {  # arguments of build_random_model for the QWEN3 family
     "hidden_size": 256,
     "num_hidden_layers": 4,
     "num_attention_heads": 8,
@@ -78,7 +77,7 @@ def default_cache_root() -> Path:
 def build_demo_model(path: str | Path) -> Path:
     """Write the demo model into ``path`` (no caching, no atomicity)."""
     path = Path(path)
-    build_tiny_model(path, **DEMO_MODEL_KWARGS)
+    build_random_model(path, QWEN3, **DEMO_MODEL_KWARGS)
     return path
 
 
@@ -103,7 +102,7 @@ def ensure_demo_model(cache_root: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_DIR_NAME}.tmp-", dir=root))
     try:
         build_demo_model(tmp)
-        marker = {"name": DEMO_MODEL_NAME, "dir": DEMO_DIR_NAME, **DEMO_MODEL_KWARGS}
+        marker = {"name": DEMO_MODEL_NAME, "dir": DEMO_DIR_NAME, "family": QWEN3.name, **DEMO_MODEL_KWARGS}
         (tmp / DEMO_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         for _ in range(3):
             try:

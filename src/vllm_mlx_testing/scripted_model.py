@@ -40,6 +40,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import mlx.core as mx
@@ -48,6 +49,8 @@ import numpy as np
 from mlx_lm.models.base import BaseModelArgs
 from mlx_lm.models.cache import KVCache
 
+from vllm_mlx.models.demo.tokenizer import token_byte_table
+
 from .agent_script import DEFAULT_COMMAND, FORMATS, agent_reply
 
 MODEL_TYPE = "vllm_mlx_scripted"
@@ -55,11 +58,29 @@ MODEL_TYPE = "vllm_mlx_scripted"
 # this file as one JSON line {"context", "kind", "reply"}: what the server really handed the model.
 TRANSCRIPT_ENV = "VLLM_MLX_SCRIPTED_TRANSCRIPT"
 MODEL_FILE = "scripted_model.py"
-MODEL_FILE_SOURCE = (
-    '"""Scripted test model; the implementation lives in vllm_mlx.testing."""\n'
-    "from vllm_mlx.testing.scripted_model import Model, ModelArgs  # noqa: F401\n"
-)
 NEG = -1e9
+
+
+def model_file_source(what: str, module: str, names: str = "Model, ModelArgs") -> str:
+    """The ``model_file`` a fixture folder carries: mlx-lm / mlx-vlm run it (``trust_remote_code``)
+    and it imports ``names`` from ``module`` of this package.  The package is not part of the
+    ``vllm_mlx`` wheel; it is importable wherever the repository's ``src/`` is on ``sys.path`` (the
+    editable install, ``PYTHONPATH``).  Elsewhere -- a server installed from the wheel -- the file
+    appends this checkout's ``src/`` to ``sys.path`` (last, so the installed ``vllm_mlx`` still wins)."""
+    src = str(Path(__file__).resolve().parent.parent)
+    return (
+        f'"""{what}; the implementation lives in {module} (vllm-mlx\'s development-only test fixtures)."""\n'
+        "try:\n"
+        f"    from {module} import {names}  # noqa: F401,F403\n"
+        "except ModuleNotFoundError:  # served by a vllm-mlx without the repository's src/ on sys.path\n"
+        "    import sys\n"
+        "\n"
+        f"    sys.path.append({src!r})\n"
+        f"    from {module} import {names}  # noqa: F401,F403\n"
+    )
+
+
+MODEL_FILE_SOURCE = model_file_source("Scripted test model", "vllm_mlx_testing.scripted_model")
 
 
 @dataclass
@@ -310,38 +331,6 @@ class Model(nn.Module):
 
 # ---------------------------------------------------------------------------
 # Build-time helpers (used by ``builders.build_scripted_model``).
-
-
-def _byte_level_table() -> dict[str, int]:
-    """Map of the byte-level BPE alphabet characters back to byte values."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    mapping = {chr(b): b for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            mapping[chr(256 + extra)] = b
-            extra += 1
-    return mapping
-
-
-def token_byte_table(tokenizer) -> list[str]:
-    """Hex-encoded bytes of every token id of a byte-level BPE tokenizer."""
-    table = _byte_level_table()
-    added = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
-    out = []
-    for i in range(tokenizer.get_vocab_size()):
-        piece = tokenizer.id_to_token(i)
-        if piece is None:
-            out.append("")
-        elif piece in added:
-            out.append(piece.encode("utf-8").hex())
-        else:
-            out.append(bytes(table[ch] for ch in piece).hex())
-    return out
 
 
 def _encode_exact(tokenizer, text: str, what: str) -> list[int]:

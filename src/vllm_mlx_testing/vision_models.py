@@ -20,8 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .builders import FAMILY_SPECS, write_generation_config
-from .chat_templates import QWEN3_CHAT_TEMPLATE, TEXT_OF_MACRO
+from vllm_mlx.models.demo.builder import QWEN3, write_generation_config
+from vllm_mlx.models.demo.chat_template import QWEN3_CHAT_TEMPLATE, TEXT_OF_MACRO
+
+from . import scripted_model
 from .tokenizer import FAMILY_TOKENS, train_tokenizer
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -61,7 +63,7 @@ def vision_tokenizer(vocab_size: int):
 def write_vision_tokenizer(path: Path, vocab_size: int) -> dict[str, Any]:
     tok = vision_tokenizer(vocab_size)
     tok.save(str(path / "tokenizer.json"))
-    spec = FAMILY_SPECS["qwen3"]
+    spec = QWEN3
     specials = [*FAMILY_TOKENS["qwen3"], *((t, True) for t in VISION_TOKENS)]
     added = {
         str(tok.token_to_id(content)): {"content": content, "lstrip": False, "normalized": False,
@@ -72,21 +74,21 @@ def write_vision_tokenizer(path: Path, vocab_size: int) -> dict[str, Any]:
     _write_json(path / "tokenizer_config.json", {
         "add_bos_token": False, "add_eos_token": False, "add_prefix_space": False,
         "added_tokens_decoder": added, "bos_token": None, "chat_template": template,
-        "clean_up_tokenization_spaces": False, "eos_token": spec["eos"][0], "errors": "replace",
+        "clean_up_tokenization_spaces": False, "eos_token": spec.eos[0], "errors": "replace",
         "model_input_names": ["input_ids", "attention_mask"], "model_max_length": 4096,
-        "pad_token": spec["pad"], "split_special_tokens": False,
+        "pad_token": spec.pad, "split_special_tokens": False,
         "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": None,
     })
     _write_json(path / "special_tokens_map.json", {
-        "eos_token": spec["eos"][0], "pad_token": spec["pad"],
+        "eos_token": spec.eos[0], "pad_token": spec.pad,
         "additional_special_tokens": [t for t, special in specials if special],
     })
     _write_json(path / "chat_template.json", {"chat_template": template})
     ids = {t: tok.token_to_id(t) for t in VISION_TOKENS}
     return {
-        "eos_token_id": [tok.token_to_id(t) for t in spec["eos"]],
-        "bos_token_id": tok.token_to_id(spec["bos_id_token"]),
-        "pad_token_id": tok.token_to_id(spec["pad"]),
+        "eos_token_id": [tok.token_to_id(t) for t in spec.eos],
+        "bos_token_id": tok.token_to_id(spec.bos_id_token),
+        "pad_token_id": tok.token_to_id(spec.pad),
         "vision": ids,
         "tokenizer": tok,
     }
@@ -203,7 +205,7 @@ def build_tiny_vision_model(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     ids = write_vision_tokenizer(path, vocab_size)
-    write_generation_config(path, "qwen3", ids)
+    write_generation_config(path, QWEN3, ids)
     write_processor_configs(path, arch, min_pixels=min_pixels, max_pixels=max_pixels)
     config = vision_model_config(
         arch, ids, vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
@@ -217,9 +219,8 @@ def build_tiny_vision_model(
 
 
 SCRIPTED_VISION_FILE = "scripted_vision_model.py"
-SCRIPTED_VISION_SOURCE = (
-    '"""Scripted vision test model; the implementation lives in vllm_mlx.testing."""\n'
-    "from vllm_mlx.testing.scripted_vision import *  # noqa: F401,F403\n"
+SCRIPTED_VISION_SOURCE = scripted_model.model_file_source(
+    "Scripted vision test model", "vllm_mlx_testing.scripted_vision", "*"
 )
 
 
@@ -232,14 +233,12 @@ def build_scripted_vision_model(
 ) -> Path:
     """A tiny Qwen2-VL folder (real vision tower) whose text replies follow ``rules`` (see
     ``build_scripted_model``).  mlx-vlm loads it through the config's ``model_file``."""
-    from . import scripted_model
-
     path = build_tiny_vision_model(path, "qwen2_vl", vocab_size=vocab_size, num_hidden_layers=1)
     config = json.loads((path / "config.json").read_text())
     tok = vision_tokenizer(vocab_size)
     script = scripted_model.scripted_config(
         tokenizer=tok, rules=list(rules), default_reply=default_reply,
-        assistant_marker=FAMILY_SPECS["qwen3"]["assistant_marker"],
+        assistant_marker=QWEN3.assistant_marker,
         eos_token_id=config["eos_token_id"], bos_token_id=config["bos_token_id"], vocab_size=vocab_size,
     )
     config["model_file"] = SCRIPTED_VISION_FILE

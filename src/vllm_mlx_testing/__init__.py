@@ -1,0 +1,24 @@
+"""Test and benchmark fixtures of vllm-mlx: tiny, real, HF-style model folders.
+
+A development-only package: it lives next to ``vllm_mlx`` in the repository's
+``src/`` (importable through the editable install) and is not part of the
+wheel.  The server's demo model is not here: ``vllm_mlx.models.demo``, whose
+random-model builder and tokenizer training these fixtures reuse.
+
+* ``build_tiny_model`` -- a random qwen3 / llama model mlx-lm loads normally.
+* ``build_scripted_model`` -- a model whose output is an exact scripted reply.
+* ``train_tokenizer`` -- the deterministic byte-level BPE tokenizers they use.
+* modules for the other fixtures: ``agent_script``, ``fault_model``,
+  ``batch_variant_model``, ``vision_models`` / ``scripted_vision``,
+  ``gemma3_vision``, ``gemma4_vision``, ``qwen35_vision``, ``audio_models``,
+  ``embedding_models``, ``arch_models``, ``pipeline_models``, ``attacks``.
+"""
+
+from .builders import build_scripted_model, build_tiny_model
+from .tokenizer import train_tokenizer
+
+__all__ = [
+    "build_scripted_model",
+    "build_tiny_model",
+    "train_tokenizer",
+]

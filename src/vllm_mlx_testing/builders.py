@@ -1,0 +1,146 @@
+"""Builders of tiny, real, HF-style model folders for tests.
+
+The folders load through mlx-lm's normal path (``mlx_lm.load(path)``, or
+``mlx_lm.utils.load_model`` + ``load_tokenizer``).  The random-weight builder
+is the demo model's (``vllm_mlx.models.demo.builder``); this module adds the
+Llama family and the scripted models.
+
+Families:
+
+* ``"qwen3"`` -- ``model_type: qwen3`` (``Qwen3ForCausalLM``), ChatML
+  template, EOS ``<|im_end|>`` (and ``<|endoftext|>``), no BOS.
+* ``"llama"`` -- ``model_type: llama`` (``LlamaForCausalLM``, Llama 3.1
+  style with ``llama3`` rope scaling and an untied ``lm_head``), EOS
+  ``<|eot_id|>`` (and ``<|end_of_text|>``), BOS ``<|begin_of_text|>``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from vllm_mlx.models.demo.builder import (
+    QWEN3,
+    ModelFamily,
+    build_random_model,
+    write_generation_config,
+    write_tokenizer_files,
+)
+
+from .chat_templates import LLAMA3_CHAT_TEMPLATE
+from .tokenizer import FAMILY_BOS, FAMILY_TOKENS
+
+
+def _llama_architecture(common: dict[str, Any], num_hidden_layers: int, tie: bool | None) -> dict[str, Any]:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        **common,
+        "mlp_bias": False,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-5,
+        "rope_scaling": {
+            "factor": 8.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 1024,
+            "rope_type": "llama3",
+        },
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": False if tie is None else tie,
+    }
+
+
+LLAMA = ModelFamily(
+    name="llama",
+    tokens=tuple(FAMILY_TOKENS["llama"]),
+    chat_template=LLAMA3_CHAT_TEMPLATE,
+    eos=("<|eot_id|>", "<|end_of_text|>"),
+    bos=FAMILY_BOS["llama"],
+    bos_id_token="<|begin_of_text|>",
+    pad="<|end_of_text|>",
+    assistant_marker="<|start_header_id|>assistant<|end_header_id|>",
+    sampling={"temperature": 0.6, "top_p": 0.9},
+    architecture=_llama_architecture,
+)
+
+FAMILIES: dict[str, ModelFamily] = {"qwen3": QWEN3, "llama": LLAMA}
+
+
+def model_family(family: str) -> ModelFamily:
+    """The ``ModelFamily`` named ``family`` (``"qwen3"`` or ``"llama"``)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {sorted(FAMILIES)}")
+    return FAMILIES[family]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def build_tiny_model(path: str | Path, family: str = "qwen3", **kwargs: Any) -> Path:
+    """Write a tiny random ``family`` model folder at ``path`` and return it:
+    ``vllm_mlx.models.demo.builder.build_random_model`` (see there for the
+    arguments) for the family named ``family``."""
+    return build_random_model(path, model_family(family), **kwargs)
+
+
+def build_scripted_model(
+    path: str | Path,
+    rules: Sequence[dict[str, Any]] = (),
+    default_reply: str = "Hello from the scripted model.",
+    family: str = "qwen3",
+    *,
+    vocab_size: int = 2048,
+    agent: bool = False,
+    command: str | None = None,
+    max_position_embeddings: int | None = None,
+) -> Path:
+    """Write a model folder whose replies are scripted (see ``scripted_model``).
+
+    ``rules`` is a list of ``{"if_contains": text, "reply": text}`` checked in
+    order against the conversation before the last assistant turn; the first
+    match's ``reply`` is generated, else ``default_reply``.  Every reply is
+    followed by the family's EOS.  Load with ``trust_remote_code=True``.
+    A rule may add ``"quote": regex``: the regex's first group, found in the
+    conversation, replaces ``{quote}`` in its reply (e.g. to repeat a tool result).
+
+    ``agent=True`` makes it behave like a tool-using agent when no rule
+    matches (``agent_script``): with tools offered it calls the shell tool
+    with ``command`` (default ``echo MARKER_$((6*7))``) in the family's native
+    format (qwen3: Hermes ``<tool_call>``; llama: Llama 3 JSON), and once the
+    result is back it answers quoting it.  ``max_position_embeddings`` sets
+    the context length (agent clients send long system prompts).
+    """
+    import mlx.core as mx
+
+    from . import scripted_model
+
+    fam = model_family(family)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    ids = write_tokenizer_files(path, fam, vocab_size)
+    write_generation_config(path, fam, ids)
+    tok = fam.tokenizer(vocab_size)
+    config = scripted_model.scripted_config(
+        tokenizer=tok,
+        rules=list(rules),
+        default_reply=default_reply,
+        assistant_marker=fam.assistant_marker,
+        eos_token_id=ids["eos_token_id"],
+        bos_token_id=ids["bos_token_id"],
+        vocab_size=vocab_size,
+    )
+    if agent:
+        from .agent_script import DEFAULT_COMMAND, FAMILY_FORMATS
+
+        config["agent"] = {"format": FAMILY_FORMATS[family], "command": command or DEFAULT_COMMAND}
+    if max_position_embeddings:
+        config["max_position_embeddings"] = max_position_embeddings
+    _write_json(path / "config.json", config)
+    (path / scripted_model.MODEL_FILE).write_text(scripted_model.MODEL_FILE_SOURCE)
+    mx.save_safetensors(
+        str(path / "model.safetensors"), scripted_model.dummy_weights(), metadata={"format": "mlx"}
+    )
+    return path
