@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-PACKAGES = ("vllm_mlx",)
+PACKAGES = ("vllm_mlx", "vllm_mlx_testing")  # the product and its dev-only fixtures
 MAX_LINES = 420  # "about 400": a file past this wants splitting
 
 

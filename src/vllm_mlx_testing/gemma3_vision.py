@@ -31,7 +31,7 @@ from .arch_templates import GEMMA3_TEMPLATE
 from .chat_templates import TEXT_OF_MACRO
 from .qwen35_vision import quantize_language_weights
 from .tokenizer import FAMILY_TOKENS, train_tokenizer
-from .vision_models import _random_weights, _write_json
+from .vision_models import random_vision_weights, write_json
 
 IMAGE_TOKENS = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"]
 EOS_TOKENS = ["<end_of_turn>", "<eos>"]
@@ -70,7 +70,7 @@ def write_image_tokenizer(path: Path, family: str, vocab_size: int, image_tokens
     added = {str(tok.token_to_id(content)): {"content": content, "lstrip": False, "normalized": False,
                                              "rstrip": False, "single_word": False, "special": special}
              for content, special in specials}
-    _write_json(path / "tokenizer_config.json", {
+    write_json(path / "tokenizer_config.json", {
         "add_bos_token": True, "add_eos_token": False, "add_prefix_space": False,
         "added_tokens_decoder": added, "bos_token": "<bos>", "chat_template": template,
         "clean_up_tokenization_spaces": False, "eos_token": "<eos>", "errors": "replace",
@@ -78,23 +78,23 @@ def write_image_tokenizer(path: Path, family: str, vocab_size: int, image_tokens
         "model_max_length": 4096, "pad_token": "<pad>", "split_special_tokens": False,
         "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": None,
     })
-    _write_json(path / "special_tokens_map.json", {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+    write_json(path / "special_tokens_map.json", {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
                                                    **extra_special})
-    _write_json(path / "chat_template.json", {"chat_template": template})
+    write_json(path / "chat_template.json", {"chat_template": template})
     ids = {
         "eos_token_id": [tok.token_to_id(t) for t in eos_tokens],
         "bos_token_id": tok.token_to_id("<bos>"),
         "pad_token_id": tok.token_to_id("<pad>"),
         "image": {t: tok.token_to_id(t) for t in image_tokens},
     }
-    _write_json(path / "generation_config.json", {
+    write_json(path / "generation_config.json", {
         "bos_token_id": ids["bos_token_id"], "do_sample": True, "eos_token_id": ids["eos_token_id"],
         "pad_token_id": ids["pad_token_id"], "top_k": 64, "top_p": 0.95, "transformers_version": "4.57.0"})
     return ids
 
 
 def _write_processor_configs(path: Path, image_size: int, mm_tokens_per_image: int) -> None:
-    _write_json(path / "preprocessor_config.json", {
+    write_json(path / "preprocessor_config.json", {
         "do_convert_rgb": None, "do_normalize": True, "do_pan_and_scan": None, "do_rescale": True,
         "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "Gemma3ImageProcessor",
         "image_seq_length": mm_tokens_per_image, "image_std": [0.5, 0.5, 0.5],
@@ -102,7 +102,7 @@ def _write_processor_configs(path: Path, image_size: int, mm_tokens_per_image: i
         "pan_and_scan_min_ratio_to_activate": None, "processor_class": "Gemma3Processor", "resample": 2,
         "rescale_factor": 1 / 255, "size": {"height": image_size, "width": image_size},
     })
-    _write_json(path / "processor_config.json", {"image_seq_length": mm_tokens_per_image,
+    write_json(path / "processor_config.json", {"image_seq_length": mm_tokens_per_image,
                                                  "processor_class": "Gemma3Processor"})
 
 
@@ -189,7 +189,7 @@ def build_tiny_gemma3_vision_model(
         intermediate_size=intermediate_size, vision_width=vision_width, vision_depth=vision_depth,
         image_size=image_size, patch_size=patch_size, mm_tokens_per_image=mm_tokens_per_image,
     )
-    weights = _random_weights(config, seed, init_scale)
+    weights = random_vision_weights(config, seed, init_scale)
     weights.pop("language_model.lm_head.weight")  # tied: mlx-vlm's sanitize copies the embeddings back
     projector = "multi_modal_projector.mm_input_projection_weight"
     mx.random.seed(seed + 1)
@@ -201,6 +201,6 @@ def build_tiny_gemma3_vision_model(
         weights["language_model.lm_head.weight"] = weights["language_model.model.embed_tokens.weight"]
         weights = quantize_language_weights(weights, quantize_bits)
         config["quantization"] = config["quantization_config"] = {"group_size": 64, "bits": quantize_bits}
-    _write_json(path / "config.json", config)
+    write_json(path / "config.json", config)
     mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})
     return path

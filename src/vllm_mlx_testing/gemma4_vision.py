@@ -25,7 +25,7 @@ from typing import Any
 
 from .arch_templates import GEMMA4_TEMPLATE
 from .gemma3_vision import with_image_parts, write_image_tokenizer
-from .vision_models import _random_weights, _write_json
+from .vision_models import random_vision_weights, write_json
 
 IMAGE_TOKENS = ["<|image>", "<image|>", "<|image|>", "<|video|>"]
 EOS_TOKENS = ["<turn|>", "<eos>", "<|tool_response>"]
@@ -38,7 +38,7 @@ def _write_processor_config(path: Path, patch_size: int, pooling: int, max_soft_
              "image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0], "patch_size": patch_size,
              "pooling_kernel_size": pooling, "max_soft_tokens": max_soft_tokens,
              "image_processor_type": "Gemma4ImageProcessor"}
-    _write_json(path / "processor_config.json", {"processor_class": "Gemma4Processor", "image_processor": image,
+    write_json(path / "processor_config.json", {"processor_class": "Gemma4Processor", "image_processor": image,
                                                  "image_seq_length": max_soft_tokens})
 
 
@@ -122,13 +122,13 @@ def build_tiny_gemma4_vision_model(
         intermediate_size=intermediate_size, vision_width=vision_width, vision_depth=vision_depth,
         patch_size=patch_size, pooling=pooling, max_soft_tokens=max_soft_tokens, bidirectional=bidirectional,
     )
-    weights = _random_weights(config, seed, init_scale)
+    weights = random_vision_weights(config, seed, init_scale)
     # mlx-vlm starts the patch position table at ones, which drowns the pixels: make it small and
     # random, and the patch projection larger, so the soft tokens depend on the picture.
     table = "vision_tower.patch_embedder.position_embedding_table"
     mx.random.seed(seed + 1)
     weights[table] = 0.1 * mx.random.normal(weights[table].shape)
     weights["vision_tower.patch_embedder.input_proj.weight"] *= 4.0
-    _write_json(path / "config.json", config)
+    write_json(path / "config.json", config)
     mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})
     return path

@@ -28,7 +28,7 @@ from typing import Any
 
 from vllm_mlx.models.demo.builder import QWEN3, write_generation_config
 
-from .vision_models import _random_weights, _write_json, write_processor_configs, write_vision_tokenizer
+from .vision_models import random_vision_weights, write_json, write_processor_configs, write_vision_tokenizer
 
 ARCHITECTURES = {"qwen3_5": "Qwen3_5ForConditionalGeneration", "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration"}
 # Scaled by ``init_scale`` besides the embeddings and MLPs: the outputs of attention and Gated
@@ -185,8 +185,8 @@ def _use_qwen35_template(path: Path) -> None:
     config_file = path / "tokenizer_config.json"
     tokenizer_config = json.loads(config_file.read_text())
     tokenizer_config["chat_template"] = QWEN35_CHAT_TEMPLATE
-    _write_json(config_file, tokenizer_config)
-    _write_json(path / "chat_template.json", {"chat_template": QWEN35_CHAT_TEMPLATE})
+    write_json(config_file, tokenizer_config)
+    write_json(path / "chat_template.json", {"chat_template": QWEN35_CHAT_TEMPLATE})
 
 
 def build_tiny_qwen35_vision_model(
@@ -237,13 +237,13 @@ def build_tiny_qwen35_vision_model(
         linear_heads=linear_heads, linear_head_dim=linear_head_dim, vision_width=vision_width,
         vision_depth=vision_depth, num_experts=num_experts,
     )
-    weights = _random_weights(config, seed, init_scale)
+    weights = random_vision_weights(config, seed, init_scale)
     for name, value in weights.items():  # context reaches the last position only through these
         if any(part in name for part in LIVELIER_WEIGHTS):
             weights[name] = value * init_scale
     if quantize_bits:
         weights = quantize_language_weights(weights, quantize_bits)
         config["quantization"] = config["quantization_config"] = {"group_size": 64, "bits": quantize_bits}
-    _write_json(path / "config.json", config)
+    write_json(path / "config.json", config)
     mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})
     return path

@@ -46,7 +46,7 @@ def vision_chat_template() -> str:
     return macro + QWEN3_CHAT_TEMPLATE[len(TEXT_OF_MACRO):]
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -71,7 +71,7 @@ def write_vision_tokenizer(path: Path, vocab_size: int) -> dict[str, Any]:
         for content, special in specials
     }
     template = vision_chat_template()
-    _write_json(path / "tokenizer_config.json", {
+    write_json(path / "tokenizer_config.json", {
         "add_bos_token": False, "add_eos_token": False, "add_prefix_space": False,
         "added_tokens_decoder": added, "bos_token": None, "chat_template": template,
         "clean_up_tokenization_spaces": False, "eos_token": spec.eos[0], "errors": "replace",
@@ -79,11 +79,11 @@ def write_vision_tokenizer(path: Path, vocab_size: int) -> dict[str, Any]:
         "pad_token": spec.pad, "split_special_tokens": False,
         "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": None,
     })
-    _write_json(path / "special_tokens_map.json", {
+    write_json(path / "special_tokens_map.json", {
         "eos_token": spec.eos[0], "pad_token": spec.pad,
         "additional_special_tokens": [t for t, special in specials if special],
     })
-    _write_json(path / "chat_template.json", {"chat_template": template})
+    write_json(path / "chat_template.json", {"chat_template": template})
     ids = {t: tok.token_to_id(t) for t in VISION_TOKENS}
     return {
         "eos_token_id": [tok.token_to_id(t) for t in spec.eos],
@@ -103,10 +103,10 @@ def write_processor_configs(path: Path, arch: str, *, min_pixels: int, max_pixel
         "min_pixels": min_pixels, "max_pixels": max_pixels,
     }
     processor = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}.get(arch, "Qwen3VLProcessor")
-    _write_json(path / "preprocessor_config.json", {
+    write_json(path / "preprocessor_config.json", {
         **common, "image_processor_type": "Qwen2VLImageProcessor", "processor_class": processor,
     })
-    _write_json(path / "video_preprocessor_config.json", {
+    write_json(path / "video_preprocessor_config.json", {
         **common, "video_processor_type": "Qwen2VLVideoProcessor", "processor_class": processor,
         "fps": 2.0, "min_frames": 2, "max_frames": 16,
     })
@@ -153,7 +153,7 @@ def vision_model_config(arch: str, ids: dict[str, Any], *, vocab_size: int, hidd
     return {**top, "text_config": {**text, "model_type": "qwen3_vl_text"}, "vision_config": vision}
 
 
-def _random_weights(config: dict[str, Any], seed: int, init_scale: float = 1.0) -> dict:
+def random_vision_weights(config: dict[str, Any], seed: int, init_scale: float = 1.0) -> dict:
     """Instantiate mlx-vlm's model class for ``config`` and return its random parameters."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -212,8 +212,8 @@ def build_tiny_vision_model(
         num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
         intermediate_size=intermediate_size, vision_width=vision_width, vision_depth=vision_depth,
     )
-    _write_json(path / "config.json", config)
-    weights = _random_weights(config, seed, init_scale)
+    write_json(path / "config.json", config)
+    weights = random_vision_weights(config, seed, init_scale)
     mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})
     return path
 
@@ -244,7 +244,7 @@ def build_scripted_vision_model(
     config["model_file"] = SCRIPTED_VISION_FILE
     config["script"] = {k: script[k] for k in
                         ("eos_token_id", "assistant_marker", "rules", "default_reply_ids", "token_bytes", "vocab_size")}
-    _write_json(path / "config.json", config)
+    write_json(path / "config.json", config)
     (path / SCRIPTED_VISION_FILE).write_text(SCRIPTED_VISION_SOURCE)
     return path
 

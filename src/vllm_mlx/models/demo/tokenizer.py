@@ -20,6 +20,8 @@ from typing import Iterable
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from . import corpus_words
+
 # Qwen3's added tokens: (content, special).  Qwen marks its think / tool-call
 # tags as added-but-not-special tokens, so ``skip_special_tokens`` keeps them;
 # the chat-control tokens are special.
@@ -35,97 +37,6 @@ QWEN3_TOKENS: tuple[tuple[str, bool], ...] = (
     ("</tool_response>", False),
 )
 
-_NOUNS = """
-time year people way day man woman child world life hand part place case week
-company system program question work government number night point home water
-room mother area money story fact month lot right study book eye job word
-business issue side kind head house service friend father power hour game line
-end member law car city community name president team minute idea kid body
-information back parent face others level office door health person art war
-history party result change morning reason research girl guy moment air teacher
-force education foot boy age policy music market sense nation plan college
-interest death experience effect class control care field development role
-effort rate heart drug show leader light voice wife police mind price report
-decision son view relationship town road arm difference value building action
-model season society tax director position player record paper space ground
-form event official matter center couple site project activity star table need
-court oil situation cost industry figure street image phone data picture
-practice piece land product doctor wall patient worker news test movie north
-love support technology step baby computer type attention film tree source
-organization hair window evidence population site blood sea weather garden
-river mountain forest island ocean bridge train station airport coffee tea
-bread apple orange cat dog bird fish horse flower rain snow sun moon sky cloud
-file folder server client request response error message user token model
-function value list string number object array key query result network cache
-memory thread process engine batch request stream server answer problem
-language sentence letter page chapter window screen keyboard button menu
-""".split()
-
-_VERBS = """
-be have do say go get make know think take see come want look use find give
-tell work call try ask need feel become leave put mean keep let begin seem help
-talk turn start show hear play run move like live believe hold bring happen
-write provide sit stand lose pay meet include continue set learn change lead
-understand watch follow stop create speak read allow add spend grow open walk
-win offer remember love consider appear buy wait serve die send expect build
-stay fall cut reach kill remain suggest raise pass sell require report decide
-pull return explain hope develop carry break receive agree support hit produce
-eat cover catch draw choose cause point listen plan compute parse load save
-print check update delete test fix answer visit cook paint travel
-""".split()
-
-_ADJECTIVES = """
-good new first last long great little own other old right big high different
-small large next early young important few public bad same able simple clear
-happy quick slow bright dark warm cold hot cool quiet loud soft hard easy
-strong weak green blue red yellow white black free full special sure real
-best better whole human local late hard major general certain personal open
-short true false empty possible final main recent private current natural
-significant similar hot dead central happy serious ready left physical
-fast tiny huge fresh clean rich poor deep wide heavy light gentle kind brave
-calm curious careful friendly useful beautiful strange ancient modern
-""".split()
-
-_ADVERBS = """
-also very often however too usually really early never always sometimes
-together likely simply generally instead actually again rather almost
-especially ever quickly probably already soon slowly quietly finally
-today here there now then still just only even well
-""".split()
-
-_PREPOSITIONS = """
-in on at by for with about against between into through during before after
-above below to from up down over under near across behind beyond around
-""".split()
-
-_SUBJECTS = """
-I you we they he she it people everyone nobody someone the_team my_friend
-our_teacher the_user the_model this_system
-""".split()
-
-_IRREGULAR_PAST = {
-    "be": "was", "have": "had", "do": "did", "say": "said", "go": "went",
-    "get": "got", "make": "made", "know": "knew", "think": "thought",
-    "take": "took", "see": "saw", "come": "came", "give": "gave",
-    "tell": "told", "find": "found", "feel": "felt", "become": "became",
-    "leave": "left", "put": "put", "mean": "meant", "keep": "kept",
-    "let": "let", "begin": "began", "hear": "heard", "run": "ran",
-    "hold": "held", "bring": "brought", "write": "wrote", "sit": "sat",
-    "stand": "stood", "lose": "lost", "pay": "paid", "meet": "met",
-    "set": "set", "lead": "led", "understand": "understood", "speak": "spoke",
-    "read": "read", "spend": "spent", "grow": "grew", "win": "won",
-    "buy": "bought", "send": "sent", "build": "built", "fall": "fell",
-    "cut": "cut", "sell": "sold", "break": "broke", "hit": "hit",
-    "eat": "ate", "catch": "caught", "draw": "drew", "choose": "chose",
-    "die": "died",
-}
-
-_UNICODE_WORDS = """
-héllo café naïve résumé façade über straße crème brûlée piñata jalapeño
-日本 日本語 東京 こんにちは ありがとう 你好 世界 中文 北京 한국어 안녕하세요
-привет мир спасибо γεια σου κόσμε שלום مرحبا नमस्ते
-😀 😂 🚀 👍 🎉 ❤️ 🔥 ✨ 🌍 🤖 ☕ ✅ → ← ≥ ≤ ± × ÷ € £ ¥ © ° … “ ” ‘ ’ — –
-""".split()
 
 _CHAT_PHRASES = [
     "Hello! How can I help you today?",
@@ -160,8 +71,8 @@ def _inflect(verb: str, form: str) -> str:
             return verb[:-1] + "ies"
         return verb + "s"
     if form == "ed":
-        if verb in _IRREGULAR_PAST:
-            return _IRREGULAR_PAST[verb]
+        if verb in corpus_words.IRREGULAR_PAST:
+            return corpus_words.IRREGULAR_PAST[verb]
         if verb.endswith("e"):
             return verb + "d"
         if verb.endswith("y") and verb[-2] not in "aeiou":
@@ -187,14 +98,14 @@ def _plural(noun: str) -> str:
 
 
 def _noun_phrase(rng: random.Random) -> str:
-    noun = rng.choice(_NOUNS)
+    noun = rng.choice(corpus_words.NOUNS)
     if rng.random() < 0.3:
         noun = _plural(noun)
     det = rng.choice(["the", "a", "this", "that", "my", "your", "our", "every", "some"])
     if det == "a" and noun[0] in "aeiou":
         det = "an"
     if rng.random() < 0.45:
-        adj = rng.choice(_ADJECTIVES)
+        adj = rng.choice(corpus_words.ADJECTIVES)
         if det == "an" and adj[0] not in "aeiou":
             det = "a"
         elif det == "a" and adj[0] in "aeiou":
@@ -204,10 +115,10 @@ def _noun_phrase(rng: random.Random) -> str:
 
 
 def _sentence(rng: random.Random) -> str:
-    subject = rng.choice(_SUBJECTS).replace("_", " ")
+    subject = rng.choice(corpus_words.SUBJECTS).replace("_", " ")
     if rng.random() < 0.4:
         subject = _noun_phrase(rng)
-    verb = rng.choice(_VERBS)
+    verb = rng.choice(corpus_words.VERBS)
     form = rng.choice(["base", "s", "ed", "ing"])
     if form == "ing":
         aux = {"I": "am", "you": "are", "we": "are", "they": "are", "people": "are"}
@@ -220,9 +131,9 @@ def _sentence(rng: random.Random) -> str:
         verb_text = rng.choice(["will", "can", "should", "might", "must"]) + " " + verb
     parts = [subject, verb_text, _noun_phrase(rng)]
     if rng.random() < 0.5:
-        parts += [rng.choice(_PREPOSITIONS), _noun_phrase(rng)]
+        parts += [rng.choice(corpus_words.PREPOSITIONS), _noun_phrase(rng)]
     if rng.random() < 0.3:
-        parts.insert(2, rng.choice(_ADVERBS))
+        parts.insert(2, rng.choice(corpus_words.ADVERBS))
     text = " ".join(parts)
     text = text[0].upper() + text[1:]
     end = rng.choices([".", "!", "?", ",", ";", ":"], weights=[70, 6, 10, 8, 3, 3])[0]
@@ -233,13 +144,13 @@ def _sentence(rng: random.Random) -> str:
 
 
 def _identifier(rng: random.Random) -> str:
-    words = [rng.choice(_NOUNS + _VERBS) for _ in range(rng.randint(1, 3))]
+    words = [rng.choice(corpus_words.NOUNS + corpus_words.VERBS) for _ in range(rng.randint(1, 3))]
     return "_".join(words)
 
 
 def _code_snippet(rng: random.Random) -> str:
     name = _identifier(rng)
-    arg = rng.choice(_NOUNS)
+    arg = rng.choice(corpus_words.NOUNS)
     other = _identifier(rng)
     n = rng.randint(0, 100)
     kind = rng.randrange(4)
@@ -289,7 +200,7 @@ def _json_snippet(rng: random.Random) -> str:
         )
     if kind == 1:
         props = ", ".join(
-            f'"{rng.choice(_NOUNS)}": {{"type": "{rng.choice(["string", "integer", "number", "boolean"])}", '
+            f'"{rng.choice(corpus_words.NOUNS)}": {{"type": "{rng.choice(["string", "integer", "number", "boolean"])}", '
             f'"description": "{_noun_phrase(rng)}"}}'
             for _ in range(rng.randint(1, 3))
         )
@@ -298,7 +209,7 @@ def _json_snippet(rng: random.Random) -> str:
             f'"{_sentence(rng)}", "parameters": {{"type": "object", "properties": {{{props}}}, '
             f'"required": []}}}}}}'
         )
-    items = ", ".join(f'"{rng.choice(_NOUNS)}"' for _ in range(rng.randint(1, 4)))
+    items = ", ".join(f'"{rng.choice(corpus_words.NOUNS)}"' for _ in range(rng.randint(1, 4)))
     return (
         f'{{"id": {rng.randint(0, 9999)}, "ok": {rng.choice(["true", "false", "null"])}, '
         f'"score": {rng.random():.3f}, "tags": [{items}], "city": "{city}"}}'
@@ -318,7 +229,7 @@ def _numbers_line(rng: random.Random) -> str:
 
 
 def _unicode_line(rng: random.Random) -> str:
-    words = [rng.choice(_UNICODE_WORDS) for _ in range(rng.randint(1, 4))]
+    words = [rng.choice(corpus_words.UNICODE_WORDS) for _ in range(rng.randint(1, 4))]
     return f"{rng.choice(_CHAT_PHRASES)} {' '.join(words)}"
 
 
@@ -341,7 +252,7 @@ def build_corpus(seed: int = 1234, lines: int = 16000) -> list[str]:
         else:
             out.append(_unicode_line(rng))
     # Every unicode sample at least a few times, so they get merged.
-    for word in _UNICODE_WORDS:
+    for word in corpus_words.UNICODE_WORDS:
         out.extend([word, f" {word}", f"Say {word}!"] * 4)
     return out
 
