@@ -33,7 +33,7 @@ from .model_runner import ModelRunner
 from .request import FinishReason, GenerationRequest, SamplingParams
 from .rows import RowArrays
 from .scheduler import StepPlan
-from .sequence import Sequence, SequenceStatus
+from .sequence import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +279,8 @@ class FollowerEngine(LLMEngine):
             if seq is None:
                 raise LockstepLost(f"rank {self.channel.rank}: finished row {request_id}/{index} is unknown here")
             seq.output_ids = output_ids or []
-            seq.status, seq.finish_reason = SequenceStatus.FINISHED, FinishReason(reason)
+            seq.finish_reason = FinishReason(reason)
+            self.scheduler.finish(seq)
             done.append(seq)
         self._remember_finished(done)
         self._drop(*done)

@@ -31,7 +31,7 @@ from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLog
 from .rows import RowArrays
 from .sampler import BatchSamplingParams, PenaltyState, SampleResult, make_rng_key, sample
 from .scheduler import Scheduler, StepPlan
-from .sequence import Sequence, SequenceStatus
+from .sequence import Sequence
 from .vision_model import VisionLanguageModel
 
 logger = logging.getLogger(__name__)
@@ -314,7 +314,7 @@ class LLMEngine:
             return
         self._drop(*seqs)
         self._counters["aborted"] += 1
-        self._emit([seq.finish(FinishReason.ABORT) for seq in seqs])
+        self._emit([self._finish(seq, FinishReason.ABORT) for seq in seqs])
         self._publish_stats()
 
     def _abort_all(self) -> None:
@@ -334,11 +334,16 @@ class LLMEngine:
         outputs = []
         self._drop(*seqs)
         for seq in seqs:
-            out = seq.finish(FinishReason.ERROR)
+            out = self._finish(seq, FinishReason.ERROR)
             out.error = f"{type(exc).__name__}: {exc}"
             outputs.append(out)
         self._counters["failed"] += len(seqs)
         self._emit(outputs)
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> GenerationOutput:
+        out = seq.finish(reason)
+        self.scheduler.finish(seq)
+        return out
 
     def _make_room(self) -> None:
         """The running batch comes first: cached blocks give way when memory runs short."""
@@ -459,7 +464,8 @@ class LLMEngine:
             out = seq.append_token(tok, lp)
             if out is not None:
                 outputs.append(out)
-            if seq.status is SequenceStatus.FINISHED:
+            if seq.finished:
+                self.scheduler.finish(seq)
                 done.append(seq)
         self._counters["generated"] += len(seqs)
         return outputs, done
@@ -491,16 +497,11 @@ class LLMEngine:
         rows, index = [], []
         for i, seq in enumerate(seqs):
             n = seq.sampling.n
-            child_keys = mx.random.split(seq.rng_key, n) if n > 1 else None
-            rows.append(seq)
-            for k in range(1, n):
-                child = self._new_sequence(seq.request, index=k)
-                child.num_computed, child.cache, child.rng_key = seq.num_computed, seq.cache, child_keys[k]
-                if seq.constraint is not None:
-                    child.constraint = seq.constraint.deep_copy()
-                child.status = SequenceStatus.PREFILLING
-                self.scheduler.prefilling.append(child)
-                rows.append(child)
+            children = [self._new_sequence(seq.request, index=k) for k in range(1, n)]
+            if children:
+                keys = mx.random.split(seq.rng_key, n)
+                self.scheduler.fork(seq, children, [keys[k] for k in range(1, n)])
+            rows += [seq, *children]
             index += [i] * n
         picked = mx.array(index)
         if merged is not None:

@@ -37,7 +37,7 @@ class Sequence:
         if self.sampling.max_thinking_tokens is not None and request.reasoning_markers:
             self.reasoning_budget = ReasoningBudget(self.sampling.max_thinking_tokens, request.reasoning_markers,
                                                     request.starts_in_reasoning)
-        self.status = SequenceStatus.WAITING
+        self.status = SequenceStatus.WAITING  # changed by the scheduler only
         self.finish_reason: FinishReason | None = None
         # Prompt tokens whose keys/values are already in this sequence's cache.
         self.num_computed = 0
@@ -59,7 +59,7 @@ class Sequence:
     @property
     def active_constraint(self) -> Any:
         """The matcher that must mask this row's next token, if any."""
-        if self.constraint is not None and self.constraint_started and self.status is not SequenceStatus.FINISHED:
+        if self.constraint is not None and self.constraint_started and not self.finished:
             return self.constraint
         return None
 
@@ -73,6 +73,18 @@ class Sequence:
         """What decides this row's next token: a forced token id, a grammar matcher, or None."""
         forced = self.reasoning_budget.next_forced if self.reasoning_budget is not None else None
         return forced if forced is not None else self.active_constraint
+
+    @property
+    def finished(self) -> bool:
+        """Whether the final delta was produced (the scheduler then marks the sequence FINISHED)."""
+        return self.finish_reason is not None
+
+    def continue_prefill_of(self, parent: "Sequence", rng_key: Any) -> None:
+        """Start as another continuation of ``parent`` (n > 1): its prefilled prompt and cache,
+        a PRNG key and a grammar state of its own."""
+        self.num_computed, self.cache, self.rng_key = parent.num_computed, parent.cache, rng_key
+        if parent.constraint is not None:
+            self.constraint = parent.constraint.deep_copy()
 
     def _advance_constraint(self, token: int) -> str | None:
         """Feed the grammar; returns an error message if the token broke it."""
@@ -165,7 +177,6 @@ class Sequence:
 
     def _final_delta(self, text: str, reason: FinishReason, stop_sequence: str | None = None,
                      hidden_tokens: int = 0) -> GenerationOutput:
-        self.status = SequenceStatus.FINISHED
         self.finish_reason = reason
         delta = self._delta(text[self.emitted_chars :], hidden_tokens)
         self.emitted_chars = max(self.emitted_chars, len(text))
