@@ -172,3 +172,29 @@ def test_logprobs_are_consistent_with_the_sampled_tokens():
     assert result.logprobs.item() == pytest.approx(math.log([0.5, 0.25, 0.125, 0.125][tok]), abs=1e-5)
     assert result.top_ids.tolist()[0][:2] == [0, 1]
     assert result.top_logprobs.tolist()[0][:2] == pytest.approx([math.log(0.5), math.log(0.25)], abs=1e-5)
+
+
+def test_the_scheduler_makes_every_status_change():
+    from vllm_mlx.engine.request import GenerationRequest
+    from vllm_mlx.engine.scheduler import Scheduler
+    from vllm_mlx.engine.sequence import Sequence, SequenceStatus
+
+    admitted = []
+    sched = Scheduler(max_num_seqs=2, max_num_batched_tokens=100, on_admit=admitted.append)
+    seqs = [Sequence(GenerationRequest(f"r{i}", [1, 2, 3], SamplingParams(n=2)), None, set()) for i in range(3)]
+    for seq in seqs:
+        sched.add(seq)
+    plan = sched.schedule()
+    assert admitted == seqs[:2] and [s for s, _ in plan.prefill] == seqs[:2] and list(sched.waiting) == seqs[2:]
+    assert [s.status for s in seqs] == [SequenceStatus.PREFILLING] * 2 + [SequenceStatus.WAITING]
+    parent, child = seqs[0], Sequence(seqs[0].request, None, set(), index=1)
+    parent.num_computed = 3
+    sched.fork(parent, [child], ["key"])
+    assert child.status is SequenceStatus.PREFILLING and (child.num_computed, child.rng_key) == (3, "key")
+    for seq in (parent, child):
+        sched.mark_running(seq)
+    assert sched.running == [parent, child] and sched.prefilling == [seqs[1]]
+    sched.finish(child)
+    assert child.status is SequenceStatus.FINISHED and sched.running == [parent]
+    sched.remove_request("r1")
+    assert sched.find_all("r1") == [] and sched.all_sequences() == [parent, seqs[2]]
