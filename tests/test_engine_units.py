@@ -1,4 +1,4 @@
-"""Units of the engine: stop-string matching and the batched sampler with known logits."""
+"""Units of the engine: stop-string matching, the reasoning budget and the batched sampler with known logits."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import mlx.core as mx
 import pytest
 
+from vllm_mlx.engine.reasoning_budget import ReasoningBudget
 from vllm_mlx.engine.request import SamplingParams
 from vllm_mlx.engine.sampler import BatchSamplingParams, PenaltyState, make_rng_key, process_logits, sample
 from vllm_mlx.engine.stop import StopStringMatcher
@@ -23,6 +24,35 @@ def test_stop_matcher_finds_earliest_and_holds_back_prefixes():
     # only search from near the last checked position
     assert m.find("xxEND", start=4) == 2
     assert StopStringMatcher(()).safe_length("anything") == len("anything")
+
+
+def _feed(budget: ReasoningBudget, output: list[int], tokens: list[int]) -> list[int | None]:
+    """Feed tokens one by one; returns the forced token before each (None: the model chose)."""
+    forced = []
+    for tok in tokens:
+        forced.append(budget.next_forced)
+        output.append(tok)
+        budget.on_token(tok, output)
+    return forced
+
+
+def test_reasoning_budget_forces_the_end_marker_then_lets_the_model_answer():
+    START, END = (90,), (91, 92)
+    budget = ReasoningBudget(3, (START, END), starts_in_reasoning=True)
+    out: list[int] = []
+    assert _feed(budget, out, [1, 2, 3, 91, 92, 4]) == [None, None, None, 91, 92, None]
+    assert not budget.in_reasoning and budget.reasoning_tokens == 5
+    assert _feed(budget, out, [90, 5]) == [None, None] and budget.in_reasoning  # reopened: budget already spent
+    assert budget.next_forced == 91
+
+
+def test_reasoning_budget_is_closed_by_the_model_or_opened_by_the_start_marker():
+    START, END = (90,), (91,)
+    closed = ReasoningBudget(10, (START, END), starts_in_reasoning=True)
+    assert _feed(closed, [], [1, 91, 2]) == [None, None, None] and not closed.in_reasoning
+    opened = ReasoningBudget(1, (START, END), starts_in_reasoning=False)
+    assert _feed(opened, [], [7, 90, 8, 91]) == [None, None, None, 91] and not opened.in_reasoning
+    assert ReasoningBudget(0, (START, END), starts_in_reasoning=True).next_forced == 91  # no reasoning at all
 
 
 def _params(*ps: SamplingParams, vocab: int = 4, stop_ids=None) -> BatchSamplingParams:
@@ -142,3 +172,29 @@ def test_logprobs_are_consistent_with_the_sampled_tokens():
     assert result.logprobs.item() == pytest.approx(math.log([0.5, 0.25, 0.125, 0.125][tok]), abs=1e-5)
     assert result.top_ids.tolist()[0][:2] == [0, 1]
     assert result.top_logprobs.tolist()[0][:2] == pytest.approx([math.log(0.5), math.log(0.25)], abs=1e-5)
+
+
+def test_the_scheduler_makes_every_status_change():
+    from vllm_mlx.engine.request import GenerationRequest
+    from vllm_mlx.engine.scheduler import Scheduler
+    from vllm_mlx.engine.sequence import Sequence, SequenceStatus
+
+    admitted = []
+    sched = Scheduler(max_num_seqs=2, max_num_batched_tokens=100, on_admit=admitted.append)
+    seqs = [Sequence(GenerationRequest(f"r{i}", [1, 2, 3], SamplingParams(n=2)), None, set()) for i in range(3)]
+    for seq in seqs:
+        sched.add(seq)
+    plan = sched.schedule()
+    assert admitted == seqs[:2] and [s for s, _ in plan.prefill] == seqs[:2] and list(sched.waiting) == seqs[2:]
+    assert [s.status for s in seqs] == [SequenceStatus.PREFILLING] * 2 + [SequenceStatus.WAITING]
+    parent, child = seqs[0], Sequence(seqs[0].request, None, set(), index=1)
+    parent.num_computed = 3
+    sched.fork(parent, [child], ["key"])
+    assert child.status is SequenceStatus.PREFILLING and (child.num_computed, child.rng_key) == (3, "key")
+    for seq in (parent, child):
+        sched.mark_running(seq)
+    assert sched.running == [parent, child] and sched.prefilling == [seqs[1]]
+    sched.finish(child)
+    assert child.status is SequenceStatus.FINISHED and sched.running == [parent]
+    sched.remove_request("r1")
+    assert sched.find_all("r1") == [] and sched.all_sequences() == [parent, seqs[2]]

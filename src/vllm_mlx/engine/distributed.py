@@ -4,13 +4,13 @@ Every rank holds one shard of the model and the same engine state (scheduler,
 decode batch, prefix cache), so each forward pass runs on all ranks at once
 with the same shapes, and the collectives inside the sharded model line up.
 
-Rank 0 (:class:`LeaderEngine`) is the ordinary engine plus a record of every
-decision only it can make -- requests that arrived, aborts, cache clears and
-evictions, which rows finished (with their tokens) or failed -- and sends the
-record before each step together with a digest of the step it scheduled. The
-other ranks (:class:`FollowerEngine`) replay the record on the same engine
-code, schedule the same step (a digest mismatch ends the job), and run the
-same forwards. Sampling happens once, on rank 0: the step message carries the
+Rank 0 (:class:`LeaderEngine`) is the ordinary engine whose core
+(:class:`LeaderCore`) records every decision only it can make -- requests that
+arrived, aborts, cache clears and evictions, which rows finished (with their
+tokens) or failed -- and sends the record before each step together with a
+digest of the step it scheduled. The other ranks (:class:`FollowerEngine`)
+replay the record on the same core methods (:class:`FollowerCore`), schedule
+the same step (a digest mismatch ends the job), and run the same forwards. Sampling happens once, on rank 0: the step message carries the
 tokens rank 0 sampled, which every rank feeds to the decode forward.
 
 Every forward is evaluated at once on every rank (:class:`LockstepRunner`),
@@ -27,13 +27,15 @@ from typing import Any
 
 import mlx.core as mx
 
+from .core import EngineCore
 from .engine import LLMEngine
 from .lockstep import LockstepChannel, LockstepLost, Watchdog, exit_process
 from .model_runner import ModelRunner
+from .prefix_reuse import PrefixReuse
 from .request import FinishReason, GenerationRequest, SamplingParams
 from .rows import RowArrays
 from .scheduler import StepPlan
-from .sequence import Sequence, SequenceStatus
+from .sequence import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +44,6 @@ HEARTBEAT_S = 1.0
 
 class LockstepRunner(ModelRunner):
     """A runner whose every forward completes before the next one starts, on every rank."""
-
-    def __init__(self, model: Any, deterministic: bool, channel: LockstepChannel):
-        super().__init__(model, deterministic)
-        self.channel = channel
 
     def prefill(self, seq: Sequence, num_tokens: int) -> mx.array | None:
         logits = super().prefill(seq, num_tokens)  # a chunk that is not the last is evaluated there
@@ -71,66 +69,78 @@ def _eval(*arrays: Any) -> None:
         raise LockstepLost(f"a forward pass failed across ranks: {exc}") from exc
 
 
-def plan_digest(engine: LLMEngine, plan: StepPlan) -> list:
+def plan_digest(core: EngineCore, plan: StepPlan) -> list:
     """What both sides must agree on before running a step."""
-    sched = engine.scheduler
+    sched = core.scheduler
     chunks = [[s.request_id, s.index, n, s.num_computed, s.num_cached_tokens] for s, n in plan.prefill]
-    return [chunks, len(sched.running), len(sched.prefilling), len(sched.waiting), len(engine.runner.batch_seqs)]
+    return [chunks, len(sched.running), len(sched.prefilling), len(sched.waiting), len(core.runner.batch_seqs)]
+
+
+# -- rank 0 ---------------------------------------------------------------------------------------
+
+class LeaderCore(EngineCore):
+    """Rank 0's core: records every decision only rank 0 can make, and sends the record before each step.
+
+    Each recorded method is the one a follower replays (:meth:`FollowerEngine._apply`)."""
+
+    def __init__(self, *args: Any, channel: LockstepChannel):
+        super().__init__(*args)
+        self.channel = channel
+        self.records: list[list] = []
+
+    def send(self, **message: Any) -> None:
+        records, self.records = self.records, []
+        self.channel.exchange({"records": records, **message})
+
+    def add(self, request: GenerationRequest) -> None:
+        sampling = request.sampling
+        self.records.append(["add", request.request_id, list(request.prompt_token_ids), sampling.n,
+                             list(request.checkpoints)])
+        super().add(request)
+
+    def abort(self, request_id: str) -> None:
+        self.records.append(["abort", request_id])
+        super().abort(request_id)
+
+    def clear_prefix_cache(self) -> None:
+        self.records.append(["clear"])
+        super().clear_prefix_cache()
+
+    def shrink_prefix_cache(self, num_bytes: int) -> None:
+        self.records.append(["shrink", int(num_bytes)])
+        super().shrink_prefix_cache(num_bytes)
+
+    def fail(self, seqs: list[Sequence], exc: BaseException) -> None:
+        self.records.append(["fail", [[s.request_id, s.index] for s in seqs]])
+        super().fail(seqs, exc)
+
+    def run(self, plan: StepPlan):
+        tokens = self.runner.rows["tokens"].tolist() if self.runner.batch_seqs else []
+        self.send(step=plan_digest(self, plan), tokens=tokens)
+        return super().run(plan)
+
+    def retire(self, done: list[Sequence]) -> None:
+        """Called once per step between reading tokens back and joining prefilled rows: the step's end."""
+        keep = self.prefix.cache is not None
+        self.records.append(["end", [
+            [s.request_id, s.index, s.finish_reason.value, s.output_ids if keep else None] for s in done
+        ]])
+        super().retire(done)
 
 
 class LeaderEngine(LLMEngine):
     """Rank 0: the ordinary engine, recording its decisions for the other ranks."""
 
     verifies_restores = False  # a re-check's extra forwards would not be run on the other ranks
-
+    runner_class = LockstepRunner
     idle_wait = HEARTBEAT_S
 
     def __init__(self, load, config, on_outputs, *, group: Any, timeout: float):
         super().__init__(load, config, on_outputs)
         self.channel = LockstepChannel(group)
-        self._records: list[list] = []
         self._watchdog = Watchdog(timeout, self._stalled)
         self._lost = False
 
-    # -- the record ---------------------------------------------------------------
-    def _send(self, **message: Any) -> None:
-        records, self._records = self._records, []
-        self.channel.exchange({"records": records, **message})
-
-    def _add(self, request: GenerationRequest) -> None:
-        sampling = request.sampling
-        self._records.append(["add", request.request_id, list(request.prompt_token_ids), sampling.n,
-                              list(request.checkpoints)])
-        super()._add(request)
-
-    def _abort(self, request_id: str) -> None:
-        self._records.append(["abort", request_id])
-        super()._abort(request_id)
-
-    def _clear_prefix_cache(self) -> None:
-        self._records.append(["clear"])
-        super()._clear_prefix_cache()
-
-    def _make_room(self) -> None:
-        if self.prefix_cache is not None and self.prefix_cache.stats.bytes:
-            excess = mx.get_active_memory() - self._memory_limit
-            if excess > 0:
-                self._records.append(["shrink", int(excess)])
-                self.prefix_cache.shrink(excess)
-
-    def _fail(self, seqs: list[Sequence], exc: BaseException) -> None:
-        self._records.append(["fail", [[s.request_id, s.index] for s in seqs]])
-        super()._fail(seqs, exc)
-
-    def _remember_finished(self, done: list[Sequence]) -> None:
-        """Called once per step between reading tokens back and updating the batch: the step's end."""
-        keep = self.prefix_cache is not None
-        self._records.append(["end", [
-            [s.request_id, s.index, s.finish_reason.value, s.output_ids if keep else None] for s in done
-        ]])
-        super()._remember_finished(done)
-
-    # -- the exchanges --------------------------------------------------------------
     def _make_prefix_cache(self):
         if getattr(self.loaded, "parallelism", "tensor") == "pipeline":
             # Pipeline stages hold different layers, so their cached blocks differ in size and
@@ -142,27 +152,23 @@ class LeaderEngine(LLMEngine):
         self.channel.exchange({"prefix_cache_bytes": cache.stats.budget_bytes if cache is not None else None})
         return cache
 
-    def _make_runner(self) -> ModelRunner:
-        return LockstepRunner(self.loaded.model, self.config.deterministic, self.channel)
+    def _make_core(self, runner: ModelRunner, prefix: PrefixReuse) -> LeaderCore:
+        return LeaderCore(self.loaded, self.config, runner, prefix, self._emit, channel=self.channel)
 
+    # -- the exchanges outside steps ------------------------------------------------------
     def _step_safely(self) -> None:
         with self._watchdog.guard("an engine step"):
             super()._step_safely()
 
-    def _step(self, plan: StepPlan):
-        tokens = self.runner.rows["tokens"].tolist() if self.runner.batch_seqs else []
-        self._send(step=plan_digest(self, plan), tokens=tokens)
-        return super()._step(plan)
-
     def _on_idle(self) -> None:
         with self._watchdog.guard("a heartbeat"):
-            self._send(step=None)
+            self.core.send(step=None)
 
     def _drain_commands(self, block: bool) -> bool:
         going = super()._drain_commands(block)
         if not going:
             with self._watchdog.guard("the stop message"):
-                self._send(stop=True)
+                self.core.send(stop=True)
         return going
 
     # -- losing a rank ----------------------------------------------------------------
@@ -177,7 +183,7 @@ class LeaderEngine(LLMEngine):
         """From the watchdog thread, while the engine thread is stuck in a collective."""
         self._lost = True
         try:
-            seqs = self.scheduler.all_sequences()
+            seqs = self.core.scheduler.all_sequences()
             outputs = []
             for seq in seqs:
                 out = seq.finish(FinishReason.ERROR)
@@ -194,16 +200,62 @@ class LeaderEngine(LLMEngine):
         return super().alive and not self._lost
 
 
+# -- ranks 1..N-1 --------------------------------------------------------------------------------
+
+class FollowerCore(EngineCore):
+    """A follower's core: the same state as rank 0's, advanced by rank 0's record and tokens."""
+
+    def __init__(self, *args: Any, rank: int):
+        super().__init__(*args)
+        self.rank = rank
+        self._prefilled: list = []  # groups prefilled this step, joined at the step's end
+
+    def sample_first(self, seqs: list[Sequence], logits: mx.array) -> RowArrays:
+        # Placeholders: the decode forward feeds the tokens rank 0 sampled (from the step message).
+        return RowArrays(len(seqs), tokens=mx.zeros((len(seqs),), dtype=mx.int32))
+
+    def find(self, keys: list) -> list[Sequence]:
+        by_key = {(s.request_id, s.index): s for s in self.scheduler.all_sequences()}
+        return [by_key[k] for k in map(tuple, keys) if k in by_key]
+
+    def follow_step(self, digest: list, tokens: list[int]) -> None:
+        """Rank 0's step up to its read-back: the same schedule, the decode forward, the prefill."""
+        self._prefilled = []  # left over only when rank 0's step failed as a whole: never joined there
+        plan = self.scheduler.schedule()
+        mine = plan_digest(self, plan)
+        if mine != digest:
+            raise LockstepLost(f"rank {self.rank} diverged from rank 0: scheduled {mine}, rank 0 {digest}")
+        if self.runner.batch_seqs:
+            self.runner.decode(mx.array(tokens, dtype=mx.int32))
+        self._prefilled = self.prefill(plan.prefill)
+
+    def end_step(self, finished: list) -> None:
+        """Rank 0's end of a step: cache and drop the finished rows, join the prefilled prompts."""
+        done = []
+        for request_id, index, reason, output_ids in finished:
+            seq = next(iter(self.find([[request_id, index]])), None)
+            if seq is None:
+                raise LockstepLost(f"rank {self.rank}: finished row {request_id}/{index} is unknown here")
+            seq.output_ids = output_ids or []
+            seq.finish_reason = FinishReason(reason)
+            self.scheduler.finish(seq)
+            done.append(seq)
+        self.retire(done)
+        prefilled, self._prefilled = self._prefilled, []
+        for seqs, logits, merged in prefilled:
+            self.join(seqs, logits, merged)
+
+
 class FollowerEngine(LLMEngine):
     """Ranks 1..N-1: replay rank 0's record and run the same forwards; no outputs of its own."""
 
     verifies_restores = False
+    runner_class = LockstepRunner
 
     def __init__(self, load, config, *, group: Any, timeout: float):
         super().__init__(load, config, lambda outputs: None)
         self.channel = LockstepChannel(group)
         self._timeout = timeout
-        self._prefilled: list = []  # groups prefilled this step, joined at the step's end
 
     def _make_prefix_cache(self):
         budget = self.channel.exchange()["prefix_cache_bytes"]
@@ -213,15 +265,8 @@ class FollowerEngine(LLMEngine):
         self.config = dataclasses.replace(self.config, cache_memory_bytes=budget, kv_cache_dir=None)
         return super()._make_prefix_cache()
 
-    def _make_runner(self) -> ModelRunner:
-        return LockstepRunner(self.loaded.model, self.config.deterministic, self.channel)
-
-    def _make_room(self) -> None:  # rank 0 decides evictions ("shrink" records)
-        pass
-
-    def _sample_first(self, seqs: list[Sequence], logits: mx.array) -> RowArrays:
-        # Placeholders: the decode forward feeds the tokens rank 0 sampled (from the step message).
-        return RowArrays(len(seqs), tokens=mx.zeros((len(seqs),), dtype=mx.int32))
+    def _make_core(self, runner: ModelRunner, prefix: PrefixReuse) -> FollowerCore:
+        return FollowerCore(self.loaded, self.config, runner, prefix, self._emit, rank=self.channel.rank)
 
     def _run(self) -> None:
         try:
@@ -243,7 +288,7 @@ class FollowerEngine(LLMEngine):
                     for record in message["records"]:
                         self._apply(record)
                     if message.get("step") is not None:
-                        self._follow_step(message["step"], message["tokens"])
+                        self.core.follow_step(message["step"], message["tokens"])
         except BaseException as exc:  # nothing to serve without rank 0: end (and so end the job)
             logger.exception("rank %d cannot follow rank 0", self.channel.rank)
             exit_process(str(exc))
@@ -252,47 +297,19 @@ class FollowerEngine(LLMEngine):
         mx.synchronize()
 
     def _apply(self, record: list) -> None:
+        """Replay one of rank 0's decisions (recorded by :class:`LeaderCore`)."""
         kind, *args = record
+        core = self.core
         if kind == "add":
             request_id, prompt, n, checkpoints = args
-            self._add(GenerationRequest(request_id, prompt, SamplingParams(n=n), checkpoints=tuple(checkpoints)))
+            core.add(GenerationRequest(request_id, prompt, SamplingParams(n=n), checkpoints=tuple(checkpoints)))
         elif kind == "abort":
-            self._abort(args[0])
+            core.abort(args[0])
         elif kind == "clear":
-            self._clear_prefix_cache()
+            core.clear_prefix_cache()
         elif kind == "shrink":
-            self.prefix_cache.shrink(args[0])
+            core.shrink_prefix_cache(args[0])
         elif kind == "fail":
-            self._drop(*self._find(args[0]))
+            core.drop(*core.find(args[0]))
         elif kind == "end":
-            self._end_step(args[0])
-
-    def _find(self, keys: list) -> list[Sequence]:
-        by_key = {(s.request_id, s.index): s for s in self.scheduler.all_sequences()}
-        return [by_key[k] for k in map(tuple, keys) if k in by_key]
-
-    def _end_step(self, finished: list) -> None:
-        """Rank 0's end of a step: cache and drop the finished rows, join the prefilled prompts."""
-        done = []
-        for request_id, index, reason, output_ids in finished:
-            seq = next(iter(self._find([[request_id, index]])), None)
-            if seq is None:
-                raise LockstepLost(f"rank {self.channel.rank}: finished row {request_id}/{index} is unknown here")
-            seq.output_ids = output_ids or []
-            seq.status, seq.finish_reason = SequenceStatus.FINISHED, FinishReason(reason)
-            done.append(seq)
-        self._remember_finished(done)
-        self._drop(*done)
-        prefilled, self._prefilled = self._prefilled, []
-        for seqs, logits, merged in prefilled:
-            self._join(seqs, logits, merged)
-
-    def _follow_step(self, digest: list, tokens: list[int]) -> None:
-        self._prefilled = []  # left over only when rank 0's step failed as a whole: never joined there
-        plan = self.scheduler.schedule()
-        mine = plan_digest(self, plan)
-        if mine != digest:
-            raise LockstepLost(f"rank {self.channel.rank} diverged from rank 0: scheduled {mine}, rank 0 {digest}")
-        if self.runner.batch_seqs:
-            self.runner.decode(mx.array(tokens, dtype=mx.int32))
-        self._prefilled = self._prefill(plan.prefill)
+            core.end_step(args[0])

@@ -50,9 +50,6 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.prefilling or self.running)
 
-    def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
-
     def all_sequences(self) -> list[Sequence]:
         return [*self.running, *self.prefilling, *self.waiting]
 
@@ -60,26 +57,57 @@ class Scheduler:
         """Every sequence of a request (n > 1 gives several)."""
         return [seq for seq in self.all_sequences() if seq.request_id == request_id]
 
-    def remove_request(self, request_id: str) -> None:
-        for seq in self.find_all(request_id):
-            self.remove(seq)
+    # -- every status change --------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        """Queue a new sequence for admission."""
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def admit(self, seq: Sequence) -> None:
+        """Start prefilling a sequence that leaves the queue (``on_admit`` may restore a cached prefix)."""
+        self.waiting.remove(seq)
+        seq.status = SequenceStatus.PREFILLING
+        if self.on_admit is not None:
+            self.on_admit(seq)
+        self.prefilling.append(seq)
+
+    def fork(self, parent: Sequence, children: list[Sequence], rng_keys: list) -> None:
+        """n > 1: ``children`` continue ``parent``'s prefilled prompt, each with its own PRNG key;
+        they become prefilling rows beside it, to be marked running with it."""
+        for child, key in zip(children, rng_keys):
+            child.continue_prefill_of(parent, key)
+            child.status = SequenceStatus.PREFILLING
+            self.prefilling.append(child)
+
+    def mark_running(self, seq: Sequence) -> None:
+        """A prefilled sequence joins the decode batch."""
+        self.prefilling.remove(seq)
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """The sequence produced its final delta: FINISHED, and no longer scheduled."""
+        self.remove(seq)
+        seq.status = SequenceStatus.FINISHED
 
     def remove(self, seq: Sequence) -> None:
+        """Take a sequence out of the queue or the prefilling or running rows (if there)."""
         for group in (self.running, self.prefilling):
             if seq in group:
                 group.remove(seq)
         if seq in self.waiting:
             self.waiting.remove(seq)
 
+    def remove_request(self, request_id: str) -> None:
+        for seq in self.find_all(request_id):
+            self.remove(seq)
+
+    # -- the step ---------------------------------------------------------------------
     def schedule(self) -> StepPlan:
         plan = StepPlan()
         budget = max(self.max_num_batched_tokens - len(self.running), MIN_PREFILL_TOKENS_PER_STEP)
         while self.waiting and len(self.running) + len(self.prefilling) < self.max_num_seqs:
-            seq = self.waiting.popleft()
-            seq.status = SequenceStatus.PREFILLING
-            if self.on_admit is not None:
-                self.on_admit(seq)
-            self.prefilling.append(seq)
+            self.admit(self.waiting[0])
         for seq in self.prefilling:
             if budget <= 0:
                 break
@@ -92,8 +120,3 @@ class Scheduler:
             plan.prefill.append((seq, n))
             budget -= n
         return plan
-
-    def mark_running(self, seq: Sequence) -> None:
-        self.prefilling.remove(seq)
-        seq.status = SequenceStatus.RUNNING
-        self.running.append(seq)

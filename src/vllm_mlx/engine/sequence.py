@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from .constraints import grammar_error_text
+from .reasoning_budget import ReasoningBudget
 from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
 from .stop import StopStringMatcher
 
@@ -32,14 +33,11 @@ class Sequence:
         self.constraint = request.constraint  # llguidance matcher, or None
         self.constraint_after = list(request.constraint_after)
         self.constraint_started = not self.constraint_after
-        # Reasoning budget (max_thinking_tokens): state of the reasoning block and tokens to force.
-        self.thinking_budget = self.sampling.max_thinking_tokens if request.reasoning_markers else None
-        self.in_reasoning = request.starts_in_reasoning
-        self.reasoning_tokens = 0
-        self.forced: list[int] = []
-        if self.in_reasoning and self.thinking_budget == 0:
-            self.forced = list(request.reasoning_markers[1])
-        self.status = SequenceStatus.WAITING
+        self.reasoning_budget: ReasoningBudget | None = None  # max_thinking_tokens
+        if self.sampling.max_thinking_tokens is not None and request.reasoning_markers:
+            self.reasoning_budget = ReasoningBudget(self.sampling.max_thinking_tokens, request.reasoning_markers,
+                                                    request.starts_in_reasoning)
+        self.status = SequenceStatus.WAITING  # changed by the scheduler only
         self.finish_reason: FinishReason | None = None
         # Prompt tokens whose keys/values are already in this sequence's cache.
         self.num_computed = 0
@@ -61,36 +59,32 @@ class Sequence:
     @property
     def active_constraint(self) -> Any:
         """The matcher that must mask this row's next token, if any."""
-        if self.constraint is not None and self.constraint_started and self.status is not SequenceStatus.FINISHED:
+        if self.constraint is not None and self.constraint_started and not self.finished:
             return self.constraint
         return None
 
     @property
     def steers_tokens(self) -> bool:
         """Whether this row's next token may be masked (a grammar, or a reasoning budget)."""
-        return self.constraint is not None or self.thinking_budget is not None
+        return self.constraint is not None or self.reasoning_budget is not None
 
     @property
     def next_token_rule(self) -> Any:
         """What decides this row's next token: a forced token id, a grammar matcher, or None."""
-        if self.forced:
-            return self.forced[0]
-        return self.active_constraint
+        forced = self.reasoning_budget.next_forced if self.reasoning_budget is not None else None
+        return forced if forced is not None else self.active_constraint
 
-    def _track_reasoning(self, token: int) -> None:
-        if self.thinking_budget is None:
-            return
-        if self.forced and token == self.forced[0]:
-            self.forced.pop(0)
-        start, end = self.request.reasoning_markers
-        if self.in_reasoning:
-            self.reasoning_tokens += 1
-            if self.output_ids[-len(end):] == list(end):
-                self.in_reasoning, self.forced = False, []
-            elif self.reasoning_tokens >= self.thinking_budget and not self.forced:
-                self.forced = list(end)  # close the reasoning: the model answers next
-        elif self.output_ids[-len(start):] == list(start):
-            self.in_reasoning = True
+    @property
+    def finished(self) -> bool:
+        """Whether the final delta was produced (the scheduler then marks the sequence FINISHED)."""
+        return self.finish_reason is not None
+
+    def continue_prefill_of(self, parent: "Sequence", rng_key: Any) -> None:
+        """Start as another continuation of ``parent`` (n > 1): its prefilled prompt and cache,
+        a PRNG key and a grammar state of its own."""
+        self.num_computed, self.cache, self.rng_key = parent.num_computed, parent.cache, rng_key
+        if parent.constraint is not None:
+            self.constraint = parent.constraint.deep_copy()
 
     def _advance_constraint(self, token: int) -> str | None:
         """Feed the grammar; returns an error message if the token broke it."""
@@ -139,7 +133,8 @@ class Sequence:
         stops_apply = len(self.output_ids) > self.sampling.min_tokens
         if token in self.stop_ids and stops_apply:
             return self.finish(FinishReason.STOP, stop_token=True)
-        self._track_reasoning(token)
+        if self.reasoning_budget is not None:
+            self.reasoning_budget.on_token(token, self.output_ids)
         error = self._advance_constraint(token)
         if error is not None:
             out = self.finish(FinishReason.ERROR)
@@ -182,7 +177,6 @@ class Sequence:
 
     def _final_delta(self, text: str, reason: FinishReason, stop_sequence: str | None = None,
                      hidden_tokens: int = 0) -> GenerationOutput:
-        self.status = SequenceStatus.FINISHED
         self.finish_reason = reason
         delta = self._delta(text[self.emitted_chars :], hidden_tokens)
         self.emitted_chars = max(self.emitted_chars, len(text))

@@ -1,0 +1,384 @@
+"""The engine's step and the state it advances: the scheduler, the model runner's decode batch and
+the prefix cache, changed only by this module's :class:`EngineCore` on the engine thread.
+
+One step (:meth:`EngineCore.step`) -- decoding is pipelined (see :mod:`.model_runner`):
+
+1. make room: cached blocks give way when device memory runs short;
+2. schedule: admit queued prompts (each restores its longest cached prefix), split the step's token
+   budget into prompt chunks;
+3. launch decode step t+1 from the rows' pending tokens, and sample its tokens on the device (rows
+   whose next token may be masked -- a grammar, a reasoning budget -- sample after step 5 instead);
+4. prefill the prompt chunks (whole prompts of similar length together), saving checkpoints;
+5. read back step t's tokens and apply them: text, stop conditions, logprobs;
+6. cache and drop the finished rows;
+7. join the prompts prefilled this step to the batch: n > 1 forks, their first tokens are sampled.
+
+A failure costs the rows it concerns: a bad prompt fails alone, a failing step fails its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import mlx.core as mx
+from mlx_lm.models.cache import make_prompt_cache
+
+from ..platform import device_memory_bytes
+from .config import EngineConfig
+from .constraints import allowed_tokens
+from .detokenizer import IncrementalDetokenizer
+from .model_runner import ModelRunner
+from .prefix_reuse import PrefixReuse
+from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
+from .rows import RowArrays
+from .sampler import BatchSamplingParams, PenaltyState, SampleResult, make_rng_key, sample
+from .scheduler import Scheduler, StepPlan
+from .sequence import Sequence
+from .vision_model import VisionLanguageModel
+
+logger = logging.getLogger(__name__)
+
+OutputCallback = Callable[[list[GenerationOutput]], None]
+# (sequences whose prompt is done, their last logits, their batch caches if prefilled together else None)
+Prefilled = tuple[list[Sequence], mx.array, "list | None"]
+
+
+@dataclass
+class EngineCounters:
+    """Totals since the start (``peak_active``: since the admission bound last changed)."""
+
+    finished: int = 0
+    aborted: int = 0
+    failed: int = 0
+    prompt: int = 0
+    generated: int = 0
+    steps: int = 0
+    together: int = 0
+    peak_active: int = 0
+
+
+class EngineCore:
+    def __init__(self, loaded: Any, config: EngineConfig, runner: ModelRunner, prefix: PrefixReuse,
+                 emit: OutputCallback):
+        """``emit`` receives the deltas of requests that end outside a step's output (aborts, failures)."""
+        self.loaded = loaded
+        self.config = config
+        self.runner = runner
+        self.prefix = prefix
+        self.emit = emit
+        self.scheduler = Scheduler(config.max_num_seqs, config.max_num_batched_tokens, config.deterministic,
+                                   on_admit=prefix.restore if prefix.cache is not None else None)
+        self.counters = EngineCounters()
+        self.memory_limit = int(device_memory_bytes() * 0.9)
+        self.vocab_size = probe_vocab_size(loaded.model)
+        self._eos_ids = set(loaded.tokenizer.eos_token_ids)
+        self._batch_params: BatchSamplingParams | None = None  # of the decode batch; None: rows changed
+
+    # -- requests ----------------------------------------------------------------------
+    def add_safely(self, request: GenerationRequest) -> None:
+        """A request that cannot even be queued fails alone."""
+        try:
+            self.add(request)
+        except Exception as exc:
+            logger.exception("request %s could not be queued", request.request_id)
+            self.scheduler.remove_request(request.request_id)
+            self.counters.failed += 1
+            self.emit([GenerationOutput(request.request_id, index=i, finish_reason=FinishReason.ERROR,
+                                        error=f"{type(exc).__name__}: {exc}") for i in range(request.sampling.n)])
+
+    def add(self, request: GenerationRequest) -> None:
+        seq = self._new_sequence(request)
+        if not seq.prompt_ids:
+            self.fail([seq], ValueError("the prompt has no tokens"))
+            return
+        seed = request.sampling.seed
+        if seed is None and self.config.deterministic:
+            seed = 0  # identical requests must give identical output, sampled ones included
+        seq.rng_key = make_rng_key(seed)
+        self.scheduler.add(seq)
+
+    def _new_sequence(self, request: GenerationRequest, index: int = 0) -> Sequence:
+        detokenizer = IncrementalDetokenizer(self.loaded.tokenizer, request.prompt_token_ids,
+                                             skip_special_tokens=not request.keep_special_tokens)
+        return Sequence(request, detokenizer, self._eos_ids, index)
+
+    def abort(self, request_id: str) -> None:
+        seqs = self.scheduler.find_all(request_id)
+        if not seqs:
+            return
+        self.drop(*seqs)
+        self.counters.aborted += 1
+        self.emit([self._finish(seq, FinishReason.ABORT) for seq in seqs])
+
+    def abort_all(self) -> None:
+        for seq in self.scheduler.all_sequences():
+            self.abort(seq.request_id)
+
+    def fail(self, seqs: list[Sequence], exc: BaseException) -> None:
+        logger.exception("request(s) %s failed", [s.request_id for s in seqs], exc_info=exc)
+        self.drop(*seqs)
+        outputs = []
+        for seq in seqs:
+            out = self._finish(seq, FinishReason.ERROR)
+            out.error = f"{type(exc).__name__}: {exc}"
+            outputs.append(out)
+        self.counters.failed += len(seqs)
+        self.emit(outputs)
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> GenerationOutput:
+        out = seq.finish(reason)
+        self.scheduler.finish(seq)
+        return out
+
+    def drop(self, *seqs: Sequence) -> None:
+        """Take sequences out of the scheduler and the decode batch, freeing their caches."""
+        if self.runner.remove_from_batch(set(seqs)):
+            self._batch_params = None
+        for seq in seqs:
+            self.scheduler.remove(seq)
+            seq.cache = None
+
+    def close(self) -> None:
+        """End every request and let the batch arrays go (the engine is stopping)."""
+        self.abort_all()
+        self.runner.remove_from_batch(set(self.runner.batch_seqs))
+
+    # -- the prefix cache ----------------------------------------------------------------
+    def clear_prefix_cache(self) -> None:
+        """Empty the prefix cache and, for a vision-language model, its vision-embedding cache."""
+        if self.prefix.cache is not None:
+            self.prefix.cache.clear()
+        if isinstance(self.loaded.model, VisionLanguageModel):
+            self.loaded.model.embeddings.clear()
+
+    def make_room(self) -> None:
+        """The running batch comes first: cached blocks give way when memory runs short."""
+        cache = self.prefix.cache
+        if cache is not None and cache.stats.bytes:
+            excess = mx.get_active_memory() - self.memory_limit
+            if excess > 0:
+                self.shrink_prefix_cache(int(excess))
+
+    def shrink_prefix_cache(self, num_bytes: int) -> None:
+        self.prefix.cache.shrink(num_bytes)
+
+    # -- the step ------------------------------------------------------------------------
+    def step(self) -> list[GenerationOutput]:
+        """Schedule and run one step; returns its deltas. A failing step fails its batch, not the engine."""
+        self.make_room()
+        plan = self.scheduler.schedule()
+        try:
+            outputs = self.run(plan)
+        except Exception as exc:
+            self.fail(list(self.runner.batch_seqs), exc)
+            outputs = []
+        self.counters.steps += 1
+        return outputs
+
+    def run(self, plan: StepPlan) -> list[GenerationOutput]:
+        """Launch decode step t+1, run prefill chunks, then read back and apply step t."""
+        runner = self.runner
+        previous_seqs, previous = list(runner.batch_seqs), runner.rows
+        deferred = None
+        if previous_seqs:
+            if any(s.steers_tokens for s in previous_seqs):
+                # Masks for token t+1 need token t: run the forward now, sample after read-back.
+                deferred = runner.decode()
+                mx.async_eval(deferred)
+            else:
+                runner.rows = self._sample_decode(previous_seqs, runner.decode(), pending_applied=False)
+        prefilled = self.prefill(plan.prefill)
+        outputs, done = self._read_back(previous_seqs, previous)
+        if deferred is not None:
+            runner.rows = self._sample_decode(previous_seqs, deferred, pending_applied=True)
+        self.retire(done)
+        self.counters.failed += (failed := sum(s.finish_reason is FinishReason.ERROR for s in done))  # grammars
+        self.counters.finished += len(done) - failed
+        for seqs, logits, merged in prefilled:
+            self._join_isolated(seqs, logits, merged)
+        return outputs
+
+    def retire(self, done: list[Sequence]) -> None:
+        """The step's finished rows leave: cached (prompt + completion), then dropped."""
+        self.prefix.remember_finished(self.runner, done)
+        self.drop(*done)
+
+    def _read_back(self, seqs: list[Sequence], rows: RowArrays) -> tuple[list[GenerationOutput], list[Sequence]]:
+        """Apply the tokens sampled for ``seqs`` in the previous step: text, stops, logprobs."""
+        if not seqs:
+            return [], []
+        tokens = rows["tokens"].tolist()
+        logprobs = [None] * len(seqs)
+        if any(s.sampling.logprobs for s in seqs):
+            values = rows["logprobs"].tolist()
+            top = zip(rows["top_ids"].tolist(), rows["top_logprobs"].tolist()) if rows["top_ids"] is not None else None
+            for i, (seq, tok, lp) in enumerate(zip(seqs, tokens, values)):
+                alternatives = next(top) if top is not None else ((), ())
+                if seq.sampling.logprobs:
+                    k = seq.sampling.top_logprobs
+                    logprobs[i] = TokenLogprob(tok, lp, tuple(zip(alternatives[0][:k], alternatives[1][:k])))
+        outputs, done = [], []
+        for seq, tok, lp in zip(seqs, tokens, logprobs):
+            out = seq.append_token(tok, lp)
+            if out is not None:
+                outputs.append(out)
+            if seq.finished:
+                self.scheduler.finish(seq)
+                done.append(seq)
+        self.counters.generated += len(seqs)
+        return outputs, done
+
+    # -- prefill ------------------------------------------------------------------------
+    def prefill(self, chunks: list[tuple[Sequence, int]]) -> list[Prefilled]:
+        """Advance prompt chunks; returns the groups of sequences whose prompt is done."""
+        groups, together = [], set()
+        if self.runner.can_prefill_together:
+            whole = [seq for seq, n in chunks if seq.num_computed == 0 and n == seq.num_prompt_tokens
+                     and seq.request.multimodal is None]
+            for group in group_for_padding(whole):
+                if len(group) < 2:
+                    continue
+                try:
+                    cache, logits = self.runner.prefill_together(group)
+                except Exception:  # retried one by one below, so a bad prompt fails alone
+                    logger.warning("batched prefill failed; prefilling one by one", exc_info=True)
+                    for seq in group:
+                        seq.num_computed = 0
+                    continue
+                self.counters.prompt += sum(s.num_prompt_tokens for s in group)
+                self.counters.together += len(group)
+                self.prefix.remember_prompts(group, cache)
+                groups.append((group, logits, cache))
+                together.update(group)
+        done, last_logits = [], []
+        for seq, n in chunks:
+            if seq in together:
+                continue
+            try:
+                logits = self.prefix.prefill_chunk(self.runner, seq, n)
+            except Exception as exc:
+                self.fail([seq], exc)
+                continue
+            self.counters.prompt += n
+            if logits is not None:
+                self.prefix.remember(seq.prefix_key, seq.cache)
+                done.append(seq)
+                last_logits.append(logits)
+        if done:
+            groups.append((done, mx.concatenate(last_logits, axis=0), None))
+        return groups
+
+    # -- joining the decode batch ---------------------------------------------------------
+    def _join_isolated(self, seqs: list[Sequence], logits: mx.array, merged: list | None) -> None:
+        """Join prefilled rows to the batch; if the group fails, join them one by one so a bad row
+        fails alone (with every continuation of its request) instead of taking its group down."""
+        try:
+            return self.join(seqs, logits, merged)
+        except Exception as exc:
+            if len(seqs) == 1:
+                return self.fail(self.scheduler.find_all(seqs[0].request_id) or seqs, exc)
+            logger.warning("joining %d prefilled rows failed; joining them one by one", len(seqs), exc_info=True)
+        for i, seq in enumerate(seqs):
+            if merged is not None:
+                seq.cache = [c.extract(i) for c in merged]
+            try:
+                self.join([seq], logits[i:i + 1], None)
+            except Exception as exc:
+                self.fail(self.scheduler.find_all(seq.request_id) or [seq], exc)
+
+    def join(self, seqs: list[Sequence], logits: mx.array, merged: list | None) -> None:
+        """Sample the first tokens of freshly prefilled prompts and add them to the decode batch."""
+        seqs, logits, merged = self._fork_n(seqs, logits, merged)
+        rows = self.sample_first(seqs, logits)
+        for seq in seqs:
+            self.scheduler.mark_running(seq)
+        self.runner.add_to_batch(seqs, rows, merged)
+        self._batch_params = None
+
+    def _fork_n(self, seqs: list[Sequence], logits: mx.array, merged: list | None) -> Prefilled:
+        """Fork requests with n > 1 into n rows sharing one prefill (their logits and batch caches repeated)."""
+        if all(s.sampling.n == 1 for s in seqs):
+            return seqs, logits, merged
+        rows, index = [], []
+        for i, seq in enumerate(seqs):
+            n = seq.sampling.n
+            children = [self._new_sequence(seq.request, index=k) for k in range(1, n)]
+            if children:
+                keys = mx.random.split(seq.rng_key, n)
+                self.scheduler.fork(seq, children, [keys[k] for k in range(1, n)])
+            rows += [seq, *children]
+            index += [i] * n
+        picked = mx.array(index)
+        if merged is not None:
+            for c in merged:
+                c.filter(picked)
+        return rows, logits[picked], merged
+
+    # -- sampling -----------------------------------------------------------------------
+    def sample_first(self, seqs: list[Sequence], logits: mx.array) -> RowArrays:
+        """The first token of each freshly prefilled row, as the rows' pending arrays."""
+        params = self._params_for(seqs)
+        penalties = None
+        if params.uses_penalties:
+            penalties = PenaltyState.for_prompts([s.prompt_ids for s in seqs], self.vocab_size)
+        generated = [0] * len(seqs) if params.min_tokens else None
+        allowed = allowed_tokens([s.next_token_rule for s in seqs], self.vocab_size)
+        result = sample(logits, params, mx.stack([s.rng_key for s in seqs]), penalties, generated, allowed)
+        return pending_rows(result, penalties)
+
+    def _sample_decode(self, seqs: list[Sequence], logits: mx.array, pending_applied: bool) -> RowArrays:
+        """Sample every row's next token from the decode logits; ``pending_applied``: the tokens that
+        were fed this step are already appended to the sequences (the deferred, constrained path)."""
+        rows = self.runner.rows
+        if self._batch_params is None:
+            self._batch_params = self._params_for(seqs)
+            if not self._batch_params.uses_penalties:
+                rows["counts"] = rows["in_prompt"] = None
+        params = self._batch_params
+        penalties = None
+        if params.uses_penalties:
+            penalties = PenaltyState(rows["counts"], rows["in_prompt"])
+            penalties.add_tokens(rows["tokens"])
+        fed = 0 if pending_applied else 1
+        generated = [len(s.output_ids) + fed for s in seqs] if params.min_tokens else None
+        allowed = allowed_tokens([s.next_token_rule for s in seqs], self.vocab_size)
+        result = sample(logits, params, rows["keys"], penalties, generated, allowed)
+        return pending_rows(result, penalties)
+
+    def _params_for(self, seqs: list[Sequence]) -> BatchSamplingParams:
+        return BatchSamplingParams.from_params([s.sampling for s in seqs], self.vocab_size, [s.stop_ids for s in seqs])
+
+
+def pending_rows(result: SampleResult, penalties: PenaltyState | None) -> RowArrays:
+    """The sampled tokens (and what the next step needs of them) as the rows' pending arrays, evaluating."""
+    rows = RowArrays(
+        result.tokens.shape[0],
+        tokens=result.tokens, keys=result.keys, logprobs=result.logprobs,
+        top_ids=result.top_ids, top_logprobs=result.top_logprobs,
+        counts=penalties.counts if penalties else None, in_prompt=penalties.in_prompt if penalties else None,
+    )
+    mx.async_eval(rows.all())
+    return rows
+
+
+def probe_vocab_size(model: Any) -> int:
+    """The logits width (may exceed the tokenizer's size); the one forward also warms the model up."""
+    logits = model(mx.array([[0]]), cache=make_prompt_cache(model))
+    return int(logits.shape[-1])
+
+
+def group_for_padding(prompts: list[Sequence]) -> list[list[Sequence]]:
+    """Split whole prompts into groups of similar length: left padding at most doubles a group's work."""
+    groups: list[list[Sequence]] = []
+    total = 0
+    for seq in sorted(prompts, key=lambda s: s.num_prompt_tokens):
+        n = seq.num_prompt_tokens
+        if groups and n * (len(groups[-1]) + 1) <= 2 * (total + n):
+            groups[-1].append(seq)
+            total += n
+        else:
+            groups.append([seq])
+            total = n
+    return groups
