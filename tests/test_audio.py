@@ -240,7 +240,9 @@ def test_routes_answer_501_without_the_extras(start_server, tiny_qwen3, tiny_whi
         with pytest.raises(openai.APIStatusError) as err:
             call()
         assert err.value.status_code == 501 and err.value.body["code"] == "extra_not_installed"
-        assert f"vllm-mlx[{extra if extra != 'speech' else 'audio'}]" in err.value.body["message"]
+        message = err.value.body["message"]
+        assert f"'{extra if extra != 'speech' else 'audio'}' extra" in message
+        assert "scripts/dev.sh install full" in message  # served from this clone: the clone's command
     assert "audio extra is missing" in server.log()
     ids = [m.id for m in c.models.list().data]  # still listed, with their kind
     assert ids == ["tiny-qwen3", "tiny-bert", "tiny-whisper", "tiny-soprano"]

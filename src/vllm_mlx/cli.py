@@ -276,7 +276,9 @@ def _checked_mcp_config(args: argparse.Namespace) -> str | None:
             import jsonschema  # noqa: F401
             import mcp  # noqa: F401
         except ImportError:
-            raise SystemExit("error: --mcp-config needs the MCP SDK: pip install 'vllm-mlx[mcp]'")
+            from .extras import install_hint
+
+            raise SystemExit(f"error: --mcp-config needs the MCP SDK (the 'mcp' extra): {install_hint('mcp')}")
         try:
             load_mcp_config(args.mcp_config)
         except MCPConfigError as exc:
