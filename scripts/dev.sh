@@ -37,9 +37,11 @@ install() {  # install serve|full
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
     local started=$SECONDS
     echo "installing the $level dependencies into .venv from $lock ..." >&2
+    # --no-compile: no bytecode for the thousands of modules never imported (a third of the venv);
+    # Python writes it for those that are, on first import
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q --require-hashes -r "$lock"
-    .venv/bin/python -m pip install -q --no-deps -e .
+    .venv/bin/python -m pip install -q --no-compile --require-hashes -r "$lock"
+    .venv/bin/python -m pip install -q --no-compile --no-deps -e .
     touch ".venv/.installed-$level"
     echo "installed in $((SECONDS - started)) s ($(du -sh .venv | cut -f1) in .venv)" >&2
 }
