@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 
@@ -56,14 +57,15 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
         requested_dtype=config.dtype, max_embedding_batch_tokens=config.max_embedding_batch_tokens)
 
     async def start_single_model(app: FastAPI) -> None:
+        started = time.monotonic()
         await asyncio.to_thread(engine.start, asyncio.get_running_loop())
         app.state.serving = serving = build_serving(config, engine, names)
         if config.model is None:
             logger.warning(
                 "Serving the built-in DEMO model '%s' (random weights): it produces nonsense text. "
                 "Pass a model folder or Hugging Face repo id to serve a real model.", names[0])
-        logger.info("model loaded from %s; serving as %s; context %d tokens", engine.loaded.path, ", ".join(names),
-                    serving.max_model_len)
+        logger.info("model loaded from %s; serving as %s; context %d tokens; engine ready in %.1f s",
+                    engine.loaded.path, ", ".join(names), serving.max_model_len, time.monotonic() - started)
         if config.warm_prompts:
             await warm_up(serving, config.warm_prompts)
 
