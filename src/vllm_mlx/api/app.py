@@ -32,6 +32,7 @@ from ..serving.model_setup import build_engine, build_serving, resolve_model
 from .openai_routes import router as openai_router
 from .operator_routes import install_cors, install_rate_limit, router as operator_router
 from .request_log import RequestLogMiddleware
+from .request_routes import router as request_router
 from .responses_convert import ResponseStore
 from .responses_routes import router as responses_router
 from ..serving.state import ServingState
@@ -133,6 +134,7 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
     app.include_router(anthropic_router)
     app.include_router(mcp_router)
     app.include_router(operator_router)
+    app.include_router(request_router)
 
     @app.get("/health")
     async def health(raw: Request):
