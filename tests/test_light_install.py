@@ -99,3 +99,11 @@ def test_serve_lock_is_the_base_part_of_the_full_lock():
     assert _closure(_pyproject()["dependencies"]) - {"vllm-mlx"} <= set(serve) | {"mlx-metal"}
     heavy = {"torch", "opencv-python", "pyarrow", "pandas", "scipy", "datasets", "matplotlib", "mlx-vlm"}
     assert not heavy & set(serve)
+
+
+def test_version_flag_prints_the_project_version():
+    import subprocess
+
+    vllm_mlx = str(Path(sys.executable).with_name("vllm-mlx"))
+    out = subprocess.run([vllm_mlx, "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == f"vllm-mlx {_pyproject()['version']}"
