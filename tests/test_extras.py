@@ -37,3 +37,14 @@ def test_pyproject_extras_are_the_documented_ones():
     with open(extras.source_checkout() / "pyproject.toml", "rb") as f:
         optional = tomllib.load(f)["project"]["optional-dependencies"]
     assert set(optional) == {*extras.EXTRAS, "test"}
+
+
+def test_vision_model_without_the_extra_names_it_and_text_only(monkeypatch, tmp_path):
+    from vllm_mlx.models.vision_loader import ServingMode, load_vision_model
+
+    monkeypatch.setitem(sys.modules, "mlx_vlm", None)  # import mlx_vlm -> ImportError
+    with pytest.raises(RuntimeError) as err:
+        load_vision_model(tmp_path / "qwen2-vl", mode=ServingMode(True, "its config.json has a vision_config"))
+    message = str(err.value)
+    assert "'vision' extra" in message and "scripts/dev.sh install full" in message and "--text-only" in message
+    assert "vision_config" in message
