@@ -8,7 +8,7 @@
 #   .clients/npm/node_modules/.bin/  claude, codex, opencode, cn, qwen
 #   .clients/llm/bin/llm             (own venv)
 #   .clients/aider/bin/aider         (own venv: aider pins many packages)
-#   .clients/open-webui/bin/open-webui  (own venv, --heavy)
+#   .clients/open-webui/bin/open-webui  (own venv, --heavy; made with uv from PATH or .clients/uv)
 # The tests look for each client in these folders first, then on PATH. strace (apt, as root) lets
 # them watch the connections of clients that ignore proxy variables.
 set -euo pipefail
@@ -44,10 +44,16 @@ venv_install aider aider-chat
 
 if [ "$HEAVY" = 1 ]; then
   step "open-webui -> $DEST/open-webui (uv)"
-  command -v uv >/dev/null || "$PYTHON" -m pip install --user uv
+  # uv from PATH, else into a venv of its own under .clients (never --user: ~/.local/bin is often
+  # not on PATH, and the call is made by its full path either way)
+  UV="$(command -v uv || true)"
+  if [ -z "$UV" ]; then
+    [ -x "$DEST/uv/bin/uv" ] || { "$PYTHON" -m venv "$DEST/uv" && "$DEST/uv/bin/python" -m pip install --quiet uv; }
+    UV="$DEST/uv/bin/uv"
+  fi
   # Open WebUI supports Python 3.11 and 3.12
-  [ -x "$DEST/open-webui/bin/python" ] || uv venv --python "${OPEN_WEBUI_PYTHON:-3.11}" "$DEST/open-webui"
-  VIRTUAL_ENV="$DEST/open-webui" uv pip install open-webui
+  [ -x "$DEST/open-webui/bin/python" ] || "$UV" venv --python "${OPEN_WEBUI_PYTHON:-3.11}" "$DEST/open-webui"
+  VIRTUAL_ENV="$DEST/open-webui" "$UV" pip install open-webui
   if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
       step "chromium (apt)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import httpx
 import numpy as np
@@ -229,7 +230,8 @@ def test_routes_answer_501_without_the_extras(start_server, tiny_qwen3, tiny_whi
     (tmp_path / "sitecustomize.py").write_text(HIDE_EXTRAS)
     bert = build_tiny_bert(tmp_path / "tiny-bert")
     server = start_server(tiny_qwen3, "--stt-model", tiny_whisper, "--tts-model", tiny_soprano,
-                          "--embedding-model", bert, env={"PYTHONPATH": str(tmp_path)})
+                          "--embedding-model", bert,
+                          env={"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))})
     c = client(server)
     calls = {
         "audio": lambda: c.audio.transcriptions.create(model="tiny-whisper", file=("a.wav", b"RIFF")),
@@ -240,7 +242,9 @@ def test_routes_answer_501_without_the_extras(start_server, tiny_qwen3, tiny_whi
         with pytest.raises(openai.APIStatusError) as err:
             call()
         assert err.value.status_code == 501 and err.value.body["code"] == "extra_not_installed"
-        assert f"vllm-mlx[{extra if extra != 'speech' else 'audio'}]" in err.value.body["message"]
+        message = err.value.body["message"]
+        assert f"'{extra if extra != 'speech' else 'audio'}' extra" in message
+        assert "scripts/dev.sh install full" in message  # served from this clone: the clone's command
     assert "audio extra is missing" in server.log()
     ids = [m.id for m in c.models.list().data]  # still listed, with their kind
     assert ids == ["tiny-qwen3", "tiny-bert", "tiny-whisper", "tiny-soprano"]

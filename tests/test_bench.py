@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -124,6 +125,25 @@ def test_serve_sweep_writes_json_and_plots(two_servers, tmp_path):
     for png in ("throughput.png", "latency.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_serve_without_matplotlib_writes_json_and_says_how_to_get_plots(two_servers, tmp_path):
+    """A light install (no 'bench' extra): the run still ends well, with its JSON, and names the extra.
+    matplotlib is hidden from the bench process by a sitecustomize that marks it unimportable."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['matplotlib'] = None  # import -> ImportError\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(hide), os.environ.get("PYTHONPATH")]))}
+    out = tmp_path / "serve"
+    r = subprocess.run([VLLM_MLX, "bench", "serve", "--url", two_servers[0].base_url, "--concurrency", "1",
+                        "--repeat", "1", "--warmup", "0", "--max-tokens", "4", "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "Traceback" not in r.stderr
+    assert json.loads((out / "results.json").read_text())["servers"]["server1"]["concurrency"]["1"]["failed"] == 0
+    assert "no plots: matplotlib is not installed" in r.stderr and "'bench' extra" in r.stderr
+    assert "scripts/dev.sh install full" in r.stderr  # run from this clone: the clone's command
+    assert not list(out.glob("*.png"))
 
 
 def test_serve_compare_interleaves_two_servers(two_servers, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import openai
@@ -43,7 +44,13 @@ def test_continuous_batching_flag_accepted_and_help_lists_flags():
 def test_demo_model_served_when_no_model_given(start_server, tmp_path_factory):
     cache = tmp_path_factory.mktemp("demo-cache")
     server = start_server("--continuous-batching", env={"VLLM_MLX_CACHE": str(cache)})
-    assert "DEMO model" in server.log()
+    log = server.log()
+    assert "DEMO model" in log
+    # first use: the build and the load say what they do, with sizes and times
+    assert re.search(r"building the demo model into .*demo-model-v1", log)
+    assert re.search(r"built the demo model: \d+\.\d MB in \d+\.\d s", log)
+    assert re.search(r"loading demo-model-v1: 1 weight file\(s\), \d+\.\d MB", log)
+    assert re.search(r"engine ready in \d+\.\d s", log)
     c = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
     assert c.models.list().data[0].id == "vllm-mlx-demo"
     resp = c.chat.completions.create(

@@ -112,6 +112,15 @@ def test_models_listed_unloaded_then_loaded_lazily_and_routed_in_every_api(multi
                                                       "broken": False}
     metrics = httpx.get(f"{server.base_url}/metrics").text
     assert 'vllm_mlx_model_loaded{model="model-a"} 1.0' in metrics
+    # running requests of every loaded model are listed, and cancelled, by their id
+    endless = client.chat.completions.create(model="model-b", messages=[{"role": "user", "content": "hi"}],
+                                             stream=True, max_tokens=2000, extra_body={"ignore_eos": True})
+    chunks = iter(endless)
+    request_id = next(chunks).id
+    listed = httpx.get(f"{server.base_url}/v1/requests").json()["data"]
+    assert [(e["id"], e["model"]) for e in listed] == [(request_id, "model-b")]
+    assert httpx.post(f"{server.base_url}/v1/requests/{request_id}/cancel").status_code == 200
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["cancelled"]
 
 
 def test_unknown_model_is_404_and_never_loaded(multi_server, tiny_qwen3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -85,4 +86,89 @@ def test_page_reports_a_wrong_key(page_server, browser):
     page.fill("#prompt", "hello")
     page.click("#send")
     expect(page.locator(".msg.error")).to_contain_text("invalid or missing API key", timeout=15_000)
+    page.close()
+
+
+
+
+@pytest.fixture(scope="module")
+def long_server(start_server, models_dir):
+    """A model that never ends on its own (visible text, no EOS), so a request runs until cancelled."""
+    from vllm_mlx_testing import build_tiny_model
+
+    model = build_tiny_model(models_dir / "page-visible-qwen3", "qwen3", init_scale=8.0, tie_word_embeddings=False,
+                             visible_text=True)
+    return start_server(model, "--served-model-name", "endless", "--api-key", KEY)
+
+
+def test_page_lists_running_requests_and_cancels_one(long_server, browser):
+    """A long generation shows in the running-requests table (id, tokens/s, cache hit rate); its Cancel
+    button ends it, and its client gets a normal end: finish_reason "cancelled", then [DONE]."""
+    import json
+    import threading
+    import time
+
+    import httpx
+    from playwright.sync_api import expect
+
+    seen: dict = {"lines": []}
+
+    def generate():
+        with httpx.stream("POST", f"{long_server.base_url}/v1/chat/completions", timeout=120,
+                          headers={"authorization": f"Bearer {KEY}"},
+                          json={"model": "endless", "stream": True, "max_tokens": 3000,
+                                "messages": [{"role": "user", "content": "Tell me everything, at length."}]}) as r:
+            seen["id"] = r.headers["x-request-id"]
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    seen["lines"].append(line[6:])
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(long_server.base_url + "/")
+    page.evaluate(f"localStorage.setItem('vllm-mlx-api-key', '{KEY}')")
+    page.reload()
+    expect(page.locator("#requests-note")).to_have_text("none running", timeout=15_000)
+    worker = threading.Thread(target=generate)
+    worker.start()
+    row = page.locator("#requests tr")
+    expect(row).to_have_count(1, timeout=30_000)
+    expect(row.locator(".rid")).to_have_text(re.compile(r"^chatcmpl-"))
+    for _ in range(100):  # the row can show before the response headers reach the client thread
+        if "id" in seen:
+            break
+        time.sleep(0.05)
+    assert row.get_attribute("data-id") == row.locator(".rid").text_content() == seen["id"]
+    expect(row.locator(".api")).to_have_text("chat.completions")
+    expect(row.locator(".tps")).not_to_have_text("—", timeout=15_000)
+    expect(row.locator(".hit")).to_have_text(re.compile(r"^\d+%$"))
+    page.evaluate("pollHealth()")  # the engine panel refreshes every 2 s: now, for the screenshot
+    expect(page.locator("#m-running")).to_have_text("1", timeout=5_000)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)  # docs/images/status-page-running-requests.png is a copy
+    page.screenshot(path=str(ARTIFACTS / "status-page-running-requests.png"))
+    row.locator("button.cancel").click()
+    expect(row).to_have_count(0, timeout=30_000)
+    worker.join(60)
+    assert seen["lines"][-1] == "[DONE]"
+    finals = [json.loads(x)["choices"][0]["finish_reason"] for x in seen["lines"][:-1]
+              if json.loads(x)["choices"] and json.loads(x)["choices"][0]["finish_reason"]]
+    assert finals == ["cancelled"]
+    expect(page.locator("#requests-note")).to_contain_text("1 cancelled since start", timeout=10_000)
+    page.close()
+
+
+def test_page_stop_button_cancels_on_the_server(long_server, browser):
+    """The playground's Stop cancels the request by its id: the reply stays, ended "finish: cancelled"."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page()
+    page.goto(long_server.base_url + "/ui")
+    page.evaluate(f"localStorage.setItem('vllm-mlx-api-key', '{KEY}')")
+    page.reload()
+    page.fill("#max-tokens", "3000")
+    page.fill("#prompt", "Tell me a long story")
+    page.click("#send")
+    expect(page.locator(".msg.assistant .content").last).not_to_have_text("", timeout=30_000)
+    page.click("#stop")
+    expect(page.locator(".msg.assistant.done")).to_have_count(1, timeout=30_000)
+    expect(page.locator(".msg.assistant .meta").last).to_contain_text("finish: cancelled")
     page.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import mlx.core as mx
 import openai
@@ -181,7 +183,8 @@ def test_disk_tier_survives_restart_and_rejects_foreign_files(start_server, tiny
         return resp.usage.prompt_tokens_details.cached_tokens, httpx.get(f"{server.base_url}/v1/cache/stats").json()
 
     first = start_server(*args, "--warm-prompts", warm)
-    assert "warmed 2 of 2 prompts" in first.log()
+    assert "warm-up: prefilling 2 prompt(s)" in first.log()
+    assert re.search(r"warmed 2 of 2 prompts \(\d+ tokens\) from .* in \d+\.\d s \(\d+ tokens/s\)", first.log())
     assert httpx.get(f"{first.base_url}/v1/cache/stats").json()["disk_writes"] > 5
     first.stop()
 

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -144,17 +145,70 @@ class ClientRun:
 
 def run_client(cmd: list[str], *, env: dict, cwd: Path, timeout: float = 240, trace: bool = True,
                stdin: str | None = None) -> ClientRun:
-    """Run a client to completion; under strace (connect calls only) when strace exists."""
+    """Run a client to completion; under strace (connect calls only) when strace exists. The client
+    runs in a process group of its own: whatever it leaves behind (or all of it, on a timeout) is ended."""
     strace = shutil.which("strace") if trace else None
     log = cwd / "connects.strace"
     full = [strace, "-f", "-qq", "-e", "trace=connect", "-o", str(log), *cmd] if strace else cmd
     env = {**env, "PWD": str(cwd)}  # some clients take their project folder from $PWD
     start = time.monotonic()
-    done = subprocess.run(full, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-                          input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
+    proc = start_group(full, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
+    try:
+        stdout, stderr = proc.communicate(stdin, timeout=timeout)
+    finally:
+        stop_group(proc, timeout=5)
     seconds = time.monotonic() - start
-    return ClientRun(done.returncode, done.stdout, done.stderr, seconds,
+    return ClientRun(proc.returncode, stdout, stderr, seconds,
                      outbound_connects(log) if strace and log.exists() else [])
+
+
+def start_group(cmd: list[str], **popen_kwargs) -> subprocess.Popen:
+    """Start ``cmd`` as the leader of a new process group, which its children join: :func:`stop_group`
+    then ends all of them, not only the process started (strace, a launcher script)."""
+    return subprocess.Popen(cmd, start_new_session=True, **popen_kwargs)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group; from /proc where there is one."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except (ProcessLookupError, PermissionError):
+            return []
+    members = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """End the process group led by ``proc`` (from :func:`start_group`): SIGTERM to every member, then
+    SIGKILL to those still there after ``timeout`` s. Terminating the leader alone is not enough: strace
+    detaches and exits on SIGTERM, leaving the traced program (Open WebUI: ~1.2 GB) running."""
+    pgid = proc.pid
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader
+            if proc.returncode is not None and not group_members(pgid):
+                return
+            time.sleep(0.1)
+    proc.poll()
 
 
 class Evidence:

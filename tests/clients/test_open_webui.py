@@ -14,7 +14,8 @@ import time
 import httpx
 import pytest
 
-from .client_support import ARTIFACTS, client_version, find_client, outbound_connects, sandbox_env
+from .client_support import (ARTIFACTS, client_version, find_client, outbound_connects, sandbox_env, start_group,
+                             stop_group)
 
 OPEN_WEBUI = find_client("open-webui")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -53,7 +54,7 @@ def webui(agent_server, tmp_path_factory):
     if strace:
         cmd = [strace, "-f", "-qq", "-e", "trace=connect", "-o", str(root / "connects.strace"), *cmd]
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = start_group(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -68,11 +69,7 @@ def webui(agent_server, tmp_path_factory):
         yield {"url": url, "server": server, "startup_seconds": round(time.monotonic() - started, 1),
                "strace": root / "connects.strace" if strace else None, "log": root / "open-webui.log"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_group(proc, timeout=30)  # Open WebUI and its workers, not only strace in front of them
         log.close()
 
 

@@ -22,7 +22,7 @@ from .anthropic_threads import MessageThreads
 from ..serving.chat_output import OutputParsing
 from .errors import APIError, anthropic_error_body, generation_failure
 from .model_registry import serving_for
-from .streaming import collect, sse
+from .streaming import collect, request_id_headers, sse
 from .operator_routes import page_response, wants_html
 from ..serving.chat import MESSAGES_POLICY
 
@@ -125,11 +125,25 @@ def _stop_reason(last: GenerationOutput | None, saw_tool_use: bool) -> tuple[str
         return "end_turn", None
     if last.finish_reason is FinishReason.LENGTH:
         return "max_tokens", None
+    if last.finish_reason is FinishReason.CANCELLED:  # a tool call cut short is no call to make
+        return "end_turn", None
     if last.stop_sequence is not None:
         return "stop_sequence", last.stop_sequence
     if saw_tool_use:
         return "tool_use", None
     return "end_turn", None
+
+
+# The Messages API has no stop reason for a cancel: a cancelled message ends as a normal turn
+# ("end_turn", which every client handles) and says why in stop_details, as refusals do.
+CANCELLED_DETAILS = {"type": "cancelled", "category": None,
+                     "explanation": "cancelled on the server (POST /v1/requests/{id}/cancel)"}
+
+
+def _stop_details(last: GenerationOutput | None) -> dict:
+    """``{"stop_details": ...}`` for a cancelled message, to merge into its end; empty otherwise."""
+    cancelled = last is not None and last.finish_reason is FinishReason.CANCELLED
+    return {"stop_details": CANCELLED_DETAILS} if cancelled else {}
 
 
 def _usage(out: GenerationOutput | None, prompt_len: int) -> dict:
@@ -156,7 +170,7 @@ async def messages(req: MessagesRequest, raw: Request):
             threads.remember(req, message_id, blocks)
 
         return StreamingResponse(_stream(stream, message_id, state.model_name, parsing, run.prompt_tokens, done),
-                                 media_type="text/event-stream")
+                                 media_type="text/event-stream", headers=_id_headers(message_id))
     choice = (await collect(stream, raw, 1))[0]
     if choice.last.finish_reason is FinishReason.ABORT:  # ended by a shutdown: not a normal end
         raise APIError(503, "the server ended this request before it finished", code="request_aborted")
@@ -168,8 +182,13 @@ async def messages(req: MessagesRequest, raw: Request):
     return JSONResponse({
         "id": message_id, "type": "message", "role": "assistant", "model": state.model_name,
         "content": builder.blocks, "stop_reason": stop_reason, "stop_sequence": stop_sequence,
-        "usage": _usage(choice.last, run.prompt_tokens),
-    })
+        **_stop_details(choice.last), "usage": _usage(choice.last, run.prompt_tokens),
+    }, headers=_id_headers(message_id))
+
+
+def _id_headers(message_id: str) -> dict[str, str]:
+    """x-request-id, as on every generation; request-id too, which the anthropic SDK shows as ._request_id."""
+    return {**request_id_headers(message_id), "request-id": message_id}
 
 
 async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, model: str, parsing: OutputParsing,
@@ -208,7 +227,8 @@ async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, mode
         done(builder.blocks)
     stop_reason, stop_sequence = _stop_reason(last, builder.saw_tool_use)
     yield sse(event="message_delta", payload={"type": "message_delta",
-                                      "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                                      "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence,
+                                                **_stop_details(last)},
                                       "usage": _usage(last, prompt_len)})
     yield sse(event="message_stop", payload={"type": "message_stop"})
 

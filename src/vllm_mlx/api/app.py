@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 
@@ -31,6 +32,7 @@ from ..serving.model_setup import build_engine, build_serving, resolve_model
 from .openai_routes import router as openai_router
 from .operator_routes import install_cors, install_rate_limit, router as operator_router
 from .request_log import RequestLogMiddleware
+from .request_routes import router as request_router
 from .responses_convert import ResponseStore
 from .responses_routes import router as responses_router
 from ..serving.state import ServingState
@@ -56,14 +58,15 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
         requested_dtype=config.dtype, max_embedding_batch_tokens=config.max_embedding_batch_tokens)
 
     async def start_single_model(app: FastAPI) -> None:
+        started = time.monotonic()
         await asyncio.to_thread(engine.start, asyncio.get_running_loop())
         app.state.serving = serving = build_serving(config, engine, names)
         if config.model is None:
             logger.warning(
                 "Serving the built-in DEMO model '%s' (random weights): it produces nonsense text. "
                 "Pass a model folder or Hugging Face repo id to serve a real model.", names[0])
-        logger.info("model loaded from %s; serving as %s; context %d tokens", engine.loaded.path, ", ".join(names),
-                    serving.max_model_len)
+        logger.info("model loaded from %s; serving as %s; context %d tokens; engine ready in %.1f s",
+                    engine.loaded.path, ", ".join(names), serving.max_model_len, time.monotonic() - started)
         if config.warm_prompts:
             await warm_up(serving, config.warm_prompts)
 
@@ -131,6 +134,7 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
     app.include_router(anthropic_router)
     app.include_router(mcp_router)
     app.include_router(operator_router)
+    app.include_router(request_router)
 
     @app.get("/health")
     async def health(raw: Request):

@@ -15,7 +15,7 @@ from .logprobs import TokenText, chat_logprobs
 from .mcp_chat import mcp_chat, wants_mcp
 from .model_registry import serving_for
 from .openai_routes import choices_usage, openai_usage
-from .streaming import collect, sse
+from .streaming import collect, request_id_headers, sse
 from ..serving.requests import new_id
 from .protocol import ChatCompletionRequest
 from ..serving.state import finish_reason_text
@@ -46,7 +46,7 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request):
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(
             _chat_stream(stream, request_id, created, state.model_name, req.n, include_usage, token_text, parsing),
-            media_type="text/event-stream",
+            media_type="text/event-stream", headers=request_id_headers(request_id),
         )
     choices = await collect(stream, raw, req.n)
     body_choices = []
@@ -65,7 +65,7 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request):
         "model": state.model_name,
         "choices": body_choices,
         "usage": choices_usage(choices),
-    })
+    }, headers=request_id_headers(request_id))
 
 
 async def _chat_stream(

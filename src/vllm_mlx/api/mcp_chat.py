@@ -32,7 +32,7 @@ from .errors import APIError, error_body, generation_failure
 from .mcp_routes import mcp_manager
 from .model_registry import serving_for
 from .openai_routes import openai_usage
-from .streaming import sse, until_disconnected
+from .streaming import request_id_headers, sse, until_disconnected
 from ..serving.requests import ChatMessage, new_id
 from .protocol import ChatCompletionRequest
 from ..serving.chat import ChatRun
@@ -80,7 +80,7 @@ class LoopReport:
     rounds: int = 0
     calls: list[dict] = field(default_factory=list)
     messages: list[dict] = field(default_factory=list)  # what the server added to the conversation
-    stopped: str | None = None  # "max_rounds" when the model still wanted tools at the limit
+    stopped: str | None = None  # "max_rounds" when the model still wanted tools at the limit; "cancelled"
 
     def as_json(self) -> dict:
         body = {"rounds": self.rounds, "calls": self.calls, "messages": self.messages}
@@ -107,13 +107,13 @@ async def mcp_chat(req: ChatCompletionRequest, raw: Request):
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_chunks(events, request_id, created, state.model_name, include_usage),
-                                 media_type="text/event-stream")
+                                 media_type="text/event-stream", headers=request_id_headers(request_id))
     message, finish, usage, report = await until_disconnected(raw, _gather(events))
     return JSONResponse({
         "id": request_id, "object": "chat.completion", "created": created, "model": state.model_name,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
         "usage": usage, "mcp": report,
-    })
+    }, headers=request_id_headers(request_id))
 
 
 async def _loop(state: ServingState, manager: MCPManager, req: ChatCompletionRequest, offer: Offer,
@@ -142,6 +142,10 @@ async def _loop(state: ServingState, manager: MCPManager, req: ChatCompletionReq
                     yield "delta", delta
             last = out
         totals = [t + v for t, v in zip(totals, (last.prompt_tokens, last.completion_tokens, last.cached_tokens))]
+        if last.finish_reason is FinishReason.CANCELLED:  # an operator's cancel ends the loop, no tool runs
+            report.stopped = "cancelled"
+            yield "end", finish_reason_text(last.finish_reason), openai_usage(*totals), report.as_json()
+            return
         mcp_calls = [c for c in calls.values() if c["name"] in offer.mcp]
         if mcp_calls and report.rounds > manager.max_rounds:
             report.stopped = "max_rounds"
@@ -172,7 +176,7 @@ async def _loop(state: ServingState, manager: MCPManager, req: ChatCompletionReq
             yield "end", finish, openai_usage(totals[0], totals[1], totals[2]), report.as_json()
             return
         round_req = req.model_copy(update={"messages": messages})
-        run = await state.start_chat(round_req, f"{request_id}-r{report.rounds + 1}")
+        run = await state.start_chat(round_req, f"{request_id}-r{report.rounds + 1}", group=request_id)
 
 
 def _deltas(ev, calls: dict, client_index: dict, offer: Offer, text: dict, said: dict) -> list[dict]:

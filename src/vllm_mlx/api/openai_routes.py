@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ..engine.backlog import OutputBacklog, delta_bytes
 from ..engine.request import FinishReason, GenerationOutput
 from .errors import APIError, error_body, generation_failure
-from .streaming import Choice, collect, sse
+from .streaming import Choice, collect, request_id_headers, sse
 from .extra_model_access import extra_model_cards
 from .logprobs import TokenText, completion_logprobs
 from ..serving.requests import new_id
@@ -92,14 +92,15 @@ async def completions(req: CompletionRequest, raw: Request):
     created = int(time.time())
     token_text = TokenText(state.tokenizer) if wants_logprobs else None
     await state.wait_for_memory(*((len(p), sp) for p, sp in zip(prompts, params)))
-    streams = [state.generate(f"{request_id}-{i}", p, sp, constraint.deep_copy() if constraint else None)
+    streams = [state.generate(f"{request_id}-{i}", p, sp, constraint.deep_copy() if constraint else None,
+                              group=request_id)
                for i, (p, sp) in enumerate(zip(prompts, params))]
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(
             _completion_stream(streams, request_id, created, state.model_name, req.n, include_usage, token_text,
                                OutputBacklog(*state.engine.stream_bounds)),
-            media_type="text/event-stream",
+            media_type="text/event-stream", headers=request_id_headers(request_id),
         )
     results = await asyncio.gather(*(collect(s, raw, req.n) for s in streams))
     choices = [
@@ -123,7 +124,8 @@ async def completions(req: CompletionRequest, raw: Request):
             "model": state.model_name,
             "choices": choices,
             "usage": openai_usage(prompt_tokens, completion_tokens, cached_tokens),
-        }
+        },
+        headers=request_id_headers(request_id),
     )
 
 

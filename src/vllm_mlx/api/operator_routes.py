@@ -31,7 +31,8 @@ def install_cors(app: FastAPI, config: ServerConfig) -> None:
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
                            allow_methods=list(config.cors_methods), allow_headers=list(config.cors_headers),
-                           allow_credentials=config.cors_allow_credentials, expose_headers=["Retry-After"],
+                           allow_credentials=config.cors_allow_credentials,
+                           expose_headers=["Retry-After", "x-request-id"],
                            max_age=600)
 
 

@@ -18,12 +18,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ..engine.request import FinishReason, GenerationOutput
 from .errors import APIError, generation_failure
 from .model_registry import serving_for
-from .streaming import collect, sse
+from .lru_store import LRUStore
+from .streaming import collect, request_id_headers, sse
 from .responses_convert import ResponsesRequest, ResponseStore, chat_request
 from .responses_output import OutputBuilder, item_id
 from ..serving.state import ServingState
 
 router = APIRouter()
+
+# Why a response ended early, by its status: the length limit, or an operator's cancel.
+INCOMPLETE_DETAILS = {"incomplete": {"reason": "max_output_tokens"}, "cancelled": {"reason": "cancelled"}}
 
 # chat request fields -> the Responses fields they came from (for the `param` of errors)
 _FIELDS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
@@ -62,7 +66,7 @@ class _Turn:
             "created_at": self.created_at,
             "status": status,
             "error": error,
-            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "incomplete_details": INCOMPLETE_DETAILS.get(status),
             "instructions": req.instructions,
             "max_output_tokens": req.max_output_tokens,
             "model": self.state.model_name,
@@ -122,20 +126,46 @@ async def create_response(req: ResponsesRequest, raw: Request):
         if req.store is not False:
             store.put(response_id, conversation + builder.history())
 
+    def publish(status: str, body: dict) -> None:
+        if status == "cancelled":  # for POST /v1/responses/{id}/cancel, which answers with it
+            cancelled_responses(raw).put(response_id, body)
+
+    headers = request_id_headers(response_id)
     if req.stream:
-        return StreamingResponse(_events(stream, turn, builder, remember), media_type="text/event-stream")
+        return StreamingResponse(_events(stream, turn, builder, remember, publish), media_type="text/event-stream",
+                                 headers=headers)
     choice = (await collect(stream, raw, 1))[0]
     if choice.last.finish_reason is FinishReason.ABORT:  # ended by a shutdown: not a normal end
         raise APIError(503, "the server ended this request before it finished", code="request_aborted")
-    status = "incomplete" if choice.last.finish_reason is FinishReason.LENGTH else "completed"
+    status = _status(choice.last)
     builder.feed(choice.text)
-    builder.finish(status)
+    builder.finish(_item_status(status))
     remember()
-    return JSONResponse(turn.body(status, builder.items, turn.usage(choice.last, builder)))
+    body = turn.body(status, builder.items, turn.usage(choice.last, builder))
+    publish(status, body)
+    return JSONResponse(body, headers=headers)
+
+
+def _status(last: GenerationOutput | None) -> str:
+    reason = last.finish_reason if last is not None else None
+    return {FinishReason.LENGTH: "incomplete", FinishReason.CANCELLED: "cancelled"}.get(reason, "completed")
+
+
+def _item_status(status: str) -> str:
+    """Output items are completed or incomplete (a cancelled response's items are incomplete)."""
+    return "incomplete" if status == "cancelled" else status
+
+
+def cancelled_responses(raw: Request) -> LRUStore[dict]:
+    """The final bodies of recently cancelled responses (bounded), by response id."""
+    store = getattr(raw.app.state, "cancelled_responses", None)
+    if store is None:
+        store = raw.app.state.cancelled_responses = LRUStore(256)
+    return store
 
 
 async def _events(stream: AsyncIterator[GenerationOutput], turn: _Turn, builder: OutputBuilder,
-                  remember) -> AsyncIterator[str]:
+                  remember, publish) -> AsyncIterator[str]:
     sequence = 0
 
     def event(payload: dict) -> str:
@@ -158,17 +188,20 @@ async def _events(stream: AsyncIterator[GenerationOutput], turn: _Turn, builder:
             yield event({"type": "response.failed", "response": turn.body("failed", builder.items, error=error)})
             return
         last = out
-        if out.finished and out.finish_reason is FinishReason.LENGTH:
-            status = "incomplete"
+        if out.finished:
+            status = _status(out)
         builder.feed(out.text)
         if out.finished:
-            builder.finish(status)
+            builder.finish(_item_status(status))
         for payload in builder.take_events():
             yield event(payload)
     if last is None or not last.finished:
-        builder.finish(status)
+        builder.finish(_item_status(status))
         for payload in builder.take_events():
             yield event(payload)
     remember()
     final = turn.body(status, builder.items, turn.usage(last, builder))
-    yield event({"type": f"response.{status}", "response": final})
+    publish(status, final)
+    # The Responses stream has no cancelled event: a cancelled response ends with response.incomplete,
+    # its status "cancelled" and incomplete_details.reason "cancelled".
+    yield event({"type": "response.incomplete" if status == "cancelled" else f"response.{status}", "response": final})

@@ -17,6 +17,12 @@ from ..serving.errors import APIError
 DISCONNECT_POLL_S = 0.25
 
 
+def request_id_headers(request_id: str) -> dict[str, str]:
+    """The response headers naming a generation's id (the ``id`` of its body): what
+    ``POST /v1/requests/{id}/cancel`` takes; the OpenAI SDK shows it as ``._request_id``."""
+    return {"x-request-id": request_id}
+
+
 def sse(payload: dict | str, event: str | None = None) -> str:
     """One server-sent event: ``data:`` (JSON unless already a string), after ``event:`` when named."""
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)

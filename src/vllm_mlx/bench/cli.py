@@ -199,9 +199,12 @@ def run_serve(argv: list[str]) -> int:
     path = write_json(out / "results.json", result)
     files = [path]
     if not args.no_plots:
-        from .plots import write_plots
+        from .plots import PlotsUnavailable, write_plots
 
-        files += write_plots(result, out)
+        try:
+            files += write_plots(result, out)
+        except PlotsUnavailable as exc:  # the JSON is written either way
+            print(f"\nno plots: {exc}", file=sys.stderr)
     print("\nwrote " + ", ".join(str(f) for f in files))
     failed = sum(e["failed"] for s in result["servers"].values() for e in s["concurrency"].values())
     return 1 if failed else 0

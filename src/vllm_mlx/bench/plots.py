@@ -16,8 +16,18 @@ def _series(result: dict, name: str, key: str):
     return xs, med, err
 
 
+class PlotsUnavailable(RuntimeError):
+    """matplotlib (the ``bench`` extra) is not installed."""
+
+
 def write_plots(result: dict, out_dir: Path) -> list[Path]:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        from ..extras import install_hint
+
+        raise PlotsUnavailable("matplotlib is not installed; the plots need the 'bench' extra: "
+                               f"{install_hint('bench')} (or pass --no-plots)") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -19,6 +19,9 @@ class FinishReason(str, enum.Enum):
     STOP = "stop"  # EOS token or a stop string / stop token
     LENGTH = "length"  # max_tokens or the context budget reached
     ABORT = "abort"  # client went away or the server is shutting down
+    # Ended by an operator's cancel (POST /v1/requests/{id}/cancel): the engine ends it as ABORT, and the
+    # serving layer's stream (serving/running.py) hands it on as CANCELLED, so the API ends its answer.
+    CANCELLED = "cancelled"
     ERROR = "error"  # the request failed inside the engine
 
 

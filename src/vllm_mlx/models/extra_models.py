@@ -15,13 +15,14 @@ from pathlib import Path
 from ..options import DEFAULTS
 from .audio_worker import SpeechService, TranscriptionService, missing_audio_packages, module_missing
 from .embedding_worker import EmbeddingService
+from ..extras import install_hint
 from .loader import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
 EMBEDDING_KIND, TRANSCRIPTION_KIND, SPEECH_KIND = "embedding", "transcription", "speech"
-EMBEDDINGS_EXTRA_HINT = "pip install 'vllm-mlx[embeddings]' (or install requirements.lock)"
-AUDIO_EXTRA_HINT = "pip install 'vllm-mlx[audio]' (or install requirements.lock)"
+EMBEDDINGS_EXTRA_HINT = install_hint("embeddings")
+AUDIO_EXTRA_HINT = install_hint("audio")
 
 
 def missing_embedding_packages() -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,21 @@ def resolve_model_path(model: str) -> Path:
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
-        return Path(snapshot_download(model, allow_patterns=MODEL_FILE_PATTERNS, local_files_only=offline))
+        if offline:
+            return Path(snapshot_download(model, allow_patterns=MODEL_FILE_PATTERNS, local_files_only=True))
+        try:  # cached: no progress to report (the call below only checks for a newer revision)
+            snapshot_download(model, allow_patterns=MODEL_FILE_PATTERNS, local_files_only=True)
+            cached = True
+        except LocalEntryNotFoundError:
+            cached = False
+            logger.info("fetching %s into the Hugging Face cache (first use; progress below)", model)
+        started = time.monotonic()
+        folder = Path(snapshot_download(model, allow_patterns=MODEL_FILE_PATTERNS))
+        if not cached:
+            files, size = weight_files(folder)
+            logger.info("fetched %s: %d weight file(s), %s, in %.1f s", model, files, human_bytes(size),
+                        time.monotonic() - started)
+        return folder
     except LocalEntryNotFoundError as exc:
         from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -71,14 +86,34 @@ def load_model(model: str, *, compute_dtype: str = "model", trust_remote_code: b
     from mlx_lm.utils import load_tokenizer
 
     path = resolve_model_path(model)
+    started = time.monotonic()
+    files, size = weight_files(path)
+    logger.info("loading %s: %d weight file(s), %s", path.name, files, human_bytes(size))
     net, config = mlx_load_model(path, lazy=True, trust_remote_code=trust_remote_code)
     if compute_dtype not in ("model", "auto"):
         cast_floating_weights(net, getattr(mx, compute_dtype))
     mx.eval(net.parameters())
+    weights_s = time.monotonic() - started
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    logger.info("loaded %s: weights in memory in %.1f s (%.0f MB/s), tokenizer in %.1f s", path.name, weights_s,
+                size / 1e6 / max(weights_s, 1e-3), time.monotonic() - started - weights_s)
     return LoadedModel(
         model=net, tokenizer=tokenizer, config=config, path=path, max_model_len=context_length(config)
     )
+
+
+def weight_files(path: Path) -> tuple[int, int]:
+    """(number, total bytes) of a model folder's safetensors files."""
+    files = list(Path(path).glob("*.safetensors"))
+    return len(files), sum(f.stat().st_size for f in files)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
 
 
 def cast_floating_weights(model: nn.Module, dtype: mx.Dtype) -> None:

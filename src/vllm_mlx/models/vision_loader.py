@@ -144,6 +144,16 @@ def load_vision_model(path: Path, *, compute_dtype: str = "model", cache_bytes: 
     ``mode``: why the folder is served as vision-language (for the error of an unsupported one)."""
     import mlx.core as mx
     from mlx_lm.utils import load_tokenizer
+
+    try:
+        import mlx_vlm  # noqa: F401
+    except ImportError:
+        from ..extras import install_hint
+
+        raise RuntimeError(
+            f"{path.name} is a vision-language model ({mode.reason if mode else 'forced'}), which needs the "
+            f"'vision' extra (mlx-vlm): {install_hint('vision')}; or pass --text-only to serve its language "
+            f"model as text") from None
     from mlx_vlm.utils import get_model_type
     from mlx_vlm.utils import load as vlm_load
 

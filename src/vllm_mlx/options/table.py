@@ -68,7 +68,9 @@ def _mcp_config(path: str) -> None:
         import jsonschema  # noqa: F401
         import mcp  # noqa: F401
     except ImportError:
-        raise ValueError("needs the MCP SDK: pip install 'vllm-mlx[mcp]'")
+        from ..extras import install_hint
+
+        raise ValueError(f"needs the MCP SDK (the 'mcp' extra): {install_hint('mcp')}")
     try:
         load_mcp_config(path)
     except MCPConfigError as exc:

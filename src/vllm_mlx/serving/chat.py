@@ -198,9 +198,10 @@ class ChatSteps:
         return spec, await self.prepare_media(rendered)
 
     async def start_chat(self, req: ChatRequest, request_id: str, policy: ChatPolicy = CHAT_POLICY,
-                         logprobs: bool = False, top_logprobs: int = 0) -> ChatRun:
+                         logprobs: bool = False, top_logprobs: int = 0, group: str | None = None) -> ChatRun:
         """A chat generation, the same for every API: checks, constraint, rendering, media, sampling
-        parameters, memory admission, and the engine stream with its output parsing."""
+        parameters, memory admission, and the engine stream with its output parsing. ``group``: the
+        public id it runs under when that is not ``request_id`` (see ``ServingState.generate``)."""
         spec, rendered = await self.prepare_prompt(req)
         max_tokens = req.max_completion_tokens or req.max_tokens
         if max_tokens is not None and policy.clamp_max_tokens:
@@ -215,7 +216,7 @@ class ChatSteps:
             keep_special_tokens=self.keep_special_tokens(parsing),
             reasoning_markers=self.reasoning_markers(parsing) if req.max_thinking_tokens is not None else None,
             starts_in_reasoning=parsing.starts_in_reasoning, multimodal=rendered.multimodal,
-            checkpoints=rendered.checkpoints,
+            checkpoints=rendered.checkpoints, group=group,
         )
         return ChatRun(parsing, params, stream, len(rendered.ids))
 

@@ -6,6 +6,7 @@ Used for the single model of a server and for each model of multi-model serving.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from mlx.utils import tree_flatten
@@ -14,7 +15,7 @@ from .. import BLAS_STATUS
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineConfig
-from ..models.loader import LoadedModel, load_model
+from ..models.loader import LoadedModel, human_bytes, load_model, weight_files
 from ..models.vision_loader import NO_VISION_METADATA, load_vision_model, serving_mode
 from ..platform import detect_backend
 from ..parsers import detect_reasoning_parser, detect_tool_parser, get_reasoning_parser, get_tool_parser
@@ -54,9 +55,15 @@ def model_loader(config: ServerConfig, source: str | Path):
         logger.info("%s", backend.describe())
         mode = serving_mode(Path(source), mllm=config.mllm, text_only=config.text_only)
         if mode.vision:
+            started = time.monotonic()
+            files, size = weight_files(Path(source))
+            logger.info("loading %s (vision-language): %d weight file(s), %s", Path(source).name, files,
+                        human_bytes(size))
             loaded = load_vision_model(Path(source), compute_dtype=backend.compute_dtype,
                                        cache_bytes=config.vision_cache_mb << 20,
                                        trust_remote_code=config.trust_remote_code, mode=mode)
+            logger.info("loaded %s: weights, processor and tokenizer in %.1f s", Path(source).name,
+                        time.monotonic() - started)
         else:
             if mode.reason != NO_VISION_METADATA:
                 logger.info("serving %s as a text model: %s", Path(source).name, mode.reason)

@@ -21,6 +21,7 @@ from .chat import ChatSteps
 from .errors import APIError
 from .request_limits import check_generation_limits, check_prompt_count
 from .requests import ChatRequest, RequestModel, SamplingRequest
+from .running import RunningRequests
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class ServingState(ChatSteps):
     limits: Limits = field(default_factory=Limits)
     admission: MemoryAdmission | None = None  # memory-aware admission (None: off)
     prompt_guard: Any = None  # prompt_guard.PromptGuard: size bound before tokenizing, tokenizer lanes
+    running: RunningRequests = field(default_factory=RunningRequests)  # by public id, for listing and cancel
 
     # -- request checks -------------------------------------------------------
     def admit(self, req: SamplingRequest, route: str) -> None:
@@ -221,8 +223,10 @@ class ServingState(ChatSteps):
                  constraint: Any = None, constraint_after: tuple[int, ...] = (),
                  keep_special_tokens: bool = False, reasoning_markers=None,
                  starts_in_reasoning: bool = False, multimodal: Any = None,
-                 checkpoints: tuple[int, ...] = ()) -> AsyncIterator[GenerationOutput]:
-        """The engine stream of one generation; its memory is reserved now (503 when it does not fit)."""
+                 checkpoints: tuple[int, ...] = (), group: str | None = None) -> AsyncIterator[GenerationOutput]:
+        """The engine stream of one generation; its memory is reserved now (503 when it does not fit).
+        ``group``: the public id of the HTTP request it belongs to, when that is not ``request_id``
+        (the prompts of a completions request, the rounds of an MCP loop): what a cancel names."""
         if not self.engine.engine.alive:
             raise APIError(503, "the engine is not running", code="engine_unavailable")
         reservation = None
@@ -233,7 +237,8 @@ class ServingState(ChatSteps):
                                     keep_special_tokens=keep_special_tokens, reasoning_markers=reasoning_markers,
                                     starts_in_reasoning=starts_in_reasoning, multimodal=multimodal,
                                     checkpoints=checkpoints)
-        return AdmittedStream(self.engine.generate(request), reservation)
+        return self.running.track(AdmittedStream(self.engine.generate(request), reservation), request_id,
+                                  group or request_id, params.n, len(prompt_ids), self.engine.engine.abort)
 
 
 def finish_reason_text(reason: FinishReason | None) -> str | None:

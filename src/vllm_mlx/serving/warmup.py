@@ -36,23 +36,47 @@ def _tokens(state: ServingState, item: Any) -> list[int]:
     raise ValueError(f"a warm prompt must be a string or a list of messages, not {type(item).__name__}")
 
 
+PROGRESS_EVERY_S = 5.0  # a progress line at most this often while prompts are prefilled
+
+
 async def warm_up(state: ServingState, path: str) -> int:
-    """Prefill every prompt of the file (one token generated each); returns how many succeeded."""
+    """Prefill every prompt of the file (one token generated each); returns how many succeeded.
+    Logs a line when it starts (prompts, tokens), at most every few seconds while it runs, and at the end."""
     started = time.monotonic()
     items = read_warm_prompts(path)
-
-    async def one(item: Any) -> bool:
+    prompts: list[list[int] | None] = []
+    for item in items:
         try:
             ids = await state.tokenize(_tokens, state, item)
+            prompts.append(ids[: state.max_model_len - 1])
+        except Exception as exc:
+            logger.warning("warm prompt skipped: %s", exc)
+            prompts.append(None)
+    total_tokens = sum(len(p) for p in prompts if p)
+    logger.info("warm-up: prefilling %d prompt(s), %d tokens, from %s", sum(p is not None for p in prompts),
+                total_tokens, path)
+    progress = {"done": 0, "tokens": 0, "reported": time.monotonic()}
+
+    async def one(ids: list[int]) -> bool:
+        try:
             params = SamplingParams(max_tokens=1, temperature=0.0)
-            async for out in state.generate(new_id("warm"), ids[: state.max_model_len - 1], params):
+            async for out in state.generate(new_id("warm"), ids, params):
                 if out.error:
                     raise RuntimeError(out.error)
-            return True
         except Exception as exc:
             logger.warning("warm prompt skipped: %s", exc)
             return False
+        progress["done"] += 1
+        progress["tokens"] += len(ids)
+        now = time.monotonic()
+        if now - progress["reported"] >= PROGRESS_EVERY_S:
+            progress["reported"] = now
+            logger.info("warm-up: %d prompt(s), %d of %d tokens prefilled (%.0f tokens/s)", progress["done"],
+                        progress["tokens"], total_tokens, progress["tokens"] / max(now - started, 1e-3))
+        return True
 
-    done = sum(await asyncio.gather(*(one(item) for item in items)))
-    logger.info("warmed %d of %d prompts from %s in %.1f s", done, len(items), path, time.monotonic() - started)
+    done = sum(await asyncio.gather(*(one(ids) for ids in prompts if ids)))
+    elapsed = time.monotonic() - started
+    logger.info("warmed %d of %d prompts (%d tokens) from %s in %.1f s (%.0f tokens/s)", done, len(items),
+                progress["tokens"], path, elapsed, progress["tokens"] / max(elapsed, 1e-3))
     return done

@@ -43,12 +43,16 @@ their ``max_tokens``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from .builder import QWEN3, build_random_model
+
+logger = logging.getLogger(__name__)
 
 DEMO_MODEL_NAME = "vllm-mlx-demo"
 DEMO_DIR_NAME = "demo-model-v1"
@@ -100,8 +104,13 @@ def ensure_demo_model(cache_root: Path | None = None) -> Path:
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{DEMO_DIR_NAME}.tmp-", dir=root))
+    started = time.monotonic()
+    logger.info("building the demo model into %s (first use only: a tokenizer trained here and ~18 MB of "
+                "random weights, a few seconds)", target)
     try:
         build_demo_model(tmp)
+        size = sum(f.stat().st_size for f in tmp.iterdir() if f.is_file())
+        logger.info("built the demo model: %.1f MB in %.1f s", size / 1e6, time.monotonic() - started)
         marker = {"name": DEMO_MODEL_NAME, "dir": DEMO_DIR_NAME, "family": QWEN3.name, **DEMO_MODEL_KWARGS}
         (tmp / DEMO_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         for _ in range(3):
