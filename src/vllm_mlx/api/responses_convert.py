@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError
 
 from .errors import APIError
 from .lru_store import LRUStore
+from ..serving.reasoning_budget import check_effort
 from ..serving.requests import ChatRequest
 from .protocol import OpenAIRequest
 
@@ -134,8 +135,11 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict]:
             if not item.get("call_id"):
                 raise APIError(400, "a function_call_output item needs call_id", param=param)
             output = item.get("output")
-            messages.append({"role": "tool", "tool_call_id": item["call_id"],
-                             "content": _text(output, f"{param}.output")})
+            if isinstance(output, list) and any(isinstance(p, dict) and p.get("type") == "input_image" for p in output):
+                content: Any = _parts(output, f"{param}.output")  # images: the serving layer decides
+            else:
+                content = _text(output, f"{param}.output")
+            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": content})
         elif kind == "reasoning":
             continue  # earlier reasoning is not shown to the model again (as chat templates do)
         else:
@@ -220,6 +224,7 @@ def chat_request(req: ResponsesRequest, history: list[dict]) -> tuple[ChatReques
         raise APIError(400, "input must not be empty", param="input")
     tools, namespaces = chat_tools(req.tools)
     effort = (req.reasoning or {}).get("effort")
+    check_effort(effort, "reasoning.effort")
     try:
         chat = _chat(req, messages, tools, effort)
     except ValidationError as exc:

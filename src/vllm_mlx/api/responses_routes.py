@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.request import FinishReason, GenerationOutput
-from .errors import APIError, generation_failure
+from .errors import APIError, bracket_path, generation_failure
 from .model_registry import serving_for
 from .streaming import collect, sse
 from .responses_convert import ResponsesRequest, ResponseStore, chat_request
@@ -34,7 +34,10 @@ def _as_responses_fields() -> Iterator[None]:
     try:
         yield
     except APIError as exc:
-        exc.param = _FIELDS.get(exc.param, exc.param)
+        param = bracket_path(_FIELDS.get(exc.param, exc.param))
+        if param and param.startswith("input[") and param not in exc.message:
+            exc.message = f"{param}: {exc.message}"  # the item at fault, by its path in the request
+        exc.param = param
         raise
 
 

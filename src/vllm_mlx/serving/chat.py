@@ -19,7 +19,10 @@ from ..engine.request import GenerationOutput, SamplingParams
 from ..parsers import prompt_opens_reasoning, required_markers
 from .chat_output import OutputParsing, history_message
 from .errors import APIError
+from .content_tokens import ContentTokens
+from .reasoning_budget import effort_switches, thinking_budget
 from .request_limits import check_chat_limits
+from .tool_media import tool_result_media
 from .requests import ChatMessage, ChatRequest
 from .turn_boundaries import remap_after_media, turn_boundaries
 from .vision_inputs import template_parts
@@ -63,24 +66,27 @@ class RenderedChat:
     media: tuple = ()  # vision_inputs.MediaRef of each image/video, in message order
     multimodal: Any = None  # engine.multimodal.MultimodalPrompt, once the media are prepared
     checkpoints: tuple[int, ...] = ()  # positions where the conversation may branch (turn_boundaries)
+    marked: str | None = None  # the prompt with content placeholders, when contents held special-token text
 
 
 class ChatSteps:
     """The chat steps of :class:`~.state.ServingState` (a model's serving state)."""
 
     def render_chat(self, req: ChatRequest, constrained: bool = False) -> RenderedChat:
-        """The prompt (ids and text), and whether the model will think (reason) before answering."""
+        """The prompt (ids and text), and whether the model will think (reason) before answering.
+
+        Message contents are rendered with their special-token text kept as text (content_tokens)."""
         check_chat_limits(self.limits, req.messages, req.tools)
         media: list | None = [] if self.vision is not None else None
+        source = tool_result_media(req.messages, self.vision is not None)
         try:
             messages = [history_message(_message_dict(m, media, f"messages.{i}.content"))
-                        for i, m in enumerate(req.messages)]
+                        for i, m in enumerate(source)]
         except (TypeError, ValueError, AttributeError) as exc:  # e.g. tool_calls that are not objects
             raise APIError(400, f"messages: a message is malformed ({exc})", param="messages") from exc
         kwargs = dict(req.chat_template_kwargs or {})
-        if req.reasoning_effort is not None:
-            kwargs.setdefault("reasoning_effort", req.reasoning_effort)
-            kwargs.setdefault("enable_thinking", req.reasoning_effort not in ("none", "minimal"))
+        for key, value in effort_switches(req.reasoning_effort).items():
+            kwargs.setdefault(key, value)
         if req.enable_thinking is not None:
             kwargs["enable_thinking"] = req.enable_thinking
         if constrained:
@@ -88,23 +94,35 @@ class ChatSteps:
             kwargs.setdefault("enable_thinking", False)
         if req.tools and (req.tool_choice != "none"):
             kwargs["tools"] = req.tools
+        protect = self.content_tokens.protect
+        messages, kwargs = protect(messages), {k: protect(v) if k == "tools" else v for k, v in kwargs.items()}
         try:
-            prompt = self.tokenizer.apply_chat_template(
+            marked = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=req.add_generation_prompt, tokenize=False, **kwargs
             )
         except Exception as exc:  # template errors are the request's fault (e.g. bad role order)
             raise APIError(400, f"the chat template could not render these messages: {exc}", param="messages")
         thinking = kwargs.get("enable_thinking", True) is not False
+        prompt = self.content_tokens.restore(marked)
         if self.prompt_guard is not None:
             self.prompt_guard.check(prompt)
-        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        encode = self.content_tokens.encode
+        ids = encode(marked)
         checkpoints = ()
         if self.wants_checkpoints:
             checkpoints = turn_boundaries(
                 lambda msgs: self.tokenizer.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False,
                                                                 **kwargs),
-                lambda text: self.tokenizer.encode(text, add_special_tokens=False), messages, prompt, ids)
-        return RenderedChat(ids, prompt, thinking, tuple(media or ()), checkpoints=checkpoints)
+                encode, messages, marked, ids)
+        return RenderedChat(ids, prompt, thinking, tuple(media or ()), checkpoints=checkpoints,
+                            marked=marked if marked != prompt else None)
+
+    @property
+    def content_tokens(self) -> ContentTokens:
+        """Special-token text in contents kept as text (built once per served model)."""
+        if self._content_tokens is None:
+            self._content_tokens = ContentTokens(self.tokenizer)
+        return self._content_tokens
 
     @property
     def wants_checkpoints(self) -> bool:
@@ -183,11 +201,12 @@ class ChatSteps:
         """Fetch, decode and process a rendered chat's images/video: the prompt grows by their tokens."""
         if not rendered.media or rendered.multimodal is not None:
             return rendered
-        ids, mm = await self.vision.prepare(rendered.text, list(rendered.media))
+        ids, mm = await self.vision.prepare(rendered.marked or rendered.text, list(rendered.media),
+                                           self.content_tokens.encode)
         # Checkpoint positions after a media placeholder move by its expansion.
         checkpoints = remap_after_media(rendered.checkpoints, rendered.ids, ids,
                                         set(self.vision.info.token_ids.values()))
-        return RenderedChat(ids, rendered.text, rendered.thinking, rendered.media, mm, checkpoints)
+        return RenderedChat(ids, rendered.text, rendered.thinking, rendered.media, mm, checkpoints, rendered.marked)
 
     async def prepare_prompt(self, req: ChatRequest) -> tuple[tuple[str, StructuredSpec] | None, RenderedChat]:
         """The output constraint a chat request asks for, and its prompt: rendered by the chat
@@ -206,14 +225,18 @@ class ChatSteps:
         if max_tokens is not None and policy.clamp_max_tokens:
             max_tokens = min(max_tokens, max(self.max_model_len - len(rendered.ids), 1))
         parsing = self.output_parsing(req, rendered)
-        params = self.sampling_params(req, len(rendered.ids), max_tokens, logprobs=logprobs, top_logprobs=top_logprobs)
+        answer_room = max_tokens or min(self.default_max_tokens, max(self.max_model_len - len(rendered.ids), 1))
+        budget = thinking_budget(req.reasoning_effort, req.max_thinking_tokens, answer_room) \
+            if rendered.thinking else None
+        params = self.sampling_params(req, len(rendered.ids), max_tokens, logprobs=logprobs, top_logprobs=top_logprobs,
+                                      max_thinking_tokens=budget)
         constraint = await self.compile_constraint(*reversed(spec)) if spec else None
         await self.wait_for_memory((len(rendered.ids), params))
         stream = self.generate(
             request_id, rendered.ids, params, constraint,
             self.reasoning_end_tokens(parsing.starts_in_reasoning) if spec else (),
             keep_special_tokens=self.keep_special_tokens(parsing),
-            reasoning_markers=self.reasoning_markers(parsing) if req.max_thinking_tokens is not None else None,
+            reasoning_markers=self.reasoning_markers(parsing) if budget is not None else None,
             starts_in_reasoning=parsing.starts_in_reasoning, multimodal=rendered.multimodal,
             checkpoints=rendered.checkpoints,
         )
