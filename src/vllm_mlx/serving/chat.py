@@ -9,12 +9,11 @@ translate their wire format into a :class:`~.requests.ChatRequest` and parser ev
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from ..engine.constraints import GrammarError, StructuredSpec, tool_call_spec
+from ..engine.constraints import StructuredSpec
 from ..engine.request import GenerationOutput, SamplingParams
 from ..parsers import prompt_opens_reasoning, required_markers
 from .chat_output import OutputParsing, history_message
@@ -22,19 +21,13 @@ from .errors import APIError
 from .content_tokens import ContentTokens
 from .reasoning_budget import effort_switches, thinking_budget
 from .request_limits import check_chat_limits
+from .tool_choice import AUTO_CONSTRAINT, ToolChoiceSteps
 from .tool_media import tool_result_media
 from .requests import ChatMessage, ChatRequest
 from .turn_boundaries import remap_after_media, turn_boundaries
 from .vision_inputs import template_parts
 
 logger = logging.getLogger(__name__)
-
-
-# Tool-call markup that tool_choice "required"/named can be enforced in: (open tag, close tag, arguments key).
-TOOL_CALL_MARKUP = {
-    "hermes": ("<tool_call>", "</tool_call>", "arguments"),
-    "llama3_json": ("", "", "parameters"),
-}
 
 
 @dataclass
@@ -69,7 +62,7 @@ class RenderedChat:
     marked: str | None = None  # the prompt with content placeholders, when contents held special-token text
 
 
-class ChatSteps:
+class ChatSteps(ToolChoiceSteps):
     """The chat steps of :class:`~.state.ServingState` (a model's serving state)."""
 
     def render_chat(self, req: ChatRequest, constrained: bool = False) -> RenderedChat:
@@ -154,49 +147,6 @@ class ChatSteps:
         """Keep special tokens in the text when a parser's markers are special tokens of this model."""
         return bool(required_markers(parsing.tool_parser, parsing.reasoning_parser) & self.special_tokens)
 
-    def tool_choice_constraint(self, req: ChatRequest) -> tuple[str, StructuredSpec] | None:
-        """``tool_choice`` "required" or a named function, enforced by a grammar (never downgraded)."""
-        choice = req.tool_choice
-        if not req.tools or choice in (None, "auto", "none"):
-            if isinstance(choice, (dict, str)) and choice not in (None, "auto", "none") and not req.tools:
-                raise APIError(400, "tool_choice needs tools", param="tool_choice")
-            return None
-        if isinstance(choice, dict):
-            name = (choice.get("function") or {}).get("name") or choice.get("name")
-            if not name:
-                raise APIError(400, "tool_choice must name a function", param="tool_choice")
-        elif choice == "required":
-            name = None
-        else:
-            raise APIError(400, f"unknown tool_choice {choice!r}", param="tool_choice")
-        markup = TOOL_CALL_MARKUP.get(self.tool_parser or "")
-        if markup is None:
-            raise APIError(400, f"tool_choice {choice!r} cannot be enforced for the {self.tool_parser or 'no'} "
-                           f"tool-call format of this model", param="tool_choice")
-        prefix, suffix, args_key = markup
-        try:
-            spec = tool_call_spec(req.tools, name=name, open_tag=self._tag(prefix), close_tag=self._tag(suffix),
-                                  arguments_key=args_key, several=name is None and req.parallel_tool_calls is not False)
-        except GrammarError as exc:
-            raise APIError(400, str(exc), param="tool_choice") from exc
-        return "tool_choice", spec
-
-    def _tag(self, tag: str) -> str:
-        """A markup tag as a Lark fragment: a special-token reference when the vocabulary has it."""
-        if not tag:
-            return '""'
-        vocab = self.tokenizer.get_vocab() if hasattr(self.tokenizer, "get_vocab") else {}
-        return tag if tag in vocab else json.dumps(tag)
-
-    def output_constraint(self, req: ChatRequest) -> tuple[str, StructuredSpec] | None:
-        """The one grammar a request asks for: a structured-output format, or a forced tool call."""
-        spec = self.structured_spec(req)
-        forced_tools = self.tool_choice_constraint(req)
-        if spec and forced_tools:
-            raise APIError(400, "a forced tool_choice cannot be combined with a structured-output format",
-                           param="tool_choice")
-        return spec or forced_tools
-
     async def prepare_media(self, rendered: RenderedChat) -> RenderedChat:
         """Fetch, decode and process a rendered chat's images/video: the prompt grows by their tokens."""
         if not rendered.media or rendered.multimodal is not None:
@@ -213,7 +163,8 @@ class ChatSteps:
         template off the event loop, media fetched and expanded (also what counts its tokens)."""
         self.check_model(req.model)
         spec = self.output_constraint(req)
-        rendered = await self.tokenize(self.render_chat, req, spec is not None)
+        # structured output and forced calls answer directly unless asked to think; custom tools' grammars do not
+        rendered = await self.tokenize(self.render_chat, req, spec is not None and spec[0] != AUTO_CONSTRAINT)
         return spec, await self.prepare_media(rendered)
 
     async def start_chat(self, req: ChatRequest, request_id: str, policy: ChatPolicy = CHAT_POLICY,
