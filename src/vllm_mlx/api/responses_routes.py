@@ -19,7 +19,7 @@ from ..engine.request import FinishReason, GenerationOutput
 from .errors import APIError, bracket_path, generation_failure
 from .model_registry import serving_for
 from .streaming import collect, sse
-from .responses_convert import ResponsesRequest, ResponseStore, chat_request
+from .responses_convert import ResponsesRequest, ResponseStore, StoredResponse, chat_request
 from .responses_output import OutputBuilder, item_id
 from ..serving.state import ServingState
 
@@ -55,6 +55,8 @@ class _Turn:
         self.req, self.state, self.id = req, state, response_id
         self.created_at = int(time.time())
         self.temperature, self.top_p = params.temperature, params.top_p
+        summary = (req.reasoning or {}).get("summary")
+        self.summary = summary if summary not in (None, "none") else None  # "auto", "concise", "detailed"
 
     def body(self, status: str, output: list[dict], usage: dict | None = None,
              error: dict | None = None) -> dict[str, Any]:
@@ -72,7 +74,7 @@ class _Turn:
             "output": output,
             "parallel_tool_calls": req.parallel_tool_calls is not False,
             "previous_response_id": req.previous_response_id,
-            "reasoning": {"effort": (req.reasoning or {}).get("effort"), "summary": None},
+            "reasoning": {"effort": (req.reasoning or {}).get("effort"), "summary": self.summary},
             "store": req.store is not False,
             "temperature": self.temperature,
             "text": req.text or {"format": {"type": "text"}},
@@ -110,7 +112,7 @@ async def create_response(req: ResponsesRequest, raw: Request):
         if stored is None:
             raise APIError(404, f"Previous response with id '{req.previous_response_id}' not found.",
                            param="previous_response_id", code="previous_response_not_found")
-        history = copy.deepcopy(stored)  # the new input may extend the last assistant turn
+        history = copy.deepcopy(stored.conversation)  # the new input may extend the last assistant turn
     with _as_responses_fields():  # errors name the Responses field, not its chat equivalent
         chat, conversation, namespaces = chat_request(req, history)
         state.admit(chat, "/v1/responses")
@@ -119,11 +121,11 @@ async def create_response(req: ResponsesRequest, raw: Request):
         run = await state.start_chat(chat, response_id)
     stream, parsing, params = run.stream, run.parsing, run.params
     turn = _Turn(req, state, response_id, params)
-    builder = OutputBuilder(parsing, namespaces)
+    builder = OutputBuilder(parsing, namespaces, set(chat.custom_tools or ()), summary=turn.summary is not None)
 
-    def remember() -> None:
+    def remember(body: dict) -> None:
         if req.store is not False:
-            store.put(response_id, conversation + builder.history())
+            store.put(response_id, StoredResponse(conversation + builder.history(), body))
 
     if req.stream:
         return StreamingResponse(_events(stream, turn, builder, remember), media_type="text/event-stream")
@@ -133,8 +135,27 @@ async def create_response(req: ResponsesRequest, raw: Request):
     status = "incomplete" if choice.last.finish_reason is FinishReason.LENGTH else "completed"
     builder.feed(choice.text)
     builder.finish(status)
-    remember()
-    return JSONResponse(turn.body(status, builder.items, turn.usage(choice.last, builder)))
+    body = turn.body(status, builder.items, turn.usage(choice.last, builder))
+    remember(body)
+    return JSONResponse(body)
+
+
+@router.get("/v1/responses/{response_id}")
+async def get_response(response_id: str, raw: Request):
+    """A stored response (``store`` was not false), as it was returned."""
+    stored = response_store(raw).get(response_id)
+    if stored is None:
+        raise APIError(404, f"Response with id '{response_id}' not found.", param="response_id",
+                       code="response_not_found")
+    return JSONResponse(stored.body)
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, raw: Request):
+    if response_store(raw).pop(response_id) is None:
+        raise APIError(404, f"Response with id '{response_id}' not found.", param="response_id",
+                       code="response_not_found")
+    return JSONResponse({"id": response_id, "object": "response", "deleted": True})
 
 
 async def _events(stream: AsyncIterator[GenerationOutput], turn: _Turn, builder: OutputBuilder,
@@ -172,6 +193,6 @@ async def _events(stream: AsyncIterator[GenerationOutput], turn: _Turn, builder:
         builder.finish(status)
         for payload in builder.take_events():
             yield event(payload)
-    remember()
     final = turn.body(status, builder.items, turn.usage(last, builder))
+    remember(final)
     yield event({"type": f"response.{status}", "response": final})
