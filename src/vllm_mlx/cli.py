@@ -154,6 +154,10 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                         "pipeline (a run of layers per rank; fewer round trips per step, no prefix cache); "
                         "auto = tensor when mlx-lm can shard the architecture, else pipeline")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--sse-keepalive", type=float, default=15.0, metavar="SECONDS",
+                   help="while a stream waits for its first token (queueing, a long prefill), send a keepalive "
+                        "every SECONDS: an SSE comment on chat/completions/Responses, a ping event on "
+                        "/v1/messages; 0 turns it off (default: %(default)s)")
     mcp = p.add_argument_group("MCP tools (docs/mcp.md)")
     mcp.add_argument("--mcp-config", default=None,
                    help="a JSON file of MCP servers ({\"mcpServers\": ...}, plus \"policy\"): serves "
@@ -206,6 +210,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         reasoning_parser=args.reasoning_parser,
         mcp_config=_checked_mcp_config(args),
         mcp_auto=args.mcp_auto,
+        sse_keepalive=max(args.sse_keepalive, 0.0),
         deterministic=args.deterministic,
         prefix_cache=args.prefix_cache,
         cache_memory_mb=args.cache_memory_mb,

@@ -72,6 +72,7 @@ class ServerConfig:
     shutdown_timeout: float = 30.0  # SIGTERM: drain window before remaining requests are ended
     mcp_config: str | None = None  # the MCP servers file (mcpServers + policy); None = no MCP
     mcp_auto: bool = False  # run the server-side MCP tool loop for requests that do not say "mcp"
+    sse_keepalive: float = 15.0  # seconds between keepalives while a stream waits for its first token (0: off)
     # operator settings (profiles.py, config_file.py, api/rate_limit.py, api/operator_routes.py)
     profile: str | None = None  # serving profile the settings came from, reported by /v1/capabilities
     client: str | None = None  # client profile

@@ -15,7 +15,7 @@ from .logprobs import TokenText, chat_logprobs
 from .mcp_chat import mcp_chat, wants_mcp
 from .model_registry import serving_for
 from .openai_routes import choices_usage, count_text_tokens, openai_usage
-from .streaming import collect, sse
+from .streaming import KEEPALIVE_COMMENT, collect, keepalive_interval, sse, with_keepalive
 from ..serving.requests import new_id
 from .protocol import ChatCompletionRequest
 from ..serving.state import finish_reason_text
@@ -45,8 +45,8 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request):
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(
-            _chat_stream(stream, request_id, created, state.model_name, req.n, include_usage, token_text, parsing,
-                         state.tokenizer),
+            _chat_stream(with_keepalive(stream, keepalive_interval(raw)), request_id, created, state.model_name,
+                         req.n, include_usage, token_text, parsing, state.tokenizer),
             media_type="text/event-stream",
         )
     choices = await collect(stream, raw, req.n)
@@ -91,6 +91,9 @@ async def _chat_stream(
         yield chunk(i, {"role": "assistant", "content": ""})
     prompt_tokens, cached, completion = 0, 0, [0] * n
     async for out in stream:
+        if out is None:  # no token yet: keep the connection alive
+            yield KEEPALIVE_COMMENT
+            continue
         if out.finish_reason is FinishReason.ERROR:
             failure = generation_failure(out)
             yield sse(error_body(failure.status, failure.message, code=failure.code))

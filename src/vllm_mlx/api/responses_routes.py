@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ..engine.request import FinishReason, GenerationOutput
 from .errors import APIError, bracket_path, generation_failure
 from .model_registry import serving_for
-from .streaming import collect, sse
+from .streaming import KEEPALIVE_COMMENT, collect, keepalive_interval, sse, with_keepalive
 from .responses_convert import ResponsesRequest, ResponseStore, StoredResponse, chat_request
 from .responses_output import OutputBuilder, item_id
 from ..serving.state import ServingState
@@ -128,7 +128,8 @@ async def create_response(req: ResponsesRequest, raw: Request):
             store.put(response_id, StoredResponse(conversation + builder.history(), body))
 
     if req.stream:
-        return StreamingResponse(_events(stream, turn, builder, remember), media_type="text/event-stream")
+        return StreamingResponse(_events(with_keepalive(stream, keepalive_interval(raw)), turn, builder, remember),
+                                 media_type="text/event-stream")
     choice = (await collect(stream, raw, 1))[0]
     if choice.last.finish_reason is FinishReason.ABORT:  # ended by a shutdown: not a normal end
         raise APIError(503, "the server ended this request before it finished", code="request_aborted")
@@ -173,6 +174,9 @@ async def _events(stream: AsyncIterator[GenerationOutput], turn: _Turn, builder:
     last: GenerationOutput | None = None
     status = "completed"
     async for out in stream:
+        if out is None:  # no token yet: keep the connection alive
+            yield KEEPALIVE_COMMENT
+            continue
         if out.finish_reason in (FinishReason.ERROR, FinishReason.ABORT):  # failed, or ended by a shutdown
             if out.finish_reason is FinishReason.ERROR:
                 failure = generation_failure(out)
