@@ -30,7 +30,7 @@ class Sequence:
         self.output_ids: list[int] = []
         self.logprobs: list[TokenLogprob] = []  # aligned with output_ids when requested
         # Where each output token's text starts in detokenizer.text: a token's logprob is sent once
-        # text from it is, and never for the tokens of a matched stop string (text not returned).
+        # all its text is, and never for a token holding (part of) a matched stop string.
         self.token_starts: list[int] = []
         self.emitted_logprobs = 0
         self.constraint = request.constraint  # llguidance matcher, or None
@@ -196,16 +196,19 @@ class Sequence:
         delta.stop_sequence = stop_sequence
         return delta
 
+    def _token_end(self, i: int) -> int:
+        return self.token_starts[i + 1] if i + 1 < len(self.token_starts) else len(self.detokenizer.text)
+
     def _delta(self, text: str, hidden_tokens: int = 0, shown: int | None = None) -> GenerationOutput:
         """The next delta; ``shown``: how much of the text has been sent once this delta is (None:
-        all of it, the end) -- logprobs go with the tokens whose text starts before it."""
+        all of it, the end) -- logprobs go with the tokens whose text lies within it."""
         end = len(self.output_ids) - hidden_tokens
         new_tokens = self.output_ids[self.emitted_tokens : end]
         logprobs = None
         if self.sampling.logprobs:
             upto = self.emitted_logprobs
             limit = min(end, len(self.logprobs))
-            while upto < limit and (shown is None or self.token_starts[upto] < shown):
+            while upto < limit and (shown is None or self._token_end(upto) <= shown):
                 upto += 1
             logprobs = self.logprobs[self.emitted_logprobs : upto]
             self.emitted_logprobs = upto
