@@ -129,15 +129,25 @@ def bracket_path(param: str | None) -> str | None:
     return out
 
 
+def _field_path(loc: tuple) -> list[str]:
+    """A validation error's location as field names and indexes (union branch tags such as ``str`` or
+    ``list[dict[str,any]]`` dropped)."""
+    return [str(p) for p in loc if p != "body" and not (isinstance(p, str) and (p in _TYPE_TAGS or "[" in p))]
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "function-after", "function-before"}
+
+
 def _validation_message(exc: RequestValidationError, path: str) -> tuple[str, str | None]:
-    first = exc.errors()[0] if exc.errors() else {}
+    errors = exc.errors()
+    # of a union's branches, the error that got furthest into the value says the most
+    first = max(errors, key=lambda e: len(_field_path(e.get("loc", ())))) if errors else {}
     if first.get("type") == "json_invalid":  # the body did not parse: say where and why
         loc = first.get("loc", ())
         where = f" at character {loc[-1]}" if len(loc) > 1 and isinstance(loc[-1], int) else ""
         problem = (first.get("ctx") or {}).get("error") or "invalid JSON"
         return f"the request body is not valid JSON: {problem}{where}", None
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    param = ".".join(_field_path(first.get("loc", ()))) or None
     if _under(path, RESPONSES_PREFIX):
         param = bracket_path(param)
     msg = first.get("msg", "invalid request")
