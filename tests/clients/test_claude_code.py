@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from .client_support import PROMPT, check_agent_round_trip, client_version, find_client, run_client, sandbox_env
+from .client_support import (PROMPT, check_agent_round_trip, check_offline, client_version, find_client, run_client,
+                             sandbox_env)
 
 CLAUDE = find_client("claude")
 pytestmark = [pytest.mark.clients,
@@ -36,3 +37,35 @@ def test_claude_code_bash_tool_round_trip(agent_server, proxy, record, tmp_path)
     assert not results[-1]["is_error"]
     assert evidence.protocols() == ["/v1/messages"] and evidence.facts()["streaming"]
     row.update(text=True, tools=True)
+
+
+def _claude(server, tmp_path, prompt: str, proxy, *tools: str):
+    """One `claude -p` session in ``tmp_path``/work against ``server``; (the run, its stream-json events)."""
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    env = sandbox_env(tmp_path / "home", proxy, ANTHROPIC_BASE_URL=server.base_url,
+                      ANTHROPIC_API_KEY=server.api_key, CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+                      DISABLE_TELEMETRY="1", DISABLE_AUTOUPDATER="1")
+    run = run_client([CLAUDE, "-p", prompt, "--output-format", "stream-json", "--verbose", "--model", server.model,
+                      "--allowedTools", ",".join(tools or ("Bash",))], env=env, cwd=work)
+    return run, [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+
+
+def test_claude_code_second_session_reuses_the_first_sessions_cache(agent_server, proxy, record, tmp_path):
+    """Each session's first system block is a billing header that changes (cc_version=2.1.197.0df, .2b7,
+    ...); the server drops it, so a new session's ~35k-token system prompt comes from the prefix cache."""
+    server = agent_server("qwen3")
+    row = record(client="Claude Code", variant="second session: prefix cache", version=client_version(CLAUDE),
+                 family=server.parser)
+    with server.watch() as seen:
+        first, _ = _claude(server, tmp_path, PROMPT, proxy)  # the same project folder, a new session
+        # another first message: another header (its cc_version suffix is derived from the message)
+        second, events = _claude(server, tmp_path, "Run the marker command again and report it.", proxy)
+    assert first.returncode == 0 and second.returncode == 0, second.tail()
+    usage = next(e["message"]["usage"] for e in events if e.get("type") == "assistant")  # the first request's
+    prompt = usage["input_tokens"] + usage["cache_read_input_tokens"]
+    row.update(client_seconds=round(first.seconds + second.seconds, 1), **seen[0].facts(), text=True, tools=True,
+               checked=f"2nd session's first turn: {usage['cache_read_input_tokens']} of {prompt} prompt tokens "
+                       f"read from the cache")
+    assert prompt > 10000 and usage["cache_read_input_tokens"] > 0.9 * prompt, usage
+    check_offline(second, proxy)
