@@ -69,3 +69,42 @@ def test_claude_code_second_session_reuses_the_first_sessions_cache(agent_server
                        f"read from the cache")
     assert prompt > 10000 and usage["cache_read_input_tokens"] > 0.9 * prompt, usage
     check_offline(second, proxy)
+
+
+def test_claude_code_reads_a_png_through_its_read_tool_on_a_vision_model(start_server, models_dir, proxy, record,
+                                                                         tmp_path):
+    """The Read tool returns the PNG as an image block inside its tool_result; on a vision model the
+    image reaches the model (a scripted Qwen2-VL with a real vision tower), which answers about it."""
+    from PIL import Image
+
+    from vllm_mlx.testing.vision_models import build_scripted_vision_model
+
+    picture = tmp_path / "work" / "pic.png"
+    picture.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 32), (220, 20, 20)).save(picture)
+    call = json.dumps({"name": "Read", "arguments": {"file_path": str(picture)}})
+    rules = [{"if_contains": "<|vision_start|>", "reply": "The picture is a red square."},
+             {"if_contains": "<tool_response>", "reply": "No image came back."},
+             {"if_contains": "Describe pic.png", "reply": f"<tool_call>\n{call}\n</tool_call>"}]
+    path = build_scripted_vision_model(models_dir / "claude-vision", rules, "Hello from the vision model.")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 262144}))
+    log = tmp_path / "requests.jsonl"
+    vision = start_server(path, "--trust-remote-code", "--served-model-name", "vision", "--api-key", "k",
+                          "--request-log", log)
+    vision.api_key, vision.model = "k", "vision"
+    row = record(client="Claude Code", variant="Read tool on a PNG, vision model", version=client_version(CLAUDE),
+                 family="hermes")
+    run, events = _claude(vision, tmp_path, "Describe pic.png in this folder.", proxy, "Read")
+    results = [e for e in events if e.get("type") == "result"]
+    reads = [b for e in events if e.get("type") == "assistant" for b in e["message"]["content"]
+             if b.get("type") == "tool_use"]
+    bodies = [json.loads(line).get("body") or {} for line in log.read_text().splitlines()]
+    row.update(client_seconds=round(run.seconds, 1), protocol="/v1/messages", streaming=True, system_prompt=True,
+               auth=["x-api-key"], text=True, images=sum(b.get("images", 0) for b in bodies if isinstance(b, dict)),
+               checked="Read returned the PNG as an image block; the model saw it and answered")
+    assert run.returncode == 0, run.tail()
+    assert reads and reads[0]["name"] == "Read", run.tail()
+    assert results and results[-1]["result"] == "The picture is a red square.", run.tail()
+    assert row["images"] >= 1
+    check_offline(run, proxy)
