@@ -108,3 +108,45 @@ def test_claude_code_reads_a_png_through_its_read_tool_on_a_vision_model(start_s
     assert results and results[-1]["result"] == "The picture is a red square.", run.tail()
     assert row["images"] >= 1
     check_offline(run, proxy)
+
+
+COMPACT_CONTEXT = 60000  # Claude Code's first request is ~35k tokens; each round below adds ~5.5k
+
+
+def test_claude_code_compacts_after_a_context_overflow(start_server, models_dir, proxy, record, tmp_path):
+    """Rounds of Bash output grow the conversation until a request no longer fits: the server answers
+    ``prompt is too long: N tokens > M maximum`` (Anthropic's wording), Claude Code compacts the
+    conversation (a summary request) and goes on from the summary."""
+    from vllm_mlx.testing import build_scripted_model
+
+    def bash(command: str) -> str:
+        return "<tool_call>\n" + json.dumps({"name": "Bash", "arguments": {"command": command}}) + "\n</tool_call>"
+
+    rounds = 8
+    rules = [{"if_contains": "continued from a previous conversation", "reply": "After compacting: all is well."},
+             {"if_contains": "detailed summary of the conversation", "reply": "<summary>Ran seq rounds.</summary>"}]
+    rules += [{"if_contains": f"ROUND_{k}_DONE", "reply": bash(f"seq 1 1500; echo ROUND_{k + 1}_DONE")
+               if k < rounds else "No overflow happened."} for k in range(rounds, 0, -1)]
+    rules += [{"if_contains": "Run the rounds", "reply": bash("seq 1 1500; echo ROUND_1_DONE")}]
+    path = build_scripted_model(models_dir / "claude-compact", rules, "Hello.", "qwen3", max_position_embeddings=262144)
+    log = tmp_path / "requests.jsonl"
+    server = start_server(path, "--trust-remote-code", "--served-model-name", "scripted", "--api-key", "k",
+                          "--request-log", log, "--max-model-len", COMPACT_CONTEXT)
+    server.api_key, server.model = "k", "scripted"
+    row = record(client="Claude Code", variant="compacts after a context overflow", version=client_version(CLAUDE),
+                 family="hermes")
+    run, events = _claude(server, tmp_path, "Run the rounds, please.", proxy)
+    statuses = [json.loads(line)["status"] for line in log.read_text().splitlines()
+                if "/v1/messages" in json.loads(line)["path"]]
+    boundary = [e for e in events if e.get("subtype") == "compact_boundary"]
+    results = [e for e in events if e.get("type") == "result"]
+    row.update(client_seconds=round(run.seconds, 1), protocol="/v1/messages", streaming=True, system_prompt=True,
+               auth=["x-api-key"], text=True, tools=True, tools_offered=24,
+               checked=f"400 'prompt is too long' after {statuses.index(400) if 400 in statuses else '?'} requests; "
+                       f"compacted ({boundary[0]['compact_metadata']['pre_tokens'] if boundary else '?'} -> "
+                       f"{boundary[0]['compact_metadata']['post_tokens'] if boundary else '?'} tokens), went on")
+    assert run.returncode == 0, run.tail()
+    assert 400 in statuses, f"no request overflowed ({statuses})"
+    assert boundary and boundary[0]["compact_metadata"]["trigger"] == "auto", run.tail()
+    assert results and results[-1]["result"] == "After compacting: all is well." and not results[-1]["is_error"]
+    check_offline(run, proxy)
