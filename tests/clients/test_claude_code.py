@@ -101,7 +101,8 @@ def test_claude_code_reads_a_png_through_its_read_tool_on_a_vision_model(start_s
              if b.get("type") == "tool_use"]
     bodies = [json.loads(line).get("body") or {} for line in log.read_text().splitlines()]
     row.update(client_seconds=round(run.seconds, 1), protocol="/v1/messages", streaming=True, system_prompt=True,
-               auth=["x-api-key"], text=True, images=sum(b.get("images", 0) for b in bodies if isinstance(b, dict)),
+               auth=["x-api-key"], text=True, tools=True, tools_offered=24,
+               images=sum(b.get("images", 0) for b in bodies if isinstance(b, dict)),
                checked="Read returned the PNG as an image block; the model saw it and answered")
     assert run.returncode == 0, run.tail()
     assert reads and reads[0]["name"] == "Read", run.tail()

@@ -90,7 +90,7 @@ def test_codex_writes_a_file_through_apply_patch(start_server, models_dir, proxy
     log = tmp_path / "requests.jsonl"
     server = start_server(path, "--trust-remote-code", "--served-model-name", "scripted", "--api-key", "k",
                           "--request-log", log)
-    row = record(client="Codex", variant="apply_patch (custom tool, Lark grammar)", version=client_version(CODEX),
+    row = record(client="Codex", variant="apply_patch: custom tool, Lark grammar", version=client_version(CODEX),
                  family="hermes")
     codex_home, work = tmp_path / "codex", tmp_path / "work"
     codex_home.mkdir()
