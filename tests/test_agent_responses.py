@@ -28,7 +28,10 @@ EXEC = {"type": "function", "name": "exec_command", "parameters": {
     "type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]}}
 PATCH = '*** Begin Patch\n*** Add File: hello.txt\n+Hello "world"\n*** End Patch\n'
 CALL = ('<tool_call>\n{"name": "apply_patch", "arguments": {"input": ' + json.dumps(PATCH) + '}}\n</tool_call>')
+NOTE = 'buy milk\nand "eggs"'
 RULES = [
+    {"if_contains": "Take a note", "reply": '<tool_call>\n{"name": "note", "arguments": {"input": '
+                                           + json.dumps(NOTE) + '}}\n</tool_call>'},
     {"if_contains": "Done: wrote hello.txt", "reply": "The file is written."},
     {"if_contains": "Add a hello file", "reply": CALL},
     {"if_contains": "think", "reply": "<think>\nThe user wants a plan.\n</think>\n\nStep one: relax."},
@@ -105,6 +108,12 @@ def test_the_grammar_rejects_what_it_does_not_describe():
     bad = CALL.replace("*** Add File: ", "rm -rf ")
     assert not accepts(bad)
     assert not accepts('<tool_call>\n{"name": "exec_command", "arguments": {"command":"ls"}}\n</tool_call>')
+
+
+def test_a_text_format_custom_tool_takes_any_text(client):
+    note = {"type": "custom", "name": "note", "description": "Write a note.", "format": {"type": "text"}}
+    resp = client.responses.create(model="m", input="Take a note", tools=[note])
+    assert [(o.type, o.name, o.input) for o in resp.output] == [("custom_tool_call", "note", NOTE)]
 
 
 def test_a_bad_custom_tool_grammar_is_a_400(client):

@@ -17,7 +17,7 @@ not (``<tool_call>``, ``<think>``, ``[TOOL_CALLS]``): all of them carry meaning 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any
 
 PLACEHOLDER_BASE = 0xF0000  # plane 15 private use: one character per protected token string
 MARKUP = re.compile(r"^(<.+>|\[.+\])$", re.S)
@@ -89,8 +89,3 @@ class ContentTokens:
             return self._as_text(token[:half]) + self._as_text(token[half:])
         return ids
 
-
-def encoder(content_tokens: ContentTokens | None, tokenizer: Any) -> Callable[[str], list[int]]:
-    if content_tokens is not None:
-        return content_tokens.encode
-    return lambda text: tokenizer.encode(text, add_special_tokens=False)

@@ -129,8 +129,9 @@ def _emit(pattern, dotall: bool) -> str:
         flush()
         if _is_set(op):
             out.append(_set_rule(*_set_of(op, av, dotall), run=False))
-        elif op is sre.SUBPATTERN:
-            out.append(f"({_emit(av[3], dotall) or chr(34) * 2})")
+        elif op is sre.SUBPATTERN:  # (group, flags added, flags removed, pattern): (?s:...) counts
+            inner = (dotall or bool(av[1] & re.S)) and not av[2] & re.S
+            out.append(f"({_emit(av[3], inner) or chr(34) * 2})")
         elif op is sre.BRANCH:
             out.append("(" + " | ".join(_emit(p, dotall) or '""' for p in av[1]) + ")")
         elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
