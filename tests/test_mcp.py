@@ -30,6 +30,7 @@ RULES = [
     {"if_contains": "loop forever", "reply": _call("add", {"a": 1, "b": 1})},
     {"if_contains": "<tool_response>", "quote": r"<tool_response>\n(.*?)\n</tool_response>",
      "reply": "The tool says {quote}."},
+    {"if_contains": "wipe everything", "reply": _call("delete_everything", {})},
     {"if_contains": "client weather", "reply": _call("get_weather", {"city": "Paris"})},
     {"if_contains": "both kinds", "reply": _call("add", {"a": 1, "b": 2}) + "\n" + _call("get_weather", {"city": "Oslo"})},
     {"if_contains": "slow please", "reply": _call("slow", {"seconds": 5})},
@@ -240,6 +241,20 @@ def test_loop_tool_errors_go_to_the_model(mcp_server):
     assert resp.choices[0].message.content == "The tool says Error: the MCP tool 'slow' did not answer within 1 s."
     [call] = resp.model_extra["mcp"]["calls"]
     assert call["is_error"] and call["error"]["code"] == "tool_timeout"
+
+
+def test_loop_refuses_a_denied_tool_and_tells_the_model(mcp_server, mcp_files):
+    """delete_everything is on the server but not allowed: never offered, and a call to it anyway is
+    refused by the policy, reported, and answered with the error (not returned as the client's call)."""
+    resp = _client(mcp_server).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "wipe everything"}], extra_body={"mcp": True})
+    message = resp.choices[0].message
+    assert not message.tool_calls
+    assert message.content == ("The tool says Error: the MCP tool 'delete_everything' of server 'demo' is not "
+                               "allowed by the policy.")
+    [call] = resp.model_extra["mcp"]["calls"]
+    assert call["tool"] == "delete_everything" and call["refused"] and call["error"]["code"] == "tool_not_allowed"
+    assert '"tool": "delete_everything"' in mcp_files["audit"].read_text()
 
 
 def test_loop_stops_at_max_rounds(mcp_server):

@@ -80,6 +80,7 @@ class ServerConfig:
     shutdown_timeout: float = D.shutdown_timeout  # SIGTERM: drain window before remaining requests are ended
     mcp_config: str | None = D.mcp_config  # the MCP servers file (mcpServers + policy); None = no MCP
     mcp_auto: bool = D.mcp_auto  # run the server-side MCP tool loop for requests that do not say "mcp"
+    sse_keepalive: float = D.sse_keepalive  # seconds between keepalives while a stream waits (0: off)
     # operator settings (profiles.py, config_file.py, api/rate_limit.py, api/operator_routes.py)
     profile: str | None = D.profile  # serving profile the settings came from, reported by /v1/capabilities
     client: str | None = D.client  # client profile

@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from .client_support import PROMPT, check_agent_round_trip, client_version, find_client, run_client, sandbox_env
+from .client_support import (PROMPT, check_agent_round_trip, check_offline, client_version, find_client, run_client,
+                             sandbox_env)
 
 OPENCODE = find_client("opencode")
 pytestmark = [pytest.mark.clients,
@@ -65,3 +66,39 @@ def test_opencode_bash_tool_round_trip(agent_server, proxy, record, tmp_path, pr
     assert tools and tools[0]["tool"] == "bash" and "MARKER_42" in json.dumps(tools[0]["state"])
     assert evidence.protocols() == [route]
     row.update(text=True, tools=True)
+
+
+def test_opencode_responses_provider_shows_reasoning(start_server, models_dir, proxy, record, tmp_path):
+    """@ai-sdk/openai reads reasoning from the summary parts of reasoning items: with the model's
+    ``reasoningSummary`` option opencode asks for them (reasoning.summary), and `--thinking` prints them."""
+    from vllm_mlx.testing import build_scripted_model
+
+    thought = "The user wants me to ponder the marker."
+    rules = [{"if_contains": "title generator", "reply": "Pondering"},
+             {"if_contains": "Think it over", "reply": f"<think>\n{thought}\n</think>\n\nI thought it over: 42."}]
+    path = build_scripted_model(models_dir / "opencode-reasoning", rules, "Hello.", "qwen3",
+                                max_position_embeddings=65536)
+    log = tmp_path / "requests.jsonl"
+    server = start_server(path, "--trust-remote-code", "--served-model-name", "scripted", "--api-key", "k",
+                          "--request-log", log)
+    row = record(client="opencode", variant="@ai-sdk/openai, reasoning summaries", version=client_version(OPENCODE),
+                 family="hermes")
+    work = tmp_path / "work"
+    work.mkdir()
+    config = opencode_config(server.base_url, "k", "scripted", "localresp")
+    model = config["provider"]["localresp"]["models"]["scripted"]
+    model.update(reasoning=True, options={"reasoningSummary": "auto"})
+    (work / "opencode.json").write_text(json.dumps(config))
+    run = run_client([OPENCODE, "run", "--pure", "-m", "localresp/scripted", "Think it over.", "--format", "json",
+                      "--thinking"], env=sandbox_env(tmp_path / "home", proxy, **QUIET), cwd=work)
+    events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    reasoning = [e["part"]["text"] for e in events if e.get("type") == "reasoning" and e["part"].get("text")]
+    texts = [e["part"]["text"] for e in events if e.get("type") == "text"]
+    bodies = [json.loads(line).get("body") for line in log.read_text().splitlines()]
+    asked = [b["reasoning"] for b in bodies if isinstance(b, dict) and b.get("tools") and b.get("reasoning")]
+    row.update(client_seconds=round(run.seconds, 1), protocol="/v1/responses", streaming=True, system_prompt=True,
+               auth=["bearer"], text=True, checked="reasoning summary shown as opencode's reasoning part")
+    assert run.returncode == 0, run.tail()
+    assert asked and asked[0].get("summary") == "auto"
+    assert reasoning == [thought] and texts[-1] == "I thought it over: 42.", run.tail()
+    row["refused_egress"] = check_offline(run, proxy, refused_ok=("registry.npmjs.org",))

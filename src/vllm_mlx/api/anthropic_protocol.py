@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import APIError
+from ..serving.reasoning_budget import check_effort
 from ..serving.requests import ChatRequest
 
 logger = logging.getLogger(__name__)
@@ -117,13 +118,25 @@ def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
-    content = block.get("content")
-    text = "" if content is None else _text_of(content, where)
-    if block.get("is_error"):
-        text = f"Error: {text}"
+    """A tool_result as a tool message: text, or content parts when it holds images (the serving
+    layer shows them to a vision model and puts a note in their place for a text-only one)."""
     if not block.get("tool_use_id"):
         raise APIError(400, f"{where}: tool_result needs tool_use_id", param=where)
-    return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": text}
+    content = block.get("content")
+    prefix = "Error: " if block.get("is_error") else ""
+    if isinstance(content, list) and any(b.get("type") == "image" for b in content):
+        parts: list[dict[str, Any]] = [{"type": "text", "text": prefix}] if prefix else []
+        for k, b in enumerate(content):
+            if b.get("type") == "image":
+                parts.append(_image_part(b, f"{where}.content.{k}"))
+            elif b.get("type") == "text":
+                parts.append({"type": "text", "text": str(b.get("text") or "")})
+            else:
+                raise APIError(400, f"{where}.content.{k}: unsupported block type {b.get('type')!r} in a tool_result",
+                               param=f"{where}.content.{k}")
+        return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": parts}
+    text = "" if content is None else _text_of(content, where)
+    return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": prefix + text}
 
 
 def _convert_message(message: AnthropicMessage, i: int) -> list[dict[str, Any]]:
@@ -242,9 +255,27 @@ def _response_format(req: MessagesRequest) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": {"schema": fmt["schema"]}}
 
 
+# Claude Code's first system block: per-session billing attribution (``cc_version=…; cch=…``) that
+# changes every session and carries nothing for the model. Dropped, so the long system prompt after it
+# is the same token prefix in every session and the prefix cache reuses it.
+BILLING_HEADER = "x-anthropic-billing-header:"
+
+
+def system_text(system: str | list[dict[str, Any]] | None) -> list[str]:
+    """The system prompt's text, without Claude Code's billing-header block."""
+    if system is None:
+        return []
+    if isinstance(system, list):
+        system = [b for b in system if not (b.get("type") == "text"
+                                            and str(b.get("text") or "").lstrip().startswith(BILLING_HEADER))]
+        if not system:
+            return []
+    return [_text_of(system, "system")]
+
+
 def to_chat_request(req: MessagesRequest) -> ChatRequest:
     """The chat-completions request that renders, samples and parses exactly like this one."""
-    system = [] if req.system is None else [_text_of(req.system, "system")]
+    system = system_text(req.system)
     messages: list[dict[str, Any]] = []
     for i, message in enumerate(req.messages):
         final_assistant = i == len(req.messages) - 1 and message.role == "assistant"
@@ -262,11 +293,15 @@ def to_chat_request(req: MessagesRequest) -> ChatRequest:
         raise APIError(400, "messages: at least one user or assistant message is required", param="messages")
     tool_choice, parallel = _tool_choice(req.tool_choice)
     enable_thinking, budget = _thinking(req.thinking)
+    effort = (req.output_config or {}).get("effort")
+    check_effort(effort, "output_config.effort")
     fields: dict[str, Any] = {
         "model": req.model, "messages": messages, "max_tokens": req.max_tokens, "stop": req.stop_sequences,
         "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
         "tools": _tools(req.tools), "tool_choice": tool_choice, "parallel_tool_calls": parallel,
         "enable_thinking": enable_thinking, "max_thinking_tokens": budget,
+        # an effort sizes the budget of thinking that `thinking` switched on; it switches nothing itself
+        "reasoning_effort": effort if enable_thinking else None,
         "response_format": _response_format(req),
     }
     try:

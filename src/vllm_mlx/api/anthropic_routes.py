@@ -22,7 +22,7 @@ from .anthropic_threads import MessageThreads
 from ..serving.chat_output import OutputParsing
 from .errors import APIError, anthropic_error_body, generation_failure
 from .model_registry import serving_for
-from .streaming import collect, request_id_headers, sse
+from .streaming import collect, keepalive_interval, request_id_headers, sse, with_keepalive
 from .operator_routes import page_response, wants_html
 from ..serving.chat import MESSAGES_POLICY
 
@@ -169,7 +169,8 @@ async def messages(req: MessagesRequest, raw: Request):
         def done(blocks: list[dict]) -> None:
             threads.remember(req, message_id, blocks)
 
-        return StreamingResponse(_stream(stream, message_id, state.model_name, parsing, run.prompt_tokens, done),
+        return StreamingResponse(_stream(with_keepalive(stream, keepalive_interval(raw)), message_id,
+                                         state.model_name, parsing, run.prompt_tokens, done),
                                  media_type="text/event-stream", headers=_id_headers(message_id))
     choice = (await collect(stream, raw, 1))[0]
     if choice.last.finish_reason is FinishReason.ABORT:  # ended by a shutdown: not a normal end
@@ -195,6 +196,7 @@ async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, mode
                   prompt_len: int, done=None) -> AsyncIterator[str]:
     builder = BlockBuilder(parsing)
     last: GenerationOutput | None = None
+    started = False
 
     def message_start(out: GenerationOutput | None) -> list[str]:
         usage = {**_usage(out, prompt_len), "output_tokens": 0}
@@ -203,6 +205,14 @@ async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, mode
             "stop_reason": None, "stop_sequence": None, "usage": usage}}), sse(event="ping", payload={"type": "ping"})]
 
     async for out in stream:
+        if out is None:  # no token yet: message_start (once), then a ping, to keep the connection alive
+            if not started:
+                started = True
+                for event in message_start(None):
+                    yield event
+            else:
+                yield sse(event="ping", payload={"type": "ping"})
+            continue
         if out.finish_reason is FinishReason.ERROR:
             failure = generation_failure(out)
             yield sse(event="error", payload=anthropic_error_body(failure.status, failure.message))
@@ -210,7 +220,8 @@ async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, mode
         if out.finish_reason is FinishReason.ABORT:  # ended by the server (shutdown): say so, not end_turn
             yield sse(event="error", payload=anthropic_error_body(503, "the server ended this request before it finished"))
             return
-        if last is None:  # sent with the first output, so the usage knows the cached prompt tokens
+        if not started:  # sent with the first output, so the usage knows the cached prompt tokens
+            started = True
             for event in message_start(out):
                 yield event
         last = out
@@ -218,7 +229,7 @@ async def _stream(stream: AsyncIterator[GenerationOutput], message_id: str, mode
             yield event
         if out.finished:
             break
-    if last is None:
+    if not started:
         for event in message_start(None):
             yield event
     for event in builder.finish():

@@ -14,8 +14,8 @@ from .errors import APIError, error_body, generation_failure
 from .logprobs import TokenText, chat_logprobs
 from .mcp_chat import mcp_chat, wants_mcp
 from .model_registry import serving_for
-from .openai_routes import choices_usage, openai_usage
-from .streaming import collect, request_id_headers, sse
+from .openai_routes import choices_usage, count_text_tokens, openai_usage
+from .streaming import KEEPALIVE_COMMENT, collect, keepalive_interval, request_id_headers, sse, with_keepalive
 from ..serving.requests import new_id
 from .protocol import ChatCompletionRequest
 from ..serving.state import finish_reason_text
@@ -45,13 +45,15 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request):
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(
-            _chat_stream(stream, request_id, created, state.model_name, req.n, include_usage, token_text, parsing),
+            _chat_stream(with_keepalive(stream, keepalive_interval(raw)), request_id, created, state.model_name,
+                         req.n, include_usage, token_text, parsing, state.tokenizer),
             media_type="text/event-stream", headers=request_id_headers(request_id),
         )
     choices = await collect(stream, raw, req.n)
-    body_choices = []
+    body_choices, reasoning = [], []
     for i, c in enumerate(choices):
         message, has_calls = chat_message(parsing, c.text)
+        reasoning.append(message.get("reasoning_content") or "")
         body_choices.append({
             "index": i,
             "message": message,
@@ -64,13 +66,13 @@ async def chat_completions(req: ChatCompletionRequest, raw: Request):
         "created": created,
         "model": state.model_name,
         "choices": body_choices,
-        "usage": choices_usage(choices),
+        "usage": choices_usage(choices, count_text_tokens(state.tokenizer, reasoning)),
     }, headers=request_id_headers(request_id))
 
 
 async def _chat_stream(
     stream: AsyncIterator[GenerationOutput], request_id: str, created: int, model: str, n: int,
-    include_usage: bool, token_text: TokenText | None, parsing: OutputParsing,
+    include_usage: bool, token_text: TokenText | None, parsing: OutputParsing, tokenizer,
 ) -> AsyncIterator[str]:
     def chunk(index: int, delta: dict, finish: str | None = None, logprobs: dict | None = None) -> str:
         body: dict[str, Any] = {
@@ -89,6 +91,9 @@ async def _chat_stream(
         yield chunk(i, {"role": "assistant", "content": ""})
     prompt_tokens, cached, completion = 0, 0, [0] * n
     async for out in stream:
+        if out is None:  # no token yet: keep the connection alive
+            yield KEEPALIVE_COMMENT
+            continue
         if out.finish_reason is FinishReason.ERROR:
             failure = generation_failure(out)
             yield sse(error_body(failure.status, failure.message, code=failure.code))
@@ -107,5 +112,6 @@ async def _chat_stream(
             yield chunk(out.index, {}, _finish(out.finish_reason, parser.saw_tool_call))
     if include_usage:
         yield sse({"id": request_id, "object": "chat.completion.chunk", "created": created,
-                   "model": model, "choices": [], "usage": openai_usage(prompt_tokens, sum(completion), cached)})
+                   "model": model, "choices": [], "usage": openai_usage(
+                       prompt_tokens, sum(completion), cached, count_text_tokens(tokenizer, [p.reasoning for p in parsers]))})
     yield sse("[DONE]")

@@ -25,5 +25,8 @@ class LRUStore(Generic[V]):
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
+    def pop(self, key: str) -> V | None:
+        return self._items.pop(key, None)
+
     def __len__(self) -> int:
         return len(self._items)

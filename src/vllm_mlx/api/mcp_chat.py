@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator
 
 from fastapi import Request
@@ -55,6 +55,13 @@ class Offer:
 
     tools: list[dict]
     mcp: dict[str, ToolInfo]  # exposed name -> MCP tool
+    # tools of connected servers that the policy denies: never offered, but a call the model makes to
+    # one anyway is recognised, refused through the policy (reported) and answered with the error
+    denied: dict[str, ToolInfo] = field(default_factory=dict)
+
+    def parse_only(self) -> list[dict]:
+        return [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+                for name in self.denied]
 
 
 def offer_tools(manager: MCPManager, client_tools: list[dict] | None) -> Offer:
@@ -72,7 +79,12 @@ def offer_tools(manager: MCPManager, client_tools: list[dict] | None) -> Offer:
         exposed[name] = t
         tools.append({"type": "function", "function": {"name": name, "description": t.description,
                                                         "parameters": t.input_schema or {"type": "object"}}})
-    return Offer(tools, exposed)
+    denied = {}
+    for t in manager.denied_tools():
+        for name in (t.name, f"{t.server}{QUALIFIER}{t.name}"):
+            if name not in taken and name not in exposed:
+                denied.setdefault(name, t)
+    return Offer(tools, exposed, denied)
 
 
 @dataclass
@@ -129,7 +141,7 @@ async def _loop(state: ServingState, manager: MCPManager, req: ChatCompletionReq
         calls: dict[int, dict] = {}
         client_index: dict[int, int] = {}
         text = {"content": [], "reasoning_content": []}
-        pipeline = run.parsing.pipeline()
+        pipeline = replace(run.parsing, tools=(run.parsing.tools or []) + offer.parse_only()).pipeline()
         last = None
         async for out in run.stream:
             if out.finish_reason is FinishReason.ERROR:
@@ -146,7 +158,7 @@ async def _loop(state: ServingState, manager: MCPManager, req: ChatCompletionReq
             report.stopped = "cancelled"
             yield "end", finish_reason_text(last.finish_reason), openai_usage(*totals), report.as_json()
             return
-        mcp_calls = [c for c in calls.values() if c["name"] in offer.mcp]
+        mcp_calls = [c for c in calls.values() if c["name"] in offer.mcp or c["name"] in offer.denied]
         if mcp_calls and report.rounds > manager.max_rounds:
             report.stopped = "max_rounds"
             mcp_calls = []
@@ -159,7 +171,7 @@ async def _loop(state: ServingState, manager: MCPManager, req: ChatCompletionReq
             messages.append(ChatMessage(**assistant))
             report.messages.append(assistant)
             for call in mcp_calls:
-                tool = offer.mcp[call["name"]]
+                tool = offer.mcp.get(call["name"]) or offer.denied[call["name"]]
                 yield "mcp", {"type": "tool_call", "round": report.rounds, "id": call["id"], "server": tool.server,
                               "tool": tool.name, "arguments": call["arguments"] or "{}"}
                 entry, result_text = await _execute(manager, tool, call, request_id, limit)
@@ -191,7 +203,7 @@ def _deltas(ev, calls: dict, client_index: dict, offer: Offer, text: dict, said:
         return [{"content": piece}] if key == "content" else [{"reasoning_content": piece, "reasoning": piece}]
     if isinstance(ev, ToolCallStart):
         calls[ev.index] = {"id": ev.id, "name": ev.name, "arguments": ""}
-        if ev.name in offer.mcp:
+        if ev.name in offer.mcp or ev.name in offer.denied:
             return []
         client_index[ev.index] = len(client_index)
         return [{"tool_calls": [{"index": client_index[ev.index], "id": ev.id, "type": "function",
@@ -217,6 +229,8 @@ async def _execute(manager: MCPManager, tool: ToolInfo, call: dict, request_id: 
                                        request_id=request_id)
     except ToolCallError as exc:
         entry.update(is_error=True, error={"status": exc.status, "code": exc.code, "message": exc.message})
+        if exc.status == 403:
+            entry["refused"] = True  # the policy said no: reported here, and the model reads why
         return entry, f"Error: {exc.message}"
     entry.update(is_error=result.is_error, duration_ms=round(result.duration_ms, 1))
     return entry, result.model_text(limit)

@@ -16,7 +16,7 @@ from ..engine.request import FinishReason, GenerationOutput
 from .errors import APIError, error_body, generation_failure
 from .streaming import Choice, collect, request_id_headers, sse
 from .extra_model_access import extra_model_cards
-from .logprobs import TokenText, completion_logprobs
+from .logprobs import TextOffsets, TokenText, completion_logprobs
 from ..serving.requests import new_id
 from .protocol import CompletionRequest, ModelCard, ModelList, Usage
 from .model_registry import serving_for
@@ -30,15 +30,23 @@ def _state(raw: Request) -> ServingState:
     return raw.app.state.serving
 
 
-def openai_usage(prompt: int, completion: int, cached: int = 0) -> dict:
+def openai_usage(prompt: int, completion: int, cached: int = 0, reasoning: int | None = None) -> dict:
     usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion).model_dump()
     usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    if reasoning is not None:  # chat: the reasoning text re-tokenized (at most the completion)
+        usage["completion_tokens_details"] = {"reasoning_tokens": min(reasoning, completion)}
     return usage
 
 
-def choices_usage(choices: list[Choice]) -> dict:
+def choices_usage(choices: list[Choice], reasoning: int | None = None) -> dict:
     first = choices[0].last
-    return openai_usage(first.prompt_tokens, sum(c.last.completion_tokens for c in choices), first.cached_tokens)
+    return openai_usage(first.prompt_tokens, sum(c.last.completion_tokens for c in choices), first.cached_tokens,
+                        reasoning)
+
+
+def count_text_tokens(tokenizer, texts: list[str]) -> int:
+    """Tokens of texts the model wrote (reasoning), re-tokenized."""
+    return sum(len(tokenizer.encode(t, add_special_tokens=False)) for t in texts if t)
 
 
 @router.get("/v1/models")
@@ -107,7 +115,7 @@ async def completions(req: CompletionRequest, raw: Request):
         {
             "index": p * req.n + i,
             "text": c.text,
-            "logprobs": completion_logprobs(c.logprobs, token_text, 0) if token_text else None,
+            "logprobs": completion_logprobs(c.logprobs, token_text, TextOffsets()) if token_text else None,
             "finish_reason": finish_reason_text(c.last.finish_reason),
         }
         for p, group in enumerate(results)
@@ -158,7 +166,7 @@ async def _completion_stream(
     prompt_tokens: dict[int, int] = {}
     cached: dict[int, int] = {}
     completion: dict[int, int] = {}
-    offsets: dict[int, int] = {}
+    offsets: dict[int, TextOffsets] = {}
     open_streams = len(tasks)
     try:
         while open_streams:
@@ -178,8 +186,7 @@ async def _completion_stream(
             completion[index] = out.completion_tokens
             logprobs = None
             if token_text and out.logprobs:
-                logprobs = completion_logprobs(out.logprobs, token_text, offsets.get(index, 0))
-            offsets[index] = offsets.get(index, 0) + len(out.text)
+                logprobs = completion_logprobs(out.logprobs, token_text, offsets.setdefault(index, TextOffsets()))
             if out.text or out.finished or logprobs:
                 body = {
                     "id": request_id, "object": "text_completion", "created": created, "model": model,

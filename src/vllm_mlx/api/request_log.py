@@ -35,10 +35,16 @@ def _tool_names(tools: Any) -> list[str]:
 
 
 def _parts(messages: list) -> list:
-    out = []
-    for m in messages:
-        if isinstance(m, dict) and isinstance(m.get("content"), list):
-            out.extend(p for p in m["content"] if isinstance(p, dict))
+    """Content parts of the messages, those nested in tool results (tool_result blocks,
+    function_call_output lists) included."""
+    out, stack = [], [m for m in messages if isinstance(m, dict)]
+    while stack:
+        item = stack.pop()
+        for key in ("content", "output"):
+            if isinstance(item.get(key), list):
+                parts = [p for p in item[key] if isinstance(p, dict)]
+                out.extend(parts)
+                stack.extend(parts)
     return out
 
 

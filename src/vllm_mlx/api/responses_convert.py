@@ -6,13 +6,17 @@ constraints and output parsing are exactly those of /v1/chat/completions.
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field, ValidationError
 
 from .errors import APIError
 from .lru_store import LRUStore
+from ..serving.custom_tools import INPUT, check_format, custom_function
+from ..serving.reasoning_budget import check_effort
 from ..serving.requests import ChatRequest
 from .protocol import OpenAIRequest
 
@@ -49,8 +53,14 @@ class ResponsesRequest(OpenAIRequest):
     client_metadata: dict[str, Any] | None = None  # sent by Codex CLI
 
 
-class ResponseStore(LRUStore[list[dict]]):
-    """The conversations of recent responses (chat messages), bounded, least recently used dropped."""
+@dataclass(frozen=True)
+class StoredResponse:
+    conversation: list[dict]  # chat messages, the response's output included (previous_response_id)
+    body: dict  # the response object (GET /v1/responses/{id})
+
+
+class ResponseStore(LRUStore[StoredResponse]):
+    """Recent responses (their conversations and bodies), bounded, least recently used dropped."""
 
     def __init__(self, capacity: int = DEFAULT_STORE_SIZE):
         super().__init__(capacity)
@@ -120,22 +130,28 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict]:
                 continue
             messages.append({"role": "system" if role == "developer" else role,
                              "content": _text(content, f"{param}.content")})
-        elif kind == "function_call":
+        elif kind in ("function_call", "custom_tool_call"):
             if not item.get("call_id") or not item.get("name"):
-                raise APIError(400, "a function_call item needs call_id and name", param=param)
-            call = {"id": item["call_id"], "type": "function",
-                    "function": {"name": item["name"], "arguments": item.get("arguments") or "{}"}}
+                raise APIError(400, f"a {kind} item needs call_id and name", param=param)
+            if kind == "function_call":
+                arguments = item.get("arguments") or "{}"
+            else:  # a custom tool's free text, as the one argument the model saw it take
+                arguments = json.dumps({INPUT: str(item.get("input") or "")}, ensure_ascii=False)
+            call = {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": arguments}}
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant":
                 last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             if not item.get("call_id"):
-                raise APIError(400, "a function_call_output item needs call_id", param=param)
+                raise APIError(400, f"a {kind} item needs call_id", param=param)
             output = item.get("output")
-            messages.append({"role": "tool", "tool_call_id": item["call_id"],
-                             "content": _text(output, f"{param}.output")})
+            if isinstance(output, list) and any(isinstance(p, dict) and p.get("type") == "input_image" for p in output):
+                content: Any = _parts(output, f"{param}.output")  # images: the serving layer decides
+            else:
+                content = _text(output, f"{param}.output")
+            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": content})
         elif kind == "reasoning":
             continue  # earlier reasoning is not shown to the model again (as chat templates do)
         else:
@@ -155,13 +171,15 @@ def _with_instructions(instructions: str | None, messages: list[dict]) -> list[d
 # -- tools -----------------------------------------------------------------------------------
 
 
-def chat_tools(tools: list[dict[str, Any]] | None) -> tuple[list[dict] | None, dict[str, str]]:
-    """Function tools in the chat shape, and the namespace of each function that came from one.
-    Namespaces are flattened; built-in tools (web_search, file_search, ...) are ignored."""
+def chat_tools(tools: list[dict[str, Any]] | None) -> tuple[list[dict] | None, dict[str, str], dict[str, dict]]:
+    """Function tools in the chat shape, the namespace of each function that came from one, and the
+    custom tools (name -> format; offered as functions with one string argument, see
+    serving/custom_tools.py). Namespaces are flattened; built-in tools (web_search, ...) are ignored."""
     if not tools:
-        return None, {}
+        return None, {}, {}
     out: list[dict] = []
     namespaces: dict[str, str] = {}
+    custom: dict[str, dict] = {}
 
     def add(tool: dict, namespace: str | None = None) -> None:
         if not tool.get("name"):
@@ -173,10 +191,16 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> tuple[list[dict] | None, d
         if namespace:
             namespaces[tool["name"]] = namespace
 
-    for tool in tools:
+    for k, tool in enumerate(tools):
         kind = tool.get("type")
         if kind == "function":
             add(tool)
+        elif kind == "custom":
+            name = tool.get("name")
+            if not name:
+                raise APIError(400, "a custom tool needs a name", param=f"tools.{k}")
+            custom[name] = check_format(name, tool.get("format"), f"tools[{k}].format")
+            out.append(custom_function(name, tool.get("description")))
         elif kind == "namespace":
             for inner in tool.get("tools") or []:
                 if inner.get("type") == "function":
@@ -185,13 +209,13 @@ def chat_tools(tools: list[dict[str, Any]] | None) -> tuple[list[dict] | None, d
                     logger.warning("/v1/responses: ignoring %r tool in namespace %r", inner.get("type"),
                                    tool.get("name"))
         else:
-            logger.warning("/v1/responses: ignoring tool of type %r (only function tools are served)", kind)
-    return out or None, namespaces
+            logger.warning("/v1/responses: ignoring tool of type %r (function and custom tools are served)", kind)
+    return out or None, namespaces, custom
 
 
 def _tool_choice(choice: str | dict | None) -> str | dict | None:
     if isinstance(choice, dict):
-        if choice.get("type") == "function":
+        if choice.get("type") in ("function", "custom"):
             return {"type": "function", "function": {"name": choice.get("name")}}
         if choice.get("type") == "allowed_tools":
             return choice.get("mode", "auto")
@@ -218,18 +242,21 @@ def chat_request(req: ResponsesRequest, history: list[dict]) -> tuple[ChatReques
     messages = _with_instructions(req.instructions, conversation)
     if not messages:
         raise APIError(400, "input must not be empty", param="input")
-    tools, namespaces = chat_tools(req.tools)
+    tools, namespaces, custom = chat_tools(req.tools)
     effort = (req.reasoning or {}).get("effort")
+    check_effort(effort, "reasoning.effort")
     try:
-        chat = _chat(req, messages, tools, effort)
+        chat = _chat(req, messages, tools, effort, custom)
     except ValidationError as exc:
         raise APIError(400, f"the request does not convert to a chat request: {exc.errors()[0]['msg']}",
                        param="input") from exc
     return chat, conversation, namespaces
 
 
-def _chat(req: ResponsesRequest, messages: list[dict], tools: list[dict] | None, effort: str | None):
+def _chat(req: ResponsesRequest, messages: list[dict], tools: list[dict] | None, effort: str | None,
+          custom: dict[str, dict]):
     return ChatRequest(
+        custom_tools=custom or None,
         model=req.model,
         messages=messages,
         tools=tools,

@@ -1,13 +1,20 @@
 """Responses API output: pipeline events (reasoning, content, tool calls) -> output items and the
-streaming events that build them. Streaming and non-streaming both run this one builder."""
+streaming events that build them. Streaming and non-streaming both run this one builder.
+
+Reasoning comes as ``reasoning_text`` content, or -- when the request asks for ``reasoning.summary`` --
+as a ``summary_text`` part with ``response.reasoning_summary_*`` events (a local model has no separate
+summarizer: the summary is the reasoning itself). A call of a custom tool is a ``custom_tool_call``
+item whose ``input`` is the tool's free text (the model wrote it as the call's one argument)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any
 
 from ..parsers import ContentDelta, ReasoningDelta, ToolCallArgsDelta, ToolCallEnd, ToolCallStart
 from ..serving.chat_output import OutputParsing
+from ..serving.custom_tools import INPUT
 
 
 def item_id(prefix: str) -> str:
@@ -18,9 +25,14 @@ class OutputBuilder:
     """Folds parsed output into Responses output items; ``events`` collects the stream events
     (without sequence numbers) in order, for the streaming route to send."""
 
-    def __init__(self, parsing: OutputParsing, namespaces: dict[str, str] | None = None):
+    def __init__(self, parsing: OutputParsing, namespaces: dict[str, str] | None = None,
+                 custom: frozenset[str] | set[str] = frozenset(), summary: bool = False):
         self.pipeline = parsing.pipeline()
         self.namespaces = namespaces or {}
+        self.custom = custom  # names of custom tools: their calls are custom_tool_call items
+        self.summary = summary  # reasoning as a summary part (reasoning.summary was asked for)
+        self._reasoning_text = ""
+        self._custom_args: dict[int, str] = {}
         self.items: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self._open: dict[str, Any] | None = None  # the item being written
@@ -48,7 +60,7 @@ class OutputBuilder:
     # -- results -----------------------------------------------------------------------------
     @property
     def reasoning_text(self) -> str:
-        return "".join(c["text"] for it in self.items if it["type"] == "reasoning" for c in it["content"])
+        return self._reasoning_text
 
     def history(self) -> list[dict]:
         """The output as chat messages (for previous_response_id)."""
@@ -56,10 +68,11 @@ class OutputBuilder:
         for it in self.items:
             if it["type"] == "message":
                 message["content"] += "".join(c["text"] for c in it["content"])
-            elif it["type"] == "function_call":
+            elif it["type"] in ("function_call", "custom_tool_call"):
+                arguments = it["arguments"] if it["type"] == "function_call" else \
+                    json.dumps({INPUT: it["input"]}, ensure_ascii=False)
                 message.setdefault("tool_calls", []).append(
-                    {"id": it["call_id"], "type": "function",
-                     "function": {"name": it["name"], "arguments": it["arguments"]}})
+                    {"id": it["call_id"], "type": "function", "function": {"name": it["name"], "arguments": arguments}})
         return [message]
 
     # -- internals -----------------------------------------------------------------------------
@@ -89,15 +102,28 @@ class OutputBuilder:
         return item
 
     def _reasoning(self, text: str) -> None:
+        self._reasoning_text += text
         item = self._open
+        index = len(self.items) - 1
         if item is None or item["type"] != "reasoning":
             item = self._start({"id": item_id("rs"), "type": "reasoning", "summary": [], "content": [],
                                 "status": "in_progress"})
-            item["content"].append({"type": "reasoning_text", "text": ""})
-            self._emit("response.content_part.added", item_id=item["id"], output_index=len(self.items) - 1,
-                       content_index=0, part={"type": "reasoning_text", "text": ""})
+            index = len(self.items) - 1
+            if self.summary:
+                item["summary"].append({"type": "summary_text", "text": ""})
+                self._emit("response.reasoning_summary_part.added", item_id=item["id"], output_index=index,
+                           summary_index=0, part={"type": "summary_text", "text": ""})
+            else:
+                item["content"].append({"type": "reasoning_text", "text": ""})
+                self._emit("response.content_part.added", item_id=item["id"], output_index=index,
+                           content_index=0, part={"type": "reasoning_text", "text": ""})
+        if self.summary:
+            item["summary"][0]["text"] += text
+            self._emit("response.reasoning_summary_text.delta", item_id=item["id"], output_index=index,
+                       summary_index=0, delta=text)
+            return
         item["content"][0]["text"] += text
-        self._emit("response.reasoning_text.delta", item_id=item["id"], output_index=len(self.items) - 1,
+        self._emit("response.reasoning_text.delta", item_id=item["id"], output_index=index,
                    content_index=0, delta=text)
 
     def _content(self, text: str) -> None:
@@ -117,6 +143,11 @@ class OutputBuilder:
                    content_index=0, delta=text, logprobs=[])
 
     def _call_start(self, ev: ToolCallStart) -> None:
+        if ev.name in self.custom:
+            self._custom_args[ev.index] = ""
+            self._calls[ev.index] = self._start({"id": item_id("ctc"), "type": "custom_tool_call", "call_id": ev.id,
+                                                 "name": ev.name, "input": "", "status": "in_progress"})
+            return
         item = {"id": item_id("fc"), "type": "function_call", "call_id": ev.id, "name": ev.name,
                 "arguments": "", "status": "in_progress"}
         if ev.name in self.namespaces:
@@ -126,6 +157,9 @@ class OutputBuilder:
     def _call_args(self, ev: ToolCallArgsDelta) -> None:
         item = self._calls.get(ev.index)
         if item is None:
+            return
+        if item["type"] == "custom_tool_call":  # the input is known whole once the call's JSON closes
+            self._custom_args[ev.index] += ev.text
             return
         item["arguments"] += ev.text
         self._emit("response.function_call_arguments.delta", item_id=item["id"],
@@ -143,12 +177,25 @@ class OutputBuilder:
                        text=part["text"], logprobs=[])
             self._emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
                        part=dict(part))
+        elif item["type"] == "reasoning" and self.summary:
+            part = item["summary"][0]
+            self._emit("response.reasoning_summary_text.done", item_id=item["id"], output_index=index,
+                       summary_index=0, text=part["text"])
+            self._emit("response.reasoning_summary_part.done", item_id=item["id"], output_index=index,
+                       summary_index=0, part=dict(part))
         elif item["type"] == "reasoning":
             part = item["content"][0]
             self._emit("response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0,
                        text=part["text"])
             self._emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
                        part=dict(part))
+        elif item["type"] == "custom_tool_call":
+            raw = next((self._custom_args[i] for i, it in self._calls.items() if it is item), "")
+            item["input"] = custom_input(raw)
+            self._emit("response.custom_tool_call_input.delta", item_id=item["id"], output_index=index,
+                       delta=item["input"])
+            self._emit("response.custom_tool_call_input.done", item_id=item["id"], output_index=index,
+                       input=item["input"])
         elif item["type"] == "function_call":
             item["arguments"] = item["arguments"] or "{}"
             self._emit("response.function_call_arguments.done", item_id=item["id"], output_index=index,
@@ -156,9 +203,21 @@ class OutputBuilder:
         self._emit("response.output_item.done", output_index=index, item=_snapshot(item))
 
 
+def custom_input(arguments: str) -> str:
+    """A custom tool's free text from the call's arguments (``{"input": ...}``; else them as written)."""
+    try:
+        value = json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        return arguments
+    if isinstance(value, dict) and isinstance(value.get(INPUT), str):
+        return value[INPUT]
+    return arguments
+
+
 def _snapshot(item: dict[str, Any]) -> dict[str, Any]:
     """A copy of an item as it stands (events must not change when the item grows later)."""
     out = dict(item)
-    if "content" in out:
-        out["content"] = [dict(c) for c in item["content"]] if item["status"] != "in_progress" else []
+    for key in ("content", "summary"):
+        if key in out:
+            out[key] = [dict(c) for c in item[key]] if item["status"] != "in_progress" else []
     return out

@@ -16,11 +16,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ..engine.request import FinishReason, GenerationOutput
-from .errors import APIError, generation_failure
+from .errors import APIError, bracket_path, generation_failure
 from .model_registry import serving_for
 from .lru_store import LRUStore
-from .streaming import collect, request_id_headers, sse
-from .responses_convert import ResponsesRequest, ResponseStore, chat_request
+from .streaming import KEEPALIVE_COMMENT, collect, keepalive_interval, request_id_headers, sse, with_keepalive
+from .responses_convert import ResponsesRequest, ResponseStore, StoredResponse, chat_request
 from .responses_output import OutputBuilder, item_id
 from ..serving.state import ServingState
 
@@ -38,7 +38,10 @@ def _as_responses_fields() -> Iterator[None]:
     try:
         yield
     except APIError as exc:
-        exc.param = _FIELDS.get(exc.param, exc.param)
+        param = bracket_path(_FIELDS.get(exc.param, exc.param))
+        if param and param.startswith("input[") and param not in exc.message:
+            exc.message = f"{param}: {exc.message}"  # the item at fault, by its path in the request
+        exc.param = param
         raise
 
 
@@ -56,6 +59,8 @@ class _Turn:
         self.req, self.state, self.id = req, state, response_id
         self.created_at = int(time.time())
         self.temperature, self.top_p = params.temperature, params.top_p
+        summary = (req.reasoning or {}).get("summary")
+        self.summary = summary if summary not in (None, "none") else None  # "auto", "concise", "detailed"
 
     def body(self, status: str, output: list[dict], usage: dict | None = None,
              error: dict | None = None) -> dict[str, Any]:
@@ -73,7 +78,7 @@ class _Turn:
             "output": output,
             "parallel_tool_calls": req.parallel_tool_calls is not False,
             "previous_response_id": req.previous_response_id,
-            "reasoning": {"effort": (req.reasoning or {}).get("effort"), "summary": None},
+            "reasoning": {"effort": (req.reasoning or {}).get("effort"), "summary": self.summary},
             "store": req.store is not False,
             "temperature": self.temperature,
             "text": req.text or {"format": {"type": "text"}},
@@ -111,7 +116,7 @@ async def create_response(req: ResponsesRequest, raw: Request):
         if stored is None:
             raise APIError(404, f"Previous response with id '{req.previous_response_id}' not found.",
                            param="previous_response_id", code="previous_response_not_found")
-        history = copy.deepcopy(stored)  # the new input may extend the last assistant turn
+        history = copy.deepcopy(stored.conversation)  # the new input may extend the last assistant turn
     with _as_responses_fields():  # errors name the Responses field, not its chat equivalent
         chat, conversation, namespaces = chat_request(req, history)
         state.admit(chat, "/v1/responses")
@@ -120,11 +125,11 @@ async def create_response(req: ResponsesRequest, raw: Request):
         run = await state.start_chat(chat, response_id)
     stream, parsing, params = run.stream, run.parsing, run.params
     turn = _Turn(req, state, response_id, params)
-    builder = OutputBuilder(parsing, namespaces)
+    builder = OutputBuilder(parsing, namespaces, set(chat.custom_tools or ()), summary=turn.summary is not None)
 
-    def remember() -> None:
+    def remember(body: dict) -> None:
         if req.store is not False:
-            store.put(response_id, conversation + builder.history())
+            store.put(response_id, StoredResponse(conversation + builder.history(), body))
 
     def publish(status: str, body: dict) -> None:
         if status == "cancelled":  # for POST /v1/responses/{id}/cancel, which answers with it
@@ -132,16 +137,16 @@ async def create_response(req: ResponsesRequest, raw: Request):
 
     headers = request_id_headers(response_id)
     if req.stream:
-        return StreamingResponse(_events(stream, turn, builder, remember, publish), media_type="text/event-stream",
-                                 headers=headers)
+        return StreamingResponse(_events(with_keepalive(stream, keepalive_interval(raw)), turn, builder, remember,
+                                         publish), media_type="text/event-stream", headers=headers)
     choice = (await collect(stream, raw, 1))[0]
     if choice.last.finish_reason is FinishReason.ABORT:  # ended by a shutdown: not a normal end
         raise APIError(503, "the server ended this request before it finished", code="request_aborted")
     status = _status(choice.last)
     builder.feed(choice.text)
     builder.finish(_item_status(status))
-    remember()
     body = turn.body(status, builder.items, turn.usage(choice.last, builder))
+    remember(body)
     publish(status, body)
     return JSONResponse(body, headers=headers)
 
@@ -164,6 +169,24 @@ def cancelled_responses(raw: Request) -> LRUStore[dict]:
     return store
 
 
+@router.get("/v1/responses/{response_id}")
+async def get_response(response_id: str, raw: Request):
+    """A stored response (``store`` was not false), as it was returned."""
+    stored = response_store(raw).get(response_id)
+    if stored is None:
+        raise APIError(404, f"Response with id '{response_id}' not found.", param="response_id",
+                       code="response_not_found")
+    return JSONResponse(stored.body)
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, raw: Request):
+    if response_store(raw).pop(response_id) is None:
+        raise APIError(404, f"Response with id '{response_id}' not found.", param="response_id",
+                       code="response_not_found")
+    return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+
+
 async def _events(stream: AsyncIterator[GenerationOutput], turn: _Turn, builder: OutputBuilder,
                   remember, publish) -> AsyncIterator[str]:
     sequence = 0
@@ -179,6 +202,9 @@ async def _events(stream: AsyncIterator[GenerationOutput], turn: _Turn, builder:
     last: GenerationOutput | None = None
     status = "completed"
     async for out in stream:
+        if out is None:  # no token yet: keep the connection alive
+            yield KEEPALIVE_COMMENT
+            continue
         if out.finish_reason in (FinishReason.ERROR, FinishReason.ABORT):  # failed, or ended by a shutdown
             if out.finish_reason is FinishReason.ERROR:
                 failure = generation_failure(out)
@@ -199,8 +225,8 @@ async def _events(stream: AsyncIterator[GenerationOutput], turn: _Turn, builder:
         builder.finish(_item_status(status))
         for payload in builder.take_events():
             yield event(payload)
-    remember()
     final = turn.body(status, builder.items, turn.usage(last, builder))
+    remember(final)
     publish(status, final)
     # The Responses stream has no cancelled event: a cancelled response ends with response.incomplete,
     # its status "cancelled" and incomplete_details.reason "cancelled".

@@ -15,6 +15,43 @@ from .errors import generation_failure
 from ..serving.errors import APIError
 
 DISCONNECT_POLL_S = 0.25
+KEEPALIVE_COMMENT = ": keepalive\n\n"  # an SSE comment: every SSE parser skips it
+
+
+async def with_keepalive(stream: AsyncIterator[GenerationOutput], interval: float
+                         ) -> AsyncIterator[GenerationOutput | None]:
+    """The engine stream, with ``None`` yielded every ``interval`` seconds while its first output has
+    not come (the request queues, or a long prompt prefills): the wing sends a keepalive then, so
+    clients and proxies with idle timeouts keep the connection. ``interval`` 0: no keepalives."""
+    if interval <= 0:
+        async for out in stream:
+            yield out
+        return
+    first = asyncio.ensure_future(stream.__anext__())
+    try:
+        while not first.done():
+            await asyncio.wait({first}, timeout=interval)
+            if not first.done():
+                yield None
+        try:
+            out = first.result()
+        except StopAsyncIteration:
+            return
+        yield out
+        async for out in stream:
+            yield out
+    finally:  # the client went away (or the stream ended): nothing may keep the generation running
+        if not first.done():
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def keepalive_interval(raw: Request) -> float:
+    config = getattr(raw.app.state, "config", None)
+    return float(getattr(config, "sse_keepalive", 0.0) or 0.0)
 
 
 def request_id_headers(request_id: str) -> dict[str, str]:

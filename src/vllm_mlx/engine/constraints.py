@@ -160,14 +160,26 @@ def tool_call_spec(
     name_key: str = "name",
     arguments_key: str = "arguments",
     several: bool = False,
+    separator: str = "",
 ) -> StructuredSpec:
     """A grammar forcing tool calls — the hook for ``tool_choice: "required"`` or a named function.
 
     Each call is ``open_tag`` + a JSON object ``{name_key: <tool name>, arguments_key: <its
     parameters schema>}`` + ``close_tag``. Tags that are special tokens of the vocabulary are given
     as they are (``<tool_call>``), literal text in double quotes (``"[TOOL_CALLS]"``). ``name``
-    restricts the call to one function; ``several`` allows more than one call in a row.
+    restricts the call to one function; ``several`` allows more than one call in a row, with
+    ``separator`` between two calls (Llama 3 JSON: ``;``).
     """
+    schema = tool_call_schema(tools, name=name, name_key=name_key, arguments_key=arguments_key)
+    call = f'{open_tag} "\\n" %json {json.dumps(schema)} "\\n" {close_tag}'
+    more = f" ({json.dumps(separator) + ' ' if separator else ''}call)*" if several else ""
+    return StructuredSpec(lark=f"start: call{more}\ncall: {call}")
+
+
+def tool_call_schema(tools: list[dict], *, name: str | None = None, name_key: str = "name",
+                     arguments_key: str = "arguments") -> dict:
+    """The JSON schema of one call of the request's function tools (of ``name`` only, when given):
+    ``{name_key: <tool name>, arguments_key: <its parameters>}``, compact (no free whitespace)."""
     functions = [t.get("function", t) for t in tools if t.get("type", "function") == "function"]
     if name is not None:
         functions = [f for f in functions if f.get("name") == name]
@@ -187,5 +199,4 @@ def tool_call_spec(
     ]
     schema = dict(options[0]) if len(options) == 1 else {"anyOf": options}
     schema["x-guidance"] = {"whitespace_flexible": False}  # compact JSON: no room to spin on spaces
-    call = f'{open_tag} "\\n" %json {json.dumps(schema)} "\\n" {close_tag}'
-    return StructuredSpec(lark=f"start: call{'+' if several else ''}\ncall: {call}")
+    return schema

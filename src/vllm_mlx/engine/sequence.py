@@ -30,6 +30,10 @@ class Sequence:
         self.prompt_ids: list[int] = list(request.prompt_token_ids)
         self.output_ids: list[int] = []
         self.logprobs: list[TokenLogprob] = []  # aligned with output_ids when requested
+        # Where each output token's text starts in detokenizer.text: a token's logprob is sent once
+        # all its text is, and never for a token holding (part of) a matched stop string.
+        self.token_starts: list[int] = []
+        self.emitted_logprobs = 0
         self.constraint = request.constraint  # llguidance matcher, or None
         self.constraint_after = list(request.constraint_after)
         self.constraint_started = not self.constraint_after
@@ -128,6 +132,7 @@ class Sequence:
         if self.first_token_time is None:
             self.first_token_time = time.monotonic()
         self.output_ids.append(token)
+        self.token_starts.append(len(self.detokenizer.text))
         if logprob is not None:
             self.logprobs.append(logprob)
         stops_apply = len(self.output_ids) > self.sampling.min_tokens
@@ -156,7 +161,7 @@ class Sequence:
         safe = self.stop_matcher.safe_length(text) if stops_apply else len(text)
         if safe <= self.emitted_chars:
             return None
-        delta = self._delta(text[self.emitted_chars : safe])
+        delta = self._delta(text[self.emitted_chars : safe], shown=safe)
         self.emitted_chars = safe
         return delta
 
@@ -178,16 +183,29 @@ class Sequence:
     def _final_delta(self, text: str, reason: FinishReason, stop_sequence: str | None = None,
                      hidden_tokens: int = 0) -> GenerationOutput:
         self.finish_reason = reason
-        delta = self._delta(text[self.emitted_chars :], hidden_tokens)
+        # a stop string: the text ends where it began, and so do the logprobs
+        delta = self._delta(text[self.emitted_chars :], hidden_tokens, shown=len(text) if stop_sequence else None)
         self.emitted_chars = max(self.emitted_chars, len(text))
         delta.finish_reason = reason
         delta.stop_sequence = stop_sequence
         return delta
 
-    def _delta(self, text: str, hidden_tokens: int = 0) -> GenerationOutput:
+    def _token_end(self, i: int) -> int:
+        return self.token_starts[i + 1] if i + 1 < len(self.token_starts) else len(self.detokenizer.text)
+
+    def _delta(self, text: str, hidden_tokens: int = 0, shown: int | None = None) -> GenerationOutput:
+        """The next delta; ``shown``: how much of the text has been sent once this delta is (None:
+        all of it, the end) -- logprobs go with the tokens whose text lies within it."""
         end = len(self.output_ids) - hidden_tokens
         new_tokens = self.output_ids[self.emitted_tokens : end]
-        logprobs = self.logprobs[self.emitted_tokens : end] if self.sampling.logprobs else None
+        logprobs = None
+        if self.sampling.logprobs:
+            upto = self.emitted_logprobs
+            limit = min(end, len(self.logprobs))
+            while upto < limit and (shown is None or self._token_end(upto) <= shown):
+                upto += 1
+            logprobs = self.logprobs[self.emitted_logprobs : upto]
+            self.emitted_logprobs = upto
         self.emitted_tokens = len(self.output_ids)
         return GenerationOutput(
             request_id=self.request_id,

@@ -116,6 +116,11 @@ class MCPManager:
         return [t for conn in self.connections.values() if conn.status == "ready"
                 for t in conn.tools.values() if self.policy.tool_allowed(t.server, t.name)]
 
+    def denied_tools(self) -> list[ToolInfo]:
+        """Tools of connected servers that the policy does not allow."""
+        return [t for conn in self.connections.values() if conn.status == "ready"
+                for t in conn.tools.values() if not self.policy.tool_allowed(t.server, t.name)]
+
     def resolve(self, tool: str, server: str | None = None) -> ToolInfo:
         if server is None and QUALIFIER in tool:
             maybe_server, _, bare = tool.partition(QUALIFIER)

@@ -138,6 +138,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("request_log", None, "append one JSON line per HTTP request to FILE: route, status, auth scheme, "
            "user agent, and a summary of the body (stream, roles, tool names; no prompt text)", metavar="FILE"),
     Option("log_level", "info", None, choices=("debug", "info", "warning", "error")),
+    Option("sse_keepalive", 15.0, "while a stream waits for its first token (queueing, a long prefill), send a "
+           "keepalive every SECONDS: an SSE comment on chat/completions/Responses, a ping event on /v1/messages; "
+           "0 turns it off (default: %(default)s)", float, metavar="SECONDS", check=not_negative),
     # -- prefix cache ------------------------------------------------------------------------------
     Option("prefix_cache", True, "disable reuse of keys/values across requests that share a prompt prefix",
            bool, "prefix cache", flags=("--no-prefix-cache",), switch_value=False,

@@ -122,10 +122,18 @@ class ToolParser:
             self._events.append(ToolCallEnd(index=self._open_call))
             self._open_call = None
 
+    def known(self, name: str) -> bool:
+        """Whether ``name`` is a tool of the request. A call to any other name is not a call: its
+        text stays content (a model that invents tools must not make the client run them)."""
+        return not self.schemas or name in self.schemas
+
     def _emit_call(self, name: str, arguments: dict, call_id: str | None = None) -> bool:
         """A complete call in one go (start, the canonical arguments string, end).  False when
-        the arguments cannot be serialized as strict JSON; nothing is emitted then.  Values are
-        coerced to the types the tool's schema declares (e.g. ``"3"`` for an integer)."""
+        the arguments cannot be serialized as strict JSON, or the tool is not one of the request's;
+        nothing is emitted then.  Values are coerced to the types the tool's schema declares
+        (e.g. ``"3"`` for an integer)."""
+        if not self.known(name):
+            return False
         if isinstance(arguments, dict) and self.schemas.get(name):
             arguments = coerce_arguments(arguments, self.schemas[name])
         serialized = dump_arguments(arguments)

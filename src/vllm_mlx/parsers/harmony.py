@@ -186,7 +186,8 @@ class HarmonyToolParser(ToolParser):
         arguments = json_object_or_none(body.strip())
         if not self.tool_calls_enabled:
             self._emit_content(body)
-        elif arguments is not None and self._function and dump_arguments(arguments) is not None:
+        elif (arguments is not None and self._function and dump_arguments(arguments) is not None
+              and self.known(self._function)):
             self._emit_call(self._function, arguments)
         else:
             logger.info("harmony: tool call to %r without valid JSON arguments; emitting it as text", self._function)

@@ -58,7 +58,7 @@ class JsonBlockToolParser(MarkupToolParser):
         # Bare JSON at the start of the output must look fully like calls to count as calls.
         strict = self.require_arguments or self._opener in self.start_openers
         calls = calls_from_value(loads_or_none(self._buffer[start:end]), require_arguments=strict)
-        if calls is None or any(dump_arguments(arguments) is None for _, arguments in calls):
+        if calls is None or any(dump_arguments(arguments) is None or not self.known(name) for name, arguments in calls):
             return REJECT
         consumed = self._after_closer(end, closers, final)
         if consumed is None:
@@ -153,7 +153,8 @@ class MistralToolParser(MarkupToolParser):
             if end is None or end == REJECT:
                 return end
             calls = calls_from_value(loads_or_none(buffer[i:end]))
-            if calls is None or any(dump_arguments(arguments) is None for _, arguments in calls):
+            if calls is None or any(dump_arguments(arguments) is None or not self.known(name)
+                                    for name, arguments in calls):
                 return REJECT
             for name, arguments in calls:
                 self._emit_call(name, arguments)

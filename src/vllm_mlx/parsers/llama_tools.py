@@ -36,7 +36,7 @@ class FunctionTagToolParser(JsonBlockToolParser):
             partial = buffer[start:]
             return None if not partial or _NAME.fullmatch(partial) else REJECT
         name = buffer[start:close]
-        if not _NAME.fullmatch(name):
+        if not _NAME.fullmatch(name) or not self.known(name):
             return REJECT
         i = skip_whitespace(buffer, close + 1)
         if i >= len(buffer):

@@ -135,7 +135,7 @@ class PythonicToolParser(MarkupToolParser):
         calls = calls_from_python(body) if shape == MATCH else None
         if calls is None and self.accept_json:
             calls = calls_from_value(loads_or_none(body), require_arguments=True)
-        if calls is None:
+        if calls is None or not all(self.known(name) for name, _ in calls):
             return REJECT
         consumed = self._after_closer(end, self.closers, final)
         if consumed is None:

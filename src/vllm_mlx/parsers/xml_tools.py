@@ -122,7 +122,7 @@ class Qwen3CoderToolParser(ArgumentElementsToolParser):
         if close < 0:
             return None if _partial_name_ok(buffer[start:]) else REJECT
         name = buffer[start:close].strip()
-        if not _NAME.fullmatch(name):
+        if not _NAME.fullmatch(name) or not self.known(name):
             return REJECT
         self._begin_function(name)
         self._consume(close + 1)
@@ -191,7 +191,7 @@ class Glm45ToolParser(ArgumentElementsToolParser):
         if found is None:
             return None if _partial_name_ok(buffer[i:]) else REJECT
         name = buffer[i : found[0]].strip()
-        if not _NAME.fullmatch(name):
+        if not _NAME.fullmatch(name) or not self.known(name):
             return REJECT
         self._begin_function(name)
         self._consume(found[0])

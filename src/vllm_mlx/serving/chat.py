@@ -9,29 +9,25 @@ translate their wire format into a :class:`~.requests.ChatRequest` and parser ev
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from ..engine.constraints import GrammarError, StructuredSpec, tool_call_spec
+from ..engine.constraints import StructuredSpec
 from ..engine.request import GenerationOutput, SamplingParams
 from ..parsers import prompt_opens_reasoning, required_markers
 from .chat_output import OutputParsing, history_message
 from .errors import APIError
+from .content_tokens import ContentTokens
+from .reasoning_budget import effort_switches, thinking_budget
 from .request_limits import check_chat_limits
+from .tool_choice import AUTO_CONSTRAINT, ToolChoiceSteps
+from .tool_media import tool_result_media
 from .requests import ChatMessage, ChatRequest
 from .turn_boundaries import remap_after_media, turn_boundaries
 from .vision_inputs import template_parts
 
 logger = logging.getLogger(__name__)
-
-
-# Tool-call markup that tool_choice "required"/named can be enforced in: (open tag, close tag, arguments key).
-TOOL_CALL_MARKUP = {
-    "hermes": ("<tool_call>", "</tool_call>", "arguments"),
-    "llama3_json": ("", "", "parameters"),
-}
 
 
 @dataclass
@@ -63,24 +59,27 @@ class RenderedChat:
     media: tuple = ()  # vision_inputs.MediaRef of each image/video, in message order
     multimodal: Any = None  # engine.multimodal.MultimodalPrompt, once the media are prepared
     checkpoints: tuple[int, ...] = ()  # positions where the conversation may branch (turn_boundaries)
+    marked: str | None = None  # the prompt with content placeholders, when contents held special-token text
 
 
-class ChatSteps:
+class ChatSteps(ToolChoiceSteps):
     """The chat steps of :class:`~.state.ServingState` (a model's serving state)."""
 
     def render_chat(self, req: ChatRequest, constrained: bool = False) -> RenderedChat:
-        """The prompt (ids and text), and whether the model will think (reason) before answering."""
+        """The prompt (ids and text), and whether the model will think (reason) before answering.
+
+        Message contents are rendered with their special-token text kept as text (content_tokens)."""
         check_chat_limits(self.limits, req.messages, req.tools)
         media: list | None = [] if self.vision is not None else None
+        source = tool_result_media(req.messages, self.vision is not None)
         try:
             messages = [history_message(_message_dict(m, media, f"messages.{i}.content"))
-                        for i, m in enumerate(req.messages)]
+                        for i, m in enumerate(source)]
         except (TypeError, ValueError, AttributeError) as exc:  # e.g. tool_calls that are not objects
             raise APIError(400, f"messages: a message is malformed ({exc})", param="messages") from exc
         kwargs = dict(req.chat_template_kwargs or {})
-        if req.reasoning_effort is not None:
-            kwargs.setdefault("reasoning_effort", req.reasoning_effort)
-            kwargs.setdefault("enable_thinking", req.reasoning_effort not in ("none", "minimal"))
+        for key, value in effort_switches(req.reasoning_effort).items():
+            kwargs.setdefault(key, value)
         if req.enable_thinking is not None:
             kwargs["enable_thinking"] = req.enable_thinking
         if constrained:
@@ -88,23 +87,35 @@ class ChatSteps:
             kwargs.setdefault("enable_thinking", False)
         if req.tools and (req.tool_choice != "none"):
             kwargs["tools"] = req.tools
+        protect = self.content_tokens.protect
+        messages, kwargs = protect(messages), {k: protect(v) if k == "tools" else v for k, v in kwargs.items()}
         try:
-            prompt = self.tokenizer.apply_chat_template(
+            marked = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=req.add_generation_prompt, tokenize=False, **kwargs
             )
         except Exception as exc:  # template errors are the request's fault (e.g. bad role order)
             raise APIError(400, f"the chat template could not render these messages: {exc}", param="messages")
         thinking = kwargs.get("enable_thinking", True) is not False
+        prompt = self.content_tokens.restore(marked)
         if self.prompt_guard is not None:
             self.prompt_guard.check(prompt)
-        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        encode = self.content_tokens.encode
+        ids = encode(marked)
         checkpoints = ()
         if self.wants_checkpoints:
             checkpoints = turn_boundaries(
                 lambda msgs: self.tokenizer.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False,
                                                                 **kwargs),
-                lambda text: self.tokenizer.encode(text, add_special_tokens=False), messages, prompt, ids)
-        return RenderedChat(ids, prompt, thinking, tuple(media or ()), checkpoints=checkpoints)
+                encode, messages, marked, ids)
+        return RenderedChat(ids, prompt, thinking, tuple(media or ()), checkpoints=checkpoints,
+                            marked=marked if marked != prompt else None)
+
+    @property
+    def content_tokens(self) -> ContentTokens:
+        """Special-token text in contents kept as text (built once per served model)."""
+        if self._content_tokens is None:
+            self._content_tokens = ContentTokens(self.tokenizer)
+        return self._content_tokens
 
     @property
     def wants_checkpoints(self) -> bool:
@@ -136,65 +147,24 @@ class ChatSteps:
         """Keep special tokens in the text when a parser's markers are special tokens of this model."""
         return bool(required_markers(parsing.tool_parser, parsing.reasoning_parser) & self.special_tokens)
 
-    def tool_choice_constraint(self, req: ChatRequest) -> tuple[str, StructuredSpec] | None:
-        """``tool_choice`` "required" or a named function, enforced by a grammar (never downgraded)."""
-        choice = req.tool_choice
-        if not req.tools or choice in (None, "auto", "none"):
-            if isinstance(choice, (dict, str)) and choice not in (None, "auto", "none") and not req.tools:
-                raise APIError(400, "tool_choice needs tools", param="tool_choice")
-            return None
-        if isinstance(choice, dict):
-            name = (choice.get("function") or {}).get("name") or choice.get("name")
-            if not name:
-                raise APIError(400, "tool_choice must name a function", param="tool_choice")
-        elif choice == "required":
-            name = None
-        else:
-            raise APIError(400, f"unknown tool_choice {choice!r}", param="tool_choice")
-        markup = TOOL_CALL_MARKUP.get(self.tool_parser or "")
-        if markup is None:
-            raise APIError(400, f"tool_choice {choice!r} cannot be enforced for the {self.tool_parser or 'no'} "
-                           f"tool-call format of this model", param="tool_choice")
-        prefix, suffix, args_key = markup
-        try:
-            spec = tool_call_spec(req.tools, name=name, open_tag=self._tag(prefix), close_tag=self._tag(suffix),
-                                  arguments_key=args_key, several=name is None and req.parallel_tool_calls is not False)
-        except GrammarError as exc:
-            raise APIError(400, str(exc), param="tool_choice") from exc
-        return "tool_choice", spec
-
-    def _tag(self, tag: str) -> str:
-        """A markup tag as a Lark fragment: a special-token reference when the vocabulary has it."""
-        if not tag:
-            return '""'
-        vocab = self.tokenizer.get_vocab() if hasattr(self.tokenizer, "get_vocab") else {}
-        return tag if tag in vocab else json.dumps(tag)
-
-    def output_constraint(self, req: ChatRequest) -> tuple[str, StructuredSpec] | None:
-        """The one grammar a request asks for: a structured-output format, or a forced tool call."""
-        spec = self.structured_spec(req)
-        forced_tools = self.tool_choice_constraint(req)
-        if spec and forced_tools:
-            raise APIError(400, "a forced tool_choice cannot be combined with a structured-output format",
-                           param="tool_choice")
-        return spec or forced_tools
-
     async def prepare_media(self, rendered: RenderedChat) -> RenderedChat:
         """Fetch, decode and process a rendered chat's images/video: the prompt grows by their tokens."""
         if not rendered.media or rendered.multimodal is not None:
             return rendered
-        ids, mm = await self.vision.prepare(rendered.text, list(rendered.media))
+        ids, mm = await self.vision.prepare(rendered.marked or rendered.text, list(rendered.media),
+                                           self.content_tokens.encode)
         # Checkpoint positions after a media placeholder move by its expansion.
         checkpoints = remap_after_media(rendered.checkpoints, rendered.ids, ids,
                                         set(self.vision.info.token_ids.values()))
-        return RenderedChat(ids, rendered.text, rendered.thinking, rendered.media, mm, checkpoints)
+        return RenderedChat(ids, rendered.text, rendered.thinking, rendered.media, mm, checkpoints, rendered.marked)
 
     async def prepare_prompt(self, req: ChatRequest) -> tuple[tuple[str, StructuredSpec] | None, RenderedChat]:
         """The output constraint a chat request asks for, and its prompt: rendered by the chat
         template off the event loop, media fetched and expanded (also what counts its tokens)."""
         self.check_model(req.model)
         spec = self.output_constraint(req)
-        rendered = await self.tokenize(self.render_chat, req, spec is not None)
+        # structured output and forced calls answer directly unless asked to think; custom tools' grammars do not
+        rendered = await self.tokenize(self.render_chat, req, spec is not None and spec[0] != AUTO_CONSTRAINT)
         return spec, await self.prepare_media(rendered)
 
     async def start_chat(self, req: ChatRequest, request_id: str, policy: ChatPolicy = CHAT_POLICY,
@@ -207,14 +177,18 @@ class ChatSteps:
         if max_tokens is not None and policy.clamp_max_tokens:
             max_tokens = min(max_tokens, max(self.max_model_len - len(rendered.ids), 1))
         parsing = self.output_parsing(req, rendered)
-        params = self.sampling_params(req, len(rendered.ids), max_tokens, logprobs=logprobs, top_logprobs=top_logprobs)
+        answer_room = max_tokens or min(self.default_max_tokens, max(self.max_model_len - len(rendered.ids), 1))
+        budget = thinking_budget(req.reasoning_effort, req.max_thinking_tokens, answer_room) \
+            if rendered.thinking else None
+        params = self.sampling_params(req, len(rendered.ids), max_tokens, logprobs=logprobs, top_logprobs=top_logprobs,
+                                      max_thinking_tokens=budget)
         constraint = await self.compile_constraint(*reversed(spec)) if spec else None
         await self.wait_for_memory((len(rendered.ids), params))
         stream = self.generate(
             request_id, rendered.ids, params, constraint,
             self.reasoning_end_tokens(parsing.starts_in_reasoning) if spec else (),
             keep_special_tokens=self.keep_special_tokens(parsing),
-            reasoning_markers=self.reasoning_markers(parsing) if req.max_thinking_tokens is not None else None,
+            reasoning_markers=self.reasoning_markers(parsing) if budget is not None else None,
             starts_in_reasoning=parsing.starts_in_reasoning, multimodal=rendered.multimodal,
             checkpoints=rendered.checkpoints, group=group,
         )

@@ -71,6 +71,7 @@ class ChatDeltaStream:
     parsing: OutputParsing
     pipeline: OutputPipeline | None = None
     saw_tool_call: bool = False
+    reasoning: str = ""  # all reasoning text so far (for usage)
     _started: set = field(default_factory=set)
 
     def __post_init__(self):
@@ -88,6 +89,7 @@ class ChatDeltaStream:
         out: list[dict] = []
         for ev in events:
             if isinstance(ev, ReasoningDelta):
+                self.reasoning += ev.text
                 out.append({"reasoning_content": ev.text, "reasoning": ev.text})
             elif isinstance(ev, ContentDelta):
                 out.append({"content": ev.text})

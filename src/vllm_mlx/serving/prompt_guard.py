@@ -24,7 +24,7 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 from ..models.vocab import max_chars_per_token
-from .errors import APIError
+from .errors import APIError, ContextOverflow
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +71,11 @@ class PromptGuard:
     def check(self, text: str, param: str = "messages") -> None:
         """400 when ``text`` has more characters than any prompt that fits the token budget."""
         if len(text) > self.max_chars:
-            raise APIError(
-                400, f"the prompt has {len(text)} characters, more than fit the budget of {self.token_budget} "
-                     f"tokens ({self.budget_flag}) at {self.chars_per_token} characters per token at most for "
-                     f"this tokenizer; it was refused before tokenizing", param=param, code="prompt_too_long")
+            raise ContextOverflow(
+                f"the prompt has {len(text)} characters, more than fit the budget of {self.token_budget} "
+                f"tokens ({self.budget_flag}) at {self.chars_per_token} characters per token at most for "
+                f"this tokenizer; it was refused before tokenizing", param=param, estimated=True,
+                prompt_tokens=-(-len(text) // self.chars_per_token), max_prompt_tokens=self.token_budget)
 
     async def run(self, fn: Callable, *args: Any) -> Any:
         """``fn(*args)`` on the lane its text size calls for."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..limits import Limits
-from .errors import APIError
+from .errors import APIError, ContextOverflow
 
 
 def check_chat_limits(limits: Limits, messages: list, tools: list | None) -> None:
@@ -33,8 +33,9 @@ def check_prompt_count(limits: Limits, prompt: Any) -> None:
 
 def check_generation_limits(limits: Limits, prompt_len: int, max_tokens: int | None, prompt_param: str) -> None:
     if limits.max_prompt_tokens is not None and prompt_len > limits.max_prompt_tokens:
-        raise APIError(400, f"the prompt has {prompt_len} tokens, over the limit of {limits.max_prompt_tokens} "
-                            f"(--max-prompt-tokens)", param=prompt_param, code="prompt_too_long")
+        raise ContextOverflow(f"the prompt has {prompt_len} tokens, over the limit of {limits.max_prompt_tokens} "
+                              f"(--max-prompt-tokens)", param=prompt_param, prompt_tokens=prompt_len,
+                              max_prompt_tokens=limits.max_prompt_tokens)
     if limits.max_tokens_cap is not None and max_tokens is not None and max_tokens > limits.max_tokens_cap:
         raise APIError(400, f"max_tokens {max_tokens} exceeds this server's cap of {limits.max_tokens_cap} "
                             f"(--max-tokens-cap)", param="max_tokens", code="max_tokens_exceeded")

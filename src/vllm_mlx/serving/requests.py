@@ -74,6 +74,9 @@ class ChatRequest(SamplingRequest):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    # tools whose input is free text (Responses custom tools): name -> format ({"type": "text"} or a grammar);
+    # each is also in ``tools`` as a function with one string argument, ``input`` (serving/custom_tools.py)
+    custom_tools: dict[str, dict[str, Any]] | None = None
     parallel_tool_calls: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: bool | None = None  # shorthand for chat_template_kwargs.enable_thinking

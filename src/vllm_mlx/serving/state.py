@@ -18,7 +18,7 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.constraints import GrammarCompiler, GrammarError, StructuredSpec
 from ..engine.request import FinishReason, GenerationOutput, GenerationRequest, SamplingParams
 from .chat import ChatSteps
-from .errors import APIError
+from .errors import APIError, ContextOverflow
 from .request_limits import check_generation_limits, check_prompt_count
 from .requests import ChatRequest, RequestModel, SamplingRequest
 from .running import RunningRequests
@@ -45,6 +45,7 @@ class ServingState(ChatSteps):
     admission: MemoryAdmission | None = None  # memory-aware admission (None: off)
     prompt_guard: Any = None  # prompt_guard.PromptGuard: size bound before tokenizing, tokenizer lanes
     running: RunningRequests = field(default_factory=RunningRequests)  # by public id, for listing and cancel
+    _content_tokens: Any = None  # content_tokens.ContentTokens, built on first use
 
     # -- request checks -------------------------------------------------------
     def admit(self, req: SamplingRequest, route: str) -> None:
@@ -140,26 +141,22 @@ class ServingState(ChatSteps):
 
     # -- prompts ----------------------------------------------------------------
     def sampling_params(self, req: SamplingRequest, prompt_len: int, max_tokens: int | None,
-                        logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams:
+                        logprobs: bool = False, top_logprobs: int = 0,
+                        max_thinking_tokens: int | None = None) -> SamplingParams:
         prompt_param = "messages" if isinstance(req, ChatRequest) else "prompt"
         check_generation_limits(self.limits, prompt_len, max_tokens, prompt_param)
         budget = self.max_model_len - prompt_len
         if budget < 1:
-            raise APIError(
-                400,
+            raise ContextOverflow(
                 f"the prompt has {prompt_len} tokens, which leaves no room to generate within "
                 f"the context budget of {self.max_model_len} tokens",
-                param="messages" if isinstance(req, ChatRequest) else "prompt",
-                code="context_length_exceeded",
-            )
+                prompt_tokens=prompt_len, max_prompt_tokens=self.max_model_len - 1, param=prompt_param)
         if max_tokens is not None and prompt_len + max_tokens > self.max_model_len:
-            raise APIError(
-                400,
+            raise ContextOverflow(
                 f"prompt ({prompt_len} tokens) + max_tokens ({max_tokens}) = {prompt_len + max_tokens} "
                 f"exceeds the context budget of {self.max_model_len} tokens",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
+                prompt_tokens=prompt_len, max_prompt_tokens=self.max_model_len - 1, param="max_tokens",
+                max_tokens=max_tokens)
         d = self.defaults
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
 
@@ -184,7 +181,7 @@ class ServingState(ChatSteps):
             logprobs=logprobs,
             top_logprobs=top_logprobs,
             n=req.n,
-            max_thinking_tokens=getattr(req, "max_thinking_tokens", None),
+            max_thinking_tokens=max_thinking_tokens,
         )
         try:
             params.validate()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -110,7 +110,8 @@ class VisionInputs:
         self.limits = limits
         self._lock = threading.Lock()  # processors are not guaranteed thread-safe
 
-    async def prepare(self, prompt_text: str, refs: list[MediaRef]) -> tuple[list[int], MultimodalPrompt]:
+    async def prepare(self, prompt_text: str, refs: list[MediaRef],
+                      encode: Callable[[str], list[int]] | None = None) -> tuple[list[int], MultimodalPrompt]:
         if len(refs) > self.limits.max_images:
             raise APIError(400, f"{len(refs)} images/videos in one request; at most {self.limits.max_images} "
                            f"are accepted", param="messages")
@@ -118,7 +119,7 @@ class VisionInputs:
             if ref.kind == "video" and not self.info.supports_video:
                 raise APIError(400, f"{ref.where}: this model does not accept video", param=ref.where)
         blobs = await asyncio.gather(*(self._fetch(ref) for ref in refs))
-        return await asyncio.to_thread(self._process, prompt_text, refs, blobs)
+        return await asyncio.to_thread(self._process, prompt_text, refs, blobs, encode)
 
     async def _fetch(self, ref: MediaRef) -> bytes:
         try:
@@ -127,7 +128,8 @@ class VisionInputs:
             raise APIError(exc.status, f"{ref.where}: {exc.message}", param=ref.where) from None
 
     # -- on a worker thread ------------------------------------------------------
-    def _process(self, text: str, refs: list[MediaRef], blobs: list[bytes]) -> tuple[list[int], MultimodalPrompt]:
+    def _process(self, text: str, refs: list[MediaRef], blobs: list[bytes],
+                 encode: Callable[[str], list[int]] | None = None) -> tuple[list[int], MultimodalPrompt]:
         info = self.info
         items_by_kind: dict[str, list] = {"image": [], "video": []}
         budget = PixelBudget(self.limits)  # all images and frames of this request together
@@ -142,7 +144,7 @@ class VisionInputs:
                 except MediaDecodeError as exc:
                     raise APIError(400, f"{ref.where}: {exc}", param=ref.where) from None
         expanded, ordered = self._expand(text, items_by_kind)
-        ids = self.tokenizer.encode(expanded, add_special_tokens=False)
+        ids = encode(expanded) if encode is not None else self.tokenizer.encode(expanded, add_special_tokens=False)
         try:
             mm = MultimodalPrompt.build([item for item, _ in ordered], ids, info.token_ids)
         except ValueError as exc:
