@@ -43,7 +43,7 @@ def png() -> str:
 
 @pytest.fixture(scope="module")
 def server(start_server, models_dir):
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     path = build_scripted_model(models_dir / "agent-anthropic", RULES, "Hello.", "qwen3", max_position_embeddings=8192)
     return start_server(path, "--trust-remote-code", "--served-model-name", "m")

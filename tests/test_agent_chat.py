@@ -35,7 +35,7 @@ RULES = [
 
 @pytest.fixture(scope="module")
 def server(start_server, models_dir):
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     path = build_scripted_model(models_dir / "agent-chat", RULES, "Hello.", "qwen3")
     return start_server(path, "--trust-remote-code", "--served-model-name", "m")
@@ -43,7 +43,7 @@ def server(start_server, models_dir):
 
 @pytest.fixture(scope="module")
 def llama_server(start_server, models_dir):
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     path = build_scripted_model(models_dir / "agent-chat-llama", [{"if_contains": "two calls please",
                                                                    "reply": TWO_LLAMA}], "Hello.", "llama")

@@ -23,7 +23,7 @@ COUNTER = itertools.count()
 
 @pytest.fixture(scope="module")
 def server(start_server, models_dir):
-    from vllm_mlx.testing.fault_model import build_fault_model
+    from vllm_mlx_testing.fault_model import build_fault_model
 
     path = build_fault_model(models_dir / "agent-keepalive", stall_seconds=STALL_S, default_reply=REPLY)
     return start_server(path, "--trust-remote-code", "--served-model-name", "m", "--sse-keepalive", INTERVAL_S)

@@ -40,7 +40,7 @@ RULES = [
 
 @pytest.fixture(scope="module")
 def server(start_server, models_dir):
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     path = build_scripted_model(models_dir / "agent-responses", RULES, "No.", "qwen3")
     return start_server(path, "--trust-remote-code", "--served-model-name", "m")
@@ -87,11 +87,11 @@ def test_the_grammar_is_enforced_while_the_model_writes_the_call(client):
 def test_the_grammar_rejects_what_it_does_not_describe():
     from vllm_mlx.engine.constraints import GrammarCompiler
     from vllm_mlx.serving.custom_tools import call_grammar, custom_function
-    from vllm_mlx.testing.builders import write_tokenizer_files
+    from vllm_mlx_testing.builders import model_family, write_tokenizer_files
     from transformers import AutoTokenizer
 
     folder = pathlib.Path(tempfile.mkdtemp())
-    write_tokenizer_files(folder, "qwen3", 2048)
+    write_tokenizer_files(folder, model_family("qwen3"), 2048)
     tok = AutoTokenizer.from_pretrained(folder)
     compiler = GrammarCompiler(tok, 2048, [tok.convert_tokens_to_ids("<|im_end|>")])
     tools = [custom_function("apply_patch", None), {"type": "function", "function": EXEC}]

@@ -11,7 +11,7 @@ import anthropic
 import openai
 import pytest
 
-from vllm_mlx.testing.vision_models import build_scripted_vision_model, data_url, random_image
+from vllm_mlx_testing.vision_models import build_scripted_vision_model, data_url, random_image
 
 SAW = "I see the picture from the tool."
 RULES = [{"if_contains": "<|vision_start|>", "reply": SAW}]

@@ -77,7 +77,7 @@ def test_claude_code_reads_a_png_through_its_read_tool_on_a_vision_model(start_s
     image reaches the model (a scripted Qwen2-VL with a real vision tower), which answers about it."""
     from PIL import Image
 
-    from vllm_mlx.testing.vision_models import build_scripted_vision_model
+    from vllm_mlx_testing.vision_models import build_scripted_vision_model
 
     picture = tmp_path / "work" / "pic.png"
     picture.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ def test_claude_code_compacts_after_a_context_overflow(start_server, models_dir,
     """Rounds of Bash output grow the conversation until a request no longer fits: the server answers
     ``prompt is too long: N tokens > M maximum`` (Anthropic's wording), Claude Code compacts the
     conversation (a summary request) and goes on from the summary."""
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     def bash(command: str) -> str:
         return "<tool_call>\n" + json.dumps({"name": "Bash", "arguments": {"command": command}}) + "\n</tool_call>"

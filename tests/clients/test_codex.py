@@ -79,7 +79,7 @@ PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+Hello from apply_patch\n*** 
 def test_codex_writes_a_file_through_apply_patch(start_server, models_dir, proxy, record, tmp_path):
     """The model calls the custom apply_patch tool (its Lark grammar enforced while it writes the
     call); Codex applies the patch and sends the result back as custom_tool_call_output."""
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     call = json.dumps({"name": "apply_patch", "arguments": {"input": PATCH}})
     rules = [{"if_contains": "Success. Updated the following files", "reply": "The file is written."},

@@ -71,7 +71,7 @@ def test_opencode_bash_tool_round_trip(agent_server, proxy, record, tmp_path, pr
 def test_opencode_responses_provider_shows_reasoning(start_server, models_dir, proxy, record, tmp_path):
     """@ai-sdk/openai reads reasoning from the summary parts of reasoning items: with the model's
     ``reasoningSummary`` option opencode asks for them (reasoning.summary), and `--thinking` prints them."""
-    from vllm_mlx.testing import build_scripted_model
+    from vllm_mlx_testing import build_scripted_model
 
     thought = "The user wants me to ponder the marker."
     rules = [{"if_contains": "title generator", "reply": "Pondering"},
