@@ -68,7 +68,12 @@ def guarded_protocol(header_timeout_s: float, body_timeout_s: float, write_timeo
                 "write": "it read none of the response in time"}[kind], flag)
             if kind == "headers" and self._begun and (self.cycle is None or self.cycle.response_complete):
                 self.transport.write(TIMEOUT_RESPONSE)
-            self.transport.close()
+            if kind == "write":
+                # The client reads nothing: flushing first would wait forever, and the request would not
+                # learn that its client is gone. Drop the connection now (connection_lost tells the app).
+                self.transport.abort()
+            else:
+                self.transport.close()
 
         # -- the connection and the parser's callbacks ------------------------------------
         def connection_made(self, transport) -> None:
