@@ -21,7 +21,6 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
@@ -201,7 +200,7 @@ class BlockDiskStore:
             "format": FORMAT, "fingerprint": self.fingerprint, "parent": parent.hex() if parent else "",
             "tokens": json.dumps(tokens), "layers": str(len(kv)), "quantization": json.dumps(_quantization(kv))})
 
-    def load(self, block_hash: bytes, parent: bytes | None, tokens: list[int], kv_bits: int | None, dequantize=None):
+    def load(self, block_hash: bytes, parent: bytes | None, tokens: list[int], kv_bits: int | None, dequantize):
         """The block's per-KV-leaf (keys, values) in the cache's stored form, or None."""
         path = self._path(block_hash)
         if not path.exists():
@@ -213,7 +212,7 @@ class BlockDiskStore:
             if bool(quantization) != bool(kv_bits):
                 raise ValueError("metadata mismatch: quantization")
             kv = _kv_from("", arrays, int(meta["layers"]), quantization)
-            self.shapes.check_kv(kv, len(tokens), dequantize or _plain(kv_bits))
+            self.shapes.check_kv(kv, len(tokens), dequantize)
         except Exception as exc:  # damaged, foreign, edited or outdated: never used
             self._reject(path, exc)
             return None
@@ -250,7 +249,7 @@ class BlockDiskStore:
             "states": json.dumps(layout)})
         self._checkpoints.setdefault(parent_hex, {})[key] = tuple(tail)
 
-    def load_checkpoint(self, key: bytes, parent: bytes | None, kv_bits: int | None, dequantize=None):
+    def load_checkpoint(self, key: bytes, parent: bytes | None, kv_bits: int | None, dequantize):
         """(tail tokens, per-KV-leaf tail keys/values, per-state-leaf states), or None."""
         path = self._path(key, checkpoint=True)
         parent_hex = parent.hex() if parent else ""
@@ -264,7 +263,7 @@ class BlockDiskStore:
             if quantization and bool(quantization) != bool(kv_bits):
                 raise ValueError("metadata mismatch: quantization")
             kv = _kv_from("kv.", arrays, int(meta["layers"]), quantization)
-            self.shapes.check_kv(kv, len(tail), dequantize or _plain(kv_bits))
+            self.shapes.check_kv(kv, len(tail), dequantize)
             states = []
             for j, items in enumerate(json.loads(meta["states"])):
                 flat = [(p, arrays[f"s.{j}.{p}"]) if kind == "array" else (p, rest[0]) for p, kind, *rest in items]
@@ -298,14 +297,3 @@ class BlockDiskStore:
             f.unlink(missing_ok=True)
         self._checkpoints.clear()
         self._bytes = 0
-
-
-def _plain(kv_bits: int | None):
-    """Dequantize a stored KV slice for a shape check (mirrors ``PrefixCache._load``)."""
-    def dequantize(stored):
-        if isinstance(stored, tuple):
-            w, scales, biases, group, swapped = stored
-            x = mx.dequantize(w, scales, biases, group_size=group, bits=kv_bits)
-            return x.swapaxes(-1, -2) if swapped else x
-        return stored
-    return dequantize
