@@ -155,6 +155,10 @@ class ModelRegistry:
                            f"{', '.join(repr(n) for n in self._by_name)}", param="model", code="model_not_found")
         return entry
 
+    def names(self) -> tuple[str, ...]:
+        """Every name a chat model is served under (aliases included)."""
+        return tuple(self._by_name)
+
     async def serving(self, name: str | None, request: Request | None = None) -> ServingState:
         """The serving state of the named model, loaded if needed; held by ``request`` until its
         response has been sent (see :class:`ModelLeaseMiddleware`)."""
