@@ -117,6 +117,19 @@ def test_rows_bench_engine_against_bare_loop_with_profile(tiny_qwen3, tmp_path):
     assert r.returncode == 2 and "--tokens must be at least 3" in r.stderr
 
 
+def test_served_bench_http_against_the_engine_in_process(visible_qwen3, tmp_path):
+    out = tmp_path / "served.json"
+    r = bench("served", visible_qwen3, "--concurrency", 1, 3, "--max-tokens", 12, "--repeat", 1, "--warmup", 1,
+              "--json", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "served/engine" in r.stdout
+    summary = json.loads(out.read_text())["summary"]
+    for c in ("1", "3"):
+        s = summary[c]
+        assert s["served"]["median"] > 0 and s["engine"]["median"] > 0 and s["ratio"]["n"] == 1
+        assert s["served_ttft_ms"]["median"] > 0 and s["engine_ttft_ms"]["median"] > 0
+
+
 # -- serve mode against real servers -------------------------------------------
 
 @pytest.fixture(scope="module")
