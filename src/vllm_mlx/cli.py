@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_operator_commands(sub)
     add_download_parser(sub)
     sub.add_parser("bench", add_help=False, help="benchmarks: `vllm-mlx bench MODEL`, "
-                   "`bench serve --url URL`, `bench divergence`, `bench agent` (see `vllm-mlx bench --help`)")
+                   "`bench rows MODEL`, `bench served MODEL`, `bench serve --url URL`, `bench divergence`, "
+                   "`bench agent` (see `vllm-mlx bench --help`)")
     return parser
 
 
