@@ -78,6 +78,14 @@ CLIENT_PROFILES: dict[str, ClientProfile] = {p.name: p for p in (
 )}
 
 
+# Client profile names of vllm-mlx 0.2.x (scripts/serve_client_profile.sh there) -> the profile here. Tool
+# calling needs no switch here (goose has it), and vision is detected from the model (the -mllm names).
+CLIENT_ALIASES: dict[str, str] = {
+    "goose-text": "goose", "goose-tools": "goose", "open-webui-text": "open-webui", "open-webui-mllm": "open-webui",
+    "generic-mllm": "generic-openai",
+}
+
+
 class ProfileError(ValueError):
     pass
 
@@ -91,7 +99,7 @@ def serving_profile(name: str) -> Profile:
 
 def client_profile(name: str) -> ClientProfile:
     try:
-        return CLIENT_PROFILES[name]
+        return CLIENT_PROFILES[CLIENT_ALIASES.get(name, name)]
     except KeyError:
         raise ProfileError(f"unknown client profile {name!r}; choose one of: {', '.join(CLIENT_PROFILES)}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from ..models.audio_aliases import serve_hint
 from ..models.audio_worker import missing_audio_packages
 from ..models.extra_models import (
     AUDIO_EXTRA_HINT,
@@ -49,7 +50,8 @@ def require_service(raw: Request, kind: str, requested: str | None):
                SPEECH_KIND: models.speech}[kind]
     if service is None:
         raise APIError(404, f"this server serves no {KIND_WORDS[kind]} model; start it with "
-                            f"{KIND_FLAGS[kind]} MODEL", param="model", code="model_not_found")
+                            f"{KIND_FLAGS[kind]} MODEL{serve_hint(requested)}", param="model",
+                       code="model_not_found")
     if not requested or requested == service.name:
         return service
     serving = getattr(raw.app.state, "serving", None)
