@@ -50,7 +50,7 @@ def require_service(raw: Request, kind: str, requested: str | None):
                SPEECH_KIND: models.speech}[kind]
     if service is None:
         raise APIError(404, f"this server serves no {KIND_WORDS[kind]} model; start it with "
-                            f"{KIND_FLAGS[kind]} MODEL{serve_hint(requested)}", param="model",
+                            f"{KIND_FLAGS[kind]} MODEL{serve_hint(requested, kind)}", param="model",
                        code="model_not_found")
     if not requested or requested == service.name:
         return service

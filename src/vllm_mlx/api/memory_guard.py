@@ -95,14 +95,14 @@ class MemoryGuard:
         level = "limit" if pct >= self.limit_pct else "warn" if pct >= self.warn_pct else "ok"
         if level != self.level:
             if level == "ok":
-                logger.info("memory guard: process memory back to %.1f%% of the machine (under %.1f%%)", pct,
+                logger.info("memory guard: process memory back to %.1f%% of the machine (under %g%%)", pct,
                             self.warn_pct)
             else:
                 threshold = self.limit_pct if level == "limit" else self.warn_pct
                 consequence = {"reject-new": "; new requests get 503", "reduce-context": "; the context budget "
                                "of new requests is halved"}.get(self.action, "") if level == "limit" else ""
                 logger.warning("memory guard: process memory at %.1f%% of the machine (%.0f MiB), above the "
-                               "%s threshold of %.1f%%%s", pct, self.used_bytes / 2**20, level, threshold,
+                               "%s threshold of %g%%%s", pct, self.used_bytes / 2**20, level, threshold,
                                consequence)
         self.level = level
         if self.action == "reduce-context":

@@ -46,8 +46,14 @@ def audio_model(value: str, kind: str) -> str:
     return AUDIO_ALIASES[key][1]
 
 
-def serve_hint(requested: str | None) -> str:
-    """For the 404 of a request whose kind of model is not served: the flag that would serve it."""
+EXAMPLES = {STT: "whisper-large-v3", TTS: "kokoro"}
+
+
+def serve_hint(requested: str | None, kind: str | None = None) -> str:
+    """For the 404 of a request whose kind of model is not served: the flag that would serve it (for a
+    short name of 0.2.x: with its repo id; for an audio kind: that short names are mapped)."""
+    if kind_of(requested or "") is None:
+        return f" (a folder or repo id; short names such as {EXAMPLES[kind]} are mapped)" if kind in EXAMPLES else ""
     kind = kind_of(requested or "")
     if kind is None:
         return ""
