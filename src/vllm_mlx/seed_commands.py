@@ -58,7 +58,7 @@ def bench_main(argv: list[str] | None = None) -> int:
         ours += ["--max-tokens", str(args.max_tokens)]
     if args.quick:
         ours += ["--repeat", "1", "--warmup", "0"]
-    print(f"vllm-mlx-bench: running `vllm-mlx bench {' '.join(ours)}`", file=sys.stderr, flush=True)
+    print(f"vllm-mlx-bench: running `vllm-mlx bench {' '.join(ours)}`", flush=True)
     from .bench.cli import main
 
     return main(ours)

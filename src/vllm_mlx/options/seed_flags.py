@@ -166,7 +166,9 @@ SEED_FLAGS: tuple[SeedFlag, ...] = (
 )
 
 BY_FLAG = {s.flag: s for s in SEED_FLAGS}
-_LAST = ("--kv-cache-quantization-bits",)  # applied after the rest, so it overrides the switch's default
+# applied after the rest: --localhost forces 127.0.0.1 over any --host (as before); the bits override the
+# switch's default of 8
+_LAST = ("--localhost", "--kv-cache-quantization-bits")
 
 
 def translate_seed_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -209,8 +211,8 @@ def translate_seed_args(argv: list[str]) -> tuple[list[str], list[str]]:
         if note:
             notes.append(f"{seed.flag}{'' if value is None else ' ' + value}: {note}")
         i += 1
-    if last and "--kv-cache-quantization" not in seen:  # as before: the bits alone quantize nothing
+    if "--kv-cache-quantization-bits" in seen and "--kv-cache-quantization" not in seen:
         notes.append("--kv-cache-quantization-bits: no effect without --kv-cache-quantization (as before); "
-                     "here: --kv-cache-bits N")
-        last = []
+                     "here: --kv-cache-bits N")  # as before: the bits alone quantize nothing
+        last = [a for i, a in enumerate(last) if "--kv-cache-bits" not in (a, last[i - 1] if i else None)]
     return out + last, notes
