@@ -82,6 +82,7 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
         app.state.mcp = await start_mcp(config.mcp_config)
         await monitors.start()
         watchdog.start()
+        app.state.memory_guard.start()
         try:
             yield
         finally:

@@ -34,14 +34,13 @@ ENGINE_COUNTERS = ("running", "waiting", "prefilling", "batch_rows", "steps", "r
 
 
 def install_status_routes(app: FastAPI, config) -> MemoryGuard:
-    """The routes above and the memory guardrail (its monitor thread starts now; reject-new's check sits
-    in front of the generation routes)."""
+    """The routes above and the memory guardrail (its monitor thread is started and stopped by the app's
+    lifespan; reject-new's check sits in front of the generation routes)."""
     app.state.started_at = time.time()
     guard = app.state.memory_guard = MemoryGuard(config, lambda: _servings_of(app))
     if config.memory_action == "reject-new":
         app.add_middleware(RejectNewMiddleware, guard=guard)
     app.include_router(router)
-    guard.start()
     return guard
 
 
