@@ -81,7 +81,8 @@ def test_diagnostics_checks_template_eos_dtype_memory(server):
 
 def test_memory_warn_logs_and_serves(server, oai):
     assert "memory guard: process memory at" in log(server) and "above the warn threshold" in log(server)
-    assert oai.chat.completions.create(model="scripted", messages=THINK).choices[0].message.content == "Step one: relax."
+    answer = oai.chat.completions.create(model="scripted", messages=THINK)
+    assert answer.choices[0].message.content == "Step one: relax."
 
 
 def test_cache_stats_and_delete_cache(server, oai):

@@ -14,7 +14,8 @@ from .config import ServerConfig, server_config
 from .config_file import ConfigError, fail, format_settings, resolve_serve_settings
 from .models.context import read_context_length
 from .options import DEFAULTS
-from .profiles import CLIENT_ALIASES, CLIENT_PROFILES, SERVING_PROFILES, client_profile, describe_settings, list_profiles
+from .profiles import (CLIENT_ALIASES, CLIENT_PROFILES, SERVING_PROFILES, client_profile, describe_settings,
+                       list_profiles)
 
 logger = logging.getLogger("vllm_mlx")
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from types import MappingProxyType
 
-SEED_BENCH_COMMANDS = {
+SEED_BENCH_COMMANDS = MappingProxyType({
     "bench-detok": "the streaming detokenizer is part of every benchmark: `vllm-mlx bench MODEL` (tokens/s end to "
                    "end, detokenizing included)",
     "bench-kv-cache": "prefix-cache reuse is measured against a running server: `vllm-mlx bench serve --url URL` "
                       "(and /v1/cache/stats shows hits)",
-}
+})
 
 
 def refuse(prog: str, message: str) -> int:

@@ -8,10 +8,13 @@ refused with what to pass instead; a request naming one while no model of its ki
 
 from __future__ import annotations
 
-STT, TTS = "transcription", "speech"  # the kinds of models.extra_models
-FLAGS = {STT: "--stt-model", TTS: "--tts-model"}
+from types import MappingProxyType
+from typing import Mapping
 
-AUDIO_ALIASES: dict[str, tuple[str, str]] = {  # name -> (kind, repo id)
+STT, TTS = "transcription", "speech"  # the kinds of models.extra_models
+FLAGS = MappingProxyType({STT: "--stt-model", TTS: "--tts-model"})
+
+AUDIO_ALIASES: Mapping[str, tuple[str, str]] = MappingProxyType({  # name -> (kind, repo id)
     "whisper-large-v3": (STT, "mlx-community/whisper-large-v3-mlx"),
     "whisper-large-v3-turbo": (STT, "mlx-community/whisper-large-v3-turbo"),
     "whisper-medium": (STT, "mlx-community/whisper-medium-mlx"),
@@ -20,9 +23,9 @@ AUDIO_ALIASES: dict[str, tuple[str, str]] = {  # name -> (kind, repo id)
     "parakeet-v3": (STT, "mlx-community/parakeet-tdt-0.6b-v3"),
     "kokoro": (TTS, "mlx-community/Kokoro-82M-bf16"),
     "kokoro-4bit": (TTS, "mlx-community/Kokoro-82M-4bit"),
-}
+})
 # names whose model has no checked repo id here: pass the model's own folder or repo id
-UNMAPPED: dict[str, str] = {"chatterbox": TTS, "vibevoice": TTS, "voxcpm": TTS}
+UNMAPPED: Mapping[str, str] = MappingProxyType({"chatterbox": TTS, "vibevoice": TTS, "voxcpm": TTS})
 
 
 def kind_of(name: str) -> str | None:
@@ -46,7 +49,7 @@ def audio_model(value: str, kind: str) -> str:
     return AUDIO_ALIASES[key][1]
 
 
-EXAMPLES = {STT: "whisper-large-v3", TTS: "kokoro"}
+EXAMPLES = MappingProxyType({STT: "whisper-large-v3", TTS: "kokoro"})
 
 
 def serve_hint(requested: str | None, kind: str | None = None) -> str:

@@ -17,6 +17,7 @@ are not listed: they are ours. The table is data; ``tests/test_seed_cli.py`` wal
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Callable
 
 from .spec import OptionError
@@ -165,7 +166,7 @@ SEED_FLAGS: tuple[SeedFlag, ...] = (
         "refused: set `HF_HUB_OFFLINE=1`"),
 )
 
-BY_FLAG = {s.flag: s for s in SEED_FLAGS}
+BY_FLAG = MappingProxyType({s.flag: s for s in SEED_FLAGS})
 # applied after the rest: --localhost forces 127.0.0.1 over any --host (as before); the bits override the
 # switch's default of 8
 _LAST = ("--localhost", "--kv-cache-quantization-bits")
