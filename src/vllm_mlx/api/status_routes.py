@@ -116,8 +116,8 @@ async def diagnostics(raw: Request):
     if monitors is not None and monitors.enabled:
         snapshot = monitors.snapshot()
         statuses = snapshot.values() if "probes" not in snapshot else [snapshot]
-        diverged = [s for s in statuses if isinstance(s, dict) and s.get("agreement") is not None
-                    and s["agreement"] < s.get("threshold", 1.0)]
+        diverged = [s for s in statuses if isinstance(s, dict) and (s.get("serialized") or (
+            s.get("agreement") is not None and s["agreement"] < s.get("threshold", 1.0)))]
         checks.append(("batch_invariance", "warn" if diverged else "ok",
                        "greedy output differs between serial and batched runs" if diverged
                        else "serial and batched greedy outputs agree"))
