@@ -264,3 +264,12 @@ def test_concurrent_seed_fields_do_not_interfere(server, oai):
     for t in threads:
         t.join()
     assert sorted(results) == ["none", "reasoning"]
+
+
+def test_diagnostics_report_batch_invariance_when_the_monitor_runs(start_server, tiny_qwen3):
+    server = start_server(tiny_qwen3, "--served-model-name", "tiny", "--batch-divergence-monitor",
+                          "--batch-divergence-interval", "0")
+    body = httpx.get(f"{server.base_url}/health/diagnostics", timeout=30).json()
+    check = body["checks"]["batch_invariance"]
+    assert check["status"] in ("ok", "warn") and "batched" in check["detail"]
+    assert body["status"] in ("healthy", "degraded")
