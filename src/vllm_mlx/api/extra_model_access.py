@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from ..models.audio_aliases import serve_hint
+from ..models.audio_aliases import names_source, serve_hint
 from ..models.audio_worker import missing_audio_packages
 from ..models.extra_models import (
     AUDIO_EXTRA_HINT,
@@ -52,7 +52,7 @@ def require_service(raw: Request, kind: str, requested: str | None):
         raise APIError(404, f"this server serves no {KIND_WORDS[kind]} model; start it with "
                             f"{KIND_FLAGS[kind]} MODEL{serve_hint(requested, kind)}", param="model",
                        code="model_not_found")
-    if not requested or requested == service.name:
+    if not requested or requested == service.name or names_source(requested, getattr(service, "source", None)):
         return service
     serving = getattr(raw.app.state, "serving", None)
     chat_names = (serving.model_name, *serving.aliases) if serving is not None else ()

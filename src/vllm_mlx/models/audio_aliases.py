@@ -49,6 +49,13 @@ def audio_model(value: str, kind: str) -> str:
     return AUDIO_ALIASES[key][1]
 
 
+def names_source(name: str | None, source: str) -> bool:
+    """Whether a request's model ``name`` is the short name of ``source`` (a request for whisper-large-v3
+    to a server started with --stt-model whisper-large-v3, which serves the repo id)."""
+    entry = AUDIO_ALIASES.get((name or "").strip().lower())
+    return entry is not None and entry[1] == source
+
+
 EXAMPLES = MappingProxyType({STT: "whisper-large-v3", TTS: "kokoro"})
 
 
