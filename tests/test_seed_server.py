@@ -273,3 +273,35 @@ def test_diagnostics_report_batch_invariance_when_the_monitor_runs(start_server,
     check = body["checks"]["batch_invariance"]
     assert check["status"] in ("ok", "warn") and "batched" in check["detail"]
     assert body["status"] in ("healthy", "degraded")
+
+
+def test_stt_short_name_serves_its_repo_and_answers_to_it(start_server, tiny_qwen3, models_dir, tmp_path_factory):
+    """`--stt-model whisper-large-v3` loads the repo it names (here a tiny whisper put in a private Hugging
+    Face cache under that repo id), and a request naming the short name is served, --strict-model-id too."""
+    pytest.importorskip("mlx_audio", reason="the 'audio' extra is not installed")
+    soundfile = pytest.importorskip("soundfile", reason="the 'audio' extra is not installed")
+    import io
+    import shutil
+
+    import numpy as np
+    from vllm_mlx_testing.audio_models import build_tiny_whisper
+
+    hf_home = tmp_path_factory.mktemp("hf-home")
+    repo = hf_home / "hub" / "models--mlx-community--whisper-large-v3-mlx"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(build_tiny_whisper(models_dir / "seed-whisper"), repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    server = start_server(tiny_qwen3, "--served-model-name", "tiny", "--stt-model", "whisper-large-v3",
+                          "--strict-model-id", env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+    models = {m["id"]: m["kind"] for m in httpx.get(f"{server.base_url}/v1/models").json()["data"]}
+    assert models.get("mlx-community/whisper-large-v3-mlx") == "transcription", models
+    audio = io.BytesIO()
+    soundfile.write(audio, (0.2 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 180)).astype(np.float32), 16000,
+                    format="WAV")
+    oai = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
+    result = oai.audio.transcriptions.create(model="whisper-large-v3", file=("a.wav", audio.getvalue()),
+                                             temperature=0.2)
+    assert isinstance(result.text, str)
+    with pytest.raises(openai.NotFoundError):  # strict: another name is still refused
+        oai.audio.transcriptions.create(model="whisper-small", file=("a.wav", audio.getvalue()), temperature=0.2)
