@@ -46,10 +46,7 @@ def install_status_routes(app: FastAPI, config) -> MemoryGuard:
 
 def _servings_of(app: FastAPI) -> list:
     registry = getattr(app.state, "model_registry", None)
-    if registry is not None:
-        return [e.serving for e in list(registry.entries.values()) if e.serving is not None]
-    serving = getattr(app.state, "serving", None)
-    return [serving] if serving is not None else []
+    return registry.loaded_servings() if registry is not None else []
 
 
 def _guard(raw: Request) -> MemoryGuard | None:
@@ -98,9 +95,10 @@ async def diagnostics(raw: Request):
     checks = [check for state in loaded_servings(raw) for check in _model_checks(state)]
     if not checks:
         registry = getattr(raw.app.state, "model_registry", None)
-        checks.append(("engine", "ok" if registry is not None else "fail",
-                       "no model loaded yet (models load on their first request)" if registry is not None
-                       else "the model is still loading"))
+        waiting = registry is not None and not registry.single  # --models load on their first request
+        checks.append(("engine", "ok" if waiting else "fail",
+                       "no model loaded yet (models load on their first request)" if waiting
+                       else "the model is not loaded"))
     watchdog = getattr(raw.app.state, "watchdog", None)
     if watchdog is not None:
         watchdog.check()
