@@ -305,3 +305,18 @@ def test_stt_short_name_serves_its_repo_and_answers_to_it(start_server, tiny_qwe
     assert isinstance(result.text, str)
     with pytest.raises(openai.NotFoundError):  # strict: another name is still refused
         oai.audio.transcriptions.create(model="whisper-small", file=("a.wav", audio.getvalue()), temperature=0.2)
+
+
+def test_status_and_diagnostics_with_several_models(start_server, tiny_qwen3):
+    server = start_server("--models", f"small={tiny_qwen3}")
+    before = httpx.get(f"{server.base_url}/v1/status").json()
+    assert before["models"] == [] and before["totals"]["running"] == 0  # loaded on first use
+    diagnostics = httpx.get(f"{server.base_url}/health/diagnostics")
+    assert diagnostics.status_code == 200 and diagnostics.json()["checks"]["engine"]["status"] == "ok"
+    oai = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
+    oai.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    after = httpx.get(f"{server.base_url}/v1/status").json()
+    assert [m["model"] for m in after["models"]] == ["small"] and after["totals"]["generation_tokens"] > 0
+    assert httpx.delete(f"{server.base_url}/v1/cache", params={"model": "small"}).json()["model"] == "small"
+    checks = httpx.get(f"{server.base_url}/health/diagnostics").json()["checks"]
+    assert checks["chat_template"]["status"] == "ok" and checks["chat_template"]["detail"].startswith("small:")
