@@ -190,6 +190,9 @@ def run_engine(argv: list[str]) -> int:
     if args.max_tokens:
         preset = replace(preset, max_tokens=args.max_tokens)
     opts = EngineBenchOptions(args.model, preset, args.repeat, args.warmup, args.ceiling)
+    from ..models.loader import resolve_model_path
+
+    resolve_model_path(args.model)  # a missing model fails now, in one line, before the progress bar
     with _progress(args.warmup + args.repeat, args.no_progress, "engine runs") as bar:
         result = asyncio.run(run_engine_bench(opts, bar))
     print(f"preset {preset.name}: {preset.num_prompts} prompts x {preset.max_tokens} tokens, max_num_seqs "
