@@ -45,8 +45,7 @@ def install_status_routes(app: FastAPI, config) -> MemoryGuard:
 
 
 def _servings_of(app: FastAPI) -> list:
-    registry = getattr(app.state, "model_registry", None)
-    return registry.loaded_servings() if registry is not None else []
+    return app.state.model_registry.loaded_servings()  # set before the lifespan starts any thread
 
 
 def _guard(raw: Request) -> MemoryGuard | None:
@@ -94,8 +93,7 @@ async def delete_cache(raw: Request):
 async def diagnostics(raw: Request):
     checks = [check for state in loaded_servings(raw) for check in _model_checks(state)]
     if not checks:
-        registry = getattr(raw.app.state, "model_registry", None)
-        waiting = registry is not None and not registry.single  # --models load on their first request
+        waiting = not raw.app.state.model_registry.single  # --models load on their first request
         checks.append(("engine", "ok" if waiting else "fail",
                        "no model loaded yet (models load on their first request)" if waiting
                        else "the model is not loaded"))
