@@ -141,6 +141,8 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
         serving: ServingState | None = getattr(raw.app.state, "serving", None)
         ok = registry is not None or (serving is not None and serving.engine.engine.alive)
         body = {"status": "ok" if ok else "unavailable"}
+        if not ok and serving is not None and getattr(serving.engine.engine, "problem", None):
+            body["reason"] = serving.engine.engine.problem  # --engine-process: died, restarting or failed
         watchdog.check()
         if ok and watchdog.problem():
             ok, body = False, {"status": "unhealthy", "reason": watchdog.problem()}
