@@ -163,8 +163,9 @@ class EngineProcess:
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the engine process (its requests end with ABORT deltas); kill it if it does not stop."""
         self._stop.set()
+        with self._lock:  # a restart under way either has its new child here or sees the stop
+            child = self._child
         self._send(Stop())
-        child = self._child
         if child is not None:
             child.process.join(timeout)
             if child.process.is_alive():
@@ -329,6 +330,10 @@ class EngineProcess:
                 return None
             self.restarts += 1
             self._child = self._spawn()
+            self.problem = (f"the engine process died ({reason}); restart {self.restarts}: engine process "
+                            f"{self._child.process.pid} is loading the model")
+            self.stats = dataclasses.replace(self.stats, problem=self.problem, pid=self._child.process.pid,
+                                             restarts=self.restarts)
             return self._child
 
     def _down(self, problem: str, state: str) -> None:

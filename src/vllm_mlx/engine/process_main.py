@@ -84,6 +84,7 @@ def run_engine_process(load: Callable[[], Any], config: EngineConfig, command_ad
     event_socket.setsockopt(zmq.SNDHWM, 0)
     event_socket.connect(event_addr)
     events = EventSender(event_socket)
+    orphaned = False
     engine = HostedEngine(load, config, events, step_clock)
     try:
         try:
@@ -98,11 +99,12 @@ def run_engine_process(load: Callable[[], Any], config: EngineConfig, command_ad
                           int(getattr(loaded, "weight_bytes", 0) or 0),
                           backend.describe() if backend is not None else None,
                           None if cache is None else bool(cache.block_mode)))
-        CommandLoop(engine, commands, parent_pid).run()
+        orphaned = CommandLoop(engine, commands, parent_pid).run()
     finally:
         if engine.alive:
-            engine.shutdown()
-        event_socket.close(linger=2000)  # the last deltas (aborts on stop) still reach the API process
+            engine.shutdown(timeout=2.0 if orphaned else 10.0)
+        # the last deltas (aborts on stop) still reach the API process, if there is one
+        event_socket.close(linger=0 if orphaned else 2000)
         commands.close(linger=0)
         context.term()
 
@@ -117,18 +119,19 @@ class CommandLoop:
         self.codec = Codec()
         self._compiler: GrammarCompiler | None = None
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Returns True when the API process is gone (nobody to say goodbye to)."""
         while True:
             if not self.commands.poll(int(PARENT_CHECK_S * 1000)):
                 if os.getppid() != self.parent_pid:
                     logger.error("the API process is gone; the engine process exits")
-                    return
+                    return True
                 if not self.engine.alive:
                     raise SystemExit("the engine thread stopped")
                 continue
             command = self.codec.commands.decode(self.commands.recv(copy=False).buffer)
             if isinstance(command, Stop):
-                return
+                return False
             self.apply(command)
 
     def apply(self, command) -> None:
