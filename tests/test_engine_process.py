@@ -218,3 +218,20 @@ def test_the_engine_process_exits_when_the_server_is_killed(start_server, tiny_q
     while _running(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _running(pid), "the engine process outlived a killed server"
+
+
+def test_one_engine_process_per_model_and_unloading_ends_it(start_server, tiny_qwen3, tiny_llama):
+    server = start_server("--models", f"q={tiny_qwen3}", f"l={tiny_llama}", "--model-ttl", "2", *PROCESS)
+    c = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    pids = set()
+    for name in ("q", "l"):
+        assert c.chat.completions.create(model=name, messages=[{"role": "user", "content": "Hi"}],
+                                         max_tokens=4).model == name
+        engines = {m["name"]: m["engine"] for m in server.health()["models"]["models"]}
+        pids.add(engines[name]["pid"])
+    assert len(pids) == 2 and None not in pids
+    deadline = time.monotonic() + 30  # idle for 2 s: unloaded, its engine process gone
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_running(p) for p in pids)
+    assert {m["name"]: m["state"] for m in server.health()["models"]["models"]} == {"q": "unloaded", "l": "unloaded"}
