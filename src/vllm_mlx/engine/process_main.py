@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any, Callable
@@ -75,6 +76,10 @@ class HostedEngine(LLMEngine):
 def run_engine_process(load: Callable[[], Any], config: EngineConfig, command_addr: str, event_addr: str,
                        parent_pid: int, step_clock: Any, log_level: str = "info") -> None:
     """The engine process's main function (spawned by :class:`~.process_client.EngineProcess`)."""
+    # Its lifetime is the API process's: a Ctrl-C or a SIGTERM sent to the whole process group (a
+    # terminal, systemd) must not end it while the API process drains its requests.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s[engine %(process)d]: %(message)s")
     context = zmq.Context()
