@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 
@@ -20,6 +21,8 @@ import anthropic
 import httpx
 import openai
 import pytest
+
+from conftest import VLLM_MLX
 
 # Run again here, against the engine-process servers below (the fixtures of the same names).
 from test_server_openai import (  # noqa: F401
@@ -235,3 +238,13 @@ def test_one_engine_process_per_model_and_unloading_ends_it(start_server, tiny_q
         time.sleep(0.2)
     assert not any(_running(p) for p in pids)
     assert {m["name"]: m["state"] for m in server.health()["models"]["models"]} == {"q": "unloaded", "l": "unloaded"}
+
+
+def test_a_vision_model_is_refused_with_one_line(models_dir):
+    from vllm_mlx_testing.vision_models import build_tiny_vision_model
+
+    folder = build_tiny_vision_model(models_dir / "tiny-qwen2-vl-ep", "qwen2_vl")
+    result = subprocess.run([VLLM_MLX, "serve", str(folder), "--engine-process", "--port", "1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: --engine-process does not serve vision-language models yet" in result.stderr
