@@ -7,17 +7,20 @@ Commands go out on one pyzmq socket, events come back on another (msgspec messag
 kill, a segfault, an out-of-memory kill) every request in flight gets an ERROR delta, ``alive`` is
 False and ``problem`` says why, and the child is started again after a backoff -- up to
 ``max_restarts`` times in a row (a run of ``STABLE_S`` seconds ends a row). The child exits by itself
-when the API process is gone.
+when the API process is gone; it ignores SIGINT and SIGTERM (its lifetime is the API process's).
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
-import multiprocessing
 import os
+import pickle
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,7 +32,7 @@ import zmq
 from .config import EngineConfig, EngineStats
 from .ipc_messages import (Abort, AbortAll, AddRequests, ClearPrefixCache, Codec, LoadFailed, Ready, SetMaxNumSeqs,
                            StepOutputs, Stop, generation_output, request_msg)
-from .process_main import run_engine_process
+from .process_main import ProcessArgs, StepClock
 from .request import FinishReason, GenerationOutput, GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -58,18 +61,32 @@ class PrefixCacheInfo:
 
 @dataclass
 class Child:
-    """One engine process and the two sockets to it."""
+    """One engine process, the two sockets to it, and the read end of a pipe only it holds open (end
+    of file: it has exited)."""
 
-    process: Any  # multiprocessing Process
+    process: subprocess.Popen
     commands: zmq.Socket
     events: zmq.Socket
     folder: str
+    exited: int  # fd
     ready_at: float | None = None
 
     def close(self) -> None:
         self.commands.close(linger=0)
         self.events.close(linger=0)
+        if self.exited >= 0:
+            os.close(self.exited)
+            self.exited = -1
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def kill(self, after: float) -> None:
+        """Wait ``after`` seconds for it to exit, then kill it."""
+        try:
+            self.process.wait(after)
+        except subprocess.TimeoutExpired:
+            logger.warning("the engine process did not stop in %.0f s; killing it", after)
+            self.process.kill()
+            self.process.wait()
 
 
 def describe_exit(code: int | None) -> str:
@@ -97,7 +114,6 @@ class EngineProcess:
         self._on_outputs = on_outputs
         self.max_restarts = max_restarts
         self._log_level = log_level
-        self._mp = multiprocessing.get_context("spawn")
         self._zmq = zmq.Context()
         self._codec = Codec()
         self._lock = threading.Lock()  # the command socket, the in-flight table, the state
@@ -108,9 +124,10 @@ class EngineProcess:
         self._started = threading.Event()
         self._start_error: str | None = None
         self._load_failure: str | None = None
+        self._ready: Ready | None = None  # the latest engine process's
         self._in_a_row = 0  # restarts since the engine last ran STABLE_S
         self._max_num_seqs: int | None = None  # set at run time: applied again after a restart
-        self._step_clock = self._mp.Value("d", 0.0, lock=False)
+        self._step_clock: StepClock | None = None
         self._io = threading.Thread(target=self._run, name="vllm-mlx-engine-io", daemon=True)
         self.loaded: Any = None
         self.core = None  # the core lives in the engine process
@@ -123,14 +140,25 @@ class EngineProcess:
 
     # -- the LLMEngine interface ---------------------------------------------------------
     def start(self, timeout: float | None = None) -> Any:
-        """Load the metadata here, start the engine process and wait for its model to load."""
-        self.loaded = self._load()
+        """Start the engine process, load the metadata here meanwhile, wait for its model to load.
+        A model that cannot load fails with the engine process's error (as in-process)."""
         self._child = self._spawn()
+        # an interpreter exiting without shutdown() (a failed startup) stops it too
+        atexit.register(self.shutdown, 5.0)
         self._io.start()
+        try:
+            loaded, failure = self._load(), None
+        except Exception as exc:
+            loaded, failure = None, exc
         self._started.wait(timeout)
         if self._start_error is not None:
             raise RuntimeError(self._start_error)
-        return self.loaded
+        if failure is not None:
+            raise failure
+        self.loaded = loaded
+        if self._ready is not None:
+            self._apply_ready(self._ready)
+        return loaded
 
     def add_request(self, request: GenerationRequest) -> None:
         self.add_requests([request])
@@ -162,16 +190,15 @@ class EngineProcess:
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the engine process (its requests end with ABORT deltas); kill it if it does not stop."""
+        if self._stop.is_set():
+            return
+        atexit.unregister(self.shutdown)
         self._stop.set()
         with self._lock:  # a restart under way either has its new child here or sees the stop
             child = self._child
         self._send(Stop())
         if child is not None:
-            child.process.join(timeout)
-            if child.process.is_alive():
-                logger.warning("the engine process did not stop in %.0f s; killing it", timeout)
-                child.process.kill()
-                child.process.join(5)
+            child.kill(after=timeout)
         if self._io.is_alive():
             self._io.join(10)
         if child is not None:
@@ -185,7 +212,8 @@ class EngineProcess:
     @property
     def step_started(self) -> float | None:
         """Monotonic start of the step the engine process runs now (the clock is system-wide)."""
-        return self._step_clock.value or None
+        clock = self._step_clock
+        return None if clock is None else (clock.value or None)
 
     @property
     def pid(self) -> int | None:
@@ -195,25 +223,33 @@ class EngineProcess:
     # -- the engine process ----------------------------------------------------------------
     def _send(self, message) -> None:
         with self._lock:
-            if self._child is not None and self._child.process.is_alive():
+            if self._child is not None and self._child.process.poll() is None:
                 self._child.commands.send(self._codec.encode(message))
 
     def _spawn(self) -> Child:
         folder = tempfile.mkdtemp(prefix="vllm-mlx-engine-")
-        command_addr, event_addr = f"ipc://{folder}/commands", f"ipc://{folder}/events"
+        args = ProcessArgs(self._engine_load, self.config, folder, os.getpid(), self._log_level)
+        self._step_clock = StepClock(args.clock_path, create=True)
         events = self._zmq.socket(zmq.PULL)
-        events.bind(event_addr)
+        events.bind(args.event_addr)
         commands = self._zmq.socket(zmq.PUSH)
         commands.setsockopt(zmq.SNDHWM, 0)  # commands queue here until the engine process binds
         commands.setsockopt(zmq.LINGER, 0)
-        commands.connect(command_addr)
-        self._step_clock.value = 0.0
-        process = self._mp.Process(target=run_engine_process, name="vllm-mlx-engine", daemon=True,
-                                   args=(self._engine_load, self.config, command_addr, event_addr, os.getpid(),
-                                         self._step_clock, self._log_level))
-        process.start()
+        commands.connect(args.command_addr)
+        exited, held = os.pipe()
+        try:
+            process = subprocess.Popen([sys.executable, "-m", "vllm_mlx.engine.process_main"],
+                                       stdin=subprocess.PIPE, pass_fds=(held,))
+        finally:
+            os.close(held)  # only the child holds the write end now
+        try:
+            pickle.dump(list(sys.path), process.stdin)
+            pickle.dump(args, process.stdin)
+            process.stdin.close()
+        except OSError:  # it died at once: the pipe's end of file reports it
+            pass
         logger.info("engine process %d started", process.pid)
-        return Child(process, commands, events, folder)
+        return Child(process, commands, events, folder, exited)
 
     def _run(self) -> None:
         """The I/O thread: events in; a dead engine process is reported and started again."""
@@ -223,7 +259,7 @@ class EngineProcess:
             reason = describe_exit(code)
             with self._lock:
                 self._alive = False
-                self._step_clock.value = 0.0
+                self._step_clock.value = 0.0  # (the map outlives its file)
                 lost, self._inflight = self._inflight, {}
             child.close()
             if not self._started.is_set():  # the first load failed: start() reports it
@@ -240,16 +276,15 @@ class EngineProcess:
         """Read events until the engine process ends; returns its exit code."""
         poller = zmq.Poller()
         poller.register(child.events, zmq.POLLIN)
-        sentinel = child.process.sentinel
-        poller.register(sentinel, zmq.POLLIN)
+        poller.register(child.exited, zmq.POLLIN)
         while True:
             ready = dict(poller.poll(1000))
             if child.events in ready:
                 self._drain(child)
-            if sentinel in ready:
-                child.process.join()
+            if child.exited in ready:
+                code = child.process.wait()
                 self._drain(child)  # what it sent before it ended
-                return child.process.exitcode
+                return code
 
     def _drain(self, child: Child) -> None:
         while True:
@@ -285,12 +320,16 @@ class EngineProcess:
             except Exception:
                 logger.exception("output callback failed")
 
-    def _on_ready(self, child: Child, event: Ready) -> None:
+    def _apply_ready(self, event: Ready) -> None:
         self.vocab_size, self.kv_bytes_per_token = event.vocab_size, event.kv_bytes_per_token
         self.prefix_cache = None if event.prefix_block_mode is None else PrefixCacheInfo(event.prefix_block_mode)
         if self.loaded is not None:
             self.loaded.weight_bytes = event.weight_bytes
             self.loaded.backend = BackendText(event.backend) if event.backend else None
+
+    def _on_ready(self, child: Child, event: Ready) -> None:
+        self._ready = event
+        self._apply_ready(event)  # (before the first start() returns, start() applies it to what it loaded)
         with self._lock:
             child.ready_at = time.monotonic()
             self.problem = None

@@ -1,5 +1,6 @@
 """The engine process (``--engine-process``): loads the model and runs the engine's step loop, away
-from the API process's GIL.
+from the API process's GIL. Started as ``python -m vllm_mlx.engine.process_main`` (nothing of the
+API process's ``__main__`` runs again in it), its arguments pickled to its stdin.
 
 The process hosts an :class:`~.engine.LLMEngine` (its engine thread loads the model and runs the
 steps, as in the API process); the main thread takes commands from the API process's socket,
@@ -11,10 +12,15 @@ sends what each step produced, for all rows, as one ``StepOutputs`` message, wit
 from __future__ import annotations
 
 import logging
+import mmap
 import os
+import pickle
 import signal
+import struct
+import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import zmq
@@ -73,24 +79,76 @@ class HostedEngine(LLMEngine):
         self._events.send(StepOutputs([output_msg(o) for o in outputs], self.stats))
 
 
-def run_engine_process(load: Callable[[], Any], config: EngineConfig, command_addr: str, event_addr: str,
-                       parent_pid: int, step_clock: Any, log_level: str = "info") -> None:
-    """The engine process's main function (spawned by :class:`~.process_client.EngineProcess`)."""
+@dataclass(frozen=True)
+class ProcessArgs:
+    """What the engine process is started with (pickled to its stdin)."""
+
+    load: Callable[[], Any]  # picklable: loads the model (runs on the engine thread)
+    config: EngineConfig
+    folder: str  # holds the two sockets and the step clock
+    parent_pid: int
+    log_level: str = "info"
+
+    @property
+    def command_addr(self) -> str:
+        return f"ipc://{self.folder}/commands"
+
+    @property
+    def event_addr(self) -> str:
+        return f"ipc://{self.folder}/events"
+
+    @property
+    def clock_path(self) -> str:
+        return os.path.join(self.folder, "step-clock")
+
+
+class StepClock:
+    """The monotonic start of the step running now (0.0: none), in an 8-byte file both processes map:
+    the watchdog reads it without a message per step (the monotonic clock is system-wide)."""
+
+    def __init__(self, path: str, create: bool = False):
+        if create:
+            with open(path, "wb") as f:
+                f.write(bytes(8))
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self._map = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+
+    @property
+    def value(self) -> float:
+        return struct.unpack_from("d", self._map)[0]
+
+    @value.setter
+    def value(self, v: float) -> None:
+        struct.pack_into("d", self._map, 0, v)
+
+
+def main() -> None:
+    """``python -m vllm_mlx.engine.process_main``: the parent's sys.path, then ProcessArgs, on stdin."""
+    sys.path[:] = pickle.load(sys.stdin.buffer)
+    args: ProcessArgs = pickle.load(sys.stdin.buffer)
+    run_engine_process(args)
+
+
+def run_engine_process(args: ProcessArgs) -> None:
+    """The engine process's main function (started by :class:`~.process_client.EngineProcess`)."""
     # Its lifetime is the API process's: a Ctrl-C or a SIGTERM sent to the whole process group (a
     # terminal, systemd) must not end it while the API process drains its requests.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=log_level.upper(),
+    logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s[engine %(process)d]: %(message)s")
     context = zmq.Context()
     commands = context.socket(zmq.PULL)
-    commands.bind(command_addr)
+    commands.bind(args.command_addr)
     event_socket = context.socket(zmq.PUSH)
     event_socket.setsockopt(zmq.SNDHWM, 0)
-    event_socket.connect(event_addr)
+    event_socket.connect(args.event_addr)
     events = EventSender(event_socket)
     orphaned = False
-    engine = HostedEngine(load, config, events, step_clock)
+    engine = HostedEngine(args.load, args.config, events, StepClock(args.clock_path))
     try:
         try:
             loaded = engine.start()
@@ -104,7 +162,7 @@ def run_engine_process(load: Callable[[], Any], config: EngineConfig, command_ad
                           int(getattr(loaded, "weight_bytes", 0) or 0),
                           backend.describe() if backend is not None else None,
                           None if cache is None else bool(cache.block_mode)))
-        orphaned = CommandLoop(engine, commands, parent_pid).run()
+        orphaned = CommandLoop(engine, commands, args.parent_pid).run()
     finally:
         if engine.alive:
             engine.shutdown(timeout=2.0 if orphaned else 10.0)
@@ -169,3 +227,7 @@ class CommandLoop:
                                                    error=f"the output constraint cannot be compiled: {exc}",
                                                    error_status=status) for i in range(msg.sampling.n)])
             return None
+
+
+if __name__ == "__main__":
+    main()
