@@ -35,6 +35,7 @@ from .request import FinishReason, GenerationOutput
 logger = logging.getLogger("vllm_mlx.engine_process")
 
 PARENT_CHECK_S = 0.5  # how often the main thread checks that the API process is still there
+ORPHAN_GRACE_S = 5.0  # then the watcher ends the process, if the command loop has not (a load, a wedged step)
 
 
 class EventSender:
@@ -148,6 +149,7 @@ def run_engine_process(args: ProcessArgs) -> None:
     event_socket.connect(args.event_addr)
     events = EventSender(event_socket)
     orphaned = False
+    watch_parent(args.parent_pid)
     engine = HostedEngine(args.load, args.config, events, StepClock(args.clock_path))
     try:
         try:
@@ -170,6 +172,20 @@ def run_engine_process(args: ProcessArgs) -> None:
         event_socket.close(linger=0 if orphaned else 2000)
         commands.close(linger=0)
         context.term()
+
+
+def watch_parent(parent_pid: int) -> None:
+    """End the process when the API process is gone, even while the model loads or a step hangs
+    (the command loop, when it runs, exits cleanly first)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_S)
+        time.sleep(ORPHAN_GRACE_S)
+        logger.error("the API process is gone; the engine process ends now")
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vllm-mlx-parent-watch", daemon=True).start()
 
 
 class CommandLoop:
