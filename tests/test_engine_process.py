@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 
@@ -21,8 +20,6 @@ import anthropic
 import httpx
 import openai
 import pytest
-
-from conftest import VLLM_MLX
 
 # Run again here, against the engine-process servers below (the fixtures of the same names).
 from test_server_openai import (  # noqa: F401
@@ -240,11 +237,26 @@ def test_one_engine_process_per_model_and_unloading_ends_it(start_server, tiny_q
     assert {m["name"]: m["state"] for m in server.health()["models"]["models"]} == {"q": "unloaded", "l": "unloaded"}
 
 
-def test_a_vision_model_is_refused_with_one_line(models_dir):
-    from vllm_mlx_testing.vision_models import build_tiny_vision_model
+def test_vision_requests_cross_as_pixels(start_server, models_dir):
+    """Images are prepared here and cross as processed pixels; the engine process encodes them: the
+    answer is the in-process engine's, and the same request again reuses the engine's prefix cache."""
+    from vllm_mlx_testing.vision_models import build_tiny_vision_model, data_url, random_image
 
     folder = build_tiny_vision_model(models_dir / "tiny-qwen2-vl-ep", "qwen2_vl")
-    result = subprocess.run([VLLM_MLX, "serve", str(folder), "--engine-process", "--port", "1"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "error: --engine-process does not serve vision-language models yet" in result.stderr
+    here = start_server(folder, "--served-model-name", "vl", *PROCESS)
+    there = start_server(folder, "--served-model-name", "vl")
+    url = data_url(random_image(7))
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is in this picture?"},
+                                             {"type": "image_url", "image_url": {"url": url}}]}]
+
+    def ask(server, **kw):
+        return client(server).chat.completions.create(model="vl", messages=messages, max_tokens=12, temperature=0,
+                                                      **kw)
+
+    ours, theirs = ask(here), ask(there)
+    assert ours.choices[0].message.content == theirs.choices[0].message.content
+    assert ours.usage.prompt_tokens == theirs.usage.prompt_tokens > 20  # the image's placeholder tokens
+    streamed = "".join(c.choices[0].delta.content or "" for c in ask(here, stream=True) if c.choices)
+    assert streamed == ours.choices[0].message.content
+    engine = here.health()["engine"]  # the second time: the prompt's keys/values (image hash in the key) reused
+    assert engine["vision_cache"]["misses"] == 1 and engine["prefix_cache"]["hit_tokens"] > 0

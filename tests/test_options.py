@@ -116,7 +116,6 @@ def test_parser_names_from_config_files_and_profiles(tmp_path):
     (dict(mllm=True, text_only=True), "--mllm and --text-only contradict each other"),
     (dict(mcp_auto=True), "--mcp-auto needs --mcp-config"),
     (dict(engine_process=True, distributed=True), "--engine-process cannot be combined with --distributed"),
-    (dict(engine_process=True, mllm=True), "--engine-process does not serve vision-language models yet"),
     (dict(engine_restarts=-1), "--engine-restarts must not be negative (got -1)"),
     (dict(cors_origins=["*"], cors_allow_credentials=True), "cannot be combined with --cors-origins '*'"),
     (dict(model_ttl=60.0), "--model-ttl applies to multi-model serving"),

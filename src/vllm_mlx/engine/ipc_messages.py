@@ -17,13 +17,31 @@ from __future__ import annotations
 from typing import Union
 
 import msgspec
+import numpy as np
 
 from .config import EngineStats
 from .constraints import StructuredSpec
+from .multimodal import MediaItem, MultimodalPrompt
 from .request import FinishReason, GenerationOutput, GenerationRequest, SamplingParams, TokenLogprob
 
 
 # -- requests and outputs -------------------------------------------------------------------------
+class MediaMsg(msgspec.Struct, array_like=True):
+    """One processed image or video: its pixels as raw float32 bytes and their shape."""
+
+    kind: str
+    pixels: bytes
+    shape: tuple[int, ...]
+    grid_thw: tuple[int, int, int]
+    num_tokens: int
+    digest: bytes
+
+
+class MultimodalMsg(msgspec.Struct, array_like=True):
+    items: list[MediaMsg]
+    key_ids: list[int]
+
+
 class RequestMsg(msgspec.Struct, array_like=True, omit_defaults=True):
     request_id: str
     prompt_token_ids: list[int]
@@ -34,6 +52,7 @@ class RequestMsg(msgspec.Struct, array_like=True, omit_defaults=True):
     reasoning_markers: tuple[tuple[int, ...], tuple[int, ...]] | None = None
     starts_in_reasoning: bool = False
     checkpoints: tuple[int, ...] = ()
+    multimodal: MultimodalMsg | None = None
 
 
 class OutputMsg(msgspec.Struct, array_like=True, omit_defaults=True):
@@ -108,11 +127,25 @@ def request_msg(request: GenerationRequest) -> RequestMsg:
     constraint = request.constraint
     if constraint is not None and not isinstance(constraint, StructuredSpec):
         raise TypeError("a request for the engine process carries its constraint as a StructuredSpec")
-    if request.multimodal is not None:
-        raise ValueError("the engine process does not take images or video yet")
     return RequestMsg(request.request_id, list(request.prompt_token_ids), request.sampling, constraint,
                       tuple(request.constraint_after), request.keep_special_tokens, request.reasoning_markers,
-                      request.starts_in_reasoning, tuple(request.checkpoints))
+                      request.starts_in_reasoning, tuple(request.checkpoints), multimodal_msg(request.multimodal))
+
+
+def multimodal_msg(mm: MultimodalPrompt | None) -> MultimodalMsg | None:
+    if mm is None:
+        return None
+    items = [MediaMsg(it.kind, np.ascontiguousarray(it.pixel_values, dtype=np.float32).tobytes(),
+                      tuple(it.pixel_values.shape), it.grid_thw, it.num_tokens, it.digest) for it in mm.items]
+    return MultimodalMsg(items, list(mm.key_ids))
+
+
+def multimodal_prompt(msg: MultimodalMsg | None) -> MultimodalPrompt | None:
+    if msg is None:
+        return None
+    items = [MediaItem(m.kind, np.frombuffer(m.pixels, dtype=np.float32).reshape(m.shape), m.grid_thw, m.num_tokens,
+                       m.digest) for m in msg.items]
+    return MultimodalPrompt(items, msg.key_ids)
 
 
 def generation_request(msg: RequestMsg, constraint=None) -> GenerationRequest:
@@ -120,7 +153,7 @@ def generation_request(msg: RequestMsg, constraint=None) -> GenerationRequest:
     return GenerationRequest(msg.request_id, msg.prompt_token_ids, msg.sampling, constraint=constraint,
                              constraint_after=msg.constraint_after, keep_special_tokens=msg.keep_special_tokens,
                              reasoning_markers=msg.reasoning_markers, starts_in_reasoning=msg.starts_in_reasoning,
-                             checkpoints=msg.checkpoints)
+                             multimodal=multimodal_prompt(msg.multimodal), checkpoints=msg.checkpoints)
 
 
 def output_msg(out: GenerationOutput) -> OutputMsg:

@@ -310,7 +310,7 @@ OPTIONS: tuple[Option, ...] = (
            float, "limits", check=not_negative),
     Option("engine_process", False, "run the engine (model, scheduler, prefix cache, sampler) in a child process "
            "of its own: it does not share the GIL with HTTP, and a crash of it fails only the requests in flight; "
-           "it is restarted (text models only for now; see docs/architecture.md)", bool, "limits"),
+           "it is restarted (see docs/architecture.md)", bool, "limits"),
     Option("engine_restarts", 3, "with --engine-process: restarts of a crashed engine process in a row, with "
            "backoff, before the server reports it failed (default: %(default)s)", int, "limits",
            check=not_negative),
@@ -341,8 +341,6 @@ RULES: tuple[Rule, ...] = (
          if v["model"] and v["models"] else None),
     Rule(("engine_process", "distributed"), lambda v: "--engine-process cannot be combined with --distributed "
          "yet" if v["engine_process"] and v["distributed"] else None),
-    Rule(("engine_process", "mllm"), lambda v: "--engine-process does not serve vision-language models yet "
-         "(--mllm)" if v["engine_process"] and v["mllm"] else None),
     _multi_model_only("model_ttl", "--model-ttl"),
     _multi_model_only("models_memory_gb", "--models-memory-gb"),
     _multi_model_only("preload_models", "--preload-models"),

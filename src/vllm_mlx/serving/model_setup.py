@@ -17,8 +17,7 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineConfig
 from ..engine.process_client import EngineProcess
 from ..models.loader import LoadedModel, human_bytes, load_metadata, load_model, weight_files
-from ..models.model_specs import ModelSpecError
-from ..models.vision_loader import NO_VISION_METADATA, load_vision_model, serving_mode
+from ..models.vision_loader import NO_VISION_METADATA, load_vision_metadata, load_vision_model, serving_mode
 from ..platform import detect_backend
 from ..parsers import detect_reasoning_parser, detect_tool_parser, get_reasoning_parser, get_tool_parser
 from .admission import build_admission
@@ -92,16 +91,25 @@ def build_engine(config: ServerConfig, source: str | Path, group=None) -> AsyncE
         load, engine_factory = distributed_engine(config, Path(source), group)
         return AsyncEngine(load, engine_config(config), engine_factory)
     if config.engine_process:
-        return AsyncEngine(lambda: load_metadata(str(source)), engine_config(config),
+        return AsyncEngine(metadata_loader(config, source), engine_config(config),
                            engine_process_factory(config, source))
     return AsyncEngine(model_loader(config, source), engine_config(config))
 
 
+def metadata_loader(config: ServerConfig, source: str | Path):
+    """--engine-process: what this process loads of the model -- tokenizer, config, and for a
+    vision-language model its processor -- without the weights (the engine process loads those)."""
+
+    def load() -> LoadedModel:
+        if serving_mode(Path(source), mllm=config.mllm, text_only=config.text_only).vision:
+            return load_vision_metadata(Path(source), trust_remote_code=config.trust_remote_code)
+        return load_metadata(str(source))
+
+    return load
+
+
 def engine_process_factory(config: ServerConfig, source: str | Path):
-    """--engine-process: the engine in a child process; this process loads only the tokenizer and config."""
-    if serving_mode(Path(source), mllm=config.mllm, text_only=config.text_only).vision:
-        raise ModelSpecError("--engine-process does not serve vision-language models yet: drop "
-                             "--engine-process, or pass --text-only to serve the model as text")
+    """--engine-process: the engine in a child process."""
 
     def factory(load, engine_cfg: EngineConfig, on_outputs) -> EngineProcess:
         return EngineProcess(load, model_loader(config, source), engine_cfg, on_outputs,
