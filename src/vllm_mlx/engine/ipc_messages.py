@@ -4,7 +4,8 @@ Structs on pyzmq sockets (msgpack).
 API -> engine: commands (:data:`Command`): add requests, abort one, abort all, clear the prefix cache,
 set the admission bound, stop. A request crosses as its token ids, its sampling parameters and its
 output constraint as a *spec* (:class:`~.constraints.StructuredSpec`): llguidance matchers are native
-objects, so the engine process compiles its own.
+objects, so the engine process compiles its own. A vision request's media cross as processed pixels
+(float32 bytes and their shape, with the grid, placeholder count and content hash).
 
 Engine -> API: events (:data:`Event`): ``Ready`` once the model is loaded (what the API process
 cannot know without the weights: vocabulary width, KV bytes per token, weight bytes, the backend),
