@@ -260,3 +260,18 @@ def test_vision_requests_cross_as_pixels(start_server, models_dir):
     assert streamed == ours.choices[0].message.content
     engine = here.health()["engine"]  # the second time: the prompt's keys/values (image hash in the key) reused
     assert engine["vision_cache"]["misses"] == 1 and engine["prefix_cache"]["hit_tokens"] > 0
+
+
+def test_past_its_restarts_the_engine_stays_down_and_says_so(start_server, tiny_qwen3):
+    server = start_server(tiny_qwen3, "--served-model-name", "tiny-qwen3", "--engine-restarts", "0", *PROCESS)
+    os.kill(server.health()["engine"]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        resp = httpx.get(f"{server.base_url}/health", timeout=5)
+        if resp.status_code == 503 and "not restarted" in resp.json().get("reason", ""):
+            break
+        time.sleep(0.1)
+    assert resp.status_code == 503 and resp.json()["engine"]["state"] == "failed", resp.text
+    with pytest.raises(openai.APIStatusError) as err:
+        chat(server, "Hello?", max_tokens=4)
+    assert err.value.status_code == 503
