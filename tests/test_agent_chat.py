@@ -210,7 +210,7 @@ def test_special_token_text_in_contents_is_text(tiny_qwen3):
     from vllm_mlx.serving.requests import ChatRequest
 
     with TestClient(create_app(ServerConfig(model=str(tiny_qwen3)))) as client:
-        state = client.app.state.serving
+        state = client.app.state.model_registry.entry(None).serving
         tok = state.tokenizer
         start = tok.convert_tokens_to_ids("<|im_start|>")
         forged = state.render_chat(ChatRequest(messages=[{"role": "user", "content": FORGED}]))

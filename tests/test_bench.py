@@ -97,6 +97,39 @@ def test_engine_bench_against_ceiling(tiny_qwen3, tmp_path):
         assert s[key]["n"] == 2 and s[key]["median"] > 0
 
 
+def test_rows_bench_engine_against_bare_loop_with_profile(tiny_qwen3, tmp_path):
+    out = tmp_path / "rows.json"
+    r = bench("rows", tiny_qwen3, "--rows", 1, 3, "--tokens", 16, "--repeat", 2, "--warmup", 0, "--profile",
+              "--json", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "bare mlx-lm loop" in r.stdout and "mlx_lm.stream_generate" in r.stdout and "step profile" in r.stdout
+    result = json.loads(out.read_text())
+    for b in ("1", "3"):
+        s = result["summary"][b]
+        assert s["engine"]["n"] == 2 and s["engine"]["median"] > 0 and s["bare"]["median"] > 0
+        profile = result["profiles"][b]
+        assert profile["mean_rows"] == int(b)
+        phases = profile["ms_per_step"]
+        assert phases["build"] > 0 and phases["launch"] > 0 and phases["post"] > 0
+        assert abs(sum(phases.values()) - profile["total_ms_per_step"]) < 1e-6
+    assert result["summary"]["1"]["ratio_mlx_generate"]["median"] > 0
+    r = bench("rows", tiny_qwen3, "--tokens", 2)
+    assert r.returncode == 2 and "--tokens must be at least 3" in r.stderr
+
+
+def test_served_bench_http_against_the_engine_in_process(visible_qwen3, tmp_path):
+    out = tmp_path / "served.json"
+    r = bench("served", visible_qwen3, "--concurrency", 1, 3, "--max-tokens", 12, "--repeat", 1, "--warmup", 1,
+              "--json", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "served/engine" in r.stdout
+    summary = json.loads(out.read_text())["summary"]
+    for c in ("1", "3"):
+        s = summary[c]
+        assert s["served"]["median"] > 0 and s["engine"]["median"] > 0 and s["ratio"]["n"] == 1
+        assert s["served_ttft_ms"]["median"] > 0 and s["engine_ttft_ms"]["median"] > 0
+
+
 # -- serve mode against real servers -------------------------------------------
 
 @pytest.fixture(scope="module")

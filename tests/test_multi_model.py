@@ -82,7 +82,7 @@ def _wait(predicate, timeout: float = 30.0) -> bool:
     return False
 
 
-def test_models_listed_unloaded_then_loaded_lazily_and_routed_in_every_api(multi_server):
+def test_models_listed_unloaded_then_loaded_lazily_and_routed_in_every_api(multi_server, two_scripted):
     server = multi_server
     listed = httpx.get(f"{server.base_url}/v1/models").json()["data"]
     assert {m["id"]: (m["root"], m["loaded"]) for m in listed} == {
@@ -121,6 +121,11 @@ def test_models_listed_unloaded_then_loaded_lazily_and_routed_in_every_api(multi
     assert [(e["id"], e["model"]) for e in listed] == [(request_id, "model-b")]
     assert httpx.post(f"{server.base_url}/v1/requests/{request_id}/cancel").status_code == 200
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["cancelled"]
+    # /v1/capabilities describes the model it is asked about (every model goes through the registry)
+    caps = httpx.get(f"{server.base_url}/v1/capabilities", params={"model": "alias-a"}).json()
+    assert caps["model"]["id"] == "model-a" and caps["model"]["aliases"] == ["alias-a"]
+    assert caps["model"]["source"] == str(two_scripted[0])
+    assert httpx.get(f"{server.base_url}/v1/capabilities").status_code == 400  # which one?
 
 
 def test_unknown_model_is_404_and_never_loaded(multi_server, tiny_qwen3):

@@ -61,3 +61,30 @@ def test_the_serving_layer_imports_no_api_wing():
             if isinstance(node, ast.ImportFrom):
                 module = ("." * node.level) + (node.module or "")
                 assert not module.startswith("..api") and "fastapi" not in module, f"{path.name}: {module}"
+
+
+def test_a_single_model_is_a_registry_of_one(client_and_calls):
+    """One code path for one model and for --models: the app always has a registry; the single model
+    is its one pinned entry (loaded at startup, never idle-unloaded), reached by any model name."""
+    client, _ = client_and_calls
+    registry = client.app.state.model_registry
+    assert registry.single and not hasattr(client.app.state, "serving")
+    (entry,) = registry.entries.values()
+    assert entry.pinned and entry.loaded and registry.entry("any-name") is entry
+    registry.ttl = 1e-9  # an idle check cannot unload the single model
+    client.portal.call(registry.unload_idle)
+    assert entry.loaded and entry.unloads == 0
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["model"] == entry.name and "engine" in health
+    assert [m["name"] for m in health["models"]["models"]] == [entry.name]
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == list(entry.spec.names)
+
+
+def test_no_single_model_branch_outside_the_registry():
+    """Routes, /health, metrics, shutdown and the monitors read the registry; none asks whether there is one."""
+    api = SERVING.parent / "api"
+    for path in [*api.glob("*.py"), *SERVING.glob("*.py")]:
+        text = path.read_text()
+        for needle in ("registry is None", "registry is not None", "state.serving", '"model_registry", None',
+                       'state, "serving"'):
+            assert needle not in text, f"{path.name}: {needle}"

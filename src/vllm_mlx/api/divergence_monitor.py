@@ -140,34 +140,25 @@ class DivergenceMonitor:
 
 
 class DivergenceMonitors:
-    """The server's monitors: one for the single model, or one per loaded model in multi-model serving
-    (started when the model has loaded, before its first request runs; stopped when it unloads)."""
+    """The server's monitors: one per loaded model (the single model's included), started when the model
+    has loaded, before its first request runs; stopped when it unloads."""
 
-    def __init__(self, config: ServerConfig, app: Any, registry: Any = None):
+    def __init__(self, config: ServerConfig, app: Any, registry: Any):
         self.enabled = config.batch_divergence_monitor
         self._settings = (config.batch_divergence_threshold, config.batch_divergence_action,
                           config.batch_divergence_interval)
         self.monitors: dict[str, DivergenceMonitor] = {}
-        self._app, self._registry = app, registry
+        self._registry = registry
         if not self.enabled:
             return
         app.state.metrics.registry.register(DivergenceCollector(self))
-        if registry is not None:
-            registry.on_loaded, registry.on_unloading = self._model_loaded, self._model_unloading
-
-    async def start(self) -> None:
-        """Single-model serving: probe the model before traffic."""
-        if self.enabled and self._registry is None:
-            state = self._app.state.serving
-            await self._start(state.model_name, lambda: state)
-
-    async def _start(self, name: str, serving: Callable[[], ServingState]) -> None:
-        monitor = self.monitors[name] = DivergenceMonitor(serving, *self._settings)
-        await monitor.start()
+        registry.on_loaded, registry.on_unloading = self._model_loaded, self._model_unloading
 
     async def _model_loaded(self, entry: Any) -> None:
+        """Probe the model before its first request."""
         if self.enabled:
-            await self._start(entry.name, lambda: entry.serving)
+            monitor = self.monitors[entry.name] = DivergenceMonitor(lambda: entry.serving, *self._settings)
+            await monitor.start()
 
     async def _model_unloading(self, entry: Any) -> None:
         monitor = self.monitors.pop(entry.name, None)
@@ -180,7 +171,7 @@ class DivergenceMonitors:
 
     def snapshot(self) -> dict:
         """The single model's status, or {model name: status} in multi-model serving."""
-        if self._registry is None:
+        if self._registry.single:
             return next((m.snapshot() for m in self.monitors.values()), {"enabled": True, "probes": 0})
         return {name: m.snapshot() for name, m in self.monitors.items()}
 

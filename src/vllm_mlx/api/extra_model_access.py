@@ -52,8 +52,7 @@ def require_service(raw: Request, kind: str, requested: str | None):
                             f"{KIND_FLAGS[kind]} MODEL", param="model", code="model_not_found")
     if not requested or requested == service.name:
         return service
-    serving = getattr(raw.app.state, "serving", None)
-    chat_names = (serving.model_name, *serving.aliases) if serving is not None else ()
+    chat_names = raw.app.state.model_registry.names()
     other_kinds = {s.name: s.kind for s in models.services() if s.kind != kind}
     if requested in chat_names or requested in other_kinds:
         what = "a chat model" if requested in chat_names else f"a {KIND_WORDS[other_kinds[requested]]} model"

@@ -1,10 +1,18 @@
-"""Multi-model serving: an allow-list of named models, loaded on first request, unloaded when idle.
+"""The served models by name: every route, /v1/models, /health, /metrics, shutdown and the monitors
+read them here. A single model is a registry of one.
 
-Each loaded model has its own engine (thread, scheduler, prefix cache). Only the configured names
-are served: a request naming any other model gets 404 ``model_not_found`` and never makes the
-server fetch or load anything. ``ttl`` unloads a model after that many idle seconds; a memory bound
-on the loaded weights unloads the least recently used idle models to make room, and answers 503
-with Retry-After when the models in use leave no room.
+``--models`` (multi-model serving): an allow-list of named models, loaded on first request, unloaded
+when idle. Each loaded model has its own engine (thread, scheduler, prefix cache). Only the
+configured names are served: a request naming any other model gets 404 ``model_not_found`` and never
+makes the server fetch or load anything. ``ttl`` unloads a model after that many idle seconds; a
+memory bound on the loaded weights unloads the least recently used idle models to make room, and
+answers 503 with Retry-After when the models in use leave no room.
+
+``serve MODEL`` (one model): the registry holds one *pinned* entry. What differs, and only here:
+it is loaded at startup (a failed load stops the server), never unloaded before shutdown and not
+reloaded when its engine dies (/health answers 503 instead); every request reaches it whatever model
+it names (``--strict-model-id`` refuses other names); /health and the divergence monitor report it
+at the top level, as single-model serving always has.
 
 A model is *in use* while a request holds it (from routing until its response has been sent,
 streams included: :class:`ModelLeaseMiddleware`) or while its engine has generations in flight.
@@ -13,24 +21,26 @@ streams included: :class:`ModelLeaseMiddleware`) or while its engine has generat
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import Request
-from prometheus_client.core import GaugeMetricFamily
 
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineStats
-from ..models.loader import ModelNotFoundError
+from ..models.loader import ModelNotFoundError, resolve_model_path
 from ..models.model_specs import ModelSpec, ModelSpecError, parse_model_specs
 from .errors import APIError
-from ..serving.model_setup import build_engine, build_serving
+from .process_stats import process_memory
+from ..serving.model_setup import build_engine, build_serving, resolve_model
 from ..serving.state import ServingState
+from ..serving.warmup import warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +65,8 @@ def weight_file_bytes(source: str) -> int:
 @dataclass
 class ModelEntry:
     spec: ModelSpec
+    build: Callable[[], AsyncEngine]  # a new, unstarted engine for the model
+    pinned: bool = False  # the single model: loaded at startup, kept until shutdown, never reloaded
     engine: AsyncEngine | None = None
     serving: ServingState | None = None
     loading: bool = False
@@ -82,23 +94,44 @@ class ModelEntry:
 
 
 class ModelRegistry:
-    def __init__(self, config: ServerConfig, metrics: Any = None):
-        for what, given in (("a single model", config.model), ("served model names", config.served_model_names),
-                            ("warm prompts", config.warm_prompts)):
-            if given:
-                raise ModelSpecError(f"{what} cannot be combined with a models list; give names and aliases "
-                                     f"in the list (NAME,ALIAS=MODEL)")
+    def __init__(self, config: ServerConfig, entries: list[ModelEntry], single: bool = False):
         self.config = config
-        self.metrics = metrics  # attached to every engine (TTFT / inter-token histograms)
+        self.single = single  # one model (``serve MODEL``), not a ``--models`` list
+        self.metrics: Any = None  # attached to every engine (TTFT / inter-token histograms)
         self.ttl = config.model_ttl
         self.memory_bound = None if config.models_memory_gb is None else int(config.models_memory_gb * 2**30)
-        self.entries = {s.name: ModelEntry(s, weight_bytes=weight_file_bytes(s.source))
-                        for s in parse_model_specs(config.models)}
+        self.entries = {e.name: e for e in entries}
         self._by_name = {n: e for e in self.entries.values() for n in e.spec.names}  # aliases included
         self._lock = asyncio.Lock()  # loads and unloads, one at a time
         self._reaper: asyncio.Task | None = None
         self.on_loaded: Callable[[ModelEntry], Any] | None = None  # async hook after a load
         self.on_unloading: Callable[[ModelEntry], Any] | None = None
+
+    @classmethod
+    def from_config(cls, config: ServerConfig, group=None) -> ModelRegistry:
+        """The ``--models`` list, or the one model (``group``: the mx.distributed group of a
+        --distributed job, this process being rank 0). Fails fast, before any MLX work, on a model
+        that is not there."""
+        if config.models:
+            for what, given in (("a single model", config.model), ("served model names", config.served_model_names),
+                                ("warm prompts", config.warm_prompts)):
+                if given:
+                    raise ModelSpecError(f"{what} cannot be combined with a models list; give names and aliases "
+                                         f"in the list (NAME,ALIAS=MODEL)")
+            registry = cls(config, [ModelEntry(s, functools.partial(build_engine, config, s.source),
+                                               weight_bytes=weight_file_bytes(s.source))
+                                    for s in parse_model_specs(config.models)])
+            registry.check_sources()
+            return registry
+        source, default_name = resolve_model(config)
+        names = config.served_model_names or (default_name,)
+        path = resolve_model_path(source)  # fails fast, with what is missing
+        if config.model is None:
+            logger.warning("Serving the built-in DEMO model '%s' (random weights): it produces nonsense text. "
+                           "Pass a model folder or Hugging Face repo id to serve a real model.", names[0])
+        spec = ModelSpec(names[0], config.model or "demo", tuple(names[1:]))
+        return cls(config, [ModelEntry(spec, functools.partial(build_engine, config, path, group), pinned=True)],
+                   single=True)
 
     def check_sources(self) -> None:
         """Fail at startup, before any MLX work, on a configured local folder that is not a model."""
@@ -111,6 +144,8 @@ class ModelRegistry:
 
     # -- routing -----------------------------------------------------------------------
     def entry(self, name: str | None) -> ModelEntry:
+        if self.single:  # any name reaches the one model; ServingState applies --strict-model-id
+            return next(iter(self.entries.values()))
         entry = self._by_name.get(name or "")
         if not name:
             raise APIError(400, f"name the model: this server serves {', '.join(repr(n) for n in self._by_name)}",
@@ -120,10 +155,18 @@ class ModelRegistry:
                            f"{', '.join(repr(n) for n in self._by_name)}", param="model", code="model_not_found")
         return entry
 
+    def names(self) -> tuple[str, ...]:
+        """Every name a chat model is served under (aliases included)."""
+        return tuple(self._by_name)
+
     async def serving(self, name: str | None, request: Request | None = None) -> ServingState:
         """The serving state of the named model, loaded if needed; held by ``request`` until its
         response has been sent (see :class:`ModelLeaseMiddleware`)."""
         entry = self.entry(name)
+        if entry.pinned:  # loaded at startup; not reloaded (a dead engine turns /health 503)
+            if entry.serving is None:
+                raise APIError(503, "the model is still loading")
+            return entry.serving
         entry.leases += 1  # held from now on, so no unload can race with this request
         try:
             if not self._ready(entry):
@@ -160,7 +203,7 @@ class ModelRegistry:
             raise APIError(503, f"model '{entry.name}' needs {entry.weight_bytes / 2**30:.2f} GiB, more than the "
                            f"{self.memory_bound / 2**30:.2f} GiB bound on loaded models", code="model_too_large")
         while self.loaded_bytes() + entry.weight_bytes > self.memory_bound:
-            idle = [e for e in self.entries.values() if e.loaded and not e.in_use and e is not entry]
+            idle = [e for e in self.entries.values() if e.loaded and not e.in_use and not e.pinned and e is not entry]
             if not idle:
                 raise APIError(503, f"no room to load model '{entry.name}': the loaded models are in use; "
                                f"retry later", code="model_capacity", headers={"Retry-After": str(RETRY_AFTER_S)})
@@ -175,14 +218,17 @@ class ModelRegistry:
         entry.loading = True
         started = time.monotonic()
         logger.info("loading model %s from %s", entry.name, entry.spec.source)
-        engine = build_engine(self.config, entry.spec.source)
+        engine = entry.build()
         engine.metrics = self.metrics
         try:
             await asyncio.to_thread(engine.start, asyncio.get_running_loop())
-            serving = build_serving(self.config, engine, entry.spec.names, strict_model_id=True)
+            serving = build_serving(self.config, engine, entry.spec.names,
+                                    strict_model_id=None if self.single else True)
         except Exception as exc:
             await asyncio.to_thread(engine.shutdown)
             entry.last_error = f"{type(exc).__name__}: {exc}"
+            if entry.pinned:  # the server cannot start without it
+                raise
             logger.exception("could not load model %s", entry.name)
             raise APIError(500, f"could not load model '{entry.name}': {exc}", code="model_load_failed") from exc
         finally:
@@ -191,8 +237,9 @@ class ModelRegistry:
         entry.weight_bytes = getattr(engine.loaded, "weight_bytes", entry.weight_bytes)
         entry.loads += 1
         entry.last_used = time.monotonic()
-        logger.info("model %s loaded in %.2f s (%.1f MiB of weights)", entry.name, time.monotonic() - started,
-                    entry.weight_bytes / 2**20)
+        logger.info("model %s loaded from %s; serving as %s; context %d tokens; %.1f MiB of weights; "
+                    "engine ready in %.1f s", entry.name, engine.loaded.path, ", ".join(entry.spec.names),
+                    serving.max_model_len, entry.weight_bytes / 2**20, time.monotonic() - started)
         if self.on_loaded is not None:
             await self.on_loaded(entry)
 
@@ -207,6 +254,11 @@ class ModelRegistry:
 
     # -- background: idle unload ----------------------------------------------------------
     async def start(self) -> None:
+        for entry in self.entries.values():
+            if entry.pinned:
+                await self._load_once(entry)
+                if self.config.warm_prompts:
+                    await warm_up(entry.serving, self.config.warm_prompts)
         if self.config.preload_models:
             for entry in self.entries.values():
                 try:
@@ -228,7 +280,7 @@ class ModelRegistry:
     async def unload_idle(self) -> None:
         now = time.monotonic()
         for entry in self.entries.values():
-            if not entry.loaded:
+            if not entry.loaded or entry.pinned:
                 continue
             if entry.in_use:
                 entry.last_used = now
@@ -256,11 +308,26 @@ class ModelRegistry:
         """The engine threads of the loaded models (for the watchdog)."""
         return [e.engine.engine for e in self.entries.values() if e.engine is not None]
 
+    def loaded_servings(self) -> list[ServingState]:
+        return [e.serving for e in self.entries.values() if e.serving is not None]
+
+    def healthy(self) -> bool:
+        """False while a pinned model is not loaded or its engine has died (/health answers 503)."""
+        return all(self._ready(e) for e in self.entries.values() if e.pinned)
+
+    def problem(self) -> str | None:
+        """Why a pinned model's engine is not serving, when it says (an engine process that died)."""
+        engines = [e.engine.engine for e in self.entries.values() if e.pinned and e.engine is not None]
+        return next((p for p in (getattr(e, "problem", None) for e in engines) if p), None)
+
     def combined_stats(self) -> EngineStats | None:
-        """The engines' counters summed (for the /metrics engine gauges)."""
+        """The engines' counters summed (for the /metrics engine gauges); one engine's stats as they are
+        (prefix cache and vision cache included)."""
         engines = [e.engine for e in self.entries.values() if e.engine is not None and e.engine.engine.alive]
         if not engines:
             return None
+        if len(engines) == 1:
+            return engines[0].stats
         total = EngineStats(state="ready")
         for engine in engines:
             s = engine.stats
@@ -283,30 +350,23 @@ class ModelRegistry:
             } for e in self.entries.values()],
         }
 
+    def health(self) -> dict:
+        """/health's model fields: the list of models; the single model also at the top level (its name,
+        engine counters, admission and the process's memory)."""
+        body: dict = {"models": self.snapshot()}
+        serving = next(iter(self.entries.values())).serving if self.single else None
+        if serving is not None:
+            body["model"] = serving.model_name
+            body["engine"] = asdict(serving.engine.stats)
+            if serving.admission is not None:
+                body["admission"] = serving.admission.stats()
+            body["memory"] = process_memory()
+        return body
+
     def model_cards(self) -> list[dict]:
         return [{"id": name, "root": e.name, "loaded": e.loaded,
                  "max_model_len": e.serving.max_model_len if e.serving else None}
                 for e in self.entries.values() for name in e.spec.names]
-
-
-class ModelRegistryCollector:
-    """Prometheus gauges of multi-model serving: which models are loaded, their weights, loads and unloads."""
-
-    def __init__(self, registry: ModelRegistry):
-        self._registry = registry
-
-    def collect(self):
-        loaded = GaugeMetricFamily("vllm_mlx_model_loaded", "1 while the model is loaded", labels=["model"])
-        weights = GaugeMetricFamily("vllm_mlx_model_weight_bytes", "Weight bytes of the model (measured once "
-                                    "loaded, estimated from its files before)", labels=["model"])
-        loads = GaugeMetricFamily("vllm_mlx_model_loads", "Times the model was loaded", labels=["model"])
-        unloads = GaugeMetricFamily("vllm_mlx_model_unloads", "Times the model was unloaded", labels=["model"])
-        for e in list(self._registry.entries.values()):
-            loaded.add_metric([e.name], int(e.loaded))
-            weights.add_metric([e.name], e.weight_bytes)
-            loads.add_metric([e.name], e.loads)
-            unloads.add_metric([e.name], e.unloads)
-        yield from (loaded, weights, loads, unloads)
 
 
 def _active_memory() -> int | None:
@@ -331,29 +391,7 @@ def _stop_engine(engine: AsyncEngine) -> None:
         pass
 
 
-class ModelLeaseMiddleware:
-    """Releases the models a request held once its response has been sent (streams included)."""
-
-    def __init__(self, app, registry: ModelRegistry):
-        self.app = app
-        self.registry = registry
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        held: list[ModelEntry] = []
-        scope.setdefault("state", {})[LEASES] = held
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            for entry in held:
-                entry.leases -= 1
-                entry.last_used = time.monotonic()
-
-
 async def serving_for(raw: Request, model: str | None) -> ServingState:
     """The serving state for a request's ``model``: the one model, or the named one of several."""
-    registry: ModelRegistry | None = getattr(raw.app.state, "model_registry", None)
-    if registry is None:
-        return raw.app.state.serving
+    registry: ModelRegistry = raw.app.state.model_registry
     return await registry.serving(model, raw)

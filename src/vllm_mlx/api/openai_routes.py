@@ -26,10 +26,6 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
-def _state(raw: Request) -> ServingState:
-    return raw.app.state.serving
-
-
 def openai_usage(prompt: int, completion: int, cached: int = 0, reasoning: int | None = None) -> dict:
     usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion).model_dump()
     usage["prompt_tokens_details"] = {"cached_tokens": cached}
@@ -51,15 +47,9 @@ def count_text_tokens(tokenizer, texts: list[str]) -> int:
 
 @router.get("/v1/models")
 async def list_models(raw: Request) -> ModelList:
-    registry = getattr(raw.app.state, "model_registry", None)
-    if registry is not None:  # multi-model serving: every allowed name, loaded or not
-        return ModelList(data=[ModelCard(**card) for card in registry.model_cards() + extra_model_cards(raw)])
-    state = _state(raw)
-    names = (state.model_name, *state.aliases)
-    return ModelList(
-        data=[ModelCard(id=n, root=state.model_name, max_model_len=state.max_model_len) for n in names]
-        + [ModelCard(**card) for card in extra_model_cards(raw)]
-    )
+    """Every served name (aliases included), loaded or not, then the extra models."""
+    cards = raw.app.state.model_registry.model_cards() + extra_model_cards(raw)
+    return ModelList(data=[ModelCard(**card) for card in cards])
 
 
 # -- legacy completions ---------------------------------------------------------

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.middleware.cors import CORSMiddleware
 
 from ..config import ServerConfig
-from .errors import APIError
+from .model_registry import serving_for
 from .rate_limit import RateLimitMiddleware
 
 router = APIRouter()
@@ -59,9 +59,8 @@ async def ui_page():
 
 @router.get("/v1/capabilities")
 async def capabilities(raw: Request):
-    serving = getattr(raw.app.state, "serving", None)
-    if serving is None:
-        raise APIError(503, "the model is still loading")
+    model = raw.query_params.get("model")  # several models: which one (the single model: any or none)
+    serving = await serving_for(raw, model)
     config: ServerConfig = raw.app.state.config
     extra = raw.app.state.extra_models
     kinds = {s.kind: s.name for s in extra.services()}
@@ -70,7 +69,7 @@ async def capabilities(raw: Request):
     media = ([] if vision is None else ["image", "video"] if vision.info.supports_video else ["image"])
     return JSONResponse({
         "object": "capabilities",
-        "model": {"id": serving.model_name, "aliases": list(serving.aliases), "source": config.model or "demo",
+        "model": {"id": serving.model_name, "aliases": list(serving.aliases), "source": raw.app.state.model_registry.entry(model).spec.source,
                   "multimodal": vision is not None},
         "modalities": {"input": ["text", *media], "output": ["text"],
                        "embeddings": "embedding" in kinds, "speech_to_text": "transcription" in kinds,

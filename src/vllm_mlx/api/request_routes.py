@@ -35,11 +35,7 @@ RESPONSE_WAIT_S = 10.0  # how long a Responses cancel waits for the response's f
 
 def _servings(raw: Request) -> list[ServingState]:
     """The serving states of every loaded model."""
-    registry = getattr(raw.app.state, "model_registry", None)
-    if registry is not None:
-        return [e.serving for e in registry.entries.values() if e.serving is not None]
-    serving = getattr(raw.app.state, "serving", None)
-    return [serving] if serving is not None else []
+    return raw.app.state.model_registry.loaded_servings()
 
 
 def running_requests(raw: Request) -> list[dict]:

@@ -34,11 +34,5 @@ class DrainingServer(uvicorn.Server):
             abort.cancel()
 
     def _abort_remaining(self) -> None:
-        serving = getattr(self._app.state, "serving", None)
-        if serving is not None:
-            logger.warning("drain time is over: ending the remaining requests")
-            serving.engine.engine.abort_all()
-        registry = getattr(self._app.state, "model_registry", None)
-        if registry is not None:
-            logger.warning("drain time is over: ending the remaining requests")
-            registry.abort_all()
+        logger.warning("drain time is over: ending the remaining requests")
+        self._app.state.model_registry.abort_all()

@@ -9,7 +9,7 @@ import math
 import sys
 from pathlib import Path
 
-MODES = ("serve", "divergence", "agent")
+MODES = ("serve", "divergence", "agent", "rows", "served")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -88,6 +88,37 @@ def agent_parser() -> argparse.ArgumentParser:
     return p
 
 
+def rows_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vllm-mlx bench rows",
+                                description="the engine in-process against the bare mlx-lm loop at several "
+                                            "batch sizes (and mlx_lm.stream_generate at one row)")
+    p.add_argument("model", help="a model folder or repo id")
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 16, 64], help="batch sizes (default: 1 16 64)")
+    p.add_argument("--tokens", type=int, default=128, help="tokens per row (default: %(default)s)")
+    p.add_argument("--prompt-len", type=int, default=24, help="prompt tokens per row (default: %(default)s)")
+    p.add_argument("--repeat", type=int, default=5, help="measured rounds (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first (default: %(default)s)")
+    p.add_argument("--profile", action="store_true", help="also time the phases of the engine's steps")
+    _common(p)
+    return p
+
+
+def served_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vllm-mlx bench served",
+                                description="what HTTP costs: `vllm-mlx serve MODEL` against the engine in this "
+                                            "process, same workload, at several concurrencies")
+    p.add_argument("model", help="a model folder or repo id")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 32, 64])
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default: %(default)s)")
+    p.add_argument("--prompt-words", type=int, default=24)
+    p.add_argument("--repeat", type=int, default=3, help="measured rounds (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first (default: %(default)s)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="a further `vllm-mlx serve` argument (repeat; e.g. --server-arg=--engine-process)")
+    _common(p)
+    return p
+
+
 def _progress(total: int, disabled: bool, desc: str):
     from tqdm import tqdm
 
@@ -126,7 +157,8 @@ def main(argv: list[str]) -> int:
     from ..models.loader import ModelNotFoundError
 
     try:
-        return {"engine": run_engine, "serve": run_serve, "divergence": run_divergence, "agent": run_agent}[mode](rest)
+        return {"engine": run_engine, "serve": run_serve, "divergence": run_divergence, "agent": run_agent,
+                "rows": run_rows, "served": run_served}[mode](rest)
     except ModelNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -168,6 +200,48 @@ def run_engine(argv: list[str]) -> int:
               f"{_fmt(s['bare_total'])} | {_fmt(s['total_ratio'], 2)} |")
         print(f"| single-stream decode vs mlx_lm.stream_generate | {_fmt(s['engine_single'])} | "
               f"{_fmt(s['mlx_generate_single'])} | {_fmt(s['single_ratio'], 2)} |")
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def run_rows(argv: list[str]) -> int:
+    from .rows_bench import RowsBenchOptions, format_rows, run_rows_bench
+
+    parser = rows_parser()
+    args = parser.parse_args(argv)
+    _positive(parser, args, "rows", "tokens", "prompt_len", "repeat")
+    if args.warmup < 0:
+        parser.error("--warmup must be at least 0")
+    if args.tokens < 3:
+        parser.error("--tokens must be at least 3 (decode rates need tokens after the first)")
+    opts = RowsBenchOptions(args.model, tuple(args.rows), args.tokens, args.prompt_len, args.repeat, args.warmup,
+                            args.profile)
+    with _progress(args.warmup + args.repeat, args.no_progress, "rounds") as bar:
+        result = asyncio.run(run_rows_bench(opts, bar))
+    print(f"{args.tokens} tokens per row, {args.prompt_len}-token prompts; median [95% CI] of {args.repeat} "
+          f"interleaved rounds after {args.warmup} warm-up, ratios paired per round")
+    print("\n".join(format_rows(result)))
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def run_served(argv: list[str]) -> int:
+    from .served_bench import ServedBenchOptions, format_served, run_served_bench
+
+    parser = served_parser()
+    args = parser.parse_args(argv)
+    _positive(parser, args, "concurrency", "max_tokens", "prompt_words", "repeat")
+    if args.warmup < 0:
+        parser.error("--warmup must be at least 0")
+    opts = ServedBenchOptions(args.model, tuple(args.concurrency), args.max_tokens, args.prompt_words, args.repeat,
+                              args.warmup, args.server_arg)
+    with _progress(args.warmup + args.repeat, args.no_progress, "rounds") as bar:
+        result = asyncio.run(run_served_bench(opts, bar))
+    print(f"{args.max_tokens} tokens per request; median [95% CI] of {args.repeat} interleaved rounds after "
+          f"{args.warmup} warm-up, ratios paired per round")
+    print("\n".join(format_served(result)))
     if args.json:
         write_json(args.json, result)
     return 0

@@ -27,14 +27,15 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from ..platform import device_memory_bytes
 from .config import EngineConfig
-from .constraints import allowed_tokens
-from .detokenizer import IncrementalDetokenizer
+from .detokenizer import IncrementalDetokenizer, streaming_backend
 from .model_runner import ModelRunner
 from .prefix_reuse import PrefixReuse
 from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
 from .rows import RowArrays
-from .sampler import BatchSamplingParams, PenaltyState, SampleResult, make_rng_key, sample
+from .row_sampling import RowSampler
+from .sampler import make_rng_key
 from .scheduler import Scheduler, StepPlan
+from .step_profile import StepProfile
 from .sequence import Sequence
 from .vision_model import VisionLanguageModel
 
@@ -74,7 +75,9 @@ class EngineCore:
         self.memory_limit = int(device_memory_bytes() * 0.9)
         self.vocab_size = probe_vocab_size(loaded.model)
         self._eos_ids = set(loaded.tokenizer.eos_token_ids)
-        self._batch_params: BatchSamplingParams | None = None  # of the decode batch; None: rows changed
+        self._detokenizer_backend = streaming_backend(loaded.tokenizer)
+        self.sampler = RowSampler(self.vocab_size)
+        self.profile: StepProfile | None = None  # set to time each step's phases (`vllm-mlx bench rows --profile`)
 
     # -- requests ----------------------------------------------------------------------
     def add_safely(self, request: GenerationRequest) -> None:
@@ -101,7 +104,8 @@ class EngineCore:
 
     def _new_sequence(self, request: GenerationRequest, index: int = 0) -> Sequence:
         detokenizer = IncrementalDetokenizer(self.loaded.tokenizer, request.prompt_token_ids,
-                                             skip_special_tokens=not request.keep_special_tokens)
+                                             skip_special_tokens=not request.keep_special_tokens,
+                                             backend=self._detokenizer_backend)
         return Sequence(request, detokenizer, self._eos_ids, index)
 
     def abort(self, request_id: str) -> None:
@@ -135,7 +139,7 @@ class EngineCore:
     def drop(self, *seqs: Sequence) -> None:
         """Take sequences out of the scheduler and the decode batch, freeing their caches."""
         if self.runner.remove_from_batch(set(seqs)):
-            self._batch_params = None
+            self.sampler.rows_changed()
         for seq in seqs:
             self.scheduler.remove(seq)
             seq.cache = None
@@ -167,8 +171,13 @@ class EngineCore:
     # -- the step ------------------------------------------------------------------------
     def step(self) -> list[GenerationOutput]:
         """Schedule and run one step; returns its deltas. A failing step fails its batch, not the engine."""
+        prof = self.profile
+        if prof is not None:
+            prof.start()
         self.make_room()
         plan = self.scheduler.schedule()
+        if prof is not None:
+            prof.mark("schedule")
         try:
             outputs = self.run(plan)
         except Exception as exc:
@@ -179,25 +188,41 @@ class EngineCore:
 
     def run(self, plan: StepPlan) -> list[GenerationOutput]:
         """Launch decode step t+1, run prefill chunks, then read back and apply step t."""
-        runner = self.runner
+        runner, prof = self.runner, self.profile
         previous_seqs, previous = list(runner.batch_seqs), runner.rows
         deferred = None
         if previous_seqs:
+            if prof is not None:
+                prof.decoded(len(previous_seqs))
             if any(s.steers_tokens for s in previous_seqs):
                 # Masks for token t+1 need token t: run the forward now, sample after read-back.
                 deferred = runner.decode()
+                if prof is not None:
+                    prof.mark("build")
                 mx.async_eval(deferred)
             else:
-                runner.rows = self._sample_decode(previous_seqs, runner.decode(), pending_applied=False)
+                runner.rows = self.sampler.next(previous_seqs, runner.decode(), runner.rows, pending_applied=False)
+                if prof is not None:
+                    prof.mark("build")
+                mx.async_eval(runner.rows.all())
+            if prof is not None:
+                prof.mark("launch")
         prefilled = self.prefill(plan.prefill)
+        if prof is not None:
+            prof.mark("prefill")
         outputs, done = self._read_back(previous_seqs, previous)
         if deferred is not None:
-            runner.rows = self._sample_decode(previous_seqs, deferred, pending_applied=True)
+            runner.rows = self.sampler.next(previous_seqs, deferred, runner.rows, pending_applied=True)
+            mx.async_eval(runner.rows.all())
         self.retire(done)
         self.counters.failed += (failed := sum(s.finish_reason is FinishReason.ERROR for s in done))  # grammars
         self.counters.finished += len(done) - failed
+        if prof is not None:
+            prof.mark("post")
         for seqs, logits, merged in prefilled:
             self._join_isolated(seqs, logits, merged)
+        if prof is not None:
+            prof.mark("join")
         return outputs
 
     def retire(self, done: list[Sequence]) -> None:
@@ -209,6 +234,10 @@ class EngineCore:
         """Apply the tokens sampled for ``seqs`` in the previous step: text, stops, logprobs."""
         if not seqs:
             return [], []
+        prof = self.profile
+        if prof is not None:
+            mx.eval(rows["tokens"])
+            prof.mark("wait")
         tokens = rows["tokens"].tolist()
         logprobs = [None] * len(seqs)
         if any(s.sampling.logprobs for s in seqs):
@@ -219,6 +248,8 @@ class EngineCore:
                 if seq.sampling.logprobs:
                     k = seq.sampling.top_logprobs
                     logprobs[i] = TokenLogprob(tok, lp, tuple(zip(alternatives[0][:k], alternatives[1][:k])))
+        if prof is not None:
+            prof.mark("read")
         outputs, done = [], []
         for seq, tok, lp in zip(seqs, tokens, logprobs):
             out = seq.append_token(tok, lp)
@@ -295,7 +326,7 @@ class EngineCore:
         for seq in seqs:
             self.scheduler.mark_running(seq)
         self.runner.add_to_batch(seqs, rows, merged)
-        self._batch_params = None
+        self.sampler.rows_changed()
 
     def _fork_n(self, seqs: list[Sequence], logits: mx.array, merged: list | None) -> Prefilled:
         """Fork requests with n > 1 into n rows sharing one prefill (their logits and batch caches repeated)."""
@@ -318,49 +349,10 @@ class EngineCore:
 
     # -- sampling -----------------------------------------------------------------------
     def sample_first(self, seqs: list[Sequence], logits: mx.array) -> RowArrays:
-        """The first token of each freshly prefilled row, as the rows' pending arrays."""
-        params = self._params_for(seqs)
-        penalties = None
-        if params.uses_penalties:
-            penalties = PenaltyState.for_prompts([s.prompt_ids for s in seqs], self.vocab_size)
-        generated = [0] * len(seqs) if params.min_tokens else None
-        allowed = allowed_tokens([s.next_token_rule for s in seqs], self.vocab_size)
-        result = sample(logits, params, mx.stack([s.rng_key for s in seqs]), penalties, generated, allowed)
-        return pending_rows(result, penalties)
-
-    def _sample_decode(self, seqs: list[Sequence], logits: mx.array, pending_applied: bool) -> RowArrays:
-        """Sample every row's next token from the decode logits; ``pending_applied``: the tokens that
-        were fed this step are already appended to the sequences (the deferred, constrained path)."""
-        rows = self.runner.rows
-        if self._batch_params is None:
-            self._batch_params = self._params_for(seqs)
-            if not self._batch_params.uses_penalties:
-                rows["counts"] = rows["in_prompt"] = None
-        params = self._batch_params
-        penalties = None
-        if params.uses_penalties:
-            penalties = PenaltyState(rows["counts"], rows["in_prompt"])
-            penalties.add_tokens(rows["tokens"])
-        fed = 0 if pending_applied else 1
-        generated = [len(s.output_ids) + fed for s in seqs] if params.min_tokens else None
-        allowed = allowed_tokens([s.next_token_rule for s in seqs], self.vocab_size)
-        result = sample(logits, params, rows["keys"], penalties, generated, allowed)
-        return pending_rows(result, penalties)
-
-    def _params_for(self, seqs: list[Sequence]) -> BatchSamplingParams:
-        return BatchSamplingParams.from_params([s.sampling for s in seqs], self.vocab_size, [s.stop_ids for s in seqs])
-
-
-def pending_rows(result: SampleResult, penalties: PenaltyState | None) -> RowArrays:
-    """The sampled tokens (and what the next step needs of them) as the rows' pending arrays, evaluating."""
-    rows = RowArrays(
-        result.tokens.shape[0],
-        tokens=result.tokens, keys=result.keys, logprobs=result.logprobs,
-        top_ids=result.top_ids, top_logprobs=result.top_logprobs,
-        counts=penalties.counts if penalties else None, in_prompt=penalties.in_prompt if penalties else None,
-    )
-    mx.async_eval(rows.all())
-    return rows
+        """The first token of each freshly prefilled row, as the rows' pending arrays (launched)."""
+        rows = self.sampler.first(seqs, logits)
+        mx.async_eval(rows.all())
+        return rows
 
 
 def probe_vocab_size(model: Any) -> int:

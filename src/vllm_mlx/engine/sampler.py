@@ -82,7 +82,14 @@ class BatchSamplingParams:
     min_tokens: list[int] | None = None  # per row
     stop_mask: mx.array | None = None  # (B, vocab) bool: tokens held back until min_tokens
     top_logprobs: int = 0  # most alternatives any row asked for
+    logprobs: bool = False  # some row reports logprobs
     uses_penalties: bool = False
+
+    @property
+    def argmax_only(self) -> bool:
+        """Every row greedy, nothing to report or change in the logits: the token is the argmax."""
+        return (self.all_greedy and not self.logprobs and not self.uses_penalties and self.logit_bias is None
+                and self.min_tokens is None)
 
     @classmethod
     def from_params(
@@ -94,6 +101,7 @@ class BatchSamplingParams:
             temperature=_column([1.0 if g else p.temperature for g, p in zip(greedy, params)]),
             greedy=mx.array(greedy),
             top_logprobs=max(p.top_logprobs for p in params),
+            logprobs=any(p.logprobs for p in params),
         )
         if any(p.top_p < 1.0 for p in params):
             out.top_p = _column([p.top_p for p in params])
@@ -176,7 +184,7 @@ def _truncate(logits: mx.array, params: BatchSamplingParams) -> mx.array:
 class SampleResult:
     tokens: mx.array  # (B,)
     keys: mx.array  # (B, 2): the rows' next keys
-    logprobs: mx.array  # (B,) logprob of each sampled token
+    logprobs: mx.array | None  # (B,) logprob of each sampled token (None: no row reports logprobs)
     top_ids: mx.array | None = None  # (B, k)
     top_logprobs: mx.array | None = None  # (B, k)
 
@@ -193,6 +201,8 @@ def sample(
     allowed: mx.array | None = None,
 ) -> SampleResult:
     """Sample one token per row with per-row keys (B, 2); ``allowed``: (B, vocab) grammar masks."""
+    if params.argmax_only and allowed is None:  # the common greedy case: one operation, no float32 copy
+        return SampleResult(mx.argmax(logits, axis=-1), keys, None)
     logits = logits.astype(mx.float32)
     if allowed is not None:
         logits = mx.where(allowed, logits, _NEG_INF)

@@ -1,0 +1,125 @@
+"""`vllm-mlx bench rows MODEL`: the engine in-process against the bare mlx-lm loop at several batch
+sizes, and single-stream against ``mlx_lm.stream_generate`` -- the engine's overhead per step.
+
+Each round runs, for every row count B, the engine (B prompts submitted together; decode rate once
+every row has its first token) and the bare batched loop at B rows with the same prompt length and
+token count (:class:`~.ceiling.Ceiling`); at B = 1 also ``mlx_lm.stream_generate``. The order within
+a round alternates between rounds so every side sees the same machine conditions, and ratios are
+paired per round, then summarized (median and 95% interval). With ``profile`` one more engine run per
+B times each step's phases (:mod:`vllm_mlx.engine.step_profile`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+from .engine_bench import decode_rate, single_decode_rate
+from .stats import summarize
+from .targets import EngineTarget
+
+
+@dataclass
+class RowsBenchOptions:
+    model: str
+    rows: tuple[int, ...] = (1, 16, 64)
+    tokens: int = 128
+    prompt_len: int = 24
+    repeat: int = 5
+    warmup: int = 1
+    profile: bool = False
+
+
+def random_prompts(n: int, length: int, seed: int, vocab: int) -> list[list[int]]:
+    """``n`` prompts of ``length`` token ids drawn from the ordinary part of the vocabulary."""
+    rng = random.Random(seed)
+    high = max(min(vocab - 1, 1000), 11)
+    return [[rng.randrange(10, high) for _ in range(length)] for _ in range(n)]
+
+
+async def engine_rows(target: EngineTarget, prompts: list[list[int]], tokens: int) -> float:
+    """Decode tok/s of the engine with every prompt's row running."""
+    records = await asyncio.gather(*(target.generate(p, tokens) for p in prompts))
+    failed = [r.error for r in records if r.error]
+    if failed:
+        raise RuntimeError(f"engine request failed: {failed[0]}")
+    return single_decode_rate(records[0]) if len(records) == 1 else decode_rate(records)
+
+
+async def run_rows_bench(opts: RowsBenchOptions, progress=None) -> dict:
+    from .ceiling import Ceiling
+
+    target = EngineTarget(opts.model, max_num_seqs=max(opts.rows), prefix_cache=False)
+    rounds: list[dict] = []
+    async with target:
+        ceiling = Ceiling(opts.model)  # this (main) thread's own copy of the model
+        vocab = target.engine.engine.vocab_size
+        for i in range(opts.warmup + opts.repeat):
+            row: dict = {}
+            for b in (opts.rows if i % 2 == 0 else tuple(reversed(opts.rows))):
+                prompts = random_prompts(b, opts.prompt_len, seed=1000 * i + b, vocab=vocab)
+                sides = ["engine", "bare"] + (["mlx_generate"] if b == 1 else [])
+                for side in (sides if i % 2 == 0 else reversed(sides)):
+                    if side == "engine":
+                        row[f"engine_{b}"] = await engine_rows(target, prompts, opts.tokens)
+                    elif side == "bare":
+                        row[f"bare_{b}"] = ceiling.batched_decode(b, opts.tokens, opts.prompt_len, seed=i).decode_tps
+                    else:
+                        row["mlx_generate_1"] = ceiling.stream_generate(prompts[0], opts.tokens).decode_tps
+            if i >= opts.warmup:
+                rounds.append(row)
+            if progress is not None:
+                progress.update(1)
+        profiles = await _profiles(target, opts, vocab) if opts.profile else {}
+    return {"model": opts.model, "options": opts.__dict__, "rounds": rounds,
+            "summary": summarize_rounds(rounds, opts.rows), "profiles": profiles}
+
+
+async def _profiles(target: EngineTarget, opts: RowsBenchOptions, vocab: int) -> dict:
+    from ..engine.step_profile import StepProfile
+
+    core = target.engine.engine.core
+    out = {}
+    for b in opts.rows:
+        core.profile = StepProfile()  # read by the engine thread at each step's start
+        await engine_rows(target, random_prompts(b, opts.prompt_len, seed=-b, vocab=vocab), opts.tokens)
+        out[b] = core.profile.report()
+        core.profile = None
+    return out
+
+
+def summarize_rounds(rounds: list[dict], rows: tuple[int, ...]) -> dict:
+    def s(values):
+        return summarize(values).as_dict()
+
+    out = {}
+    for b in rows:
+        out[b] = {"engine": s([r[f"engine_{b}"] for r in rounds]), "bare": s([r[f"bare_{b}"] for r in rounds]),
+                  "ratio": s([r[f"engine_{b}"] / r[f"bare_{b}"] for r in rounds])}
+        if b == 1:
+            out[b]["mlx_generate"] = s([r["mlx_generate_1"] for r in rounds])
+            out[b]["ratio_mlx_generate"] = s([r["engine_1"] / r["mlx_generate_1"] for r in rounds])
+    return out
+
+
+def format_rows(result: dict) -> list[str]:
+    """The summary as a markdown table (and the profile table when there is one)."""
+    def f(d, digits=1):
+        return f"{d['median']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
+
+    lines = ["| rows | engine decode tok/s | reference | reference tok/s | engine/reference |", "|---|---|---|---|---|"]
+    for b, s in result["summary"].items():
+        lines.append(f"| {b} | {f(s['engine'])} | bare mlx-lm loop | {f(s['bare'])} | {f(s['ratio'], 2)} |")
+        if "mlx_generate" in s:
+            lines.append(f"| {b} | {f(s['engine'])} | mlx_lm.stream_generate | {f(s['mlx_generate'])} | "
+                         f"{f(s['ratio_mlx_generate'], 2)} |")
+    if result.get("profiles"):
+        from ..engine.step_profile import PHASES
+
+        lines += ["", "engine step profile, ms per step:", "",
+                  "| rows | " + " | ".join(PHASES) + " | total |", "|---|" + "---|" * (len(PHASES) + 1)]
+        for b, p in result["profiles"].items():
+            ms = p["ms_per_step"]
+            lines.append(f"| {b} | " + " | ".join(f"{ms[ph]:.3f}" for ph in PHASES) + f" | {p['total_ms_per_step']:.3f} |")
+    return lines
