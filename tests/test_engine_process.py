@@ -275,3 +275,43 @@ def test_past_its_restarts_the_engine_stays_down_and_says_so(start_server, tiny_
     with pytest.raises(openai.APIStatusError) as err:
         chat(server, "Hello?", max_tokens=4)
     assert err.value.status_code == 503
+
+
+def test_requests_and_outputs_cross_unchanged():
+    """The message conversions both ways, fields that rarely appear included."""
+    import numpy as np
+
+    from vllm_mlx.engine.constraints import StructuredSpec
+    from vllm_mlx.engine.ipc_messages import (AddRequests, Codec, StepOutputs, generation_output, generation_request,
+                                              output_msg, request_msg)
+    from vllm_mlx.engine.config import EngineStats
+    from vllm_mlx.engine.multimodal import MediaItem, MultimodalPrompt
+    from vllm_mlx.engine.request import (FinishReason, GenerationOutput, GenerationRequest, SamplingParams,
+                                         TokenLogprob)
+
+    codec = Codec()
+    item = MediaItem.make("image", np.arange(24, dtype=np.float32).reshape(2, 12), (1, 2, 4), merge_size=2)
+    request = GenerationRequest(
+        "r1", [5, 6, 7, 8], SamplingParams(max_tokens=9, temperature=0.5, seed=3, stop=("x",), n=2, logprobs=True,
+                                           top_logprobs=2, logit_bias=((5, -1.5),), max_thinking_tokens=4),
+        constraint=StructuredSpec(json_schema={"type": "object"}), constraint_after=(9,), keep_special_tokens=True,
+        reasoning_markers=((1,), (2, 3)), starts_in_reasoning=True,
+        multimodal=MultimodalPrompt([item], [5, -7, -8, 8]), checkpoints=(2,))
+    sent = codec.commands.decode(codec.encode(AddRequests([request_msg(request)]))).requests[0]
+    back = generation_request(sent, constraint=request.constraint)
+    mm = back.multimodal
+    assert (back.request_id, back.prompt_token_ids, back.sampling, back.constraint_after, back.keep_special_tokens,
+            back.reasoning_markers, back.starts_in_reasoning, back.checkpoints) == \
+        (request.request_id, request.prompt_token_ids, request.sampling, request.constraint_after, True,
+         request.reasoning_markers, True, request.checkpoints)
+    assert sent.constraint == request.constraint and mm.key_ids == [5, -7, -8, 8]
+    got = mm.items[0]
+    assert (got.kind, got.grid_thw, got.num_tokens, got.digest) == (item.kind, item.grid_thw, item.num_tokens,
+                                                                    item.digest)
+    assert np.array_equal(got.pixel_values, item.pixel_values) and got.pixel_values.dtype == np.float32
+
+    out = GenerationOutput("r1", 1, "hé", [5, 6], FinishReason.STOP, 4, 2, 1, None, 500,
+                           [TokenLogprob(5, -0.5, ((5, -0.5), (6, -1.0))), TokenLogprob(6, -0.1)], "x")
+    failed = GenerationOutput("r2", finish_reason=FinishReason.ERROR, error="bad grammar", error_status=400)
+    event = codec.events.decode(codec.encode(StepOutputs([output_msg(out), output_msg(failed)], EngineStats(steps=3))))
+    assert [generation_output(m) for m in event.outputs] == [out, failed] and event.stats.steps == 3

@@ -270,7 +270,12 @@ class EngineProcess:
             self._fail(lost, message)
             if self._stop.is_set():
                 return
-            child = self._restart(child, reason)
+            try:
+                child = self._restart(child, reason)
+            except Exception as exc:  # e.g. no process could be started: the engine stays down, saying why
+                logger.exception("the engine process could not be restarted")
+                self._down(f"the engine process died ({reason}) and could not be restarted: {exc}", "failed")
+                return
 
     def _serve(self, child: Child) -> int | None:
         """Read events until the engine process ends; returns its exit code."""
@@ -292,7 +297,11 @@ class EngineProcess:
                 frame = child.events.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            event = self._codec.events.decode(frame.buffer)
+            try:
+                event = self._codec.events.decode(frame.buffer)
+            except Exception:  # never expected; a bad message must not end the I/O thread
+                logger.exception("undecodable message from the engine process")
+                continue
             if isinstance(event, StepOutputs):
                 self._deliver(event)
             elif isinstance(event, Ready):
