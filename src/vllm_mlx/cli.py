@@ -10,7 +10,7 @@ from . import __version__
 from .config import ServerConfig, server_config
 from .download import add_download_parser, run_download
 from .operator_cli import OPERATOR_COMMANDS, add_operator_commands, run_operator_command, serve_main
-from .options import OneLineErrors, add_serve_arguments
+from .options import SEED_EPILOG, OneLineErrors, add_serve_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,12 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vllm-mlx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve a model over the OpenAI-compatible HTTP API",
-                           description="serve a model over the OpenAI-compatible HTTP API")
+                           description="serve a model over the OpenAI-compatible HTTP API", epilog=SEED_EPILOG)
     add_serve_arguments(serve)
     add_operator_commands(sub)
     add_download_parser(sub)
     sub.add_parser("bench", add_help=False, help="benchmarks: `vllm-mlx bench MODEL`, "
-                   "`bench serve --url URL`, `bench divergence`, `bench agent` (see `vllm-mlx bench --help`)")
+                   "`bench rows MODEL`, `bench served MODEL`, `bench serve --url URL`, `bench divergence`, "
+                   "`bench agent` (see `vllm-mlx bench --help`)")
     return parser
 
 
@@ -74,8 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         from .bench.cli import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["serve"] and not {"-h", "--help"} & set(argv):  # flags > --config > --client > --profile
+        return serve_main(argv[1:], run_server)  # (parsed there, after the flags of 0.2.x are mapped)
+    if argv[:1] in (["bench-detok"], ["bench-kv-cache"]):
+        from .seed_commands import seed_bench_command
+
+        return seed_bench_command(argv[0])
     args = build_parser().parse_args(argv)
-    if args.command == "serve":  # flags > --config > --client > --profile > defaults
+    if args.command == "serve":
         return serve_main(argv[argv.index("serve") + 1:], run_server)
     if args.command in OPERATOR_COMMANDS:
         return run_operator_command(args)

@@ -32,6 +32,7 @@ class SamplingDefaults:
     presence_penalty: float = D.default_presence_penalty
     frequency_penalty: float = D.default_frequency_penalty
     repetition_penalty: float = D.default_repetition_penalty
+    max_thinking_tokens: int | None = D.default_max_thinking_tokens  # reasoning budget (no effort, no field)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,12 @@ class ServerConfig:
     mcp_config: str | None = D.mcp_config  # the MCP servers file (mcpServers + policy); None = no MCP
     mcp_auto: bool = D.mcp_auto  # run the server-side MCP tool loop for requests that do not say "mcp"
     sse_keepalive: float = D.sse_keepalive  # seconds between keepalives while a stream waits (0: off)
+    request_timeout: float | None = D.request_timeout  # --timeout: a non-streamed request past it gets 504
+    # memory guardrail (api/memory_guard.py): percent of the machine's memory this process uses
+    memory_action: str = D.memory_action
+    memory_warn_threshold: float = D.memory_warn_threshold
+    memory_limit_threshold: float = D.memory_limit_threshold
+    memory_monitor_interval: float = D.memory_monitor_interval
     # operator settings (profiles.py, config_file.py, api/rate_limit.py, api/operator_routes.py)
     profile: str | None = D.profile  # serving profile the settings came from, reported by /v1/capabilities
     client: str | None = D.client  # client profile

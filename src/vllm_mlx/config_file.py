@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .options import DEFAULTS, OPTIONS, OptionError, check_settings, serve_parser, setting
+from .options.seed_flags import translate_seed_args
 from .profiles import ProfileError, client_profile, serving_profile
 
 ConfigError = OptionError  # what a bad config file, profile or setting raises
@@ -56,6 +57,7 @@ def load_config_file(path: str) -> dict:
 class Resolved:
     values: dict[str, Any]  # every serve option by name, resolved and checked
     sources: dict[str, str] = field(default_factory=dict)  # option -> where its value came from
+    notes: list[str] = field(default_factory=list)  # flags of vllm-mlx 0.2.x that mean nothing more here
 
     @property
     def namespace(self):
@@ -68,6 +70,7 @@ class Resolved:
 def resolve_serve_settings(argv: list[str], environ: dict[str, str] | None = None) -> Resolved:
     """The serve settings of ``argv`` (the arguments after `serve`), layered and checked."""
     environ = os.environ if environ is None else environ
+    argv, notes = translate_seed_args(argv)  # flags of vllm-mlx 0.2.x: mapped to ours, or refused
     given = vars(serve_parser(suppress_defaults=True).parse_args(argv))  # only what the command line gave
     config_path = given.get("config")
     file_layer = _layer(load_config_file(config_path), f"config file {config_path}") if config_path else {}
@@ -94,7 +97,7 @@ def resolve_serve_settings(argv: list[str], environ: dict[str, str] | None = Non
     for source, where, settings in layers:
         for name, (value, key) in settings.items():
             values[name], sources[name], wheres[name], keys[name] = value, source, where, key
-    return Resolved(check_settings(values, wheres, keys), sources)
+    return Resolved(check_settings(values, wheres, keys), sources, notes)
 
 
 def _layer(settings: dict, where: str) -> dict[str, tuple[Any, str]]:

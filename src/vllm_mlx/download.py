@@ -16,6 +16,14 @@ def add_download_parser(sub: argparse._SubParsersAction) -> None:
                    help="put the files in this folder instead of the Hugging Face cache; serve it by its path")
     p.add_argument("--all-files", action="store_true",
                    help="fetch every file of the repo, not only what serving needs (weights, configs, tokenizer)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="seconds without data before a file download fails (default: huggingface_hub's, or "
+                        "$HF_HUB_DOWNLOAD_TIMEOUT)")
+    p.add_argument("--retries", type=int, default=0, metavar="N",
+                   help="try again this many times after a network failure (default: %(default)s)")
+    p.add_argument("--mllm", action="store_true",
+                   help="accepted for compatibility: the files of vision-language models (processor and "
+                        "preprocessor configs) are always fetched")
 
 
 def _offline() -> bool:
@@ -38,11 +46,13 @@ def run_download(args: argparse.Namespace) -> int:
         print(f"{args.model} is a local folder already; serve it with `vllm-mlx serve {args.model}`")
         return 0
     what = f"{args.model}" + (f" at revision {args.revision}" if args.revision else "")
+    if args.timeout is not None:
+        from huggingface_hub import constants
+
+        constants.HF_HUB_DOWNLOAD_TIMEOUT = args.timeout  # read when each file is fetched
     try:
-        path = Path(snapshot_download(
-            args.model, revision=args.revision, local_dir=args.local_dir,
-            allow_patterns=None if args.all_files else MODEL_FILE_PATTERNS,
-        ))
+        path = _fetch(args, snapshot_download, MODEL_FILE_PATTERNS,
+                      (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError))
     except GatedRepoError:
         return _fail(f"{what} is gated: accept its terms on the hub and log in (`hf auth login`) or set HF_TOKEN")
     except RepositoryNotFoundError:
@@ -62,6 +72,24 @@ def run_download(args: argparse.Namespace) -> int:
     print(f"{what}: {_size(path) / 2**20:.1f} MiB in {path}")
     print(f"serve it with: vllm-mlx serve {args.local_dir or args.model}")
     return 0
+
+
+def _fetch(args: argparse.Namespace, snapshot_download, patterns: list[str], final: tuple) -> Path:
+    """snapshot_download, tried again up to ``--retries`` times after a network failure (not after one
+    that another try cannot fix: no such repo or revision, gated, offline and not cached)."""
+    kwargs = {"etag_timeout": args.timeout} if args.timeout is not None else {}
+    for attempt in range(max(args.retries, 0) + 1):
+        try:
+            return Path(snapshot_download(args.model, revision=args.revision, local_dir=args.local_dir,
+                                          allow_patterns=None if args.all_files else patterns, **kwargs))
+        except final:
+            raise
+        except Exception as exc:
+            if attempt >= args.retries:
+                raise
+            print(f"download failed ({type(exc).__name__}: {exc}); trying again ({attempt + 1} of {args.retries})",
+                  file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
 
 
 def _fail(message: str) -> int:

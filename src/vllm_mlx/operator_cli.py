@@ -14,7 +14,8 @@ from .config import ServerConfig, server_config
 from .config_file import ConfigError, fail, format_settings, resolve_serve_settings
 from .models.context import read_context_length
 from .options import DEFAULTS
-from .profiles import CLIENT_PROFILES, SERVING_PROFILES, client_profile, describe_settings, list_profiles
+from .profiles import (CLIENT_ALIASES, CLIENT_PROFILES, SERVING_PROFILES, client_profile, describe_settings,
+                       list_profiles)
 
 logger = logging.getLogger("vllm_mlx")
 
@@ -47,8 +48,8 @@ def _profiles(name: str | None) -> int:
         p = SERVING_PROFILES[name]
         print(f"{p.name}: {p.summary}\nsets: {describe_settings(p.settings)}")
         return 0
-    if name in CLIENT_PROFILES:
-        c = CLIENT_PROFILES[name]
+    if name in CLIENT_PROFILES or name in CLIENT_ALIASES:
+        c = client_profile(name)
         print(f"{c.name}: {c.summary}\nsets: {describe_settings(c.settings)}\n")
         print(client_instructions(c, Endpoint(client_url(DEFAULTS.host, DEFAULTS.port), "MODEL", auth=False)))
         return 0
@@ -75,6 +76,8 @@ def serve_main(argv: list[str], run_server: Callable[[ServerConfig], int]) -> in
     except ConfigError as exc:
         print(f"vllm-mlx serve: error: {exc}", file=sys.stderr)
         raise SettingsExit(str(exc)) from None
+    for note in resolved.notes:
+        print(f"vllm-mlx serve: note: {note}", file=sys.stderr)
     if resolved.values["print_config"]:
         print(format_settings(resolved, resolved.values["print_format"]))
         return 0

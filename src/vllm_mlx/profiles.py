@@ -9,6 +9,8 @@ defaults < --profile < --client < --config FILE < command-line flags.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,14 @@ CLIENT_PROFILES: dict[str, ClientProfile] = {p.name: p for p in (
 )}
 
 
+# Client profile names of vllm-mlx 0.2.x (scripts/serve_client_profile.sh there) -> the profile here. Tool
+# calling needs no switch here (goose has it), and vision is detected from the model (the -mllm names).
+CLIENT_ALIASES: Mapping[str, str] = MappingProxyType({
+    "goose-text": "goose", "goose-tools": "goose", "open-webui-text": "open-webui", "open-webui-mllm": "open-webui",
+    "generic-mllm": "generic-openai",
+})
+
+
 class ProfileError(ValueError):
     pass
 
@@ -91,7 +101,7 @@ def serving_profile(name: str) -> Profile:
 
 def client_profile(name: str) -> ClientProfile:
     try:
-        return CLIENT_PROFILES[name]
+        return CLIENT_PROFILES[CLIENT_ALIASES.get(name, name)]
     except KeyError:
         raise ProfileError(f"unknown client profile {name!r}; choose one of: {', '.join(CLIENT_PROFILES)}")
 

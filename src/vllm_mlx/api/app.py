@@ -28,6 +28,7 @@ from .openai_routes import router as openai_router
 from .operator_routes import install_cors, install_rate_limit, router as operator_router
 from .request_log import RequestLogMiddleware
 from .request_routes import router as request_router
+from .status_routes import install_status_routes
 from .responses_convert import ResponseStore
 from .responses_routes import router as responses_router
 from .watchdog import EngineWatchdog
@@ -49,10 +50,12 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
             await extra_models.preload()
         app.state.mcp = await start_mcp(config.mcp_config)
         watchdog.start()
+        app.state.memory_guard.start()
         try:
             yield
         finally:
             watchdog.stop()
+            app.state.memory_guard.stop()
             await monitors.stop()
             if app.state.mcp is not None:
                 await app.state.mcp.stop()
@@ -76,6 +79,7 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
     app.add_middleware(StreamErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_request_bytes,
                        timeout_s=config.limits.body_timeout_s)
+    install_status_routes(app, config)  # /v1/status, /health/diagnostics, memory guardrail (inside the key check)
     install_rate_limit(app, config)  # inside the key check: one bucket per valid key
     if config.api_keys:
         app.add_middleware(APIKeyMiddleware, keys=config.api_keys,

@@ -26,6 +26,7 @@ _TYPES = {
     499: "client_closed_request",
     500: "server_error",
     503: "service_unavailable",
+    504: "timeout_error",
 }
 
 
@@ -49,6 +50,7 @@ _CODES = {
     499: "client_closed_request",
     500: "server_error",
     503: "service_unavailable",
+    504: "request_timeout",
 }
 
 
@@ -75,7 +77,8 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 ANTHROPIC_PREFIX = "/v1/messages"
 _ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                     404: "not_found_error", 408: "timeout_error", 413: "request_too_large", 422: "invalid_request_error",
-                    429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+                    429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error",
+                    529: "overloaded_error"}
 
 
 def anthropic_error_body(status: int, message: str) -> dict:

@@ -32,7 +32,7 @@ from .errors import APIError, error_body, generation_failure
 from .mcp_routes import mcp_manager
 from .model_registry import serving_for
 from .openai_routes import openai_usage
-from .streaming import request_id_headers, sse, until_disconnected
+from .streaming import request_id_headers, request_timeout, sse, until_disconnected
 from ..serving.requests import ChatMessage, new_id
 from .protocol import ChatCompletionRequest
 from ..serving.chat import ChatRun
@@ -120,7 +120,7 @@ async def mcp_chat(req: ChatCompletionRequest, raw: Request):
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_chunks(events, request_id, created, state.model_name, include_usage),
                                  media_type="text/event-stream", headers=request_id_headers(request_id))
-    message, finish, usage, report = await until_disconnected(raw, _gather(events))
+    message, finish, usage, report = await until_disconnected(raw, _gather(events), timeout=request_timeout(raw))
     return JSONResponse({
         "id": request_id, "object": "chat.completion", "created": created, "model": state.model_name,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],

@@ -33,18 +33,18 @@ router = APIRouter()
 RESPONSE_WAIT_S = 10.0  # how long a Responses cancel waits for the response's final state
 
 
-def _servings(raw: Request) -> list[ServingState]:
+def loaded_servings(raw: Request) -> list[ServingState]:
     """The serving states of every loaded model."""
     return raw.app.state.model_registry.loaded_servings()
 
 
 def running_requests(raw: Request) -> list[dict]:
-    entries = [entry for state in _servings(raw) for entry in state.running.snapshot(state.model_name)]
+    entries = [entry for state in loaded_servings(raw) for entry in state.running.snapshot(state.model_name)]
     return sorted(entries, key=lambda e: -e["elapsed_s"])
 
 
 def _cancel(raw: Request, request_id: str) -> list:
-    cancelled = [r for state in _servings(raw) for r in state.running.cancel(request_id)]
+    cancelled = [r for state in loaded_servings(raw) for r in state.running.cancel(request_id)]
     if not cancelled:
         raise APIError(404, f"no running request has the id {request_id!r} (finished, or never started)",
                        param="request_id", code="request_not_found")
@@ -55,7 +55,7 @@ def _cancel(raw: Request, request_id: str) -> list:
 @router.get("/v1/requests")
 async def list_requests(raw: Request):
     return JSONResponse({"object": "list", "data": running_requests(raw),
-                         "cancelled_total": sum(state.running.cancelled_total for state in _servings(raw))})
+                         "cancelled_total": sum(state.running.cancelled_total for state in loaded_servings(raw))})
 
 
 @router.post("/v1/requests/{request_id}/cancel")

@@ -66,20 +66,33 @@ def sse(payload: dict | str, event: str | None = None) -> str:
     return (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
 
 
-async def until_disconnected(raw: Request, work: Awaitable[Any], on_disconnect=None) -> Any:
+async def until_disconnected(raw: Request, work: Awaitable[Any], on_disconnect=None,
+                             timeout: float | None = None) -> Any:
     """Await ``work`` unless the client goes away first: then cancel it (and run ``on_disconnect``)
-    and answer 499, so an abandoned non-streamed request frees its engine rows at once."""
+    and answer 499, so an abandoned non-streamed request frees its engine rows at once. Past
+    ``timeout`` seconds (``--timeout``) the same, answered 504."""
     task = asyncio.ensure_future(work)
+    deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
     while True:
-        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S if deadline is None else
+                                     max(min(DISCONNECT_POLL_S, deadline - asyncio.get_running_loop().time()), 0))
         if done:
             return task.result()
-        if await raw.is_disconnected():
+        timed_out = deadline is not None and asyncio.get_running_loop().time() >= deadline
+        if timed_out or await raw.is_disconnected():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             if on_disconnect is not None:
                 await on_disconnect()
+            if timed_out:
+                raise APIError(504, f"the request ran longer than the server's timeout of {timeout:g} s (--timeout) "
+                                    f"and was stopped; stream it, or ask for fewer tokens", code="request_timeout")
             raise APIError(499, "client disconnected")
+
+
+def request_timeout(raw: Request) -> float | None:
+    """``--timeout``: seconds a non-streamed request may run (None: no limit)."""
+    return getattr(getattr(raw.app.state, "config", None), "request_timeout", None)
 
 
 @dataclass
@@ -105,4 +118,4 @@ async def collect(stream: AsyncIterator[GenerationOutput], raw: Request, n: int)
                 raise generation_failure(out)
         return choices
 
-    return await until_disconnected(raw, consume(), stream.aclose)
+    return await until_disconnected(raw, consume(), stream.aclose, request_timeout(raw))

@@ -92,7 +92,7 @@ def rows_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vllm-mlx bench rows",
                                 description="the engine in-process against the bare mlx-lm loop at several "
                                             "batch sizes (and mlx_lm.stream_generate at one row)")
-    p.add_argument("model", help="a model folder or repo id")
+    p.add_argument("model", help="a model folder or repo id, or `demo` (the built-in demo model)")
     p.add_argument("--rows", type=int, nargs="+", default=[1, 16, 64], help="batch sizes (default: 1 16 64)")
     p.add_argument("--tokens", type=int, default=128, help="tokens per row (default: %(default)s)")
     p.add_argument("--prompt-len", type=int, default=24, help="prompt tokens per row (default: %(default)s)")
@@ -107,7 +107,7 @@ def served_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vllm-mlx bench served",
                                 description="what HTTP costs: `vllm-mlx serve MODEL` against the engine in this "
                                             "process, same workload, at several concurrencies")
-    p.add_argument("model", help="a model folder or repo id")
+    p.add_argument("model", help="a model folder or repo id, or `demo` (the built-in demo model)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 32, 64])
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default: %(default)s)")
     p.add_argument("--prompt-words", type=int, default=24)
@@ -117,6 +117,15 @@ def served_parser() -> argparse.ArgumentParser:
                    help="a further `vllm-mlx serve` argument (repeat; e.g. --server-arg=--engine-process)")
     _common(p)
     return p
+
+
+def bench_model(name: str) -> str:
+    """A model argument of `bench rows` / `bench served`: ``demo`` is the built-in demo model."""
+    if name in ("demo", "vllm-mlx-demo"):
+        from ..models.demo import ensure_demo_model
+
+        return str(ensure_demo_model())
+    return name
 
 
 def _progress(total: int, disabled: bool, desc: str):
@@ -181,6 +190,9 @@ def run_engine(argv: list[str]) -> int:
     if args.max_tokens:
         preset = replace(preset, max_tokens=args.max_tokens)
     opts = EngineBenchOptions(args.model, preset, args.repeat, args.warmup, args.ceiling)
+    from ..models.loader import resolve_model_path
+
+    resolve_model_path(args.model)  # a missing model fails now, in one line, before the progress bar
     with _progress(args.warmup + args.repeat, args.no_progress, "engine runs") as bar:
         result = asyncio.run(run_engine_bench(opts, bar))
     print(f"preset {preset.name}: {preset.num_prompts} prompts x {preset.max_tokens} tokens, max_num_seqs "
@@ -215,8 +227,8 @@ def run_rows(argv: list[str]) -> int:
         parser.error("--warmup must be at least 0")
     if args.tokens < 3:
         parser.error("--tokens must be at least 3 (decode rates need tokens after the first)")
-    opts = RowsBenchOptions(args.model, tuple(args.rows), args.tokens, args.prompt_len, args.repeat, args.warmup,
-                            args.profile)
+    opts = RowsBenchOptions(bench_model(args.model), tuple(args.rows), args.tokens, args.prompt_len, args.repeat,
+                            args.warmup, args.profile)
     with _progress(args.warmup + args.repeat, args.no_progress, "rounds") as bar:
         result = asyncio.run(run_rows_bench(opts, bar))
     print(f"{args.tokens} tokens per row, {args.prompt_len}-token prompts; median [95% CI] of {args.repeat} "
@@ -235,8 +247,8 @@ def run_served(argv: list[str]) -> int:
     _positive(parser, args, "concurrency", "max_tokens", "prompt_words", "repeat")
     if args.warmup < 0:
         parser.error("--warmup must be at least 0")
-    opts = ServedBenchOptions(args.model, tuple(args.concurrency), args.max_tokens, args.prompt_words, args.repeat,
-                              args.warmup, args.server_arg)
+    opts = ServedBenchOptions(bench_model(args.model), tuple(args.concurrency), args.max_tokens, args.prompt_words,
+                              args.repeat, args.warmup, args.server_arg)
     with _progress(args.warmup + args.repeat, args.no_progress, "rounds") as bar:
         result = asyncio.run(run_served_bench(opts, bar))
     print(f"{args.max_tokens} tokens per request; median [95% CI] of {args.repeat} interleaved rounds after "

@@ -19,11 +19,13 @@ from .table import BATCH_DIVERGENCE_ACTIONS, GROUPS, RULES
 from .table import OPTIONS as _DECLARED
 
 __all__ = ["BATCH_DIVERGENCE_ACTIONS", "DEFAULTS", "Flag", "GROUPS", "OPTIONS", "Option", "OptionError", "Rule",
-           "RULES", "OneLineErrors", "add_serve_arguments", "check_settings", "serve_parser", "setting"]
+           "RULES", "SEED_EPILOG", "OneLineErrors", "add_serve_arguments", "check_settings", "serve_parser", "setting"]
 
 OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in _DECLARED})
 DEFAULTS = Defaults(OPTIONS)
 COMMAND_LINE = "command line"
+SEED_EPILOG = ("flags of the earlier vllm-mlx 0.2.x (--localhost, --cache-memory-percent, --runtime-mode ...) are "
+               "mapped to these or refused with what to use instead: see docs/migrating.md")
 DEFAULT = "default"
 
 
@@ -89,7 +91,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser, suppress_defaults: bool
 
 def serve_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """The arguments after `vllm-mlx serve`; with ``suppress_defaults`` only those given are set."""
-    parser = OneLineErrors(prog="vllm-mlx serve", description="serve a model over the OpenAI-compatible HTTP API")
+    parser = OneLineErrors(prog="vllm-mlx serve", description="serve a model over the OpenAI-compatible HTTP API",
+                           epilog=SEED_EPILOG)
     add_serve_arguments(parser, suppress_defaults)
     return parser
 

@@ -28,6 +28,7 @@ GROUPS: dict[str, str | None] = {
 }
 
 BATCH_DIVERGENCE_ACTIONS = ("warn", "serialize")
+MEMORY_ACTIONS = ("off", "warn", "reduce-context", "reject-new")
 _SAMPLING = SamplingParams()  # the server's sampling defaults are the neutral (OpenAI) values
 MiB = 2**20
 
@@ -83,16 +84,25 @@ def _model_specs(entries) -> None:
     parse_model_specs(entries)  # ModelSpecError is a ValueError
 
 
+def _audio(kind: str):
+    def convert(value: str) -> str:
+        from ..models.audio_aliases import audio_model
+
+        return audio_model(value, kind)  # a short name of vllm-mlx 0.2.x (whisper-large-v3) -> its repo id
+
+    return convert
+
+
 def _profile(name: str) -> None:
     from ..profiles import serving_profile
 
     serving_profile(name)
 
 
-def _client(name: str) -> None:
+def _client(name: str) -> str:
     from ..profiles import client_profile
 
-    client_profile(name)
+    return client_profile(name).name  # a name of vllm-mlx 0.2.x (goose-text) -> ours (goose)
 
 
 _NO_LIMIT = "must be 0 (no limit beyond the context budget) or positive"
@@ -169,8 +179,10 @@ OPTIONS: tuple[Option, ...] = (
     # -- models beside the chat model --------------------------------------------------------------
     Option("embedding_model", None, "serve /v1/embeddings and /v1/rerank (mlx-embeddings)", group="extra models"),
     Option("stt_model", None, "serve /v1/audio/transcriptions and /v1/audio/translations (mlx-audio "
-           "speech-to-text)", group="extra models"),
-    Option("tts_model", None, "serve /v1/audio/speech (mlx-audio text-to-speech)", group="extra models"),
+           "speech-to-text; short names such as whisper-large-v3 or parakeet are mapped)", group="extra models",
+           convert=_audio("transcription")),
+    Option("tts_model", None, "serve /v1/audio/speech (mlx-audio text-to-speech; kokoro is mapped)",
+           group="extra models", convert=_audio("speech")),
     Option("preload_extra_models", False, "load the models above at startup instead of on their first request",
            bool, "extra models"),
     Option("max_embedding_batch_tokens", 8192, "padded tokens of one embedding forward; concurrent requests "
@@ -219,6 +231,9 @@ OPTIONS: tuple[Option, ...] = (
            check=_sampling("frequency_penalty")),
     Option("default_repetition_penalty", _SAMPLING.repetition_penalty, None, float, "sampling",
            check=_sampling("repetition_penalty")),
+    Option("default_max_thinking_tokens", None, "reasoning budget for requests that give no max_thinking_tokens "
+           "or reasoning_effort: past it the reasoning block is closed (default: none)", int, "sampling",
+           flags=("--default-max-thinking-tokens", "--max-thinking-tokens"), check=at_least(0)),
     # -- distributed serving -----------------------------------------------------------------------
     Option("distributed", False, "shard the model over the ranks of an mlx.launch job: rank 0 serves HTTP and "
            "schedules, every rank runs the same forward passes on its shard", bool, "distributed"),
@@ -241,7 +256,7 @@ OPTIONS: tuple[Option, ...] = (
            check=_profile),
     Option("client", None, "client profile: server settings the client needs, and its client-side settings "
            "printed at startup (claude-code, codex, opencode, open-webui, continue, qwen-code, ...)",
-           group="config", metavar="NAME", check=_client),
+           group="config", metavar="NAME", convert=_client),
     Option("print_config", False, "print the resolved settings and where each came from, then exit without "
            "loading the model", bool, "config", cli_only=True),
     Option("print_format", "toml", "format of --print-config", group="config", choices=("toml", "json"),
@@ -304,6 +319,20 @@ OPTIONS: tuple[Option, ...] = (
            "past it the request is stopped (default: %(default)s)", float, "limits", check=positive),
     Option("stream_buffer_events", 16384, "deltas a streamed request may have waiting for a slow client; past "
            "it the request is stopped (default: %(default)s)", int, "limits", check=at_least(1)),
+    Option("request_timeout", None, "seconds a non-streamed request may run; past it the generation is stopped "
+           "and the client gets 504 (default: no limit)", float, "limits", flags=("--timeout", "--request-timeout"),
+           metavar="SECONDS", check=positive),
+    Option("memory_action", "warn", "memory guardrail: off, or what to do while this process uses more than "
+           "--memory-limit-threshold percent of the machine's memory: warn (log), reduce-context (halve the "
+           "context budget of new requests), reject-new (new generations get 503) (default: %(default)s)",
+           group="limits", choices=MEMORY_ACTIONS),
+    Option("memory_warn_threshold", 70.0, "percent of the machine's memory past which the guardrail logs a "
+           "warning (default: %(default)s)", float, "limits", check=within(0.0001, 100, "must be a percent in "
+                                                                                  "(0, 100]")),
+    Option("memory_limit_threshold", 85.0, "percent of the machine's memory past which --memory-action applies "
+           "(default: %(default)s)", float, "limits", check=within(0.0001, 100, "must be a percent in (0, 100]")),
+    Option("memory_monitor_interval", 5.0, "seconds between memory readings of the guardrail (default: "
+           "%(default)s)", float, "limits", check=positive),
     Option("watchdog_stall", 60.0, "an engine step longer than this marks /health 503 until it moves (default: "
            "%(default)s)", float, "limits", check=positive),
     Option("watchdog_exit", 0.0, "a step longer than this shuts the server down cleanly (default: 0 = never)",
@@ -346,4 +375,7 @@ RULES: tuple[Rule, ...] = (
     _multi_model_only("preload_models", "--preload-models"),
     _single_model_only("served_model_name", "--served-model-name"),
     _single_model_only("warm_prompts", "--warm-prompts"),
+    Rule(("memory_warn_threshold", "memory_limit_threshold"),
+         lambda v: "--memory-limit-threshold must be greater than --memory-warn-threshold"
+         if v["memory_limit_threshold"] <= v["memory_warn_threshold"] else None),
 )

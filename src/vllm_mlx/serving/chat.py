@@ -178,7 +178,10 @@ class ChatSteps(ToolChoiceSteps):
             max_tokens = min(max_tokens, max(self.max_model_len - len(rendered.ids), 1))
         parsing = self.output_parsing(req, rendered)
         answer_room = max_tokens or min(self.default_max_tokens, max(self.max_model_len - len(rendered.ids), 1))
-        budget = thinking_budget(req.reasoning_effort, req.max_thinking_tokens, answer_room) \
+        explicit = req.max_thinking_tokens
+        if explicit is None and req.reasoning_effort is None:
+            explicit = self.defaults.max_thinking_tokens  # --max-thinking-tokens
+        budget = thinking_budget(req.reasoning_effort, explicit, answer_room) \
             if rendered.thinking else None
         params = self.sampling_params(req, len(rendered.ids), max_tokens, logprobs=logprobs, top_logprobs=top_logprobs,
                                       max_thinking_tokens=budget)
@@ -198,6 +201,8 @@ class ChatSteps(ToolChoiceSteps):
 def _message_dict(message: ChatMessage, media: list | None = None, where: str = "messages") -> dict[str, Any]:
     """A chat message for the template; image/video parts are collected in ``media`` (None: text-only model)."""
     data = message.model_dump(exclude_none=True)
+    if "reasoning" in data and "reasoning_content" not in data:  # the alias some clients send back
+        data["reasoning_content"] = data["reasoning"]
     content = message.content
     if isinstance(content, list):
         data["content"] = template_parts(content, media, where)
