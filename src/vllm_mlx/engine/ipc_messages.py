@@ -108,6 +108,7 @@ class Ready(msgspec.Struct, tag=True):
     weight_bytes: int
     backend: str | None  # BackendInfo.describe() of the engine process
     prefix_block_mode: bool | None  # the prefix cache's block_mode (None: no prefix cache)
+    weight_dtypes: dict[str, int] = {}  # weight arrays by dtype
 
 
 class LoadFailed(msgspec.Struct, tag=True):

@@ -334,6 +334,7 @@ class EngineProcess:
         self.prefix_cache = None if event.prefix_block_mode is None else PrefixCacheInfo(event.prefix_block_mode)
         if self.loaded is not None:
             self.loaded.weight_bytes = event.weight_bytes
+            self.loaded.weight_dtypes = dict(event.weight_dtypes)
             self.loaded.backend = BackendText(event.backend) if event.backend else None
 
     def _on_ready(self, child: Child, event: Ready) -> None:

@@ -20,6 +20,7 @@ import struct
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -163,7 +164,7 @@ def run_engine_process(args: ProcessArgs) -> None:
         events.send(Ready(os.getpid(), engine.vocab_size, engine.kv_bytes_per_token,
                           int(getattr(loaded, "weight_bytes", 0) or 0),
                           backend.describe() if backend is not None else None,
-                          None if cache is None else bool(cache.block_mode)))
+                          None if cache is None else bool(cache.block_mode), weight_dtypes(loaded)))
         orphaned = CommandLoop(engine, commands, args.parent_pid).run()
     finally:
         if engine.alive:
@@ -172,6 +173,15 @@ def run_engine_process(args: ProcessArgs) -> None:
         event_socket.close(linger=0 if orphaned else 2000)
         commands.close(linger=0)
         context.term()
+
+
+def weight_dtypes(loaded: Any) -> dict[str, int]:
+    """The model's weight arrays by dtype (reported by /health/diagnostics)."""
+    from mlx.utils import tree_flatten
+
+    model = getattr(loaded, "model", None)
+    arrays = tree_flatten(model.parameters()) if model is not None else []
+    return dict(Counter(str(v.dtype).removeprefix("mlx.core.") for _, v in arrays))
 
 
 def watch_parent(parent_pid: int) -> None:
