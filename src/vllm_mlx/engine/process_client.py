@@ -164,15 +164,37 @@ class EngineProcess:
         self.add_requests([request])
 
     def add_requests(self, requests: list[GenerationRequest]) -> None:
-        message = AddRequests([request_msg(r) for r in requests])
+        """Submit several requests at once; one that cannot cross (a seed beyond 64 bits) fails alone."""
+        msgs = self._crossing([(r, None) for r in requests])
+        try:
+            payload = self._codec.encode(AddRequests([m for _, m in msgs]))
+        except (TypeError, ValueError, OverflowError):
+            msgs = self._crossing(msgs, encode=True)
+            payload = self._codec.encode(AddRequests([m for _, m in msgs]))
         with self._lock:
-            if self._alive:
-                for r in requests:
+            if self._alive and msgs:
+                for r, _ in msgs:
                     self._inflight[r.request_id] = set(range(r.sampling.n))
-                self._child.commands.send(self._codec.encode(message))
+                self._child.commands.send(payload)
                 return
-        reason = self.problem or "the engine process is not running"
-        self._on_outputs([GenerationOutput(r.request_id, index=i, finish_reason=FinishReason.ERROR, error=reason)
+        if msgs:
+            self._fail_now([r for r, _ in msgs], self.problem or "the engine process is not running")
+
+    def _crossing(self, pairs: list, encode: bool = False) -> list:
+        """(request, its message) for the requests that convert (and encode); the others fail now."""
+        out = []
+        for r, msg in pairs:
+            try:
+                msg = msg or request_msg(r)
+                if encode:
+                    self._codec.encode(msg)
+                out.append((r, msg))
+            except (TypeError, ValueError, OverflowError) as exc:
+                self._fail_now([r], f"{type(exc).__name__}: {exc}")
+        return out
+
+    def _fail_now(self, requests: list[GenerationRequest], error: str) -> None:
+        self._on_outputs([GenerationOutput(r.request_id, index=i, finish_reason=FinishReason.ERROR, error=error)
                           for r in requests for i in range(r.sampling.n)])
 
     def abort(self, request_id: str) -> None:
