@@ -23,6 +23,8 @@ class ServerProcess(ManagedServer):
 
     def __init__(self, args: list[str], log_path: Path, env: dict | None = None):
         port = free_port()
+        if os.environ.get("VLLM_MLX_TEST_ENGINE_PROCESS") == "1" and "--engine-process" not in args:
+            args = [*args, "--engine-process"]  # run a test file against servers whose engine is a child process
         super().__init__("vllm-mlx", [VLLM_MLX, "serve", *args, "--port", str(port)], port, log_path, env,
                          ready_path="/health")
         self.base_url = self.url

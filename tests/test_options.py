@@ -115,6 +115,8 @@ def test_parser_names_from_config_files_and_profiles(tmp_path):
     (dict(max_tokens_cap=-1), "--max-tokens-cap must be 0 (no limit beyond the context budget) or positive"),
     (dict(mllm=True, text_only=True), "--mllm and --text-only contradict each other"),
     (dict(mcp_auto=True), "--mcp-auto needs --mcp-config"),
+    (dict(engine_process=True, distributed=True), "--engine-process cannot be combined with --distributed"),
+    (dict(engine_restarts=-1), "--engine-restarts must not be negative (got -1)"),
     (dict(cors_origins=["*"], cors_allow_credentials=True), "cannot be combined with --cors-origins '*'"),
     (dict(model_ttl=60.0), "--model-ttl applies to multi-model serving"),
     (dict(models=["a=/m/a"], model="/m/b"), "either a MODEL argument or --models"),

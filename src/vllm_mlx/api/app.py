@@ -104,6 +104,8 @@ def create_app(config: ServerConfig, group=None) -> FastAPI:
     async def health(raw: Request):
         ok = registry.healthy()
         body = {"status": "ok" if ok else "unavailable"}
+        if not ok and registry.problem():
+            body["reason"] = registry.problem()  # --engine-process: died, restarting, or failed
         watchdog.check()
         if ok and watchdog.problem():
             ok, body = False, {"status": "unhealthy", "reason": watchdog.problem()}

@@ -6,7 +6,7 @@ import time
 from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -31,6 +31,9 @@ class EngineCollector:
             ("vllm_mlx_generation_tokens_processed", "Tokens generated since start", stats.generation_tokens),
         ):
             yield GaugeMetricFamily(name, help_text, value=value)
+        if getattr(stats, "pid", None) is not None:  # --engine-process
+            yield CounterMetricFamily("vllm_mlx_engine_restarts", "Restarts of the engine process after it died",
+                                      value=stats.restarts)
         cache = stats.prefix_cache
         if cache:
             yield GaugeMetricFamily("vllm_mlx_prefix_cache_bytes", "Bytes held by the prefix cache", value=cache["bytes"])

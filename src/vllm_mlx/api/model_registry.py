@@ -315,6 +315,11 @@ class ModelRegistry:
         """False while a pinned model is not loaded or its engine has died (/health answers 503)."""
         return all(self._ready(e) for e in self.entries.values() if e.pinned)
 
+    def problem(self) -> str | None:
+        """Why a pinned model's engine is not serving, when it says (an engine process that died)."""
+        engines = [e.engine.engine for e in self.entries.values() if e.pinned and e.engine is not None]
+        return next((p for p in (getattr(e, "problem", None) for e in engines) if p), None)
+
     def combined_stats(self) -> EngineStats | None:
         """The engines' counters summed (for the /metrics engine gauges); one engine's stats as they are
         (prefix cache and vision cache included)."""

@@ -146,10 +146,13 @@ def _model_checks(state) -> list[tuple[str, str, str]]:
 
 def _dtypes(state) -> str:
     loaded = getattr(state.engine, "loaded", None)
+    counts = getattr(loaded, "weight_dtypes", None)  # --engine-process: counted in the engine process
     model = getattr(loaded, "model", None)
-    if model is None:
+    if counts is None and model is None:
         return "unknown"
-    from mlx.utils import tree_flatten
+    if counts is None:
+        from mlx.utils import tree_flatten
 
-    counts = Counter(str(v.dtype).removeprefix("mlx.core.") for _, v in tree_flatten(model.parameters()))
+        counts = Counter(str(v.dtype).removeprefix("mlx.core.") for _, v in tree_flatten(model.parameters()))
+    counts = Counter(counts)
     return "weights " + ", ".join(f"{dtype} ({n} arrays)" for dtype, n in counts.most_common())

@@ -55,3 +55,7 @@ class EngineStats:
     max_num_seqs: int = 0  # the admission bound in force (1 when generation is serialized)
     peak_active: int = 0  # most sequences running or prefilling at once since the bound last changed
     vision_cache: dict | None = None  # vision-embedding cache stats, for a vision-language model
+    # --engine-process: the engine process's pid, its restarts after crashes, and why it is down now
+    pid: int | None = None
+    restarts: int = 0
+    problem: str | None = None

@@ -49,6 +49,10 @@ class StructuredSpec:
     choice: tuple[str, ...] | None = None
     lark: str | None = None
 
+    def deep_copy(self) -> "StructuredSpec":
+        """A spec stands for a fresh matcher (what crosses to an engine process): copies are itself."""
+        return self
+
     def grammar(self) -> str:
         import llguidance
 

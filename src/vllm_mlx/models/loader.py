@@ -102,6 +102,17 @@ def load_model(model: str, *, compute_dtype: str = "model", trust_remote_code: b
     )
 
 
+def load_metadata(model: str) -> LoadedModel:
+    """The tokenizer and config of a model without its weights (``model`` is None): what the API
+    process of ``--engine-process`` needs; the engine process loads the weights."""
+    from mlx_lm.utils import load_config, load_tokenizer
+
+    path = resolve_model_path(model)
+    config = load_config(path)
+    tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    return LoadedModel(model=None, tokenizer=tokenizer, config=config, path=path, max_model_len=context_length(config))
+
+
 def weight_files(path: Path) -> tuple[int, int]:
     """(number, total bytes) of a model folder's safetensors files."""
     files = list(Path(path).glob("*.safetensors"))

@@ -177,12 +177,24 @@ def load_vision_model(path: Path, *, compute_dtype: str = "model", cache_bytes: 
         tokenizer.chat_template = template  # (the wrapper sets both on the Hugging Face tokenizer)
         tokenizer.has_chat_template = True
     model = VisionLanguageModel(vlm, family, cache_bytes=cache_bytes)
+    info = vision_info(family, processor, model.image_token_id, model.video_token_id)
+    max_len = context_length(config)
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, config=config, path=path, max_model_len=max_len)
+    loaded.vision = info
+    logger.info("vision-language model %s (%s) loaded through mlx-vlm", path.name, family)
+    return loaded
+
+
+def vision_info(family: str, processor: Any, image_token_id: int, video_token_id: int | None) -> VisionInfo:
+    """What the API side needs of a vision-language model to prepare media for it."""
+    from ..engine.vision_model import SUPPORTED_ARCHITECTURES
+
     hf_tok = processor.tokenizer
     image_token = getattr(processor, "image_token", "<|image_pad|>")
     video_token = getattr(processor, "video_token", None)
-    token_ids = {"image": model.image_token_id}
-    if model.video_token_id is not None:
-        token_ids["video"] = model.video_token_id
+    token_ids = {"image": image_token_id}
+    if video_token_id is not None:
+        token_ids["video"] = video_token_id
     info = VisionInfo(
         model_type=family,
         processor=processor,
@@ -203,11 +215,36 @@ def load_vision_model(path: Path, *, compute_dtype: str = "model", cache_bytes: 
             info.image_marker, info.image_tokens = processor.boi_token, full.count(image_token)
         else:  # Gemma 4: the template's "<|image|>": "<|image>" + the image's soft tokens + "<image|>"
             info.image_marker = image_token
-    if hf_tok.convert_tokens_to_ids(image_token) != model.image_token_id:
+    if hf_tok.convert_tokens_to_ids(image_token) != image_token_id:
         raise ValueError(f"the tokenizer's {image_token!r} id does not match the config's image_token_id")
-    max_len = context_length(config)
-    loaded = LoadedModel(model=model, tokenizer=tokenizer, config=config, path=path, max_model_len=max_len)
-    loaded.vision = info
-    logger.info("vision-language model %s (%s) loaded through mlx-vlm", path.name, family)
-    return loaded
+    return info
 
+
+def load_vision_metadata(path: Path, *, trust_remote_code: bool = False) -> LoadedModel:
+    """A vision-language model's tokenizer, processor and config without its weights (``model`` is
+    None): the API process of ``--engine-process`` prepares media with them."""
+    from mlx_lm.utils import load_tokenizer
+    from mlx_vlm.utils import get_model_and_args, get_model_type, load_image_processor, load_processor
+
+    from ..engine.vision_model import SUPPORTED_ARCHITECTURES
+
+    config = _json(path / "config.json")
+    family = get_model_type(config) or "?"
+    if family not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(unsupported_architecture_message(family, ServingMode(True, vision_evidence(path) or "?")))
+    model_class, _ = get_model_and_args(config=dict(config))
+    cfg = model_class.ModelConfig.from_dict({"text_config": {}, "vision_config": {}, "audio_config": {}, **config})
+    image_token_id = int(getattr(cfg, "image_token_id", None) or cfg.image_token_index)
+    video = getattr(cfg, "video_token_id", None) or getattr(cfg, "video_token_index", None)
+    processor = load_processor(path, True, eos_token_ids=config.get("eos_token_id"))
+    image_processor = load_image_processor(path)
+    if image_processor is not None:
+        processor.image_processor = image_processor
+    tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    template = getattr(processor, "chat_template", None)
+    if template and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = template
+        tokenizer.has_chat_template = True
+    loaded = LoadedModel(model=None, tokenizer=tokenizer, config=config, path=path, max_model_len=context_length(config))
+    loaded.vision = vision_info(family, processor, image_token_id, None if video is None else int(video))
+    return loaded

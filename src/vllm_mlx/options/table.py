@@ -337,6 +337,12 @@ OPTIONS: tuple[Option, ...] = (
            "%(default)s)", float, "limits", check=positive),
     Option("watchdog_exit", 0.0, "a step longer than this shuts the server down cleanly (default: 0 = never)",
            float, "limits", check=not_negative),
+    Option("engine_process", False, "run the engine (model, scheduler, prefix cache, sampler) in a child process "
+           "of its own: it does not share the GIL with HTTP, and a crash of it fails only the requests in flight; "
+           "it is restarted (see docs/architecture.md)", bool, "limits"),
+    Option("engine_restarts", 3, "with --engine-process: restarts of a crashed engine process in a row, with "
+           "backoff, before the server reports it failed (default: %(default)s)", int, "limits",
+           check=not_negative),
     Option("public_metrics", False, "serve /metrics without the API key", bool, "limits"),
     Option("private_health", False, "require the API key on /health too", bool, "limits"),
 )
@@ -362,6 +368,8 @@ RULES: tuple[Rule, ...] = (
          if v["cors_allow_credentials"] and "*" in v["cors_origins"] else None),
     Rule(("model", "models"), lambda v: "give either a MODEL argument or --models, not both"
          if v["model"] and v["models"] else None),
+    Rule(("engine_process", "distributed"), lambda v: "--engine-process cannot be combined with --distributed "
+         "yet" if v["engine_process"] and v["distributed"] else None),
     _multi_model_only("model_ttl", "--model-ttl"),
     _multi_model_only("models_memory_gb", "--models-memory-gb"),
     _multi_model_only("preload_models", "--preload-models"),

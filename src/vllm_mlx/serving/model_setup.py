@@ -15,8 +15,9 @@ from .. import BLAS_STATUS
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineConfig
-from ..models.loader import LoadedModel, human_bytes, load_model, weight_files
-from ..models.vision_loader import NO_VISION_METADATA, load_vision_model, serving_mode
+from ..engine.process_client import EngineProcess
+from ..models.loader import LoadedModel, human_bytes, load_metadata, load_model, weight_files
+from ..models.vision_loader import NO_VISION_METADATA, load_vision_metadata, load_vision_model, serving_mode
 from ..platform import detect_backend
 from ..parsers import detect_reasoning_parser, detect_tool_parser, get_reasoning_parser, get_tool_parser
 from .admission import build_admission
@@ -47,10 +48,16 @@ def engine_config(config: ServerConfig) -> EngineConfig:
     )
 
 
-def model_loader(config: ServerConfig, source: str | Path):
-    """The load function run on the engine thread; it also records the loaded weights' bytes."""
+class ModelLoad:
+    """The load function run on the engine thread (in the engine process with --engine-process: it is
+    picklable); it also records the loaded weights' bytes."""
 
-    def load() -> LoadedModel:
+    def __init__(self, config: ServerConfig, source: str | Path):
+        self.config = config
+        self.source = source
+
+    def __call__(self) -> LoadedModel:
+        config, source = self.config, self.source
         backend = detect_backend(BLAS_STATUS, config.dtype)
         logger.info("%s", backend.describe())
         mode = serving_mode(Path(source), mllm=config.mllm, text_only=config.text_only)
@@ -73,7 +80,9 @@ def model_loader(config: ServerConfig, source: str | Path):
         loaded.weight_bytes = sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters()))
         return loaded
 
-    return load
+
+def model_loader(config: ServerConfig, source: str | Path) -> ModelLoad:
+    return ModelLoad(config, source)
 
 
 def build_engine(config: ServerConfig, source: str | Path, group=None) -> AsyncEngine:
@@ -81,7 +90,32 @@ def build_engine(config: ServerConfig, source: str | Path, group=None) -> AsyncE
     if group is not None:
         load, engine_factory = distributed_engine(config, Path(source), group)
         return AsyncEngine(load, engine_config(config), engine_factory)
+    if config.engine_process:
+        return AsyncEngine(metadata_loader(config, source), engine_config(config),
+                           engine_process_factory(config, source))
     return AsyncEngine(model_loader(config, source), engine_config(config))
+
+
+def metadata_loader(config: ServerConfig, source: str | Path):
+    """--engine-process: what this process loads of the model -- tokenizer, config, and for a
+    vision-language model its processor -- without the weights (the engine process loads those)."""
+
+    def load() -> LoadedModel:
+        if serving_mode(Path(source), mllm=config.mllm, text_only=config.text_only).vision:
+            return load_vision_metadata(Path(source), trust_remote_code=config.trust_remote_code)
+        return load_metadata(str(source))
+
+    return load
+
+
+def engine_process_factory(config: ServerConfig, source: str | Path):
+    """--engine-process: the engine in a child process."""
+
+    def factory(load, engine_cfg: EngineConfig, on_outputs) -> EngineProcess:
+        return EngineProcess(load, model_loader(config, source), engine_cfg, on_outputs,
+                             max_restarts=config.engine_restarts, log_level=config.log_level)
+
+    return factory
 
 
 def build_serving(config: ServerConfig, engine: AsyncEngine, names: tuple[str, ...],

@@ -128,9 +128,11 @@ class ServingState(ChatSteps):
             engine = self.engine.engine
             self._compiler = GrammarCompiler(self.tokenizer, engine.vocab_size, sorted(self.tokenizer.eos_token_ids))
         try:
-            return await asyncio.to_thread(self._compiler.matcher, spec)
+            matcher = await asyncio.to_thread(self._compiler.matcher, spec)
         except GrammarError as exc:
             raise APIError(400, f"the output constraint cannot be compiled: {exc}", param=param) from exc
+        # an engine process compiles its own matcher (a native object): the spec crosses, checked here
+        return spec if getattr(self.engine.engine, "remote", False) else matcher
 
     def reasoning_end_tokens(self, prompt_opens_reasoning: bool) -> tuple[int, ...]:
         """Token ids after which a constraint starts: the end of reasoning, when the prompt left
