@@ -18,7 +18,7 @@ from vllm_mlx.models.loader import load_model
 
 
 def _prefill(runner: ModelRunner, tokens: list[int], cache=None, start: int = 0):
-    seq = Sequence(GenerationRequest("r", tokens), None, set())
+    seq = Sequence(GenerationRequest("r", tokens), set())
     seq.cache, seq.num_computed = cache, start
     return runner.prefill(seq, len(tokens) - start), seq.cache
 

@@ -133,13 +133,13 @@ def test_prefill_together_matches_one_by_one(tiny_qwen3):
     prompts = [list(range(5, 5 + n)) for n in (7, 12, 9)]
 
     def seqs():
-        return [Sequence(GenerationRequest(f"r{i}", p), None, set()) for i, p in enumerate(prompts)]
+        return [Sequence(GenerationRequest(f"r{i}", p), set()) for i, p in enumerate(prompts)]
 
     _, together = runner.prefill_together(seqs())
     alone = mx.concatenate([runner.prefill(s, 100) for s in seqs()], axis=0)
     assert logits_close(together, alone)[0]  # tolerance by backend and dtype
     lengths = [[s.num_prompt_tokens for s in g] for g in group_for_padding(
-        [Sequence(GenerationRequest(f"g{n}", list(range(n))), None, set()) for n in (3, 100, 4, 5, 90)])]
+        [Sequence(GenerationRequest(f"g{n}", list(range(n))), set()) for n in (3, 100, 4, 5, 90)])]
     assert lengths == [[3, 4, 5], [90, 100]]
 
 

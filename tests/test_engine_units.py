@@ -181,13 +181,13 @@ def test_the_scheduler_makes_every_status_change():
 
     admitted = []
     sched = Scheduler(max_num_seqs=2, max_num_batched_tokens=100, on_admit=admitted.append)
-    seqs = [Sequence(GenerationRequest(f"r{i}", [1, 2, 3], SamplingParams(n=2)), None, set()) for i in range(3)]
+    seqs = [Sequence(GenerationRequest(f"r{i}", [1, 2, 3], SamplingParams(n=2)), set()) for i in range(3)]
     for seq in seqs:
         sched.add(seq)
     plan = sched.schedule()
     assert admitted == seqs[:2] and [s for s, _ in plan.prefill] == seqs[:2] and list(sched.waiting) == seqs[2:]
     assert [s.status for s in seqs] == [SequenceStatus.PREFILLING] * 2 + [SequenceStatus.WAITING]
-    parent, child = seqs[0], Sequence(seqs[0].request, None, set(), index=1)
+    parent, child = seqs[0], Sequence(seqs[0].request, set(), index=1)
     parent.num_computed = 3
     sched.fork(parent, [child], ["key"])
     assert child.status is SequenceStatus.PREFILLING and (child.num_computed, child.rng_key) == (3, "key")

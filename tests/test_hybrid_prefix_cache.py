@@ -41,7 +41,7 @@ def test_checkpoint_restores_match_a_fresh_prefill(arch, arch_folder):
     cache = PrefixCache(make_prompt_cache(model), 1 << 30, arch, block_size=16)
     assert not cache.block_mode, f"{arch} should need checkpoints"
     prompt = [(i * 37) % 500 + 10 for i in range(150)]
-    seq = Sequence(GenerationRequest("r", prompt), None, set())
+    seq = Sequence(GenerationRequest("r", prompt), set())
     for stop in (23, 64, 101, len(prompt)):  # mid-block, at a block boundary, past a sliding window
         runner.prefill(seq, stop - seq.num_computed)
         cache.insert(prompt[:stop], seq.cache)
@@ -52,9 +52,9 @@ def test_checkpoint_restores_match_a_fresh_prefill(arch, arch_folder):
             tokens = prompt + tokens[150:]
         hit = cache.lookup(tokens)
         assert hit.num_tokens == shared, (arch, shared)
-        fresh = Sequence(GenerationRequest("f", tokens), None, set())
+        fresh = Sequence(GenerationRequest("f", tokens), set())
         expected = runner.prefill(fresh, len(tokens))
-        restored = Sequence(GenerationRequest("h", tokens), None, set())
+        restored = Sequence(GenerationRequest("h", tokens), set())
         restored.cache, restored.num_computed = hit.cache, hit.num_tokens
         got = runner.prefill(restored, len(tokens) - hit.num_tokens)
         close, diff = logits_close(got, expected)
@@ -102,14 +102,14 @@ def test_restore_checker_catches_a_wrong_restore(arch_folder):
     prompt = [(i * 13) % 400 + 10 for i in range(90)]
     other = [(i * 29) % 400 + 10 for i in range(90)]
     for source, mismatch in ((prompt, False), (other, True)):
-        donor = Sequence(GenerationRequest("d", source), None, set())
+        donor = Sequence(GenerationRequest("d", source), set())
         runner.prefill(donor, 60)
-        seq = Sequence(GenerationRequest("r", prompt), None, set())
+        seq = Sequence(GenerationRequest("r", prompt), set())
         seq.cache, seq.num_computed, seq.num_cached_tokens = donor.cache, 60, 60
         checker.maybe_verify(seq, stats)
         assert stats.restore_mismatches == int(mismatch)
         assert seq.num_cached_tokens == (0 if mismatch else 60)
-        fresh = Sequence(GenerationRequest("f", prompt), None, set())
+        fresh = Sequence(GenerationRequest("f", prompt), set())
         expected = runner.prefill(fresh, 90)
         assert logits_close(runner.prefill(seq, 30), expected)[0]  # either way the output is right
     assert stats.verified_restores == 2

@@ -20,7 +20,7 @@ from vllm_mlx.models.loader import load_model
 
 
 def _seq(tokens: list[int]) -> Sequence:
-    return Sequence(GenerationRequest("r", tokens), None, set())
+    return Sequence(GenerationRequest("r", tokens), set())
 
 
 def _fresh_logits(runner: ModelRunner, tokens: list[int]) -> tuple[mx.array, list]:

@@ -217,6 +217,27 @@ def test_stop_strings_across_tokens_never_emitted(scripted_server, stop, expecte
     assert "".join(ch.choices[0].delta.content or "" for ch in streamed if ch.choices) == expected
 
 
+def test_a_stop_string_ends_the_engine_row_as_finished(scripted_server):
+    """The text (and so the stop string) is made beside the API; the engine's row then ends as finished
+    -- counted so, not as aborted -- and the answer's usage stops at the stop string."""
+    c = client(scripted_server)
+    msgs = [{"role": "user", "content": "Hi"}]
+    engine = lambda: httpx.get(f"{scripted_server}/health").json()["engine"]  # noqa: E731
+    before = engine()
+    full = c.chat.completions.create(model="scripted", messages=msgs)
+    stopped = c.chat.completions.create(model="scripted", messages=msgs, stop=["model. The"])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert 0 < stopped.usage.completion_tokens < full.usage.completion_tokens
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = engine()
+        if after["requests_finished"] >= before["requests_finished"] + 2 and after["running"] == 0:
+            break
+        time.sleep(0.05)
+    assert after["requests_finished"] >= before["requests_finished"] + 2 and after["running"] == 0, after
+    assert after["requests_aborted"] == before["requests_aborted"]
+
+
 def test_max_tokens_gives_length(scripted_server):
     resp = client(scripted_server).chat.completions.create(
         model="scripted", messages=[{"role": "user", "content": "Hi"}], max_tokens=3

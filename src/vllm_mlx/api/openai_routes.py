@@ -211,9 +211,21 @@ async def cache_stats(raw: Request):
 
 @router.post("/v1/cache/clear")
 async def cache_clear(raw: Request):
+    await clear_cache(raw)
+    return JSONResponse({"cleared": True})
+
+
+@router.delete("/v1/cache")  # the 0.2.x spelling: also says which model and its cache before
+async def cache_delete(raw: Request):
+    return JSONResponse(await clear_cache(raw))
+
+
+async def clear_cache(raw: Request) -> dict:
+    """Empty the prefix (and vision-embedding) cache of the model named by ``?model=``."""
     state = await serving_for(raw, raw.query_params.get("model"))
     stats = state.engine.stats
     if stats.prefix_cache is None and stats.vision_cache is None:
         raise APIError(400, "the prefix cache is disabled on this server")
+    before = dict(stats.prefix_cache or {})
     state.engine.engine.clear_prefix_cache()
-    return JSONResponse({"cleared": True})
+    return {"cleared": True, "model": state.model_name, "before": before}

@@ -22,10 +22,8 @@ from fastapi.responses import JSONResponse
 
 from .. import __version__
 from .memory_guard import MemoryGuard, RejectNewMiddleware
-from .model_registry import serving_for
 from .process_stats import process_memory
 from .request_routes import loaded_servings, running_requests
-from ..serving.errors import APIError
 
 router = APIRouter()
 
@@ -76,17 +74,6 @@ async def status(raw: Request):
         "memory": {**process_memory(), "guard": guard.snapshot() if guard else None},
         "requests": running_requests(raw),
     })
-
-
-@router.delete("/v1/cache")
-async def delete_cache(raw: Request):
-    state = await serving_for(raw, raw.query_params.get("model"))
-    stats = state.engine.stats
-    if stats.prefix_cache is None and stats.vision_cache is None:
-        raise APIError(400, "the prefix cache is disabled on this server")
-    before = (stats.prefix_cache or {}).copy()
-    state.engine.engine.clear_prefix_cache()
-    return JSONResponse({"cleared": True, "model": state.model_name, "before": before})
 
 
 @router.get("/health/diagnostics")

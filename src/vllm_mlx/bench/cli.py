@@ -217,46 +217,48 @@ def run_engine(argv: list[str]) -> int:
     return 0
 
 
+def _parse_rounds(parser: argparse.ArgumentParser, argv: list[str], *positive: str) -> argparse.Namespace:
+    """The arguments of a mode measured in rounds: ``positive`` at least 1, --warmup at least 0."""
+    args = parser.parse_args(argv)
+    _positive(parser, args, *positive, "repeat")
+    if args.warmup < 0:
+        parser.error("--warmup must be at least 0")
+    return args
+
+
+def _run_rounds(args: argparse.Namespace, run, header: str, lines) -> int:
+    """Run ``run(progress)`` over the rounds, print the header and the result's lines, write the JSON."""
+    with _progress(args.warmup + args.repeat, args.no_progress, "rounds") as bar:
+        result = asyncio.run(run(bar))
+    print(f"{header}; median [95% CI] of {args.repeat} interleaved rounds after {args.warmup} warm-up, "
+          "ratios paired per round")
+    print("\n".join(lines(result)))
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
 def run_rows(argv: list[str]) -> int:
     from .rows_bench import RowsBenchOptions, format_rows, run_rows_bench
 
     parser = rows_parser()
-    args = parser.parse_args(argv)
-    _positive(parser, args, "rows", "tokens", "prompt_len", "repeat")
-    if args.warmup < 0:
-        parser.error("--warmup must be at least 0")
+    args = _parse_rounds(parser, argv, "rows", "tokens", "prompt_len")
     if args.tokens < 3:
         parser.error("--tokens must be at least 3 (decode rates need tokens after the first)")
     opts = RowsBenchOptions(bench_model(args.model), tuple(args.rows), args.tokens, args.prompt_len, args.repeat,
                             args.warmup, args.profile)
-    with _progress(args.warmup + args.repeat, args.no_progress, "rounds") as bar:
-        result = asyncio.run(run_rows_bench(opts, bar))
-    print(f"{args.tokens} tokens per row, {args.prompt_len}-token prompts; median [95% CI] of {args.repeat} "
-          f"interleaved rounds after {args.warmup} warm-up, ratios paired per round")
-    print("\n".join(format_rows(result)))
-    if args.json:
-        write_json(args.json, result)
-    return 0
+    return _run_rounds(args, lambda bar: run_rows_bench(opts, bar),
+                       f"{args.tokens} tokens per row, {args.prompt_len}-token prompts", format_rows)
 
 
 def run_served(argv: list[str]) -> int:
     from .served_bench import ServedBenchOptions, format_served, run_served_bench
 
-    parser = served_parser()
-    args = parser.parse_args(argv)
-    _positive(parser, args, "concurrency", "max_tokens", "prompt_words", "repeat")
-    if args.warmup < 0:
-        parser.error("--warmup must be at least 0")
+    args = _parse_rounds(served_parser(), argv, "concurrency", "max_tokens", "prompt_words")
     opts = ServedBenchOptions(bench_model(args.model), tuple(args.concurrency), args.max_tokens, args.prompt_words,
                               args.repeat, args.warmup, args.server_arg)
-    with _progress(args.warmup + args.repeat, args.no_progress, "rounds") as bar:
-        result = asyncio.run(run_served_bench(opts, bar))
-    print(f"{args.max_tokens} tokens per request; median [95% CI] of {args.repeat} interleaved rounds after "
-          f"{args.warmup} warm-up, ratios paired per round")
-    print("\n".join(format_served(result)))
-    if args.json:
-        write_json(args.json, result)
-    return 0
+    return _run_rounds(args, lambda bar: run_served_bench(opts, bar), f"{args.max_tokens} tokens per request",
+                       format_served)
 
 
 def _fmt(s: dict, digits: int = 1) -> str:

@@ -1,5 +1,9 @@
 """The asyncio side of the engine: submit requests, stream their deltas, abort on cancel.
 
+The engine's deltas carry token ids; their text is made here, per continuation
+(:class:`~.text_stream.TextStream`: detokenizing, stop strings, logprobs released with their text),
+so the engine's step loop -- in its own process with ``--engine-process`` -- does none of it.
+
 Each request's deltas wait for its consumer in a bounded :class:`OutputBacklog`: a consumer that
 falls too far behind (a streaming client that stopped reading) has its request stopped in the engine,
 and it gets a final error delta instead of the rest.
@@ -13,9 +17,11 @@ import time
 from typing import AsyncIterator
 
 from .backlog import OutputBacklog, delta_bytes
+from .detokenizer import streaming_backend
 from .config import EngineConfig
 from .engine import LLMEngine
 from .request import FinishReason, GenerationOutput, GenerationRequest
+from .text_stream import TextStream
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +38,8 @@ class AsyncEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stream_bounds = (config.stream_buffer_events, config.stream_buffer_bytes)
         self.engine = engine_factory(load, config, self._on_outputs)
+        self._detokenizer_backend = None  # the tokenizer's streaming decoder, if it has one
+        self._backend_looked_up = False
 
     @property
     def loaded(self):
@@ -59,7 +67,8 @@ class AsyncEngine:
             raise ValueError(f"duplicate request id {request.request_id}")
         backlog = OutputBacklog(*self.stream_bounds)
         self._backlogs[request.request_id] = backlog
-        unfinished = request.sampling.n
+        n = unfinished = request.sampling.n
+        texts = [self._text_stream(request) for _ in range(n)]
         started, first, last, tokens = time.monotonic(), None, None, 0
         streak = 0
         try:
@@ -74,17 +83,25 @@ class AsyncEngine:
                     if streak % YIELD_EVERY == 0:  # a long backlog (or a gone client) must not hog the loop
                         await asyncio.sleep(0)
                 out = await self._next(backlog)
-                # A consumer that fell behind gets the queued deltas of one continuation as one.
-                while unfinished == 1 and not out.finished and not backlog.empty():
+                # A consumer that fell behind gets the queued deltas of its one continuation as one.
+                while n == 1 and not out.finished and not backlog.empty():
                     out = out.merged_with(backlog.get_nowait())
-                if out.finished:
+                text = texts[out.index]
+                if text.done:  # ended here by a stop string: the rest the engine made is dropped
+                    continue
+                delta = text.feed(out)
+                if delta is None:
+                    continue
+                if delta.finished:
                     unfinished -= 1
-                if out.token_ids:
+                    if not out.finished:  # a stop string: the engine ends the row (cached as finished)
+                        self.engine.finish_row(request.request_id, out.index)
+                if delta.token_ids:
                     last = time.monotonic()
                     first = first or last
-                    tokens += len(out.token_ids)
-                yield out
-                if out.finish_reason in (FinishReason.ERROR, FinishReason.ABORT):
+                    tokens += len(delta.token_ids)
+                yield delta
+                if delta.finish_reason in (FinishReason.ERROR, FinishReason.ABORT):
                     break
         finally:
             if self.metrics is not None:
@@ -92,6 +109,13 @@ class AsyncEngine:
             self._backlogs.pop(request.request_id, None)
             if unfinished:  # consumer gone, or one continuation failed: stop the rest
                 self.engine.abort(request.request_id)
+
+    def _text_stream(self, request: GenerationRequest) -> TextStream:
+        tokenizer = self.engine.loaded.tokenizer
+        if not self._backend_looked_up:
+            self._detokenizer_backend, self._backend_looked_up = streaming_backend(tokenizer), True
+        return TextStream(tokenizer, request.prompt_token_ids, request.sampling, request.keep_special_tokens,
+                          self._detokenizer_backend)
 
     async def _next(self, backlog: OutputBacklog) -> GenerationOutput:
         """The next delta; never waits forever on an engine thread that has died."""

@@ -27,7 +27,6 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from ..platform import device_memory_bytes
 from .config import EngineConfig
-from .detokenizer import IncrementalDetokenizer, streaming_backend
 from .model_runner import ModelRunner
 from .prefix_reuse import PrefixReuse
 from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
@@ -75,7 +74,6 @@ class EngineCore:
         self.memory_limit = int(device_memory_bytes() * 0.9)
         self.vocab_size = probe_vocab_size(loaded.model)
         self._eos_ids = set(loaded.tokenizer.eos_token_ids)
-        self._detokenizer_backend = streaming_backend(loaded.tokenizer)
         self.sampler = RowSampler(self.vocab_size)
         self.profile: StepProfile | None = None  # set to time each step's phases (`vllm-mlx bench rows --profile`)
 
@@ -103,10 +101,7 @@ class EngineCore:
         self.scheduler.add(seq)
 
     def _new_sequence(self, request: GenerationRequest, index: int = 0) -> Sequence:
-        detokenizer = IncrementalDetokenizer(self.loaded.tokenizer, request.prompt_token_ids,
-                                             skip_special_tokens=not request.keep_special_tokens,
-                                             backend=self._detokenizer_backend)
-        return Sequence(request, detokenizer, self._eos_ids, index)
+        return Sequence(request, self._eos_ids, index)
 
     def abort(self, request_id: str) -> None:
         seqs = self.scheduler.find_all(request_id)
@@ -115,6 +110,19 @@ class EngineCore:
         self.drop(*seqs)
         self.counters.aborted += 1
         self.emit([self._finish(seq, FinishReason.ABORT) for seq in seqs])
+
+    def finish_row(self, request_id: str, index: int) -> None:
+        """A continuation its consumer ended (a stop string in its text): it stops as STOP, cached
+        like any finished row; its final delta goes out (its consumer no longer reads it)."""
+        seqs = [s for s in self.scheduler.find_all(request_id) if s.index == index]
+        if not seqs:
+            return
+        seq = seqs[0]
+        out = self._finish(seq, FinishReason.STOP)
+        self.prefix.remember_finished(self.runner, [seq])
+        self.drop(seq)
+        self.counters.finished += 1
+        self.emit([out])
 
     def abort_all(self) -> None:
         for seq in self.scheduler.all_sequences():

@@ -102,6 +102,12 @@ class LeaderCore(EngineCore):
         self.records.append(["abort", request_id])
         super().abort(request_id)
 
+    def finish_row(self, request_id: str, index: int) -> None:
+        keep = self.prefix.cache is not None
+        for seq in [s for s in self.scheduler.find_all(request_id) if s.index == index]:  # cached alike there
+            self.records.append(["finish", request_id, index, seq.output_ids if keep else None])
+        super().finish_row(request_id, index)
+
     def clear_prefix_cache(self) -> None:
         self.records.append(["clear"])
         super().clear_prefix_cache()
@@ -305,6 +311,11 @@ class FollowerEngine(LLMEngine):
             core.add(GenerationRequest(request_id, prompt, SamplingParams(n=n), checkpoints=tuple(checkpoints)))
         elif kind == "abort":
             core.abort(args[0])
+        elif kind == "finish":
+            request_id, index, output_ids = args
+            for seq in core.find([[request_id, index]]):
+                seq.output_ids = output_ids or []
+            core.finish_row(request_id, index)
         elif kind == "clear":
             core.clear_prefix_cache()
         elif kind == "shrink":

@@ -74,6 +74,10 @@ class LLMEngine:
     def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id))
 
+    def finish_row(self, request_id: str, index: int) -> None:
+        """End one continuation as STOP (its consumer found a stop string in its text)."""
+        self._commands.put(("finish_row", (request_id, index)))
+
     def abort_all(self) -> None:
         """End every request now (each gets its final ABORT delta)."""
         self._commands.put(("abort_all", None))
@@ -164,6 +168,9 @@ class LLMEngine:
                     self._publish_stats()
             elif kind == "abort":
                 self.core.abort(arg)
+                self._publish_stats()
+            elif kind == "finish_row":
+                self.core.finish_row(*arg)
                 self._publish_stats()
             elif kind == "abort_all":
                 self.core.abort_all()

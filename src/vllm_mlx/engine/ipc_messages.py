@@ -1,7 +1,7 @@
 """What crosses between the API process and the engine process (``--engine-process``), as msgspec
 Structs on pyzmq sockets (msgpack).
 
-API -> engine: commands (:data:`Command`): add requests, abort one, abort all, clear the prefix cache,
+API -> engine: commands (:data:`Command`): add requests, abort one, end one continuation, abort all, clear the prefix cache,
 set the admission bound, stop. A request crosses as its token ids, its sampling parameters and its
 output constraint as a *spec* (:class:`~.constraints.StructuredSpec`): llguidance matchers are native
 objects, so the engine process compiles its own. A vision request's media cross as processed pixels
@@ -81,6 +81,11 @@ class Abort(msgspec.Struct, tag=True):
     request_id: str
 
 
+class FinishRow(msgspec.Struct, tag=True):
+    request_id: str
+    index: int
+
+
 class AbortAll(msgspec.Struct, tag=True):
     pass
 
@@ -97,7 +102,7 @@ class Stop(msgspec.Struct, tag=True):
     pass
 
 
-Command = Union[AddRequests, Abort, AbortAll, ClearPrefixCache, SetMaxNumSeqs, Stop]
+Command = Union[AddRequests, Abort, FinishRow, AbortAll, ClearPrefixCache, SetMaxNumSeqs, Stop]
 
 
 # -- events (engine -> API) ---------------------------------------------------------------------

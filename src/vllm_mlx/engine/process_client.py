@@ -30,8 +30,8 @@ from typing import Any, Callable
 import zmq
 
 from .config import EngineConfig, EngineStats
-from .ipc_messages import (Abort, AbortAll, AddRequests, ClearPrefixCache, Codec, LoadFailed, Ready, SetMaxNumSeqs,
-                           StepOutputs, Stop, generation_output, request_msg)
+from .ipc_messages import (Abort, AbortAll, AddRequests, ClearPrefixCache, Codec, FinishRow, LoadFailed, Ready,
+                           SetMaxNumSeqs, StepOutputs, Stop, generation_output, request_msg)
 from .process_main import ProcessArgs, StepClock
 from .request import FinishReason, GenerationOutput, GenerationRequest
 
@@ -199,6 +199,9 @@ class EngineProcess:
 
     def abort(self, request_id: str) -> None:
         self._send(Abort(request_id))
+
+    def finish_row(self, request_id: str, index: int) -> None:
+        self._send(FinishRow(request_id, index))
 
     def abort_all(self) -> None:
         self._send(AbortAll())

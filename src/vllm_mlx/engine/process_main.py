@@ -29,8 +29,8 @@ import zmq
 from .config import EngineConfig
 from .constraints import GrammarCompiler, GrammarError
 from .engine import LLMEngine
-from .ipc_messages import (Abort, AbortAll, AddRequests, ClearPrefixCache, Codec, LoadFailed, Ready, SetMaxNumSeqs,
-                           StepOutputs, Stop, generation_request, output_msg)
+from .ipc_messages import (Abort, AbortAll, AddRequests, ClearPrefixCache, Codec, FinishRow, LoadFailed, Ready,
+                           SetMaxNumSeqs, StepOutputs, Stop, generation_request, output_msg)
 from .request import FinishReason, GenerationOutput
 
 logger = logging.getLogger("vllm_mlx.engine_process")
@@ -231,6 +231,8 @@ class CommandLoop:
                 engine.add_requests(requests)
         elif isinstance(command, Abort):
             engine.abort(command.request_id)
+        elif isinstance(command, FinishRow):
+            engine.finish_row(command.request_id, command.index)
         elif isinstance(command, AbortAll):
             engine.abort_all()
         elif isinstance(command, ClearPrefixCache):

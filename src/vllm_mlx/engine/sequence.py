@@ -1,4 +1,5 @@
-"""A sequence: one request's tokens, cache and streaming text state inside the engine."""
+"""A sequence: one continuation's tokens, cache and stop state inside the engine (its text is made where
+its deltas are consumed: :mod:`.text_stream`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 from .constraints import grammar_error_text
 from .reasoning_budget import ReasoningBudget
 from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
-from .stop import StopStringMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -22,18 +22,14 @@ class SequenceStatus(enum.Enum):
 class Sequence:
     """Engine-side state of one request. Touched only by the engine thread."""
 
-    def __init__(self, request: GenerationRequest, detokenizer: Any, eos_token_ids: set[int], index: int = 0):
+    def __init__(self, request: GenerationRequest, eos_token_ids: set[int], index: int = 0):
         self.request = request
         self.request_id = request.request_id
         self.index = index  # which of the request's n continuations
         self.sampling = request.sampling
         self.prompt_ids: list[int] = list(request.prompt_token_ids)
         self.output_ids: list[int] = []
-        self.logprobs: list[TokenLogprob] = []  # aligned with output_ids when requested
-        # Where each output token's text starts in detokenizer.text: a token's logprob is sent once
-        # all its text is, and never for a token holding (part of) a matched stop string.
-        self.token_starts: list[int] = []
-        self.emitted_logprobs = 0
+        self.logprobs: list[TokenLogprob] = []  # of the tokens not yet sent, when requested
         self.constraint = request.constraint  # llguidance matcher, or None
         self.constraint_after = list(request.constraint_after)
         self.constraint_started = not self.constraint_after
@@ -49,14 +45,10 @@ class Sequence:
         # Per-layer cache of this sequence alone, used while prefilling; None once merged.
         self.cache: list[Any] | None = None
         self.rng_key: Any = None  # mx.array PRNG key, set when the engine admits the sequence
-        self.detokenizer = detokenizer
         self.stop_ids = set(self.sampling.stop_token_ids)
         if not self.sampling.ignore_eos:
             self.stop_ids |= eos_token_ids
-        self.stop_matcher = StopStringMatcher(self.sampling.stop)
-        self.emitted_chars = 0  # characters of detokenizer.text already sent
         self.emitted_tokens = 0  # tokens already sent
-        self.stop_scan_from = 0  # stop strings count only in text made after min_tokens
         self.arrival_time = time.monotonic()
         self.first_token_time: float | None = None
 
@@ -127,16 +119,14 @@ class Sequence:
     def last_token(self) -> int:
         return self.output_ids[-1]
 
-    def append_token(self, token: int, logprob: TokenLogprob | None = None) -> GenerationOutput | None:
-        """Add a sampled token; returns the delta to stream (None when nothing new to say)."""
+    def append_token(self, token: int, logprob: TokenLogprob | None = None) -> GenerationOutput:
+        """Add a sampled token; returns its delta (the final one when the token ends the sequence)."""
         if self.first_token_time is None:
             self.first_token_time = time.monotonic()
         self.output_ids.append(token)
-        self.token_starts.append(len(self.detokenizer.text))
         if logprob is not None:
             self.logprobs.append(logprob)
-        stops_apply = len(self.output_ids) > self.sampling.min_tokens
-        if token in self.stop_ids and stops_apply:
+        if token in self.stop_ids and len(self.output_ids) > self.sampling.min_tokens:
             return self.finish(FinishReason.STOP, stop_token=True)
         if self.reasoning_budget is not None:
             self.reasoning_budget.on_token(token, self.output_ids)
@@ -145,72 +135,29 @@ class Sequence:
             out = self.finish(FinishReason.ERROR)
             out.error, out.error_status = error, 400  # the request's grammar: its own fault
             return out
-        self.detokenizer.add_token(token)
-        text = self.detokenizer.text
-        if not stops_apply:
-            self.stop_scan_from = len(text)
-            stop_at = None
-        else:
-            stop_at = self.stop_matcher.find(text, max(self.emitted_chars, self.stop_scan_from))
-        if stop_at is not None:
-            return self._final_delta(text[:stop_at], FinishReason.STOP, self._stop_string(text, stop_at))
         if len(self.output_ids) >= self.sampling.max_tokens:
             return self.finish(FinishReason.LENGTH)
         if self.constraint is not None and self.constraint_started and self.constraint.is_stopped():
             return self.finish(FinishReason.STOP)  # the grammar is complete and allows nothing more
-        safe = self.stop_matcher.safe_length(text) if stops_apply else len(text)
-        if safe <= self.emitted_chars:
-            return None
-        delta = self._delta(text[self.emitted_chars : safe], shown=safe)
-        self.emitted_chars = safe
-        return delta
+        return self._delta()
 
     def finish(self, reason: FinishReason, stop_token: bool = False) -> GenerationOutput:
-        """Flush held-back text and produce the final delta (a stop token is counted, not shown)."""
-        self.detokenizer.finalize()
-        text = self.detokenizer.text
-        if reason is not FinishReason.ABORT and len(self.output_ids) > self.sampling.min_tokens:
-            stop_at = self.stop_matcher.find(text, max(self.emitted_chars, self.stop_scan_from))
-            if stop_at is not None:
-                matched = self._stop_string(text, stop_at)
-                text, reason = text[:stop_at], FinishReason.STOP
-                return self._final_delta(text, reason, matched, hidden_tokens=1 if stop_token else 0)
-        return self._final_delta(text, reason, hidden_tokens=1 if stop_token else 0)
-
-    def _stop_string(self, text: str, at: int) -> str | None:
-        return next((s for s in self.stop_matcher.stops if text.startswith(s, at)), None)
-
-    def _final_delta(self, text: str, reason: FinishReason, stop_sequence: str | None = None,
-                     hidden_tokens: int = 0) -> GenerationOutput:
+        """The final delta: the tokens not yet sent (a stop token is counted, not shown)."""
         self.finish_reason = reason
-        # a stop string: the text ends where it began, and so do the logprobs
-        delta = self._delta(text[self.emitted_chars :], hidden_tokens, shown=len(text) if stop_sequence else None)
-        self.emitted_chars = max(self.emitted_chars, len(text))
+        delta = self._delta(hidden_tokens=1 if stop_token else 0)
         delta.finish_reason = reason
-        delta.stop_sequence = stop_sequence
         return delta
 
-    def _token_end(self, i: int) -> int:
-        return self.token_starts[i + 1] if i + 1 < len(self.token_starts) else len(self.detokenizer.text)
-
-    def _delta(self, text: str, hidden_tokens: int = 0, shown: int | None = None) -> GenerationOutput:
-        """The next delta; ``shown``: how much of the text has been sent once this delta is (None:
-        all of it, the end) -- logprobs go with the tokens whose text lies within it."""
+    def _delta(self, hidden_tokens: int = 0) -> GenerationOutput:
         end = len(self.output_ids) - hidden_tokens
         new_tokens = self.output_ids[self.emitted_tokens : end]
         logprobs = None
         if self.sampling.logprobs:
-            upto = self.emitted_logprobs
-            limit = min(end, len(self.logprobs))
-            while upto < limit and (shown is None or self._token_end(upto) <= shown):
-                upto += 1
-            logprobs = self.logprobs[self.emitted_logprobs : upto]
-            self.emitted_logprobs = upto
+            logprobs, self.logprobs = self.logprobs[: len(new_tokens)], []
         self.emitted_tokens = len(self.output_ids)
         return GenerationOutput(
             request_id=self.request_id,
             index=self.index,
-            text=text,
             token_ids=new_tokens,
             prompt_tokens=self.num_prompt_tokens,
             completion_tokens=len(self.output_ids),
