@@ -222,7 +222,7 @@ def test_a_stop_string_ends_the_engine_row_as_finished(scripted_server):
     -- counted so, not as aborted -- and the answer's usage stops at the stop string."""
     c = client(scripted_server)
     msgs = [{"role": "user", "content": "Hi"}]
-    engine = lambda: httpx.get(f"{scripted_server}/health").json()["engine"]  # noqa: E731
+    engine = lambda: scripted_server.health()["engine"]  # noqa: E731
     before = engine()
     full = c.chat.completions.create(model="scripted", messages=msgs)
     stopped = c.chat.completions.create(model="scripted", messages=msgs, stop=["model. The"])
