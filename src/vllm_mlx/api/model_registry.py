@@ -245,11 +245,12 @@ class ModelRegistry:
 
     async def _unload(self, entry: ModelEntry) -> None:
         engine, entry.engine, entry.serving = entry.engine, None, None
+        if engine is not None:
+            entry.unloads += 1  # counted as it leaves service (its state reads "unloaded" from now on)
         if self.on_unloading is not None:
             await self.on_unloading(entry)
         if engine is not None:
             await asyncio.to_thread(_stop_engine, engine)
-            entry.unloads += 1
             logger.info("model %s unloaded", entry.name)
 
     # -- background: idle unload ----------------------------------------------------------
