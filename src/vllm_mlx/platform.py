@@ -88,13 +88,18 @@ def detect_backend(blas: BlasStatus, requested_dtype: str = "auto") -> BackendIn
     return BackendInfo(device=device, metal=metal, cuda=cuda, blas=blas, compute_dtype=dtype)
 
 
+def physical_memory_bytes() -> int:
+    """The machine's RAM."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def device_memory_bytes() -> int:
     """Memory the model, batch and caches share: Metal's recommended working set, else physical RAM."""
     import mlx.core as mx
 
     if mx.metal.is_available():
         return int(mx.metal.device_info()["max_recommended_working_set_size"])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return physical_memory_bytes()
 
 
 def available_memory_bytes() -> int:

@@ -17,10 +17,10 @@ plus cached), and acts while it is above the limit:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any, Callable
 
+from ..platform import physical_memory_bytes
 from .errors import error_response_for
 from .process_stats import process_memory
 
@@ -28,13 +28,6 @@ logger = logging.getLogger(__name__)
 
 GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages")
 RETRY_AFTER_S = 5
-
-
-def physical_memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
 
 
 def process_memory_bytes() -> int:
@@ -49,7 +42,10 @@ class MemoryGuard:
         self.limit_pct = config.memory_limit_threshold
         self.interval_s = config.memory_monitor_interval
         self._servings = servings  # the loaded models' serving states (for reduce-context)
-        self.total_bytes = physical_memory_bytes()
+        try:
+            self.total_bytes = physical_memory_bytes()
+        except (ValueError, OSError, AttributeError):  # the system does not say: no percent to act on
+            self.total_bytes = 0
         self.used_bytes = 0
         self.level = "ok"  # ok, warn, limit
         self.readings = 0

@@ -29,7 +29,7 @@ def engine_parser() -> argparse.ArgumentParser:
     from .presets import PRESETS
 
     p = argparse.ArgumentParser(prog="vllm-mlx bench", description=(
-        "In-process engine benchmark (modes: vllm-mlx bench {serve,divergence,agent} --help)."))
+        "In-process engine benchmark (modes: vllm-mlx bench {rows,served,serve,divergence,agent} --help)."))
     p.add_argument("model", help="a model folder or repo id")
     p.add_argument("--preset", default="batch10", choices=sorted(PRESETS),
                    help="workload: " + "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))

@@ -114,10 +114,9 @@ class EngineCore:
     def finish_row(self, request_id: str, index: int) -> None:
         """A continuation its consumer ended (a stop string in its text): it stops as STOP, cached
         like any finished row; its final delta goes out (its consumer no longer reads it)."""
-        seqs = [s for s in self.scheduler.find_all(request_id) if s.index == index]
-        if not seqs:
+        seq = self.scheduler.find_row(request_id, index)
+        if seq is None:
             return
-        seq = seqs[0]
         out = self._finish(seq, FinishReason.STOP)
         self.prefix.remember_finished(self.runner, [seq])
         self.drop(seq)

@@ -103,8 +103,9 @@ class LeaderCore(EngineCore):
         super().abort(request_id)
 
     def finish_row(self, request_id: str, index: int) -> None:
-        keep = self.prefix.cache is not None
-        for seq in [s for s in self.scheduler.find_all(request_id) if s.index == index]:  # cached alike there
+        seq = self.scheduler.find_row(request_id, index)
+        if seq is not None:  # followers cache the same tokens
+            keep = self.prefix.cache is not None
             self.records.append(["finish", request_id, index, seq.output_ids if keep else None])
         super().finish_row(request_id, index)
 
@@ -313,7 +314,8 @@ class FollowerEngine(LLMEngine):
             core.abort(args[0])
         elif kind == "finish":
             request_id, index, output_ids = args
-            for seq in core.find([[request_id, index]]):
+            seq = core.scheduler.find_row(request_id, index)
+            if seq is not None:
                 seq.output_ids = output_ids or []
             core.finish_row(request_id, index)
         elif kind == "clear":

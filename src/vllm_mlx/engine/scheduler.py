@@ -57,6 +57,10 @@ class Scheduler:
         """Every sequence of a request (n > 1 gives several)."""
         return [seq for seq in self.all_sequences() if seq.request_id == request_id]
 
+    def find_row(self, request_id: str, index: int) -> Sequence | None:
+        """One continuation of a request, if it is still scheduled."""
+        return next((s for s in self.all_sequences() if s.request_id == request_id and s.index == index), None)
+
     # -- every status change --------------------------------------------------------
     def add(self, seq: Sequence) -> None:
         """Queue a new sequence for admission."""

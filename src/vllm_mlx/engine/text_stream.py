@@ -69,28 +69,28 @@ class TextStream:
             self.logprobs.append(logprob)
             self.starts.append(len(text))
         self.detokenizer.add_token(token)
-        text = self.detokenizer.text
         if not self._stops_apply:
-            self.stop_scan_from = len(text)
+            self.stop_scan_from = len(self.detokenizer.text)
             return None
-        stop_at = self.stop_matcher.find(text, max(self.emitted_chars, self.stop_scan_from))
-        if stop_at is None:
-            return None
-        return self._final(out, text[:stop_at], FinishReason.STOP, self._stop_string(text, stop_at),
-                           completion_tokens=self.tokens)
+        return self._stopped(out, completion_tokens=self.tokens)
 
     def _finish(self, out: GenerationOutput) -> GenerationOutput:
         """The engine ended the continuation: flush held-back text (a stop string in it still counts)."""
         self.detokenizer.finalize()
-        text = self.detokenizer.text
         if out.finish_reason is not FinishReason.ABORT and self._stops_apply:
-            stop_at = self.stop_matcher.find(text, max(self.emitted_chars, self.stop_scan_from))
-            if stop_at is not None:
-                return self._final(out, text[:stop_at], FinishReason.STOP, self._stop_string(text, stop_at))
-        return self._final(out, text, out.finish_reason)
+            final = self._stopped(out)
+            if final is not None:
+                return final
+        return self._final(out, self.detokenizer.text, out.finish_reason)
 
-    def _stop_string(self, text: str, at: int) -> str | None:
-        return next((s for s in self.stop_matcher.stops if text.startswith(s, at)), None)
+    def _stopped(self, out: GenerationOutput, completion_tokens: int | None = None) -> GenerationOutput | None:
+        """The final delta if the text not yet sent holds a stop string: the text ends where it begins."""
+        text = self.detokenizer.text
+        at = self.stop_matcher.find(text, max(self.emitted_chars, self.stop_scan_from))
+        if at is None:
+            return None
+        matched = next((s for s in self.stop_matcher.stops if text.startswith(s, at)), None)
+        return self._final(out, text[:at], FinishReason.STOP, matched, completion_tokens)
 
     def _final(self, out: GenerationOutput, text: str, reason: FinishReason, stop_sequence: str | None = None,
                completion_tokens: int | None = None) -> GenerationOutput:
@@ -114,10 +114,7 @@ class TextStream:
                 while n < len(self.logprobs) and self._token_end(n) <= shown:
                     n += 1
             logprobs, self.logprobs, self.starts = self.logprobs[:n], self.logprobs[n:], self.starts[n:]
-        if shown is not None:
-            self.emitted_chars = max(self.emitted_chars, shown)
-        else:
-            self.emitted_chars = max(self.emitted_chars, self.emitted_chars + len(text))
+        self.emitted_chars = max(self.emitted_chars, shown) if shown is not None else self.emitted_chars + len(text)
         ids, self.ids = self.ids, []
         return GenerationOutput(out.request_id, index=out.index, text=text, token_ids=ids,
                                 prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
