@@ -1,4 +1,4 @@
-"""Engine configuration and the statistics snapshot it publishes.
+"""Engine configuration, the statistics snapshot it publishes and the counters behind it.
 
 Defaults are the serve options' (vllm_mlx.options); the server fills every field from its ServerConfig.
 """
@@ -59,3 +59,17 @@ class EngineStats:
     pid: int | None = None
     restarts: int = 0
     problem: str | None = None
+
+
+@dataclass
+class EngineCounters:
+    """Totals since the start (``peak_active``: since the admission bound last changed)."""
+
+    finished: int = 0
+    aborted: int = 0
+    failed: int = 0
+    prompt: int = 0
+    generated: int = 0
+    steps: int = 0
+    together: int = 0
+    peak_active: int = 0

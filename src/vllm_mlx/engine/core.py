@@ -5,7 +5,8 @@ One step (:meth:`EngineCore.step`) -- decoding is pipelined (see :mod:`.model_ru
 
 1. make room: cached blocks give way when device memory runs short;
 2. schedule: admit queued prompts (each restores its longest cached prefix), split the step's token
-   budget into prompt chunks;
+   budget into prompt chunks; the step's decisions become a :class:`~.step_record.StepRecord`
+   (:meth:`EngineCore.schedule`), which a distributed leader sends its followers before the rest;
 3. launch decode step t+1 from the rows' pending tokens, and sample its tokens on the device (rows
    whose next token may be masked -- a grammar, a reasoning budget -- sample after step 5 instead);
 4. prefill the prompt chunks (whole prompts of similar length together), saving checkpoints;
@@ -19,14 +20,13 @@ A failure costs the rows it concerns: a bad prompt fails alone, a failing step f
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from ..platform import device_memory_bytes
-from .config import EngineConfig
+from .config import EngineConfig, EngineCounters
 from .model_runner import ModelRunner
 from .prefix_reuse import PrefixReuse
 from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
@@ -35,6 +35,8 @@ from .row_sampling import RowSampler
 from .sampler import make_rng_key
 from .scheduler import Scheduler, StepPlan
 from .step_profile import StepProfile
+from .step_record import (Aborted, Added, CacheCleared, CacheShrunk, RowEnded, RowsFailed, StepRecord,
+                          finished_rows, schedule_of)
 from .sequence import Sequence
 from .vision_model import VisionLanguageModel
 
@@ -43,20 +45,6 @@ logger = logging.getLogger(__name__)
 OutputCallback = Callable[[list[GenerationOutput]], None]
 # (sequences whose prompt is done, their last logits, their batch caches if prefilled together else None)
 Prefilled = tuple[list[Sequence], mx.array, "list | None"]
-
-
-@dataclass
-class EngineCounters:
-    """Totals since the start (``peak_active``: since the admission bound last changed)."""
-
-    finished: int = 0
-    aborted: int = 0
-    failed: int = 0
-    prompt: int = 0
-    generated: int = 0
-    steps: int = 0
-    together: int = 0
-    peak_active: int = 0
 
 
 class EngineCore:
@@ -76,6 +64,11 @@ class EngineCore:
         self._eos_ids = set(loaded.tokenizer.eos_token_ids)
         self.sampler = RowSampler(self.vocab_size)
         self.profile: StepProfile | None = None  # set to time each step's phases (`vllm-mlx bench rows --profile`)
+        # The step record's parts gathered since the last record (see :meth:`take_record`).
+        self.record_tokens = False  # whether records carry the decode tokens (a host read-back per step)
+        self._events: list = []
+        self._finished: list | None = None
+        self._end_at = 0
 
     # -- requests ----------------------------------------------------------------------
     def add_safely(self, request: GenerationRequest) -> None:
@@ -90,6 +83,9 @@ class EngineCore:
                                         error=f"{type(exc).__name__}: {exc}") for i in range(request.sampling.n)])
 
     def add(self, request: GenerationRequest) -> None:
+        ids = request.prompt_token_ids
+        self._events.append(Added(request.request_id, ids if isinstance(ids, list) else list(ids),
+                                  request.sampling.n, list(request.checkpoints)))
         seq = self._new_sequence(request)
         if not seq.prompt_ids:
             self.fail([seq], ValueError("the prompt has no tokens"))
@@ -107,6 +103,7 @@ class EngineCore:
         seqs = self.scheduler.find_all(request_id)
         if not seqs:
             return
+        self._events.append(Aborted(request_id))
         self.drop(*seqs)
         self.counters.aborted += 1
         self.emit([self._finish(seq, FinishReason.ABORT) for seq in seqs])
@@ -117,6 +114,7 @@ class EngineCore:
         seq = self.scheduler.find_row(request_id, index)
         if seq is None:
             return
+        self._events.append(RowEnded(request_id, index, seq.output_ids if self.prefix.cache is not None else None))
         out = self._finish(seq, FinishReason.STOP)
         self.prefix.remember_finished(self.runner, [seq])
         self.drop(seq)
@@ -129,6 +127,7 @@ class EngineCore:
 
     def fail(self, seqs: list[Sequence], exc: BaseException) -> None:
         logger.exception("request(s) %s failed", [s.request_id for s in seqs], exc_info=exc)
+        self._events.append(RowsFailed([(s.request_id, s.index) for s in seqs]))
         self.drop(*seqs)
         outputs = []
         for seq in seqs:
@@ -159,6 +158,7 @@ class EngineCore:
     # -- the prefix cache ----------------------------------------------------------------
     def clear_prefix_cache(self) -> None:
         """Empty the prefix cache and, for a vision-language model, its vision-embedding cache."""
+        self._events.append(CacheCleared())
         if self.prefix.cache is not None:
             self.prefix.cache.clear()
         if isinstance(self.loaded.model, VisionLanguageModel):
@@ -173,18 +173,41 @@ class EngineCore:
                 self.shrink_prefix_cache(int(excess))
 
     def shrink_prefix_cache(self, num_bytes: int) -> None:
+        self._events.append(CacheShrunk(int(num_bytes)))
         self.prefix.cache.shrink(num_bytes)
 
     # -- the step ------------------------------------------------------------------------
     def step(self) -> list[GenerationOutput]:
-        """Schedule and run one step; returns its deltas. A failing step fails its batch, not the engine."""
-        prof = self.profile
-        if prof is not None:
-            prof.start()
+        """Schedule and run one step; returns its deltas."""
+        return self.execute(self.schedule()[0])
+
+    def schedule(self) -> tuple[StepPlan, StepRecord]:
+        """Make room and schedule a step: its plan, and its record (see :mod:`.step_record`)."""
+        if self.profile is not None:
+            self.profile.start()
         self.make_room()
+        return self.plan_step()
+
+    def plan_step(self) -> tuple[StepPlan, StepRecord]:
+        """Schedule a step (room made, or not this core's to make) and record it."""
         plan = self.scheduler.schedule()
-        if prof is not None:
-            prof.mark("schedule")
+        record = self.take_record()
+        runner = self.runner
+        record.schedule = schedule_of(plan, self.scheduler, len(runner.batch_seqs))
+        if self.record_tokens and runner.batch_seqs:
+            record.tokens = runner.rows["tokens"].tolist()
+        if self.profile is not None:
+            self.profile.mark("schedule")
+        return plan, record
+
+    def take_record(self) -> StepRecord:
+        """The events and step end gathered since the last record, as a record without a schedule."""
+        record = StepRecord(self._events, self._finished, self._end_at)
+        self._events, self._finished, self._end_at = [], None, 0
+        return record
+
+    def execute(self, plan: StepPlan) -> list[GenerationOutput]:
+        """Run a scheduled step; returns its deltas. A failing step fails its batch, not the engine."""
         try:
             outputs = self.run(plan)
         except Exception as exc:
@@ -233,7 +256,9 @@ class EngineCore:
         return outputs
 
     def retire(self, done: list[Sequence]) -> None:
-        """The step's finished rows leave: cached (prompt + completion), then dropped."""
+        """The step's finished rows leave: cached (prompt + completion), then dropped. Called once per
+        step, between reading tokens back and joining prefilled rows: the step's end."""
+        self._finished, self._end_at = finished_rows(done, self.prefix.cache is not None), len(self._events)
         self.prefix.remember_finished(self.runner, done)
         self.drop(*done)
 

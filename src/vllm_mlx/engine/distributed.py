@@ -4,19 +4,23 @@ Every rank holds one shard of the model and the same engine state (scheduler,
 decode batch, prefix cache), so each forward pass runs on all ranks at once
 with the same shapes, and the collectives inside the sharded model line up.
 
-Rank 0 (:class:`LeaderEngine`) is the ordinary engine whose core
-(:class:`LeaderCore`) records every decision only it can make -- requests that
-arrived, aborts, cache clears and evictions, which rows finished (with their
-tokens) or failed -- and sends the record before each step together with a
-digest of the step it scheduled. The other ranks (:class:`FollowerEngine`)
-replay the record on the same core methods (:class:`FollowerCore`), schedule
-the same step (a digest mismatch ends the job), and run the same forwards. Sampling happens once, on rank 0: the step message carries the
-tokens rank 0 sampled, which every rank feeds to the decode forward.
+Rank 0 (:class:`LeaderEngine`) is the ordinary engine: between scheduling a
+step and running it, it sends the step's :class:`~.step_record.StepRecord`,
+which its core builds as every core does -- the decisions only rank 0 can make
+(requests that arrived, aborts, rows ended by their consumer, failures, cache
+clears and evictions), the rows that finished at the previous step's end (with
+their tokens), the step's schedule, and the tokens it feeds the decode forward.
+The other ranks (:class:`FollowerEngine`) apply the record
+(:meth:`FollowerCore.apply`): they replay its events on the same core methods,
+schedule the same step (a mismatch ends the job), and run the same forwards.
+Sampling happens once, on rank 0: every rank feeds the record's tokens to the
+decode forward.
 
 Every forward is evaluated at once on every rank (:class:`LockstepRunner`),
 so the order of collectives is the order of forwards, whatever each rank does
 lazily around them. While idle, rank 0 sends a heartbeat every ``idle_wait``
-seconds, so a follower's watchdog tells an idle leader from a lost one.
+seconds (a record without a schedule: the events since the last one), so a
+follower's watchdog tells an idle leader from a lost one.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ from .engine import LLMEngine
 from .lockstep import LockstepChannel, LockstepLost, Watchdog, exit_process
 from .model_runner import ModelRunner
 from .prefix_reuse import PrefixReuse
-from .request import FinishReason, GenerationRequest, SamplingParams
+from .request import FinishReason, GenerationOutput, GenerationRequest, SamplingParams
 from .rows import RowArrays
-from .scheduler import StepPlan
 from .sequence import Sequence
+from .step_record import (Aborted, Added, CacheCleared, CacheShrunk, Event, FinishedRow, RowEnded, RowsFailed,
+                          Schedule, StepRecord)
 
 logger = logging.getLogger(__name__)
 
@@ -69,74 +74,10 @@ def _eval(*arrays: Any) -> None:
         raise LockstepLost(f"a forward pass failed across ranks: {exc}") from exc
 
 
-def plan_digest(core: EngineCore, plan: StepPlan) -> list:
-    """What both sides must agree on before running a step."""
-    sched = core.scheduler
-    chunks = [[s.request_id, s.index, n, s.num_computed, s.num_cached_tokens] for s, n in plan.prefill]
-    return [chunks, len(sched.running), len(sched.prefilling), len(sched.waiting), len(core.runner.batch_seqs)]
-
-
 # -- rank 0 ---------------------------------------------------------------------------------------
 
-class LeaderCore(EngineCore):
-    """Rank 0's core: records every decision only rank 0 can make, and sends the record before each step.
-
-    Each recorded method is the one a follower replays (:meth:`FollowerEngine._apply`)."""
-
-    def __init__(self, *args: Any, channel: LockstepChannel):
-        super().__init__(*args)
-        self.channel = channel
-        self.records: list[list] = []
-
-    def send(self, **message: Any) -> None:
-        records, self.records = self.records, []
-        self.channel.exchange({"records": records, **message})
-
-    def add(self, request: GenerationRequest) -> None:
-        sampling = request.sampling
-        self.records.append(["add", request.request_id, list(request.prompt_token_ids), sampling.n,
-                             list(request.checkpoints)])
-        super().add(request)
-
-    def abort(self, request_id: str) -> None:
-        self.records.append(["abort", request_id])
-        super().abort(request_id)
-
-    def finish_row(self, request_id: str, index: int) -> None:
-        seq = self.scheduler.find_row(request_id, index)
-        if seq is not None:  # followers cache the same tokens
-            keep = self.prefix.cache is not None
-            self.records.append(["finish", request_id, index, seq.output_ids if keep else None])
-        super().finish_row(request_id, index)
-
-    def clear_prefix_cache(self) -> None:
-        self.records.append(["clear"])
-        super().clear_prefix_cache()
-
-    def shrink_prefix_cache(self, num_bytes: int) -> None:
-        self.records.append(["shrink", int(num_bytes)])
-        super().shrink_prefix_cache(num_bytes)
-
-    def fail(self, seqs: list[Sequence], exc: BaseException) -> None:
-        self.records.append(["fail", [[s.request_id, s.index] for s in seqs]])
-        super().fail(seqs, exc)
-
-    def run(self, plan: StepPlan):
-        tokens = self.runner.rows["tokens"].tolist() if self.runner.batch_seqs else []
-        self.send(step=plan_digest(self, plan), tokens=tokens)
-        return super().run(plan)
-
-    def retire(self, done: list[Sequence]) -> None:
-        """Called once per step between reading tokens back and joining prefilled rows: the step's end."""
-        keep = self.prefix.cache is not None
-        self.records.append(["end", [
-            [s.request_id, s.index, s.finish_reason.value, s.output_ids if keep else None] for s in done
-        ]])
-        super().retire(done)
-
-
 class LeaderEngine(LLMEngine):
-    """Rank 0: the ordinary engine, recording its decisions for the other ranks."""
+    """Rank 0: the ordinary engine, sending each step's record to the other ranks before running it."""
 
     verifies_restores = False  # a re-check's extra forwards would not be run on the other ranks
     runner_class = LockstepRunner
@@ -159,23 +100,30 @@ class LeaderEngine(LLMEngine):
         self.channel.exchange({"prefix_cache_bytes": cache.stats.budget_bytes if cache is not None else None})
         return cache
 
-    def _make_core(self, runner: ModelRunner, prefix: PrefixReuse) -> LeaderCore:
-        return LeaderCore(self.loaded, self.config, runner, prefix, self._emit, channel=self.channel)
+    def _make_core(self, runner: ModelRunner, prefix: PrefixReuse) -> EngineCore:
+        core = super()._make_core(runner, prefix)
+        core.record_tokens = True  # the followers feed rank 0's tokens to their decode forwards
+        return core
 
-    # -- the exchanges outside steps ------------------------------------------------------
+    # -- the exchanges ----------------------------------------------------------------------
     def _step_safely(self) -> None:
         with self._watchdog.guard("an engine step"):
             super()._step_safely()
 
+    def _step(self) -> list[GenerationOutput]:
+        plan, record = self.core.schedule()
+        self.channel.exchange({"record": record.to_wire()})
+        return self.core.execute(plan)
+
     def _on_idle(self) -> None:
         with self._watchdog.guard("a heartbeat"):
-            self.core.send(step=None)
+            self.channel.exchange({"record": self.core.take_record().to_wire()})
 
     def _drain_commands(self, block: bool) -> bool:
         going = super()._drain_commands(block)
         if not going:
             with self._watchdog.guard("the stop message"):
-                self.core.send(stop=True)
+                self.channel.exchange({"stop": True})
         return going
 
     # -- losing a rank ----------------------------------------------------------------
@@ -210,7 +158,7 @@ class LeaderEngine(LLMEngine):
 # -- ranks 1..N-1 --------------------------------------------------------------------------------
 
 class FollowerCore(EngineCore):
-    """A follower's core: the same state as rank 0's, advanced by rank 0's record and tokens."""
+    """A follower's core: the same state as rank 0's, advanced by rank 0's step records."""
 
     def __init__(self, *args: Any, rank: int):
         super().__init__(*args)
@@ -218,33 +166,65 @@ class FollowerCore(EngineCore):
         self._prefilled: list = []  # groups prefilled this step, joined at the step's end
 
     def sample_first(self, seqs: list[Sequence], logits: mx.array) -> RowArrays:
-        # Placeholders: the decode forward feeds the tokens rank 0 sampled (from the step message).
+        # Placeholders: the decode forward feeds the tokens rank 0 sampled (from the step record).
         return RowArrays(len(seqs), tokens=mx.zeros((len(seqs),), dtype=mx.int32))
 
     def find(self, keys: list) -> list[Sequence]:
         by_key = {(s.request_id, s.index): s for s in self.scheduler.all_sequences()}
         return [by_key[k] for k in map(tuple, keys) if k in by_key]
 
-    def follow_step(self, digest: list, tokens: list[int]) -> None:
+    def apply(self, record: StepRecord) -> None:
+        """Rank 0's record: its events in order (the previous step's end where it came among them),
+        then its step up to the read-back."""
+        events = record.events
+        if record.finished is not None:
+            self.replay(events[:record.end_at])
+            self.end_step(record.finished)
+            events = events[record.end_at:]
+        self.replay(events)
+        if record.schedule is not None:
+            self.follow_step(record.schedule, record.tokens)
+        self.take_record()  # this core's own record of what it replayed goes nowhere
+
+    def replay(self, events: list[Event]) -> None:
+        """Rank 0's decisions, on the same core methods."""
+        for event in events:
+            if isinstance(event, Added):
+                self.add(GenerationRequest(event.request_id, event.prompt_ids, SamplingParams(n=event.n),
+                                           checkpoints=tuple(event.checkpoints)))
+            elif isinstance(event, Aborted):
+                self.abort(event.request_id)
+            elif isinstance(event, RowEnded):
+                seq = self.scheduler.find_row(event.request_id, event.index)
+                if seq is not None:  # the same tokens cached as on rank 0
+                    seq.output_ids = event.output_ids or []
+                self.finish_row(event.request_id, event.index)
+            elif isinstance(event, CacheCleared):
+                self.clear_prefix_cache()
+            elif isinstance(event, CacheShrunk):
+                self.shrink_prefix_cache(event.num_bytes)
+            elif isinstance(event, RowsFailed):
+                self.drop(*self.find(event.rows))
+
+    def follow_step(self, schedule: Schedule, tokens: list[int]) -> None:
         """Rank 0's step up to its read-back: the same schedule, the decode forward, the prefill."""
         self._prefilled = []  # left over only when rank 0's step failed as a whole: never joined there
-        plan = self.scheduler.schedule()
-        mine = plan_digest(self, plan)
-        if mine != digest:
-            raise LockstepLost(f"rank {self.rank} diverged from rank 0: scheduled {mine}, rank 0 {digest}")
+        plan, mine = self.plan_step()  # no make_room: rank 0 decides evictions (its shrinks are events)
+        if mine.schedule != schedule:
+            raise LockstepLost(f"rank {self.rank} diverged from rank 0: scheduled {mine.schedule}, rank 0 {schedule}")
         if self.runner.batch_seqs:
             self.runner.decode(mx.array(tokens, dtype=mx.int32))
         self._prefilled = self.prefill(plan.prefill)
 
-    def end_step(self, finished: list) -> None:
+    def end_step(self, finished: list[FinishedRow]) -> None:
         """Rank 0's end of a step: cache and drop the finished rows, join the prefilled prompts."""
         done = []
-        for request_id, index, reason, output_ids in finished:
-            seq = next(iter(self.find([[request_id, index]])), None)
+        for row in finished:
+            seq = self.scheduler.find_row(row.request_id, row.index)
             if seq is None:
-                raise LockstepLost(f"rank {self.rank}: finished row {request_id}/{index} is unknown here")
-            seq.output_ids = output_ids or []
-            seq.finish_reason = FinishReason(reason)
+                raise LockstepLost(f"rank {self.rank}: finished row {row.request_id}/{row.index} is unknown here")
+            seq.output_ids = row.output_ids or []
+            seq.finish_reason = FinishReason(row.reason)
             self.scheduler.finish(seq)
             done.append(seq)
         self.retire(done)
@@ -254,7 +234,7 @@ class FollowerCore(EngineCore):
 
 
 class FollowerEngine(LLMEngine):
-    """Ranks 1..N-1: replay rank 0's record and run the same forwards; no outputs of its own."""
+    """Ranks 1..N-1: apply rank 0's step records and run the same forwards; no outputs of its own."""
 
     verifies_restores = False
     runner_class = LockstepRunner
@@ -292,37 +272,10 @@ class FollowerEngine(LLMEngine):
                 if message.get("stop"):
                     break
                 with watchdog.guard("an engine step"):
-                    for record in message["records"]:
-                        self._apply(record)
-                    if message.get("step") is not None:
-                        self.core.follow_step(message["step"], message["tokens"])
+                    self.core.apply(StepRecord.from_wire(message["record"]))
         except BaseException as exc:  # nothing to serve without rank 0: end (and so end the job)
             logger.exception("rank %d cannot follow rank 0", self.channel.rank)
             exit_process(str(exc))
             return
         logger.info("rank %d: rank 0 stopped; exiting", self.channel.rank)
         mx.synchronize()
-
-    def _apply(self, record: list) -> None:
-        """Replay one of rank 0's decisions (recorded by :class:`LeaderCore`)."""
-        kind, *args = record
-        core = self.core
-        if kind == "add":
-            request_id, prompt, n, checkpoints = args
-            core.add(GenerationRequest(request_id, prompt, SamplingParams(n=n), checkpoints=tuple(checkpoints)))
-        elif kind == "abort":
-            core.abort(args[0])
-        elif kind == "finish":
-            request_id, index, output_ids = args
-            seq = core.scheduler.find_row(request_id, index)
-            if seq is not None:
-                seq.output_ids = output_ids or []
-            core.finish_row(request_id, index)
-        elif kind == "clear":
-            core.clear_prefix_cache()
-        elif kind == "shrink":
-            core.shrink_prefix_cache(args[0])
-        elif kind == "fail":
-            core.drop(*core.find(args[0]))
-        elif kind == "end":
-            core.end_step(args[0])

@@ -189,10 +189,15 @@ class LLMEngine:
     def _step_safely(self) -> None:
         self.step_started = time.monotonic()
         try:
-            self._emit(self.core.step())
+            self._emit(self._step())
             self._publish_stats()
         finally:
             self.step_started = None
+
+    def _step(self) -> list[GenerationOutput]:
+        """One step: ``core.schedule()`` then ``core.execute(plan)`` (a distributed leader sends the
+        step's record between the two)."""
+        return self.core.step()
 
     def _emit(self, outputs: list[GenerationOutput]) -> None:
         if not outputs:
