@@ -198,3 +198,58 @@ def test_the_scheduler_makes_every_status_change():
     assert child.status is SequenceStatus.FINISHED and sched.running == [parent]
     sched.remove_request("r1")
     assert sched.find_all("r1") == [] and sched.all_sequences() == [parent, seqs[2]]
+
+
+class _SilentEngine:
+    """An engine stand-in that takes requests and dies without ending them (what a thread killed by a
+    BaseException in a kernel would leave): only AsyncEngine's own watch can end the waits."""
+
+    def __init__(self, load, config, on_outputs):
+        self.alive = True
+        self.aborted: list[str] = []
+
+    def start(self) -> None:
+        pass
+
+    def add_request(self, request) -> None:
+        pass
+
+    def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_a_request_waiting_on_a_dead_engine_gets_an_error_delta(monkeypatch):
+    import asyncio
+
+    from vllm_mlx.engine import async_engine
+    from vllm_mlx.engine.config import EngineConfig
+    from vllm_mlx.engine.request import FinishReason, GenerationRequest
+
+    monkeypatch.setattr(async_engine, "ENGINE_CHECK_S", 0.05)
+
+    async def run():
+        engine = async_engine.AsyncEngine(None, EngineConfig(), engine_factory=_SilentEngine)
+        engine._text_stream = lambda request: _PassThrough()
+        engine.start(asyncio.get_running_loop())
+        stream = engine.generate(GenerationRequest("r1", [1, 2, 3], SamplingParams(max_tokens=4)))
+        first = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0.2)
+        assert not first.done()  # alive: the request waits
+        engine.engine.alive = False
+        out = await asyncio.wait_for(first, 2)
+        engine.shutdown()
+        return out, engine
+
+    out, engine = asyncio.run(run())
+    assert out.finish_reason is FinishReason.ERROR and "engine stopped" in out.error
+    assert engine.in_flight == 0
+
+
+class _PassThrough:
+    done = False
+
+    def feed(self, out):
+        return out

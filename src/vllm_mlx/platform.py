@@ -6,6 +6,14 @@ globally *before* MLX is imported makes MLX's float32 matmuls use it (about
 25-30x faster here). This must happen before the first ``import mlx.core``,
 which is why :func:`preload_fast_blas` runs when the ``vllm_mlx`` package is
 imported. ``VLLM_MLX_BLAS`` overrides the choice: a library path, or ``off``.
+
+OpenBLAS then gets all but two of the cores this process may run on (at least one):
+:func:`blas_threads`. The engine's Python thread (building step t+1's graph while
+MLX's CPU worker computes step t) and the HTTP side need cores of their own, and
+OpenBLAS's extra threads busy-wait between the many small matmuls of a decode step,
+so on a small machine they take those cores from the engine (on 2 cores, one BLAS
+thread decodes the demo model about twice as fast at one row as two do). Set
+``OPENBLAS_NUM_THREADS`` (or ``OMP_NUM_THREADS``) to choose yourself.
 """
 
 from __future__ import annotations
@@ -58,10 +66,39 @@ def preload_fast_blas() -> BlasStatus:
     if "mlx.core" in sys.modules:
         return BlasStatus(None, "mlx was imported before vllm_mlx, so OpenBLAS could not take effect")
     try:
-        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     except OSError as exc:
         return BlasStatus(None, f"could not load {path}: {exc}")
-    return BlasStatus(path, f"OpenBLAS loaded from {path}")
+    return BlasStatus(path, f"OpenBLAS loaded from {path}; {_set_threads(lib)}")
+
+
+THREAD_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def blas_threads(cores: int) -> int:
+    """OpenBLAS threads on a machine with ``cores`` usable cores: two are left to the engine's
+    Python thread and the HTTP side (see the module's docstring), at least one thread."""
+    return max(1, cores - 2)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity: a container's or ``taskset``'s limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _set_threads(lib: ctypes.CDLL) -> str:
+    chosen = next((f"{name}={os.environ[name]}" for name in THREAD_ENV if os.environ.get(name)), None)
+    get = getattr(lib, "openblas_get_num_threads", None)
+    if chosen is None:
+        setter = getattr(lib, "openblas_set_num_threads", None)
+        if setter is None:
+            return "its thread count could not be set"
+        setter(ctypes.c_int(blas_threads(usable_cores())))
+    count = get() if get is not None else "?"
+    return f"{count} thread(s)" + (f" ({chosen})" if chosen else f" of {usable_cores()} cores")
 
 
 @dataclass(frozen=True)

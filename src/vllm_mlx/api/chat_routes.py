@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import time
 from typing import Any, AsyncIterator
 
@@ -74,17 +76,15 @@ async def _chat_stream(
     stream: AsyncIterator[GenerationOutput], request_id: str, created: int, model: str, n: int,
     include_usage: bool, token_text: TokenText | None, parsing: OutputParsing, tokenizer,
 ) -> AsyncIterator[str]:
+    # Every chunk shares its head and tail: serialized once, only the choice is encoded per token.
+    head = "data: " + json.dumps({"id": request_id, "object": "chat.completion.chunk", "created": created,
+                                  "model": model}, ensure_ascii=False)[:-1] + ', "choices": [{"index": '
+    tail = "}]" + (', "usage": null' if include_usage else "") + "}\n\n"
+
     def chunk(index: int, delta: dict, finish: str | None = None, logprobs: dict | None = None) -> str:
-        body: dict[str, Any] = {
-            "id": request_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-        }
-        if include_usage:
-            body["usage"] = None
-        return sse(body)
+        return (f"{head}{index}, \"delta\": {json.dumps(delta, ensure_ascii=False)}, \"logprobs\": "
+                f"{'null' if logprobs is None else json.dumps(logprobs, ensure_ascii=False)}, \"finish_reason\": "
+                f"{'null' if finish is None else json.dumps(finish)}{tail}")
 
     parsers = [ChatDeltaStream(parsing) for _ in range(n)]
     for i in range(n):

@@ -25,7 +25,7 @@ from .text_stream import TextStream
 
 logger = logging.getLogger(__name__)
 
-ENGINE_CHECK_S = 2.0  # how often a waiting request checks that the engine thread is alive
+ENGINE_CHECK_S = 2.0  # how often, while requests wait, the engine is checked to be alive
 YIELD_EVERY = 64  # deltas taken without waiting before the consumer lets the event loop run others
 
 
@@ -36,6 +36,7 @@ class AsyncEngine:
         self._backlogs: dict[str, OutputBacklog] = {}
         self.metrics = None  # optional: an object with observe_stream(started, first, last, tokens)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watcher: asyncio.Task | None = None  # ends the waiting requests if the engine dies
         self.stream_bounds = (config.stream_buffer_events, config.stream_buffer_bytes)
         self.engine = engine_factory(load, config, self._on_outputs)
         self._detokenizer_backend = None  # the tokenizer's streaming decoder, if it has one
@@ -60,6 +61,9 @@ class AsyncEngine:
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+        watcher, loop = self._watcher, self._loop
+        if watcher is not None and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(watcher.cancel)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
         """Yield the request's deltas until it finishes; aborts it if the consumer stops early."""
@@ -74,6 +78,8 @@ class AsyncEngine:
         try:
             if not self.engine.alive:
                 raise RuntimeError("the engine is not running")
+            if self._watcher is None or self._watcher.done():
+                self._watcher = asyncio.ensure_future(self._watch_engine())
             self.engine.add_request(request)
             while unfinished:
                 if backlog.empty():
@@ -118,15 +124,21 @@ class AsyncEngine:
                           self._detokenizer_backend)
 
     async def _next(self, backlog: OutputBacklog) -> GenerationOutput:
-        """The next delta; never waits forever on an engine thread that has died."""
-        if not backlog.empty():  # the common case under load: no timer task per delta
+        """The next delta (no timer per delta: :meth:`_watch_engine` ends the wait if the engine dies)."""
+        if not backlog.empty():  # the common case under load
             return backlog.get_nowait()
-        while True:
-            try:
-                return await asyncio.wait_for(backlog.get(), timeout=ENGINE_CHECK_S)
-            except asyncio.TimeoutError:
-                if not self.engine.alive:
-                    raise RuntimeError("the engine stopped") from None
+        return await backlog.get()
+
+    async def _watch_engine(self) -> None:
+        """While requests wait, check every ``ENGINE_CHECK_S`` that the engine is alive; if it died
+        without ending them, each gets a final error delta (none waits forever)."""
+        while self._backlogs:
+            await asyncio.sleep(ENGINE_CHECK_S)
+            if not self.engine.alive:
+                for request_id, backlog in list(self._backlogs.items()):
+                    backlog.force_put(GenerationOutput(request_id, finish_reason=FinishReason.ERROR,
+                                                       error="the engine stopped"))
+                return
 
     def _on_outputs(self, outputs: list[GenerationOutput]) -> None:
         """Called on the engine thread: hand the step's deltas to the event loop."""
