@@ -7,13 +7,11 @@ globally *before* MLX is imported makes MLX's float32 matmuls use it (about
 which is why :func:`preload_fast_blas` runs when the ``vllm_mlx`` package is
 imported. ``VLLM_MLX_BLAS`` overrides the choice: a library path, or ``off``.
 
-OpenBLAS then gets all but two of the cores this process may run on (at least one):
-:func:`blas_threads`. The engine's Python thread (building step t+1's graph while
-MLX's CPU worker computes step t) and the HTTP side need cores of their own, and
-OpenBLAS's extra threads busy-wait between the many small matmuls of a decode step,
-so on a small machine they take those cores from the engine (on 2 cores, one BLAS
-thread decodes the demo model about twice as fast at one row as two do). Set
-``OPENBLAS_NUM_THREADS`` (or ``OMP_NUM_THREADS``) to choose yourself.
+OpenBLAS runs as many threads as it finds cores (``OPENBLAS_NUM_THREADS`` or
+``OMP_NUM_THREADS`` choose otherwise); :class:`BlasStatus` says how many. They
+busy-wait between matmuls, so on a machine with few cores they compete with the
+engine's own thread: good for a model whose matmuls dominate (every real model on
+a CPU), costly for a tiny Python-bound one (docs/benchmarks/engine-core.md).
 """
 
 from __future__ import annotations
@@ -69,36 +67,18 @@ def preload_fast_blas() -> BlasStatus:
         lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     except OSError as exc:
         return BlasStatus(None, f"could not load {path}: {exc}")
-    return BlasStatus(path, f"OpenBLAS loaded from {path}; {_set_threads(lib)}")
+    return BlasStatus(path, f"OpenBLAS loaded from {path}; {_threads(lib)}")
 
 
 THREAD_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
 
 
-def blas_threads(cores: int) -> int:
-    """OpenBLAS threads on a machine with ``cores`` usable cores: two are left to the engine's
-    Python thread and the HTTP side (see the module's docstring), at least one thread."""
-    return max(1, cores - 2)
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its affinity: a container's or ``taskset``'s limit)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _set_threads(lib: ctypes.CDLL) -> str:
+def _threads(lib: ctypes.CDLL) -> str:
+    """How many threads OpenBLAS runs, and who chose that number."""
     chosen = next((f"{name}={os.environ[name]}" for name in THREAD_ENV if os.environ.get(name)), None)
     get = getattr(lib, "openblas_get_num_threads", None)
-    if chosen is None:
-        setter = getattr(lib, "openblas_set_num_threads", None)
-        if setter is None:
-            return "its thread count could not be set"
-        setter(ctypes.c_int(blas_threads(usable_cores())))
     count = get() if get is not None else "?"
-    return f"{count} thread(s)" + (f" ({chosen})" if chosen else f" of {usable_cores()} cores")
+    return f"{count} thread(s)" + (f" ({chosen})" if chosen else " (one per core)")
 
 
 @dataclass(frozen=True)
