@@ -68,6 +68,22 @@ def test_health_names_the_engine_process(qwen3_server):
     assert engine["pid"] not in (None, qwen3_server.proc.pid) and _running(engine["pid"])
 
 
+def test_the_engine_process_memory_is_seen(qwen3_server):
+    """The weights live in the engine process: /health, /v1/status and the memory guardrail see its
+    memory (reported by that process), not only the API process's."""
+    chat(qwen3_server, "count", max_tokens=4)
+    deadline = time.monotonic() + 10
+    while (memory := qwen3_server.health()["engine"]["memory"]) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert memory is not None and memory["rss_bytes"] > 0 and memory["mlx_active_bytes"] > 0
+    httpx.get(f"{qwen3_server.base_url}/health/diagnostics", timeout=10)  # takes a fresh guard reading
+    status = httpx.get(f"{qwen3_server.base_url}/v1/status", timeout=10).json()
+    assert status["models"][0]["engine_process_memory"]["rss_bytes"] > 0
+    guard = status["memory"]["guard"]
+    assert guard["enabled"] and guard["engine_process_bytes"] > 0
+    assert guard["process_bytes"] >= guard["engine_process_bytes"] + status["memory"]["rss_bytes"] // 2
+
+
 def test_greedy_output_is_the_in_process_engines(qwen3_server, thread_server):
     kw = dict(max_tokens=24, temperature=0, logprobs=True, top_logprobs=3)
     here, there = chat(qwen3_server, "Tell me about cats.", **kw), chat(thread_server, "Tell me about cats.", **kw)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import resource
 import sys
 from dataclasses import dataclass
 
@@ -131,3 +132,20 @@ def available_memory_bytes() -> int:
     import mlx.core as mx
 
     return max(0, device_memory_bytes() - mx.get_active_memory())
+
+
+def process_memory() -> dict:
+    """This process's resident memory now and at its peak, and what MLX's allocator holds (active and
+    cached): /health and the memory guardrail read it (the engine process reports its own)."""
+    import mlx.core as mx
+
+    rss = 0
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:  # not Linux: the peak is what is available
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB, macOS bytes
+    return {"rss_bytes": rss, "peak_rss_bytes": peak, "mlx_active_bytes": mx.get_active_memory(),
+            "mlx_cache_bytes": mx.get_cache_memory()}

@@ -1,7 +1,8 @@
 """The memory guardrail (``--memory-action``, ``--memory-warn-threshold``, ``--memory-limit-threshold``,
 ``--memory-monitor-interval``): a thread reads this process's memory every interval, as a percent of
 the machine's physical memory (the larger of its resident set and what MLX's allocator holds, active
-plus cached), and acts while it is above the limit:
+plus cached; with ``--engine-process`` plus what each engine process reports of its own), and acts while
+it is above the limit:
 
 * ``warn``: a warning in the log when the reading crosses the warn or the limit threshold (and a line
   when it is back under);
@@ -20,9 +21,8 @@ import logging
 import threading
 from typing import Any, Callable
 
-from ..platform import physical_memory_bytes
+from ..platform import physical_memory_bytes, process_memory
 from .errors import error_response_for
-from .process_stats import process_memory
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", 
 RETRY_AFTER_S = 5
 
 
-def process_memory_bytes() -> int:
-    m = process_memory()
+def memory_bytes(m: dict) -> int:
+    """What one process holds: the larger of its resident set and MLX's active plus cached memory."""
     return max(m["rss_bytes"], m["mlx_active_bytes"] + m["mlx_cache_bytes"])
 
 
@@ -46,7 +46,8 @@ class MemoryGuard:
             self.total_bytes = physical_memory_bytes()
         except (ValueError, OSError, AttributeError):  # the system does not say: no percent to act on
             self.total_bytes = 0
-        self.used_bytes = 0
+        self.used_bytes = 0  # this process's memory, and the engine processes' (--engine-process)
+        self.engine_bytes = 0
         self.level = "ok"  # ok, warn, limit
         self.readings = 0
         self.rejected = 0  # requests answered 503 by reject-new
@@ -84,7 +85,9 @@ class MemoryGuard:
 
     def read(self) -> None:
         """One reading, and what the action does about it."""
-        self.used_bytes = process_memory_bytes()
+        engines = [state.engine.stats.memory for state in self._servings()]
+        self.engine_bytes = sum(memory_bytes(m) for m in engines if m)  # --engine-process: their own reports
+        self.used_bytes = memory_bytes(process_memory()) + self.engine_bytes
         self.readings += 1
         pct = self.percent
         level = "limit" if pct >= self.limit_pct else "warn" if pct >= self.warn_pct else "ok"
@@ -116,7 +119,7 @@ class MemoryGuard:
 
     def snapshot(self) -> dict:
         return {"action": self.action, "enabled": self.enabled, "level": self.level if self.enabled else None,
-                "process_bytes": self.used_bytes, "machine_bytes": self.total_bytes,
+                "process_bytes": self.used_bytes, "engine_process_bytes": self.engine_bytes, "machine_bytes": self.total_bytes,
                 "percent": round(self.percent, 3), "warn_threshold": self.warn_pct,
                 "limit_threshold": self.limit_pct, "interval_s": self.interval_s, "readings": self.readings,
                 "rejected": self.rejected, "context_reduced": bool(self._reduced)}

@@ -36,8 +36,8 @@ from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineStats
 from ..models.loader import ModelNotFoundError, resolve_model_path
 from ..models.model_specs import ModelSpec, ModelSpecError, parse_model_specs
+from ..platform import process_memory
 from .errors import APIError
-from .process_stats import process_memory
 from ..serving.model_setup import build_engine, build_serving, resolve_model
 from ..serving.state import ServingState
 from ..serving.warmup import warm_up

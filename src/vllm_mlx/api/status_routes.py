@@ -21,8 +21,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from .. import __version__
+from ..platform import process_memory
 from .memory_guard import MemoryGuard, RejectNewMiddleware
-from .process_stats import process_memory
 from .request_routes import loaded_servings, running_requests
 
 router = APIRouter()
@@ -61,7 +61,8 @@ async def status(raw: Request):
         totals.update(counters)
         models.append({"model": state.model_name, "state": stats.state, **counters,
                        "max_num_seqs": stats.max_num_seqs, "max_model_len": state.max_model_len,
-                       "cache": {"prefix": stats.prefix_cache, "vision": stats.vision_cache}})
+                       "cache": {"prefix": stats.prefix_cache, "vision": stats.vision_cache},
+                       "engine_process_memory": stats.memory})
     started = getattr(raw.app.state, "started_at", time.time())
     guard = _guard(raw)
     return JSONResponse({

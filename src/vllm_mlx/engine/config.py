@@ -59,6 +59,7 @@ class EngineStats:
     pid: int | None = None
     restarts: int = 0
     problem: str | None = None
+    memory: dict | None = None  # --engine-process: that process's own memory (platform.process_memory)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import zmq
 
+from ..platform import process_memory
 from .config import EngineConfig
 from .constraints import GrammarCompiler, GrammarError
 from .engine import LLMEngine
@@ -36,6 +37,7 @@ from .request import FinishReason, GenerationOutput
 logger = logging.getLogger("vllm_mlx.engine_process")
 
 PARENT_CHECK_S = 0.5  # how often the main thread checks that the API process is still there
+MEMORY_READ_S = 1.0  # how often the engine process reads its own memory for its stats
 ORPHAN_GRACE_S = 5.0  # then the watcher ends the process, if the command loop has not (a load, a wedged step)
 
 
@@ -60,12 +62,18 @@ class HostedEngine(LLMEngine):
         self._events = events
         self._step_clock = step_clock  # shared double: monotonic start of the running step, 0 when none
         self._pending: list[GenerationOutput] = []
+        self._memory: dict | None = None
+        self._memory_read_at = float("-inf")
 
     def _collect(self, outputs: list[GenerationOutput]) -> None:
         self._pending.extend(outputs)
 
     def _publish_stats(self, state: str | None = None) -> None:
         super()._publish_stats(state)  # every delta is followed by a stats update: both go as one message
+        now = time.monotonic()
+        if now - self._memory_read_at >= MEMORY_READ_S:  # the API process cannot see this process's memory
+            self._memory, self._memory_read_at = process_memory(), now
+        self.stats.memory = self._memory  # a fresh snapshot, not yet seen by anyone
         outputs, self._pending = self._pending, []
         self._events.send(StepOutputs([output_msg(o) for o in outputs], self.stats))
 
