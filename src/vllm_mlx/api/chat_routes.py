@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-
 import time
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
