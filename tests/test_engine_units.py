@@ -253,3 +253,34 @@ class _PassThrough:
 
     def feed(self, out):
         return out
+
+
+def test_a_one_row_batch_decodes_without_a_mask_and_gives_the_same_logits():
+    from mlx_lm.models import qwen3
+    from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
+
+    from vllm_mlx.engine.model_runner import DecodeKVCache, _without_one_row_masks
+
+    mx.random.seed(0)
+    args = qwen3.ModelArgs(model_type="qwen3", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                           num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, vocab_size=97,
+                           max_position_embeddings=256, rope_theta=10000.0, head_dim=16, tie_word_embeddings=True)
+    model = qwen3.Model(args)
+    prompts = [[5, 9, 13, 2, 7, 11], [3, 4]]
+
+    def prefilled(prompt):
+        cache = make_prompt_cache(model)
+        model(mx.array([prompt]), cache=cache)
+        return cache
+
+    alone = prefilled(prompts[0])
+    expected = model(mx.array([[21]]), cache=alone)[:, -1]
+
+    batch = _without_one_row_masks([KVCache.merge([c]) for c in prefilled(prompts[0])])
+    assert all(type(c) is DecodeKVCache for c in batch) and batch[0].make_mask(1) is None
+    got = model(mx.array([[21]]), cache=batch)[:, -1]
+    assert mx.allclose(got, expected, atol=1e-5).item()
+
+    two = _without_one_row_masks([KVCache.merge([a, b]) for a, b in zip(prefilled(prompts[0]), prefilled(prompts[1]))])
+    assert isinstance(two[0].make_mask(1), mx.array)  # the shorter row's padding is masked
+    assert type(BatchKVCache([0])) is BatchKVCache  # mlx-lm's class itself is untouched

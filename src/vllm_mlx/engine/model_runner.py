@@ -28,6 +28,25 @@ from .rows import RowArrays
 from .sequence import Sequence
 
 
+class DecodeKVCache(BatchKVCache):
+    """mlx-lm's batch KV cache, minus the mask of a one-row batch's one-token step: a lone row has no
+    left padding (it is merged alone, or filtered down to itself, which drops its padding), so that step
+    attends to every cached position, and the attention takes the unmasked path as mlx-lm's single-stream
+    cache does. Any other step gets mlx-lm's mask."""
+
+    def make_mask(self, N: int, return_array: bool = False, **kwargs):
+        if N == 1 and not return_array and self.keys is not None and self.keys.shape[0] == 1:
+            return None
+        return super().make_mask(N, return_array=return_array, **kwargs)
+
+
+def _without_one_row_masks(caches: list[Any]) -> list[Any]:
+    for c in caches:
+        if type(c) is BatchKVCache:
+            c.__class__ = DecodeKVCache  # the same object and state; only make_mask differs
+    return caches
+
+
 class ModelRunner:
     def __init__(self, model: nn.Module, deterministic: bool = False):
         self.model = model
@@ -95,7 +114,7 @@ class ModelRunner:
             for s in seqs:
                 s.cache = None
             if self.batch_cache is None:
-                self.batch_cache = merged
+                self.batch_cache = _without_one_row_masks(merged)
             else:
                 for running, new in zip(self.batch_cache, merged):
                     running.extend(new)
