@@ -128,6 +128,8 @@ def test_served_bench_http_against_the_engine_in_process(visible_qwen3, tmp_path
         s = summary[c]
         assert s["served"]["median"] > 0 and s["engine"]["median"] > 0 and s["ratio"]["n"] == 1
         assert s["served_ttft_ms"]["median"] > 0 and s["engine_ttft_ms"]["median"] > 0
+        if sys.platform.startswith("linux"):  # CPU per token, from /proc: the server did work, the client too
+            assert s["server_cpu_us_per_token"]["median"] > 0 and s["client_cpu_us_per_token"]["median"] > 0
 
 
 # -- serve mode against real servers -------------------------------------------

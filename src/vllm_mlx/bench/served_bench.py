@@ -6,14 +6,19 @@ process started for MODEL (same batch bound, prefix cache off on both sides) and
 requests submitted to an in-process engine; the order alternates between rounds and the ratios
 are paired per round. Reported per side: aggregate completion tok/s (all tokens / wall time from
 the first request sent to the last token), and the median time to first token (text, over HTTP).
+On Linux the served rounds also report CPU time per completion token: the server's (its process and
+an engine process under it, from ``/proc``) and this process's, which is the HTTP client's then. On a
+machine with few cores the two compete with the engine, and that bounds served/engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import statistics
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +38,9 @@ class ServedBenchOptions:
     server_args: list[str] = field(default_factory=list)  # further `vllm-mlx serve` arguments
 
 
-async def one_round(target, c: int, tokens: int, words: int, seed: int) -> dict:
+async def one_round(target, c: int, tokens: int, words: int, seed: int, server_pid: int | None = None) -> dict:
     prompts = make_prompts(c, words, seed)
+    server_cpu, client_cpu = process_tree_cpu_s(server_pid), time.process_time()
     records: list[StreamRecord] = await asyncio.gather(
         *(target.chat([{"role": "user", "content": p}], tokens) for p in prompts))
     failed = [r.error for r in records if r.error]
@@ -42,8 +48,37 @@ async def one_round(target, c: int, tokens: int, words: int, seed: int) -> dict:
         raise RuntimeError(f"{target.name}: request failed: {failed[0]}")
     span = max(r.end for r in records) - min(r.start for r in records)
     ttfts = [r.ttft for r in records if math.isfinite(r.ttft)]
-    return {"aggregate": sum(r.completion_tokens for r in records) / span,
-            "ttft_ms": 1e3 * statistics.median(ttfts) if ttfts else float("nan")}
+    completion = sum(r.completion_tokens for r in records)
+    out = {"aggregate": completion / span, "ttft_ms": 1e3 * statistics.median(ttfts) if ttfts else float("nan")}
+    server_after = process_tree_cpu_s(server_pid)
+    if server_cpu is not None and server_after is not None and completion:
+        out["server_cpu_us_per_token"] = 1e6 * (server_after - server_cpu) / completion
+        out["client_cpu_us_per_token"] = 1e6 * (time.process_time() - client_cpu) / completion
+    return out
+
+
+def process_tree_cpu_s(pid: int | None) -> float | None:
+    """CPU seconds (user + system) of process ``pid`` and its children, from /proc (None elsewhere)."""
+    if pid is None or not os.path.exists(f"/proc/{pid}/stat"):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in [pid, *_children(pid)]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        except (OSError, IndexError, ValueError):  # a child that just ended
+            continue
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
 
 
 async def run_served_bench(opts: ServedBenchOptions, progress=None) -> dict:
@@ -63,7 +98,9 @@ async def run_served_bench(opts: ServedBenchOptions, progress=None) -> dict:
                 for c in opts.concurrency:
                     sides = [("served", http), ("engine", engine)]
                     for name, target in (sides if (i + c) % 2 == 0 else reversed(sides)):
-                        row[f"{name}_{c}"] = await one_round(target, c, opts.tokens, opts.prompt_words, seed=i)
+                        pid = server.proc.pid if name == "served" else None
+                        row[f"{name}_{c}"] = await one_round(target, c, opts.tokens, opts.prompt_words, seed=i,
+                                                             server_pid=pid)
                 if i >= opts.warmup:
                     rounds.append(row)
                 if progress is not None:
@@ -87,6 +124,9 @@ def summarize_served(rounds: list[dict], concurrency: tuple[int, ...]) -> dict:
             "served_ttft_ms": s([x["ttft_ms"] for x in served]),
             "engine_ttft_ms": s([x["ttft_ms"] for x in engine]),
         }
+        if all("server_cpu_us_per_token" in x for x in served):
+            out[c]["server_cpu_us_per_token"] = s([x["server_cpu_us_per_token"] for x in served])
+            out[c]["client_cpu_us_per_token"] = s([x["client_cpu_us_per_token"] for x in served])
     return out
 
 
@@ -95,8 +135,10 @@ def format_served(result: dict) -> list[str]:
         return f"{d['median']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
 
     lines = ["| concurrency | served tok/s | engine in-process tok/s | served/engine | served median TTFT ms | "
-             "engine median TTFT ms |", "|---|---|---|---|---|---|"]
+             "engine median TTFT ms | server CPU µs/token | client CPU µs/token |", "|---|---|---|---|---|---|---|---|"]
     for c, s in result["summary"].items():
+        cpu = (f"{f(s['server_cpu_us_per_token'], 0)} | {f(s['client_cpu_us_per_token'], 0)}"
+               if "server_cpu_us_per_token" in s else "— | —")
         lines.append(f"| {c} | {f(s['served'])} | {f(s['engine'])} | {f(s['ratio'], 2)} | "
-                     f"{f(s['served_ttft_ms'])} | {f(s['engine_ttft_ms'])} |")
+                     f"{f(s['served_ttft_ms'])} | {f(s['engine_ttft_ms'])} | {cpu} |")
     return lines
