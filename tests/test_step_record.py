@@ -124,6 +124,10 @@ def test_a_follower_fed_the_records_reaches_the_leaders_state(loaded):
             leader.finish_row("b", 1)
         if step == 14:
             leader.clear_prefix_cache()
+        if step == 16:  # a row that fails on rank 0 is dropped on the follower too
+            failing = leader.scheduler.find_row("e", 0)
+            assert failing is not None
+            leader.fail([failing], RuntimeError("injected"))
         if not leader.scheduler.has_work:
             break
         plan, record = leader.schedule()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import cached_property
 from typing import AsyncIterator
 
 from .backlog import OutputBacklog, delta_bytes
@@ -39,8 +40,6 @@ class AsyncEngine:
         self._watcher: asyncio.Task | None = None  # ends the waiting requests if the engine dies
         self.stream_bounds = (config.stream_buffer_events, config.stream_buffer_bytes)
         self.engine = engine_factory(load, config, self._on_outputs)
-        self._detokenizer_backend = None  # the tokenizer's streaming decoder, if it has one
-        self._backend_looked_up = False
 
     @property
     def loaded(self):
@@ -116,12 +115,14 @@ class AsyncEngine:
             if unfinished:  # consumer gone, or one continuation failed: stop the rest
                 self.engine.abort(request.request_id)
 
+    @cached_property
+    def _detokenizer_backend(self):
+        """The tokenizer's streaming decoder, if it has one (looked up once, on the first request)."""
+        return streaming_backend(self.engine.loaded.tokenizer)
+
     def _text_stream(self, request: GenerationRequest) -> TextStream:
-        tokenizer = self.engine.loaded.tokenizer
-        if not self._backend_looked_up:
-            self._detokenizer_backend, self._backend_looked_up = streaming_backend(tokenizer), True
-        return TextStream(tokenizer, request.prompt_token_ids, request.sampling, request.keep_special_tokens,
-                          self._detokenizer_backend)
+        return TextStream(self.engine.loaded.tokenizer, request.prompt_token_ids, request.sampling,
+                          request.keep_special_tokens, self._detokenizer_backend)
 
     async def _next(self, backlog: OutputBacklog) -> GenerationOutput:
         """The next delta (no timer per delta: :meth:`_watch_engine` ends the wait if the engine dies)."""

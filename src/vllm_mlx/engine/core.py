@@ -83,10 +83,8 @@ class EngineCore:
                                         error=f"{type(exc).__name__}: {exc}") for i in range(request.sampling.n)])
 
     def add(self, request: GenerationRequest) -> None:
-        ids = request.prompt_token_ids
-        self._events.append(Added(request.request_id, ids if isinstance(ids, list) else list(ids),
-                                  request.sampling.n, list(request.checkpoints)))
         seq = self._new_sequence(request)
+        self._events.append(Added(request.request_id, seq.prompt_ids, request.sampling.n, list(request.checkpoints)))
         if not seq.prompt_ids:
             self.fail([seq], ValueError("the prompt has no tokens"))
             return

@@ -169,10 +169,6 @@ class FollowerCore(EngineCore):
         # Placeholders: the decode forward feeds the tokens rank 0 sampled (from the step record).
         return RowArrays(len(seqs), tokens=mx.zeros((len(seqs),), dtype=mx.int32))
 
-    def find(self, keys: list) -> list[Sequence]:
-        by_key = {(s.request_id, s.index): s for s in self.scheduler.all_sequences()}
-        return [by_key[k] for k in map(tuple, keys) if k in by_key]
-
     def apply(self, record: StepRecord) -> None:
         """Rank 0's record: its events in order (the previous step's end where it came among them),
         then its step up to the read-back."""
@@ -204,7 +200,7 @@ class FollowerCore(EngineCore):
             elif isinstance(event, CacheShrunk):
                 self.shrink_prefix_cache(event.num_bytes)
             elif isinstance(event, RowsFailed):
-                self.drop(*self.find(event.rows))
+                self.drop(*filter(None, (self.scheduler.find_row(*row) for row in event.rows)))
 
     def follow_step(self, schedule: Schedule, tokens: list[int]) -> None:
         """Rank 0's step up to its read-back: the same schedule, the decode forward, the prefill."""
