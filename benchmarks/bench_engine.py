@@ -51,7 +51,7 @@ def server_runs(base_url: str, concurrency: int, tokens: int, repeats: int, warm
                 for i in range(concurrency)))
             wall = time.perf_counter() - t0
         total = sum(r.completion_tokens for r in records)
-        per_stream = statistics.median(1000 / r.tpot for r in records)
+        per_stream = statistics.median(1 / r.tpot for r in records if r.tpot)  # tpot: seconds per token
         ttft_ms = statistics.median(r.ttft * 1000 for r in records)
         return total / wall, per_stream, ttft_ms
 

@@ -67,6 +67,34 @@ def test_wilson_interval_known_values():
 
 # -- engine mode -----------------------------------------------------------------
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
+def test_server_cpu_counts_processes_started_by_any_thread_and_their_children():
+    """An engine process is started by a thread of the server, not its main thread; its own helpers are
+    its children. The server's CPU must count them all."""
+    import threading
+    import time
+
+    from vllm_mlx.bench.served_bench import process_tree_cpu_s
+
+    burn = "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', " \
+           "'import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.4: pass\\ntime.sleep(30)']); " \
+           "time.sleep(30)"
+    procs = []
+    thread = threading.Thread(target=lambda: procs.append(subprocess.Popen([sys.executable, "-c", burn])))
+    thread.start()
+    thread.join()
+    try:
+        before = process_tree_cpu_s(os.getpid())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and process_tree_cpu_s(os.getpid()) - before < 0.35:
+            time.sleep(0.1)
+        assert process_tree_cpu_s(os.getpid()) - before >= 0.35  # the grandchild's busy loop
+    finally:
+        subprocess.run(["pkill", "-P", str(procs[0].pid)])
+        procs[0].kill()
+        procs[0].wait()
+
+
 def test_engine_bench_preset_columns(tiny_qwen3, tmp_path):
     out = tmp_path / "engine.json"
     r = bench(tiny_qwen3, "--preset", "batch10", "--repeat", 2, "--json", out, "--no-progress")
@@ -204,7 +232,7 @@ def test_serve_reports_failures_of_a_dead_server(tmp_path):
               "--out", tmp_path, "--no-plots", "--no-progress")
     assert r.returncode == 1
     level = json.loads((tmp_path / "results.json").read_text())["servers"]["server1"]["concurrency"]["1"]
-    assert level["failed"] == 2 and "ConnectError" in level["rounds"][0]["errors"][0]
+    assert level["failed"] == 2 and "ConnectorError" in level["rounds"][0]["errors"][0]  # refused
 
 
 def test_agent_over_http(two_servers, tmp_path):

@@ -74,11 +74,21 @@ def process_tree_cpu_s(pid: int | None) -> float | None:
 
 
 def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (children started by any of its threads, and theirs)."""
+    found: list[int] = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return []
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found += [kid, *_children(kid)]
+    return found
 
 
 async def run_served_bench(opts: ServedBenchOptions, progress=None) -> dict:
