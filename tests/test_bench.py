@@ -145,6 +145,19 @@ def test_rows_bench_engine_against_bare_loop_with_profile(tiny_qwen3, tmp_path):
     assert r.returncode == 2 and "--tokens must be at least 3" in r.stderr
 
 
+def test_rows_bench_samples_at_a_temperature(tiny_qwen3, tmp_path):
+    out = tmp_path / "rows.json"
+    r = bench("rows", tiny_qwen3, "--rows", 1, 2, "--tokens", 8, "--repeat", 1, "--warmup", 0, "--temperature", 0.8,
+              "--json", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "temperature 0.8" in r.stdout
+    result = json.loads(out.read_text())
+    assert result["options"]["temperature"] == 0.8
+    assert result["summary"]["2"]["bare"]["median"] > 0 and result["summary"]["1"]["mlx_generate"]["median"] > 0
+    r = bench("rows", tiny_qwen3, "--temperature", -1)
+    assert r.returncode == 2 and "--temperature must be in [0, 2]" in r.stderr
+
+
 def test_served_bench_http_against_the_engine_in_process(visible_qwen3, tmp_path):
     out = tmp_path / "served.json"
     r = bench("served", visible_qwen3, "--concurrency", 1, 3, "--max-tokens", 12, "--repeat", 1, "--warmup", 1,

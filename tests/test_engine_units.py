@@ -174,6 +174,19 @@ def test_logprobs_are_consistent_with_the_sampled_tokens():
     assert result.top_logprobs.tolist()[0][:2] == pytest.approx([math.log(0.5), math.log(0.25)], abs=1e-5)
 
 
+def test_a_sampled_batch_without_logprobs_computes_none_and_draws_the_same_tokens():
+    """The normalizer over the vocabulary is computed only when some row reports logprobs; the draw
+    does not depend on it."""
+    logits = mx.random.normal((3, 64), key=mx.random.key(1))
+    plain = SamplingParams(temperature=0.8, top_p=0.9)
+    reported = SamplingParams(temperature=0.8, top_p=0.9, logprobs=True)
+    keys = mx.stack([make_rng_key(i) for i in range(3)])
+    without = sample(logits, BatchSamplingParams.from_params([plain] * 3, 64), keys)
+    with_lp = sample(logits, BatchSamplingParams.from_params([plain, reported, plain], 64), keys)
+    assert without.logprobs is None and with_lp.logprobs is not None
+    assert without.tokens.tolist() == with_lp.tokens.tolist()
+
+
 def test_the_scheduler_makes_every_status_change():
     from vllm_mlx.engine.request import GenerationRequest
     from vllm_mlx.engine.scheduler import Scheduler

@@ -1,8 +1,8 @@
 """The hardware ceiling the engine is measured against, on the same model folder and dtype.
 
 * :meth:`Ceiling.batched_decode` -- a bare mlx-lm batched forward loop: the model called on B
-  rows with a KV cache and greedy argmax, pipelined with ``async_eval`` as mlx_lm.generate does;
-  no server, no scheduler, no sampler, no detokenizer.
+  rows with a KV cache and greedy argmax (or mlx-lm's own sampler at a temperature), pipelined with
+  ``async_eval`` as mlx_lm.generate does; no server, no scheduler, no detokenizer.
 * :meth:`Ceiling.stream_generate` -- ``mlx_lm.stream_generate`` single-stream (what
   ``mlx_lm.generate`` runs), timed per yielded token.
 
@@ -34,34 +34,42 @@ class Ceiling:
         self.model = self.loaded.model
         self.tokenizer = self.loaded.tokenizer
 
-    def batched_decode(self, batch: int, tokens: int, prompt_len: int = 24, seed: int = 0) -> CeilingRun:
-        """B rows of ``prompt_len`` random tokens, prefilled together, then ``tokens`` greedy steps."""
+    def batched_decode(self, batch: int, tokens: int, prompt_len: int = 24, seed: int = 0,
+                       temperature: float = 0.0) -> CeilingRun:
+        """B rows of ``prompt_len`` random tokens, prefilled together, then ``tokens`` steps: greedy, or
+        drawn by ``mlx_lm.sample_utils.make_sampler(temperature)`` from the logits."""
         import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.sample_utils import make_sampler
+
+        pick = make_sampler(temp=temperature) if temperature > 0 else (lambda logits: mx.argmax(logits, axis=-1))
 
         mx.random.seed(seed)
         prompt = mx.random.randint(10, 1000, (batch, prompt_len))
         mx.eval(prompt)
         start = time.perf_counter()
         cache = make_prompt_cache(self.model)
-        y = mx.argmax(self.model(prompt, cache=cache)[:, -1], axis=-1)
+        y = pick(self.model(prompt, cache=cache)[:, -1])
         mx.eval(y)
         first = time.perf_counter()
         for _ in range(tokens - 1):
-            nxt = mx.argmax(self.model(y[:, None], cache=cache)[:, -1], axis=-1)
+            nxt = pick(self.model(y[:, None], cache=cache)[:, -1])
             mx.async_eval(nxt)
             y = nxt
         mx.eval(y)
         end = time.perf_counter()
         return CeilingRun(batch * (tokens - 1) / (end - first), batch * tokens / (end - start), batch * tokens)
 
-    def stream_generate(self, prompt_ids: list[int], tokens: int) -> CeilingRun:
-        """mlx_lm.stream_generate, greedy, one stream; decode rate from its per-token yield times."""
+    def stream_generate(self, prompt_ids: list[int], tokens: int, temperature: float = 0.0) -> CeilingRun:
+        """mlx_lm.stream_generate, one stream (greedy, or mlx-lm's sampler at ``temperature``); decode
+        rate from its per-token yield times."""
         from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_sampler
 
         start = time.perf_counter()
         times = []
-        for _ in stream_generate(self.model, self.tokenizer, prompt_ids, max_tokens=tokens):
+        for _ in stream_generate(self.model, self.tokenizer, prompt_ids, max_tokens=tokens,
+                                 sampler=make_sampler(temp=temperature)):
             times.append(time.perf_counter())
         n = len(times)
         decode = (n - 1) / (times[-1] - times[0]) if n > 1 else float("nan")

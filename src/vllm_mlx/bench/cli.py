@@ -99,6 +99,8 @@ def rows_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=5, help="measured rounds (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first (default: %(default)s)")
     p.add_argument("--profile", action="store_true", help="also time the phases of the engine's steps")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sample at this temperature: the engine's sampler against mlx-lm's (default: greedy)")
     _common(p)
     return p
 
@@ -245,10 +247,13 @@ def run_rows(argv: list[str]) -> int:
     args = _parse_rounds(parser, argv, "rows", "tokens", "prompt_len")
     if args.tokens < 3:
         parser.error("--tokens must be at least 3 (decode rates need tokens after the first)")
+    if not 0 <= args.temperature <= 2:
+        parser.error("--temperature must be in [0, 2]")
     opts = RowsBenchOptions(bench_model(args.model), tuple(args.rows), args.tokens, args.prompt_len, args.repeat,
-                            args.warmup, args.profile)
+                            args.warmup, args.profile, args.temperature)
+    sampling = f"temperature {args.temperature:g}" if args.temperature else "greedy"
     return _run_rounds(args, lambda bar: run_rows_bench(opts, bar),
-                       f"{args.tokens} tokens per row, {args.prompt_len}-token prompts", format_rows)
+                       f"{args.tokens} tokens per row, {args.prompt_len}-token prompts, {sampling}", format_rows)
 
 
 def run_served(argv: list[str]) -> int:

@@ -29,6 +29,7 @@ class RowsBenchOptions:
     repeat: int = 5
     warmup: int = 1
     profile: bool = False
+    temperature: float = 0.0  # > 0: the engine's sampler against mlx-lm's (make_sampler) in the references
 
 
 def random_prompts(n: int, length: int, seed: int, vocab: int) -> list[list[int]]:
@@ -38,9 +39,9 @@ def random_prompts(n: int, length: int, seed: int, vocab: int) -> list[list[int]
     return [[rng.randrange(10, high) for _ in range(length)] for _ in range(n)]
 
 
-async def engine_rows(target: EngineTarget, prompts: list[list[int]], tokens: int) -> float:
+async def engine_rows(target: EngineTarget, prompts: list[list[int]], tokens: int, temperature: float = 0.0) -> float:
     """Decode tok/s of the engine with every prompt's row running."""
-    records = await asyncio.gather(*(target.generate(p, tokens) for p in prompts))
+    records = await asyncio.gather(*(target.generate(p, tokens, temperature) for p in prompts))
     failed = [r.error for r in records if r.error]
     if failed:
         raise RuntimeError(f"engine request failed: {failed[0]}")
@@ -62,11 +63,13 @@ async def run_rows_bench(opts: RowsBenchOptions, progress=None) -> dict:
                 sides = ["engine", "bare"] + (["mlx_generate"] if b == 1 else [])
                 for side in (sides if i % 2 == 0 else reversed(sides)):
                     if side == "engine":
-                        row[f"engine_{b}"] = await engine_rows(target, prompts, opts.tokens)
+                        row[f"engine_{b}"] = await engine_rows(target, prompts, opts.tokens, opts.temperature)
                     elif side == "bare":
-                        row[f"bare_{b}"] = ceiling.batched_decode(b, opts.tokens, opts.prompt_len, seed=i).decode_tps
+                        row[f"bare_{b}"] = ceiling.batched_decode(b, opts.tokens, opts.prompt_len, seed=i,
+                                                                  temperature=opts.temperature).decode_tps
                     else:
-                        row["mlx_generate_1"] = ceiling.stream_generate(prompts[0], opts.tokens).decode_tps
+                        row["mlx_generate_1"] = ceiling.stream_generate(prompts[0], opts.tokens,
+                                                                        opts.temperature).decode_tps
             if i >= opts.warmup:
                 rounds.append(row)
             if progress is not None:
@@ -83,7 +86,8 @@ async def _profiles(target: EngineTarget, opts: RowsBenchOptions, vocab: int) ->
     out = {}
     for b in opts.rows:
         core.profile = StepProfile()  # read by the engine thread at each step's start
-        await engine_rows(target, random_prompts(b, opts.prompt_len, seed=-b, vocab=vocab), opts.tokens)
+        await engine_rows(target, random_prompts(b, opts.prompt_len, seed=-b, vocab=vocab), opts.tokens,
+                          opts.temperature)
         out[b] = core.profile.report()
         core.profile = None
     return out

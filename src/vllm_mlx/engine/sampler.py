@@ -208,7 +208,6 @@ def sample(
         logits = mx.where(allowed, logits, _NEG_INF)
     logits = process_logits(logits, params, penalties, generated)
     scaled = logits / params.temperature
-    logprobs = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
     argmax = mx.argmax(logits, axis=-1)
     if params.all_greedy:
         tokens = argmax
@@ -216,6 +215,9 @@ def sample(
         keys, subkeys = _split_keys(keys)
         drawn = mx.argmax(_truncate(scaled, params) + _gumbel_noise(subkeys, logits.shape[-1]), axis=-1)
         tokens = mx.where(params.greedy, argmax, drawn)
+    if not params.logprobs:  # the normalizer is a pass over every row's vocabulary: only when reported
+        return SampleResult(tokens, keys, None)
+    logprobs = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
     result = SampleResult(tokens, keys, mx.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0])
     if params.top_logprobs:
         # A fixed width, so rows sampled in different steps can share one array.
