@@ -41,6 +41,7 @@ def bare_loop(model_dir: str, batch: int, tokens: int, repeats: int, prompt_len:
 
 def server_runs(base_url: str, concurrency: int, tokens: int, repeats: int, warm: bool = True) -> tuple[list, list, list]:
     """B concurrent streams: (aggregate tok/s, median per-stream decode tok/s, median TTFT ms) per repeat."""
+    from vllm_mlx.bench.cli import run_async
     from vllm_mlx.bench.targets import HttpTarget
 
     async def run() -> tuple[float, float, float]:
@@ -56,8 +57,8 @@ def server_runs(base_url: str, concurrency: int, tokens: int, repeats: int, warm
         return total / wall, per_stream, ttft_ms
 
     if warm:
-        asyncio.run(run())
-    got = [asyncio.run(run()) for _ in range(repeats)]
+        run_async(run())
+    got = [run_async(run()) for _ in range(repeats)]
     return [g[0] for g in got], [g[1] for g in got], [g[2] for g in got]
 
 
