@@ -122,7 +122,7 @@ def test_prefill_together_matches_one_by_one(tiny_qwen3):
     """Left-padded batched prefill gives the same last logits as separate prefills."""
     import mlx.core as mx
 
-    from vllm_mlx.engine.core import group_for_padding
+    from vllm_mlx.engine.model_runner import group_for_padding
     from vllm_mlx.engine.numerics import logits_close
     from vllm_mlx.engine.model_runner import ModelRunner
     from vllm_mlx.engine.sequence import Sequence

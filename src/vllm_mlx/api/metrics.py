@@ -79,6 +79,16 @@ class EngineCollector:
                 yield GaugeMetricFamily("vllm_mlx_prefix_cache_disk_rejected",
                                         "Cache files refused (foreign, damaged or edited) and deleted",
                                         value=cache["disk_rejected"])
+        spec = getattr(stats, "speculative", None)
+        if spec:
+            for key, help_text in (("proposed", "Tokens proposed by speculative decoding"),
+                                   ("accepted", "Proposed tokens the model agreed with"),
+                                   ("verify_steps", "Engine steps that verified proposals")):
+                family = CounterMetricFamily(f"vllm_mlx_speculative_{key}", help_text, labels=["method"])
+                family.add_metric([spec["method"]], spec[key])
+                yield family
+            yield GaugeMetricFamily("vllm_mlx_speculative_acceptance_rate", "Accepted / proposed tokens",
+                                    value=spec["acceptance_rate"])
         vision = getattr(stats, "vision_cache", None)
         if vision:
             for key, help_text in (("hits", "Media whose vision embedding came from the cache"),

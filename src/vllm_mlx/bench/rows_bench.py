@@ -30,6 +30,7 @@ class RowsBenchOptions:
     warmup: int = 1
     profile: bool = False
     temperature: float = 0.0  # > 0: the engine's sampler against mlx-lm's (make_sampler) in the references
+    speculative: str = "off"  # "ngram": a second engine with speculation, against the plain one
 
 
 def random_prompts(n: int, length: int, seed: int, vocab: int) -> list[list[int]]:
@@ -49,10 +50,24 @@ async def engine_rows(target: EngineTarget, prompts: list[list[int]], tokens: in
 
 
 async def run_rows_bench(opts: RowsBenchOptions, progress=None) -> dict:
+    target = EngineTarget(opts.model, max_num_seqs=max(opts.rows), prefix_cache=False)
+    speculating = None
+    if opts.speculative != "off":
+        speculating = EngineTarget(opts.model, max_num_seqs=max(opts.rows), prefix_cache=False,
+                                   speculative=opts.speculative)
+        await speculating.__aenter__()
+    rounds: list[dict] = []
+    try:
+        return await _rounds(target, speculating, opts, progress, rounds)
+    finally:
+        if speculating is not None:
+            await speculating.__aexit__(None, None, None)
+
+
+async def _rounds(target: EngineTarget, speculating: EngineTarget | None, opts: RowsBenchOptions, progress,
+                  rounds: list[dict]) -> dict:
     from .ceiling import Ceiling
 
-    target = EngineTarget(opts.model, max_num_seqs=max(opts.rows), prefix_cache=False)
-    rounds: list[dict] = []
     async with target:
         ceiling = Ceiling(opts.model)  # this (main) thread's own copy of the model
         vocab = target.engine.engine.vocab_size
@@ -60,10 +75,12 @@ async def run_rows_bench(opts: RowsBenchOptions, progress=None) -> dict:
             row: dict = {}
             for b in (opts.rows if i % 2 == 0 else tuple(reversed(opts.rows))):
                 prompts = random_prompts(b, opts.prompt_len, seed=1000 * i + b, vocab=vocab)
-                sides = ["engine", "bare"] + (["mlx_generate"] if b == 1 else [])
+                sides = ["engine", "bare"] + (["mlx_generate"] if b == 1 else []) + (["spec"] if speculating else [])
                 for side in (sides if i % 2 == 0 else reversed(sides)):
                     if side == "engine":
                         row[f"engine_{b}"] = await engine_rows(target, prompts, opts.tokens, opts.temperature)
+                    elif side == "spec":
+                        row[f"spec_{b}"] = await engine_rows(speculating, prompts, opts.tokens, opts.temperature)
                     elif side == "bare":
                         row[f"bare_{b}"] = ceiling.batched_decode(b, opts.tokens, opts.prompt_len, seed=i,
                                                                   temperature=opts.temperature).decode_tps
@@ -75,8 +92,11 @@ async def run_rows_bench(opts: RowsBenchOptions, progress=None) -> dict:
             if progress is not None:
                 progress.update(1)
         profiles = await _profiles(target, opts, vocab) if opts.profile else {}
-    return {"model": opts.model, "options": opts.__dict__, "rounds": rounds,
-            "summary": summarize_rounds(rounds, opts.rows), "profiles": profiles}
+    out = {"model": opts.model, "options": opts.__dict__, "rounds": rounds,
+           "summary": summarize_rounds(rounds, opts.rows), "profiles": profiles}
+    if speculating is not None:
+        out["speculation"] = speculating.engine.engine.stats.speculative
+    return out
 
 
 async def _profiles(target: EngineTarget, opts: RowsBenchOptions, vocab: int) -> dict:
@@ -101,6 +121,9 @@ def summarize_rounds(rounds: list[dict], rows: tuple[int, ...]) -> dict:
     for b in rows:
         out[b] = {"engine": s([r[f"engine_{b}"] for r in rounds]), "bare": s([r[f"bare_{b}"] for r in rounds]),
                   "ratio": s([r[f"engine_{b}"] / r[f"bare_{b}"] for r in rounds])}
+        if f"spec_{b}" in rounds[0]:
+            out[b]["speculative"] = s([r[f"spec_{b}"] for r in rounds])
+            out[b]["ratio_speculative"] = s([r[f"spec_{b}"] / r[f"engine_{b}"] for r in rounds])
         if b == 1:
             out[b]["mlx_generate"] = s([r["mlx_generate_1"] for r in rounds])
             out[b]["ratio_mlx_generate"] = s([r["engine_1"] / r["mlx_generate_1"] for r in rounds])
@@ -115,6 +138,9 @@ def format_rows(result: dict) -> list[str]:
     lines = ["| rows | engine decode tok/s | reference | reference tok/s | engine/reference |", "|---|---|---|---|---|"]
     for b, s in result["summary"].items():
         lines.append(f"| {b} | {f(s['engine'])} | bare mlx-lm loop | {f(s['bare'])} | {f(s['ratio'], 2)} |")
+        if "speculative" in s:
+            lines.append(f"| {b} | {f(s['speculative'])} (speculative) | the engine without speculation | "
+                         f"{f(s['engine'])} | {f(s['ratio_speculative'], 2)} |")
         if "mlx_generate" in s:
             lines.append(f"| {b} | {f(s['engine'])} | mlx_lm.stream_generate | {f(s['mlx_generate'])} | "
                          f"{f(s['ratio_mlx_generate'], 2)} |")

@@ -33,6 +33,8 @@ class EngineConfig:
     # request is stopped. None: unbounded.
     stream_buffer_events: int | None = None
     stream_buffer_bytes: int | None = None
+    speculative: str = D.speculative  # "ngram": prompt-lookup speculation of greedy rows (engine/speculative.py)
+    num_speculative_tokens: int = D.num_speculative_tokens  # most tokens a row proposes per step
 
 
 @dataclass
@@ -60,6 +62,7 @@ class EngineStats:
     restarts: int = 0
     problem: str | None = None
     memory: dict | None = None  # --engine-process: that process's own memory (platform.process_memory)
+    speculative: dict | None = None  # --speculative: SpeculationStats as a dict
 
 
 @dataclass

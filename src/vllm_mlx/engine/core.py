@@ -23,11 +23,10 @@ import logging
 from typing import Any, Callable
 
 import mlx.core as mx
-from mlx_lm.models.cache import make_prompt_cache
 
 from ..platform import device_memory_bytes
 from .config import EngineConfig, EngineCounters
-from .model_runner import ModelRunner
+from .model_runner import ModelRunner, group_for_padding, probe_vocab_size
 from .prefix_reuse import PrefixReuse
 from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
 from .rows import RowArrays
@@ -38,6 +37,7 @@ from .step_profile import StepProfile
 from .step_record import (Aborted, Added, CacheCleared, CacheShrunk, RowEnded, RowsFailed, StepRecord,
                           finished_rows, schedule_of)
 from .sequence import Sequence
+from .speculative import NgramSpeculator, speculation_unsupported
 from .vision_model import VisionLanguageModel
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,12 @@ class EngineCore:
         self.vocab_size = probe_vocab_size(loaded.model)
         self._eos_ids = set(loaded.tokenizer.eos_token_ids)
         self.sampler = RowSampler(self.vocab_size)
+        self.speculator: NgramSpeculator | None = None
+        if config.speculative == "ngram":
+            why = speculation_unsupported(loaded.model, config.deterministic)
+            if why:
+                raise ValueError(f"--speculative ngram cannot serve this model: {why}")
+            self.speculator = NgramSpeculator(config.num_speculative_tokens, self.vocab_size)
         self.profile: StepProfile | None = None  # set to time each step's phases (`vllm-mlx bench rows --profile`)
         # The step record's parts gathered since the last record (see :meth:`take_record`).
         self.record_tokens = False  # whether records carry the decode tokens (a host read-back per step)
@@ -144,6 +150,8 @@ class EngineCore:
         """Take sequences out of the scheduler and the decode batch, freeing their caches."""
         if self.runner.remove_from_batch(set(seqs)):
             self.sampler.rows_changed()
+        if self.speculator is not None:
+            self.speculator.forget(list(seqs))
         for seq in seqs:
             self.scheduler.remove(seq)
             seq.cache = None
@@ -216,6 +224,18 @@ class EngineCore:
 
     def run(self, plan: StepPlan) -> list[GenerationOutput]:
         """Launch decode step t+1, run prefill chunks, then read back and apply step t."""
+        spec = self.speculator
+        if spec is None:
+            return self.run_pipelined(plan)
+        generated, rows = self.counters.generated, len(self.runner.batch_seqs)
+        outputs = spec.step(self, plan) if spec.active else self.run_pipelined(plan)
+        spec.rates.observe(self.counters.generated - generated, rows)
+        spec.rates.verifying = spec.active  # the kind of step just launched
+        if not spec.active and self.runner.batch_seqs:
+            spec.active = spec.worth_trying(self.runner.batch_seqs)
+        return outputs
+
+    def run_pipelined(self, plan: StepPlan) -> list[GenerationOutput]:
         runner, prof = self.runner, self.profile
         previous_seqs, previous = list(runner.batch_seqs), runner.rows
         deferred = None
@@ -238,17 +258,15 @@ class EngineCore:
         prefilled = self.prefill(plan.prefill)
         if prof is not None:
             prof.mark("prefill")
-        outputs, done = self._read_back(previous_seqs, previous)
+        outputs, done = self.read_back(previous_seqs, previous)
         if deferred is not None:
             runner.rows = self.sampler.next(previous_seqs, deferred, runner.rows, pending_applied=True)
             mx.async_eval(runner.rows.all())
         self.retire(done)
-        self.counters.failed += (failed := sum(s.finish_reason is FinishReason.ERROR for s in done))  # grammars
-        self.counters.finished += len(done) - failed
         if prof is not None:
             prof.mark("post")
         for seqs, logits, merged in prefilled:
-            self._join_isolated(seqs, logits, merged)
+            self.join_isolated(seqs, logits, merged)
         if prof is not None:
             prof.mark("join")
         return outputs
@@ -259,8 +277,10 @@ class EngineCore:
         self._finished, self._end_at = finished_rows(done, self.prefix.cache is not None), len(self._events)
         self.prefix.remember_finished(self.runner, done)
         self.drop(*done)
+        self.counters.failed += (failed := sum(s.finish_reason is FinishReason.ERROR for s in done))  # grammars
+        self.counters.finished += len(done) - failed
 
-    def _read_back(self, seqs: list[Sequence], rows: RowArrays) -> tuple[list[GenerationOutput], list[Sequence]]:
+    def read_back(self, seqs: list[Sequence], rows: RowArrays) -> tuple[list[GenerationOutput], list[Sequence]]:
         """Apply the tokens sampled for ``seqs`` in the previous step: text, stops, logprobs."""
         if not seqs:
             return [], []
@@ -280,15 +300,23 @@ class EngineCore:
                     logprobs[i] = TokenLogprob(tok, lp, tuple(zip(alternatives[0][:k], alternatives[1][:k])))
         if prof is not None:
             prof.mark("read")
+        accepted = self.speculator.read_accepted(seqs, rows) if rows["accepted"] is not None else None
         outputs, done = [], []
-        for seq, tok, lp in zip(seqs, tokens, logprobs):
-            out = seq.append_token(tok, lp)
+        for i, (seq, tok, lp) in enumerate(zip(seqs, tokens, logprobs)):
+            out = None
+            for draft in accepted[i] if accepted is not None else ():  # a verify step's accepted proposals
+                out = seq.append_token(draft) if out is None else out.merged_with(seq.append_token(draft))
+                self.counters.generated += 1
+                if seq.finished:
+                    break
+            if not seq.finished:
+                out = seq.append_token(tok, lp) if out is None else out.merged_with(seq.append_token(tok, lp))
+                self.counters.generated += 1
             if out is not None:
                 outputs.append(out)
             if seq.finished:
                 self.scheduler.finish(seq)
                 done.append(seq)
-        self.counters.generated += len(seqs)
         return outputs, done
 
     # -- prefill ------------------------------------------------------------------------
@@ -332,7 +360,7 @@ class EngineCore:
         return groups
 
     # -- joining the decode batch ---------------------------------------------------------
-    def _join_isolated(self, seqs: list[Sequence], logits: mx.array, merged: list | None) -> None:
+    def join_isolated(self, seqs: list[Sequence], logits: mx.array, merged: list | None) -> None:
         """Join prefilled rows to the batch; if the group fails, join them one by one so a bad row
         fails alone (with every continuation of its request) instead of taking its group down."""
         try:
@@ -383,24 +411,3 @@ class EngineCore:
         rows = self.sampler.first(seqs, logits)
         mx.async_eval(rows.all())
         return rows
-
-
-def probe_vocab_size(model: Any) -> int:
-    """The logits width (may exceed the tokenizer's size); the one forward also warms the model up."""
-    logits = model(mx.array([[0]]), cache=make_prompt_cache(model))
-    return int(logits.shape[-1])
-
-
-def group_for_padding(prompts: list[Sequence]) -> list[list[Sequence]]:
-    """Split whole prompts into groups of similar length: left padding at most doubles a group's work."""
-    groups: list[list[Sequence]] = []
-    total = 0
-    for seq in sorted(prompts, key=lambda s: s.num_prompt_tokens):
-        n = seq.num_prompt_tokens
-        if groups and n * (len(groups[-1]) + 1) <= 2 * (total + n):
-            groups[-1].append(seq)
-            total += n
-        else:
-            groups.append([seq])
-            total = n
-    return groups

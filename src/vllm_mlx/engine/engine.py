@@ -229,4 +229,5 @@ class LLMEngine:
             batch_rows=len(self.core.runner.batch_seqs),
             max_num_seqs=sched.max_num_seqs,
             peak_active=c.peak_active,
+            speculative=None if self.core.speculator is None else self.core.speculator.stats.as_dict(),
         )

@@ -151,9 +151,34 @@ class ModelRunner:
             return self.model(tokens[:, None], cache=self.batch_cache)[:, -1, :]
         return self.model(tokens[:, None], cache=self.batch_cache, rope_deltas=deltas)[:, -1, :]
 
+    def verify(self, tokens: mx.array) -> mx.array:
+        """Several positions per row (its pending token, then proposed ones) -> logits (B, L, vocab)."""
+        return self.model(tokens, cache=self.batch_cache)
+
     def _rope_deltas(self) -> mx.array | None:
         """Per-row position offsets of a vision-language model's rows (None when all are 0)."""
         if not getattr(self.model, "uses_rope_deltas", False):
             return None
         deltas = [s.rope_delta for s in self.batch_seqs]
         return mx.array(deltas) if any(deltas) else None
+
+
+def probe_vocab_size(model: Any) -> int:
+    """The logits width (may exceed the tokenizer's size); the one forward also warms the model up."""
+    logits = model(mx.array([[0]]), cache=make_prompt_cache(model))
+    return int(logits.shape[-1])
+
+
+def group_for_padding(prompts: list[Sequence]) -> list[list[Sequence]]:
+    """Split whole prompts into groups of similar length: left padding at most doubles a group's work."""
+    groups: list[list[Sequence]] = []
+    total = 0
+    for seq in sorted(prompts, key=lambda s: s.num_prompt_tokens):
+        n = seq.num_prompt_tokens
+        if groups and n * (len(groups[-1]) + 1) <= 2 * (total + n):
+            groups[-1].append(seq)
+            total += n
+        else:
+            groups.append([seq])
+            total = n
+    return groups

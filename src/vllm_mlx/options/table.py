@@ -142,6 +142,12 @@ OPTIONS: tuple[Option, ...] = (
            "alias (default: any name is served, as clients often send 'default')", bool),
     Option("deterministic", False, "identical requests give identical output under any concurrent load: every "
            "row is computed at batch size 1 and prompts are prefilled alone in fixed-size chunks", bool),
+    Option("speculative", "off", "speculative decoding: ngram proposes, for greedy requests, the tokens that "
+           "followed the latest earlier occurrence of the newest tokens in the prompt or output, and one forward "
+           "checks them all; output unchanged (see docs/speculative.md; default: %(default)s)",
+           choices=("off", "ngram")),
+    Option("num_speculative_tokens", 4, "with --speculative: most tokens a request proposes per step (default: "
+           "%(default)s)", int, check=at_least(1)),
     Option("continuous_batching", False, "accepted for compatibility: batching is always on", bool),
     Option("shutdown_timeout", 30.0, "on SIGTERM, seconds in-flight requests may keep running before they are "
            "ended with a final event (default: %(default)s)", float, check=not_negative),
@@ -368,6 +374,10 @@ RULES: tuple[Rule, ...] = (
          if v["cors_allow_credentials"] and "*" in v["cors_origins"] else None),
     Rule(("model", "models"), lambda v: "give either a MODEL argument or --models, not both"
          if v["model"] and v["models"] else None),
+    Rule(("speculative", "distributed"), lambda v: "--speculative cannot be combined with --distributed yet"
+         if v["speculative"] != "off" and v["distributed"] else None),
+    Rule(("speculative", "deterministic"), lambda v: "--speculative cannot be combined with --deterministic "
+         "(which computes every row alone)" if v["speculative"] != "off" and v["deterministic"] else None),
     Rule(("engine_process", "distributed"), lambda v: "--engine-process cannot be combined with --distributed "
          "yet" if v["engine_process"] and v["distributed"] else None),
     _multi_model_only("model_ttl", "--model-ttl"),

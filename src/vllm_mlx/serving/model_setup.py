@@ -45,6 +45,8 @@ def engine_config(config: ServerConfig) -> EngineConfig:
         verify_cache_restores=config.verify_cache_restores,
         stream_buffer_events=config.limits.stream_buffer_events,
         stream_buffer_bytes=config.limits.stream_buffer_bytes,
+        speculative=config.speculative,
+        num_speculative_tokens=config.num_speculative_tokens,
     )
 
 

@@ -1,0 +1,292 @@
+"""Prompt-lookup (n-gram) speculative decoding inside the batched decode.
+
+A row whose latest tokens also occur earlier in its prompt or output proposes the tokens that followed
+them there (agents re-emit code, file contents and tool arguments they just read). One *verify* step
+feeds every row ``[its pending token, its proposals]`` -- rows with fewer proposals are padded, rows
+that do not speculate take part with their first position only -- and keeps, per row, the proposals
+the model itself would have produced, plus the model's own next token after them (the *bonus*). A
+step costs one forward of K + 1 positions and yields 1 to K + 1 tokens per row.
+
+Which rows speculate: greedy rows whose token is the plain argmax (no logprobs, penalties, logit
+bias, min_tokens, grammar or reasoning budget), so their output is the non-speculative output; every
+other row shares the verify step and is sampled from its first position as usual.
+
+The step is synchronous: a verify step needs the rows' latest tokens on the host (to look them up),
+and the next step needs each row's accepted count (to drop the rejected proposals' keys and values).
+Rows that accepted fewer than the batch's longest proposal have those positions cut off the batch
+cache: the common part is trimmed, the rest of each such row is rolled right into its left padding
+(as mlx-lm's ``BatchKVCache.finalize`` does for right padding; a copy of those rows' filled cache).
+
+Each row's proposal length adapts to its acceptance (longer after a full acceptance, halved after
+none); a row whose proposals keep failing rests for a while. When no row has a proposal the engine
+goes back to its pipelined decode -- and also when speculating does not pay on this machine: a verify
+step costs more than a decode step where the forward's cost grows with its positions (a CPU, a large
+batch), so the speculator keeps the tokens/s of recent steps of each kind per batch size and verifies
+only while that is the faster kind (trying the other now and then).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.models.cache import KVCache, dynamic_roll, make_prompt_cache
+
+from .rows import RowArrays
+from .sequence import Sequence
+
+NGRAM_SIZES = (4, 3, 2)  # the suffix looked up, longest first
+REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole twice in a row
+EXPLORE_EVERY = 256  # decisions between tries of the kind of step that measured slower
+EXPLORE_STEPS = 2  # steps such a try lasts (its first one is a transition)
+RATE_WEIGHT = 0.2  # of the newest step in a kind's moving tokens/s
+
+
+def speculation_unsupported(model: Any, deterministic: bool) -> str | None:
+    """Why n-gram speculation cannot run on this model (None when it can)."""
+    if deterministic:
+        return "--deterministic computes every row alone"
+    if getattr(model, "uses_rope_deltas", False) or hasattr(model, "prefill_multimodal"):
+        return "vision-language models are not speculated yet"
+    kinds = {type(c).__name__ for c in make_prompt_cache(model)}
+    if kinds != {KVCache.__name__}:
+        return (f"its layers keep {', '.join(sorted(kinds - {KVCache.__name__}))} caches (sliding-window or "
+                "recurrent layers), whose rejected positions cannot be dropped yet")
+    return None
+
+
+class NgramIndex:
+    """A row's tokens, and where each short n-gram of them last occurred with a token after it."""
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self._ends: dict[tuple[int, ...], int] = {}  # n-gram -> position right after its latest occurrence
+
+    def extend(self, new: list[int]) -> None:
+        toks, ends = self.tokens, self._ends
+        for tok in new:
+            end = len(toks)
+            for n in NGRAM_SIZES:
+                if end >= n:
+                    ends[tuple(toks[end - n:end])] = end  # that n-gram now has a continuation: ``tok``
+            toks.append(tok)
+
+    def propose(self, k: int) -> list[int]:
+        """Up to ``k`` tokens that followed the latest earlier occurrence of the longest matching suffix
+        (a repeating stretch continues with its period)."""
+        toks = self.tokens
+        for n in NGRAM_SIZES:
+            if len(toks) > n:
+                end = self._ends.get(tuple(toks[-n:]))
+                if end is not None:
+                    period = len(toks) - end
+                    return [toks[end + j % period] for j in range(k)]
+        return []
+
+
+@dataclass
+class SpeculationStats:
+    method: str = "ngram"
+    verify_steps: int = 0
+    proposed: int = 0  # tokens proposed
+    accepted: int = 0  # proposed tokens the model agreed with
+
+    def as_dict(self) -> dict:
+        rate = self.accepted / self.proposed if self.proposed else 0.0
+        return asdict(self) | {"acceptance_rate": round(rate, 4)}
+
+
+class _RowState:
+    __slots__ = ("index", "budget", "misses", "rest")
+
+    def __init__(self, budget: int):
+        self.index = NgramIndex()
+        self.budget = budget  # tokens this row may propose next
+        self.misses = 0  # verify steps in a row that accepted nothing
+        self.rest = 0  # steps left before this row proposes again
+
+
+class StepRates:
+    """Moving tokens/s of recent pipelined and verify steps, per batch size (powers of two), and the
+    choice between them."""
+
+    def __init__(self) -> None:
+        self._rates: dict[tuple[bool, int], float] = {}
+        self._last: float | None = None  # when the previous step ended
+        self._since_try = 0
+        self._trying = 0  # steps left of a try of the slower kind
+        self.verifying = False  # the kind of the step last launched
+
+    def observe(self, produced: int, rows: int) -> None:
+        """A step ended, having read back ``produced`` tokens of the step launched before it."""
+        now = time.perf_counter()
+        if self._last is not None and produced and now > self._last:
+            key, rate = (self.verifying, rows.bit_length()), produced / (now - self._last)
+            old = self._rates.get(key)
+            self._rates[key] = rate if old is None else old + RATE_WEIGHT * (rate - old)
+        self._last = now
+
+    def choose_verify(self, rows: int) -> bool:
+        """Whether the next step (which has proposals) should verify them."""
+        bucket = rows.bit_length()
+        verify, plain = self._rates.get((True, bucket)), self._rates.get((False, bucket))
+        if verify is None or plain is None:
+            return verify is None  # measure the kind not yet measured
+        better = verify >= plain
+        if self._trying:
+            self._trying -= 1
+            return not better
+        self._since_try += 1
+        if self._since_try >= EXPLORE_EVERY:
+            self._since_try, self._trying = 0, EXPLORE_STEPS - 1
+            return not better
+        return better
+
+
+class NgramSpeculator:
+    """Per-row n-gram proposals, the verify step's graph and the batch cache's repair after it."""
+
+    def __init__(self, num_tokens: int, vocab_size: int):
+        self.num_tokens = num_tokens
+        self.vocab_size = vocab_size
+        self.stats = SpeculationStats()
+        self.active = False  # the next step is a speculative one (set after each step)
+        self.rates = StepRates()
+        self._rows: dict[Sequence, _RowState] = {}
+        self._proposed: dict[Sequence, int] = {}  # of the verify step in flight
+
+    @staticmethod
+    def eligible(seq: Sequence) -> bool:
+        s = seq.sampling
+        return (s.greedy and not s.logprobs and not s.uses_penalties and not s.logit_bias and s.min_tokens == 0
+                and not seq.steers_tokens and seq.request.multimodal is None)
+
+    def _state(self, seq: Sequence) -> _RowState:
+        state = self._rows.get(seq)
+        if state is None:
+            state = self._rows[seq] = _RowState(self.num_tokens)
+        index = state.index
+        known = len(index.tokens) - len(seq.prompt_ids)
+        index.extend(seq.prompt_ids + seq.output_ids if known < 0 else seq.output_ids[known:])
+        return state
+
+    def proposals(self, seqs: list[Sequence]) -> list[list[int]]:
+        """Each row's proposals after its latest token (empty for rows that do not speculate now)."""
+        out = []
+        for seq in seqs:
+            if not self.eligible(seq):
+                out.append([])
+                continue
+            state = self._state(seq)
+            if state.rest > 0:
+                state.rest -= 1
+                out.append([])
+                continue
+            room = seq.sampling.max_tokens - len(seq.output_ids) - 1  # the bonus token comes on top
+            out.append(state.index.propose(min(state.budget, room)) if room > 0 else [])
+        return out
+
+    def worth_trying(self, seqs: list[Sequence]) -> bool:
+        """Whether the next step should speculate: some row has a proposal and verify steps have been
+        the faster kind at this batch size (decided after a pipelined step)."""
+        return any(self.proposals(seqs)) and self.rates.choose_verify(len(seqs))
+
+    def forget(self, seqs: list[Sequence]) -> None:
+        for seq in seqs:
+            self._rows.pop(seq, None)
+            self._proposed.pop(seq, None)
+
+    # -- the verify step -------------------------------------------------------------------
+    def step(self, core: Any, plan: Any) -> list:
+        """A synchronous engine step: read back the rows' tokens (with the proposals the last verify step
+        accepted), drop the rejected positions, then verify the rows' new proposals -- or, when no row has
+        any or verifying does not pay here, launch a pipelined decode step and leave speculation.
+        ``core``: the :class:`~.core.EngineCore` whose step this is; ``plan``: its schedule."""
+        runner = core.runner
+        seqs, rows = list(runner.batch_seqs), runner.rows
+        outputs, done = core.read_back(seqs, rows)
+        if rows["junk"] is not None and runner.batch_cache is not None:
+            self.drop_rejected(runner.batch_cache, rows["junk"].tolist())
+        core.retire(done)
+        seqs = list(runner.batch_seqs)
+        proposals = self.proposals(seqs) if seqs else []
+        if any(proposals) and self.rates.choose_verify(len(seqs)):
+            runner.rows = self.launch(runner, core.sampler, seqs, proposals)
+        else:
+            self.active = False
+            if seqs:
+                runner.rows = core.sampler.next(seqs, runner.decode(), runner.rows, pending_applied=True)
+        if seqs:
+            mx.async_eval(runner.rows.all())
+        for group, logits, merged in core.prefill(plan.prefill):
+            core.join_isolated(group, logits, merged)
+        return outputs
+
+    def launch(self, runner: Any, sampler: Any, seqs: list[Sequence], proposals: list[list[int]]) -> RowArrays:
+        """Feed ``[pending token, proposals]`` per row; returns the rows' pending arrays: the bonus token,
+        the proposals, how many of them each row accepted and the positions to drop (all lazy)."""
+        k = max(len(p) for p in proposals)
+        inputs = mx.array([[s.output_ids[-1], *p, *[0] * (k - len(p))] for s, p in zip(seqs, proposals)])
+        logits = runner.verify(inputs)  # (B, k + 1, vocab)
+        rows = sampler.next(seqs, logits[:, 0, :], runner.rows, pending_applied=True)  # rows as usual
+        drafts = inputs[:, 1:]
+        lengths = mx.array([len(p) for p in proposals])
+        best = mx.argmax(logits, axis=-1)  # (B, k + 1)
+        agree = (best[:, :k] == drafts) & (mx.arange(k)[None] < lengths[:, None])
+        accepted = mx.cumprod(agree.astype(mx.int32), axis=1).sum(axis=1)  # (B,): 0 where nothing proposed
+        bonus = mx.take_along_axis(best, accepted[:, None], axis=1)[:, 0]
+        rows["tokens"] = mx.where(lengths > 0, bonus, rows["tokens"])
+        rows["drafts"], rows["accepted"], rows["junk"] = drafts, accepted, k - accepted
+        self._proposed = {s: len(p) for s, p in zip(seqs, proposals) if p}
+        self.stats.verify_steps += 1
+        self.stats.proposed += sum(self._proposed.values())
+        return rows
+
+    def read_accepted(self, seqs: list[Sequence], rows: RowArrays) -> list[list[int]]:
+        """The accepted proposals of each row of a verify step (host lists), its rows' budgets adapted."""
+        accepted, drafts = rows["accepted"].tolist(), rows["drafts"].tolist()
+        out = []
+        for seq, n, row in zip(seqs, accepted, drafts):
+            proposed = self._proposed.pop(seq, 0)
+            out.append(row[:n])
+            if not proposed:
+                continue
+            self.stats.accepted += n
+            state = self._rows.get(seq)
+            if state is None:
+                continue
+            if n == proposed:
+                state.budget, state.misses = min(self.num_tokens, state.budget * 2), 0
+            elif n == 0:
+                state.budget, state.misses = max(1, state.budget // 2), state.misses + 1
+                if state.misses >= 2:
+                    state.rest, state.misses = REST_STEPS, 0
+            else:
+                state.budget, state.misses = max(1, n), 0
+        return out
+
+    @staticmethod
+    def drop_rejected(batch_cache: list[Any], junk: list[int]) -> None:
+        """Cut each row's rejected positions (``junk[i]`` at the end of row i) off the batch cache: the
+        part all rows share is trimmed; a row with more is rolled right by the difference, into its
+        left padding (only those rows, and only the filled part of the cache)."""
+        common = min(junk)
+        if max(junk) == 0:
+            return
+        rest = [j - common for j in junk]
+        rows = [i for i, r in enumerate(rest) if r]
+        sel = mx.array(rows) if rows else None
+        shifts = mx.array([rest[i] for i in rows])[:, None] if rows else None
+        for c in batch_cache:
+            if common:
+                c.trim(common)
+            if not rows:
+                continue
+            end = c.size()
+            c.keys[sel, :, :end] = dynamic_roll(c.keys[sel, :, :end], shifts, axis=2)
+            c.values[sel, :, :end] = dynamic_roll(c.values[sel, :, :end], shifts, axis=2)
+            moved = mx.array(rest)
+            c.left_padding = c.left_padding + moved
+            c.offset = c.offset - moved

@@ -1,0 +1,137 @@
+"""Prompt-lookup speculative decoding (--speculative ngram): proposals, the batch cache's repair, and
+the engine's and the server's output unchanged by it."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+from mlx_lm.models.cache import BatchKVCache
+
+from test_engine import EngineHarness
+from vllm_mlx.engine.speculative import NgramIndex, NgramSpeculator, speculation_unsupported
+
+PROMPTS = ["Hello there " * 6, "A long story about the sea and the ships that sail on it", "x", "The capital of",
+           "one two three four one two three four one two"]
+
+
+def test_proposals_continue_the_latest_earlier_occurrence():
+    index = NgramIndex()
+    index.extend([1, 2, 3, 4, 5, 9, 9, 1, 2, 3])
+    assert index.propose(3) == [4, 5, 9]  # (1, 2, 3) occurred before, followed by 4 5 9
+    index.extend([7])
+    assert index.propose(3) == []  # (2, 3, 7), (3, 7) never occurred before
+    loop = NgramIndex()
+    loop.extend([5, 6, 5, 6, 5, 6])
+    assert loop.propose(5) == [5, 6, 5, 6, 5]  # a repeating stretch continues with its period
+
+
+def test_drop_rejected_leaves_each_row_with_its_accepted_positions():
+    """Two rows wrote 4 positions; row 0 keeps 3 of them, row 1 keeps 1. The repaired cache must equal a
+    cache that only ever held the kept positions (same keys per row, right-aligned, padding masked)."""
+    mx.random.seed(0)
+    base = mx.random.normal((2, 1, 5, 2))
+    extra = mx.random.normal((2, 1, 4, 2))
+    cache = BatchKVCache([0, 0])
+    cache.update_and_fetch(base, base)
+    cache.update_and_fetch(extra, extra)
+    NgramSpeculator.drop_rejected([cache], [1, 3])
+    keys, _ = cache.keys_and_values()
+    padding, offsets = cache.left_padding.tolist(), cache.offset.tolist()
+    assert offsets == [8, 6] and padding == [0, 2]
+    row0 = mx.concatenate([base[0], extra[0, :, :3]], axis=1)
+    row1 = mx.concatenate([base[1], extra[1, :, :1]], axis=1)
+    assert mx.array_equal(keys[0, :, padding[0]:], row0) and mx.array_equal(keys[1, :, padding[1]:], row1)
+
+
+def test_models_whose_caches_cannot_drop_positions_are_refused(models_dir):
+    from vllm_mlx.models.loader import load_model
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    model = load_model(str(build_arch_model(models_dir / "spec-gemma3", "gemma3_text")), compute_dtype="float32").model
+    assert "RotatingKVCache" in speculation_unsupported(model, deterministic=False)
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_qwen3):
+    off = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64)
+    on = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64, speculative="ngram")
+    yield off, on
+    off.engine.shutdown()
+    on.engine.shutdown()
+
+
+def test_greedy_output_is_the_same_with_speculation_alone_and_batched(engines):
+    off, on = engines
+    before = on.engine.stats.speculative["accepted"]
+    for max_tokens in (60, 7):  # 7: the length ends a row inside a run of accepted proposals
+        solo = [off.run([p], max_tokens=max_tokens, temperature=0)[0][1] for p in PROMPTS]
+        assert [on.run([p], max_tokens=max_tokens, temperature=0)[0][1] for p in PROMPTS] == solo
+        assert [r[1] for r in on.run(PROMPTS, max_tokens=max_tokens, temperature=0)] == solo
+    stats = on.engine.stats.speculative
+    assert stats["accepted"] > before and 0 < stats["acceptance_rate"] <= 1
+
+
+def test_stop_tokens_and_rows_that_do_not_speculate_share_the_steps(engines):
+    off, on = engines
+    reference = off.run([PROMPTS[0]], max_tokens=40, temperature=0)[0][1]
+    stop = reference[12]  # a token the model repeats: the row stops at its first occurrence
+    mixed = [dict(temperature=0, stop_token_ids=[stop]), dict(temperature=0.9, seed=5),
+             dict(temperature=0, logprobs=True, top_logprobs=2), dict(temperature=0, n=2)]
+    for params in mixed:
+        want = off.run([PROMPTS[0]], max_tokens=40, **params)[0]
+        rids = [on.submit(PROMPTS[0], max_tokens=40, **params), on.submit(PROMPTS[4], max_tokens=40, temperature=0)]
+        got = on.wait(rids[0])
+        on.wait(rids[1])
+        assert got[1] == want[1], params
+        assert got[2].finish_reason == want[2].finish_reason
+    stopped = off.run([PROMPTS[0]], max_tokens=40, temperature=0, stop_token_ids=[stop])[0][1]
+    assert stop not in stopped and len(stopped) < 40
+
+
+def test_the_prefix_cache_reuses_a_speculated_conversation(engines):
+    off, on = engines
+    first = on.run([PROMPTS[1]], max_tokens=30, temperature=0)[0][1]
+    follow = on.tokenizer.encode(PROMPTS[1]) + first + on.tokenizer.encode(" and then")
+    hits = on.engine.stats.prefix_cache["hit_tokens"]
+    again = on.run([follow], max_tokens=30, temperature=0)[0]
+    assert on.engine.stats.prefix_cache["hit_tokens"] > hits  # the completion's keys were cached
+    assert again[1] == off.run([follow], max_tokens=30, temperature=0)[0][1]
+
+
+@pytest.fixture(scope="module")
+def speculating_server(start_server, tiny_qwen3):
+    return start_server(tiny_qwen3, "--served-model-name", "tiny-qwen3", "--speculative", "ngram",
+                        "--num-speculative-tokens", "3")
+
+
+def test_served_output_and_stats(speculating_server, qwen3_server):
+    import httpx
+    import openai
+
+    messages = [{"role": "user", "content": "repeat after me: " + "the cat sat on the mat. " * 4}]
+    texts = []
+    for server in (qwen3_server, speculating_server):
+        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x")
+        stream = client.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=48,
+                                                temperature=0, stream=True)
+        texts.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
+    assert texts[0] == texts[1] and texts[0]
+    stats = speculating_server.health()["engine"]["speculative"]
+    assert stats["method"] == "ngram" and stats["proposed"] >= stats["accepted"] > 0
+    metrics = httpx.get(speculating_server.base_url + "/metrics").text
+    assert 'vllm_mlx_speculative_accepted_total{method="ngram"}' in metrics
+
+
+def test_a_model_that_cannot_speculate_does_not_start(models_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    model = build_arch_model(models_dir / "spec-gemma3", "gemma3_text")
+    serve = [str(Path(sys.executable).with_name("vllm-mlx")), "serve", str(model), "--speculative", "ngram",
+             "--port", "9"]
+    result = subprocess.run(serve, capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0
+    assert "--speculative ngram cannot serve this model" in result.stderr + result.stdout
