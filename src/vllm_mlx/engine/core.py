@@ -227,10 +227,12 @@ class EngineCore:
         spec = self.speculator
         if spec is None:
             return self.run_pipelined(plan)
-        generated, rows = self.counters.generated, len(self.runner.batch_seqs)
-        outputs = spec.step(self, plan) if spec.active else self.run_pipelined(plan)
-        spec.rates.observe(self.counters.generated - generated, rows)
-        spec.rates.verifying = spec.active  # the kind of step just launched
+        generated, rows, arm = self.counters.generated, len(self.runner.batch_seqs), spec.rates.launched
+        if spec.active:
+            outputs = spec.step(self, plan)
+        else:
+            outputs, spec.rates.launched = self.run_pipelined(plan), 0
+        spec.rates.observe(arm, self.counters.generated - generated, rows)  # tokens of the step launched before
         if not spec.active and self.runner.batch_seqs:
             spec.active = spec.worth_trying(self.runner.batch_seqs)
         return outputs

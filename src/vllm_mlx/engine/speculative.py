@@ -39,9 +39,9 @@ from .sequence import Sequence
 
 NGRAM_SIZES = (4, 3, 2)  # the suffix looked up, longest first
 REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole twice in a row
-EXPLORE_EVERY = 256  # decisions between tries of the kind of step that measured slower
-EXPLORE_STEPS = 2  # steps such a try lasts (its first one is a transition)
-RATE_WEIGHT = 0.2  # of the newest step in a kind's moving tokens/s
+EXPLORE_EVERY = 128  # decisions between tries of an arm that is not the fastest measured
+EXPLORE_STEPS = 3  # steps such a try lasts (the first is a transition, not measured)
+RATE_WEIGHT = 0.2  # of the newest step in an arm's moving tokens/s
 
 
 def speculation_unsupported(model: Any, deterministic: bool) -> str | None:
@@ -109,40 +109,49 @@ class _RowState:
 
 
 class StepRates:
-    """Moving tokens/s of recent pipelined and verify steps, per batch size (powers of two), and the
-    choice between them."""
+    """Moving tokens/s of recent steps per batch size (powers of two) and per *arm*: 0 for a pipelined
+    step, K for a verify step whose rows propose at most K tokens; and the choice of the next arm (the
+    fastest measured, each other arm tried now and then)."""
 
-    def __init__(self) -> None:
-        self._rates: dict[tuple[bool, int], float] = {}
+    def __init__(self, max_tokens: int):
+        self.arms = sorted({0, max_tokens, *(k for k in (1, 2, 4, 8, 16) if k < max_tokens)})
+        self._rates: dict[tuple[int, int], float] = {}
         self._last: float | None = None  # when the previous step ended
-        self._since_try = 0
-        self._trying = 0  # steps left of a try of the slower kind
-        self.verifying = False  # the kind of the step last launched
+        self._decisions = 0
+        self._trying: tuple[int, int] | None = None  # (arm, steps left) of a try of another arm
+        self._previous_arm = 0
+        self.launched = 0  # the arm of the step last launched
 
-    def observe(self, produced: int, rows: int) -> None:
-        """A step ended, having read back ``produced`` tokens of the step launched before it."""
+    def observe(self, arm: int, produced: int, rows: int) -> None:
+        """A step ended, having read back ``produced`` tokens of the step launched before it by ``arm``."""
         now = time.perf_counter()
-        if self._last is not None and produced and now > self._last:
-            key, rate = (self.verifying, rows.bit_length()), produced / (now - self._last)
+        steady = arm == self._previous_arm  # the first step after a change of arm is a transition
+        if steady and self._last is not None and produced and now > self._last:
+            key, rate = (arm, rows.bit_length()), produced / (now - self._last)
             old = self._rates.get(key)
             self._rates[key] = rate if old is None else old + RATE_WEIGHT * (rate - old)
-        self._last = now
+        self._last, self._previous_arm = now, arm
 
-    def choose_verify(self, rows: int) -> bool:
-        """Whether the next step (which has proposals) should verify them."""
+    def choose(self, rows: int) -> int:
+        """The arm of the next step of a batch of ``rows`` that has proposals (0: do not verify)."""
         bucket = rows.bit_length()
-        verify, plain = self._rates.get((True, bucket)), self._rates.get((False, bucket))
-        if verify is None or plain is None:
-            return verify is None  # measure the kind not yet measured
-        better = verify >= plain
-        if self._trying:
-            self._trying -= 1
-            return not better
-        self._since_try += 1
-        if self._since_try >= EXPLORE_EVERY:
-            self._since_try, self._trying = 0, EXPLORE_STEPS - 1
-            return not better
-        return better
+        rates = {arm: self._rates.get((arm, bucket)) for arm in self.arms}
+        unmeasured = [arm for arm, rate in rates.items() if rate is None]
+        if self._trying is not None:
+            arm, left = self._trying
+            self._trying = (arm, left - 1) if left > 1 else None
+            return arm
+        if unmeasured:
+            self._trying = (unmeasured[0], EXPLORE_STEPS - 1)
+            return unmeasured[0]
+        best = max(rates, key=rates.get)
+        self._decisions += 1
+        if self._decisions % EXPLORE_EVERY == 0:
+            others = [arm for arm in self.arms if arm != best]
+            arm = others[(self._decisions // EXPLORE_EVERY) % len(others)]
+            self._trying = (arm, EXPLORE_STEPS - 1)
+            return arm
+        return best
 
 
 class NgramSpeculator:
@@ -153,7 +162,7 @@ class NgramSpeculator:
         self.vocab_size = vocab_size
         self.stats = SpeculationStats()
         self.active = False  # the next step is a speculative one (set after each step)
-        self.rates = StepRates()
+        self.rates = StepRates(num_tokens)
         self._rows: dict[Sequence, _RowState] = {}
         self._proposed: dict[Sequence, int] = {}  # of the verify step in flight
 
@@ -172,8 +181,9 @@ class NgramSpeculator:
         index.extend(seq.prompt_ids + seq.output_ids if known < 0 else seq.output_ids[known:])
         return state
 
-    def proposals(self, seqs: list[Sequence]) -> list[list[int]]:
-        """Each row's proposals after its latest token (empty for rows that do not speculate now)."""
+    def proposals(self, seqs: list[Sequence], cap: int) -> list[list[int]]:
+        """Each row's proposals after its latest token, at most ``cap`` (empty for rows that do not
+        speculate now)."""
         out = []
         for seq in seqs:
             if not self.eligible(seq):
@@ -185,13 +195,14 @@ class NgramSpeculator:
                 out.append([])
                 continue
             room = seq.sampling.max_tokens - len(seq.output_ids) - 1  # the bonus token comes on top
-            out.append(state.index.propose(min(state.budget, room)) if room > 0 else [])
+            out.append(state.index.propose(min(state.budget, room, cap)) if room > 0 else [])
         return out
 
     def worth_trying(self, seqs: list[Sequence]) -> bool:
-        """Whether the next step should speculate: some row has a proposal and verify steps have been
-        the faster kind at this batch size (decided after a pipelined step)."""
-        return any(self.proposals(seqs)) and self.rates.choose_verify(len(seqs))
+        """Whether the next step should speculate: some row has a proposal and verifying is the arm to
+        run at this batch size (decided after a pipelined step)."""
+        cap = self.rates.choose(len(seqs))
+        return cap > 0 and any(self.proposals(seqs, cap))
 
     def forget(self, seqs: list[Sequence]) -> None:
         for seq in seqs:
@@ -211,11 +222,13 @@ class NgramSpeculator:
             self.drop_rejected(runner.batch_cache, rows["junk"].tolist())
         core.retire(done)
         seqs = list(runner.batch_seqs)
-        proposals = self.proposals(seqs) if seqs else []
-        if any(proposals) and self.rates.choose_verify(len(seqs)):
+        cap = self.rates.choose(len(seqs)) if seqs else 0
+        proposals = self.proposals(seqs, cap) if cap else []
+        if any(proposals):
             runner.rows = self.launch(runner, core.sampler, seqs, proposals)
+            self.rates.launched = cap
         else:
-            self.active = False
+            self.active, self.rates.launched = False, 0
             if seqs:
                 runner.rows = core.sampler.next(seqs, runner.decode(), runner.rows, pending_applied=True)
         if seqs:
