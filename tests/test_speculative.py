@@ -43,6 +43,37 @@ def test_drop_rejected_leaves_each_row_with_its_accepted_positions():
     assert mx.array_equal(keys[0, :, padding[0]:], row0) and mx.array_equal(keys[1, :, padding[1]:], row1)
 
 
+@pytest.mark.parametrize("controls", [dict(temperature=1.0), dict(temperature=0.8, top_k=4), dict(temperature=0)])
+def test_verified_tokens_follow_each_rows_own_distribution(controls):
+    """Speculative sampling with a certain proposer: over many rows (each its own key), the first token
+    emitted is distributed as the row's distribution at position 0, and the second -- given the first
+    was the proposal -- as its distribution at position 1, whatever the proposals."""
+    from vllm_mlx.engine.request import SamplingParams
+    from vllm_mlx.engine.sampler import BatchSamplingParams, make_rng_key, sampling_probs
+    from vllm_mlx.engine.speculative import verify_draw
+
+    rows, vocab = 6000, 6
+    base = mx.array([[2.0, 1.0, 0.5, 0.0, -1.0, 0.3], [0.1, 1.5, -0.5, 1.2, 0.0, 0.8], [0.0] * 6])
+    logits = mx.broadcast_to(base[None], (rows, 3, vocab))
+    greedy = controls["temperature"] == 0
+    # sampled: not the most likely tokens, so refusals happen; greedy: the argmaxes, so both are kept
+    drafts = mx.broadcast_to(mx.array([[0, 1]] if greedy else [[1, 3]]), (rows, 2))
+    params = BatchSamplingParams.from_params([SamplingParams(**controls)] * rows, vocab)
+    keys = mx.stack([make_rng_key(i) for i in range(rows)])
+    accepted, final, _ = verify_draw(logits, drafts, mx.full((rows,), 2), params, keys)
+    n = accepted.tolist()
+    d0, d1 = drafts[0].tolist()
+    first = [d0 if a >= 1 else f for a, f in zip(n, final.tolist())]
+    second = [d1 if a >= 2 else f for a, f in zip(n, final.tolist()) if a >= 1]
+    want = sampling_probs(base[:2], BatchSamplingParams.from_params([SamplingParams(**controls)] * 2, vocab))
+    if greedy:
+        want = mx.eye(vocab)[mx.argmax(base[:2], axis=-1)]
+    for seen, expected in ((first, want[0].tolist()), (second, want[1].tolist())):
+        assert len(seen) > 500
+        freq = [seen.count(t) / len(seen) for t in range(vocab)]
+        assert max(abs(f - e) for f, e in zip(freq, expected)) < 0.03, (freq, expected)
+
+
 def test_models_whose_caches_cannot_drop_positions_are_refused(models_dir):
     from vllm_mlx.models.loader import load_model
     from vllm_mlx_testing.arch_models import build_arch_model
@@ -75,17 +106,31 @@ def test_stop_tokens_and_rows_that_do_not_speculate_share_the_steps(engines):
     off, on = engines
     reference = off.run([PROMPTS[0]], max_tokens=40, temperature=0)[0][1]
     stop = reference[12]  # a token the model repeats: the row stops at its first occurrence
-    mixed = [dict(temperature=0, stop_token_ids=[stop]), dict(temperature=0.9, seed=5),
-             dict(temperature=0, logprobs=True, top_logprobs=2), dict(temperature=0, n=2)]
-    for params in mixed:
-        want = off.run([PROMPTS[0]], max_tokens=40, **params)[0]
+    mixed = [dict(temperature=0, stop_token_ids=[stop]), dict(temperature=0, logprobs=True, top_logprobs=2),
+             dict(temperature=0, n=2), dict(temperature=0.9, seed=5, repetition_penalty=1.2)]
+    def by_continuation(harness, rid, n):  # each continuation's tokens (the harness interleaves deltas)
+        with harness.cond:
+            assert harness.cond.wait_for(lambda: sum(o.finished for o in harness.outputs.get(rid, [])) == n, 60)
+        outs = harness.outputs[rid]
+        return [[t for o in outs if o.index == i for t in o.token_ids] for i in sorted({o.index for o in outs})]
+
+    for params in mixed:  # the logprobs and penalty rows do not speculate; all share the steps
+        n = params.get("n", 1)
+        want = by_continuation(off, off.submit(PROMPTS[0], max_tokens=40, **params), n)
         rids = [on.submit(PROMPTS[0], max_tokens=40, **params), on.submit(PROMPTS[4], max_tokens=40, temperature=0)]
-        got = on.wait(rids[0])
+        assert by_continuation(on, rids[0], n) == want, params
         on.wait(rids[1])
-        assert got[1] == want[1], params
-        assert got[2].finish_reason == want[2].finish_reason
+        assert on.outputs[rids[0]][-1].finish_reason == off.outputs[list(off.outputs)[-1]][-1].finish_reason
     stopped = off.run([PROMPTS[0]], max_tokens=40, temperature=0, stop_token_ids=[stop])[0][1]
     assert stop not in stopped and len(stopped) < 40
+
+
+def test_sampled_rows_speculate_and_end_where_they_should(engines):
+    _, on = engines
+    before = on.engine.stats.speculative["accepted"]
+    outs = on.run([PROMPTS[4]] * 4, max_tokens=30, temperature=0.3, top_p=0.95)
+    assert all(len(o[1]) == 30 and o[2].finish_reason.value == "length" for o in outs)
+    assert on.engine.stats.speculative["accepted"] > before
 
 
 def test_the_prefix_cache_reuses_a_speculated_conversation(engines):

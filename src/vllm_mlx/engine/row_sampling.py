@@ -24,6 +24,12 @@ class RowSampler:
         return BatchSamplingParams.from_params([s.sampling for s in seqs], self.vocab_size,
                                                [s.stop_ids for s in seqs])
 
+    def batch_params(self, seqs: list[Sequence]) -> BatchSamplingParams:
+        """The decode batch's controls (built once per change of its rows)."""
+        if self._batch_params is None:
+            self._batch_params = self.params_for(seqs)
+        return self._batch_params
+
     def first(self, seqs: list[Sequence], logits: mx.array) -> RowArrays:
         """The first token of each freshly prefilled row, as the rows' pending arrays."""
         params = self.params_for(seqs)
@@ -39,11 +45,10 @@ class RowSampler:
         """Every row's next token from the decode logits; ``rows``: the batch's pending arrays (the
         tokens fed this step); ``pending_applied``: those tokens are already appended to the
         sequences (the deferred, constrained path)."""
-        if self._batch_params is None:
-            self._batch_params = self.params_for(seqs)
-            if not self._batch_params.uses_penalties:
-                rows["counts"] = rows["in_prompt"] = None
-        params = self._batch_params
+        fresh = self._batch_params is None
+        params = self.batch_params(seqs)
+        if fresh and not params.uses_penalties:
+            rows["counts"] = rows["in_prompt"] = None
         penalties = None
         if params.uses_penalties:
             penalties = PenaltyState(rows["counts"], rows["in_prompt"])

@@ -21,7 +21,7 @@ temperature 1 for greedy rows.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlx.core as mx
 
@@ -36,7 +36,8 @@ def make_rng_key(seed: int | None) -> mx.array:
     return mx.random.key(seed % 2**64 if seed is not None else secrets.randbits(63))
 
 
-def _split_keys(keys: mx.array) -> tuple[mx.array, mx.array]:
+def split_row_keys(keys: mx.array) -> tuple[mx.array, mx.array]:
+    """Each row's key (B, 2) split in two: (its next key, a subkey to draw with now)."""
     pairs = mx.vmap(mx.random.split)(keys)  # (B, 2, 2)
     return pairs[:, 0], pairs[:, 1]
 
@@ -90,6 +91,14 @@ class BatchSamplingParams:
         """Every row greedy, nothing to report or change in the logits: the token is the argmax."""
         return (self.all_greedy and not self.logprobs and not self.uses_penalties and self.logit_bias is None
                 and self.min_tokens is None)
+
+    def repeated(self, times: int) -> "BatchSamplingParams":
+        """These rows' controls for ``times`` positions each (row-major), as the logits of a verify step."""
+        def rep(a):
+            return None if a is None else mx.repeat(a, times, axis=0)
+
+        return replace(self, temperature=rep(self.temperature), greedy=rep(self.greedy), top_p=rep(self.top_p),
+                       top_k=rep(self.top_k), min_p=rep(self.min_p), logit_bias=rep(self.logit_bias))
 
     @classmethod
     def from_params(
@@ -180,6 +189,12 @@ def _truncate(logits: mx.array, params: BatchSamplingParams) -> mx.array:
     return logits
 
 
+def sampling_probs(logits: mx.array, params: BatchSamplingParams) -> mx.array:
+    """The distribution each row draws its token from (temperature, then top-k/top-p/min-p), (B, vocab);
+    steps 1-4 are not applied (rows that need them do not speculate)."""
+    return mx.softmax(_truncate(logits.astype(mx.float32) / params.temperature, params), axis=-1)
+
+
 @dataclass
 class SampleResult:
     tokens: mx.array  # (B,)
@@ -212,7 +227,7 @@ def sample(
     if params.all_greedy:
         tokens = argmax
     else:
-        keys, subkeys = _split_keys(keys)
+        keys, subkeys = split_row_keys(keys)
         drawn = mx.argmax(_truncate(scaled, params) + _gumbel_noise(subkeys, logits.shape[-1]), axis=-1)
         tokens = mx.where(params.greedy, argmax, drawn)
     if not params.logprobs:  # the normalizer is a pass over every row's vocabulary: only when reported

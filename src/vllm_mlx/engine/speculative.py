@@ -3,13 +3,14 @@
 A row whose latest tokens also occur earlier in its prompt or output proposes the tokens that followed
 them there (agents re-emit code, file contents and tool arguments they just read). One *verify* step
 feeds every row ``[its pending token, its proposals]`` -- rows with fewer proposals are padded, rows
-that do not speculate take part with their first position only -- and keeps, per row, the proposals
-the model itself would have produced, plus the model's own next token after them (the *bonus*). A
-step costs one forward of K + 1 positions and yields 1 to K + 1 tokens per row.
+that do not speculate take part with their first position only -- and keeps, per row, the leading
+proposals the row would have drawn itself, plus its own next token after them (:func:`verify_draw`:
+exact for greedy rows, speculative sampling for sampled ones). A step costs one forward of K + 1
+positions and yields 1 to K + 1 tokens per row.
 
-Which rows speculate: greedy rows whose token is the plain argmax (no logprobs, penalties, logit
-bias, min_tokens, grammar or reasoning budget), so their output is the non-speculative output; every
-other row shares the verify step and is sampled from its first position as usual.
+Which rows speculate: rows drawn from their logits alone (greedy, or temperature / top-k / top-p /
+min-p; no logprobs, penalties, logit bias, min_tokens, grammar or reasoning budget); every other row
+shares the verify step and is sampled from its first position as usual.
 
 The step is synchronous: a verify step needs the rows' latest tokens on the host (to look them up),
 and the next step needs each row's accepted count (to drop the rejected proposals' keys and values).
@@ -21,8 +22,8 @@ Each row's proposal length adapts to its acceptance (longer after a full accepta
 none); a row whose proposals keep failing rests for a while. When no row has a proposal the engine
 goes back to its pipelined decode -- and also when speculating does not pay on this machine: a verify
 step costs more than a decode step where the forward's cost grows with its positions (a CPU, a large
-batch), so the speculator keeps the tokens/s of recent steps of each kind per batch size and verifies
-only while that is the faster kind (trying the other now and then).
+batch), so the speculator keeps the tokens/s of recent steps per batch size and per proposal cap K
+(K = 0: a pipelined step) and runs the fastest, trying the others now and then (:class:`StepRates`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache, dynamic_roll, make_prompt_cache
 
 from .rows import RowArrays
+from .sampler import BatchSamplingParams, sampling_probs, split_row_keys
 from .sequence import Sequence
 
 NGRAM_SIZES = (4, 3, 2)  # the suffix looked up, longest first
@@ -108,6 +110,39 @@ class _RowState:
         self.rest = 0  # steps left before this row proposes again
 
 
+def verify_draw(logits: mx.array, drafts: mx.array, lengths: mx.array, params: BatchSamplingParams | None,
+                keys: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    """Speculative sampling with a proposer that is certain of its tokens. Per row: keep the leading
+    proposals the row would have drawn -- a greedy row, those that are its argmax; a sampled row, each
+    proposal d with probability p(d) under its own distribution p (temperature, top-k/p, min-p: the
+    min(1, p/q) test with q(d) = 1) -- then draw the next token at the position after them, from p
+    without the refused proposal (the residual max(p - q, 0)), or from p when all were kept. So a row's
+    tokens follow its own distribution exactly. ``params``: the rows' controls (None when every
+    speculating row is greedy); ``keys``: the rows' keys. Returns (accepted counts, the next tokens of
+    rows with proposals, the rows' next keys)."""
+    b, width, vocab = logits.shape
+    k = drafts.shape[1]
+    agree = mx.argmax(logits[:, :k], axis=-1) == drafts
+    if params is not None:
+        keys, accept_keys = split_row_keys(keys)
+        probs = sampling_probs(logits[:, :k].reshape(b * k, vocab), params.repeated(k)).reshape(b, k, vocab)
+        p_draft = mx.take_along_axis(probs, drafts[..., None], axis=-1)[..., 0]
+        uniforms = mx.vmap(lambda key: mx.random.uniform(shape=(k,), key=key))(accept_keys)
+        agree = mx.where(params.greedy[:, None], agree, uniforms < p_draft)
+    kept = agree & (mx.arange(k)[None] < lengths[:, None])
+    accepted = mx.cumprod(kept.astype(mx.int32), axis=1).sum(axis=1)
+    chosen = mx.take_along_axis(logits, accepted[:, None, None], axis=1)[:, 0]  # (B, vocab)
+    refused = mx.take_along_axis(drafts, mx.minimum(accepted, k - 1)[:, None], axis=1)
+    drop = (accepted < lengths)[:, None] & (mx.arange(vocab)[None] == refused)
+    tokens = mx.argmax(mx.where(drop, float("-inf"), chosen.astype(mx.float32)), axis=-1)
+    if params is not None:
+        keys, draw_keys = split_row_keys(keys)
+        residual = mx.log(mx.where(drop, 0.0, sampling_probs(chosen, params)))
+        drawn = mx.vmap(lambda logp, key: mx.random.categorical(logp, key=key))(residual, draw_keys)
+        tokens = mx.where(params.greedy, tokens, drawn)
+    return accepted, tokens, keys
+
+
 class StepRates:
     """Moving tokens/s of recent steps per batch size (powers of two) and per *arm*: 0 for a pipelined
     step, K for a verify step whose rows propose at most K tokens; and the choice of the next arm (the
@@ -168,8 +203,9 @@ class NgramSpeculator:
 
     @staticmethod
     def eligible(seq: Sequence) -> bool:
+        """Rows drawn from their logits alone (greedy, or temperature / top-k / top-p / min-p)."""
         s = seq.sampling
-        return (s.greedy and not s.logprobs and not s.uses_penalties and not s.logit_bias and s.min_tokens == 0
+        return (not s.logprobs and not s.uses_penalties and not s.logit_bias and s.min_tokens == 0
                 and not seq.steers_tokens and seq.request.multimodal is None)
 
     def _state(self, seq: Sequence) -> _RowState:
@@ -238,19 +274,18 @@ class NgramSpeculator:
         return outputs
 
     def launch(self, runner: Any, sampler: Any, seqs: list[Sequence], proposals: list[list[int]]) -> RowArrays:
-        """Feed ``[pending token, proposals]`` per row; returns the rows' pending arrays: the bonus token,
+        """Feed ``[pending token, proposals]`` per row; returns the rows' pending arrays: the next token,
         the proposals, how many of them each row accepted and the positions to drop (all lazy)."""
         k = max(len(p) for p in proposals)
         inputs = mx.array([[s.output_ids[-1], *p, *[0] * (k - len(p))] for s, p in zip(seqs, proposals)])
         logits = runner.verify(inputs)  # (B, k + 1, vocab)
-        rows = sampler.next(seqs, logits[:, 0, :], runner.rows, pending_applied=True)  # rows as usual
-        drafts = inputs[:, 1:]
-        lengths = mx.array([len(p) for p in proposals])
-        best = mx.argmax(logits, axis=-1)  # (B, k + 1)
-        agree = (best[:, :k] == drafts) & (mx.arange(k)[None] < lengths[:, None])
-        accepted = mx.cumprod(agree.astype(mx.int32), axis=1).sum(axis=1)  # (B,): 0 where nothing proposed
-        bonus = mx.take_along_axis(best, accepted[:, None], axis=1)[:, 0]
-        rows["tokens"] = mx.where(lengths > 0, bonus, rows["tokens"])
+        drafts, lengths = inputs[:, 1:], mx.array([len(p) for p in proposals])
+        rows = runner.rows
+        sampled = any(p and not s.sampling.greedy for s, p in zip(seqs, proposals))
+        accepted, tokens, rows["keys"] = verify_draw(logits, drafts, lengths,
+                                                     sampler.batch_params(seqs) if sampled else None, rows["keys"])
+        rows = sampler.next(seqs, logits[:, 0, :], rows, pending_applied=True)  # rows without proposals
+        rows["tokens"] = mx.where(lengths > 0, tokens, rows["tokens"])
         rows["drafts"], rows["accepted"], rows["junk"] = drafts, accepted, k - accepted
         self._proposed = {s: len(p) for s, p in zip(seqs, proposals) if p}
         self.stats.verify_steps += 1

@@ -142,9 +142,10 @@ OPTIONS: tuple[Option, ...] = (
            "alias (default: any name is served, as clients often send 'default')", bool),
     Option("deterministic", False, "identical requests give identical output under any concurrent load: every "
            "row is computed at batch size 1 and prompts are prefilled alone in fixed-size chunks", bool),
-    Option("speculative", "off", "speculative decoding: ngram proposes, for greedy requests, the tokens that "
-           "followed the latest earlier occurrence of the newest tokens in the prompt or output, and one forward "
-           "checks them all; output unchanged (see docs/speculative.md; default: %(default)s)",
+    Option("speculative", "off", "speculative decoding: ngram proposes the tokens that followed the latest "
+           "earlier occurrence of a request's newest tokens in its prompt or output, and one forward checks them "
+           "all; greedy output unchanged, sampled output keeps its distribution (docs/speculative.md; default: "
+           "%(default)s)",
            choices=("off", "ngram")),
     Option("num_speculative_tokens", 4, "with --speculative: most tokens a request proposes per step (default: "
            "%(default)s)", int, check=at_least(1)),
