@@ -180,3 +180,24 @@ def test_a_model_that_cannot_speculate_does_not_start(models_dir):
     result = subprocess.run(serve, capture_output=True, text=True, timeout=180)
     assert result.returncode != 0
     assert "--speculative ngram cannot serve this model" in result.stderr + result.stdout
+
+
+def test_the_request_field(speculating_server, qwen3_server):
+    import openai
+
+    messages = [{"role": "user", "content": "again: " + "one two three four " * 4}]
+    fast = openai.OpenAI(base_url=speculating_server.base_url + "/v1", api_key="x")
+    before = speculating_server.health()["engine"]["speculative"]["verify_steps"]
+    out = fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=40, temperature=0,
+                                       extra_body={"speculative": False})
+    assert out.choices[0].finish_reason == "length"
+    assert speculating_server.health()["engine"]["speculative"]["verify_steps"] == before  # this request alone
+    with pytest.raises(openai.BadRequestError) as err:
+        fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8, logprobs=True,
+                                     extra_body={"speculative": True})
+    assert err.value.body["param"] == "speculative" and "logprobs" in err.value.body["message"]
+    plain = openai.OpenAI(base_url=qwen3_server.base_url + "/v1", api_key="x")
+    with pytest.raises(openai.BadRequestError) as err:
+        plain.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8,
+                                      extra_body={"speculative": True})
+    assert "--speculative ngram" in err.value.body["message"]

@@ -51,6 +51,7 @@ class SamplingParams:
     # Reasoning budget: after this many tokens inside reasoning, the engine writes the
     # end-of-reasoning marker itself so the model goes on to answer (None = no budget).
     max_thinking_tokens: int | None = None
+    speculative: bool = True  # may speculate where the engine does (False: never this request's rows)
 
     @property
     def greedy(self) -> bool:

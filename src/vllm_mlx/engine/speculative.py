@@ -35,6 +35,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache, dynamic_roll, make_prompt_cache
 
+from .request import SamplingParams
 from .rows import RowArrays
 from .sampler import BatchSamplingParams, sampling_probs, split_row_keys
 from .sequence import Sequence
@@ -57,6 +58,14 @@ def speculation_unsupported(model: Any, deterministic: bool) -> str | None:
         return (f"its layers keep {', '.join(sorted(kinds - {KVCache.__name__}))} caches (sliding-window or "
                 "recurrent layers), whose rejected positions cannot be dropped yet")
     return None
+
+
+def not_speculated(params: SamplingParams) -> str | None:
+    """Why rows with these controls do not speculate (None: they may)."""
+    reasons = [name for name, used in (("logprobs", params.logprobs), ("penalties", params.uses_penalties),
+                                       ("logit_bias", bool(params.logit_bias)), ("min_tokens", params.min_tokens > 0),
+                                       ("a thinking budget", params.max_thinking_tokens is not None)) if used]
+    return ", ".join(reasons) or None
 
 
 class NgramIndex:
@@ -204,9 +213,8 @@ class NgramSpeculator:
     @staticmethod
     def eligible(seq: Sequence) -> bool:
         """Rows drawn from their logits alone (greedy, or temperature / top-k / top-p / min-p)."""
-        s = seq.sampling
-        return (not s.logprobs and not s.uses_penalties and not s.logit_bias and s.min_tokens == 0
-                and not seq.steers_tokens and seq.request.multimodal is None)
+        return (seq.sampling.speculative and not_speculated(seq.sampling) is None and not seq.steers_tokens
+                and seq.request.multimodal is None)
 
     def _state(self, seq: Sequence) -> _RowState:
         state = self._rows.get(seq)

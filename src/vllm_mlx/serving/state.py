@@ -17,6 +17,7 @@ from .admission import AdmittedStream, MemoryAdmission
 from ..engine.async_engine import AsyncEngine
 from ..engine.constraints import GrammarCompiler, GrammarError, StructuredSpec
 from ..engine.request import FinishReason, GenerationOutput, GenerationRequest, SamplingParams
+from ..engine.speculative import not_speculated
 from .chat import ChatSteps
 from .errors import APIError, ContextOverflow
 from .request_limits import check_generation_limits, check_prompt_count
@@ -184,12 +185,27 @@ class ServingState(ChatSteps):
             top_logprobs=top_logprobs,
             n=req.n,
             max_thinking_tokens=max_thinking_tokens,
+            speculative=req.speculative is not False,
         )
         try:
             params.validate()
         except ValueError as exc:
             raise APIError(400, str(exc)) from exc
+        if req.speculative:
+            self._check_speculative(req, params)
         return params
+
+    def _check_speculative(self, req: SamplingRequest, params: SamplingParams) -> None:
+        """``speculative: true`` is a request the server must be able to honour."""
+        if getattr(self.engine.engine.config, "speculative", "off") == "off":
+            raise APIError(400, "speculative decoding is off on this server (start it with --speculative ngram)",
+                           param="speculative")
+        constrained = req.response_format is not None and req.response_format.get("type") != "text"
+        why = not_speculated(params) or ("an output constraint" if constrained or req.structured_outputs
+                                         or req.guided_json or req.guided_regex or req.guided_choice
+                                         or req.guided_grammar else None)
+        if why:
+            raise APIError(400, f"speculative decoding does not apply to requests with {why}", param="speculative")
 
     def _logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
         items = []
