@@ -107,14 +107,15 @@ def test_stop_tokens_and_rows_that_do_not_speculate_share_the_steps(engines):
     reference = off.run([PROMPTS[0]], max_tokens=40, temperature=0)[0][1]
     stop = reference[12]  # a token the model repeats: the row stops at its first occurrence
     mixed = [dict(temperature=0, stop_token_ids=[stop]), dict(temperature=0, logprobs=True, top_logprobs=2),
-             dict(temperature=0, n=2), dict(temperature=0.9, seed=5, repetition_penalty=1.2)]
+             dict(temperature=0, n=2), dict(temperature=0.3, seed=5), dict(temperature=0.9, seed=5,
+                                                                             repetition_penalty=1.2)]
     def by_continuation(harness, rid, n):  # each continuation's tokens (the harness interleaves deltas)
         with harness.cond:
             assert harness.cond.wait_for(lambda: sum(o.finished for o in harness.outputs.get(rid, [])) == n, 60)
         outs = harness.outputs[rid]
         return [[t for o in outs if o.index == i for t in o.token_ids] for i in sorted({o.index for o in outs})]
 
-    for params in mixed:  # the logprobs and penalty rows do not speculate; all share the steps
+    for params in mixed:  # the seeded sampled rows do not speculate; all share the steps
         n = params.get("n", 1)
         want = by_continuation(off, off.submit(PROMPTS[0], max_tokens=40, **params), n)
         rids = [on.submit(PROMPTS[0], max_tokens=40, **params), on.submit(PROMPTS[4], max_tokens=40, temperature=0)]
@@ -123,6 +124,23 @@ def test_stop_tokens_and_rows_that_do_not_speculate_share_the_steps(engines):
         assert on.outputs[rids[0]][-1].finish_reason == off.outputs[list(off.outputs)[-1]][-1].finish_reason
     stopped = off.run([PROMPTS[0]], max_tokens=40, temperature=0, stop_token_ids=[stop])[0][1]
     assert stop not in stopped and len(stopped) < 40
+
+
+def test_speculated_tokens_report_the_models_logprobs(engines):
+    off, on = engines
+    before = on.engine.stats.speculative["accepted"]
+    runs = []
+    for harness in (off, on):
+        rid = harness.submit(PROMPTS[4], max_tokens=30, temperature=0, logprobs=True, top_logprobs=3)
+        harness.wait(rid)
+        runs.append([lp for o in harness.outputs[rid] for lp in o.logprobs])
+    assert on.engine.stats.speculative["accepted"] > before
+    want, got = runs
+    assert [lp.token_id for lp in got] == [lp.token_id for lp in want] and len(got) == 30
+    for a, b in zip(got, want):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        assert [t for t, _ in a.top] == [t for t, _ in b.top] and len(a.top) == 3
+        assert [v for _, v in a.top] == pytest.approx([v for _, v in b.top], abs=1e-4)
 
 
 def test_sampled_rows_speculate_and_end_where_they_should(engines):
@@ -193,9 +211,9 @@ def test_the_request_field(speculating_server, qwen3_server):
     assert out.choices[0].finish_reason == "length"
     assert speculating_server.health()["engine"]["speculative"]["verify_steps"] == before  # this request alone
     with pytest.raises(openai.BadRequestError) as err:
-        fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8, logprobs=True,
+        fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8, presence_penalty=0.5,
                                      extra_body={"speculative": True})
-    assert err.value.body["param"] == "speculative" and "logprobs" in err.value.body["message"]
+    assert err.value.body["param"] == "speculative" and "penalties" in err.value.body["message"]
     plain = openai.OpenAI(base_url=qwen3_server.base_url + "/v1", api_key="x")
     with pytest.raises(openai.BadRequestError) as err:
         plain.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8,

@@ -303,11 +303,14 @@ class EngineCore:
         if prof is not None:
             prof.mark("read")
         accepted = self.speculator.read_accepted(seqs, rows) if rows["accepted"] is not None else None
+        draft_logprobs = self.speculator.read_logprobs(seqs, rows) if accepted is not None else None
         outputs, done = [], []
         for i, (seq, tok, lp) in enumerate(zip(seqs, tokens, logprobs)):
             out = None
-            for draft in accepted[i] if accepted is not None else ():  # a verify step's accepted proposals
-                out = seq.append_token(draft) if out is None else out.merged_with(seq.append_token(draft))
+            for j, draft in enumerate(accepted[i] if accepted is not None else ()):  # a verify step's proposals
+                dlp = draft_logprobs[i][j] if draft_logprobs is not None and draft_logprobs[i] else None
+                delta = seq.append_token(draft, dlp)
+                out = delta if out is None else out.merged_with(delta)
                 self.counters.generated += 1
                 if seq.finished:
                     break

@@ -232,12 +232,16 @@ def sample(
         tokens = mx.where(params.greedy, argmax, drawn)
     if not params.logprobs:  # the normalizer is a pass over every row's vocabulary: only when reported
         return SampleResult(tokens, keys, None)
+    return SampleResult(tokens, keys, *reported_logprobs(scaled, tokens, bool(params.top_logprobs)))
+
+
+def reported_logprobs(scaled: mx.array, tokens: mx.array, top: bool) -> tuple[mx.array, ...]:
+    """(logprob of each row's token, and when ``top`` the most likely ids and their logprobs) from the
+    rows' scaled logits (B, vocab), as requests see them."""
     logprobs = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
-    result = SampleResult(tokens, keys, mx.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0])
-    if params.top_logprobs:
-        # A fixed width, so rows sampled in different steps can share one array.
-        k = min(MAX_TOP_LOGPROBS, logits.shape[-1])
-        top_ids = mx.argsort(-logprobs, axis=-1)[:, :k]
-        result.top_ids = top_ids
-        result.top_logprobs = mx.take_along_axis(logprobs, top_ids, axis=-1)
-    return result
+    chosen = mx.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+    if not top:
+        return chosen, None, None
+    k = min(MAX_TOP_LOGPROBS, scaled.shape[-1])  # a fixed width: rows sampled in different steps share arrays
+    top_ids = mx.argsort(-logprobs, axis=-1)[:, :k]
+    return chosen, top_ids, mx.take_along_axis(logprobs, top_ids, axis=-1)

@@ -9,7 +9,8 @@ exact for greedy rows, speculative sampling for sampled ones). A step costs one 
 positions and yields 1 to K + 1 tokens per row.
 
 Which rows speculate: rows drawn from their logits alone (greedy, or temperature / top-k / top-p /
-min-p; no logprobs, penalties, logit bias, min_tokens, grammar or reasoning budget); every other row
+min-p; no penalties, logit bias, min_tokens, grammar or reasoning budget), and not seeded sampled
+rows (which steps verify depends on timing, and a seed promises the same tokens); every other row
 shares the verify step and is sampled from its first position as usual.
 
 The step is synchronous: a verify step needs the rows' latest tokens on the host (to look them up),
@@ -35,9 +36,9 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache, dynamic_roll, make_prompt_cache
 
-from .request import SamplingParams
+from .request import SamplingParams, TokenLogprob
 from .rows import RowArrays
-from .sampler import BatchSamplingParams, sampling_probs, split_row_keys
+from .sampler import BatchSamplingParams, reported_logprobs, sampling_probs, split_row_keys
 from .sequence import Sequence
 
 NGRAM_SIZES = (4, 3, 2)  # the suffix looked up, longest first
@@ -62,7 +63,8 @@ def speculation_unsupported(model: Any, deterministic: bool) -> str | None:
 
 def not_speculated(params: SamplingParams) -> str | None:
     """Why rows with these controls do not speculate (None: they may)."""
-    reasons = [name for name, used in (("logprobs", params.logprobs), ("penalties", params.uses_penalties),
+    reasons = [name for name, used in (("a seed with sampling", params.seed is not None and not params.greedy),
+                                       ("penalties", params.uses_penalties),
                                        ("logit_bias", bool(params.logit_bias)), ("min_tokens", params.min_tokens > 0),
                                        ("a thinking budget", params.max_thinking_tokens is not None)) if used]
     return ", ".join(reasons) or None
@@ -295,10 +297,34 @@ class NgramSpeculator:
         rows = sampler.next(seqs, logits[:, 0, :], rows, pending_applied=True)  # rows without proposals
         rows["tokens"] = mx.where(lengths > 0, tokens, rows["tokens"])
         rows["drafts"], rows["accepted"], rows["junk"] = drafts, accepted, k - accepted
+        if any(p and s.sampling.logprobs for s, p in zip(seqs, proposals)):
+            self._report_logprobs(rows, logits, drafts, accepted, lengths, sampler.batch_params(seqs))
         self._proposed = {s: len(p) for s, p in zip(seqs, proposals) if p}
         self.stats.verify_steps += 1
         self.stats.proposed += sum(self._proposed.values())
         return rows
+
+    @staticmethod
+    def _report_logprobs(rows: RowArrays, logits: mx.array, drafts: mx.array, accepted: mx.array,
+                         lengths: mx.array, params: BatchSamplingParams) -> None:
+        """The logprobs of a verify step's tokens under each row's own distribution (as a plain step
+        reports them): of every proposal at its position, and of the next token at the position after
+        the accepted ones."""
+        b, width, vocab = logits.shape
+        k, top = drafts.shape[1], bool(params.top_logprobs)
+        temperature = params.repeated(k).temperature
+        scaled = logits[:, :k].reshape(b * k, vocab).astype(mx.float32) / temperature
+        lp, top_ids, top_lps = reported_logprobs(scaled, drafts.reshape(-1), top)
+        rows["draft_logprobs"] = lp.reshape(b, k)
+        if top:
+            rows["draft_top_ids"], rows["draft_top_logprobs"] = top_ids.reshape(b, k, -1), top_lps.reshape(b, k, -1)
+        at = mx.take_along_axis(logits, accepted[:, None, None], axis=1)[:, 0].astype(mx.float32)
+        lp, top_ids, top_lps = reported_logprobs(at / params.temperature, rows["tokens"], top)
+        speculated = lengths > 0
+        rows["logprobs"] = mx.where(speculated, lp, rows["logprobs"])
+        if top:
+            rows["top_ids"] = mx.where(speculated[:, None], top_ids, rows["top_ids"])
+            rows["top_logprobs"] = mx.where(speculated[:, None], top_lps, rows["top_logprobs"])
 
     def read_accepted(self, seqs: list[Sequence], rows: RowArrays) -> list[list[int]]:
         """The accepted proposals of each row of a verify step (host lists), its rows' budgets adapted."""
@@ -321,6 +347,26 @@ class NgramSpeculator:
                     state.rest, state.misses = REST_STEPS, 0
             else:
                 state.budget, state.misses = max(1, n), 0
+        return out
+
+    @staticmethod
+    def read_logprobs(seqs: list[Sequence], rows: RowArrays) -> list[list[TokenLogprob] | None] | None:
+        """Per row asking for logprobs, its proposals' logprobs (host), else None."""
+        if rows["draft_logprobs"] is None or not any(s.sampling.logprobs for s in seqs):
+            return None
+        drafts, values = rows["drafts"].tolist(), rows["draft_logprobs"].tolist()
+        tops = None
+        if rows["draft_top_ids"] is not None:
+            tops = list(zip(rows["draft_top_ids"].tolist(), rows["draft_top_logprobs"].tolist()))
+        out: list[list[TokenLogprob] | None] = []
+        for i, seq in enumerate(seqs):
+            if not seq.sampling.logprobs:
+                out.append(None)
+                continue
+            n = seq.sampling.top_logprobs
+            ids, lps = tops[i] if tops is not None else ([()] * len(drafts[i]), [()] * len(drafts[i]))
+            out.append([TokenLogprob(d, lp, tuple(zip(ids[j][:n], lps[j][:n])))
+                        for j, (d, lp) in enumerate(zip(drafts[i], values[i]))])
         return out
 
     @staticmethod
