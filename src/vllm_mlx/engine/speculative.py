@@ -168,10 +168,11 @@ class StepRates:
         self._previous_arm = 0
         self.launched = 0  # the arm of the step last launched
 
-    def observe(self, arm: int, produced: int, rows: int) -> None:
-        """A step ended, having read back ``produced`` tokens of the step launched before it by ``arm``."""
+    def observe(self, arm: int, produced: int, rows: int, prompt_work: bool = False) -> None:
+        """A step ended, having read back ``produced`` tokens of the step launched before it by ``arm``
+        (not counted when the step also prefilled: its time is not the decode's)."""
         now = time.perf_counter()
-        steady = arm == self._previous_arm  # the first step after a change of arm is a transition
+        steady = arm == self._previous_arm and not prompt_work  # after a change of arm: a transition
         if steady and self._last is not None and produced and now > self._last:
             key, rate = (arm, rows.bit_length()), produced / (now - self._last)
             old = self._rates.get(key)
