@@ -33,11 +33,14 @@ class EngineBenchOptions:
 
 
 def decode_rate(records: list[StreamRecord]) -> float:
-    """Tokens/s once every stream has its first token (steady-state batch decode, prefill excluded)."""
-    window_start = max(r.chunks[0][0] for r in records)
+    """Decode tokens/s of a batch: the tokens after each stream's first / the time from the first
+    stream's first token to the last token (prefill before it excluded). Robust to deltas that carry
+    several tokens (a consumer that fell behind, or speculative decoding): it needs only each
+    stream's first and last arrival."""
+    start = min(r.chunks[0][0] for r in records)
     end = max(r.chunks[-1][0] for r in records)
-    tokens = sum(n for r in records for t, n in r.chunks if t > window_start)
-    return tokens / (end - window_start) if end > window_start else float("nan")
+    tokens = sum(r.completion_tokens for r in records) - len(records)
+    return tokens / (end - start) if end > start else float("nan")
 
 
 def single_decode_rate(record: StreamRecord) -> float:

@@ -232,7 +232,7 @@ class EngineCore:
             outputs = spec.step(self, plan)
         else:
             outputs, spec.rates.launched = self.run_pipelined(plan), 0
-        spec.rates.observe(arm, self.counters.generated - generated, rows, bool(plan.prefill))
+        spec.rates.observe(arm, self.counters.generated - generated, rows, bool(plan.prefill))  # arm: read back
         if not spec.active and self.runner.batch_seqs:
             spec.active = spec.worth_trying(self.runner.batch_seqs)
         return outputs
