@@ -15,14 +15,29 @@ PROMPTS = ["Hello there " * 6, "A long story about the sea and the ships that sa
 
 
 def test_proposals_continue_the_latest_earlier_occurrence():
-    index = NgramIndex()
-    index.extend([1, 2, 3, 4, 5, 9, 9, 1, 2, 3])
-    assert index.propose(3) == [4, 5, 9]  # (1, 2, 3) occurred before, followed by 4 5 9
-    index.extend([7])
-    assert index.propose(3) == []  # (2, 3, 7), (3, 7) never occurred before
-    loop = NgramIndex()
+    for index in (NgramIndex([]), NgramIndex([1, 2, 3, 4, 5])):  # tokens generated, or partly the prompt
+        index.extend([1, 2, 3, 4, 5, 9, 9, 1, 2, 3][len(index.tokens):])
+        assert index.propose(3) == [4, 5, 9]  # (1, 2, 3) occurred before, followed by 4 5 9
+        index.extend([7])
+        assert index.propose(3) == []  # (2, 3, 7), (3, 7) never occurred before
+    loop = NgramIndex([])
     loop.extend([5, 6, 5, 6, 5, 6])
     assert loop.propose(5) == [5, 6, 5, 6, 5]  # a repeating stretch continues with its period
+
+
+def test_a_long_prompt_is_indexed_a_stretch_at_a_time_from_its_end():
+    from vllm_mlx.engine.speculative import BACKFILL, PROMPT_WINDOW
+
+    filler = [10 + i % 7919 for i in range(PROMPT_WINDOW + 4 * BACKFILL)]  # no 2-gram repeats in a window
+    early, late = [1, 2, 3, 4, 5], [6, 7, 8, 9, 5]
+    prompt = early + filler[:-3 * BACKFILL] + late + filler[-3 * BACKFILL:]
+    index = NgramIndex(prompt)
+    index.extend([6, 7, 8])
+    found = [index.propose(2) for _ in range(4)]  # each proposal indexes one more stretch, newest first
+    assert found[0] == [] and found[-1] == [9, 5]
+    index.extend([1, 2, 3])
+    assert index.propose(2) == []  # beyond the window: never indexed
+    assert len(index._ends) <= 3 * (PROMPT_WINDOW + 8)
 
 
 def test_drop_rejected_leaves_each_row_with_its_accepted_positions():

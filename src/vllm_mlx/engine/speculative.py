@@ -47,6 +47,8 @@ EXPLORE_EVERY = 256  # decisions between tries of an arm that is not the fastest
 EXPLORE_STEPS = 3  # steps such a try lasts (the first is a transition, not measured)
 RATE_WEIGHT = 0.2  # of the newest step in an arm's moving tokens/s
 MEASURE_TRIES = 2  # tries of an arm not yet measured, per batch size and exploration period
+PROMPT_WINDOW = 16384  # prompt tokens a row's n-gram index covers (its last ones)
+BACKFILL = 2048  # prompt positions indexed per proposal, from the prompt's end backwards
 
 
 def speculation_unsupported(model: Any, deterministic: bool) -> str | None:
@@ -72,11 +74,18 @@ def not_speculated(params: SamplingParams) -> str | None:
 
 
 class NgramIndex:
-    """A row's tokens, and where each short n-gram of them last occurred with a token after it."""
+    """A row's tokens, and where each short n-gram of them last occurred with a token after it.
 
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
+    The prompt is indexed from its end backwards, ``BACKFILL`` positions per call and its last
+    ``PROMPT_WINDOW`` tokens at most, so a long prompt never stalls a step; generated tokens are indexed
+    as they come."""
+
+    def __init__(self, prompt: list[int]) -> None:
+        self.tokens: list[int] = list(prompt)
         self._ends: dict[tuple[int, ...], int] = {}  # n-gram -> position right after its latest occurrence
+        self._prompt_end = len(prompt)
+        self._unindexed = len(prompt)  # prompt positions below this are not indexed yet
+        self._floor = max(len(prompt) - PROMPT_WINDOW, 0)
 
     def extend(self, new: list[int]) -> None:
         toks, ends = self.tokens, self._ends
@@ -87,9 +96,21 @@ class NgramIndex:
                     ends[tuple(toks[end - n:end])] = end  # that n-gram now has a continuation: ``tok``
             toks.append(tok)
 
+    def backfill(self) -> None:
+        """Index the next stretch of the prompt (older positions never displace newer ones)."""
+        toks, ends = self.tokens, self._ends
+        stop = max(self._unindexed - BACKFILL, self._floor)
+        for end in range(min(self._unindexed, self._prompt_end - 1), stop - 1, -1):  # end: a continuation exists
+            for n in NGRAM_SIZES:
+                if end >= n:
+                    ends.setdefault(tuple(toks[end - n:end]), end)
+        self._unindexed = stop
+
     def propose(self, k: int) -> list[int]:
         """Up to ``k`` tokens that followed the latest earlier occurrence of the longest matching suffix
         (a repeating stretch continues with its period)."""
+        if self._unindexed > self._floor:
+            self.backfill()
         toks = self.tokens
         for n in NGRAM_SIZES:
             if len(toks) > n:
@@ -115,8 +136,8 @@ class SpeculationStats:
 class _RowState:
     __slots__ = ("index", "budget", "misses", "rest")
 
-    def __init__(self, budget: int):
-        self.index = NgramIndex()
+    def __init__(self, budget: int, prompt: list[int]):
+        self.index = NgramIndex(prompt)
         self.budget = budget  # tokens this row may propose next
         self.misses = 0  # verify steps in a row that accepted nothing
         self.rest = 0  # steps left before this row proposes again
@@ -231,10 +252,9 @@ class NgramSpeculator:
     def _state(self, seq: Sequence) -> _RowState:
         state = self._rows.get(seq)
         if state is None:
-            state = self._rows[seq] = _RowState(self.num_tokens)
+            state = self._rows[seq] = _RowState(self.num_tokens, seq.prompt_ids)
         index = state.index
-        known = len(index.tokens) - len(seq.prompt_ids)
-        index.extend(seq.prompt_ids + seq.output_ids if known < 0 else seq.output_ids[known:])
+        index.extend(seq.output_ids[len(index.tokens) - len(seq.prompt_ids):])
         return state
 
     def proposals(self, seqs: list[Sequence], cap: int) -> list[list[int]]:
