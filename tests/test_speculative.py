@@ -234,3 +234,17 @@ def test_the_request_field(speculating_server, qwen3_server):
         plain.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8,
                                       extra_body={"speculative": True})
     assert "--speculative ngram" in err.value.body["message"]
+
+
+def test_the_request_field_on_the_anthropic_and_responses_wings(qwen3_server):
+    import anthropic
+    import openai
+
+    wrong = "speculative decoding is off on this server"
+    with pytest.raises(anthropic.BadRequestError, match=wrong):
+        anthropic.Anthropic(base_url=qwen3_server.base_url, api_key="x").messages.create(
+            model="tiny-qwen3", max_tokens=8, messages=[{"role": "user", "content": "hi"}],
+            extra_body={"speculative": True})
+    with pytest.raises(openai.BadRequestError, match=wrong):
+        openai.OpenAI(base_url=qwen3_server.base_url + "/v1", api_key="x").responses.create(
+            model="tiny-qwen3", input="hi", max_output_tokens=8, extra_body={"speculative": True})

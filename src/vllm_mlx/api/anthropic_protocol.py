@@ -47,6 +47,7 @@ class MessagesRequest(BaseModel):
     output_format: dict[str, Any] | None = None
     output_config: dict[str, Any] | None = None
     thread: dict[str, Any] | None = None  # server-kept conversation (anthropic_threads.py)
+    speculative: bool | None = None  # false: no speculative decoding for this request (--speculative)
     # accepted and ignored (declared so they are not logged as unknown on every Claude Code request)
     metadata: dict[str, Any] | None = None
     context_management: dict[str, Any] | None = None
@@ -303,6 +304,7 @@ def to_chat_request(req: MessagesRequest) -> ChatRequest:
         # an effort sizes the budget of thinking that `thinking` switched on; it switches nothing itself
         "reasoning_effort": effort if enable_thinking else None,
         "response_format": _response_format(req),
+        "speculative": req.speculative,
     }
     try:
         return ChatRequest.model_validate({k: v for k, v in fields.items() if v is not None})

@@ -37,6 +37,7 @@ class ResponsesRequest(OpenAIRequest):
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    speculative: bool | None = None  # false: no speculative decoding for this request (--speculative)
     store: bool | None = True
     previous_response_id: str | None = None
     include: list[str] | None = None
@@ -267,5 +268,6 @@ def _chat(req: ResponsesRequest, messages: list[dict], tools: list[dict] | None,
         max_completion_tokens=req.max_output_tokens,
         temperature=req.temperature,
         top_p=req.top_p,
+        speculative=req.speculative,
     )
 

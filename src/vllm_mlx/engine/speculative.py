@@ -29,7 +29,6 @@ batch), so the speculator keeps the tokens/s of recent steps per batch size and 
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -40,13 +39,10 @@ from .request import SamplingParams, TokenLogprob
 from .rows import RowArrays
 from .sampler import BatchSamplingParams, reported_logprobs, sampling_probs, split_row_keys
 from .sequence import Sequence
+from .step_rates import StepRates
 
 NGRAM_SIZES = (4, 3, 2)  # the suffix looked up, longest first
 REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole twice in a row
-EXPLORE_EVERY = 256  # decisions between tries of an arm that is not the fastest measured
-EXPLORE_STEPS = 3  # steps such a try lasts (the first is a transition, not measured)
-RATE_WEIGHT = 0.2  # of the newest step in an arm's moving tokens/s
-MEASURE_TRIES = 2  # tries of an arm not yet measured, per batch size and exploration period
 PROMPT_WINDOW = 16384  # prompt tokens a row's n-gram index covers (its last ones)
 BACKFILL = 2048  # prompt positions indexed per proposal, from the prompt's end backwards
 
@@ -174,61 +170,6 @@ def verify_draw(logits: mx.array, drafts: mx.array, lengths: mx.array, params: B
         drawn = mx.vmap(lambda logp, key: mx.random.categorical(logp, key=key))(residual, draw_keys)
         tokens = mx.where(params.greedy, tokens, drawn)
     return accepted, tokens, keys
-
-
-class StepRates:
-    """Moving tokens/s of recent steps per batch size (powers of two) and per *arm*: 0 for a pipelined
-    step, K for a verify step whose rows propose at most K tokens; and the choice of the next arm (the
-    fastest measured, each other arm tried now and then).
-
-    A step is counted only when it read back tokens of the arm it launches itself (steady state: the
-    step after a change of arm also carries the other arm's work) and did no prompt work. An arm not yet
-    measured is tried at most ``MEASURE_TRIES`` times per exploration period: proposals that come only
-    now and then cannot be measured, and are not worth a synchronous step each."""
-
-    def __init__(self, max_tokens: int):
-        self.arms = sorted({0, max_tokens, *(k for k in (1, 2, 4, 8, 16) if k < max_tokens)})
-        self._rates: dict[tuple[int, int], float] = {}
-        self._tries: dict[tuple[int, int], int] = {}  # unmeasured tries per (arm, bucket) this period
-        self._last: float | None = None  # when the previous step ended
-        self._decisions = 0
-        self._trying: tuple[int, int] | None = None  # (arm, steps left) of a try of another arm
-        self.launched = 0  # the arm of the step last launched
-
-    def observe(self, read: int, produced: int, rows: int, prompt_work: bool = False) -> None:
-        """A step ended: it read back ``produced`` tokens of a step of arm ``read`` and launched one of
-        arm :attr:`launched`."""
-        now = time.perf_counter()
-        if read == self.launched and not prompt_work and self._last is not None and produced and now > self._last:
-            key, rate = (read, rows.bit_length()), produced / (now - self._last)
-            old = self._rates.get(key)
-            self._rates[key] = rate if old is None else old + RATE_WEIGHT * (rate - old)
-        self._last = now
-
-    def choose(self, rows: int) -> int:
-        """The arm of the next step of a batch of ``rows`` that has proposals (0: do not verify)."""
-        bucket = rows.bit_length()
-        if self._trying is not None:
-            arm, left = self._trying
-            self._trying = (arm, left - 1) if left > 1 else None
-            return arm
-        self._decisions += 1
-        if self._decisions % EXPLORE_EVERY == 0:
-            self._tries = {key: n for key, n in self._tries.items() if key[1] != bucket}  # a new period
-        rates = {arm: self._rates.get((arm, bucket)) for arm in self.arms}
-        for arm, rate in rates.items():
-            if rate is None and self._tries.get((arm, bucket), 0) < MEASURE_TRIES:
-                self._tries[(arm, bucket)] = self._tries.get((arm, bucket), 0) + 1
-                self._trying = (arm, EXPLORE_STEPS - 1)
-                return arm
-        best = max(rates, key=lambda arm: rates[arm] or 0.0)
-        if self._decisions % EXPLORE_EVERY == 0:
-            others = [arm for arm in self.arms if arm != best and rates[arm] is not None]
-            if others:
-                arm = others[(self._decisions // EXPLORE_EVERY) % len(others)]
-                self._trying = (arm, EXPLORE_STEPS - 1)
-                return arm
-        return best
 
 
 class NgramSpeculator:
