@@ -229,6 +229,13 @@ def test_the_request_field(speculating_server, qwen3_server):
         fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8, presence_penalty=0.5,
                                      extra_body={"speculative": True})
     assert err.value.body["param"] == "speculative" and "penalties" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError, match="an output constraint"):
+        fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8,
+                                     response_format={"type": "json_object"}, extra_body={"speculative": True})
+    with pytest.raises(openai.BadRequestError, match="an output constraint"):
+        fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8, tool_choice="required",
+                                     tools=[{"type": "function", "function": {"name": "f", "parameters": {
+                                         "type": "object", "properties": {}}}}], extra_body={"speculative": True})
     plain = openai.OpenAI(base_url=qwen3_server.base_url + "/v1", api_key="x")
     with pytest.raises(openai.BadRequestError) as err:
         plain.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8,

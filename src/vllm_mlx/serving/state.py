@@ -200,12 +200,16 @@ class ServingState(ChatSteps):
         if getattr(self.engine.engine.config, "speculative", "off") == "off":
             raise APIError(400, "speculative decoding is off on this server (start it with --speculative ngram)",
                            param="speculative")
-        constrained = req.response_format is not None and req.response_format.get("type") != "text"
-        why = not_speculated(params) or ("an output constraint" if constrained or req.structured_outputs
-                                         or req.guided_json or req.guided_regex or req.guided_choice
-                                         or req.guided_grammar else None)
+        why = not_speculated(params)
         if why:
             raise APIError(400, f"speculative decoding does not apply to requests with {why}", param="speculative")
+
+    @staticmethod
+    def check_speculative_constraint(req: SamplingRequest, spec: Any) -> None:
+        """``speculative: true`` with an output constraint (a schema, a grammar, a required tool call)."""
+        if req.speculative and spec:
+            raise APIError(400, "speculative decoding does not apply to requests with an output constraint",
+                           param="speculative")
 
     def _logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
         items = []
