@@ -297,3 +297,14 @@ def test_cli_errors():
     assert r.returncode == 2 and "--concurrency must be at least 1" in r.stderr
     r = bench("/nonexistent-model-folder", "--repeat", 1)
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_rows_bench_against_an_engine_with_speculation(tiny_qwen3, tmp_path):
+    out = tmp_path / "rows.json"
+    r = bench("rows", tiny_qwen3, "--rows", 1, 2, "--tokens", 16, "--repeat", 1, "--warmup", 0, "--speculative",
+              "ngram", "--json", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "the engine without speculation" in r.stdout
+    result = json.loads(out.read_text())
+    assert result["summary"]["2"]["ratio_speculative"]["median"] > 0
+    assert result["speculation"]["method"] == "ngram" and result["speculation"]["proposed"] >= result["speculation"]["accepted"]

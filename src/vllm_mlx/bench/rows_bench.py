@@ -12,6 +12,7 @@ B times each step's phases (:mod:`vllm_mlx.engine.step_profile`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from dataclasses import dataclass
 
@@ -50,25 +51,16 @@ async def engine_rows(target: EngineTarget, prompts: list[list[int]], tokens: in
 
 
 async def run_rows_bench(opts: RowsBenchOptions, progress=None) -> dict:
-    target = EngineTarget(opts.model, max_num_seqs=max(opts.rows), prefix_cache=False)
-    speculating = None
-    if opts.speculative != "off":
-        speculating = EngineTarget(opts.model, max_num_seqs=max(opts.rows), prefix_cache=False,
-                                   speculative=opts.speculative)
-        await speculating.__aenter__()
-    rounds: list[dict] = []
-    try:
-        return await _rounds(target, speculating, opts, progress, rounds)
-    finally:
-        if speculating is not None:
-            await speculating.__aexit__(None, None, None)
-
-
-async def _rounds(target: EngineTarget, speculating: EngineTarget | None, opts: RowsBenchOptions, progress,
-                  rounds: list[dict]) -> dict:
     from .ceiling import Ceiling
 
-    async with target:
+    rounds: list[dict] = []
+    async with contextlib.AsyncExitStack() as stack:
+        target = await stack.enter_async_context(
+            EngineTarget(opts.model, max_num_seqs=max(opts.rows), prefix_cache=False))
+        speculating = None
+        if opts.speculative != "off":
+            speculating = await stack.enter_async_context(
+                EngineTarget(opts.model, max_num_seqs=max(opts.rows), prefix_cache=False, speculative=opts.speculative))
         ceiling = Ceiling(opts.model)  # this (main) thread's own copy of the model
         vocab = target.engine.engine.vocab_size
         for i in range(opts.warmup + opts.repeat):
@@ -92,10 +84,11 @@ async def _rounds(target: EngineTarget, speculating: EngineTarget | None, opts: 
             if progress is not None:
                 progress.update(1)
         profiles = await _profiles(target, opts, vocab) if opts.profile else {}
+        speculation = None if speculating is None else speculating.engine.engine.stats.speculative
     out = {"model": opts.model, "options": opts.__dict__, "rounds": rounds,
            "summary": summarize_rounds(rounds, opts.rows), "profiles": profiles}
-    if speculating is not None:
-        out["speculation"] = speculating.engine.engine.stats.speculative
+    if speculation is not None:
+        out["speculation"] = speculation
     return out
 
 

@@ -68,7 +68,7 @@ class EngineCore:
             why = speculation_unsupported(loaded.model, config.deterministic)
             if why:
                 raise ValueError(f"--speculative ngram cannot serve this model: {why}")
-            self.speculator = NgramSpeculator(config.num_speculative_tokens, self.vocab_size)
+            self.speculator = NgramSpeculator(config.num_speculative_tokens)
         self.profile: StepProfile | None = None  # set to time each step's phases (`vllm-mlx bench rows --profile`)
         # The step record's parts gathered since the last record (see :meth:`take_record`).
         self.record_tokens = False  # whether records carry the decode tokens (a host read-back per step)
@@ -303,7 +303,7 @@ class EngineCore:
         if prof is not None:
             prof.mark("read")
         accepted = self.speculator.read_accepted(seqs, rows) if rows["accepted"] is not None else None
-        draft_logprobs = self.speculator.read_logprobs(seqs, rows) if accepted is not None else None
+        draft_logprobs = self.speculator.read_logprobs(seqs, rows, accepted) if accepted is not None else None
         outputs, done = [], []
         for i, (seq, tok, lp) in enumerate(zip(seqs, tokens, logprobs)):
             out = None

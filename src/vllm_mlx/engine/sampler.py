@@ -21,7 +21,7 @@ temperature 1 for greedy rows.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import mlx.core as mx
 
@@ -93,12 +93,13 @@ class BatchSamplingParams:
                 and self.min_tokens is None)
 
     def repeated(self, times: int) -> "BatchSamplingParams":
-        """These rows' controls for ``times`` positions each (row-major), as the logits of a verify step."""
+        """These rows' temperature and truncation (what :func:`sampling_probs` reads) for ``times`` positions
+        each (row-major), as the logits of a verify step; no bias, penalties or reporting."""
         def rep(a):
             return None if a is None else mx.repeat(a, times, axis=0)
 
-        return replace(self, temperature=rep(self.temperature), greedy=rep(self.greedy), top_p=rep(self.top_p),
-                       top_k=rep(self.top_k), min_p=rep(self.min_p), logit_bias=rep(self.logit_bias))
+        return BatchSamplingParams(self.all_greedy, rep(self.temperature), rep(self.greedy), top_p=rep(self.top_p),
+                                   top_k=rep(self.top_k), min_p=rep(self.min_p))
 
     @classmethod
     def from_params(

@@ -175,9 +175,8 @@ def verify_draw(logits: mx.array, drafts: mx.array, lengths: mx.array, params: B
 class NgramSpeculator:
     """Per-row n-gram proposals, the verify step's graph and the batch cache's repair after it."""
 
-    def __init__(self, num_tokens: int, vocab_size: int):
+    def __init__(self, num_tokens: int):
         self.num_tokens = num_tokens
-        self.vocab_size = vocab_size
         self.stats = SpeculationStats()
         self.active = False  # the next step is a speculative one (set after each step)
         self.rates = StepRates(num_tokens)
@@ -321,23 +320,24 @@ class NgramSpeculator:
         return out
 
     @staticmethod
-    def read_logprobs(seqs: list[Sequence], rows: RowArrays) -> list[list[TokenLogprob] | None] | None:
-        """Per row asking for logprobs, its proposals' logprobs (host), else None."""
+    def read_logprobs(seqs: list[Sequence], rows: RowArrays,
+                      accepted: list[list[int]]) -> list[list[TokenLogprob] | None] | None:
+        """For each row asking for logprobs, those of its ``accepted`` proposals (host), else None."""
         if rows["draft_logprobs"] is None or not any(s.sampling.logprobs for s in seqs):
             return None
-        drafts, values = rows["drafts"].tolist(), rows["draft_logprobs"].tolist()
+        values = rows["draft_logprobs"].tolist()
         tops = None
         if rows["draft_top_ids"] is not None:
             tops = list(zip(rows["draft_top_ids"].tolist(), rows["draft_top_logprobs"].tolist()))
         out: list[list[TokenLogprob] | None] = []
-        for i, seq in enumerate(seqs):
+        for i, (seq, drafts) in enumerate(zip(seqs, accepted)):
             if not seq.sampling.logprobs:
                 out.append(None)
                 continue
             n = seq.sampling.top_logprobs
-            ids, lps = tops[i] if tops is not None else ([()] * len(drafts[i]), [()] * len(drafts[i]))
-            out.append([TokenLogprob(d, lp, tuple(zip(ids[j][:n], lps[j][:n])))
-                        for j, (d, lp) in enumerate(zip(drafts[i], values[i]))])
+            ids, lps = tops[i] if tops is not None else ([()] * len(drafts), [()] * len(drafts))
+            out.append([TokenLogprob(d, values[i][j], tuple(zip(ids[j][:n], lps[j][:n])))
+                        for j, d in enumerate(drafts)])
         return out
 
     @staticmethod
@@ -350,8 +350,8 @@ class NgramSpeculator:
             return
         rest = [j - common for j in junk]
         rows = [i for i, r in enumerate(rest) if r]
-        sel = mx.array(rows) if rows else None
-        shifts = mx.array([rest[i] for i in rows])[:, None] if rows else None
+        if rows:
+            sel, shifts, moved = mx.array(rows), mx.array([rest[i] for i in rows])[:, None], mx.array(rest)
         for c in batch_cache:
             if common:
                 c.trim(common)
@@ -360,6 +360,5 @@ class NgramSpeculator:
             end = c.size()
             c.keys[sel, :, :end] = dynamic_roll(c.keys[sel, :, :end], shifts, axis=2)
             c.values[sel, :, :end] = dynamic_roll(c.values[sel, :, :end], shifts, axis=2)
-            moved = mx.array(rest)
             c.left_padding = c.left_padding + moved
             c.offset = c.offset - moved
