@@ -299,12 +299,17 @@ def test_cli_errors():
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_rows_bench_against_an_engine_with_speculation(tiny_qwen3, tmp_path):
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_rows_bench_against_an_engine_with_speculation(tiny_qwen3, tmp_path, method):
     out = tmp_path / "rows.json"
+    draft = ("--draft-model", tiny_qwen3) if method == "draft" else ()
     r = bench("rows", tiny_qwen3, "--rows", 1, 2, "--tokens", 16, "--repeat", 1, "--warmup", 0, "--speculative",
-              "ngram", "--json", out, "--no-progress")
+              method, *draft, "--json", out, "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert "the engine without speculation" in r.stdout
+    assert "the engine without speculation" in r.stdout and f"speculation ({method}, all rounds)" in r.stdout
     result = json.loads(out.read_text())
     assert result["summary"]["2"]["ratio_speculative"]["median"] > 0
-    assert result["speculation"]["method"] == "ngram" and result["speculation"]["proposed"] >= result["speculation"]["accepted"]
+    assert result["speculation"]["method"] == method and result["speculation"]["proposed"] >= result["speculation"]["accepted"]
+    if method == "draft":
+        r = bench("rows", tiny_qwen3, "--speculative", "draft")
+        assert r.returncode == 2 and "--speculative draft and --draft-model MODEL go together" in r.stderr

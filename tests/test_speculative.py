@@ -1,4 +1,4 @@
-"""Prompt-lookup speculative decoding (--speculative ngram): proposals, the batch cache's repair, and
+"""Speculative decoding (--speculative ngram, --draft-model): proposals, the batch cache's repair, and
 the engine's and the server's output unchanged by it."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ import pytest
 from mlx_lm.models.cache import BatchKVCache
 
 from test_engine import EngineHarness
-from vllm_mlx.engine.speculative import NgramIndex, NgramSpeculator, speculation_unsupported
+from vllm_mlx.engine.model_runner import drop_row_tails
+from vllm_mlx.engine.ngram import NgramIndex
+from vllm_mlx.engine.speculative import speculation_unsupported
 
 PROMPTS = ["Hello there " * 6, "A long story about the sea and the ships that sail on it", "x", "The capital of",
            "one two three four one two three four one two"]
@@ -26,7 +28,7 @@ def test_proposals_continue_the_latest_earlier_occurrence():
 
 
 def test_a_long_prompt_is_indexed_a_stretch_at_a_time_from_its_end():
-    from vllm_mlx.engine.speculative import BACKFILL, PROMPT_WINDOW
+    from vllm_mlx.engine.ngram import BACKFILL, PROMPT_WINDOW
 
     filler = [10 + i % 7919 for i in range(PROMPT_WINDOW + 4 * BACKFILL)]  # no 2-gram repeats in a window
     early, late = [1, 2, 3, 4, 5], [6, 7, 8, 9, 5]
@@ -40,7 +42,7 @@ def test_a_long_prompt_is_indexed_a_stretch_at_a_time_from_its_end():
     assert len(index._ends) <= 3 * (PROMPT_WINDOW + 8)
 
 
-def test_drop_rejected_leaves_each_row_with_its_accepted_positions():
+def test_dropping_row_tails_leaves_each_row_with_its_accepted_positions():
     """Two rows wrote 4 positions; row 0 keeps 3 of them, row 1 keeps 1. The repaired cache must equal a
     cache that only ever held the kept positions (same keys per row, right-aligned, padding masked)."""
     mx.random.seed(0)
@@ -49,13 +51,29 @@ def test_drop_rejected_leaves_each_row_with_its_accepted_positions():
     cache = BatchKVCache([0, 0])
     cache.update_and_fetch(base, base)
     cache.update_and_fetch(extra, extra)
-    NgramSpeculator.drop_rejected([cache], [1, 3])
+    drop_row_tails([cache], [1, 3])
     keys, _ = cache.keys_and_values()
     padding, offsets = cache.left_padding.tolist(), cache.offset.tolist()
     assert offsets == [8, 6] and padding == [0, 2]
     row0 = mx.concatenate([base[0], extra[0, :, :3]], axis=1)
     row1 = mx.concatenate([base[1], extra[1, :, :1]], axis=1)
     assert mx.array_equal(keys[0, :, padding[0]:], row0) and mx.array_equal(keys[1, :, padding[1]:], row1)
+
+
+def test_padding_every_row_has_is_cut_off():
+    from vllm_mlx.engine.model_runner import COMPACT_PADDING
+
+    mx.random.seed(1)
+    pad = [COMPACT_PADDING, COMPACT_PADDING + 5]
+    width = COMPACT_PADDING + 20
+    cache = BatchKVCache(pad)
+    kv = mx.random.normal((2, 1, width, 2))
+    cache.update_and_fetch(kv, kv)
+    drop_row_tails([cache], [1, 2])  # row 1 is rolled by one more: every row now has >= COMPACT_PADDING
+    keys, _ = cache.keys_and_values()
+    assert cache.left_padding.tolist() == [0, 6] and keys.shape[2] == width - 1 - COMPACT_PADDING
+    assert mx.array_equal(keys[0], kv[0, :, COMPACT_PADDING:width - 1])
+    assert mx.array_equal(keys[1, :, 6:], kv[1, :, COMPACT_PADDING + 5:width - 2])
 
 
 @pytest.mark.parametrize("controls", [dict(temperature=1.0), dict(temperature=0.8, top_k=4), dict(temperature=0)])
@@ -118,7 +136,12 @@ def test_greedy_output_is_the_same_with_speculation_alone_and_batched(engines):
 
 
 def test_stop_tokens_and_rows_that_do_not_speculate_share_the_steps(engines):
-    off, on = engines
+    check_rows_that_do_not_speculate(*engines)
+
+
+def check_rows_that_do_not_speculate(off, on):
+    """A stop token inside accepted proposals, logprobs, n = 2, seeded sampled rows and penalties: each
+    request's tokens are those of the engine without speculation, next to a speculating row."""
     reference = off.run([PROMPTS[0]], max_tokens=40, temperature=0)[0][1]
     stop = reference[12]  # a token the model repeats: the row stops at its first occurrence
     mixed = [dict(temperature=0, stop_token_ids=[stop]), dict(temperature=0, logprobs=True, top_logprobs=2),

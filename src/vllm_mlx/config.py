@@ -52,7 +52,8 @@ class ServerConfig:
     tool_call_parser: str = D.tool_call_parser  # a parser name, "auto" (from the chat template) or "none"
     reasoning_parser: str = D.reasoning_parser
     deterministic: bool = D.deterministic
-    speculative: str = D.speculative
+    speculative: str = D.speculative  # "draft" when draft_model is given and this is left "off"
+    draft_model: str | None = D.draft_model
     num_speculative_tokens: int = D.num_speculative_tokens
     prefix_cache: bool = D.prefix_cache
     cache_memory_mb: int | None = D.cache_memory_mb

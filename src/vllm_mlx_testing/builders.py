@@ -144,3 +144,28 @@ def build_scripted_model(
         str(path / "model.safetensors"), scripted_model.dummy_weights(), metadata={"format": "mlx"}
     )
     return path
+
+
+def first_layers_model(source: str | Path, path: str | Path, num_layers: int) -> Path:
+    """Write at ``path`` the model at ``source`` cut down to its first ``num_layers`` layers (its
+    embeddings, final norm and output head kept): an early-exit draft model with the same tokenizer,
+    for ``--draft-model`` tests and benchmarks. Single-file safetensors models."""
+    import shutil
+
+    import mlx.core as mx
+
+    source, path = Path(source), Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for f in source.iterdir():
+        if f.is_file() and f.suffix != ".safetensors":
+            shutil.copy(f, path / f.name)
+    config = json.loads((source / "config.json").read_text())
+    config["num_hidden_layers"] = num_layers
+    if "max_window_layers" in config:
+        config["max_window_layers"] = min(config["max_window_layers"], num_layers)
+    _write_json(path / "config.json", config)
+    weights = mx.load(str(source / "model.safetensors"))
+    kept = {k: v for k, v in weights.items()
+            if ".layers." not in k or int(k.split(".layers.")[1].split(".")[0]) < num_layers}
+    mx.save_safetensors(str(path / "model.safetensors"), kept)
+    return path

@@ -99,8 +99,9 @@ def rows_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=5, help="measured rounds (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first (default: %(default)s)")
     p.add_argument("--profile", action="store_true", help="also time the phases of the engine's steps")
-    p.add_argument("--speculative", choices=("off", "ngram"), default="off",
+    p.add_argument("--speculative", choices=("off", "ngram", "draft"), default="off",
                    help="also run an engine with this speculation, against the plain one (default: off)")
+    p.add_argument("--draft-model", metavar="MODEL", help="with --speculative draft: the draft model")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="sample at this temperature: the engine's sampler against mlx-lm's (default: greedy)")
     _common(p)
@@ -261,8 +262,11 @@ def run_rows(argv: list[str]) -> int:
         parser.error("--tokens must be at least 3 (decode rates need tokens after the first)")
     if not 0 <= args.temperature <= 2:
         parser.error("--temperature must be in [0, 2]")
+    if (args.speculative == "draft") != bool(args.draft_model):
+        parser.error("--speculative draft and --draft-model MODEL go together")
     opts = RowsBenchOptions(bench_model(args.model), tuple(args.rows), args.tokens, args.prompt_len, args.repeat,
-                            args.warmup, args.profile, args.temperature, args.speculative)
+                            args.warmup, args.profile, args.temperature, args.speculative,
+                            bench_model(args.draft_model) if args.draft_model else None)
     sampling = f"temperature {args.temperature:g}" if args.temperature else "greedy"
     return _run_rounds(args, lambda bar: run_rows_bench(opts, bar),
                        f"{args.tokens} tokens per row, {args.prompt_len}-token prompts, {sampling}", format_rows)

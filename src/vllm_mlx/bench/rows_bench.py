@@ -31,7 +31,8 @@ class RowsBenchOptions:
     warmup: int = 1
     profile: bool = False
     temperature: float = 0.0  # > 0: the engine's sampler against mlx-lm's (make_sampler) in the references
-    speculative: str = "off"  # "ngram": a second engine with speculation, against the plain one
+    speculative: str = "off"  # "ngram" or "draft": a second engine with speculation, against the plain one
+    draft_model: str | None = None  # with speculative "draft"
 
 
 def random_prompts(n: int, length: int, seed: int, vocab: int) -> list[list[int]]:
@@ -60,7 +61,8 @@ async def run_rows_bench(opts: RowsBenchOptions, progress=None) -> dict:
         speculating = None
         if opts.speculative != "off":
             speculating = await stack.enter_async_context(
-                EngineTarget(opts.model, max_num_seqs=max(opts.rows), prefix_cache=False, speculative=opts.speculative))
+                EngineTarget(opts.model, max_num_seqs=max(opts.rows), prefix_cache=False, speculative=opts.speculative,
+                             draft_model=opts.draft_model))
         ceiling = Ceiling(opts.model)  # this (main) thread's own copy of the model
         vocab = target.engine.engine.vocab_size
         for i in range(opts.warmup + opts.repeat):
@@ -137,6 +139,10 @@ def format_rows(result: dict) -> list[str]:
         if "mlx_generate" in s:
             lines.append(f"| {b} | {f(s['engine'])} | mlx_lm.stream_generate | {f(s['mlx_generate'])} | "
                          f"{f(s['ratio_mlx_generate'], 2)} |")
+    spec = result.get("speculation")
+    if spec:
+        lines += ["", f"speculation ({spec['method']}, all rounds): {spec['accepted']} of {spec['proposed']} proposed "
+                  f"tokens accepted ({spec['acceptance_rate']:.0%}) in {spec['verify_steps']} verify steps"]
     if result.get("profiles"):
         from ..engine.step_profile import PHASES
 

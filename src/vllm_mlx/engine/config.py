@@ -33,7 +33,9 @@ class EngineConfig:
     # request is stopped. None: unbounded.
     stream_buffer_events: int | None = None
     stream_buffer_bytes: int | None = None
-    speculative: str = D.speculative  # "ngram": prompt-lookup speculation of greedy rows (engine/speculative.py)
+    # "ngram": prompt-lookup speculation; "draft": proposals of draft_model (engine/speculative.py)
+    speculative: str = D.speculative
+    draft_model: str | None = D.draft_model  # a model folder or repo id with the served model's vocabulary
     num_speculative_tokens: int = D.num_speculative_tokens  # most tokens a row proposes per step
 
 

@@ -37,7 +37,7 @@ from .step_profile import StepProfile
 from .step_record import (Aborted, Added, CacheCleared, CacheShrunk, RowEnded, RowsFailed, StepRecord,
                           finished_rows, schedule_of)
 from .sequence import Sequence
-from .speculative import NgramSpeculator, speculation_unsupported
+from .speculative import Speculator, make_proposer
 from .vision_model import VisionLanguageModel
 
 logger = logging.getLogger(__name__)
@@ -63,12 +63,9 @@ class EngineCore:
         self.vocab_size = probe_vocab_size(loaded.model)
         self._eos_ids = set(loaded.tokenizer.eos_token_ids)
         self.sampler = RowSampler(self.vocab_size)
-        self.speculator: NgramSpeculator | None = None
-        if config.speculative == "ngram":
-            why = speculation_unsupported(loaded.model, config.deterministic)
-            if why:
-                raise ValueError(f"--speculative ngram cannot serve this model: {why}")
-            self.speculator = NgramSpeculator(config.num_speculative_tokens)
+        self.speculator: Speculator | None = None
+        if config.speculative != "off":
+            self.speculator = Speculator(config.num_speculative_tokens, make_proposer(loaded, config, self.vocab_size))
         self.profile: StepProfile | None = None  # set to time each step's phases (`vllm-mlx bench rows --profile`)
         # The step record's parts gathered since the last record (see :meth:`take_record`).
         self.record_tokens = False  # whether records carry the decode tokens (a host read-back per step)
@@ -232,7 +229,8 @@ class EngineCore:
             outputs = spec.step(self, plan)
         else:
             outputs, spec.rates.launched = self.run_pipelined(plan), 0
-        spec.rates.observe(arm, self.counters.generated - generated, rows, bool(plan.prefill))  # arm: read back
+        spec.rates.observe(arm, self.counters.generated - generated, rows,  # arm: read back
+                           bool(plan.prefill) or spec.prompt_work)
         if not spec.active and self.runner.batch_seqs:
             spec.active = spec.worth_trying(self.runner.batch_seqs)
         return outputs

@@ -22,7 +22,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
+from mlx_lm.models.cache import BatchKVCache, KVCache, dynamic_roll, make_prompt_cache
 
 from .rows import RowArrays
 from .sequence import Sequence
@@ -182,3 +182,34 @@ def group_for_padding(prompts: list[Sequence]) -> list[list[Sequence]]:
             groups.append([seq])
             total = n
     return groups
+
+
+COMPACT_PADDING = 64  # left padding every row of a batch cache has before it is cut off
+
+
+def drop_row_tails(batch_cache: list[Any], junk: list[int]) -> None:
+    """Cut ``junk[i]`` positions off the end of row i of a batch KV cache (rejected proposals, right
+    padding): the part all rows share is trimmed; a row with more is rolled right by the difference, into
+    its left padding, as mlx-lm's ``BatchKVCache.finalize`` does for right padding (only those rows, and
+    only the filled part of the cache). Once every row has ``COMPACT_PADDING`` positions of left padding,
+    they are cut off (rows take turns accepting the most, so all of them gather padding)."""
+    if max(junk, default=0) == 0:
+        return
+    common = min(junk)
+    rest = [j - common for j in junk]
+    rows = [i for i, r in enumerate(rest) if r]
+    if rows:
+        sel, shifts, moved = mx.array(rows), mx.array([rest[i] for i in rows])[:, None], mx.array(rest)
+    for c in batch_cache:
+        if common:
+            c.trim(common)
+        if not rows:
+            continue
+        end = c.size()
+        c.keys[sel, :, :end] = dynamic_roll(c.keys[sel, :, :end], shifts, axis=2)
+        c.values[sel, :, :end] = dynamic_roll(c.values[sel, :, :end], shifts, axis=2)
+        c.left_padding = c.left_padding + moved
+        c.offset = c.offset - moved
+    if rows and min(batch_cache[0].left_padding.tolist()) >= COMPACT_PADDING:
+        for c in batch_cache:
+            c.filter(mx.arange(len(junk)))  # mlx-lm's filter drops the padding every row has

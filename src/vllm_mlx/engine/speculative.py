@@ -1,23 +1,23 @@
-"""Prompt-lookup (n-gram) speculative decoding inside the batched decode.
+"""Speculative decoding inside the batched decode: proposals from the row's own prompt and output
+(:mod:`.ngram`, ``--speculative ngram``) or from a draft model (:mod:`.draft`, ``--draft-model``),
+verified by the served model.
 
-A row whose latest tokens also occur earlier in its prompt or output proposes the tokens that followed
-them there (agents re-emit code, file contents and tool arguments they just read). One *verify* step
-feeds every row ``[its pending token, its proposals]`` -- rows with fewer proposals are padded, rows
-that do not speculate take part with their first position only -- and keeps, per row, the leading
-proposals the row would have drawn itself, plus its own next token after them (:func:`verify_draw`:
-exact for greedy rows, speculative sampling for sampled ones). A step costs one forward of K + 1
-positions and yields 1 to K + 1 tokens per row.
+One *verify* step feeds every row ``[its pending token, its proposals]`` -- rows with fewer proposals are
+padded, rows that do not speculate take part with their first position only -- and keeps, per row, the
+leading proposals the row would have drawn itself, plus its own next token after them
+(:func:`verify_draw`: exact for greedy rows, speculative sampling for sampled ones; both proposers are
+deterministic given the tokens so far). A step costs one forward of K + 1 positions and yields 1 to
+K + 1 tokens per row.
 
 Which rows speculate: rows drawn from their logits alone (greedy, or temperature / top-k / top-p /
 min-p; no penalties, logit bias, min_tokens, grammar or reasoning budget), and not seeded sampled
 rows (which steps verify depends on timing, and a seed promises the same tokens); every other row
 shares the verify step and is sampled from its first position as usual.
 
-The step is synchronous: a verify step needs the rows' latest tokens on the host (to look them up),
-and the next step needs each row's accepted count (to drop the rejected proposals' keys and values).
-Rows that accepted fewer than the batch's longest proposal have those positions cut off the batch
-cache: the common part is trimmed, the rest of each such row is rolled right into its left padding
-(as mlx-lm's ``BatchKVCache.finalize`` does for right padding; a copy of those rows' filled cache).
+The step is synchronous: a verify step needs the rows' latest tokens on the host (to propose after
+them), and the next step needs each row's accepted count (to drop the rejected proposals' keys and
+values). Rows that accepted fewer than the batch's longest proposal have those positions cut off the
+batch cache (:func:`~.model_runner.drop_row_tails`).
 
 Each row's proposal length adapts to its acceptance (longer after a full acceptance, halved after
 none); a row whose proposals keep failing rests for a while. When no row has a proposal the engine
@@ -33,22 +33,21 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache, dynamic_roll, make_prompt_cache
+from mlx_lm.models.cache import KVCache, make_prompt_cache
 
+from .model_runner import drop_row_tails
+from .ngram import NgramProposer
 from .request import SamplingParams, TokenLogprob
 from .rows import RowArrays
 from .sampler import BatchSamplingParams, reported_logprobs, sampling_probs, split_row_keys
 from .sequence import Sequence
 from .step_rates import StepRates
 
-NGRAM_SIZES = (4, 3, 2)  # the suffix looked up, longest first
 REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole twice in a row
-PROMPT_WINDOW = 16384  # prompt tokens a row's n-gram index covers (its last ones)
-BACKFILL = 2048  # prompt positions indexed per proposal, from the prompt's end backwards
 
 
 def speculation_unsupported(model: Any, deterministic: bool) -> str | None:
-    """Why n-gram speculation cannot run on this model (None when it can)."""
+    """Why speculation cannot run on this model, or a draft model cannot draft (None when it can)."""
     if deterministic:
         return "--deterministic computes every row alone"
     if getattr(model, "uses_rope_deltas", False) or hasattr(model, "prefill_multimodal"):
@@ -60,6 +59,23 @@ def speculation_unsupported(model: Any, deterministic: bool) -> str | None:
     return None
 
 
+def make_proposer(loaded: Any, config: Any, vocab_width: int) -> Any:
+    """The proposer of ``config.speculative`` for the served model (``loaded``), or a ValueError saying why
+    this model cannot speculate."""
+    why = speculation_unsupported(loaded.model, config.deterministic)
+    if why:
+        raise ValueError(f"--speculative {config.speculative} cannot serve this model: {why}")
+    if config.speculative == "draft":
+        from .draft import load_draft
+
+        proposer = load_draft(config.draft_model, loaded, vocab_width)
+        why = speculation_unsupported(proposer.model, deterministic=False)
+        if why:
+            raise ValueError(f"--draft-model {config.draft_model} cannot draft: {why}")
+        return proposer
+    return NgramProposer()
+
+
 def not_speculated(params: SamplingParams) -> str | None:
     """Why rows with these controls do not speculate (None: they may)."""
     reasons = [name for name, used in (("a seed with sampling", params.seed is not None and not params.greedy),
@@ -67,54 +83,6 @@ def not_speculated(params: SamplingParams) -> str | None:
                                        ("logit_bias", bool(params.logit_bias)), ("min_tokens", params.min_tokens > 0),
                                        ("a thinking budget", params.max_thinking_tokens is not None)) if used]
     return ", ".join(reasons) or None
-
-
-class NgramIndex:
-    """A row's tokens, and where each short n-gram of them last occurred with a token after it.
-
-    The prompt is indexed from its end backwards, ``BACKFILL`` positions per call and its last
-    ``PROMPT_WINDOW`` tokens at most, so a long prompt never stalls a step; generated tokens are indexed
-    as they come."""
-
-    def __init__(self, prompt: list[int]) -> None:
-        self.tokens: list[int] = list(prompt)
-        self._ends: dict[tuple[int, ...], int] = {}  # n-gram -> position right after its latest occurrence
-        self._prompt_end = len(prompt)
-        self._unindexed = len(prompt)  # prompt positions below this are not indexed yet
-        self._floor = max(len(prompt) - PROMPT_WINDOW, 0)
-
-    def extend(self, new: list[int]) -> None:
-        toks, ends = self.tokens, self._ends
-        for tok in new:
-            end = len(toks)
-            for n in NGRAM_SIZES:
-                if end >= n:
-                    ends[tuple(toks[end - n:end])] = end  # that n-gram now has a continuation: ``tok``
-            toks.append(tok)
-
-    def backfill(self) -> None:
-        """Index the next stretch of the prompt (older positions never displace newer ones)."""
-        toks, ends = self.tokens, self._ends
-        stop = max(self._unindexed - BACKFILL, self._floor)
-        for end in range(min(self._unindexed, self._prompt_end - 1), stop - 1, -1):  # end: a continuation exists
-            for n in NGRAM_SIZES:
-                if end >= n:
-                    ends.setdefault(tuple(toks[end - n:end]), end)
-        self._unindexed = stop
-
-    def propose(self, k: int) -> list[int]:
-        """Up to ``k`` tokens that followed the latest earlier occurrence of the longest matching suffix
-        (a repeating stretch continues with its period)."""
-        if self._unindexed > self._floor:
-            self.backfill()
-        toks = self.tokens
-        for n in NGRAM_SIZES:
-            if len(toks) > n:
-                end = self._ends.get(tuple(toks[-n:]))
-                if end is not None:
-                    period = len(toks) - end
-                    return [toks[end + j % period] for j in range(k)]
-        return []
 
 
 @dataclass
@@ -130,10 +98,9 @@ class SpeculationStats:
 
 
 class _RowState:
-    __slots__ = ("index", "budget", "misses", "rest")
+    __slots__ = ("budget", "misses", "rest")
 
-    def __init__(self, budget: int, prompt: list[int]):
-        self.index = NgramIndex(prompt)
+    def __init__(self, budget: int):
         self.budget = budget  # tokens this row may propose next
         self.misses = 0  # verify steps in a row that accepted nothing
         self.rest = 0  # steps left before this row proposes again
@@ -172,12 +139,14 @@ def verify_draw(logits: mx.array, drafts: mx.array, lengths: mx.array, params: B
     return accepted, tokens, keys
 
 
-class NgramSpeculator:
-    """Per-row n-gram proposals, the verify step's graph and the batch cache's repair after it."""
+class Speculator:
+    """Per-row proposal lengths, the verify step's graph and the batch cache's repair after it;
+    ``proposer``: where proposals come from (:class:`~.ngram.NgramProposer`, :class:`~.draft.DraftProposer`)."""
 
-    def __init__(self, num_tokens: int):
+    def __init__(self, num_tokens: int, proposer: Any):
         self.num_tokens = num_tokens
-        self.stats = SpeculationStats()
+        self.proposer = proposer
+        self.stats = SpeculationStats(method=proposer.method)
         self.active = False  # the next step is a speculative one (set after each step)
         self.rates = StepRates(num_tokens)
         self._rows: dict[Sequence, _RowState] = {}
@@ -189,38 +158,41 @@ class NgramSpeculator:
         return (seq.sampling.speculative and not_speculated(seq.sampling) is None and not seq.steers_tokens
                 and seq.request.multimodal is None)
 
-    def _state(self, seq: Sequence) -> _RowState:
-        state = self._rows.get(seq)
-        if state is None:
-            state = self._rows[seq] = _RowState(self.num_tokens, seq.prompt_ids)
-        index = state.index
-        index.extend(seq.output_ids[len(index.tokens) - len(seq.prompt_ids):])
-        return state
+    def _wants(self, seqs: list[Sequence], cap: int, rest: bool) -> list[int]:
+        """How many tokens each row may propose now, at most ``cap`` (0: none); ``rest``: count this as a
+        step of the resting rows' rest."""
+        wants = []
+        for seq in seqs:
+            if not self.eligible(seq):
+                wants.append(0)
+                continue
+            state = self._rows.get(seq) or self._rows.setdefault(seq, _RowState(self.num_tokens))
+            if state.rest > 0:
+                state.rest -= rest
+                wants.append(0)
+                continue
+            room = seq.sampling.max_tokens - len(seq.output_ids) - 1  # the bonus token comes on top
+            wants.append(max(0, min(state.budget, room, cap)))
+        return wants
 
     def proposals(self, seqs: list[Sequence], cap: int) -> list[list[int]]:
         """Each row's proposals after its latest token, at most ``cap`` (empty for rows that do not
         speculate now)."""
-        out = []
-        for seq in seqs:
-            if not self.eligible(seq):
-                out.append([])
-                continue
-            state = self._state(seq)
-            if state.rest > 0:
-                state.rest -= 1
-                out.append([])
-                continue
-            room = seq.sampling.max_tokens - len(seq.output_ids) - 1  # the bonus token comes on top
-            out.append(state.index.propose(min(state.budget, room, cap)) if room > 0 else [])
-        return out
+        return self.proposer.propose(seqs, self._wants(seqs, cap, rest=True))
 
     def worth_trying(self, seqs: list[Sequence]) -> bool:
-        """Whether the next step should speculate: some row has a proposal and verifying is the arm to
-        run at this batch size (decided after a pipelined step)."""
+        """Whether the next step should speculate: some row may propose and verifying is the arm to run at
+        this batch size (decided after a pipelined step)."""
         cap = self.rates.choose(len(seqs))
-        return cap > 0 and any(self.proposals(seqs, cap))
+        return cap > 0 and self.proposer.may_propose(seqs, self._wants(seqs, cap, rest=False))
+
+    @property
+    def prompt_work(self) -> bool:
+        """Whether the proposer prefilled in the last step (a draft model taking in new rows)."""
+        return getattr(self.proposer, "prompt_work", False)
 
     def forget(self, seqs: list[Sequence]) -> None:
+        self.proposer.forget(seqs)
         for seq in seqs:
             self._rows.pop(seq, None)
             self._proposed.pop(seq, None)
@@ -235,7 +207,7 @@ class NgramSpeculator:
         seqs, rows = list(runner.batch_seqs), runner.rows
         outputs, done = core.read_back(seqs, rows)
         if rows["junk"] is not None and runner.batch_cache is not None:
-            self.drop_rejected(runner.batch_cache, rows["junk"].tolist())
+            drop_row_tails(runner.batch_cache, rows["junk"].tolist())
         core.retire(done)
         seqs = list(runner.batch_seqs)
         cap = self.rates.choose(len(seqs)) if seqs else 0
@@ -339,26 +311,3 @@ class NgramSpeculator:
             out.append([TokenLogprob(d, values[i][j], tuple(zip(ids[j][:n], lps[j][:n])))
                         for j, d in enumerate(drafts)])
         return out
-
-    @staticmethod
-    def drop_rejected(batch_cache: list[Any], junk: list[int]) -> None:
-        """Cut each row's rejected positions (``junk[i]`` at the end of row i) off the batch cache: the
-        part all rows share is trimmed; a row with more is rolled right by the difference, into its
-        left padding (only those rows, and only the filled part of the cache)."""
-        common = min(junk)
-        if max(junk) == 0:
-            return
-        rest = [j - common for j in junk]
-        rows = [i for i, r in enumerate(rest) if r]
-        if rows:
-            sel, shifts, moved = mx.array(rows), mx.array([rest[i] for i in rows])[:, None], mx.array(rest)
-        for c in batch_cache:
-            if common:
-                c.trim(common)
-            if not rows:
-                continue
-            end = c.size()
-            c.keys[sel, :, :end] = dynamic_roll(c.keys[sel, :, :end], shifts, axis=2)
-            c.values[sel, :, :end] = dynamic_roll(c.values[sel, :, :end], shifts, axis=2)
-            c.left_padding = c.left_padding + moved
-            c.offset = c.offset - moved

@@ -143,10 +143,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("deterministic", False, "identical requests give identical output under any concurrent load: every "
            "row is computed at batch size 1 and prompts are prefilled alone in fixed-size chunks", bool),
     Option("speculative", "off", "speculative decoding: ngram proposes the tokens that followed the latest "
-           "earlier occurrence of a request's newest tokens in its prompt or output, and one forward checks them "
-           "all; greedy output unchanged, sampled output keeps its distribution (docs/speculative.md; default: "
-           "%(default)s)",
-           choices=("off", "ngram")),
+           "earlier occurrence of a request's newest tokens in its prompt or output; draft lets --draft-model "
+           "propose; one forward of the model checks the proposals; greedy output unchanged, sampled output keeps "
+           "its distribution (docs/speculative.md; default: %(default)s, or draft with --draft-model)",
+           choices=("off", "ngram", "draft")),
+    Option("draft_model", None, "a smaller model with the served model's tokenizer (folder or Hugging Face repo "
+           "id) that proposes tokens for --speculative draft; giving it turns that on", metavar="MODEL"),
     Option("num_speculative_tokens", 4, "with --speculative: most tokens a request proposes per step (default: "
            "%(default)s)", int, check=at_least(1)),
     Option("continuous_batching", False, "accepted for compatibility: batching is always on", bool),
@@ -365,6 +367,10 @@ def _single_model_only(name: str, flag: str) -> Rule:
                 f"{flag} applies to a single MODEL; with --models, give names (and aliases) as NAME,ALIAS=MODEL")
 
 
+def _speculating(v: dict) -> bool:
+    return v["speculative"] != "off" or bool(v["draft_model"])
+
+
 RULES: tuple[Rule, ...] = (
     Rule(("mllm", "text_only"), lambda v: "--mllm and --text-only contradict each other; pass one of them"
          if v["mllm"] and v["text_only"] else None),
@@ -375,10 +381,14 @@ RULES: tuple[Rule, ...] = (
          if v["cors_allow_credentials"] and "*" in v["cors_origins"] else None),
     Rule(("model", "models"), lambda v: "give either a MODEL argument or --models, not both"
          if v["model"] and v["models"] else None),
-    Rule(("speculative", "distributed"), lambda v: "--speculative cannot be combined with --distributed yet"
-         if v["speculative"] != "off" and v["distributed"] else None),
-    Rule(("speculative", "deterministic"), lambda v: "--speculative cannot be combined with --deterministic "
-         "(which computes every row alone)" if v["speculative"] != "off" and v["deterministic"] else None),
+    Rule(("speculative", "draft_model"), lambda v: "--speculative draft needs --draft-model MODEL"
+         if v["speculative"] == "draft" and not v["draft_model"] else None),
+    Rule(("speculative", "draft_model"), lambda v: f"--draft-model is for --speculative draft, not "
+         f"{v['speculative']}" if v["draft_model"] and v["speculative"] not in ("off", "draft") else None),
+    Rule(("speculative", "draft_model", "distributed"), lambda v: "--speculative cannot be combined with "
+         "--distributed yet" if _speculating(v) and v["distributed"] else None),
+    Rule(("speculative", "draft_model", "deterministic"), lambda v: "--speculative cannot be combined with "
+         "--deterministic (which computes every row alone)" if _speculating(v) and v["deterministic"] else None),
     Rule(("engine_process", "distributed"), lambda v: "--engine-process cannot be combined with --distributed "
          "yet" if v["engine_process"] and v["distributed"] else None),
     _multi_model_only("model_ttl", "--model-ttl"),
@@ -386,6 +396,7 @@ RULES: tuple[Rule, ...] = (
     _multi_model_only("preload_models", "--preload-models"),
     _single_model_only("served_model_name", "--served-model-name"),
     _single_model_only("warm_prompts", "--warm-prompts"),
+    _single_model_only("draft_model", "--draft-model"),
     Rule(("memory_warn_threshold", "memory_limit_threshold"),
          lambda v: "--memory-limit-threshold must be greater than --memory-warn-threshold"
          if v["memory_limit_threshold"] <= v["memory_warn_threshold"] else None),

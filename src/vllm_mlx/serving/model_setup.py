@@ -16,7 +16,7 @@ from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineConfig
 from ..engine.process_client import EngineProcess
-from ..models.loader import LoadedModel, human_bytes, load_metadata, load_model, weight_files
+from ..models.loader import LoadedModel, human_bytes, load_metadata, load_model, resolve_model_path, weight_files
 from ..models.vision_loader import NO_VISION_METADATA, load_vision_metadata, load_vision_model, serving_mode
 from ..platform import detect_backend
 from ..parsers import detect_reasoning_parser, detect_tool_parser, get_reasoning_parser, get_tool_parser
@@ -45,7 +45,8 @@ def engine_config(config: ServerConfig) -> EngineConfig:
         verify_cache_restores=config.verify_cache_restores,
         stream_buffer_events=config.limits.stream_buffer_events,
         stream_buffer_bytes=config.limits.stream_buffer_bytes,
-        speculative=config.speculative,
+        speculative="draft" if config.draft_model and config.speculative == "off" else config.speculative,
+        draft_model=None if config.draft_model is None else str(resolve_model_path(config.draft_model)),
         num_speculative_tokens=config.num_speculative_tokens,
     )
 

@@ -198,7 +198,7 @@ class ServingState(ChatSteps):
     def _check_speculative(self, req: SamplingRequest, params: SamplingParams) -> None:
         """``speculative: true`` is a request the server must be able to honour."""
         if getattr(self.engine.engine.config, "speculative", "off") == "off":
-            raise APIError(400, "speculative decoding is off on this server (start it with --speculative ngram)",
+            raise APIError(400, "speculative decoding is off on this server (start it with --speculative ngram or --draft-model MODEL)",
                            param="speculative")
         why = not_speculated(params)
         if why:

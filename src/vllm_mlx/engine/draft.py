@@ -1,0 +1,183 @@
+"""Draft-model proposals (``--draft-model MODEL``): a smaller model with the same vocabulary proposes each
+row's next tokens, greedily, in a batch of its own that follows the engine's decode batch.
+
+The draft keeps one batch KV cache for the rows it has seen. A row joins it in the verify steps after it
+joins the decode batch: its latest ``DRAFT_CONTEXT`` tokens are prefilled into a cache of its own,
+``INGEST_TOKENS`` a step at most (a long prompt does not stall the batch; meanwhile the row proposes
+nothing), then merged. Each verify step first feeds every row the tokens it has not seen (the proposals
+the target accepted and its newest token, right-padded to the longest and the padding cut off again),
+then runs K - 1 one-token steps; the positions of the proposals and of the row's newest token are
+trimmed afterwards, so the draft never holds a token the target did not emit, and every row has a token
+to feed next time. Which rows propose, and how many tokens, is the speculator's
+choice (:mod:`.speculative`); the target's verification makes the output the target's whatever the draft
+proposes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.models.cache import make_prompt_cache
+
+from .model_runner import drop_row_tails
+from .sequence import Sequence
+
+DRAFT_CONTEXT = 8192  # a row's newest tokens the draft is prefilled with when the row joins
+INGEST_TOKENS = 1024  # tokens of joining rows the draft prefills per verify step
+CHUNK = 256  # widest forward of the draft over tokens it only has to remember
+LAST_WIDTH = 8  # widest forward whose logits are read (the step's first proposals)
+
+
+def check_vocabulary(target_tokenizer: Any, draft_tokenizer: Any, name: str) -> None:
+    """The draft must map every token id to the same token as the served model."""
+    target, draft = target_tokenizer.get_vocab(), draft_tokenizer.get_vocab()
+    if target != draft:
+        differing = sorted(set(target.items()) ^ set(draft.items()), key=lambda item: item[1])[:3]
+        raise ValueError(f"--draft-model {name} has another vocabulary than the served model ({len(draft)} vs "
+                         f"{len(target)} tokens; e.g. {', '.join(f'{t!r}={i}' for t, i in differing)}): a draft "
+                         "model must share the served model's tokenizer")
+
+
+def load_draft(path: str, served: Any, vocab_width: int) -> "DraftProposer":
+    """Load ``--draft-model`` (on the engine thread) in the served model's compute dtype and check its
+    vocabulary (``served``: the served model as loaded; ``vocab_width``: its logits' width)."""
+    from ..models.loader import load_model
+    from .model_runner import probe_vocab_size
+
+    dtype = getattr(getattr(served, "backend", None), "compute_dtype", None) or "model"
+    draft = load_model(path, compute_dtype=dtype)
+    check_vocabulary(served.tokenizer, draft.tokenizer, path)
+    return DraftProposer(draft.model, min(vocab_width, probe_vocab_size(draft.model)))
+
+
+class _Joining:
+    __slots__ = ("cache", "next", "end")
+
+    def __init__(self, cache: list[Any], start: int, end: int):
+        self.cache, self.next, self.end = cache, start, end  # feed positions [next, end) of the row's tokens
+
+
+def _tokens(seq: Sequence, start: int, end: int) -> list[int]:
+    """Positions [start, end) of the row's prompt followed by its output."""
+    p = len(seq.prompt_ids)
+    if end <= p:
+        return seq.prompt_ids[start:end]
+    if start >= p:
+        return seq.output_ids[start - p:end - p]
+    return seq.prompt_ids[start:] + seq.output_ids[:end - p]
+
+
+def _layers_only(model: Any) -> Any:
+    """mlx-lm's language models keep their layers in ``model.model``, callable with a cache."""
+    body = getattr(model, "model", None)
+    if callable(body) and "cache" in inspect.signature(body.__call__).parameters:
+        return body
+    return model
+
+
+class DraftProposer:
+    """Greedy proposals of a draft model, batched; see the module's text."""
+
+    method = "draft"
+
+    def __init__(self, model: Any, vocab_limit: int):
+        self.model = model
+        self._body = _layers_only(model)  # for tokens it only has to remember (no output head)
+        self.vocab_limit = vocab_limit  # token ids the served model has
+        self.cache: list[Any] | None = None  # the draft's batch cache, rows in the order of ``seqs``
+        self.seqs: list[Sequence] = []
+        self.seen: dict[Sequence, int] = {}  # tokens of each row in the draft's cache (absolute position)
+        self.joining: dict[Sequence, _Joining] = {}
+        self.prompt_work = False  # the last proposals prefilled joining rows (the step is not a steady one)
+
+    def may_propose(self, seqs: list[Sequence], wants: list[int]) -> bool:
+        return any(wants)
+
+    def forget(self, seqs: list[Sequence]) -> None:
+        gone = set(seqs)
+        for seq in seqs:
+            self.joining.pop(seq, None)
+            self.seen.pop(seq, None)
+        keep = [i for i, s in enumerate(self.seqs) if s not in gone]
+        if len(keep) == len(self.seqs):
+            return
+        self.seqs = [self.seqs[i] for i in keep]
+        if not keep:
+            self.cache = None
+            return
+        indices = mx.array(keep)
+        for c in self.cache:
+            c.filter(indices)
+
+    def propose(self, seqs: list[Sequence], wants: list[int]) -> list[list[int]]:
+        """Up to ``wants[i]`` tokens for row i (none where it is 0, or while its draft is being prefilled)."""
+        self._join(seqs)
+        wanted = {s: w for s, w in zip(seqs, wants) if w and s in self.seen}
+        k = max(wanted.values(), default=0)
+        if k == 0:
+            return [[] for _ in seqs]
+        drafted = dict(zip(self.seqs, self._draft(k)))
+        return [drafted[s][:w] if s in wanted else [] for s, w in zip(seqs, wants)]
+
+    def _join(self, seqs: list[Sequence]) -> None:
+        """Prefill the draft with the context of rows new to it, ``INGEST_TOKENS`` at most; rows done join
+        the draft's batch."""
+        budget, ready = INGEST_TOKENS, []
+        self.prompt_work = False
+        for seq in seqs:
+            if seq in self.seen:
+                continue
+            joining = self.joining.get(seq)
+            if joining is None:
+                end = len(seq.prompt_ids) + len(seq.output_ids) - 1  # its newest token comes with the step
+                joining = self.joining[seq] = _Joining(make_prompt_cache(self.model), max(0, end - DRAFT_CONTEXT), end)
+            while budget > 0 and joining.next < joining.end:
+                n = min(budget, CHUNK, joining.end - joining.next)
+                self._body(mx.array(_tokens(seq, joining.next, joining.next + n))[None], cache=joining.cache)
+                mx.eval([c.state for c in joining.cache])
+                joining.next, budget, self.prompt_work = joining.next + n, budget - n, True
+            if joining.next >= joining.end:
+                ready.append(seq)
+            if budget <= 0:
+                break
+        if not ready:
+            return
+        merged = [layer[0].merge(list(layer)) for layer in zip(*(self.joining[s].cache for s in ready))]
+        if self.cache is None:
+            self.cache = merged
+        else:
+            for running, new in zip(self.cache, merged):
+                running.extend(new)
+        for seq in ready:
+            self.seen[seq] = self.joining.pop(seq).end
+            self.seqs.append(seq)
+
+    def _draft(self, k: int) -> list[list[int]]:
+        """``k`` greedy tokens for every row of the draft's batch, after the tokens it has not seen yet."""
+        ends = [len(s.prompt_ids) + len(s.output_ids) for s in self.seqs]
+        unseen = [_tokens(s, self.seen[s], end) for s, end in zip(self.seqs, ends)]  # at least the newest
+        while max(len(u) for u in unseen) > LAST_WIDTH:  # a long lag (pipelined steps): remember it first
+            fed = [u[:min(CHUNK, len(u) - LAST_WIDTH)] if len(u) > LAST_WIDTH else [] for u in unseen]
+            self._feed(self._body, fed)
+            unseen = [u[len(f):] for u, f in zip(unseen, fed)]
+            self.prompt_work = True
+        logits = self._feed(self.model, unseen)
+        last = mx.array([len(u) - 1 for u in unseen])
+        token = mx.argmax(mx.take_along_axis(logits, last[:, None, None], axis=1)[:, 0, :self.vocab_limit], axis=-1)
+        drafts = [token]
+        for _ in range(k - 1):
+            drafts.append(mx.argmax(self.model(drafts[-1][:, None], cache=self.cache)[:, -1, :self.vocab_limit], axis=-1))
+        for c in self.cache:
+            c.trim(k)  # the draft keeps only tokens the target emitted, less the newest (fed again next time)
+        for seq, end in zip(self.seqs, ends):
+            self.seen[seq] = end - 1
+        return mx.stack(drafts, axis=1).tolist()
+
+    def _feed(self, forward: Any, rows: list[list[int]]) -> mx.array:
+        """Feed each row its tokens (right-padded to the longest), then cut the padding off the cache."""
+        width = max(len(r) for r in rows)
+        out = forward(mx.array([r + [0] * (width - len(r)) for r in rows]), cache=self.cache)
+        drop_row_tails(self.cache, [width - len(r) for r in rows])
+        return out

@@ -1,0 +1,178 @@
+"""Draft-model speculative decoding (--draft-model): the draft's proposals, and the engine's and the
+server's output unchanged by it."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import pytest
+from mlx_lm.models.cache import make_prompt_cache
+
+from test_engine import EngineHarness
+from test_speculative import PROMPTS, check_rows_that_do_not_speculate
+from vllm_mlx.engine import draft as draft_module
+from vllm_mlx.engine.draft import DraftProposer, check_vocabulary
+from vllm_mlx.models.loader import load_model
+
+
+@pytest.fixture(scope="module")
+def small_draft(models_dir):
+    """Another random model with the tests' tokenizer: one layer, its own weights (accepts some)."""
+    from vllm_mlx_testing import build_tiny_model
+
+    return build_tiny_model(models_dir / "draft-qwen3", "qwen3", num_hidden_layers=1, seed=3)
+
+
+class Row:
+    """What the proposer reads of a sequence: its prompt and output token ids."""
+
+    def __init__(self, prompt: list[int], output: list[int]):
+        self.prompt_ids, self.output_ids = prompt, output
+
+
+def greedy(model, tokens: list[int], k: int) -> list[int]:
+    """The draft alone: ``k`` greedy tokens after ``tokens``."""
+    cache = make_prompt_cache(model)
+    logits = model(mx.array(tokens)[None], cache=cache)[:, -1]
+    out = []
+    for _ in range(k):
+        out.append(int(mx.argmax(logits, axis=-1).item()))
+        logits = model(mx.array([[out[-1]]]), cache=cache)[:, -1]
+    return out
+
+
+def test_the_drafts_proposals_are_its_greedy_continuation(small_draft, monkeypatch):
+    """Rows of very different lengths, a prompt prefilled over several steps, rows behind by more tokens
+    than one forward reads, a row leaving: each row's proposals are what the draft alone would say."""
+    monkeypatch.setattr(draft_module, "INGEST_TOKENS", 96)  # so the long prompt takes several steps
+    model = load_model(str(small_draft), compute_dtype="float32").model
+    proposer = DraftProposer(model, vocab_limit=2048)
+    rows = [Row(list(range(40, 70)), [7]), Row([(i * 37) % 1500 + 10 for i in range(300)], [9]), Row([5], [6])]
+    wants = [3, 3, 2]
+    first = proposer.propose(rows, wants)
+    assert first[0] == greedy(model, rows[0].prompt_ids + rows[0].output_ids, 3)
+    assert first[1] == []  # its prompt is still being prefilled: no proposals meanwhile
+    steps = 1
+    while True:
+        for row in rows:
+            row.output_ids.append(len(row.output_ids) + 100)  # each step emits at least a token per row
+        got = proposer.propose(rows, wants)
+        steps += 1
+        assert got[0] == greedy(model, rows[0].prompt_ids + rows[0].output_ids, 3)
+        if got[1]:
+            break
+        assert proposer.prompt_work
+    assert steps >= 3
+    assert got == [greedy(model, r.prompt_ids + r.output_ids, w) for r, w in zip(rows, wants)]
+    for lag in ([2, 1, 20], [1, 30, 1]):  # tokens emitted since: accepted proposals, or steps without the draft
+        for row, n in zip(rows, lag):
+            row.output_ids += [(len(row.output_ids) * 13 + j) % 2000 + 3 for j in range(n)]
+        got = proposer.propose(rows, wants)
+        assert got == [greedy(model, r.prompt_ids + r.output_ids, w) for r, w in zip(rows, wants)]
+    proposer.forget([rows[1]])
+    rows[0].output_ids.append(11)
+    rows[2].output_ids.append(12)
+    assert proposer.propose([rows[0], rows[2]], [4, 1]) == [greedy(model, r.prompt_ids + r.output_ids, w)
+                                                           for r, w in ((rows[0], 4), (rows[2], 1))]
+
+
+def test_a_draft_with_another_vocabulary_is_refused(models_dir, tiny_qwen3):
+    from vllm_mlx_testing import build_tiny_model
+
+    llama = load_model(str(build_tiny_model(models_dir / "draft-llama", "llama")), compute_dtype="float32")
+    qwen = load_model(str(tiny_qwen3), compute_dtype="float32")
+    with pytest.raises(ValueError, match="has another vocabulary than the served model"):
+        check_vocabulary(qwen.tokenizer, llama.tokenizer, "draft-llama")
+    check_vocabulary(qwen.tokenizer, qwen.tokenizer, "tiny-qwen3")
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_qwen3, small_draft):
+    off = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64)
+    itself = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64, speculative="draft",
+                           draft_model=str(tiny_qwen3))
+    small = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64, speculative="draft",
+                          draft_model=str(small_draft))
+    yield off, itself, small
+    for harness in (off, itself, small):
+        harness.engine.shutdown()
+
+
+def test_greedy_output_is_the_same_with_a_draft_alone_and_batched(engines):
+    off, *drafted = engines
+    for on in drafted:
+        for max_tokens in (60, 7):  # 7: the length ends a row inside a run of accepted proposals
+            solo = [off.run([p], max_tokens=max_tokens, temperature=0)[0][1] for p in PROMPTS]
+            assert [on.run([p], max_tokens=max_tokens, temperature=0)[0][1] for p in PROMPTS] == solo
+            assert [r[1] for r in on.run(PROMPTS, max_tokens=max_tokens, temperature=0)] == solo
+        stats = on.engine.stats.speculative
+        assert stats["method"] == "draft" and stats["accepted"] > 0
+    assert drafted[0].engine.stats.speculative["acceptance_rate"] == 1.0  # the model drafting for itself
+
+
+def test_logprobs_n_and_sampled_rows_with_a_draft(engines):
+    off, _, on = engines
+    runs = []
+    for harness in (off, on):
+        rid = harness.submit(PROMPTS[4], max_tokens=30, temperature=0, logprobs=True, top_logprobs=3)
+        harness.wait(rid)
+        runs.append([lp for o in harness.outputs[rid] for lp in o.logprobs])
+    want, got = runs
+    assert [lp.token_id for lp in got] == [lp.token_id for lp in want] and len(got) == 30
+    assert [lp.logprob for lp in got] == pytest.approx([lp.logprob for lp in want], abs=1e-4)
+    two = on.run([PROMPTS[0]], max_tokens=20, temperature=0, n=2)[0]
+    assert len(two[1]) == 40  # both continuations, 20 tokens each
+    before = on.engine.stats.speculative["accepted"]
+    for _ in range(2):  # one row at a time: where a verify step pays most, on any machine
+        out = on.run([PROMPTS[4]], max_tokens=30, temperature=0.3, top_p=0.95)[0]
+        assert len(out[1]) == 30 and out[2].finish_reason.value == "length"
+    assert on.engine.stats.speculative["accepted"] > before
+
+
+def test_stop_tokens_and_rows_that_do_not_speculate_with_a_draft(engines):
+    off, _, on = engines
+    check_rows_that_do_not_speculate(off, on)
+
+
+def test_the_prefix_cache_reuses_a_conversation_drafted_for(engines):
+    off, on, _ = engines
+    first = on.run([PROMPTS[1]], max_tokens=30, temperature=0)[0][1]
+    follow = on.tokenizer.encode(PROMPTS[1]) + first + on.tokenizer.encode(" and then")
+    hits = on.engine.stats.prefix_cache["hit_tokens"]
+    again = on.run([follow], max_tokens=30, temperature=0)[0]
+    assert on.engine.stats.prefix_cache["hit_tokens"] > hits
+    assert again[1] == off.run([follow], max_tokens=30, temperature=0)[0][1]
+
+
+def test_served_with_a_draft_model(start_server, tiny_qwen3, models_dir, qwen3_server):
+    import httpx
+    import openai
+    from vllm_mlx_testing import first_layers_model
+
+    early_exit = first_layers_model(tiny_qwen3, models_dir / "tiny-qwen3-first-layer", 1)
+    drafted = start_server(tiny_qwen3, "--served-model-name", "tiny-qwen3", "--draft-model", early_exit)
+    messages = [{"role": "user", "content": "repeat after me: " + "the cat sat on the mat. " * 4}]
+    texts = []
+    for server in (qwen3_server, drafted):
+        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x")
+        stream = client.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=48,
+                                                temperature=0, stream=True)
+        texts.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
+    assert texts[0] == texts[1] and texts[0]
+    stats = drafted.health()["engine"]["speculative"]
+    assert stats["method"] == "draft" and stats["proposed"] >= stats["accepted"] > 0
+    assert 'vllm_mlx_speculative_accepted_total{method="draft"}' in httpx.get(drafted.base_url + "/metrics").text
+
+
+def test_a_draft_with_another_vocabulary_does_not_start(models_dir, tiny_qwen3):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vllm_mlx_testing import build_tiny_model
+
+    llama = build_tiny_model(models_dir / "draft-llama-serve", "llama")
+    serve = [str(Path(sys.executable).with_name("vllm-mlx")), "serve", str(tiny_qwen3), "--draft-model", str(llama),
+             "--port", "9"]
+    result = subprocess.run(serve, capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0
+    assert "has another vocabulary than the served model" in result.stderr + result.stdout
