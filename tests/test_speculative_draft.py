@@ -8,7 +8,7 @@ import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
 from test_engine import EngineHarness
-from test_speculative import PROMPTS, check_rows_that_do_not_speculate
+from test_speculative import PROMPTS, always_verifying, check_rows_that_do_not_speculate
 from vllm_mlx.engine import draft as draft_module
 from vllm_mlx.engine.draft import DraftProposer, check_vocabulary
 from vllm_mlx.models.loader import load_model
@@ -113,8 +113,9 @@ def test_logprobs_n_and_sampled_rows_with_a_draft(engines):
     off, _, on = engines
     runs = []
     for harness in (off, on):
-        rid = harness.submit(PROMPTS[4], max_tokens=30, temperature=0, logprobs=True, top_logprobs=3)
-        harness.wait(rid)
+        with always_verifying(on):
+            rid = harness.submit(PROMPTS[4], max_tokens=30, temperature=0, logprobs=True, top_logprobs=3)
+            harness.wait(rid)
         runs.append([lp for o in harness.outputs[rid] for lp in o.logprobs])
     want, got = runs
     assert [lp.token_id for lp in got] == [lp.token_id for lp in want] and len(got) == 30
@@ -122,9 +123,9 @@ def test_logprobs_n_and_sampled_rows_with_a_draft(engines):
     two = on.run([PROMPTS[0]], max_tokens=20, temperature=0, n=2)[0]
     assert len(two[1]) == 40  # both continuations, 20 tokens each
     before = on.engine.stats.speculative["accepted"]
-    for _ in range(2):  # one row at a time: where a verify step pays most, on any machine
-        out = on.run([PROMPTS[4]], max_tokens=30, temperature=0.3, top_p=0.95)[0]
-        assert len(out[1]) == 30 and out[2].finish_reason.value == "length"
+    with always_verifying(on):
+        outs = on.run([PROMPTS[4]] * 4, max_tokens=30, temperature=0.3, top_p=0.95)
+    assert all(len(o[1]) == 30 and o[2].finish_reason.value == "length" for o in outs)
     assert on.engine.stats.speculative["accepted"] > before
 
 

@@ -117,7 +117,9 @@ class EngineCore:
             return
         self._events.append(RowEnded(request_id, index, seq.output_ids if self.prefix.cache is not None else None))
         out = self._finish(seq, FinishReason.STOP)
-        self.prefix.remember_finished(self.runner, [seq])
+        # with recurrent layers and a verify step in flight, the row's state is past its tokens
+        if not (self.runner.recurrent and self.runner.rows["junk"] is not None):
+            self.prefix.remember_finished(self.runner, [seq])
         self.drop(seq)
         self.counters.finished += 1
         self.emit([out])
@@ -271,11 +273,12 @@ class EngineCore:
             prof.mark("join")
         return outputs
 
-    def retire(self, done: list[Sequence]) -> None:
-        """The step's finished rows leave: cached (prompt + completion), then dropped. Called once per
-        step, between reading tokens back and joining prefilled rows: the step's end."""
+    def retire(self, done: list[Sequence], unfed: int = 0) -> None:
+        """The step's finished rows leave: cached (prompt + completion, less ``unfed`` newest tokens their
+        cache lacks), then dropped. Called once per step, between reading tokens back and joining
+        prefilled rows: the step's end."""
         self._finished, self._end_at = finished_rows(done, self.prefix.cache is not None), len(self._events)
-        self.prefix.remember_finished(self.runner, done)
+        self.prefix.remember_finished(self.runner, done, unfed)
         self.drop(*done)
         self.counters.failed += (failed := sum(s.finish_reason is FinishReason.ERROR for s in done))  # grammars
         self.counters.finished += len(done) - failed

@@ -22,7 +22,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import BatchKVCache, KVCache, dynamic_roll, make_prompt_cache
+from mlx_lm.models.cache import ArraysCache, BatchKVCache, KVCache, dynamic_roll, make_prompt_cache
 
 from .rows import RowArrays
 from .sequence import Sequence
@@ -56,6 +56,7 @@ class ModelRunner:
         self.rows = RowArrays(0)
         layer_caches = make_prompt_cache(model)
         self.num_layers = len(layer_caches)
+        self.recurrent = [i for i, c in enumerate(layer_caches) if isinstance(c, ArraysCache)]  # their layers
         # Whole prompts can share one left-padded forward when every layer is a plain KV cache.
         self.can_prefill_together = not deterministic and all(type(c) is KVCache for c in layer_caches)
 
@@ -193,7 +194,7 @@ def drop_row_tails(batch_cache: list[Any], junk: list[int]) -> None:
     its left padding, as mlx-lm's ``BatchKVCache.finalize`` does for right padding (only those rows, and
     only the filled part of the cache). Once every row has ``COMPACT_PADDING`` positions of left padding,
     they are cut off (rows take turns accepting the most, so all of them gather padding)."""
-    if max(junk, default=0) == 0:
+    if max(junk, default=0) == 0 or not batch_cache:
         return
     common = min(junk)
     rest = [j - common for j in junk]

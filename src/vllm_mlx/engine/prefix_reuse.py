@@ -116,15 +116,17 @@ class PrefixReuse:
             if seq.num_prompt_tokens >= self.block_size or not self.block_mode:
                 self.remember(seq.prompt_ids, [c.extract(i) for c in batch_cache])
 
-    def remember_finished(self, runner: ModelRunner, done: list[Sequence]) -> None:
-        """Cache prompt + completion of finished rows, so the next turn of a conversation hits."""
+    def remember_finished(self, runner: ModelRunner, done: list[Sequence], unfed: int = 0) -> None:
+        """Cache prompt + completion of finished rows, so the next turn of a conversation hits;
+        ``unfed``: the newest tokens of each row its cache does not hold (after a verify step, the token
+        drawn after the accepted proposals)."""
         if self.cache is None or runner.batch_cache is None:
             return
         rows = {s: i for i, s in enumerate(runner.batch_seqs)}
         for seq in done:
             if seq in rows and seq.finish_reason in (FinishReason.STOP, FinishReason.LENGTH):
                 tokens = seq.prefix_key + seq.output_ids
-                self.remember(tokens, [c.extract(rows[seq]) for c in runner.batch_cache])
+                self.remember(tokens[:len(tokens) - unfed], [c.extract(rows[seq]) for c in runner.batch_cache])
 
     def stats(self) -> dict | None:
         if self.cache is None:

@@ -17,7 +17,7 @@ shares the verify step and is sampled from its first position as usual.
 The step is synchronous: a verify step needs the rows' latest tokens on the host (to propose after
 them), and the next step needs each row's accepted count (to drop the rejected proposals' keys and
 values). Rows that accepted fewer than the batch's longest proposal have those positions cut off the
-batch cache (:func:`~.model_runner.drop_row_tails`).
+batch cache (:func:`~.model_runner.drop_row_tails`); recurrent layers are rolled back (:mod:`.rollback`).
 
 Each row's proposal length adapts to its acceptance (longer after a full acceptance, halved after
 none); a row whose proposals keep failing rests for a while. When no row has a proposal the engine
@@ -33,11 +33,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache, make_prompt_cache
+from mlx_lm.models.cache import ArraysCache, KVCache, make_prompt_cache
 
 from .model_runner import drop_row_tails
 from .ngram import NgramProposer
 from .request import SamplingParams, TokenLogprob
+from .rollback import honours_lengths, repair, snapshot
 from .rows import RowArrays
 from .sampler import BatchSamplingParams, reported_logprobs, sampling_probs, split_row_keys
 from .sequence import Sequence
@@ -46,16 +47,20 @@ from .step_rates import StepRates
 REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole twice in a row
 
 
-def speculation_unsupported(model: Any, deterministic: bool) -> str | None:
-    """Why speculation cannot run on this model, or a draft model cannot draft (None when it can)."""
+def speculation_unsupported(model: Any, deterministic: bool, recurrent: bool = True) -> str | None:
+    """Why speculation cannot run on this model (None when it can); ``recurrent``: whether recurrent
+    layers may be rolled back (:mod:`.rollback`; not in a draft model, whose cache only drops positions)."""
     if deterministic:
         return "--deterministic computes every row alone"
     if getattr(model, "uses_rope_deltas", False) or hasattr(model, "prefill_multimodal"):
         return "vision-language models are not speculated yet"
     kinds = {type(c).__name__ for c in make_prompt_cache(model)}
-    if kinds != {KVCache.__name__}:
-        return (f"its layers keep {', '.join(sorted(kinds - {KVCache.__name__}))} caches (sliding-window or "
-                "recurrent layers), whose rejected positions cannot be dropped yet")
+    allowed = {KVCache.__name__, ArraysCache.__name__} if recurrent else {KVCache.__name__}
+    if kinds - allowed:
+        return (f"its layers keep {', '.join(sorted(kinds - allowed))} caches, whose rejected positions cannot "
+                "be dropped yet")
+    if ArraysCache.__name__ in kinds and not honours_lengths(model):
+        return "its recurrent layers do not stop at a row's length, which rolling back rejected positions needs"
     return None
 
 
@@ -69,7 +74,7 @@ def make_proposer(loaded: Any, config: Any, vocab_width: int) -> Any:
         from .draft import load_draft
 
         proposer = load_draft(config.draft_model, loaded, vocab_width)
-        why = speculation_unsupported(proposer.model, deterministic=False)
+        why = speculation_unsupported(proposer.model, deterministic=False, recurrent=False)
         if why:
             raise ValueError(f"--draft-model {config.draft_model} cannot draft: {why}")
         return proposer
@@ -183,8 +188,9 @@ class Speculator:
     def worth_trying(self, seqs: list[Sequence]) -> bool:
         """Whether the next step should speculate: some row may propose and verifying is the arm to run at
         this batch size (decided after a pipelined step)."""
-        cap = self.rates.choose(len(seqs))
-        return cap > 0 and self.proposer.may_propose(seqs, self._wants(seqs, cap, rest=False))
+        if not self.proposer.may_propose(seqs, self._wants(seqs, self.num_tokens, rest=False)):
+            return False  # asked first: a decision without proposals would spend the tries of unmeasured arms
+        return self.rates.choose(len(seqs)) > 0
 
     @property
     def prompt_work(self) -> bool:
@@ -207,8 +213,11 @@ class Speculator:
         seqs, rows = list(runner.batch_seqs), runner.rows
         outputs, done = core.read_back(seqs, rows)
         if rows["junk"] is not None and runner.batch_cache is not None:
-            drop_row_tails(runner.batch_cache, rows["junk"].tolist())
-        core.retire(done)
+            if runner.recurrent:
+                repair(runner.model, runner.batch_cache, runner.recurrent, rows, rows["junk"].tolist())
+            else:
+                drop_row_tails(runner.batch_cache, rows["junk"].tolist())
+        core.retire(done, unfed=int(rows["junk"] is not None))  # a verify step's last token is not fed yet
         seqs = list(runner.batch_seqs)
         cap = self.rates.choose(len(seqs)) if seqs else 0
         proposals = self.proposals(seqs, cap) if cap else []
@@ -230,6 +239,7 @@ class Speculator:
         the proposals, how many of them each row accepted and the positions to drop (all lazy)."""
         k = max(len(p) for p in proposals)
         inputs = mx.array([[s.output_ids[-1], *p, *[0] * (k - len(p))] for s, p in zip(seqs, proposals)])
+        before = [list(runner.batch_cache[i].cache) for i in runner.recurrent]  # the state this step starts from
         logits = runner.verify(inputs)  # (B, k + 1, vocab)
         drafts, lengths = inputs[:, 1:], mx.array([len(p) for p in proposals])
         rows = runner.rows
@@ -239,6 +249,8 @@ class Speculator:
         rows = sampler.next(seqs, logits[:, 0, :], rows, pending_applied=True)  # rows without proposals
         rows["tokens"] = mx.where(lengths > 0, tokens, rows["tokens"])
         rows["drafts"], rows["accepted"], rows["junk"] = drafts, accepted, k - accepted
+        if runner.recurrent:
+            snapshot(rows, before, runner.recurrent, inputs)
         if any(p and s.sampling.logprobs for s, p in zip(seqs, proposals)):
             self._report_logprobs(rows, logits, drafts, accepted, lengths, sampler.batch_params(seqs))
         self._proposed = {s: len(p) for s, p in zip(seqs, proposals) if p}

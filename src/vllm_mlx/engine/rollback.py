@@ -1,0 +1,88 @@
+"""Rejected proposals in models with recurrent layers (Qwen3.5/3.6 and Qwen3-Next gated delta nets,
+Nemotron-H's Mamba, LFM2's short convolutions): their state cannot drop positions the way a KV cache
+does, so a verify step keeps a snapshot of it (the state arrays before the step; MLX arrays are
+immutable, so this is references, not a copy) and repairs the batch afterwards.
+
+When every row kept all it was fed, the state after the step is right and nothing happens. Otherwise
+the recurrent layers go back to the snapshot, the attention layers drop the step's positions, and the
+model is run again over the step's inputs with each row's length set to what it kept (mlx-lm's
+recurrent layers stop updating a row past ``cache.lengths``, as they do for right-padded prompts); the
+attention layers then drop the positions past each row's length. A second forward, but only of the
+accepted width (the most any row kept), and only after a rejection.
+
+Rows that joined the batch after the verify step was launched were not part of it: their state is
+left alone (length 0) and their attention positions are not touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.models.cache import ArraysCache, make_prompt_cache
+
+from .model_runner import drop_row_tails
+from .rows import RowArrays
+
+STATE = "rollback_state"  # row-array names: the snapshot, STATE_i_j (recurrent layer i, state array j)
+
+
+def recurrent_layers(caches: list[Any]) -> list[int]:
+    return [i for i, c in enumerate(caches) if isinstance(c, ArraysCache)]
+
+
+def honours_lengths(model: Any) -> bool:
+    """Whether the model's recurrent layers stop at ``cache.lengths``: three tokens with length 1 must
+    leave the state one token leaves (checked once at start, on the model itself)."""
+    tokens = mx.array([[1, 2, 3]])
+    one, masked, three = (make_prompt_cache(model) for _ in range(3))
+    model(tokens[:, :1], cache=one)
+    layers = recurrent_layers(masked)
+    for i in layers:
+        masked[i].lengths = mx.array([1])
+    model(tokens, cache=masked)
+    model(tokens, cache=three)
+    for i in layers:
+        for a, b, c in zip(one[i].cache, masked[i].cache, three[i].cache):
+            if a is None:
+                continue
+            a, b, c = (x.astype(mx.float32) for x in (a, b, c))
+            if mx.abs(b - a).max().item() > 0.1 * mx.abs(c - a).max().item() + 1e-6:
+                return False
+    return True
+
+
+def snapshot(rows: RowArrays, states: list[list[Any]], layers: list[int], inputs: mx.array) -> None:
+    """With a verify step: keep the recurrent layers' ``states`` from before it, the step's inputs, and
+    which rows take part."""
+    for i, layer in zip(layers, states):
+        for j, state in enumerate(layer):
+            rows[f"{STATE}_{i}_{j}"] = state
+    rows["verify_inputs"], rows["verified"] = inputs, mx.ones((inputs.shape[0],), dtype=mx.bool_)
+
+
+def repair(model: Any, caches: list[Any], layers: list[int], rows: RowArrays, junk: list[int]) -> None:
+    """After a verify step: leave each verified row with the state of the positions it kept
+    (``junk[r]``: positions at the end of row r to drop)."""
+    if max(junk) == 0:
+        return  # every verified row kept all it was fed (rows that joined since have nothing to drop)
+    verified = rows["verified"].tolist()
+    width = rows["verify_inputs"].shape[1]
+    keep = [width - j if v else 0 for j, v in zip(junk, verified)]
+    recurrent = set(layers)
+    kv = [c for i, c in enumerate(caches) if i not in recurrent]
+    chosen = rows["verified"]
+    for i in layers:
+        cache = caches[i]
+        for j, state in enumerate(cache.cache):
+            saved = rows[f"{STATE}_{i}_{j}"]
+            if state is not None and saved is not None:
+                cache.cache[j] = mx.where(chosen.reshape(-1, *[1] * (state.ndim - 1)), saved, state)
+    drop_row_tails(kv, [width if v else 0 for v in verified])
+    again = max(keep)
+    for i in layers:
+        caches[i].lengths = mx.array(keep)  # one per layer: each layer's ``advance`` subtracts in place
+    model(rows["verify_inputs"][:, :again], cache=caches)  # only the caches are read (lazily)
+    for i in layers:
+        caches[i].lengths = None
+    drop_row_tails(kv, [again - k for k in keep])

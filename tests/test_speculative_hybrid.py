@@ -1,0 +1,130 @@
+"""Speculation on models with recurrent layers (Qwen3.5/3.6, Qwen3-Next, LFM2): rejected proposals are
+rolled back through a snapshot of the recurrent state and a forward over the kept positions
+(engine/rollback.py); the output stays the output without speculation."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_engine import EngineHarness
+from test_speculative import PROMPTS
+
+
+class ReferenceProposer:
+    """Proposes a row's reference continuation (its greedy output without speculation), with every
+    third proposal run's last token wrong: proposals accepted whole, in part, and not at all."""
+
+    method = "reference"
+
+    def __init__(self, answers: dict[tuple[int, ...], list[int]]):
+        self.answers = answers
+        self.runs = 0
+        self.wrong_every = 3  # 0: never wrong
+
+    def propose(self, seqs, wants):
+        out = []
+        for seq, k in zip(seqs, wants):
+            done = len(seq.output_ids)
+            run = list(self.answers.get(tuple(seq.prompt_ids), [])[done:done + k])
+            self.runs += bool(run)
+            if run and self.wrong_every and self.runs % self.wrong_every == 0:
+                run[-1] = (run[-1] + 1) % 1000
+            out.append(run)
+        return out
+
+    def may_propose(self, seqs, wants):
+        return any(wants)
+
+    def forget(self, seqs):
+        pass
+
+
+@pytest.mark.parametrize("arch", ["qwen3_5", "qwen3_next", "lfm2"])
+def test_rejected_proposals_are_rolled_back_in_recurrent_layers(arch, models_dir):
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    model = build_arch_model(models_dir / f"spec-{arch}", arch)
+    off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64)
+    on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="ngram")
+    try:
+        want = [off.run([p], max_tokens=40, temperature=0)[0][1] for p in PROMPTS]
+        speculator = on.engine.core.speculator
+        speculator.proposer = ReferenceProposer({tuple(on.tokenizer.encode(p)): w for p, w in zip(PROMPTS, want)})
+        speculator.rates.choose = lambda rows: 4  # verify every step: this test is about the repair after it
+        assert [on.run([p], max_tokens=40, temperature=0)[0][1] for p in PROMPTS] == want
+        # together: rows join the batch while others verify (prompts are prefilled 64 tokens a step)
+        assert [r[1] for r in on.run(PROMPTS, max_tokens=40, temperature=0)] == want
+        stats = on.engine.stats.speculative
+        assert stats["proposed"] > stats["accepted"] > 0 and stats["verify_steps"] > 20
+        # a row that ends in a verify step (its proposals run to max_tokens) is cached up to its last
+        # token, which that step does not feed; a later turn restores it and still matches
+        prompt = on.tokenizer.encode("Tell me about the rivers of the north")
+        answer = off.run([prompt], max_tokens=41, temperature=0)[0][1]
+        speculator.proposer.answers[tuple(prompt)] = answer
+        speculator.proposer.wrong_every = 0  # 1 + 8 * 5 tokens: the row ends inside accepted proposals
+        assert on.run([prompt], max_tokens=41, temperature=0)[0][1] == answer
+        follow = prompt + answer + on.tokenizer.encode(" and then")
+        hits = on.engine.stats.prefix_cache["hit_tokens"]
+        assert on.run([follow], max_tokens=20, temperature=0)[0][1] == off.run([follow], max_tokens=20,
+                                                                               temperature=0)[0][1]
+        assert on.engine.stats.prefix_cache["hit_tokens"] - hits == len(prompt) + len(answer) - 1
+    finally:
+        off.engine.shutdown()
+        on.engine.shutdown()
+
+
+def test_recurrent_layers_that_ignore_row_lengths_are_refused(models_dir):
+    """mlx-lm's Nemotron-H Mamba layer stops its convolution at ``cache.lengths`` but not its state."""
+    from vllm_mlx.engine.speculative import speculation_unsupported
+    from vllm_mlx.models.loader import load_model
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    for arch, reason in (("nemotron_h", "do not stop at a row's length"), ("falcon_h1", "CacheList")):
+        model = load_model(str(build_arch_model(models_dir / f"spec-{arch}", arch)), compute_dtype="float32").model
+        assert reason in speculation_unsupported(model, deterministic=False)
+    qwen35 = load_model(str(build_arch_model(models_dir / "spec-qwen3_5", "qwen3_5")), compute_dtype="float32").model
+    assert speculation_unsupported(qwen35, deterministic=False) is None
+    assert "ArraysCache" in speculation_unsupported(qwen35, deterministic=False, recurrent=False)  # as a draft
+
+
+def test_a_draft_model_for_a_model_with_recurrent_layers(models_dir):
+    """A plain-attention draft with the served Qwen3.5's tokenizer proposes; the served model's recurrent
+    layers are rolled back after each rejection."""
+    import shutil
+
+    from vllm_mlx_testing import build_tiny_model
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    model = build_arch_model(models_dir / "spec-qwen3_5", "qwen3_5")
+    draft = build_tiny_model(models_dir / "spec-qwen3_5-draft", "qwen3", vocab_size=1024, num_hidden_layers=1)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(model / name, draft / name)
+    off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64)
+    on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="draft", draft_model=str(draft))
+    try:
+        on.engine.core.speculator.rates.choose = lambda rows: 4  # verify every step
+        want = [off.run([p], max_tokens=30, temperature=0)[0][1] for p in PROMPTS]
+        assert [r[1] for r in on.run(PROMPTS, max_tokens=30, temperature=0)] == want
+        stats = on.engine.stats.speculative
+        assert stats["method"] == "draft" and stats["proposed"] > stats["accepted"] and stats["verify_steps"] > 1
+    finally:
+        off.engine.shutdown()
+        on.engine.shutdown()
+
+
+def test_served_lfm2_speculates_with_its_output_unchanged(start_server, models_dir):
+    """The tiny LFM2 (short-convolution layers) falls into repeating stretches, which prompt lookup
+    predicts: a request that speculates answers what the same request without speculation does."""
+    import openai
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    model = build_arch_model(models_dir / "spec-lfm2", "lfm2")
+    server = start_server(model, "--served-model-name", "lfm2", "--speculative", "ngram")
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x")
+    messages = [{"role": "user", "content": "count: one two three one two three"}]
+    texts = [client.chat.completions.create(model="lfm2", messages=messages, max_tokens=64, temperature=0,
+                                            extra_body={"speculative": flag}).choices[0].message.content
+             for flag in (False, True)]
+    assert texts[0] == texts[1] and texts[0]
+    stats = server.health()["engine"]["speculative"]
+    assert stats["verify_steps"] > 0 and stats["accepted"] > 0
