@@ -117,6 +117,35 @@ def test_models_whose_caches_cannot_drop_positions_are_refused(models_dir):
     assert "RotatingKVCache" in speculation_unsupported(model, deterministic=False)
 
 
+class ReferenceProposer:
+    """Proposes a row's reference continuation (its greedy output without speculation), with every
+    third proposal run's last token wrong: proposals accepted whole, in part, and not at all."""
+
+    method = "reference"
+
+    def __init__(self, answers: dict[tuple[int, ...], list[int]]):
+        self.answers = answers
+        self.runs = 0
+        self.wrong_every = 3  # 0: never wrong
+
+    def propose(self, seqs, wants):
+        out = []
+        for seq, k in zip(seqs, wants):
+            done = len(seq.output_ids)
+            run = list(self.answers.get(tuple(seq.prompt_ids), [])[done:done + k])
+            self.runs += bool(run)
+            if run and self.wrong_every and self.runs % self.wrong_every == 0:
+                run[-1] = (run[-1] + 1) % 1000
+            out.append(run)
+        return out
+
+    def may_propose(self, seqs, wants):
+        return any(wants)
+
+    def forget(self, seqs):
+        pass
+
+
 @pytest.fixture(scope="module")
 def engines(tiny_qwen3):
     off = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64)
@@ -267,13 +296,16 @@ def test_the_request_field(speculating_server, qwen3_server):
         fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8, presence_penalty=0.5,
                                      extra_body={"speculative": True})
     assert err.value.body["param"] == "speculative" and "penalties" in err.value.body["message"]
-    with pytest.raises(openai.BadRequestError, match="an output constraint"):
-        fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8,
-                                     response_format={"type": "json_object"}, extra_body={"speculative": True})
-    with pytest.raises(openai.BadRequestError, match="an output constraint"):
-        fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8, tool_choice="required",
-                                     tools=[{"type": "function", "function": {"name": "f", "parameters": {
-                                         "type": "object", "properties": {}}}}], extra_body={"speculative": True})
+    # output constraints speculate too (their grammar masks each proposed position): the same output
+    tool = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "path": {"type": "string"}}, "required": ["path"]}}}]
+    for constraint in (dict(response_format={"type": "json_object"}), dict(tools=tool, tool_choice="required")):
+        before = speculating_server.health()["engine"]["speculative"]["accepted"]
+        outs = [fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=60, temperature=0,
+                                             extra_body={"speculative": flag}, **constraint).choices[0]
+                for flag in (False, True)]
+        assert outs[0].message.model_dump() == outs[1].message.model_dump() and outs[1].finish_reason
+        assert speculating_server.health()["engine"]["speculative"]["accepted"] > before
     plain = openai.OpenAI(base_url=qwen3_server.base_url + "/v1", api_key="x")
     with pytest.raises(openai.BadRequestError) as err:
         plain.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8,
@@ -293,3 +325,42 @@ def test_the_request_field_on_the_anthropic_and_responses_wings(qwen3_server):
     with pytest.raises(openai.BadRequestError, match=wrong):
         openai.OpenAI(base_url=qwen3_server.base_url + "/v1", api_key="x").responses.create(
             model="tiny-qwen3", input="hi", max_output_tokens=8, extra_body={"speculative": True})
+
+
+def test_grammar_rows_speculate_within_their_grammar(engines):
+    """A grammar row's proposals are masked position by position by its grammar (proposals it forbids
+    are dropped before the step, the others verified under its masks); its output is the output without
+    speculation -- also when the grammar starts after a trigger inside the proposals."""
+    import re
+
+    from vllm_mlx.engine.constraints import GrammarCompiler, StructuredSpec
+
+    off, on = engines
+    tok = on.tokenizer
+    compiler = GrammarCompiler(tok, on.engine.core.vocab_size, sorted(tok.eos_token_ids))
+    free = off.run([PROMPTS[1]], max_tokens=30, temperature=0)[0][1]
+    cases = [(StructuredSpec(regex=r"(ab|cd|x[0-9]{1,3}){1,30}"), ()),
+             (StructuredSpec(json_schema={"type": "object", "properties": {"a": {"type": "string"}}}), ()),
+             (StructuredSpec(regex=r"[a-z ]{1,80}"), tuple(free[:2]))]  # starts after the first two tokens
+
+    def run(harness, prompt, spec, after):
+        req = harness.request(prompt, max_tokens=30, temperature=0)
+        req.constraint, req.constraint_after = compiler.matcher(spec), after
+        harness.engine.add_request(req)
+        return harness.wait(req.request_id)
+
+    want = [run(off, PROMPTS[1], spec, after) for spec, after in cases]
+    speculator = on.engine.core.speculator
+    saved = speculator.proposer
+    speculator.proposer = ReferenceProposer({tuple(tok.encode(PROMPTS[1])): []})
+    before = dict(on.engine.stats.speculative)
+    try:
+        with always_verifying(on):
+            for (spec, after), (text, tokens, _) in zip(cases, want):
+                speculator.proposer.answers[tuple(tok.encode(PROMPTS[1]))] = tokens
+                assert run(on, PROMPTS[1], spec, after)[1] == tokens
+    finally:
+        speculator.proposer = saved
+    assert re.fullmatch(r"(ab|cd|x[0-9]{1,3}){1,30}", want[0][0]) or want[0][2].finish_reason.value == "length"
+    after = on.engine.stats.speculative
+    assert after["accepted"] > before["accepted"] and after["proposed"] - before["proposed"] > after["accepted"] - before["accepted"]

@@ -7,36 +7,7 @@ from __future__ import annotations
 import pytest
 
 from test_engine import EngineHarness
-from test_speculative import PROMPTS
-
-
-class ReferenceProposer:
-    """Proposes a row's reference continuation (its greedy output without speculation), with every
-    third proposal run's last token wrong: proposals accepted whole, in part, and not at all."""
-
-    method = "reference"
-
-    def __init__(self, answers: dict[tuple[int, ...], list[int]]):
-        self.answers = answers
-        self.runs = 0
-        self.wrong_every = 3  # 0: never wrong
-
-    def propose(self, seqs, wants):
-        out = []
-        for seq, k in zip(seqs, wants):
-            done = len(seq.output_ids)
-            run = list(self.answers.get(tuple(seq.prompt_ids), [])[done:done + k])
-            self.runs += bool(run)
-            if run and self.wrong_every and self.runs % self.wrong_every == 0:
-                run[-1] = (run[-1] + 1) % 1000
-            out.append(run)
-        return out
-
-    def may_propose(self, seqs, wants):
-        return any(wants)
-
-    def forget(self, seqs):
-        pass
+from test_speculative import PROMPTS, ReferenceProposer
 
 
 @pytest.mark.parametrize("arch", ["qwen3_5", "qwen3_next", "lfm2"])

@@ -85,7 +85,6 @@ async def completions(req: CompletionRequest, raw: Request):
     params = [state.sampling_params(req, len(p), req.max_tokens, logprobs=wants_logprobs,
                                     top_logprobs=req.logprobs or 0) for p in prompts]
     spec = state.structured_spec(req)
-    state.check_speculative_constraint(req, spec)
     constraint = await state.compile_constraint(*reversed(spec)) if spec else None
     request_id = new_id("cmpl")
     created = int(time.time())

@@ -150,9 +150,48 @@ def allowed_tokens(rules: list[Any], vocab_size: int) -> mx.array | None:
         elif matcher is not None and not matcher.is_stopped():
             row = bitmask[i]
             matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.size * row.itemsize)
+    return unpack_bitmask(bitmask, vocab_size)
+
+
+def unpack_bitmask(bitmask: np.ndarray, vocab_size: int) -> mx.array:
+    """llguidance's packed masks (..., words) int32 -> (..., vocab) bool."""
     packed = mx.array(bitmask.view(np.uint32))
-    bits = (packed[:, :, None] >> mx.arange(32, dtype=mx.uint32)) & 1
-    return bits.reshape(len(rules), words * 32)[:, :vocab_size].astype(mx.bool_)
+    bits = (packed[..., None] >> mx.arange(32, dtype=mx.uint32)) & 1
+    return bits.reshape(*bitmask.shape[:-1], bitmask.shape[-1] * 32)[..., :vocab_size].astype(mx.bool_)
+
+
+def proposal_masks(seq: Any, proposals: list[int], vocab_size: int) -> tuple[list[int], np.ndarray]:
+    """For a grammar row's proposals (speculative decoding): the leading proposals its grammar allows,
+    and the packed mask of the row's tokens at each position of the verify step (one more than those
+    proposals). The matcher walks the proposals as the row would take them -- stop tokens end the
+    walk, a grammar that starts after a trigger starts there -- and is rolled back afterwards."""
+    matcher, started = seq.constraint, seq.constraint_started
+    after = seq.constraint_after
+    recent = seq.output_ids[-len(after):] if after else []
+    masks = np.full((len(proposals) + 1, (vocab_size + 31) // 32), -1, dtype=np.int32)
+    kept, consumed = [], 0
+    for j, token in enumerate([*proposals, None]):
+        row = masks[j]
+        if started and not matcher.is_stopped():
+            matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.size * row.itemsize)
+        if token is None or not (row.view(np.uint32)[token // 32] >> (token % 32)) & 1:
+            break
+        kept.append(token)
+        if token in seq.stop_ids:
+            break
+        if not started:
+            recent = (recent + [token])[-len(after):]
+            started = recent == after
+        elif not matcher.consume_token(token):
+            kept.pop()
+            break
+        else:
+            consumed += 1
+            if matcher.is_stopped():
+                break
+    if consumed:
+        matcher.rollback(consumed)
+    return kept, masks[:len(kept) + 1]
 
 
 def tool_call_spec(

@@ -10,9 +10,10 @@ deterministic given the tokens so far). A step costs one forward of K + 1 positi
 K + 1 tokens per row.
 
 Which rows speculate: rows drawn from their logits alone (greedy, or temperature / top-k / top-p /
-min-p; no penalties, logit bias, min_tokens, grammar or reasoning budget), and not seeded sampled
-rows (which steps verify depends on timing, and a seed promises the same tokens); every other row
-shares the verify step and is sampled from its first position as usual.
+min-p; no penalties, logit bias, min_tokens or reasoning budget), grammar rows included (their matcher
+walks the proposals for a mask at each position, and is rolled back: :func:`~.constraints.proposal_masks`),
+and not seeded sampled rows (which steps verify depends on timing, and a seed promises the same tokens);
+every other row shares the verify step and is sampled from its first position as usual.
 
 The step is synchronous: a verify step needs the rows' latest tokens on the host (to propose after
 them), and the next step needs each row's accepted count (to drop the rejected proposals' keys and
@@ -33,8 +34,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.models.cache import ArraysCache, KVCache, make_prompt_cache
 
+from .constraints import proposal_masks, unpack_bitmask
 from .model_runner import drop_row_tails
 from .ngram import NgramProposer
 from .request import SamplingParams, TokenLogprob
@@ -148,19 +151,21 @@ class Speculator:
     """Per-row proposal lengths, the verify step's graph and the batch cache's repair after it;
     ``proposer``: where proposals come from (:class:`~.ngram.NgramProposer`, :class:`~.draft.DraftProposer`)."""
 
-    def __init__(self, num_tokens: int, proposer: Any):
+    def __init__(self, num_tokens: int, proposer: Any, vocab_size: int):
         self.num_tokens = num_tokens
         self.proposer = proposer
+        self.vocab_size = vocab_size  # the logits' width
         self.stats = SpeculationStats(method=proposer.method)
         self.active = False  # the next step is a speculative one (set after each step)
         self.rates = StepRates(num_tokens)
         self._rows: dict[Sequence, _RowState] = {}
         self._proposed: dict[Sequence, int] = {}  # of the verify step in flight
+        self._masks: dict[Sequence, Any] = {}  # grammar rows' masks at each position of the next verify step
 
     @staticmethod
     def eligible(seq: Sequence) -> bool:
         """Rows drawn from their logits alone (greedy, or temperature / top-k / top-p / min-p)."""
-        return (seq.sampling.speculative and not_speculated(seq.sampling) is None and not seq.steers_tokens
+        return (seq.sampling.speculative and not_speculated(seq.sampling) is None and seq.reasoning_budget is None
                 and seq.request.multimodal is None)
 
     def _wants(self, seqs: list[Sequence], cap: int, rest: bool) -> list[int]:
@@ -183,7 +188,12 @@ class Speculator:
     def proposals(self, seqs: list[Sequence], cap: int) -> list[list[int]]:
         """Each row's proposals after its latest token, at most ``cap`` (empty for rows that do not
         speculate now)."""
-        return self.proposer.propose(seqs, self._wants(seqs, cap, rest=True))
+        proposals = self.proposer.propose(seqs, self._wants(seqs, cap, rest=True))
+        self._masks = {}
+        for i, (seq, proposed) in enumerate(zip(seqs, proposals)):
+            if proposed and seq.constraint is not None:  # the grammar's masks along the proposals
+                proposals[i], self._masks[seq] = proposal_masks(seq, proposed, self.vocab_size)
+        return proposals
 
     def worth_trying(self, seqs: list[Sequence]) -> bool:
         """Whether the next step should speculate: some row may propose and verifying is the arm to run at
@@ -241,6 +251,8 @@ class Speculator:
         inputs = mx.array([[s.output_ids[-1], *p, *[0] * (k - len(p))] for s, p in zip(seqs, proposals)])
         before = [list(runner.batch_cache[i].cache) for i in runner.recurrent]  # the state this step starts from
         logits = runner.verify(inputs)  # (B, k + 1, vocab)
+        if self._masks:
+            logits = self._masked(logits, seqs)
         drafts, lengths = inputs[:, 1:], mx.array([len(p) for p in proposals])
         rows = runner.rows
         sampled = any(p and not s.sampling.greedy for s, p in zip(seqs, proposals))
@@ -257,6 +269,17 @@ class Speculator:
         self.stats.verify_steps += 1
         self.stats.proposed += sum(self._proposed.values())
         return rows
+
+    def _masked(self, logits: mx.array, seqs: list[Sequence]) -> mx.array:
+        """Grammar rows' logits with what their grammar forbids at each position at -inf."""
+        b, width, _ = logits.shape
+        bitmask = np.full((b, width, (self.vocab_size + 31) // 32), -1, dtype=np.int32)
+        for i, seq in enumerate(seqs):
+            masks = self._masks.get(seq)
+            if masks is not None:
+                bitmask[i, :len(masks)] = masks
+        self._masks = {}
+        return mx.where(unpack_bitmask(bitmask, logits.shape[-1]), logits, float("-inf"))
 
     @staticmethod
     def _report_logprobs(rows: RowArrays, logits: mx.array, drafts: mx.array, accepted: mx.array,

@@ -185,7 +185,6 @@ class ChatSteps(ToolChoiceSteps):
             if rendered.thinking else None
         params = self.sampling_params(req, len(rendered.ids), max_tokens, logprobs=logprobs, top_logprobs=top_logprobs,
                                       max_thinking_tokens=budget)
-        self.check_speculative_constraint(req, spec)
         constraint = await self.compile_constraint(*reversed(spec)) if spec else None
         await self.wait_for_memory((len(rendered.ids), params))
         stream = self.generate(

@@ -198,18 +198,11 @@ class ServingState(ChatSteps):
     def _check_speculative(self, req: SamplingRequest, params: SamplingParams) -> None:
         """``speculative: true`` is a request the server must be able to honour."""
         if getattr(self.engine.engine.config, "speculative", "off") == "off":
-            raise APIError(400, "speculative decoding is off on this server (start it with --speculative ngram or --draft-model MODEL)",
-                           param="speculative")
+            raise APIError(400, "speculative decoding is off on this server (start it with --speculative ngram "
+                           "or --draft-model MODEL)", param="speculative")
         why = not_speculated(params)
         if why:
             raise APIError(400, f"speculative decoding does not apply to requests with {why}", param="speculative")
-
-    @staticmethod
-    def check_speculative_constraint(req: SamplingRequest, spec: Any) -> None:
-        """``speculative: true`` with an output constraint (a schema, a grammar, a required tool call)."""
-        if req.speculative and spec:
-            raise APIError(400, "speculative decoding does not apply to requests with an output constraint",
-                           param="speculative")
 
     def _logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
         items = []
