@@ -48,6 +48,7 @@ from .sequence import Sequence
 from .step_rates import StepRates
 
 REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole twice in a row
+IDLE_CHECKS = 4  # while no row has proposals, pipelined steps between looks for them
 
 
 def speculation_unsupported(model: Any, deterministic: bool, recurrent: bool = True) -> str | None:
@@ -106,9 +107,10 @@ class SpeculationStats:
 
 
 class _RowState:
-    __slots__ = ("budget", "misses", "rest")
+    __slots__ = ("eligible", "budget", "misses", "rest")
 
-    def __init__(self, budget: int):
+    def __init__(self, eligible: bool, budget: int):
+        self.eligible = eligible  # whether the row may speculate at all (its controls do not change)
         self.budget = budget  # tokens this row may propose next
         self.misses = 0  # verify steps in a row that accepted nothing
         self.rest = 0  # steps left before this row proposes again
@@ -161,6 +163,7 @@ class Speculator:
         self._rows: dict[Sequence, _RowState] = {}
         self._proposed: dict[Sequence, int] = {}  # of the verify step in flight
         self._masks: dict[Sequence, Any] = {}  # grammar rows' masks at each position of the next verify step
+        self._idle = 0  # pipelined steps before proposals are looked for again
 
     @staticmethod
     def eligible(seq: Sequence) -> bool:
@@ -173,10 +176,12 @@ class Speculator:
         step of the resting rows' rest."""
         wants = []
         for seq in seqs:
-            if not self.eligible(seq):
+            state = self._rows.get(seq)
+            if state is None:
+                state = self._rows[seq] = _RowState(self.eligible(seq), self.num_tokens)
+            if not state.eligible:
                 wants.append(0)
                 continue
-            state = self._rows.get(seq) or self._rows.setdefault(seq, _RowState(self.num_tokens))
             if state.rest > 0:
                 state.rest -= rest
                 wants.append(0)
@@ -198,7 +203,11 @@ class Speculator:
     def worth_trying(self, seqs: list[Sequence]) -> bool:
         """Whether the next step should speculate: some row may propose and verifying is the arm to run at
         this batch size (decided after a pipelined step)."""
+        if self._idle:  # nothing to propose lately: look again every IDLE_CHECKS steps (a cost per step)
+            self._idle -= 1
+            return False
         if not self.proposer.may_propose(seqs, self._wants(seqs, self.num_tokens, rest=False)):
+            self._idle = IDLE_CHECKS - 1
             return False  # asked first: a decision without proposals would spend the tries of unmeasured arms
         return self.rates.choose(len(seqs)) > 0
 
