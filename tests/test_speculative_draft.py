@@ -29,24 +29,30 @@ class Row:
         self.prompt_ids, self.output_ids = prompt, output
 
 
-def greedy(model, tokens: list[int], k: int) -> list[int]:
-    """The draft alone: ``k`` greedy tokens after ``tokens``."""
+def greedy(model, tokens: list[int], k: int, vocab: int = 1024) -> list[int]:
+    """The draft alone: ``k`` greedy tokens (of the first ``vocab``) after ``tokens``."""
     cache = make_prompt_cache(model)
     logits = model(mx.array(tokens)[None], cache=cache)[:, -1]
     out = []
     for _ in range(k):
-        out.append(int(mx.argmax(logits, axis=-1).item()))
+        out.append(int(mx.argmax(logits[:, :vocab], axis=-1).item()))
         logits = model(mx.array([[out[-1]]]), cache=cache)[:, -1]
     return out
 
 
-def test_the_drafts_proposals_are_its_greedy_continuation(small_draft, monkeypatch):
+@pytest.mark.parametrize("kind", ["attention", "recurrent"])
+def test_the_drafts_proposals_are_its_greedy_continuation(kind, small_draft, models_dir, monkeypatch):
     """Rows of very different lengths, a prompt prefilled over several steps, rows behind by more tokens
-    than one forward reads, a row leaving: each row's proposals are what the draft alone would say."""
+    than one forward reads, a row leaving: each row's proposals are what the draft alone would say --
+    for a plain-attention draft and for one with recurrent layers (a tiny Qwen3.5)."""
+    from vllm_mlx_testing.arch_models import build_arch_model
+
     monkeypatch.setattr(draft_module, "INGEST_TOKENS", 96)  # so the long prompt takes several steps
-    model = load_model(str(small_draft), compute_dtype="float32").model
-    proposer = DraftProposer(model, vocab_limit=2048)
-    rows = [Row(list(range(40, 70)), [7]), Row([(i * 37) % 1500 + 10 for i in range(300)], [9]), Row([5], [6])]
+    path = small_draft if kind == "attention" else build_arch_model(models_dir / "spec-qwen3_5", "qwen3_5")
+    model = load_model(str(path), compute_dtype="float32").model
+    proposer = DraftProposer(model, vocab_limit=1024)
+    assert bool(proposer.recurrent) == (kind == "recurrent")
+    rows = [Row(list(range(40, 70)), [7]), Row([(i * 37) % 900 + 10 for i in range(300)], [9]), Row([5], [6])]
     wants = [3, 3, 2]
     first = proposer.propose(rows, wants)
     assert first[0] == greedy(model, rows[0].prompt_ids + rows[0].output_ids, 3)
@@ -65,7 +71,7 @@ def test_the_drafts_proposals_are_its_greedy_continuation(small_draft, monkeypat
     assert got == [greedy(model, r.prompt_ids + r.output_ids, w) for r, w in zip(rows, wants)]
     for lag in ([2, 1, 20], [1, 30, 1]):  # tokens emitted since: accepted proposals, or steps without the draft
         for row, n in zip(rows, lag):
-            row.output_ids += [(len(row.output_ids) * 13 + j) % 2000 + 3 for j in range(n)]
+            row.output_ids += [(len(row.output_ids) * 13 + j) % 1000 + 3 for j in range(n)]
         got = proposer.propose(rows, wants)
         assert got == [greedy(model, r.prompt_ids + r.output_ids, w) for r, w in zip(rows, wants)]
     proposer.forget([rows[1]])

@@ -55,29 +55,40 @@ def test_recurrent_layers_that_ignore_row_lengths_are_refused(models_dir):
         assert reason in speculation_unsupported(model, deterministic=False)
     qwen35 = load_model(str(build_arch_model(models_dir / "spec-qwen3_5", "qwen3_5")), compute_dtype="float32").model
     assert speculation_unsupported(qwen35, deterministic=False) is None
-    assert "ArraysCache" in speculation_unsupported(qwen35, deterministic=False, recurrent=False)  # as a draft
 
 
-def test_a_draft_model_for_a_model_with_recurrent_layers(models_dir):
-    """A plain-attention draft with the served Qwen3.5's tokenizer proposes; the served model's recurrent
-    layers are rolled back after each rejection."""
+@pytest.mark.parametrize("draft", ["attention", "itself", "recurrent"])
+def test_a_draft_model_for_a_model_with_recurrent_layers(draft, models_dir):
+    """A Qwen3.5 drafted for by a plain-attention model with its tokenizer, by itself (every proposal
+    accepted) and by a smaller random Qwen3.5 (recurrent layers in the draft too): the served model's
+    recurrent layers are rolled back after each rejection, the draft's after each proposal."""
     import shutil
 
     from vllm_mlx_testing import build_tiny_model
     from vllm_mlx_testing.arch_models import build_arch_model
 
     model = build_arch_model(models_dir / "spec-qwen3_5", "qwen3_5")
-    draft = build_tiny_model(models_dir / "spec-qwen3_5-draft", "qwen3", vocab_size=1024, num_hidden_layers=1)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(model / name, draft / name)
+    if draft == "attention":
+        path = build_tiny_model(models_dir / "spec-qwen3_5-draft", "qwen3", vocab_size=1024, num_hidden_layers=1)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copy(model / name, path / name)
+    elif draft == "itself":
+        path = model
+    else:
+        path = build_arch_model(models_dir / "spec-qwen3_5-small", "qwen3_5", seed=5, num_hidden_layers=2)
     off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64)
-    on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="draft", draft_model=str(draft))
+    on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="draft", draft_model=str(path))
     try:
         on.engine.core.speculator.rates.choose = lambda rows: 4  # verify every step
         want = [off.run([p], max_tokens=30, temperature=0)[0][1] for p in PROMPTS]
         assert [r[1] for r in on.run(PROMPTS, max_tokens=30, temperature=0)] == want
+        assert [on.run([p], max_tokens=30, temperature=0)[0][1] for p in PROMPTS[:2]] == want[:2]
         stats = on.engine.stats.speculative
-        assert stats["method"] == "draft" and stats["proposed"] > stats["accepted"] and stats["verify_steps"] > 1
+        assert stats["method"] == "draft" and stats["verify_steps"] > 1
+        if draft == "itself":
+            assert stats["accepted"] == stats["proposed"] > 40
+        else:
+            assert stats["proposed"] > stats["accepted"]
     finally:
         off.engine.shutdown()
         on.engine.shutdown()

@@ -8,20 +8,22 @@ nothing), then merged. Each verify step first feeds every row the tokens it has 
 the target accepted and its newest token, right-padded to the longest and the padding cut off again),
 then runs K - 1 one-token steps; the positions of the proposals and of the row's newest token are
 trimmed afterwards, so the draft never holds a token the target did not emit, and every row has a token
-to feed next time. Which rows propose, and how many tokens, is the speculator's
+to feed next time. A draft with recurrent layers (a small Qwen3.5 for a large one) feeds a row's
+newest token apart, goes back to the state before it afterwards, and its recurrent layers stop at
+each row's length where rows are right-padded. Which rows propose, and how many tokens, is the speculator's
 choice (:mod:`.speculative`); the target's verification makes the output the target's whatever the draft
 proposes.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from .model_runner import drop_row_tails
+from .rollback import recurrent_layers
 from .sequence import Sequence
 
 DRAFT_CONTEXT = 8192  # a row's newest tokens the draft is prefilled with when the row joins
@@ -69,22 +71,14 @@ def _tokens(seq: Sequence, start: int, end: int) -> list[int]:
     return seq.prompt_ids[start:] + seq.output_ids[:end - p]
 
 
-def _layers_only(model: Any) -> Any:
-    """mlx-lm's language models keep their layers in ``model.model``, callable with a cache."""
-    body = getattr(model, "model", None)
-    if callable(body) and "cache" in inspect.signature(body.__call__).parameters:
-        return body
-    return model
-
-
 class DraftProposer:
     """Greedy proposals of a draft model, batched; see the module's text."""
 
     method = "draft"
 
     def __init__(self, model: Any, vocab_limit: int):
-        self.model = model
-        self._body = _layers_only(model)  # for tokens it only has to remember (no output head)
+        self.model = model  # (its output head is computed only where its logits are read: MLX is lazy)
+        self.recurrent = recurrent_layers(make_prompt_cache(model))  # layers whose state cannot drop positions
         self.vocab_limit = vocab_limit  # token ids the served model has
         self.cache: list[Any] | None = None  # the draft's batch cache, rows in the order of ``seqs``
         self.seqs: list[Sequence] = []
@@ -135,7 +129,7 @@ class DraftProposer:
                 joining = self.joining[seq] = _Joining(make_prompt_cache(self.model), max(0, end - DRAFT_CONTEXT), end)
             while budget > 0 and joining.next < joining.end:
                 n = min(budget, CHUNK, joining.end - joining.next)
-                self._body(mx.array(_tokens(seq, joining.next, joining.next + n))[None], cache=joining.cache)
+                self.model(mx.array(_tokens(seq, joining.next, joining.next + n))[None], cache=joining.cache)
                 mx.eval([c.state for c in joining.cache])
                 joining.next, budget, self.prompt_work = joining.next + n, budget - n, True
             if joining.next >= joining.end:
@@ -160,24 +154,38 @@ class DraftProposer:
         unseen = [_tokens(s, self.seen[s], end) for s, end in zip(self.seqs, ends)]  # at least the newest
         while max(len(u) for u in unseen) > LAST_WIDTH:  # a long lag (pipelined steps): remember it first
             fed = [u[:min(CHUNK, len(u) - LAST_WIDTH)] if len(u) > LAST_WIDTH else [] for u in unseen]
-            self._feed(self._body, fed)
+            self._feed(fed)
             unseen = [u[len(f):] for u, f in zip(unseen, fed)]
             self.prompt_work = True
-        logits = self._feed(self.model, unseen)
+        before = None
+        if self.recurrent:  # the newest token apart: the state before it is where the draft goes back to
+            if max(len(u) for u in unseen) > 1:
+                self._feed([u[:-1] for u in unseen])
+            before = [list(self.cache[i].cache) for i in self.recurrent]
+            unseen = [u[-1:] for u in unseen]
+        logits = self._feed(unseen)
         last = mx.array([len(u) - 1 for u in unseen])
         token = mx.argmax(mx.take_along_axis(logits, last[:, None, None], axis=1)[:, 0, :self.vocab_limit], axis=-1)
         drafts = [token]
         for _ in range(k - 1):
             drafts.append(mx.argmax(self.model(drafts[-1][:, None], cache=self.cache)[:, -1, :self.vocab_limit], axis=-1))
-        for c in self.cache:
-            c.trim(k)  # the draft keeps only tokens the target emitted, less the newest (fed again next time)
+        for i, c in enumerate(self.cache):  # the draft keeps only tokens the target emitted, less the newest
+            if i not in self.recurrent:
+                c.trim(k)
+        for i, states in zip(self.recurrent, before or ()):
+            self.cache[i].cache = states
         for seq, end in zip(self.seqs, ends):
-            self.seen[seq] = end - 1
+            self.seen[seq] = end - 1  # the newest is fed again next time
         return mx.stack(drafts, axis=1).tolist()
 
-    def _feed(self, forward: Any, rows: list[list[int]]) -> mx.array:
-        """Feed each row its tokens (right-padded to the longest), then cut the padding off the cache."""
+    def _feed(self, rows: list[list[int]]) -> mx.array:
+        """Feed each row its tokens (right-padded to the longest; recurrent layers stop at each row's
+        length), then cut the padding off the attention layers' cache."""
         width = max(len(r) for r in rows)
-        out = forward(mx.array([r + [0] * (width - len(r)) for r in rows]), cache=self.cache)
-        drop_row_tails(self.cache, [width - len(r) for r in rows])
+        for i in self.recurrent:
+            self.cache[i].lengths = mx.array([len(r) for r in rows])  # one per layer: advanced in place
+        out = self.model(mx.array([r + [0] * (width - len(r)) for r in rows]), cache=self.cache)
+        for i in self.recurrent:
+            self.cache[i].lengths = None
+        drop_row_tails([c for i, c in enumerate(self.cache) if i not in self.recurrent], [width - len(r) for r in rows])
         return out

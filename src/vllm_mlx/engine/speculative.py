@@ -51,15 +51,14 @@ REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole 
 IDLE_CHECKS = 4  # while no row has proposals, pipelined steps between looks for them
 
 
-def speculation_unsupported(model: Any, deterministic: bool, recurrent: bool = True) -> str | None:
-    """Why speculation cannot run on this model (None when it can); ``recurrent``: whether recurrent
-    layers may be rolled back (:mod:`.rollback`; not in a draft model, whose cache only drops positions)."""
+def speculation_unsupported(model: Any, deterministic: bool) -> str | None:
+    """Why speculation cannot run on this model, or a draft model cannot draft (None when it can)."""
     if deterministic:
         return "--deterministic computes every row alone"
     if getattr(model, "uses_rope_deltas", False) or hasattr(model, "prefill_multimodal"):
         return "vision-language models are not speculated yet"
     kinds = {type(c).__name__ for c in make_prompt_cache(model)}
-    allowed = {KVCache.__name__, ArraysCache.__name__} if recurrent else {KVCache.__name__}
+    allowed = {KVCache.__name__, ArraysCache.__name__}
     if kinds - allowed:
         return (f"its layers keep {', '.join(sorted(kinds - allowed))} caches, whose rejected positions cannot "
                 "be dropped yet")
@@ -78,7 +77,7 @@ def make_proposer(loaded: Any, config: Any, vocab_width: int) -> Any:
         from .draft import load_draft
 
         proposer = load_draft(config.draft_model, loaded, vocab_width)
-        why = speculation_unsupported(proposer.model, deterministic=False, recurrent=False)
+        why = speculation_unsupported(proposer.model, deterministic=False)
         if why:
             raise ValueError(f"--draft-model {config.draft_model} cannot draft: {why}")
         return proposer
