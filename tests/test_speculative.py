@@ -293,9 +293,9 @@ def test_the_request_field(speculating_server, qwen3_server):
     assert out.choices[0].finish_reason == "length"
     assert speculating_server.health()["engine"]["speculative"]["verify_steps"] == before  # this request alone
     with pytest.raises(openai.BadRequestError) as err:
-        fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8, presence_penalty=0.5,
+        fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8, temperature=0.7, seed=3,
                                      extra_body={"speculative": True})
-    assert err.value.body["param"] == "speculative" and "penalties" in err.value.body["message"]
+    assert err.value.body["param"] == "speculative" and "a seed with sampling" in err.value.body["message"]
     # output constraints speculate too (their grammar masks each proposed position): the same output
     tool = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
         "path": {"type": "string"}}, "required": ["path"]}}}]
@@ -364,3 +364,36 @@ def test_grammar_rows_speculate_within_their_grammar(engines):
     assert re.fullmatch(r"(ab|cd|x[0-9]{1,3}){1,30}", want[0][0]) or want[0][2].finish_reason.value == "length"
     after = on.engine.stats.speculative
     assert after["accepted"] > before["accepted"] and after["proposed"] - before["proposed"] > after["accepted"] - before["accepted"]
+
+
+@pytest.mark.parametrize("controls", [dict(presence_penalty=0.6, frequency_penalty=0.3), dict(repetition_penalty=1.3),
+                                      dict(logit_bias=((7, 3.0), (11, -50.0))), dict(min_tokens=20, stop_token_ids=[0]),
+                                      dict(repetition_penalty=1.2, logit_bias=((5, 2.0),), min_tokens=10)])
+def test_rows_with_penalties_bias_and_min_tokens_speculate(engines, controls):
+    """Penalties, logit bias and min_tokens apply at every position of a verify step as a plain step
+    applies them to its one position (the proposals before a position count for its penalties): the
+    output is the output without speculation. Proposals are the reference output with every third run's
+    last token wrong."""
+    off, on = engines
+    tok = on.tokenizer
+    controls = dict(controls)
+    if "stop_token_ids" in controls:  # a token the row makes early: held back until min_tokens
+        controls["stop_token_ids"] = [off.run([PROMPTS[4]], max_tokens=8, temperature=0)[0][1][2]]
+    runs = [off.run([p], max_tokens=40, temperature=0, **controls)[0] for p in PROMPTS[:3]]
+    assert all(r[2].error is None for r in runs)
+    want = [r[1] for r in runs]
+    speculator = on.engine.core.speculator
+    saved = speculator.proposer
+    speculator.proposer = ReferenceProposer({tuple(tok.encode(p)): w for p, w in zip(PROMPTS, want)})
+    before = dict(on.engine.stats.speculative)
+    try:
+        with always_verifying(on):
+            assert [r[1] for r in on.run(PROMPTS[:3], max_tokens=40, temperature=0, **controls)] == want
+    finally:
+        speculator.proposer = saved
+    after = on.engine.stats.speculative
+    assert after["accepted"] - before["accepted"] > 10
+    # sampled rows with the same controls speculate too and end where they should
+    with always_verifying(on):
+        outs = on.run([PROMPTS[4]] * 2, max_tokens=30, temperature=0.8, top_k=20, **controls)
+    assert all(len(o[1]) <= 30 and o[2].finish_reason is not None for o in outs)

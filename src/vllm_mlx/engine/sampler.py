@@ -166,6 +166,29 @@ def process_logits(
     return logits
 
 
+def process_positions(logits: mx.array, params: BatchSamplingParams, penalties: PenaltyState | None,
+                      drafts: mx.array, generated: list[int] | None) -> mx.array:
+    """Steps 1-4 at every position of a verify step (B, K + 1, vocab): position j comes after the row's
+    pending token and its first j proposals (``drafts`` (B, K)), so its penalty counts hold those
+    (``penalties``: with the pending token already added) and ``generated[i] + j`` tokens count toward
+    ``min_tokens``."""
+    logits = logits.astype(mx.float32)
+    b, width, vocab = logits.shape
+    if params.logit_bias is not None:
+        logits = logits + params.logit_bias[:, None]
+    if params.uses_penalties and penalties is not None:
+        before = mx.cumsum((drafts[..., None] == mx.arange(vocab)).astype(mx.float32), axis=1)  # (B, K, vocab)
+        counts = penalties.counts[:, None] + mx.concatenate([mx.zeros((b, 1, vocab)), before], axis=1)
+        seen = penalties.in_prompt[:, None] | (counts > 0)
+        repetition = params.repetition[:, None]
+        logits = mx.where(seen, mx.where(logits > 0, logits / repetition, logits * repetition), logits)
+        logits = logits - params.presence[:, None] * (counts > 0) - params.frequency[:, None] * counts
+    if params.min_tokens is not None and generated is not None:
+        below = mx.array([[g + j < m for j in range(width)] for g, m in zip(generated, params.min_tokens)])
+        logits = mx.where(below[..., None] & params.stop_mask[:, None], _NEG_INF, logits)
+    return logits
+
+
 def _truncate(logits: mx.array, params: BatchSamplingParams) -> mx.array:
     """Mask tokens outside top-k / top-p / min-p, per row."""
     if params.top_k is None and params.top_p is None and params.min_p is None:
@@ -191,8 +214,8 @@ def _truncate(logits: mx.array, params: BatchSamplingParams) -> mx.array:
 
 
 def sampling_probs(logits: mx.array, params: BatchSamplingParams) -> mx.array:
-    """The distribution each row draws its token from (temperature, then top-k/top-p/min-p), (B, vocab);
-    steps 1-4 are not applied (rows that need them do not speculate)."""
+    """The distribution each row draws its token from (temperature, then top-k/top-p/min-p), (B, vocab),
+    of logits steps 1-4 were applied to."""
     return mx.softmax(_truncate(logits.astype(mx.float32) / params.temperature, params), axis=-1)
 
 

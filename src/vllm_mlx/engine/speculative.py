@@ -9,8 +9,8 @@ leading proposals the row would have drawn itself, plus its own next token after
 deterministic given the tokens so far). A step costs one forward of K + 1 positions and yields 1 to
 K + 1 tokens per row.
 
-Which rows speculate: rows drawn from their logits alone (greedy, or temperature / top-k / top-p /
-min-p; no penalties, logit bias, min_tokens or reasoning budget), grammar rows included (their matcher
+Which rows speculate: greedy and sampled rows (temperature, top-k / top-p / min-p, penalties, logit
+bias and min_tokens applied at every position as a plain step applies them), grammar rows included (their matcher
 walks the proposals for a mask at each position, and is rolled back: :func:`~.constraints.proposal_masks`),
 and not seeded sampled rows (which steps verify depends on timing, and a seed promises the same tokens);
 every other row shares the verify step and is sampled from its first position as usual.
@@ -43,7 +43,8 @@ from .ngram import NgramProposer
 from .request import SamplingParams, TokenLogprob
 from .rollback import honours_lengths, repair, snapshot
 from .rows import RowArrays
-from .sampler import BatchSamplingParams, reported_logprobs, sampling_probs, split_row_keys
+from .sampler import (BatchSamplingParams, PenaltyState, process_positions, reported_logprobs, sampling_probs,
+                      split_row_keys)
 from .sequence import Sequence
 from .step_rates import StepRates
 
@@ -87,8 +88,6 @@ def make_proposer(loaded: Any, config: Any, vocab_width: int) -> Any:
 def not_speculated(params: SamplingParams) -> str | None:
     """Why rows with these controls do not speculate (None: they may)."""
     reasons = [name for name, used in (("a seed with sampling", params.seed is not None and not params.greedy),
-                                       ("penalties", params.uses_penalties),
-                                       ("logit_bias", bool(params.logit_bias)), ("min_tokens", params.min_tokens > 0),
                                        ("a thinking budget", params.max_thinking_tokens is not None)) if used]
     return ", ".join(reasons) or None
 
@@ -166,7 +165,7 @@ class Speculator:
 
     @staticmethod
     def eligible(seq: Sequence) -> bool:
-        """Rows drawn from their logits alone (greedy, or temperature / top-k / top-p / min-p)."""
+        """Rows that may speculate: not seeded sampled ones, not those with a thinking budget or media."""
         return (seq.sampling.speculative and not_speculated(seq.sampling) is None and seq.reasoning_budget is None
                 and seq.request.multimodal is None)
 
@@ -262,21 +261,39 @@ class Speculator:
         if self._masks:
             logits = self._masked(logits, seqs)
         drafts, lengths = inputs[:, 1:], mx.array([len(p) for p in proposals])
-        rows = runner.rows
+        rows, params = runner.rows, sampler.batch_params(seqs)
+        processed = self._processed(logits, params, rows, inputs, seqs)
         sampled = any(p and not s.sampling.greedy for s, p in zip(seqs, proposals))
-        accepted, tokens, rows["keys"] = verify_draw(logits, drafts, lengths,
-                                                     sampler.batch_params(seqs) if sampled else None, rows["keys"])
+        accepted, tokens, rows["keys"] = verify_draw(processed, drafts, lengths, params if sampled else None,
+                                                     rows["keys"])
         rows = sampler.next(seqs, logits[:, 0, :], rows, pending_applied=True)  # rows without proposals
         rows["tokens"] = mx.where(lengths > 0, tokens, rows["tokens"])
         rows["drafts"], rows["accepted"], rows["junk"] = drafts, accepted, k - accepted
+        if params.uses_penalties:  # the accepted proposals count for the penalties of the steps after
+            kept = (mx.arange(k)[None] < accepted[:, None]).astype(mx.float32)
+            rows["counts"] = rows["counts"].at[mx.arange(len(seqs))[:, None], drafts].add(kept)
         if runner.recurrent:
             snapshot(rows, before, runner.recurrent, inputs)
         if any(p and s.sampling.logprobs for s, p in zip(seqs, proposals)):
-            self._report_logprobs(rows, logits, drafts, accepted, lengths, sampler.batch_params(seqs))
+            self._report_logprobs(rows, processed, drafts, accepted, lengths, params)
         self._proposed = {s: len(p) for s, p in zip(seqs, proposals) if p}
         self.stats.verify_steps += 1
         self.stats.proposed += sum(self._proposed.values())
         return rows
+
+    @staticmethod
+    def _processed(logits: mx.array, params: BatchSamplingParams, rows: RowArrays, inputs: mx.array,
+                   seqs: list[Sequence]) -> mx.array:
+        """The verify step's logits with each row's logit bias, penalties and ``min_tokens`` applied at
+        every position, as a plain step applies them to its one position (:func:`process_positions`)."""
+        if params.logit_bias is None and not params.uses_penalties and params.min_tokens is None:
+            return logits
+        penalties = None
+        if params.uses_penalties:
+            penalties = PenaltyState(rows["counts"], rows["in_prompt"])
+            penalties.add_tokens(inputs[:, 0])  # the pending token, as a plain step counts it
+        generated = [len(s.output_ids) for s in seqs] if params.min_tokens is not None else None
+        return process_positions(logits, params, penalties, inputs[:, 1:], generated)
 
     def _masked(self, logits: mx.array, seqs: list[Sequence]) -> mx.array:
         """Grammar rows' logits with what their grammar forbids at each position at -inf."""
