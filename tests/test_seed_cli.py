@@ -86,8 +86,9 @@ MAPPED = {
     ("--tool-call-parser", "gpt-oss"): {"tool-call-parser": "openai"},
     ("--reasoning-parser", "gpt_oss"): {"reasoning-parser": "gpt_oss"},
     ("--rate-limit", "0"): {"rate-limit": None},
+    ("--enable-mtp",): {"speculative": "mtp"},
 }
-REFUSED = {("--enable-mtp",), ("--cache-strategy", "legacy"), ("--prefix-cache-size", "100"), ("--offline",),
+REFUSED = {("--mtp-optimistic",), ("--cache-strategy", "legacy"), ("--prefix-cache-size", "100"), ("--offline",),
            ("--prefill-batch-size", "8"), ("--max-cache-blocks", "1000"), ("--repetition-policy", "safe")}
 
 

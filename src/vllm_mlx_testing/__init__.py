@@ -8,6 +8,7 @@ random-model builder and tokenizer training these fixtures reuse.
 * ``build_tiny_model`` -- a random qwen3 / llama model mlx-lm loads normally.
 * ``build_scripted_model`` -- a model whose output is an exact scripted reply.
 * ``first_layers_model`` -- a model's first layers as a draft model.
+* ``add_mtp_head`` -- random multi-token-prediction weights for a Qwen3.5-style model.
 * ``train_tokenizer`` -- the deterministic byte-level BPE tokenizers they use.
 * modules for the other fixtures: ``agent_script``, ``fault_model``,
   ``batch_variant_model``, ``vision_models`` / ``scripted_vision``,
@@ -15,10 +16,11 @@ random-model builder and tokenizer training these fixtures reuse.
   ``embedding_models``, ``arch_models``, ``pipeline_models``, ``attacks``.
 """
 
-from .builders import build_scripted_model, build_tiny_model, first_layers_model
+from .builders import add_mtp_head, build_scripted_model, build_tiny_model, first_layers_model
 from .tokenizer import train_tokenizer
 
 __all__ = [
+    "add_mtp_head",
     "build_scripted_model",
     "build_tiny_model",
     "first_layers_model",

@@ -169,3 +169,37 @@ def first_layers_model(source: str | Path, path: str | Path, num_layers: int) ->
             if ".layers." not in k or int(k.split(".layers.")[1].split(".")[0]) < num_layers}
     mx.save_safetensors(str(path / "model.safetensors"), kept)
     return path
+
+
+def add_mtp_head(path: str | Path, seed: int = 1, exact: bool = False) -> Path:
+    """Add multi-token-prediction weights (``mtp.*``, as Qwen3-Next and Qwen3.5 checkpoints carry them)
+    to the model folder at ``path``, in a safetensors file of their own; returns ``path``.
+
+    Random ones, or with ``exact`` a head that predicts what the model does: the model's layers are
+    silenced (their output projections zeroed, so it predicts from the last token alone) and the head
+    passes the new token's normalized embedding through a silenced layer to the model's final norm --
+    so every greedy proposal is the model's own next token."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from vllm_mlx.engine.mtp import language_model, new_mtp_head
+    from vllm_mlx.models.loader import load_model
+
+    path = Path(path)
+    silenced = (".o_proj.", ".out_proj.", ".down_proj.")
+    if exact:
+        weights = mx.load(str(path / "model.safetensors"))
+        mx.save_safetensors(str(path / "model.safetensors"),
+                            {k: mx.zeros_like(v) if any(s in k for s in silenced) else v for k, v in weights.items()})
+    model = load_model(str(path), compute_dtype="float32").model
+    mx.random.seed(seed)
+    head = new_mtp_head(model)
+    weights = dict(tree_flatten(head.parameters()))
+    if exact:
+        hidden = head.fc.weight.shape[0]
+        weights["fc.weight"] = mx.concatenate([mx.eye(hidden), mx.zeros((hidden, hidden))], axis=1)
+        weights["pre_fc_norm_embedding.weight"] = mx.ones((hidden,))
+        weights["norm.weight"] = language_model(model).model.norm.weight
+        weights = {k: mx.zeros_like(v) if any(s in f".{k}" for s in silenced) else v for k, v in weights.items()}
+    mx.save_safetensors(str(path / "model-mtp.safetensors"), {f"mtp.{k}": v for k, v in weights.items()})
+    return path

@@ -65,8 +65,8 @@ class EngineCore:
         self.sampler = RowSampler(self.vocab_size)
         self.speculator: Speculator | None = None
         if config.speculative != "off":
-            self.speculator = Speculator(config.num_speculative_tokens, make_proposer(loaded, config, self.vocab_size),
-                                         self.vocab_size)
+            proposer = make_proposer(loaded, config, self.vocab_size, runner)
+            self.speculator = Speculator(config.num_speculative_tokens, proposer, self.vocab_size)
         self.profile: StepProfile | None = None  # set to time each step's phases (`vllm-mlx bench rows --profile`)
         # The step record's parts gathered since the last record (see :meth:`take_record`).
         self.record_tokens = False  # whether records carry the decode tokens (a host read-back per step)

@@ -59,6 +59,11 @@ class ModelRunner:
         self.recurrent = [i for i, c in enumerate(layer_caches) if isinstance(c, ArraysCache)]  # their layers
         # Whole prompts can share one left-padded forward when every layer is a plain KV cache.
         self.can_prefill_together = not deterministic and all(type(c) is KVCache for c in layer_caches)
+        # --speculative mtp: decode and verify forwards keep their final hidden states (see capture)
+        self._split: tuple[Any, Any] | None = None
+        self.last_hidden: mx.array | None = None  # (B, L, H) of the last decode or verify forward
+        self.hidden_seqs: list[Sequence] = []  # its rows
+        self.hidden_index: mx.array | None = None  # per row, the position its next token was drawn at (None: 0)
 
     # -- prefill ---------------------------------------------------------
     def prefill(self, seq: Sequence, num_tokens: int) -> mx.array | None:
@@ -149,12 +154,25 @@ class ModelRunner:
                 for i, s in enumerate(self.batch_seqs)
             ])
         if deltas is None:
-            return self.model(tokens[:, None], cache=self.batch_cache)[:, -1, :]
+            return self._forward(tokens[:, None])[:, -1, :]
         return self.model(tokens[:, None], cache=self.batch_cache, rope_deltas=deltas)[:, -1, :]
 
     def verify(self, tokens: mx.array) -> mx.array:
         """Several positions per row (its pending token, then proposed ones) -> logits (B, L, vocab)."""
-        return self.model(tokens, cache=self.batch_cache)
+        return self._forward(tokens)
+
+    def capture(self, body: Any, head: Any) -> None:
+        """Run decode and verify forwards as ``head(body(tokens))`` and keep ``body``'s output (the final
+        hidden states) with its rows, for an MTP head to draft from."""
+        self._split = (body, head)
+
+    def _forward(self, tokens: mx.array) -> mx.array:
+        if self._split is None:
+            return self.model(tokens, cache=self.batch_cache)
+        body, head = self._split
+        hidden = body(tokens, cache=self.batch_cache)
+        self.last_hidden, self.hidden_seqs, self.hidden_index = hidden, list(self.batch_seqs), None
+        return head(hidden)
 
     def _rope_deltas(self) -> mx.array | None:
         """Per-row position offsets of a vision-language model's rows (None when all are 0)."""

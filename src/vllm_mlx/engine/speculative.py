@@ -68,12 +68,16 @@ def speculation_unsupported(model: Any, deterministic: bool) -> str | None:
     return None
 
 
-def make_proposer(loaded: Any, config: Any, vocab_width: int) -> Any:
-    """The proposer of ``config.speculative`` for the served model (``loaded``), or a ValueError saying why
-    this model cannot speculate."""
+def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any) -> Any:
+    """The proposer of ``config.speculative`` for the served model (``loaded``, run by ``runner``), or a
+    ValueError saying why this model cannot speculate."""
     why = speculation_unsupported(loaded.model, config.deterministic)
     if why:
         raise ValueError(f"--speculative {config.speculative} cannot serve this model: {why}")
+    if config.speculative == "mtp":
+        from .mtp import MTPProposer, load_mtp_head
+
+        return MTPProposer(load_mtp_head(loaded.model, loaded.path, loaded.config), loaded.model, runner, vocab_width)
     if config.speculative == "draft":
         from .draft import load_draft
 
@@ -269,6 +273,7 @@ class Speculator:
         rows = sampler.next(seqs, logits[:, 0, :], rows, pending_applied=True)  # rows without proposals
         rows["tokens"] = mx.where(lengths > 0, tokens, rows["tokens"])
         rows["drafts"], rows["accepted"], rows["junk"] = drafts, accepted, k - accepted
+        runner.hidden_index = accepted  # each row's next token is drawn after its accepted proposals
         if params.uses_penalties:  # the accepted proposals count for the penalties of the steps after
             kept = (mx.arange(k)[None] < accepted[:, None]).astype(mx.float32)
             rows["counts"] = rows["counts"].at[mx.arange(len(seqs))[:, None], drafts].add(kept)

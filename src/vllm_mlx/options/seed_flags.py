@@ -71,8 +71,6 @@ def _nonzero(mapping: Mapping, zero_note: str) -> Mapping:
 
 _BATCHED = "batching is always on here (continuous batching; one request alone runs at full speed)"
 _MEMORY_CACHE = "the prefix cache here is made of fixed-size blocks and bounded by memory"
-_NO_MTP = ("multi-token prediction (MTP) drafting is not available here; remove the flag "
-           "(decoding is one token per step)")
 
 SEED_FLAGS: tuple[SeedFlag, ...] = (
     # -- bind / basic
@@ -134,9 +132,11 @@ SEED_FLAGS: tuple[SeedFlag, ...] = (
         "--kv-cache-min-quantize-tokens: with --kv-cache-bits every cached block is quantized here; there is "
         "no minimum (remove the flag)"), "refused: every block is quantized with `--kv-cache-bits`"),
     # -- MTP
-    SeedFlag("--enable-mtp", False, _refuse(f"--enable-mtp: {_NO_MTP}"), "refused (no MTP)"),
-    SeedFlag("--mtp-num-draft-tokens", True, _refuse(f"--mtp-num-draft-tokens: {_NO_MTP}"), "refused (no MTP)"),
-    SeedFlag("--mtp-optimistic", False, _refuse(f"--mtp-optimistic: {_NO_MTP}"), "refused (no MTP)"),
+    SeedFlag("--enable-mtp", False, _to("--speculative", "mtp"), "`--speculative mtp`"),
+    SeedFlag("--mtp-num-draft-tokens", True, _to("--num-speculative-tokens", "{}"), "`--num-speculative-tokens N`"),
+    SeedFlag("--mtp-optimistic", False, _refuse(
+        "--mtp-optimistic: MTP proposals are always checked by the model here, so the output is the model's "
+        "(remove the flag)"), "refused: proposals are always verified"),
     # -- multimodal
     SeedFlag("--disable-mllm-vision-cache", False, _to("--vision-cache-mb", "0"), "`--vision-cache-mb 0`"),
     SeedFlag("--mllm-vision-cache-size", True, _refuse(

@@ -1,0 +1,146 @@
+"""Multi-token prediction heads as the drafter (``--speculative mtp``), for checkpoints that carry them
+(Qwen3-Next, Qwen3.5/3.6: ``mtp.*`` tensors; mlx-lm drops them when it loads the model).
+
+The head takes the served model's final hidden state at a position and the embedding of the token
+drawn there, and predicts the token after it: ``fc([norm(embedding), norm(hidden)])`` -> one decoder
+layer of the model's own full-attention kind -> ``norm`` -> the model's output head. Its output hidden
+state and its token feed it again for the next proposal, so one head proposes K tokens in K small
+forwards. The served model's forwards keep their final hidden states (:meth:`ModelRunner.capture`),
+and a verify step leaves the index of the position each row's next token was drawn at, so the
+proposals of a step start from the row's newest token without another forward of the served model.
+
+The head's layer attends to the positions of its own proposals, not to a cache of the whole sequence
+(the model's hidden state carries the context); a cache of its keys and values along the sequence is
+left for later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.base import create_attention_mask
+from mlx_lm.models.cache import KVCache
+
+from .sequence import Sequence
+
+
+def language_model(model: Any) -> Any:
+    """The text model inside (Qwen3.5's ``language_model``), or the model itself."""
+    return getattr(model, "language_model", model)
+
+
+def output_head(model: Any) -> Any:
+    """The function from final hidden states to logits of an mlx-lm language model."""
+    lm = language_model(model)
+    if getattr(lm, "lm_head", None) is not None:
+        return lm.lm_head
+    return lm.model.embed_tokens.as_linear
+
+
+class MTPHead(nn.Module):
+    def __init__(self, layer: nn.Module, hidden_size: int, eps: float):
+        super().__init__()
+        self.fc = nn.Linear(2 * hidden_size, hidden_size, bias=False)
+        self.pre_fc_norm_embedding = nn.RMSNorm(hidden_size, eps=eps)
+        self.pre_fc_norm_hidden = nn.RMSNorm(hidden_size, eps=eps)
+        self.layers = [layer]
+        self.norm = nn.RMSNorm(hidden_size, eps=eps)
+
+    def __call__(self, hidden: mx.array, embedded: mx.array, cache: list[Any]) -> mx.array:
+        x = self.fc(mx.concatenate([self.pre_fc_norm_embedding(embedded), self.pre_fc_norm_hidden(hidden)], axis=-1))
+        mask = create_attention_mask(x, cache[0])
+        for layer, c in zip(self.layers, cache):
+            x = layer(x, mask=mask, cache=c)
+        return self.norm(x)
+
+
+def mtp_weights(path: Path) -> dict[str, mx.array]:
+    """The ``mtp.*`` tensors of a model folder, named as in :class:`MTPHead`."""
+    weights = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        for key, value in mx.load(str(file)).items():
+            if "mtp." in key:
+                weights[key.split("mtp.", 1)[1]] = value
+    return weights
+
+
+def new_mtp_head(model: Any) -> MTPHead:
+    """An MTP head shaped for ``model`` (its layer: one of the model's full-attention decoder layers)."""
+    lm = language_model(model)
+    args = getattr(lm, "args", None)
+    layers = list(getattr(getattr(lm, "model", None), "layers", []))
+    attention = next((i for i, layer in enumerate(layers) if not getattr(layer, "is_linear", True)), None)
+    if args is None or attention is None:
+        raise ValueError(f"MTP heads of {type(model).__module__.rsplit('.', 1)[-1]} models are not supported "
+                         "(Qwen3-Next and Qwen3.5/3.6 are)")
+    return MTPHead(type(layers[attention])(args, attention), args.hidden_size, args.rms_norm_eps)
+
+
+def load_mtp_head(model: Any, path: Path, config: dict) -> MTPHead:
+    """The MTP head of the checkpoint at ``path`` for ``model`` (mlx-lm's), in the model's dtype;
+    a ValueError saying what is missing when it cannot be built."""
+    weights = mtp_weights(path)
+    if not weights:
+        raise ValueError(f"{path} has no MTP weights (mtp.* tensors): --speculative mtp needs a checkpoint "
+                         "that carries them (Qwen3-Next, Qwen3.5/3.6 as published)")
+    head = new_mtp_head(model)
+    lm = language_model(model)
+    quantization = config.get("quantization") or (config.get("text_config") or {}).get("quantization")
+    if quantization and any(k.endswith(".scales") for k in weights):
+        nn.quantize(head, group_size=quantization["group_size"], bits=quantization["bits"],
+                    class_predicate=lambda p, m: f"{p}.scales" in weights)
+    embed = lm.model.embed_tokens
+    dtype = getattr(embed, "scales", getattr(embed, "weight", None)).dtype
+    weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
+    try:
+        head.load_weights(list(weights.items()), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"the MTP weights of {path} do not fit its MTP head: {exc}") from exc
+    mx.eval(head.parameters())
+    return head
+
+
+class MTPProposer:
+    """Proposals of the checkpoint's MTP head, from the served model's last hidden states."""
+
+    method = "mtp"
+
+    def __init__(self, head: MTPHead, model: Any, runner: Any, vocab_limit: int):
+        self.head = head
+        self.embed = language_model(model).model.embed_tokens
+        self.output = output_head(model)
+        self.runner = runner
+        self.vocab_limit = vocab_limit
+        runner.capture(language_model(model).model, self.output)
+
+    def may_propose(self, seqs: list[Sequence], wants: list[int]) -> bool:
+        return any(wants)
+
+    def forget(self, seqs: list[Sequence]) -> None:
+        pass
+
+    def propose(self, seqs: list[Sequence], wants: list[int]) -> list[list[int]]:
+        """Up to ``wants[i]`` tokens for row i, for rows whose newest token was drawn in the served
+        model's last decode or verify forward (rows that joined since propose from the next step)."""
+        runner = self.runner
+        where = {s: i for i, s in enumerate(runner.hidden_seqs)}
+        rows = [i for i, (s, w) in enumerate(zip(seqs, wants)) if w and s in where]
+        out: list[list[int]] = [[] for _ in seqs]
+        if not rows or runner.last_hidden is None:
+            return out
+        picked = mx.array([where[seqs[i]] for i in rows])
+        hidden = runner.last_hidden[picked]
+        at = runner.hidden_index[picked] if runner.hidden_index is not None else mx.zeros(len(rows), dtype=mx.int32)
+        h = mx.take_along_axis(hidden, at[:, None, None].astype(mx.int32), axis=1)  # (R, 1, H)
+        token = mx.array([seqs[i].output_ids[-1] for i in rows])
+        cache, drafts = [KVCache()], []
+        for _ in range(max(wants[i] for i in rows)):
+            h = self.head(h, self.embed(token[:, None]), cache)
+            token = mx.argmax(self.output(h)[:, -1, :self.vocab_limit], axis=-1)
+            drafts.append(token)
+        for i, row in zip(rows, mx.stack(drafts, axis=1).tolist()):
+            out[i] = row[:wants[i]]
+        return out

@@ -1,0 +1,73 @@
+"""Multi-token-prediction heads as the drafter (--speculative mtp): the head is built from the
+checkpoint's mtp.* weights, drafts from the served model's hidden states, and the output stays the
+model's."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_engine import EngineHarness
+from test_speculative import PROMPTS
+
+
+@pytest.fixture(scope="module")
+def mtp_models(models_dir):
+    """A tiny Qwen3.5 with random MTP weights, and one whose head predicts exactly what it does."""
+    from vllm_mlx_testing import add_mtp_head
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    random = add_mtp_head(build_arch_model(models_dir / "mtp-random", "qwen3_5"))
+    exact = add_mtp_head(build_arch_model(models_dir / "mtp-exact", "qwen3_5"), exact=True)
+    return random, exact
+
+
+@pytest.mark.parametrize("which", ["random", "exact"])
+def test_greedy_output_is_the_models_with_an_mtp_head(mtp_models, which):
+    model = mtp_models[0 if which == "random" else 1]
+    off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64)
+    on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="mtp")
+    try:
+        on.engine.core.speculator.rates.choose = lambda rows: 4  # verify every step
+        for max_tokens in (40, 7):
+            want = [off.run([p], max_tokens=max_tokens, temperature=0)[0][1] for p in PROMPTS]
+            assert [on.run([p], max_tokens=max_tokens, temperature=0)[0][1] for p in PROMPTS] == want
+            assert [r[1] for r in on.run(PROMPTS, max_tokens=max_tokens, temperature=0)] == want
+        stats = on.engine.stats.speculative
+        assert stats["method"] == "mtp" and stats["verify_steps"] > 20
+        if which == "exact":  # the head's proposals are the model's next tokens: every one is accepted
+            assert stats["accepted"] == stats["proposed"] > 100
+        else:
+            assert stats["proposed"] > stats["accepted"]
+        outs = on.run([PROMPTS[4]] * 3, max_tokens=30, temperature=0.7, top_p=0.9, ignore_eos=True)  # sampled too
+        assert all(len(o[1]) == 30 for o in outs)
+    finally:
+        off.engine.shutdown()
+        on.engine.shutdown()
+
+
+def test_a_checkpoint_without_mtp_weights_is_refused(tiny_qwen3, models_dir):
+    from vllm_mlx.engine.mtp import load_mtp_head
+    from vllm_mlx.models.loader import load_model
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    plain = build_arch_model(models_dir / "mtp-none", "qwen3_5")
+    loaded = load_model(str(plain), compute_dtype="float32")
+    with pytest.raises(ValueError, match="has no MTP weights"):
+        load_mtp_head(loaded.model, loaded.path, loaded.config)
+    with pytest.raises(Exception, match="has no MTP weights"):
+        EngineHarness(tiny_qwen3, speculative="mtp")
+
+
+def test_served_with_the_seed_flag(start_server, mtp_models):
+    """`--enable-mtp` (the earlier vllm-mlx's flag) serves with the MTP head: a request that speculates
+    answers what the same request without speculation does."""
+    import openai
+
+    server = start_server(mtp_models[1], "--served-model-name", "q35", "--enable-mtp", "--mtp-num-draft-tokens", "3")
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x")
+    texts = [client.completions.create(model="q35", prompt="Tell me a story about the sea.", max_tokens=48,
+                                       temperature=0, extra_body={"speculative": flag}).choices[0].text
+             for flag in (False, True)]
+    assert texts[0] == texts[1] and texts[0]
+    stats = server.health()["engine"]["speculative"]
+    assert stats["method"] == "mtp" and stats["accepted"] > 0
