@@ -110,3 +110,34 @@ def test_served_lfm2_speculates_with_its_output_unchanged(start_server, models_d
     assert texts[0] == texts[1] and texts[0]
     stats = server.health()["engine"]["speculative"]
     assert stats["verify_steps"] > 0 and stats["accepted"] > 0
+
+
+def test_a_row_ended_by_its_consumer_during_a_verify_step_is_not_cached_past_its_tokens(models_dir):
+    """A stop string ends a row from outside the engine, between steps, while its verify step is in
+    flight: its recurrent state is then past its tokens, so the completion must not be cached under
+    them (a later turn would restore a wrong state). The next turn's output stays the model's."""
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    model = build_arch_model(models_dir / "spec-qwen3_5", "qwen3_5")
+    off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64)
+    on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="ngram")
+    try:
+        prompt = on.tokenizer.encode(PROMPTS[1])
+        want = off.run([prompt], max_tokens=40, temperature=0)[0][1]
+        speculator = on.engine.core.speculator
+        speculator.proposer = ReferenceProposer({tuple(prompt): want})
+        speculator.proposer.wrong_every = 0
+        speculator.rates.choose = lambda rows: 2  # verify every step, two proposals at a time
+        rid = on.submit(prompt, max_tokens=40, temperature=0)
+        with on.cond:  # the consumer ends the row once it has 12 tokens (as a stop string would)
+            assert on.cond.wait_for(lambda: sum(len(o.token_ids) for o in on.outputs.get(rid, [])) >= 12, 30)
+        on.engine.finish_row(rid, 0)
+        on.wait(rid)
+        got = [t for o in on.outputs[rid] for t in o.token_ids]
+        assert got == want[:len(got)] and len(got) < 40
+        follow = prompt + got + on.tokenizer.encode(" and then")
+        assert on.run([follow], max_tokens=20, temperature=0)[0][1] == off.run([follow], max_tokens=20,
+                                                                               temperature=0)[0][1]
+    finally:
+        off.engine.shutdown()
+        on.engine.shutdown()
