@@ -309,7 +309,8 @@ def test_rows_bench_against_an_engine_with_speculation(tiny_qwen3, tmp_path, met
     assert "the engine without speculation" in r.stdout and f"speculation ({method}, all rounds)" in r.stdout
     result = json.loads(out.read_text())
     assert result["summary"]["2"]["ratio_speculative"]["median"] > 0
-    assert result["speculation"]["method"] == method and result["speculation"]["proposed"] >= result["speculation"]["accepted"]
+    spec = result["speculation"]
+    assert spec["method"] == method and spec["proposed"] >= spec["accepted"]
     if method == "draft":
         r = bench("rows", tiny_qwen3, "--speculative", "draft")
         assert r.returncode == 2 and "--speculative draft and --draft-model MODEL go together" in r.stderr

@@ -196,7 +196,11 @@ def check_rows_that_do_not_speculate(off, on):
 
 
 def test_speculated_tokens_report_the_models_logprobs(engines):
-    off, on = engines
+    check_logprobs(*engines)
+
+
+def check_logprobs(off, on):
+    """A speculating row's logprobs and top logprobs are the model's, at each position."""
     before = on.engine.stats.speculative["accepted"]
     runs = []
     for harness in (off, on):
@@ -225,7 +229,10 @@ def always_verifying(harness):
 
 
 def test_sampled_rows_speculate_and_end_where_they_should(engines):
-    _, on = engines
+    check_sampled_rows(engines[1])
+
+
+def check_sampled_rows(on):
     before = on.engine.stats.speculative["accepted"]
     with always_verifying(on):
         outs = on.run([PROMPTS[4]] * 4, max_tokens=30, temperature=0.3, top_p=0.95)
@@ -234,7 +241,11 @@ def test_sampled_rows_speculate_and_end_where_they_should(engines):
 
 
 def test_the_prefix_cache_reuses_a_speculated_conversation(engines):
-    off, on = engines
+    check_prefix_cache_reuse(*engines)
+
+
+def check_prefix_cache_reuse(off, on):
+    """A speculated completion is cached, and the next turn reuses it with the model's output."""
     first = on.run([PROMPTS[1]], max_tokens=30, temperature=0)[0][1]
     follow = on.tokenizer.encode(PROMPTS[1]) + first + on.tokenizer.encode(" and then")
     hits = on.engine.stats.prefix_cache["hit_tokens"]
@@ -250,36 +261,46 @@ def speculating_server(start_server, tiny_qwen3):
 
 
 def test_served_output_and_stats(speculating_server, qwen3_server):
+    check_served_like_plain(speculating_server, qwen3_server, "ngram")
+
+
+def check_served_like_plain(server, plain, method: str) -> None:
+    """A streamed greedy chat answers as on the server without speculation; /health and /metrics
+    report ``method``'s proposals."""
     import httpx
     import openai
 
     messages = [{"role": "user", "content": "repeat after me: " + "the cat sat on the mat. " * 4}]
     texts = []
-    for server in (qwen3_server, speculating_server):
-        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x")
+    for each in (plain, server):
+        client = openai.OpenAI(base_url=each.base_url + "/v1", api_key="x")
         stream = client.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=48,
                                                 temperature=0, stream=True)
         texts.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
     assert texts[0] == texts[1] and texts[0]
-    stats = speculating_server.health()["engine"]["speculative"]
-    assert stats["method"] == "ngram" and stats["proposed"] >= stats["accepted"] > 0
-    metrics = httpx.get(speculating_server.base_url + "/metrics").text
-    assert 'vllm_mlx_speculative_accepted_total{method="ngram"}' in metrics
+    stats = server.health()["engine"]["speculative"]
+    assert stats["method"] == method and stats["proposed"] >= stats["accepted"] > 0
+    metrics = httpx.get(server.base_url + "/metrics").text
+    assert f'vllm_mlx_speculative_accepted_total{{method="{method}"}}' in metrics
 
 
-def test_a_model_that_cannot_speculate_does_not_start(models_dir):
+def refused_at_start(*args: str, says: str) -> None:
+    """`vllm-mlx serve ARGS` exits with an error that says ``says``."""
     import subprocess
     import sys
     from pathlib import Path
 
+    serve = [str(Path(sys.executable).with_name("vllm-mlx")), "serve", *map(str, args), "--port", "9"]
+    result = subprocess.run(serve, capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0
+    assert says in result.stderr + result.stdout
+
+
+def test_a_model_that_cannot_speculate_does_not_start(models_dir):
     from vllm_mlx_testing.arch_models import build_arch_model
 
     model = build_arch_model(models_dir / "spec-gemma3", "gemma3_text")
-    serve = [str(Path(sys.executable).with_name("vllm-mlx")), "serve", str(model), "--speculative", "ngram",
-             "--port", "9"]
-    result = subprocess.run(serve, capture_output=True, text=True, timeout=180)
-    assert result.returncode != 0
-    assert "--speculative ngram cannot serve this model" in result.stderr + result.stdout
+    refused_at_start(model, "--speculative", "ngram", says="--speculative ngram cannot serve this model")
 
 
 def test_the_request_field(speculating_server, qwen3_server):
@@ -363,7 +384,8 @@ def test_grammar_rows_speculate_within_their_grammar(engines):
         speculator.proposer = saved
     assert re.fullmatch(r"(ab|cd|x[0-9]{1,3}){1,30}", want[0][0]) or want[0][2].finish_reason.value == "length"
     after = on.engine.stats.speculative
-    assert after["accepted"] > before["accepted"] and after["proposed"] - before["proposed"] > after["accepted"] - before["accepted"]
+    proposed, accepted = after["proposed"] - before["proposed"], after["accepted"] - before["accepted"]
+    assert proposed > accepted > 0
 
 
 @pytest.mark.parametrize("controls", [dict(presence_penalty=0.6, frequency_penalty=0.3), dict(repetition_penalty=1.3),

@@ -8,7 +8,8 @@ import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
 from test_engine import EngineHarness
-from test_speculative import PROMPTS, always_verifying, check_rows_that_do_not_speculate
+from test_speculative import (PROMPTS, check_logprobs, check_prefix_cache_reuse, check_rows_that_do_not_speculate,
+                              check_sampled_rows, check_served_like_plain, refused_at_start)
 from vllm_mlx.engine import draft as draft_module
 from vllm_mlx.engine.draft import DraftProposer, check_vocabulary
 from vllm_mlx.models.loader import load_model
@@ -117,22 +118,10 @@ def test_greedy_output_is_the_same_with_a_draft_alone_and_batched(engines):
 
 def test_logprobs_n_and_sampled_rows_with_a_draft(engines):
     off, _, on = engines
-    runs = []
-    for harness in (off, on):
-        with always_verifying(on):
-            rid = harness.submit(PROMPTS[4], max_tokens=30, temperature=0, logprobs=True, top_logprobs=3)
-            harness.wait(rid)
-        runs.append([lp for o in harness.outputs[rid] for lp in o.logprobs])
-    want, got = runs
-    assert [lp.token_id for lp in got] == [lp.token_id for lp in want] and len(got) == 30
-    assert [lp.logprob for lp in got] == pytest.approx([lp.logprob for lp in want], abs=1e-4)
+    check_logprobs(off, on)
     two = on.run([PROMPTS[0]], max_tokens=20, temperature=0, n=2)[0]
     assert len(two[1]) == 40  # both continuations, 20 tokens each
-    before = on.engine.stats.speculative["accepted"]
-    with always_verifying(on):
-        outs = on.run([PROMPTS[4]] * 4, max_tokens=30, temperature=0.3, top_p=0.95)
-    assert all(len(o[1]) == 30 and o[2].finish_reason.value == "length" for o in outs)
-    assert on.engine.stats.speculative["accepted"] > before
+    check_sampled_rows(on)
 
 
 def test_stop_tokens_and_rows_that_do_not_speculate_with_a_draft(engines):
@@ -142,44 +131,25 @@ def test_stop_tokens_and_rows_that_do_not_speculate_with_a_draft(engines):
 
 def test_the_prefix_cache_reuses_a_conversation_drafted_for(engines):
     off, on, _ = engines
-    first = on.run([PROMPTS[1]], max_tokens=30, temperature=0)[0][1]
-    follow = on.tokenizer.encode(PROMPTS[1]) + first + on.tokenizer.encode(" and then")
-    hits = on.engine.stats.prefix_cache["hit_tokens"]
-    again = on.run([follow], max_tokens=30, temperature=0)[0]
-    assert on.engine.stats.prefix_cache["hit_tokens"] > hits
-    assert again[1] == off.run([follow], max_tokens=30, temperature=0)[0][1]
+    check_prefix_cache_reuse(off, on)
 
 
 def test_served_with_a_draft_model(start_server, tiny_qwen3, models_dir, qwen3_server):
-    import httpx
-    import openai
     from vllm_mlx_testing import first_layers_model
 
     early_exit = first_layers_model(tiny_qwen3, models_dir / "tiny-qwen3-first-layer", 1)
     drafted = start_server(tiny_qwen3, "--served-model-name", "tiny-qwen3", "--draft-model", early_exit)
-    messages = [{"role": "user", "content": "repeat after me: " + "the cat sat on the mat. " * 4}]
-    texts = []
-    for server in (qwen3_server, drafted):
-        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x")
-        stream = client.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=48,
-                                                temperature=0, stream=True)
-        texts.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
-    assert texts[0] == texts[1] and texts[0]
-    stats = drafted.health()["engine"]["speculative"]
-    assert stats["method"] == "draft" and stats["proposed"] >= stats["accepted"] > 0
-    assert 'vllm_mlx_speculative_accepted_total{method="draft"}' in httpx.get(drafted.base_url + "/metrics").text
+    check_served_like_plain(drafted, qwen3_server, "draft")
 
 
 def test_a_draft_with_another_vocabulary_does_not_start(models_dir, tiny_qwen3):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from vllm_mlx_testing import build_tiny_model
 
     llama = build_tiny_model(models_dir / "draft-llama-serve", "llama")
-    serve = [str(Path(sys.executable).with_name("vllm-mlx")), "serve", str(tiny_qwen3), "--draft-model", str(llama),
-             "--port", "9"]
-    result = subprocess.run(serve, capture_output=True, text=True, timeout=180)
-    assert result.returncode != 0
-    assert "has another vocabulary than the served model" in result.stderr + result.stdout
+    refused_at_start(tiny_qwen3, "--draft-model", llama, says="has another vocabulary than the served model")
+
+
+def test_memory_admission_counts_the_drafts_keys_and_values(engines):
+    off, itself, small = engines
+    assert itself.engine.kv_bytes_per_token == 2 * off.engine.kv_bytes_per_token  # the same model twice
+    assert off.engine.kv_bytes_per_token < small.engine.kv_bytes_per_token < itself.engine.kv_bytes_per_token

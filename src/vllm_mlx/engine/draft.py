@@ -78,6 +78,7 @@ class DraftProposer:
 
     def __init__(self, model: Any, vocab_limit: int):
         self.model = model  # (its output head is computed only where its logits are read: MLX is lazy)
+        self.draft_model = model  # what the engine counts in its keys and values per token
         self.recurrent = recurrent_layers(make_prompt_cache(model))  # layers whose state cannot drop positions
         self.vocab_limit = vocab_limit  # token ids the served model has
         self.cache: list[Any] | None = None  # the draft's batch cache, rows in the order of ``seqs``
@@ -168,7 +169,8 @@ class DraftProposer:
         token = mx.argmax(mx.take_along_axis(logits, last[:, None, None], axis=1)[:, 0, :self.vocab_limit], axis=-1)
         drafts = [token]
         for _ in range(k - 1):
-            drafts.append(mx.argmax(self.model(drafts[-1][:, None], cache=self.cache)[:, -1, :self.vocab_limit], axis=-1))
+            logits = self.model(drafts[-1][:, None], cache=self.cache)
+            drafts.append(mx.argmax(logits[:, -1, :self.vocab_limit], axis=-1))
         for i, c in enumerate(self.cache):  # the draft keeps only tokens the target emitted, less the newest
             if i not in self.recurrent:
                 c.trim(k)

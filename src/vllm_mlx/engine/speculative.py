@@ -1,19 +1,21 @@
 """Speculative decoding inside the batched decode: proposals from the row's own prompt and output
-(:mod:`.ngram`, ``--speculative ngram``) or from a draft model (:mod:`.draft`, ``--draft-model``),
-verified by the served model.
+(:mod:`.ngram`, ``--speculative ngram``), from a draft model (:mod:`.draft`, ``--draft-model``) or from
+the checkpoint's multi-token-prediction head (:mod:`.mtp`, ``--speculative mtp``), verified by the
+served model.
 
 One *verify* step feeds every row ``[its pending token, its proposals]`` -- rows with fewer proposals are
 padded, rows that do not speculate take part with their first position only -- and keeps, per row, the
 leading proposals the row would have drawn itself, plus its own next token after them
-(:func:`verify_draw`: exact for greedy rows, speculative sampling for sampled ones; both proposers are
+(:func:`verify_draw`: exact for greedy rows, speculative sampling for sampled ones; every proposer is
 deterministic given the tokens so far). A step costs one forward of K + 1 positions and yields 1 to
 K + 1 tokens per row.
 
-Which rows speculate: greedy and sampled rows (temperature, top-k / top-p / min-p, penalties, logit
-bias and min_tokens applied at every position as a plain step applies them), grammar rows included (their matcher
-walks the proposals for a mask at each position, and is rolled back: :func:`~.constraints.proposal_masks`),
-and not seeded sampled rows (which steps verify depends on timing, and a seed promises the same tokens);
-every other row shares the verify step and is sampled from its first position as usual.
+Which rows speculate: greedy and sampled rows (temperature, top-k / top-p / min-p; penalties, logit
+bias and min_tokens applied at every position as a plain step applies them), grammar rows included
+(their matcher walks the proposals for a mask at each position and is rolled back:
+:func:`~.constraints.proposal_masks`); not seeded sampled rows (which steps verify depends on timing,
+and a seed promises the same tokens) nor rows with a thinking budget, which share the verify step and
+are sampled from its first position as usual.
 
 The step is synchronous: a verify step needs the rows' latest tokens on the host (to propose after
 them), and the next step needs each row's accepted count (to drop the rejected proposals' keys and
@@ -153,7 +155,8 @@ def verify_draw(logits: mx.array, drafts: mx.array, lengths: mx.array, params: B
 
 class Speculator:
     """Per-row proposal lengths, the verify step's graph and the batch cache's repair after it;
-    ``proposer``: where proposals come from (:class:`~.ngram.NgramProposer`, :class:`~.draft.DraftProposer`)."""
+    ``proposer``: where proposals come from (:class:`~.ngram.NgramProposer`, :class:`~.draft.DraftProposer`,
+    :class:`~.mtp.MTPProposer`)."""
 
     def __init__(self, num_tokens: int, proposer: Any, vocab_size: int):
         self.num_tokens = num_tokens
