@@ -10,7 +10,7 @@ import pytest
 from mlx_lm.models.cache import BatchKVCache
 
 from test_engine import EngineHarness
-from vllm_mlx.engine.model_runner import drop_row_tails
+from vllm_mlx.engine.model_runner import drop_row_tails, in_temporal_order
 from vllm_mlx.engine.ngram import NgramIndex
 from vllm_mlx.engine.speculative import speculation_unsupported
 
@@ -109,12 +109,51 @@ def test_verified_tokens_follow_each_rows_own_distribution(controls):
         assert max(abs(f - e) for f, e in zip(freq, expected)) < 0.03, (freq, expected)
 
 
+def test_sliding_window_caches_keep_each_rows_window():
+    """mlx-lm's batch cache of sliding-window layers, through many multi-token steps whose rows keep
+    different numbers of positions (cut with drop_row_tails) and one-token steps between them, rows of
+    very different lengths: at every step each row's queries see exactly the last window of its own
+    positions (the keys hold their positions, so what the mask lets through can be read)."""
+    import random
+
+    from mlx_lm.models.cache import BatchRotatingKVCache, RotatingKVCache
+
+    window, rng = 16, random.Random(0)
+    lengths = [36, 1, 9, 17, 2]
+    caches = []
+    for n in lengths:
+        cache = RotatingKVCache(max_size=window)
+        positions = mx.arange(n, dtype=mx.float32).reshape(1, 1, n, 1)
+        cache.update_and_fetch(positions, positions)
+        caches.append(cache)
+    batch = [BatchRotatingKVCache.merge(caches)]
+    nxt = list(lengths)
+    for step in range(120):
+        width = 5 if rng.random() < 0.6 else 1
+        if width > 1:
+            in_temporal_order(batch)  # as ModelRunner.verify does before a multi-token step
+        mask = batch[0].make_mask(width, window_size=window, return_array=True)
+        new = mx.array([[p + j for j in range(width)] for p in nxt], dtype=mx.float32)[:, None, :, None]
+        keys, _ = batch[0].update_and_fetch(new, new)
+        mask = mx.broadcast_to(mask, (len(nxt), 1, width, keys.shape[2]))
+        for r, first in enumerate(nxt):
+            for j in range(width):
+                seen = sorted(int(k) for k, ok in zip(keys[r, 0, :, 0].tolist(), mask[r, 0, j].tolist()) if ok)
+                assert seen == list(range(max(0, first + j - window + 1), first + j + 1)), (step, r, j)
+        junk = [rng.randrange(0, width) for _ in nxt] if width > 1 else [0] * len(nxt)
+        drop_row_tails(batch, junk)
+        nxt = [p + width - j for p, j in zip(nxt, junk)]
+
+
 def test_models_whose_caches_cannot_drop_positions_are_refused(models_dir):
     from vllm_mlx.models.loader import load_model
     from vllm_mlx_testing.arch_models import build_arch_model
 
-    model = load_model(str(build_arch_model(models_dir / "spec-gemma3", "gemma3_text")), compute_dtype="float32").model
-    assert "RotatingKVCache" in speculation_unsupported(model, deterministic=False)
+    model = load_model(str(build_arch_model(models_dir / "spec-falcon", "falcon_h1")), compute_dtype="float32").model
+    assert "CacheList" in speculation_unsupported(model, deterministic=False)
+    gemma = load_model(str(build_arch_model(models_dir / "spec-gemma3", "gemma3_text")), compute_dtype="float32").model
+    assert speculation_unsupported(gemma, deterministic=False) is None  # sliding windows: cut after a step
+    assert "RotatingKVCache" in speculation_unsupported(gemma, deterministic=False, sliding=False)  # as a draft
 
 
 class ReferenceProposer:
@@ -299,7 +338,7 @@ def refused_at_start(*args: str, says: str) -> None:
 def test_a_model_that_cannot_speculate_does_not_start(models_dir):
     from vllm_mlx_testing.arch_models import build_arch_model
 
-    model = build_arch_model(models_dir / "spec-gemma3", "gemma3_text")
+    model = build_arch_model(models_dir / "spec-falcon", "falcon_h1")
     refused_at_start(model, "--speculative", "ngram", says="--speculative ngram cannot serve this model")
 
 

@@ -1,6 +1,7 @@
-"""Speculation on models with recurrent layers (Qwen3.5/3.6, Qwen3-Next, LFM2): rejected proposals are
-rolled back through a snapshot of the recurrent state and a forward over the kept positions
-(engine/rollback.py); the output stays the output without speculation."""
+"""Speculation on models whose caches cannot simply drop positions: recurrent layers (Qwen3.5/3.6,
+Qwen3-Next, LFM2) are rolled back through a snapshot of their state and a forward over the kept positions
+(engine/rollback.py); sliding-window layers (Gemma 3/4, gpt-oss) are cut right after the step, their ring
+in temporal order (model_runner.drop_row_tails). The output stays the output without speculation."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from test_engine import EngineHarness
 from test_speculative import PROMPTS, ReferenceProposer
 
 
-@pytest.mark.parametrize("arch", ["qwen3_5", "qwen3_next", "lfm2"])
-def test_rejected_proposals_are_rolled_back_in_recurrent_layers(arch, models_dir):
+@pytest.mark.parametrize("arch", ["qwen3_5", "qwen3_next", "lfm2", "gemma3_text", "gpt_oss", "gemma4_text"])
+def test_rejected_proposals_leave_recurrent_and_sliding_window_layers_as_without_them(arch, models_dir):
     from vllm_mlx_testing.arch_models import build_arch_model
 
     model = build_arch_model(models_dir / f"spec-{arch}", arch)

@@ -22,7 +22,8 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import ArraysCache, BatchKVCache, KVCache, dynamic_roll, make_prompt_cache
+from mlx_lm.models.cache import (ArraysCache, BatchKVCache, BatchRotatingKVCache, KVCache, dynamic_roll,
+                                 make_prompt_cache)
 
 from .rows import RowArrays
 from .sequence import Sequence
@@ -159,6 +160,7 @@ class ModelRunner:
 
     def verify(self, tokens: mx.array) -> mx.array:
         """Several positions per row (its pending token, then proposed ones) -> logits (B, L, vocab)."""
+        in_temporal_order(self.batch_cache or [])
         return self._forward(tokens)
 
     def capture(self, body: Any, head: Any) -> None:
@@ -203,6 +205,15 @@ def group_for_padding(prompts: list[Sequence]) -> list[list[Sequence]]:
     return groups
 
 
+def in_temporal_order(batch_cache: list[Any]) -> None:
+    """Put sliding-window layers' ring buffers in temporal order before a multi-token step: mlx-lm's
+    mask for such a step assumes the order its update puts the ring in first (one position off for a
+    row with left padding otherwise)."""
+    for c in batch_cache:
+        if isinstance(c, BatchRotatingKVCache):
+            c._temporal_order()
+
+
 COMPACT_PADDING = 64  # left padding every row of a batch cache has before it is cut off
 
 
@@ -211,7 +222,11 @@ def drop_row_tails(batch_cache: list[Any], junk: list[int]) -> None:
     padding): the part all rows share is trimmed; a row with more is rolled right by the difference, into
     its left padding, as mlx-lm's ``BatchKVCache.finalize`` does for right padding (only those rows, and
     only the filled part of the cache). Once every row has ``COMPACT_PADDING`` positions of left padding,
-    they are cut off (rows take turns accepting the most, so all of them gather padding)."""
+    they are cut off (rows take turns accepting the most, so all of them gather padding). A sliding-window
+    layer's cache (mlx-lm's ``BatchRotatingKVCache``) is cut right after a multi-token step, which leaves
+    it in temporal order holding a window and the step: the rows keep at least a window each, and the
+    next step's trim of its oldest positions takes the padding first (the roll is the one mlx-lm applies
+    to right-padded prompts)."""
     if max(junk, default=0) == 0 or not batch_cache:
         return
     common = min(junk)
@@ -220,11 +235,14 @@ def drop_row_tails(batch_cache: list[Any], junk: list[int]) -> None:
     if rows:
         sel, shifts, moved = mx.array(rows), mx.array([rest[i] for i in rows])[:, None], mx.array(rest)
     for c in batch_cache:
-        if common:
+        rotating = isinstance(c, BatchRotatingKVCache)  # sliding-window layers: after a multi-token step
+        if common:  # the buffer is in temporal order, ``_idx`` long (a window plus the step, at most)
             c.trim(common)
+        if rotating:
+            c.keys, c.values = c.keys[..., :c._idx, :], c.values[..., :c._idx, :]
         if not rows:
             continue
-        end = c.size()
+        end = c._idx if rotating else c.size()
         c.keys[sel, :, :end] = dynamic_roll(c.keys[sel, :, :end], shifts, axis=2)
         c.values[sel, :, :end] = dynamic_roll(c.values[sel, :, :end], shifts, axis=2)
         c.left_padding = c.left_padding + moved

@@ -37,7 +37,7 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import ArraysCache, KVCache, make_prompt_cache
+from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache, make_prompt_cache
 
 from .constraints import proposal_masks, unpack_bitmask
 from .model_runner import drop_row_tails
@@ -54,14 +54,15 @@ REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole 
 IDLE_CHECKS = 4  # while no row has proposals, pipelined steps between looks for them
 
 
-def speculation_unsupported(model: Any, deterministic: bool) -> str | None:
-    """Why speculation cannot run on this model, or a draft model cannot draft (None when it can)."""
+def speculation_unsupported(model: Any, deterministic: bool, sliding: bool = True) -> str | None:
+    """Why speculation cannot run on this model (None when it can); ``sliding``: whether sliding-window
+    layers may be cut after a step (not in a draft model, whose one-token steps rotate their cache)."""
     if deterministic:
         return "--deterministic computes every row alone"
     if getattr(model, "uses_rope_deltas", False) or hasattr(model, "prefill_multimodal"):
         return "vision-language models are not speculated yet"
     kinds = {type(c).__name__ for c in make_prompt_cache(model)}
-    allowed = {KVCache.__name__, ArraysCache.__name__}
+    allowed = {KVCache.__name__, ArraysCache.__name__} | ({RotatingKVCache.__name__} if sliding else set())
     if kinds - allowed:
         return (f"its layers keep {', '.join(sorted(kinds - allowed))} caches, whose rejected positions cannot "
                 "be dropped yet")
@@ -84,7 +85,7 @@ def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any) -> An
         from .draft import load_draft
 
         proposer = load_draft(config.draft_model, loaded, vocab_width)
-        why = speculation_unsupported(proposer.model, deterministic=False)
+        why = speculation_unsupported(proposer.model, deterministic=False, sliding=False)
         if why:
             raise ValueError(f"--draft-model {config.draft_model} cannot draft: {why}")
         return proposer
