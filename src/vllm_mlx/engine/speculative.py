@@ -60,7 +60,8 @@ def speculation_unsupported(model: Any, deterministic: bool, sliding: bool = Tru
     if deterministic:
         return "--deterministic computes every row alone"
     if getattr(model, "uses_rope_deltas", False) or hasattr(model, "prefill_multimodal"):
-        return "vision-language models are not speculated yet"
+        return ("vision-language models are not speculated yet (a Qwen3.5/3.6 folder serves as a text model, "
+                "which speculates, with --text-only)")
     kinds = {type(c).__name__ for c in make_prompt_cache(model)}
     allowed = {KVCache.__name__, ArraysCache.__name__} | ({RotatingKVCache.__name__} if sliding else set())
     if kinds - allowed:

@@ -150,8 +150,8 @@ OPTIONS: tuple[Option, ...] = (
            choices=("off", "ngram", "draft", "mtp")),
     Option("draft_model", None, "a smaller model with the served model's tokenizer (folder or Hugging Face repo "
            "id) that proposes tokens for --speculative draft; giving it turns that on", metavar="MODEL"),
-    Option("num_speculative_tokens", 4, "with --speculative: most tokens a request proposes per step (default: "
-           "%(default)s)", int, check=at_least(1)),
+    Option("num_speculative_tokens", 4, "with --speculative: most tokens a request proposes per "
+           "step (default: %(default)s)", int, check=at_least(1)),
     Option("continuous_batching", False, "accepted for compatibility: batching is always on", bool),
     Option("shutdown_timeout", 30.0, "on SIGTERM, seconds in-flight requests may keep running before they are "
            "ended with a final event (default: %(default)s)", float, check=not_negative),
