@@ -353,9 +353,14 @@ def test_the_request_field(speculating_server, qwen3_server):
     assert out.choices[0].finish_reason == "length"
     assert speculating_server.health()["engine"]["speculative"]["verify_steps"] == before  # this request alone
     with pytest.raises(openai.BadRequestError) as err:
-        fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8, temperature=0.7, seed=3,
-                                     extra_body={"speculative": True})
-    assert err.value.body["param"] == "speculative" and "a seed with sampling" in err.value.body["message"]
+        fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8,
+                                     extra_body={"speculative": True, "max_thinking_tokens": 4})
+    assert err.value.body["param"] == "speculative" and "a thinking budget" in err.value.body["message"]
+    # a seeded sampled request speculates, and answers what it answers without speculation
+    seeded = [fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=40, temperature=0.8,
+                                           seed=11, extra_body={"speculative": flag}).choices[0].message.content
+              for flag in (False, True)]
+    assert seeded[0] == seeded[1] and seeded[0]
     # output constraints speculate too (their grammar masks each proposed position): the same output
     tool = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
         "path": {"type": "string"}}, "required": ["path"]}}}]
@@ -458,3 +463,28 @@ def test_rows_with_penalties_bias_and_min_tokens_speculate(engines, controls):
     with always_verifying(on):
         outs = on.run([PROMPTS[4]] * 2, max_tokens=30, temperature=0.8, top_k=20, **controls)
     assert all(len(o[1]) <= 30 and o[2].finish_reason is not None for o in outs)
+
+
+@pytest.mark.parametrize("controls", [dict(temperature=0.8), dict(temperature=0.7, top_k=20),
+                                      dict(temperature=1.0, top_p=0.9), dict(temperature=0.9, min_p=0.05),
+                                      dict(temperature=0.8, presence_penalty=0.5, logit_bias=((9, 2.0),))])
+def test_seeded_sampled_rows_speculate_and_draw_the_same_tokens(engines, controls):
+    """A verify step draws each position as a step at a time would (the row's key after as many splits,
+    the same Gumbel-max draw) and keeps the proposals equal to its draws: a seeded sampled row gives the
+    very tokens it gives without speculation, alone and beside other rows, accepting proposals."""
+    off, on = engines
+    tok = on.tokenizer
+    prompts = PROMPTS[:3]
+    want = [off.run([p], max_tokens=30, seed=21 + i, **controls)[0][1] for i, p in enumerate(prompts)]
+    speculator = on.engine.core.speculator
+    saved = speculator.proposer
+    speculator.proposer = ReferenceProposer({tuple(tok.encode(p)): w for p, w in zip(prompts, want)})
+    before = on.engine.stats.speculative["accepted"]
+    try:
+        with always_verifying(on):
+            rids = [on.submit(p, max_tokens=30, seed=21 + i, **controls) for i, p in enumerate(prompts)]
+            got = [on.wait(r)[1] for r in rids]
+    finally:
+        speculator.proposer = saved
+    assert got == want
+    assert on.engine.stats.speculative["accepted"] - before > 10

@@ -214,9 +214,31 @@ def _truncate(logits: mx.array, params: BatchSamplingParams) -> mx.array:
 
 
 def sampling_probs(logits: mx.array, params: BatchSamplingParams) -> mx.array:
-    """The distribution each row draws its token from (temperature, then top-k/top-p/min-p), (B, vocab),
-    of logits steps 1-4 were applied to."""
+    """The distribution each row's draw follows (temperature, then top-k/top-p/min-p), (B, vocab), of
+    logits steps 1-4 were applied to: what checks of the draws compare them with."""
     return mx.softmax(_truncate(logits.astype(mx.float32) / params.temperature, params), axis=-1)
+
+
+def draw_positions(logits: mx.array, params: BatchSamplingParams, keys: mx.array) -> tuple[mx.array, mx.array]:
+    """Each row's token at every position of a verify step, from logits steps 0-4 were applied to
+    (B, W, vocab), drawn as :func:`sample` draws a step's token: position j with the row's key after j
+    splits, so a row draws the tokens a step at a time would. Returns (tokens (B, W), each row's key after
+    each position's draw (B, W, 2))."""
+    b, width, vocab = logits.shape
+    logits = logits.astype(mx.float32)
+    argmax = mx.argmax(logits, axis=-1)
+    if params.all_greedy:
+        return argmax, mx.broadcast_to(keys[:, None], (b, width, keys.shape[-1]))
+    after, draw_keys = [], []
+    for _ in range(width):
+        keys, subkeys = split_row_keys(keys)
+        after.append(keys)
+        draw_keys.append(subkeys)
+    each = params.repeated(width)  # row-major: a row's positions side by side
+    scaled = logits.reshape(b * width, vocab) / each.temperature
+    noise = _gumbel_noise(mx.stack(draw_keys, axis=1).reshape(b * width, -1), vocab)
+    drawn = mx.argmax(_truncate(scaled, each) + noise, axis=-1).reshape(b, width)
+    return mx.where(params.greedy[:, None], argmax, drawn), mx.stack(after, axis=1)
 
 
 @dataclass

@@ -10,12 +10,11 @@ leading proposals the row would have drawn itself, plus its own next token after
 deterministic given the tokens so far). A step costs one forward of K + 1 positions and yields 1 to
 K + 1 tokens per row.
 
-Which rows speculate: greedy and sampled rows (temperature, top-k / top-p / min-p; penalties, logit
-bias and min_tokens applied at every position as a plain step applies them), grammar rows included
-(their matcher walks the proposals for a mask at each position and is rolled back:
-:func:`~.constraints.proposal_masks`); not seeded sampled rows (which steps verify depends on timing,
-and a seed promises the same tokens) nor rows with a thinking budget, which share the verify step and
-are sampled from its first position as usual.
+Which rows speculate: greedy and sampled rows, seeded or not (temperature, top-k / top-p / min-p;
+penalties, logit bias and min_tokens applied at every position as a plain step applies them), grammar
+rows included (their matcher walks the proposals for a mask at each position and is rolled back:
+:func:`~.constraints.proposal_masks`); not rows with a thinking budget (it forces tokens), which share
+the verify step and are sampled from its first position as usual.
 
 The step is synchronous: a verify step needs the rows' latest tokens on the host (to propose after
 them), and the next step needs each row's accepted count (to drop the rejected proposals' keys and
@@ -45,8 +44,7 @@ from .ngram import NgramProposer
 from .request import SamplingParams, TokenLogprob
 from .rollback import honours_lengths, repair, snapshot
 from .rows import RowArrays
-from .sampler import (BatchSamplingParams, PenaltyState, process_positions, reported_logprobs, sampling_probs,
-                      split_row_keys)
+from .sampler import BatchSamplingParams, PenaltyState, draw_positions, process_positions, reported_logprobs
 from .sequence import Sequence
 from .step_rates import StepRates
 
@@ -95,8 +93,7 @@ def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any) -> An
 
 def not_speculated(params: SamplingParams) -> str | None:
     """Why rows with these controls do not speculate (None: they may)."""
-    reasons = [name for name, used in (("a seed with sampling", params.seed is not None and not params.greedy),
-                                       ("a thinking budget", params.max_thinking_tokens is not None)) if used]
+    reasons = [name for name, used in (("a thinking budget", params.max_thinking_tokens is not None),) if used]
     return ", ".join(reasons) or None
 
 
@@ -124,35 +121,25 @@ class _RowState:
 
 def verify_draw(logits: mx.array, drafts: mx.array, lengths: mx.array, params: BatchSamplingParams | None,
                 keys: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-    """Speculative sampling with a proposer that is certain of its tokens. Per row: keep the leading
-    proposals the row would have drawn -- a greedy row, those that are its argmax; a sampled row, each
-    proposal d with probability p(d) under its own distribution p (temperature, top-k/p, min-p: the
-    min(1, p/q) test with q(d) = 1) -- then draw the next token at the position after them, from p
-    without the refused proposal (the residual max(p - q, 0)), or from p when all were kept. So a row's
-    tokens follow its own distribution exactly. ``params``: the rows' controls (None when every
-    speculating row is greedy); ``keys``: the rows' keys. Returns (accepted counts, the next tokens of
-    rows with proposals, the rows' next keys)."""
-    b, width, vocab = logits.shape
+    """Each row draws its token at every position as a step at a time would (greedy: the argmax; sampled:
+    its Gumbel-max draw with its key after as many splits, :func:`~.sampler.draw_positions`) and keeps the
+    leading proposals that equal its draws, then the draw after them. With proposers that are certain of
+    their tokens this is speculative sampling (a proposal d is kept with probability p(d); after a refusal
+    the token follows p without d), and a row's tokens are the very tokens it draws without speculation
+    from the same key. ``logits``: steps 0-4 applied; ``params``: the rows' controls (None when every
+    speculating row is greedy); ``keys``: the rows' keys. Returns (accepted counts, the next tokens, the
+    keys after them)."""
     k = drafts.shape[1]
-    agree = mx.argmax(logits[:, :k], axis=-1) == drafts
-    if params is not None:
-        keys, accept_keys = split_row_keys(keys)
-        probs = sampling_probs(logits[:, :k].reshape(b * k, vocab), params.repeated(k)).reshape(b, k, vocab)
-        p_draft = mx.take_along_axis(probs, drafts[..., None], axis=-1)[..., 0]
-        uniforms = mx.vmap(lambda key: mx.random.uniform(shape=(k,), key=key))(accept_keys)
-        agree = mx.where(params.greedy[:, None], agree, uniforms < p_draft)
-    kept = agree & (mx.arange(k)[None] < lengths[:, None])
+    if params is None:
+        tokens, after = mx.argmax(logits, axis=-1), None
+    else:
+        tokens, after = draw_positions(logits, params, keys)
+    kept = (tokens[:, :k] == drafts) & (mx.arange(k)[None] < lengths[:, None])
     accepted = mx.cumprod(kept.astype(mx.int32), axis=1).sum(axis=1)
-    chosen = mx.take_along_axis(logits, accepted[:, None, None], axis=1)[:, 0]  # (B, vocab)
-    refused = mx.take_along_axis(drafts, mx.minimum(accepted, k - 1)[:, None], axis=1)
-    drop = (accepted < lengths)[:, None] & (mx.arange(vocab)[None] == refused)
-    tokens = mx.argmax(mx.where(drop, float("-inf"), chosen.astype(mx.float32)), axis=-1)
-    if params is not None:
-        keys, draw_keys = split_row_keys(keys)
-        residual = mx.log(mx.where(drop, 0.0, sampling_probs(chosen, params)))
-        drawn = mx.vmap(lambda logp, key: mx.random.categorical(logp, key=key))(residual, draw_keys)
-        tokens = mx.where(params.greedy, tokens, drawn)
-    return accepted, tokens, keys
+    chosen = mx.take_along_axis(tokens, accepted[:, None], axis=1)[:, 0]
+    if after is not None:
+        keys = mx.take_along_axis(after, accepted[:, None, None], axis=1)[:, 0]
+    return accepted, chosen, keys
 
 
 class Speculator:
@@ -174,7 +161,7 @@ class Speculator:
 
     @staticmethod
     def eligible(seq: Sequence) -> bool:
-        """Rows that may speculate: not seeded sampled ones, not those with a thinking budget or media."""
+        """Rows that may speculate: not those with a thinking budget or media, or switched off."""
         return (seq.sampling.speculative and not_speculated(seq.sampling) is None and seq.reasoning_budget is None
                 and seq.request.multimodal is None)
 
@@ -273,10 +260,11 @@ class Speculator:
         rows, params = runner.rows, sampler.batch_params(seqs)
         processed = self._processed(logits, params, rows, inputs, seqs)
         sampled = any(p and not s.sampling.greedy for s, p in zip(seqs, proposals))
-        accepted, tokens, rows["keys"] = verify_draw(processed, drafts, lengths, params if sampled else None,
-                                                     rows["keys"])
+        accepted, tokens, keys = verify_draw(processed, drafts, lengths, params if sampled else None, rows["keys"])
         rows = sampler.next(seqs, logits[:, 0, :], rows, pending_applied=True)  # rows without proposals
         rows["tokens"] = mx.where(lengths > 0, tokens, rows["tokens"])
+        if sampled:  # a row with proposals used a key per token it takes; the others, one (in next())
+            rows["keys"] = mx.where((lengths > 0)[:, None], keys, rows["keys"])
         rows["drafts"], rows["accepted"], rows["junk"] = drafts, accepted, k - accepted
         runner.hidden_index = accepted  # each row's next token is drawn after its accepted proposals
         if params.uses_penalties:  # the accepted proposals count for the penalties of the steps after
