@@ -267,6 +267,22 @@ def always_verifying(harness):
         del rates.choose
 
 
+@contextlib.contextmanager
+def proposing(harness, prompts: list, answers: list):
+    """The harness's speculator proposes each prompt's answer (a ReferenceProposer) and verifies every
+    step, meanwhile."""
+    speculator = harness.engine.core.speculator
+    tok = harness.tokenizer
+    saved = speculator.proposer
+    speculator.proposer = ReferenceProposer({tuple(p if isinstance(p, list) else tok.encode(p)): a
+                                             for p, a in zip(prompts, answers)})
+    try:
+        with always_verifying(harness):
+            yield speculator.proposer
+    finally:
+        speculator.proposer = saved
+
+
 def test_sampled_rows_speculate_and_end_where_they_should(engines):
     check_sampled_rows(engines[1])
 
@@ -352,10 +368,11 @@ def test_the_request_field(speculating_server, qwen3_server):
                                        extra_body={"speculative": False})
     assert out.choices[0].finish_reason == "length"
     assert speculating_server.health()["engine"]["speculative"]["verify_steps"] == before  # this request alone
-    with pytest.raises(openai.BadRequestError) as err:
-        fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8,
-                                     extra_body={"speculative": True, "max_thinking_tokens": 4})
-    assert err.value.body["param"] == "speculative" and "a thinking budget" in err.value.body["message"]
+    # a thinking budget speculates too (the end of reasoning is forced at its position)
+    budgeted = [fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=40, temperature=0,
+                                             extra_body={"speculative": flag, "max_thinking_tokens": 4})
+                .choices[0].message.model_dump() for flag in (False, True)]
+    assert budgeted[0] == budgeted[1]
     # a seeded sampled request speculates, and answers what it answers without speculation
     seeded = [fast.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=40, temperature=0.8,
                                            seed=11, extra_body={"speculative": flag}).choices[0].message.content
@@ -415,17 +432,10 @@ def test_grammar_rows_speculate_within_their_grammar(engines):
         return harness.wait(req.request_id)
 
     want = [run(off, PROMPTS[1], spec, after) for spec, after in cases]
-    speculator = on.engine.core.speculator
-    saved = speculator.proposer
-    speculator.proposer = ReferenceProposer({tuple(tok.encode(PROMPTS[1])): []})
     before = dict(on.engine.stats.speculative)
-    try:
-        with always_verifying(on):
-            for (spec, after), (text, tokens, _) in zip(cases, want):
-                speculator.proposer.answers[tuple(tok.encode(PROMPTS[1]))] = tokens
-                assert run(on, PROMPTS[1], spec, after)[1] == tokens
-    finally:
-        speculator.proposer = saved
+    for (spec, after), (text, tokens, _) in zip(cases, want):
+        with proposing(on, [PROMPTS[1]], [tokens]):
+            assert run(on, PROMPTS[1], spec, after)[1] == tokens
     assert re.fullmatch(r"(ab|cd|x[0-9]{1,3}){1,30}", want[0][0]) or want[0][2].finish_reason.value == "length"
     after = on.engine.stats.speculative
     proposed, accepted = after["proposed"] - before["proposed"], after["accepted"] - before["accepted"]
@@ -441,22 +451,15 @@ def test_rows_with_penalties_bias_and_min_tokens_speculate(engines, controls):
     output is the output without speculation. Proposals are the reference output with every third run's
     last token wrong."""
     off, on = engines
-    tok = on.tokenizer
     controls = dict(controls)
     if "stop_token_ids" in controls:  # a token the row makes early: held back until min_tokens
         controls["stop_token_ids"] = [off.run([PROMPTS[4]], max_tokens=8, temperature=0)[0][1][2]]
     runs = [off.run([p], max_tokens=40, temperature=0, **controls)[0] for p in PROMPTS[:3]]
     assert all(r[2].error is None for r in runs)
     want = [r[1] for r in runs]
-    speculator = on.engine.core.speculator
-    saved = speculator.proposer
-    speculator.proposer = ReferenceProposer({tuple(tok.encode(p)): w for p, w in zip(PROMPTS, want)})
     before = dict(on.engine.stats.speculative)
-    try:
-        with always_verifying(on):
-            assert [r[1] for r in on.run(PROMPTS[:3], max_tokens=40, temperature=0, **controls)] == want
-    finally:
-        speculator.proposer = saved
+    with proposing(on, PROMPTS, want):
+        assert [r[1] for r in on.run(PROMPTS[:3], max_tokens=40, temperature=0, **controls)] == want
     after = on.engine.stats.speculative
     assert after["accepted"] - before["accepted"] > 10
     # sampled rows with the same controls speculate too and end where they should
@@ -473,18 +476,40 @@ def test_seeded_sampled_rows_speculate_and_draw_the_same_tokens(engines, control
     the same Gumbel-max draw) and keeps the proposals equal to its draws: a seeded sampled row gives the
     very tokens it gives without speculation, alone and beside other rows, accepting proposals."""
     off, on = engines
-    tok = on.tokenizer
     prompts = PROMPTS[:3]
     want = [off.run([p], max_tokens=30, seed=21 + i, **controls)[0][1] for i, p in enumerate(prompts)]
-    speculator = on.engine.core.speculator
-    saved = speculator.proposer
-    speculator.proposer = ReferenceProposer({tuple(tok.encode(p)): w for p, w in zip(prompts, want)})
     before = on.engine.stats.speculative["accepted"]
-    try:
-        with always_verifying(on):
-            rids = [on.submit(p, max_tokens=30, seed=21 + i, **controls) for i, p in enumerate(prompts)]
-            got = [on.wait(r)[1] for r in rids]
-    finally:
-        speculator.proposer = saved
+    with proposing(on, prompts, want):
+        rids = [on.submit(p, max_tokens=30, seed=21 + i, **controls) for i, p in enumerate(prompts)]
+        got = [on.wait(r)[1] for r in rids]
     assert got == want
     assert on.engine.stats.speculative["accepted"] - before > 10
+
+
+@pytest.mark.parametrize("budget", [0, 5, 12])
+def test_rows_with_a_thinking_budget_speculate(engines, budget):
+    """A reasoning budget forces the end-of-reasoning marker where it runs out: proposals walk a copy
+    of it (the forced tokens masked at their positions), alone and with a grammar that starts after the
+    marker; the output is the output without speculation."""
+    from vllm_mlx.engine.constraints import GrammarCompiler, StructuredSpec
+
+    off, on = engines
+    tok = on.tokenizer
+    start, end = (1, 2), (3, 4)  # two-token markers (made-up ids): forced one by one
+    compiler = GrammarCompiler(tok, on.engine.core.vocab_size, sorted(tok.eos_token_ids))
+
+    def run(harness, prompt, grammar):
+        req = harness.request(prompt, max_tokens=30, temperature=0, max_thinking_tokens=budget)
+        req.reasoning_markers, req.starts_in_reasoning = (start, end), True
+        if grammar:
+            req.constraint, req.constraint_after = compiler.matcher(StructuredSpec(regex=r"[a-z ]{1,60}")), end
+        harness.engine.add_request(req)
+        return harness.wait(req.request_id)[1]
+
+    for grammar in (False, True):
+        want = [run(off, p, grammar) for p in PROMPTS[:3]]
+        assert all(w[budget:budget + 2] == list(end) for w in want)  # the budget closed the reasoning there
+        before = on.engine.stats.speculative["accepted"]
+        with proposing(on, PROMPTS, want):
+            assert [run(on, p, grammar) for p in PROMPTS[:3]] == want
+        assert on.engine.stats.speculative["accepted"] > before

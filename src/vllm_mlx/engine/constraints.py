@@ -161,27 +161,38 @@ def unpack_bitmask(bitmask: np.ndarray, vocab_size: int) -> mx.array:
 
 
 def proposal_masks(seq: Any, proposals: list[int], vocab_size: int) -> tuple[list[int], np.ndarray]:
-    """For a grammar row's proposals (speculative decoding): the leading proposals its grammar allows,
-    and the packed mask of the row's tokens at each position of the verify step (one more than those
-    proposals). The matcher walks the proposals as the row would take them -- stop tokens end the
-    walk, a grammar that starts after a trigger starts there -- and is rolled back afterwards."""
-    matcher, started = seq.constraint, seq.constraint_started
+    """For the proposals of a row whose tokens may be steered (speculative decoding): the leading
+    proposals its rules allow, and the packed mask of the row's tokens at each position of the verify
+    step (one more than those proposals). The rules walk the proposals as the row would take them: a
+    reasoning budget (a copy of it) forces the end of reasoning where it runs out, the grammar's matcher
+    masks once it has started (after its trigger) and is rolled back afterwards; a stop token, or a
+    grammar that is complete, ends the walk after it."""
+    matcher, started = seq.constraint, seq.constraint_started or seq.constraint is None
     after = seq.constraint_after
-    recent = seq.output_ids[-len(after):] if after else []
+    budget = copy.deepcopy(seq.reasoning_budget)
+    markers = max(len(budget.start), len(budget.end)) if budget is not None else 0
+    recent = list(seq.output_ids[-max(len(after), markers, 1):])
     masks = np.full((len(proposals) + 1, (vocab_size + 31) // 32), -1, dtype=np.int32)
     kept, consumed = [], 0
     for j, token in enumerate([*proposals, None]):
-        row = masks[j]
-        if started and not matcher.is_stopped():
+        row, forced = masks[j], budget.next_forced if budget is not None else None
+        if forced is not None:  # as Sequence.next_token_rule: a forced token before the grammar
+            row[:] = 0
+            row.view(np.uint32)[forced // 32] = np.uint32(1 << (forced % 32))
+        elif matcher is not None and started and not matcher.is_stopped():
             matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.size * row.itemsize)
         if token is None or not (row.view(np.uint32)[token // 32] >> (token % 32)) & 1:
             break
         kept.append(token)
         if token in seq.stop_ids:
             break
+        recent.append(token)
+        if budget is not None:  # as Sequence.append_token: the budget, then the grammar
+            budget.on_token(token, recent)
+        if matcher is None:
+            continue
         if not started:
-            recent = (recent + [token])[-len(after):]
-            started = recent == after
+            started = recent[-len(after):] == after
         elif not matcher.consume_token(token):
             kept.pop()
             break

@@ -10,11 +10,11 @@ leading proposals the row would have drawn itself, plus its own next token after
 deterministic given the tokens so far). A step costs one forward of K + 1 positions and yields 1 to
 K + 1 tokens per row.
 
-Which rows speculate: greedy and sampled rows, seeded or not (temperature, top-k / top-p / min-p;
-penalties, logit bias and min_tokens applied at every position as a plain step applies them), grammar
-rows included (their matcher walks the proposals for a mask at each position and is rolled back:
-:func:`~.constraints.proposal_masks`); not rows with a thinking budget (it forces tokens), which share
-the verify step and are sampled from its first position as usual.
+Which rows speculate: every row of a text request that has not switched it off -- greedy and sampled
+rows, seeded or not (temperature, top-k / top-p / min-p; penalties, logit bias and min_tokens applied at
+every position as a plain step applies them), rows with a grammar or a reasoning budget (their rules
+walk the proposals for a mask at each position: :func:`~.constraints.proposal_masks`). Rows without
+proposals share the verify step and are sampled from its first position as usual.
 
 The step is synchronous: a verify step needs the rows' latest tokens on the host (to propose after
 them), and the next step needs each row's accepted count (to drop the rejected proposals' keys and
@@ -41,7 +41,7 @@ from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache, make_prom
 from .constraints import proposal_masks, unpack_bitmask
 from .model_runner import drop_row_tails
 from .ngram import NgramProposer
-from .request import SamplingParams, TokenLogprob
+from .request import TokenLogprob
 from .rollback import honours_lengths, repair, snapshot
 from .rows import RowArrays
 from .sampler import BatchSamplingParams, PenaltyState, draw_positions, process_positions, reported_logprobs
@@ -89,12 +89,6 @@ def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any) -> An
             raise ValueError(f"--draft-model {config.draft_model} cannot draft: {why}")
         return proposer
     return NgramProposer()
-
-
-def not_speculated(params: SamplingParams) -> str | None:
-    """Why rows with these controls do not speculate (None: they may)."""
-    reasons = [name for name, used in (("a thinking budget", params.max_thinking_tokens is not None),) if used]
-    return ", ".join(reasons) or None
 
 
 @dataclass
@@ -161,9 +155,8 @@ class Speculator:
 
     @staticmethod
     def eligible(seq: Sequence) -> bool:
-        """Rows that may speculate: not those with a thinking budget or media, or switched off."""
-        return (seq.sampling.speculative and not_speculated(seq.sampling) is None and seq.reasoning_budget is None
-                and seq.request.multimodal is None)
+        """Rows that may speculate: not those with media, or switched off by their request."""
+        return seq.sampling.speculative and seq.request.multimodal is None
 
     def _wants(self, seqs: list[Sequence], cap: int, rest: bool) -> list[int]:
         """How many tokens each row may propose now, at most ``cap`` (0: none); ``rest``: count this as a
@@ -190,7 +183,7 @@ class Speculator:
         proposals = self.proposer.propose(seqs, self._wants(seqs, cap, rest=True))
         self._masks = {}
         for i, (seq, proposed) in enumerate(zip(seqs, proposals)):
-            if proposed and seq.constraint is not None:  # the grammar's masks along the proposals
+            if proposed and seq.steers_tokens:  # a grammar's masks, a budget's forced tokens along the proposals
                 proposals[i], self._masks[seq] = proposal_masks(seq, proposed, self.vocab_size)
         return proposals
 

@@ -17,7 +17,6 @@ from .admission import AdmittedStream, MemoryAdmission
 from ..engine.async_engine import AsyncEngine
 from ..engine.constraints import GrammarCompiler, GrammarError, StructuredSpec
 from ..engine.request import FinishReason, GenerationOutput, GenerationRequest, SamplingParams
-from ..engine.speculative import not_speculated
 from .chat import ChatSteps
 from .errors import APIError, ContextOverflow
 from .request_limits import check_generation_limits, check_prompt_count
@@ -191,18 +190,10 @@ class ServingState(ChatSteps):
             params.validate()
         except ValueError as exc:
             raise APIError(400, str(exc)) from exc
-        if req.speculative:
-            self._check_speculative(req, params)
+        if req.speculative and getattr(self.engine.engine.config, "speculative", "off") == "off":
+            raise APIError(400, "speculative decoding is off on this server (start it with --speculative "
+                           "ngram|mtp or --draft-model MODEL)", param="speculative")  # `true` must be honoured
         return params
-
-    def _check_speculative(self, req: SamplingRequest, params: SamplingParams) -> None:
-        """``speculative: true`` is a request the server must be able to honour."""
-        if getattr(self.engine.engine.config, "speculative", "off") == "off":
-            raise APIError(400, "speculative decoding is off on this server (start it with --speculative ngram "
-                           "or --draft-model MODEL)", param="speculative")
-        why = not_speculated(params)
-        if why:
-            raise APIError(400, f"speculative decoding does not apply to requests with {why}", param="speculative")
 
     def _logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
         items = []
