@@ -45,6 +45,28 @@ def test_greedy_output_is_the_models_with_an_mtp_head(mtp_models, which):
         on.engine.shutdown()
 
 
+@pytest.mark.parametrize("moe", [False, True])
+def test_a_published_layout_head_is_read_as_published(models_dir, moe):
+    """A checkpoint as published (Hugging Face convolution order, zero-centred norms, a
+    mixture-of-experts head's experts one tensor each): its exact head still proposes the model's
+    every next token, so its norms got their 1 back and its experts were stacked in order."""
+    from vllm_mlx_testing import add_mtp_head
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    experts = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                   shared_expert_intermediate_size=32) if moe else None
+    model = add_mtp_head(build_arch_model(models_dir / f"mtp-published-{moe}", "qwen3_5", overrides=experts),
+                         exact=True, hf_layout=True)
+    on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="mtp")
+    try:
+        on.engine.core.speculator.rates.choose = lambda rows: 4
+        on.run(PROMPTS[:3], max_tokens=30, temperature=0)
+        stats = on.engine.stats.speculative
+        assert stats["accepted"] == stats["proposed"] > 30
+    finally:
+        on.engine.shutdown()
+
+
 def test_a_checkpoint_without_mtp_weights_is_refused(tiny_qwen3, models_dir):
     from vllm_mlx.engine.mtp import load_mtp_head
     from vllm_mlx.models.loader import load_model

@@ -16,6 +16,8 @@ left for later.
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +59,49 @@ class MTPHead(nn.Module):
         return self.norm(x)
 
 
-def mtp_weights(path: Path) -> dict[str, mx.array]:
-    """The ``mtp.*`` tensors of a model folder, named as in :class:`MTPHead`."""
-    weights = {}
+# Norms a Hugging Face checkpoint stores zero-centred (the layer scales by 1 + w; mlx-lm adds the 1 when
+# it loads the model's own, as it drops the MTP head): those of the head and of its decoder layer.
+ZERO_CENTRED = ("pre_fc_norm_embedding.weight", "pre_fc_norm_hidden.weight", "norm.weight")
+LAYER_ZERO_CENTRED = (".input_layernorm.weight", ".post_attention_layernorm.weight", ".q_norm.weight",
+                      ".k_norm.weight")
+
+
+def safetensors_shapes(file: Path) -> dict[str, list[int]]:
+    """Each tensor's shape, from a safetensors file's header alone."""
+    with open(file, "rb") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+    return {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}
+
+
+def mtp_weights(path: Path) -> tuple[dict[str, mx.array], bool]:
+    """The ``mtp.*`` tensors of a model folder, named as in :class:`MTPHead` (only the files that hold
+    some are loaded), and whether the folder is in the Hugging Face layout (convolution weights not yet
+    in MLX's order: the layout whose norms are zero-centred)."""
+    weights, hf_layout = {}, False
     for file in sorted(Path(path).glob("*.safetensors")):
-        for key, value in mx.load(str(file)).items():
-            if "mtp." in key:
-                weights[key.split("mtp.", 1)[1]] = value
+        shapes = safetensors_shapes(file)
+        hf_layout = hf_layout or any(k.endswith("conv1d.weight") and s[-1] != 1 for k, s in shapes.items())
+        if any("mtp." in k for k in shapes):
+            weights.update({k.split("mtp.", 1)[1]: v for k, v in mx.load(str(file)).items() if "mtp." in k})
+    return weights, hf_layout
+
+
+def stacked_experts(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """A mixture-of-experts head's experts as mlx-lm's ``switch_mlp`` holds them: from one tensor per
+    expert, or from the fused ``gate_up_proj`` / ``down_proj`` of newer checkpoints."""
+    prefix = "layers.0.mlp"
+    if f"{prefix}.experts.gate_up_proj" in weights:
+        gate_up = weights.pop(f"{prefix}.experts.gate_up_proj")
+        middle = gate_up.shape[-2] // 2
+        weights[f"{prefix}.switch_mlp.gate_proj.weight"] = gate_up[..., :middle, :]
+        weights[f"{prefix}.switch_mlp.up_proj.weight"] = gate_up[..., middle:, :]
+        weights[f"{prefix}.switch_mlp.down_proj.weight"] = weights.pop(f"{prefix}.experts.down_proj")
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        experts = sorted((k for k in weights if k.startswith(f"{prefix}.experts.") and k.endswith(f".{name}.weight")),
+                         key=lambda k: int(k.split(".")[4]))
+        if experts:
+            weights[f"{prefix}.switch_mlp.{name}.weight"] = mx.stack([weights.pop(k) for k in experts])
     return weights
 
 
@@ -82,10 +120,14 @@ def new_mtp_head(model: Any) -> MTPHead:
 def load_mtp_head(model: Any, path: Path, config: dict) -> MTPHead:
     """The MTP head of the checkpoint at ``path`` for ``model`` (mlx-lm's), in the model's dtype;
     a ValueError saying what is missing when it cannot be built."""
-    weights = mtp_weights(path)
+    weights, hf_layout = mtp_weights(path)
     if not weights:
         raise ValueError(f"{path} has no MTP weights (mtp.* tensors): --speculative mtp needs a checkpoint "
                          "that carries them (Qwen3-Next, Qwen3.5/3.6 as published)")
+    weights = stacked_experts(weights)
+    if hf_layout:
+        weights = {k: v + 1.0 if k in ZERO_CENTRED or k.endswith(LAYER_ZERO_CENTRED) else v
+                   for k, v in weights.items()}
     head = new_mtp_head(model)
     lm = language_model(model)
     quantization = config.get("quantization") or (config.get("text_config") or {}).get("quantization")
