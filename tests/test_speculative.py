@@ -84,7 +84,7 @@ def test_verified_tokens_follow_each_rows_own_distribution(controls):
     emitted is distributed as the row's distribution at position 0, and the second -- given the first
     was the proposal -- as its distribution at position 1, whatever the proposals."""
     from vllm_mlx.engine.request import SamplingParams
-    from vllm_mlx.engine.sampler import BatchSamplingParams, make_rng_key, sampling_probs
+    from vllm_mlx.engine.sampler import BatchSamplingParams, make_rng_key
     from vllm_mlx.engine.speculative import verify_draw
 
     rows, vocab = 6000, 6
@@ -100,9 +100,14 @@ def test_verified_tokens_follow_each_rows_own_distribution(controls):
     d0, d1 = drafts[0].tolist()
     first = [d0 if a >= 1 else f for a, f in zip(n, final.tolist())]
     second = [d1 if a >= 2 else f for a, f in zip(n, final.tolist()) if a >= 1]
-    want = sampling_probs(base[:2], BatchSamplingParams.from_params([SamplingParams(**controls)] * 2, vocab))
     if greedy:
         want = mx.eye(vocab)[mx.argmax(base[:2], axis=-1)]
+    else:  # the row's distribution: temperature, then top-k
+        scaled = base[:2] / controls["temperature"]
+        if controls.get("top_k"):
+            kth = mx.sort(scaled, axis=-1)[:, -controls["top_k"]][:, None]
+            scaled = mx.where(scaled < kth, float("-inf"), scaled)
+        want = mx.softmax(scaled, axis=-1)
     for seen, expected in ((first, want[0].tolist()), (second, want[1].tolist())):
         assert len(seen) > 500
         freq = [seen.count(t) / len(seen) for t in range(vocab)]

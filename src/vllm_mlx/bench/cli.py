@@ -99,7 +99,7 @@ def rows_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=5, help="measured rounds (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first (default: %(default)s)")
     p.add_argument("--profile", action="store_true", help="also time the phases of the engine's steps")
-    p.add_argument("--speculative", choices=("off", "ngram", "draft"), default="off",
+    p.add_argument("--speculative", choices=("off", "ngram", "draft", "mtp"), default="off",
                    help="also run an engine with this speculation, against the plain one (default: off)")
     p.add_argument("--draft-model", metavar="MODEL", help="with --speculative draft: the draft model")
     p.add_argument("--temperature", type=float, default=0.0,

@@ -31,7 +31,7 @@ class RowsBenchOptions:
     warmup: int = 1
     profile: bool = False
     temperature: float = 0.0  # > 0: the engine's sampler against mlx-lm's (make_sampler) in the references
-    speculative: str = "off"  # "ngram" or "draft": a second engine with speculation, against the plain one
+    speculative: str = "off"  # "ngram", "draft" or "mtp": a second engine with speculation, against the plain one
     draft_model: str | None = None  # with speculative "draft"
 
 

@@ -22,8 +22,8 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
-from .model_runner import drop_row_tails
-from .rollback import recurrent_layers
+from .model_runner import recurrent_layers
+from .rollback import forward_right_padded
 from .sequence import Sequence
 
 DRAFT_CONTEXT = 8192  # a row's newest tokens the draft is prefilled with when the row joins
@@ -78,7 +78,6 @@ class DraftProposer:
 
     def __init__(self, model: Any, vocab_limit: int):
         self.model = model  # (its output head is computed only where its logits are read: MLX is lazy)
-        self.draft_model = model  # what the engine counts in its keys and values per token
         self.recurrent = recurrent_layers(make_prompt_cache(model))  # layers whose state cannot drop positions
         self.vocab_limit = vocab_limit  # token ids the served model has
         self.cache: list[Any] | None = None  # the draft's batch cache, rows in the order of ``seqs``
@@ -181,13 +180,7 @@ class DraftProposer:
         return mx.stack(drafts, axis=1).tolist()
 
     def _feed(self, rows: list[list[int]]) -> mx.array:
-        """Feed each row its tokens (right-padded to the longest; recurrent layers stop at each row's
-        length), then cut the padding off the attention layers' cache."""
+        """Feed each row its tokens, right-padded to the longest (:func:`~.rollback.forward_right_padded`)."""
         width = max(len(r) for r in rows)
-        for i in self.recurrent:
-            self.cache[i].lengths = mx.array([len(r) for r in rows])  # one per layer: advanced in place
-        out = self.model(mx.array([r + [0] * (width - len(r)) for r in rows]), cache=self.cache)
-        for i in self.recurrent:
-            self.cache[i].lengths = None
-        drop_row_tails([c for i, c in enumerate(self.cache) if i not in self.recurrent], [width - len(r) for r in rows])
-        return out
+        padded = mx.array([r + [0] * (width - len(r)) for r in rows])
+        return forward_right_padded(self.model, self.cache, self.recurrent, padded, [len(r) for r in rows])

@@ -117,9 +117,9 @@ class LLMEngine:
                              self.loaded.model if self.verifies_restores else None)
         self.core = self._make_core(runner, prefix)
         self.kv_bytes_per_token = kv_bytes_per_token(self.loaded.model)
-        draft = getattr(self.core.speculator and self.core.speculator.proposer, "draft_model", None)
-        if draft is not None:  # a draft model keeps keys and values of every row's tokens too
-            self.kv_bytes_per_token += kv_bytes_per_token(draft)
+        proposer = self.core.speculator.proposer if self.core.speculator is not None else None
+        if proposer is not None and proposer.method == "draft":  # a draft keeps every row's keys and values too
+            self.kv_bytes_per_token += kv_bytes_per_token(proposer.model)
 
     def _make_prefix_cache(self) -> PrefixCache | None:
         return make_prefix_cache(self.loaded, self.config)

@@ -57,7 +57,7 @@ class ModelRunner:
         self.rows = RowArrays(0)
         layer_caches = make_prompt_cache(model)
         self.num_layers = len(layer_caches)
-        self.recurrent = [i for i, c in enumerate(layer_caches) if isinstance(c, ArraysCache)]  # their layers
+        self.recurrent = recurrent_layers(layer_caches)
         # Whole prompts can share one left-padded forward when every layer is a plain KV cache.
         self.can_prefill_together = not deterministic and all(type(c) is KVCache for c in layer_caches)
         # --speculative mtp: decode and verify forwards keep their final hidden states (see capture)
@@ -182,6 +182,11 @@ class ModelRunner:
             return None
         deltas = [s.rope_delta for s in self.batch_seqs]
         return mx.array(deltas) if any(deltas) else None
+
+
+def recurrent_layers(caches: list[Any]) -> list[int]:
+    """The layers whose caches hold a recurrent state (mlx-lm's ``ArraysCache``), which cannot drop positions."""
+    return [i for i, c in enumerate(caches) if isinstance(c, ArraysCache)]
 
 
 def probe_vocab_size(model: Any) -> int:

@@ -19,16 +19,26 @@ from __future__ import annotations
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import ArraysCache, make_prompt_cache
+from mlx_lm.models.cache import make_prompt_cache
 
-from .model_runner import drop_row_tails
+from .model_runner import drop_row_tails, recurrent_layers
 from .rows import RowArrays
 
 STATE = "rollback_state"  # row-array names: the snapshot, STATE_i_j (recurrent layer i, state array j)
 
 
-def recurrent_layers(caches: list[Any]) -> list[int]:
-    return [i for i, c in enumerate(caches) if isinstance(c, ArraysCache)]
+def forward_right_padded(model: Any, caches: list[Any], layers: list[int], tokens: mx.array,
+                         lengths: list[int]) -> mx.array:
+    """Run ``tokens`` (B, W), right-padded, through ``model``: the recurrent ``layers`` stop at each row's
+    length (mlx-lm's ``cache.lengths``), and the padding is cut off the other layers' caches after."""
+    for i in layers:
+        caches[i].lengths = mx.array(lengths)  # one per layer: each layer's ``advance`` subtracts in place
+    out = model(tokens, cache=caches)
+    for i in layers:
+        caches[i].lengths = None
+    recurrent = set(layers)
+    drop_row_tails([c for i, c in enumerate(caches) if i not in recurrent], [tokens.shape[1] - n for n in lengths])
+    return out
 
 
 def honours_lengths(model: Any) -> bool:
@@ -70,7 +80,6 @@ def repair(model: Any, caches: list[Any], layers: list[int], rows: RowArrays, ju
     width = rows["verify_inputs"].shape[1]
     keep = [width - j if v else 0 for j, v in zip(junk, verified)]
     recurrent = set(layers)
-    kv = [c for i, c in enumerate(caches) if i not in recurrent]
     chosen = rows["verified"]
     for i in layers:
         cache = caches[i]
@@ -78,11 +87,6 @@ def repair(model: Any, caches: list[Any], layers: list[int], rows: RowArrays, ju
             saved = rows[f"{STATE}_{i}_{j}"]
             if state is not None and saved is not None:
                 cache.cache[j] = mx.where(chosen.reshape(-1, *[1] * (state.ndim - 1)), saved, state)
-    drop_row_tails(kv, [width if v else 0 for v in verified])
-    again = max(keep)
-    for i in layers:
-        caches[i].lengths = mx.array(keep)  # one per layer: each layer's ``advance`` subtracts in place
-    model(rows["verify_inputs"][:, :again], cache=caches)  # only the caches are read (lazily)
-    for i in layers:
-        caches[i].lengths = None
-    drop_row_tails(kv, [again - k for k in keep])
+    drop_row_tails([c for i, c in enumerate(caches) if i not in recurrent], [width if v else 0 for v in verified])
+    # the step's inputs again, up to the most any row kept (only the caches are read: lazily)
+    forward_right_padded(model, caches, layers, rows["verify_inputs"][:, :max(keep)], keep)

@@ -93,13 +93,17 @@ class BatchSamplingParams:
                 and self.min_tokens is None)
 
     def repeated(self, times: int) -> "BatchSamplingParams":
-        """These rows' temperature and truncation (what :func:`sampling_probs` reads) for ``times`` positions
-        each (row-major), as the logits of a verify step; no bias, penalties or reporting."""
+        """These rows' controls for ``times`` positions each (row-major), as the logits of a verify step
+        flattened to rows; no reporting."""
         def rep(a):
             return None if a is None else mx.repeat(a, times, axis=0)
 
-        return BatchSamplingParams(self.all_greedy, rep(self.temperature), rep(self.greedy), top_p=rep(self.top_p),
-                                   top_k=rep(self.top_k), min_p=rep(self.min_p))
+        return BatchSamplingParams(
+            self.all_greedy, rep(self.temperature), rep(self.greedy), top_p=rep(self.top_p), top_k=rep(self.top_k),
+            min_p=rep(self.min_p), logit_bias=rep(self.logit_bias), presence=rep(self.presence),
+            frequency=rep(self.frequency), repetition=rep(self.repetition), uses_penalties=self.uses_penalties,
+            min_tokens=None if self.min_tokens is None else [m for m in self.min_tokens for _ in range(times)],
+            stop_mask=rep(self.stop_mask))
 
     @classmethod
     def from_params(
@@ -168,25 +172,19 @@ def process_logits(
 
 def process_positions(logits: mx.array, params: BatchSamplingParams, penalties: PenaltyState | None,
                       drafts: mx.array, generated: list[int] | None) -> mx.array:
-    """Steps 1-4 at every position of a verify step (B, K + 1, vocab): position j comes after the row's
-    pending token and its first j proposals (``drafts`` (B, K)), so its penalty counts hold those
-    (``penalties``: with the pending token already added) and ``generated[i] + j`` tokens count toward
-    ``min_tokens``."""
-    logits = logits.astype(mx.float32)
+    """Steps 1-4 (:func:`process_logits`) at every position of a verify step (B, K + 1, vocab): position j
+    comes after the row's pending token and its first j proposals (``drafts`` (B, K)), so its penalty
+    counts hold those (``penalties``: with the pending token already added) and ``generated[i] + j``
+    tokens count toward ``min_tokens``."""
     b, width, vocab = logits.shape
-    if params.logit_bias is not None:
-        logits = logits + params.logit_bias[:, None]
     if params.uses_penalties and penalties is not None:
         before = mx.cumsum((drafts[..., None] == mx.arange(vocab)).astype(mx.float32), axis=1)  # (B, K, vocab)
         counts = penalties.counts[:, None] + mx.concatenate([mx.zeros((b, 1, vocab)), before], axis=1)
-        seen = penalties.in_prompt[:, None] | (counts > 0)
-        repetition = params.repetition[:, None]
-        logits = mx.where(seen, mx.where(logits > 0, logits / repetition, logits * repetition), logits)
-        logits = logits - params.presence[:, None] * (counts > 0) - params.frequency[:, None] * counts
-    if params.min_tokens is not None and generated is not None:
-        below = mx.array([[g + j < m for j in range(width)] for g, m in zip(generated, params.min_tokens)])
-        logits = mx.where(below[..., None] & params.stop_mask[:, None], _NEG_INF, logits)
-    return logits
+        penalties = PenaltyState(counts.reshape(b * width, vocab), mx.repeat(penalties.in_prompt, width, axis=0))
+    if generated is not None:
+        generated = [g + j for g in generated for j in range(width)]
+    rows = logits.reshape(b * width, vocab).astype(mx.float32)
+    return process_logits(rows, params.repeated(width), penalties, generated).reshape(b, width, vocab)
 
 
 def _truncate(logits: mx.array, params: BatchSamplingParams) -> mx.array:
@@ -211,12 +209,6 @@ def _truncate(logits: mx.array, params: BatchSamplingParams) -> mx.array:
         top = sorted_desc[:, :1]
         logits = mx.where(logits < top + mx.log(params.min_p), _NEG_INF, logits)
     return logits
-
-
-def sampling_probs(logits: mx.array, params: BatchSamplingParams) -> mx.array:
-    """The distribution each row's draw follows (temperature, then top-k/top-p/min-p), (B, vocab), of
-    logits steps 1-4 were applied to: what checks of the draws compare them with."""
-    return mx.softmax(_truncate(logits.astype(mx.float32) / params.temperature, params), axis=-1)
 
 
 def draw_positions(logits: mx.array, params: BatchSamplingParams, keys: mx.array) -> tuple[mx.array, mx.array]:
