@@ -106,6 +106,8 @@ class ServerConfig:
     batch_divergence_interval: float = D.batch_divergence_interval  # seconds between probes; 0 = at startup only
     # multi-model serving (see docs/model-lifecycle.md): "name=model" entries (or {name: model} items)
     models: tuple = ()  # --models
+    lora: tuple = ()  # --lora: (name, adapter folder) pairs, checked (engine/lora.py parse_lora_specs)
+    max_loras: int = D.max_loras
     model_ttl: float | None = D.model_ttl  # idle seconds before a model is unloaded; None = never
     models_memory_gb: float | None = D.models_memory_gb  # bound on the weights of all loaded models
     preload_models: bool = D.preload_models
@@ -128,7 +130,7 @@ def server_config(v: Mapping[str, Any]) -> ServerConfig:
     """The ServerConfig of resolved, checked option values (options.check_settings): fields named
     like an option take its value; the rest are assembled here."""
     same = {f.name: v[f.name] for f in fields(ServerConfig) if f.name in v}
-    for name in ("cors_origins", "cors_methods", "cors_headers", "models"):
+    for name in ("cors_origins", "cors_methods", "cors_headers", "models", "lora"):
         same[name] = _tuple(v[name])
     return ServerConfig(
         **same,

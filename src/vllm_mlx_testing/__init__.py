@@ -10,6 +10,9 @@ random-model builder and tokenizer training these fixtures reuse.
 * ``first_layers_model`` -- a model's first layers as a draft model.
 * ``add_mtp_head`` -- random multi-token-prediction weights for a Qwen3.5-style model.
 * ``train_tokenizer`` -- the deterministic byte-level BPE tokenizers they use.
+* ``make_lora_adapter`` / ``fused_model`` / ``greedy_tokens`` /
+  ``build_quantized_tiny_model`` -- random LoRA adapters in mlx-lm's format
+  (``lora_adapters``), their fused models, and a quantized tiny model.
 * modules for the other fixtures: ``agent_script``, ``fault_model``,
   ``batch_variant_model``, ``vision_models`` / ``scripted_vision``,
   ``gemma3_vision``, ``gemma4_vision``, ``qwen35_vision``, ``audio_models``,
@@ -17,12 +20,17 @@ random-model builder and tokenizer training these fixtures reuse.
 """
 
 from .builders import add_mtp_head, build_scripted_model, build_tiny_model, first_layers_model
+from .lora_adapters import build_quantized_tiny_model, fused_model, greedy_tokens, make_lora_adapter
 from .tokenizer import train_tokenizer
 
 __all__ = [
     "add_mtp_head",
+    "build_quantized_tiny_model",
     "build_scripted_model",
     "build_tiny_model",
     "first_layers_model",
+    "fused_model",
+    "greedy_tokens",
+    "make_lora_adapter",
     "train_tokenizer",
 ]

@@ -89,6 +89,15 @@ class EngineCollector:
                 yield family
             yield GaugeMetricFamily("vllm_mlx_speculative_acceptance_rate", "Accepted / proposed tokens",
                                     value=spec["acceptance_rate"])
+        lora = getattr(stats, "lora", None)
+        if lora:
+            yield CounterMetricFamily("vllm_mlx_lora_adapter_loads", "LoRA adapters read into a slot (first use, "
+                                      "or again after giving their slot up)", value=lora["loads"])
+            resident = GaugeMetricFamily("vllm_mlx_lora_adapter_resident", "Whether a served LoRA adapter holds a "
+                                         "slot now", labels=["adapter"])
+            for name in lora["adapters"]:
+                resident.add_metric([name], float(name in lora["resident"]))
+            yield resident
         vision = getattr(stats, "vision_cache", None)
         if vision:
             for key, help_text in (("hits", "Media whose vision embedding came from the cache"),

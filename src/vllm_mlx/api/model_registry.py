@@ -365,9 +365,13 @@ class ModelRegistry:
         return body
 
     def model_cards(self) -> list[dict]:
-        return [{"id": name, "root": e.name, "loaded": e.loaded,
-                 "max_model_len": e.serving.max_model_len if e.serving else None}
-                for e in self.entries.values() for name in e.spec.names]
+        """Every served name, then each LoRA adapter as BASE:NAME (--lora)."""
+        cards = [{"id": name, "root": e.name, "loaded": e.loaded,
+                  "max_model_len": e.serving.max_model_len if e.serving else None}
+                 for e in self.entries.values() for name in e.spec.names]
+        return cards + [{"id": f"{e.name}:{adapter}", "root": e.name, "parent": e.name, "loaded": True,
+                         "max_model_len": e.serving.max_model_len}
+                        for e in self.entries.values() if e.serving is not None for adapter in e.serving.adapters]
 
 
 def _active_memory() -> int | None:

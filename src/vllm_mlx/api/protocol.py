@@ -54,6 +54,7 @@ class ModelCard(BaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "vllm-mlx"
     root: str | None = None
+    parent: str | None = None  # a LoRA adapter's base model (its id is BASE:NAME)
     max_model_len: int | None = None
     kind: Literal["chat", "embedding", "transcription", "speech"] = "chat"  # what the model serves
     loaded: bool = True  # embedding and audio models load on their first request

@@ -102,6 +102,9 @@ def rows_parser() -> argparse.ArgumentParser:
     p.add_argument("--speculative", choices=("off", "ngram", "draft", "mtp"), default="off",
                    help="also run an engine with this speculation, against the plain one (default: off)")
     p.add_argument("--draft-model", metavar="MODEL", help="with --speculative draft: the draft model")
+    p.add_argument("--lora", nargs="+", metavar="NAME=PATH", default=(),
+                   help="also run an engine serving these LoRA adapters, its rows spread over them, against the "
+                        "plain engine")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="sample at this temperature: the engine's sampler against mlx-lm's (default: greedy)")
     _common(p)
@@ -264,9 +267,15 @@ def run_rows(argv: list[str]) -> int:
         parser.error("--temperature must be in [0, 2]")
     if (args.speculative == "draft") != bool(args.draft_model):
         parser.error("--speculative draft and --draft-model MODEL go together")
+    from ..engine.lora import parse_lora_specs
+
+    try:
+        loras = parse_lora_specs(args.lora) if args.lora else ()
+    except ValueError as exc:
+        parser.error(f"--lora: {exc}")
     opts = RowsBenchOptions(bench_model(args.model), tuple(args.rows), args.tokens, args.prompt_len, args.repeat,
                             args.warmup, args.profile, args.temperature, args.speculative,
-                            bench_model(args.draft_model) if args.draft_model else None)
+                            bench_model(args.draft_model) if args.draft_model else None, loras)
     sampling = f"temperature {args.temperature:g}" if args.temperature else "greedy"
     return _run_rounds(args, lambda bar: run_rows_bench(opts, bar),
                        f"{args.tokens} tokens per row, {args.prompt_len}-token prompts, {sampling}", format_rows)

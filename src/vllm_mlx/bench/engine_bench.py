@@ -44,8 +44,9 @@ def decode_rate(records: list[StreamRecord]) -> float:
 
 
 def single_decode_rate(record: StreamRecord) -> float:
-    """(n - 1) tokens after the first / time from the first to the last token."""
-    return (record.completion_tokens - 1) / (record.chunks[-1][0] - record.chunks[0][0])
+    """(n - 1) tokens after the first / time from the first delta to the last (NaN when every token came
+    in one delta: a consumer that fell behind the whole generation measures nothing)."""
+    return decode_rate([record]) if len(record.chunks) > 1 else float("nan")
 
 
 async def run_batch(target: EngineTarget, prompts: list[list[int]], max_tokens: int) -> dict:

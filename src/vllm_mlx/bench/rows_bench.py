@@ -6,7 +6,9 @@ every row has its first token) and the bare batched loop at B rows with the same
 token count (:class:`~.ceiling.Ceiling`); at B = 1 also ``mlx_lm.stream_generate``. The order within
 a round alternates between rounds so every side sees the same machine conditions, and ratios are
 paired per round, then summarized (median and 95% interval). With ``profile`` one more engine run per
-B times each step's phases (:mod:`vllm_mlx.engine.step_profile`).
+B times each step's phases (:mod:`vllm_mlx.engine.step_profile`). With ``speculative`` or ``loras`` a
+second engine runs the same prompts with speculation, or with its rows spread over the LoRA adapters
+(row i decodes with adapter i mod N), against the plain engine on the base model.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class RowsBenchOptions:
     temperature: float = 0.0  # > 0: the engine's sampler against mlx-lm's (make_sampler) in the references
     speculative: str = "off"  # "ngram", "draft" or "mtp": a second engine with speculation, against the plain one
     draft_model: str | None = None  # with speculative "draft"
+    loras: tuple[tuple[str, str], ...] = ()  # (name, folder): a second engine whose rows use these adapters
 
 
 def random_prompts(n: int, length: int, seed: int, vocab: int) -> list[list[int]]:
@@ -42,9 +45,11 @@ def random_prompts(n: int, length: int, seed: int, vocab: int) -> list[list[int]
     return [[rng.randrange(10, high) for _ in range(length)] for _ in range(n)]
 
 
-async def engine_rows(target: EngineTarget, prompts: list[list[int]], tokens: int, temperature: float = 0.0) -> float:
-    """Decode tok/s of the engine with every prompt's row running."""
-    records = await asyncio.gather(*(target.generate(p, tokens, temperature) for p in prompts))
+async def engine_rows(target: EngineTarget, prompts: list[list[int]], tokens: int, temperature: float = 0.0,
+                      adapters: tuple[str, ...] = ()) -> float:
+    """Decode tok/s of the engine with every prompt's row running (row i with ``adapters[i % N]``)."""
+    records = await asyncio.gather(*(target.generate(p, tokens, temperature, adapters[i % len(adapters)] if adapters
+                                                     else None) for i, p in enumerate(prompts)))
     failed = [r.error for r in records if r.error]
     if failed:
         raise RuntimeError(f"engine request failed: {failed[0]}")
@@ -63,16 +68,26 @@ async def run_rows_bench(opts: RowsBenchOptions, progress=None) -> dict:
             speculating = await stack.enter_async_context(
                 EngineTarget(opts.model, max_num_seqs=max(opts.rows), prefix_cache=False, speculative=opts.speculative,
                              draft_model=opts.draft_model))
+        adapted = None
+        if opts.loras:
+            adapted = await stack.enter_async_context(
+                EngineTarget(opts.model, max_num_seqs=max(opts.rows), prefix_cache=False, loras=opts.loras,
+                             max_loras=len(opts.loras)))
+        names = tuple(name for name, _ in opts.loras)
         ceiling = Ceiling(opts.model)  # this (main) thread's own copy of the model
         vocab = target.engine.engine.vocab_size
         for i in range(opts.warmup + opts.repeat):
             row: dict = {}
             for b in (opts.rows if i % 2 == 0 else tuple(reversed(opts.rows))):
                 prompts = random_prompts(b, opts.prompt_len, seed=1000 * i + b, vocab=vocab)
-                sides = ["engine", "bare"] + (["mlx_generate"] if b == 1 else []) + (["spec"] if speculating else [])
+                sides = ["engine", "bare"] + (["mlx_generate"] if b == 1 else []) + (["spec"] if speculating else []) \
+                    + (["lora", "lora_none"] if adapted else [])
                 for side in (sides if i % 2 == 0 else reversed(sides)):
                     if side == "engine":
                         row[f"engine_{b}"] = await engine_rows(target, prompts, opts.tokens, opts.temperature)
+                    elif side.startswith("lora"):  # rows over the adapters; rows of none, on the same engine
+                        row[f"{side}_{b}"] = await engine_rows(adapted, prompts, opts.tokens, opts.temperature,
+                                                               names if side == "lora" else ())
                     elif side == "spec":
                         row[f"spec_{b}"] = await engine_rows(speculating, prompts, opts.tokens, opts.temperature)
                     elif side == "bare":
@@ -119,6 +134,11 @@ def summarize_rounds(rounds: list[dict], rows: tuple[int, ...]) -> dict:
         if f"spec_{b}" in rounds[0]:
             out[b]["speculative"] = s([r[f"spec_{b}"] for r in rounds])
             out[b]["ratio_speculative"] = s([r[f"spec_{b}"] / r[f"engine_{b}"] for r in rounds])
+        if f"lora_{b}" in rounds[0]:
+            out[b]["lora"] = s([r[f"lora_{b}"] for r in rounds])
+            out[b]["ratio_lora"] = s([r[f"lora_{b}"] / r[f"engine_{b}"] for r in rounds])
+            out[b]["lora_none"] = s([r[f"lora_none_{b}"] for r in rounds])
+            out[b]["ratio_lora_none"] = s([r[f"lora_none_{b}"] / r[f"engine_{b}"] for r in rounds])
         if b == 1:
             out[b]["mlx_generate"] = s([r["mlx_generate_1"] for r in rounds])
             out[b]["ratio_mlx_generate"] = s([r["engine_1"] / r["mlx_generate_1"] for r in rounds])
@@ -136,6 +156,12 @@ def format_rows(result: dict) -> list[str]:
         if "speculative" in s:
             lines.append(f"| {b} | {f(s['speculative'])} (speculative) | the engine without speculation | "
                          f"{f(s['engine'])} | {f(s['ratio_speculative'], 2)} |")
+        if "lora" in s:
+            n = len(result["options"]["loras"])
+            lines.append(f"| {b} | {f(s['lora'])} (rows over {min(n, b)} LoRA adapter{'s' if min(n, b) > 1 else ''}) | "
+                         f"the engine on the base model | {f(s['engine'])} | {f(s['ratio_lora'], 2)} |")
+            lines.append(f"| {b} | {f(s['lora_none'])} (--lora set, rows without an adapter) | the engine on the base "
+                         f"model | {f(s['engine'])} | {f(s['ratio_lora_none'], 2)} |")
         if "mlx_generate" in s:
             lines.append(f"| {b} | {f(s['engine'])} | mlx_lm.stream_generate | {f(s['mlx_generate'])} | "
                          f"{f(s['ratio_mlx_generate'], 2)} |")

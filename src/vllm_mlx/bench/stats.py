@@ -62,7 +62,7 @@ def bootstrap_median_interval(values: Sequence[float], confidence: float = 0.95,
 
 
 def summarize(values: Sequence[float]) -> Summary:
-    values = [float(v) for v in values]
+    values = [float(v) for v in values if not math.isnan(v)]  # NaN: a round that measured nothing
     if not values:
         return Summary(math.nan, math.nan, math.nan, 0)
     low, high = bootstrap_median_interval(values)

@@ -178,10 +178,12 @@ class EngineTarget:
     async def chat(self, messages: list[dict], max_tokens: int, temperature: float = 0.0) -> StreamRecord:
         return await self.generate(self.encode_chat(messages), max_tokens, temperature)
 
-    async def generate(self, prompt_ids: list[int], max_tokens: int, temperature: float = 0.0) -> StreamRecord:
+    async def generate(self, prompt_ids: list[int], max_tokens: int, temperature: float = 0.0,
+                       adapter: str | None = None) -> StreamRecord:
         from ..engine.request import GenerationRequest, SamplingParams
 
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, ignore_eos=self.ignore_eos)
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, ignore_eos=self.ignore_eos,
+                                adapter=adapter)
         request = GenerationRequest(f"bench-{next(self._ids)}", prompt_ids, params)
         rec = StreamRecord(start=time.perf_counter(), prompt_tokens=len(prompt_ids))
         text = []

@@ -3,7 +3,8 @@
 Layout: ``DIR/<model fingerprint hash>/<block hash>.safetensors`` for a block (the KV leaves'
 keys/values of one block) and ``DIR/<...>/c-<key>.safetensors`` for a checkpoint (its tail tokens'
 keys/values and every state leaf's state). The metadata repeats the model fingerprint, the parent
-block hash and the tokens, and carries a checksum of the tensor bytes.
+block hash ('' at the start; a prefix-cache namespace's root at that namespace's start) and the
+tokens, and carries a checksum of the tensor bytes.
 
 Files are untrusted input: a file is used only if its metadata matches what the lookup expects,
 its checksum matches its bytes, and every tensor has the shape and dtype this model's cache has
@@ -222,7 +223,8 @@ class BlockDiskStore:
 
     # -- checkpoints ---------------------------------------------------------------------
     def checkpoints_under(self, parent: bytes | None) -> dict[bytes, tuple[int, ...]]:
-        """Checkpoints on disk after block ``parent`` (None: the start), by key, with their tail tokens."""
+        """Checkpoints on disk after block ``parent`` (None: the start; a namespace's root: that namespace's
+        start), by key, with their tail tokens."""
         return dict(self._checkpoints.get(parent.hex() if parent else "", {}))
 
     def save_checkpoint(self, key: bytes, parent: bytes | None, tail: tuple[int, ...], kv: list,

@@ -37,6 +37,8 @@ class EngineConfig:
     speculative: str = D.speculative
     draft_model: str | None = D.draft_model  # a model folder or repo id with the served model's vocabulary
     num_speculative_tokens: int = D.num_speculative_tokens  # most tokens a row proposes per step
+    loras: tuple[tuple[str, str], ...] = ()  # --lora: (name, adapter folder) of each served LoRA adapter
+    max_loras: int = D.max_loras  # adapters resident at once (least recently used ones give way)
 
 
 @dataclass
@@ -65,6 +67,7 @@ class EngineStats:
     problem: str | None = None
     memory: dict | None = None  # --engine-process: that process's own memory (platform.process_memory)
     speculative: dict | None = None  # --speculative: SpeculationStats as a dict
+    lora: dict | None = None  # --lora: the adapters, their slots, which are resident, loads so far
 
 
 @dataclass

@@ -4,11 +4,11 @@ the prefix cache, changed only by this module's :class:`EngineCore` on the engin
 One step (:meth:`EngineCore.step`) -- decoding is pipelined (see :mod:`.model_runner`):
 
 1. make room: cached blocks give way when device memory runs short;
-2. schedule: admit queued prompts (each restores its longest cached prefix), split the step's token
-   budget into prompt chunks; the step's decisions become a :class:`~.step_record.StepRecord`
-   (:meth:`EngineCore.schedule`), which a distributed leader sends its followers before the rest;
-3. launch decode step t+1 from the rows' pending tokens, and sample its tokens on the device (rows
-   whose next token may be masked -- a grammar, a reasoning budget -- sample after step 5 instead);
+2. schedule: admit queued prompts (each restores its longest cached prefix; a LoRA row once its adapter
+   has a slot), split the step's token budget into prompt chunks; the step's decisions become a
+   :class:`~.step_record.StepRecord` (:meth:`schedule`), which a distributed leader sends first;
+3. launch decode step t+1 from the rows' pending tokens, and sample its tokens on the device (rows whose
+   next token may be masked -- a grammar, a reasoning budget -- sample after step 5 instead);
 4. prefill the prompt chunks (whole prompts of similar length together), saving checkpoints;
 5. read back step t's tokens and apply them: text, stop conditions, logprobs;
 6. cache and drop the finished rows;
@@ -26,6 +26,7 @@ import mlx.core as mx
 
 from ..platform import device_memory_bytes
 from .config import EngineConfig, EngineCounters
+from .lora import AdapterAdmission
 from .model_runner import ModelRunner, group_for_padding, probe_vocab_size
 from .prefix_reuse import PrefixReuse
 from .request import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
@@ -51,13 +52,10 @@ class EngineCore:
     def __init__(self, loaded: Any, config: EngineConfig, runner: ModelRunner, prefix: PrefixReuse,
                  emit: OutputCallback):
         """``emit`` receives the deltas of requests that end outside a step's output (aborts, failures)."""
-        self.loaded = loaded
-        self.config = config
-        self.runner = runner
-        self.prefix = prefix
-        self.emit = emit
+        self.loaded, self.config, self.runner, self.prefix, self.emit = loaded, config, runner, prefix, emit
         self.scheduler = Scheduler(config.max_num_seqs, config.max_num_batched_tokens, config.deterministic,
                                    on_admit=prefix.restore if prefix.cache is not None else None)
+        self.scheduler.can_admit = AdapterAdmission(runner.adapters, self.scheduler, self.fail)
         self.counters = EngineCounters()
         self.memory_limit = int(device_memory_bytes() * 0.9)
         self.vocab_size = probe_vocab_size(loaded.model)
@@ -70,9 +68,7 @@ class EngineCore:
         self.profile: StepProfile | None = None  # set to time each step's phases (`vllm-mlx bench rows --profile`)
         # The step record's parts gathered since the last record (see :meth:`take_record`).
         self.record_tokens = False  # whether records carry the decode tokens (a host read-back per step)
-        self._events: list = []
-        self._finished: list | None = None
-        self._end_at = 0
+        self._events, self._finished, self._end_at = [], None, 0  # (types as in take_record)
 
     # -- requests ----------------------------------------------------------------------
     def add_safely(self, request: GenerationRequest) -> None:
@@ -359,7 +355,7 @@ class EngineCore:
                 continue
             self.counters.prompt += n
             if logits is not None:
-                self.prefix.remember(seq.prefix_key, seq.cache)
+                self.prefix.remember(seq, seq.prefix_key, seq.cache)
                 done.append(seq)
                 last_logits.append(logits)
         if done:

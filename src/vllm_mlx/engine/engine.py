@@ -24,6 +24,7 @@ import mlx.core as mx
 from .config import EngineConfig, EngineStats
 from .core import EngineCore, OutputCallback
 from .kv_estimate import kv_bytes_per_token
+from .lora import serve_adapters
 from .model_runner import ModelRunner
 from .prefix_cache import PrefixCache
 from .prefix_reuse import PrefixReuse, make_prefix_cache
@@ -113,8 +114,12 @@ class LLMEngine:
         """Load the model and build the core: runner, prefix cache, scheduler (on the engine thread)."""
         self.loaded = self._load()
         runner = self.runner_class(self.loaded.model, self.config.deterministic)
+        if self.config.loras:
+            runner.adapters = serve_adapters(self.loaded.model, self.config.loras, self.config.max_loras)
         prefix = PrefixReuse(self._make_prefix_cache(), self.config,
                              self.loaded.model if self.verifies_restores else None)
+        if runner.adapters is not None:
+            prefix.namespaces = runner.adapters.namespaces
         self.core = self._make_core(runner, prefix)
         self.kv_bytes_per_token = kv_bytes_per_token(self.loaded.model)
         proposer = self.core.speculator.proposer if self.core.speculator is not None else None
@@ -233,4 +238,5 @@ class LLMEngine:
             max_num_seqs=sched.max_num_seqs,
             peak_active=c.peak_active,
             speculative=None if self.core.speculator is None else self.core.speculator.stats.as_dict(),
+            lora=None if self.core.runner.adapters is None else self.core.runner.adapters.stats(),
         )

@@ -18,6 +18,7 @@ so a request's numbers never depend on which other requests share the step.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import mlx.core as mx
@@ -65,6 +66,7 @@ class ModelRunner:
         self.last_hidden: mx.array | None = None  # (B, L, H) of the last decode or verify forward
         self.hidden_seqs: list[Sequence] = []  # its rows
         self.hidden_index: mx.array | None = None  # per row, the position its next token was drawn at (None: 0)
+        self.adapters: Any = None  # lora.AdapterBank with --lora: each row's forward applies its adapter
 
     # -- prefill ---------------------------------------------------------
     def prefill(self, seq: Sequence, num_tokens: int) -> mx.array | None:
@@ -79,7 +81,7 @@ class ModelRunner:
             seq.cache = make_prompt_cache(self.model)
         start = seq.num_computed
         end = min(start + num_tokens, seq.num_prompt_tokens)
-        logits = self.model(mx.array(seq.prompt_ids[start:end])[None], cache=seq.cache)
+        logits = self.run_rows([seq], mx.array(seq.prompt_ids[start:end])[None], seq.cache)
         seq.num_computed = end
         if end < seq.num_prompt_tokens:
             # Materialize the chunk's keys/values so the graph does not grow across chunks.
@@ -97,7 +99,7 @@ class ModelRunner:
         padding = [width - n for n in lengths]
         rows = [[0] * pad + s.prompt_ids[s.num_computed :] for pad, s in zip(padding, seqs)]
         cache = [BatchKVCache(padding) for _ in range(self.num_layers)]
-        logits = self.model(mx.array(rows), cache=cache)
+        logits = self.run_rows(seqs, mx.array(rows), cache)
         for s in seqs:
             s.num_computed = s.num_prompt_tokens
         return cache, logits[:, -1, :]
@@ -150,13 +152,13 @@ class ModelRunner:
         deltas = self._rope_deltas()
         if self.deterministic:
             return mx.concatenate([
-                self.model(tokens[i : i + 1, None], cache=s.cache,
-                           **({} if deltas is None else {"rope_deltas": deltas[i : i + 1]}))[:, -1, :]
+                self.run_rows([s], tokens[i : i + 1, None], s.cache,
+                              **({} if deltas is None else {"rope_deltas": deltas[i : i + 1]}))[:, -1, :]
                 for i, s in enumerate(self.batch_seqs)
             ])
         if deltas is None:
             return self._forward(tokens[:, None])[:, -1, :]
-        return self.model(tokens[:, None], cache=self.batch_cache, rope_deltas=deltas)[:, -1, :]
+        return self.run_rows(self.batch_seqs, tokens[:, None], self.batch_cache, rope_deltas=deltas)[:, -1, :]
 
     def verify(self, tokens: mx.array) -> mx.array:
         """Several positions per row (its pending token, then proposed ones) -> logits (B, L, vocab)."""
@@ -170,11 +172,25 @@ class ModelRunner:
 
     def _forward(self, tokens: mx.array) -> mx.array:
         if self._split is None:
-            return self.model(tokens, cache=self.batch_cache)
+            return self.batch_model(tokens, self.batch_cache)
         body, head = self._split
-        hidden = body(tokens, cache=self.batch_cache)
+        with self.selecting(self.batch_seqs):
+            hidden = body(tokens, cache=self.batch_cache)
         self.last_hidden, self.hidden_seqs, self.hidden_index = hidden, list(self.batch_seqs), None
         return head(hidden)
+
+    def batch_model(self, tokens: mx.array, cache: list[Any]) -> mx.array:
+        """The model over the decode batch's rows (each with its adapter)."""
+        return self.run_rows(self.batch_seqs, tokens, cache)
+
+    def run_rows(self, seqs: list[Sequence], tokens: mx.array, cache: list[Any], **kwargs: Any) -> mx.array:
+        """The model over ``tokens``, row i being ``seqs[i]``'s (its LoRA adapter applied, if it has one)."""
+        with self.selecting(seqs):
+            return self.model(tokens, cache=cache, **kwargs)
+
+    def selecting(self, seqs: list[Sequence]) -> Any:
+        """Where the forward being built gives each row its adapter's update (nothing without --lora)."""
+        return nullcontext() if self.adapters is None else self.adapters.selecting([s.sampling.adapter for s in seqs])
 
     def _rope_deltas(self) -> mx.array | None:
         """Per-row position offsets of a vision-language model's rows (None when all are 0)."""

@@ -1,8 +1,9 @@
 """The prefix cache: reuse of cache state across requests that share a token prefix.
 
 The token sequence is cut into fixed-size blocks; block i is named by a chained hash
-``h_i = H(h_{i-1}, tokens of block i)`` rooted in a fingerprint of the model, so a hash names the
-whole prefix up to that block. A model's cache is split into leaves (:mod:`.cache_layout`):
+``h_i = H(h_{i-1}, tokens of block i)`` rooted in a fingerprint of the model (and of the request's
+*namespace*, e.g. a LoRA adapter: nothing is reused across namespaces), so a hash names the whole
+prefix up to that block. A model's cache is split into leaves (:mod:`.cache_layout`):
 
 * **KV leaves** (plain ``KVCache``) are stored per block: that slice of keys/values (optionally
   quantized). Blocks are shared by every sequence that passes through them.
@@ -61,6 +62,7 @@ class CacheEntry:
     tail: tuple[int, ...] | None = None  # tokens after the parent block (partial blocks, checkpoints)
     states: list[Any] | None = None  # per state leaf: its state after the last token (checkpoints)
     tokens: tuple[int, ...] | None = None  # a full block's tokens (KV-only models: matched token by token)
+    root: bytes | None = None  # its namespace's root (None: the model's); depth-0 entries hang under it
 
 
 @dataclass
@@ -115,28 +117,38 @@ class PrefixCache:
                                       mode="blocks" if self.block_mode else "checkpoints")
 
     # -- lookup ---------------------------------------------------------------
-    def block_hashes(self, tokens: list[int], limit: int | None = None) -> list[bytes]:
-        """Chained hashes of the full blocks of ``tokens`` (at most ``limit`` tokens covered)."""
+    def _root(self, namespace: bytes | None) -> bytes:
+        return self.root if namespace is None else _digest(self.root + b"namespace" + namespace, ())
+
+    def _disk_parent(self, parent: bytes | None, root: bytes) -> bytes | None:
+        """The parent recorded on disk: a namespace's depth-0 entries name its root ('' stays the model's)."""
+        return parent or (None if root == self.root else root)
+
+    def block_hashes(self, tokens: list[int], limit: int | None = None, namespace: bytes | None = None) -> list[bytes]:
+        """Chained hashes of the full blocks of ``tokens`` (at most ``limit`` tokens covered) under ``namespace``."""
         n = len(tokens) if limit is None else min(limit, len(tokens))
-        hashes, parent = [], self.root
+        hashes, parent = [], self._root(namespace)
         for start in range(0, n - n % self.block_size, self.block_size):
             parent = _digest(parent, tokens[start : start + self.block_size])
             hashes.append(parent)
         return hashes
 
-    def lookup(self, prompt: list[int]) -> PrefixHit:
-        """The longest reusable prefix of ``prompt`` (always leaving one token to compute)."""
+    def lookup(self, prompt: list[int], namespace: bytes | None = None) -> PrefixHit:
+        """The longest reusable prefix of ``prompt`` under ``namespace`` (always leaving one token to compute)."""
+        root = self._root(namespace)
         self.stats.queries += 1
         self.stats.queried_tokens += len(prompt)
         usable = len(prompt) - 1
         chain: list[tuple[bytes, CacheEntry]] = []
-        for i, h in enumerate(self.block_hashes(prompt, None if self.block_mode else usable)):
+        for i, h in enumerate(self.block_hashes(prompt, None if self.block_mode else usable, namespace)):
             parent = chain[-1][0] if chain else None
-            block = self._entries.get(h) or self._from_disk(h, parent, prompt[i * self.block_size:][: self.block_size])
+            tokens = prompt[i * self.block_size:][: self.block_size]
+            block = self._entries.get(h) or self._from_disk(h, parent, root, tokens)
             if block is None:
                 break
             chain.append((h, block))
-        found = self._match_tokens(prompt, chain, usable) if self.block_mode else self._match_checkpoint(prompt, chain, usable)
+        match = self._match_tokens if self.block_mode else self._match_checkpoint
+        found = match(prompt, chain, usable, root)
         if found is None:
             return PrefixHit()
         cache = self._assemble(found)
@@ -152,7 +164,7 @@ class PrefixCache:
         if last_key is not None:
             self._entries.move_to_end(last_key)
 
-    def _match_tokens(self, prompt: list[int], chain, usable: int) -> _Found | None:
+    def _match_tokens(self, prompt: list[int], chain, usable: int, root: bytes) -> _Found | None:
         """KV-only models: every full block, then the cached block (full or partial) after them that
         shares the most leading tokens with the rest of the prompt."""
         best, best_len = None, 0
@@ -160,7 +172,7 @@ class PrefixCache:
             best, _ = chain.pop()
             best_len = usable - len(chain) * self.block_size
         matched = len(chain) * self.block_size
-        parent = chain[-1][0] if chain else self.root
+        parent = chain[-1][0] if chain else root
         for key in self._under.get(parent, ()):
             entry = self._entries[key]
             n = 0
@@ -175,15 +187,15 @@ class PrefixCache:
         self._touch(chain, best)
         return _Found([b for _, b in chain], self._entries[best] if best else None, best_len)
 
-    def _match_checkpoint(self, prompt: list[int], chain, usable: int) -> _Found | None:
+    def _match_checkpoint(self, prompt: list[int], chain, usable: int, root: bytes) -> _Found | None:
         """Models with state leaves: the deepest checkpoint whose whole tail continues the prompt."""
         for depth in range(len(chain), -1, -1):
-            parent = chain[depth - 1][0] if depth else self.root
+            parent = chain[depth - 1][0] if depth else root
             start = depth * self.block_size
             tails = {key: self._entries[key].tail for key in self._under.get(parent, ())
                      if self._entries[key].states is not None}
             if self.disk is not None:
-                tails = self.disk.checkpoints_under(parent if depth else None) | tails
+                tails = self.disk.checkpoints_under(self._disk_parent(parent if depth else None, root)) | tails
             best, best_len = None, -1
             for key, tail in tails.items():
                 n = len(tail)
@@ -191,7 +203,7 @@ class PrefixCache:
                     best, best_len = key, n
             if best is None:
                 continue
-            entry = self._entries.get(best) or self._checkpoint_from_disk(best, parent if depth else None)
+            entry = self._entries.get(best) or self._checkpoint_from_disk(best, parent if depth else None, root)
             if entry is None:
                 continue
             self._touch(chain[:depth], best)
@@ -216,26 +228,28 @@ class PrefixCache:
             leaves[leaf] = restore_leaf(self.layout.types[leaf], found.last.states[j])
         return self.layout.assemble(leaves)
 
-    def _from_disk(self, h: bytes, parent: bytes | None, tokens: list[int]) -> CacheEntry | None:
+    def _from_disk(self, h: bytes, parent: bytes | None, root: bytes, tokens: list[int]) -> CacheEntry | None:
         if self.disk is None or (parent is not None and parent not in self._entries):
             return None
-        kv = self.disk.load(h, parent, tokens, self.kv_bits, self._load)
+        kv = self.disk.load(h, self._disk_parent(parent, root), tokens, self.kv_bits, self._load)
         if kv is None:
             return None
-        return self._add(h, CacheEntry(parent, kv, state_bytes(kv), tokens=tuple(tokens) if self.block_mode else None))
+        return self._add(h, CacheEntry(parent, kv, state_bytes(kv), tokens=tuple(tokens) if self.block_mode else None,
+                                       root=root))
 
-    def _checkpoint_from_disk(self, key: bytes, parent: bytes | None) -> CacheEntry | None:
+    def _checkpoint_from_disk(self, key: bytes, parent: bytes | None, root: bytes) -> CacheEntry | None:
         if self.disk is None or (parent is not None and parent not in self._entries):
             return None
-        loaded = self.disk.load_checkpoint(key, parent, self.kv_bits, self._load)
+        loaded = self.disk.load_checkpoint(key, self._disk_parent(parent, root), self.kv_bits, self._load)
         if loaded is None:
             return None
         tail, kv, states = loaded
-        return self._add(key, CacheEntry(parent, kv, state_bytes(kv) + state_bytes(states), tail=tail, states=states))
+        return self._add(key, CacheEntry(parent, kv, state_bytes(kv) + state_bytes(states), tail=tail, states=states,
+                                         root=root))
 
     def _add(self, key: bytes, entry: CacheEntry) -> CacheEntry:
         self._entries[key] = entry
-        self._under.setdefault(entry.parent or self.root, set()).add(key)
+        self._under.setdefault(entry.parent or entry.root or self.root, set()).add(key)
         if entry.parent is not None:
             self._entries[entry.parent].children += 1
         self.stats.bytes += entry.nbytes
@@ -246,8 +260,8 @@ class PrefixCache:
         return entry
 
     # -- insertion ----------------------------------------------------------------
-    def insert(self, tokens: list[int], cache: list[Any]) -> None:
-        """Remember the state after ``tokens``, held by a batch-1 per-layer ``cache``.
+    def insert(self, tokens: list[int], cache: list[Any], namespace: bytes | None = None) -> None:
+        """Remember under ``namespace`` the state after ``tokens``, held by a batch-1 per-layer ``cache``.
 
         KV leaves must cover at least ``tokens``; state leaves must be exactly after the last of
         them (only the tokens the KV leaves really cover are stored for a KV-only model).
@@ -261,16 +275,18 @@ class PrefixCache:
             return
         if not tokens or self.stats.budget_bytes <= 0:
             return
-        parent = self._insert_blocks(tokens, kv)
+        root = self._root(namespace)
+        parent = self._insert_blocks(tokens, kv, namespace, root)
         rest = len(tokens) % self.block_size
         if rest or not self.block_mode:
-            self._insert_tail(tokens, rest, parent, leaves, kv)
+            self._insert_tail(tokens, rest, parent, root, leaves, kv)
         self._evict_to(self.stats.budget_bytes)
 
-    def _insert_tail(self, tokens: list[int], rest: int, parent: bytes | None, leaves: list, kv: list) -> None:
+    def _insert_tail(self, tokens: list[int], rest: int, parent: bytes | None, root: bytes, leaves: list,
+                     kv: list) -> None:
         """The partial block after the last full one; a checkpoint (with the state leaves) where there are any."""
         tail = tuple(tokens[len(tokens) - rest:])
-        key = _digest((parent or self.root) + b"tail", tail)
+        key = _digest((parent or root) + b"tail", tail)
         if key in self._entries:
             self._entries.move_to_end(key)
         else:
@@ -281,22 +297,22 @@ class PrefixCache:
                 states = [copy_state(leaves[i].state) for i in self.layout.state_leaves]
                 mx.eval(states)
             self._add(key, CacheEntry(parent, kv_tail, state_bytes(kv_tail) + state_bytes(states or []),
-                                      tail=tail, states=states))
+                                      tail=tail, states=states, root=root))
             if states is not None and self.disk is not None:
-                self.disk.save_checkpoint(key, parent, tail, kv_tail, states)
+                self.disk.save_checkpoint(key, self._disk_parent(parent, root), tail, kv_tail, states)
 
-    def _insert_blocks(self, tokens: list[int], kv: list[Any]) -> bytes | None:
+    def _insert_blocks(self, tokens: list[int], kv: list[Any], namespace: bytes | None, root: bytes) -> bytes | None:
         parent = None
-        for i, h in enumerate(self.block_hashes(tokens)):
+        for i, h in enumerate(self.block_hashes(tokens, namespace=namespace)):
             if h in self._entries:
                 self._entries.move_to_end(h)
             else:
                 start, end = i * self.block_size, (i + 1) * self.block_size
                 block_kv = [self._slice(c, start, end) for c in kv]
                 self._add(h, CacheEntry(parent, block_kv, state_bytes(block_kv),
-                                        tokens=tuple(tokens[start:end]) if self.block_mode else None))
+                                        tokens=tuple(tokens[start:end]) if self.block_mode else None, root=root))
                 if self.disk is not None:
-                    self.disk.save(h, parent, tokens[start:end], block_kv)
+                    self.disk.save(h, self._disk_parent(parent, root), tokens[start:end], block_kv)
             parent = h
         return parent
 
@@ -343,7 +359,10 @@ class PrefixCache:
             self.stats.checkpoint_bytes -= entry.nbytes
         if entry.parent is not None and entry.parent in self._entries:
             self._entries[entry.parent].children -= 1
-        self._under[entry.parent or self.root].discard(key)
+        under = self._under[home := entry.parent or entry.root or self.root]
+        under.discard(key)
+        if not under:
+            del self._under[home]  # no empty sets left behind (one per namespace ever seen)
 
     def shrink(self, bytes_needed: int) -> int:
         """Evict until ``bytes_needed`` bytes are freed (or the cache is empty); returns bytes freed."""

@@ -49,6 +49,7 @@ class PrefixReuse:
         self.checkpoint_stride = config.checkpoint_stride
         self.block_size = config.prefix_block_size
         self.checker = None
+        self.namespaces: dict[str, bytes] = {}  # LoRA adapter -> its fingerprint: entries of each kept apart
         if cache is not None and model is not None and config.verify_cache_restores > 0:
             self.checker = RestoreChecker(model, config.verify_cache_restores, config.kv_cache_bits,
                                           config.max_num_batched_tokens)
@@ -66,7 +67,7 @@ class PrefixReuse:
         if self.cache is None:
             return
         try:
-            hit = self.cache.lookup(seq.prefix_key)
+            hit = self.cache.lookup(seq.prefix_key, self.namespace(seq))
         except Exception:
             logger.warning("prefix-cache restore for %s failed; prefilling it cold", seq.request_id, exc_info=True)
             self.cache.stats.restore_failures += 1
@@ -74,7 +75,7 @@ class PrefixReuse:
         if not hit.num_tokens:
             return
         seq.cache, seq.num_computed, seq.num_cached_tokens = hit.cache, hit.num_tokens, hit.num_tokens
-        if self.checker is not None and seq.request.multimodal is None:
+        if self.checker is not None and seq.request.multimodal is None and seq.sampling.adapter is None:
             self.checker.maybe_verify(seq, self.cache.stats)
 
     # -- prefill ----------------------------------------------------------------------
@@ -99,14 +100,19 @@ class PrefixReuse:
             if cut > seq.num_computed:
                 runner.prefill(seq, cut - seq.num_computed)
                 if seq.num_computed == cut:
-                    self.remember(seq.prefix_key[:cut], seq.cache)
+                    self.remember(seq, seq.prefix_key[:cut], seq.cache)
         return runner.prefill(seq, end - seq.num_computed) if end > seq.num_computed else None
 
     # -- caching --------------------------------------------------------------------------
-    def remember(self, tokens: list[int], cache: list) -> None:
+    def namespace(self, seq: Sequence) -> bytes | None:
+        """Where ``seq``'s entries live in the cache: its LoRA adapter's own space (None: the base model's)."""
+        return None if seq.sampling.adapter is None else self.namespaces[seq.sampling.adapter]
+
+    def remember(self, seq: Sequence, tokens: list[int], cache: list) -> None:
+        """Cache the state after ``tokens`` (a prefix of ``seq``'s prompt and output)."""
         if self.cache is not None:
             try:
-                self.cache.insert(tokens, cache)
+                self.cache.insert(tokens, cache, self.namespace(seq))
             except Exception:  # caching is an optimisation: never fail a request over it
                 logger.warning("prefix cache insert failed", exc_info=True)
 
@@ -114,7 +120,7 @@ class PrefixReuse:
         """Cache the prompts of rows prefilled together (in block mode, only those of a block or more)."""
         for i, seq in enumerate(seqs):
             if seq.num_prompt_tokens >= self.block_size or not self.block_mode:
-                self.remember(seq.prompt_ids, [c.extract(i) for c in batch_cache])
+                self.remember(seq, seq.prompt_ids, [c.extract(i) for c in batch_cache])
 
     def remember_finished(self, runner: ModelRunner, done: list[Sequence], unfed: int = 0) -> None:
         """Cache prompt + completion of finished rows, so the next turn of a conversation hits;
@@ -126,7 +132,7 @@ class PrefixReuse:
         for seq in done:
             if seq in rows and seq.finish_reason in (FinishReason.STOP, FinishReason.LENGTH):
                 tokens = seq.prefix_key + seq.output_ids
-                self.remember(tokens[:len(tokens) - unfed], [c.extract(rows[seq]) for c in runner.batch_cache])
+                self.remember(seq, tokens[:len(tokens) - unfed], [c.extract(rows[seq]) for c in runner.batch_cache])
 
     def stats(self) -> dict | None:
         if self.cache is None:

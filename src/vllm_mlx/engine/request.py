@@ -52,6 +52,7 @@ class SamplingParams:
     # end-of-reasoning marker itself so the model goes on to answer (None = no budget).
     max_thinking_tokens: int | None = None
     speculative: bool = True  # may speculate where the engine does (False: never this request's rows)
+    adapter: str | None = None  # the served LoRA adapter (--lora NAME=PATH) its rows decode with; None: the base
 
     @property
     def greedy(self) -> bool:

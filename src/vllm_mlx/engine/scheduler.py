@@ -35,9 +35,13 @@ class Scheduler:
         max_num_batched_tokens: int,
         deterministic: bool = False,
         on_admit: Callable[[Sequence], None] | None = None,
+        can_admit: Callable[[Sequence], bool] | None = None,
     ):
         self.max_num_seqs = max_num_seqs
         self.on_admit = on_admit  # e.g. the prefix-cache lookup, run as a sequence leaves the queue
+        # whether a queued sequence may start now (e.g. its LoRA adapter has a slot); one that may not
+        # keeps its place in the queue while those behind it go ahead
+        self.can_admit = can_admit
         self.max_num_batched_tokens = max_num_batched_tokens
         # Deterministic mode: prompt chunks have a fixed size whatever else runs, so the
         # same prompt is always split (and computed) the same way.
@@ -110,8 +114,15 @@ class Scheduler:
     def schedule(self) -> StepPlan:
         plan = StepPlan()
         budget = max(self.max_num_batched_tokens - len(self.running), MIN_PREFILL_TOKENS_PER_STEP)
-        while self.waiting and len(self.running) + len(self.prefilling) < self.max_num_seqs:
-            self.admit(self.waiting[0])
+        if self.can_admit is None:
+            while self.waiting and len(self.running) + len(self.prefilling) < self.max_num_seqs:
+                self.admit(self.waiting[0])
+        else:
+            for seq in list(self.waiting):
+                if len(self.running) + len(self.prefilling) >= self.max_num_seqs:
+                    break
+                if seq in self.waiting and self.can_admit(seq):
+                    self.admit(seq)
         for seq in self.prefilling:
             if budget <= 0:
                 break

@@ -220,7 +220,7 @@ class Speculator:
         outputs, done = core.read_back(seqs, rows)
         if rows["junk"] is not None and runner.batch_cache is not None:
             if runner.recurrent:
-                repair(runner.model, runner.batch_cache, runner.recurrent, rows, rows["junk"].tolist())
+                repair(runner.batch_model, runner.batch_cache, runner.recurrent, rows, rows["junk"].tolist())
             else:
                 drop_row_tails(runner.batch_cache, rows["junk"].tolist())
         core.retire(done, unfed=int(rows["junk"] is not None))  # a verify step's last token is not fed yet

@@ -93,6 +93,12 @@ def _audio(kind: str):
     return convert
 
 
+def _lora_specs(entries) -> tuple:
+    from ..engine.lora import parse_lora_specs
+
+    return parse_lora_specs(entries)  # AdapterError is a ValueError
+
+
 def _profile(name: str) -> None:
     from ..profiles import serving_profile
 
@@ -152,6 +158,11 @@ OPTIONS: tuple[Option, ...] = (
            "id) that proposes tokens for --speculative draft; giving it turns that on", metavar="MODEL"),
     Option("num_speculative_tokens", 4, "with --speculative: most tokens a request proposes per "
            "step (default: %(default)s)", int, check=at_least(1)),
+    Option("lora", None, "serve mlx-lm LoRA adapter folders beside the model; a request names one as its model "
+           "(NAME or MODEL:NAME) or in the adapters field, and rows of different adapters share each batch "
+           "(docs/lora.md)", object, nargs="+", metavar="NAME=PATH", convert=_lora_specs),
+    Option("max_loras", 8, "with --lora: adapters held in memory at once; the least recently used idle one gives "
+           "way to the next (default: %(default)s)", int, check=at_least(1)),
     Option("continuous_batching", False, "accepted for compatibility: batching is always on", bool),
     Option("shutdown_timeout", 30.0, "on SIGTERM, seconds in-flight requests may keep running before they are "
            "ended with a final event (default: %(default)s)", float, check=not_negative),
@@ -398,6 +409,10 @@ RULES: tuple[Rule, ...] = (
     _single_model_only("served_model_name", "--served-model-name"),
     _single_model_only("warm_prompts", "--warm-prompts"),
     _single_model_only("draft_model", "--draft-model"),
+    Rule(("models", "lora"), lambda v: "--lora serves adapters of the one MODEL; it cannot be combined with "
+         "--models yet" if v["models"] and v["lora"] else None),
+    Rule(("lora", "distributed"), lambda v: "--lora cannot be combined with --distributed yet"
+         if v["lora"] and v["distributed"] else None),
     Rule(("memory_warn_threshold", "memory_limit_threshold"),
          lambda v: "--memory-limit-threshold must be greater than --memory-warn-threshold"
          if v["memory_limit_threshold"] <= v["memory_warn_threshold"] else None),

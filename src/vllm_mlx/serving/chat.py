@@ -162,6 +162,7 @@ class ChatSteps(ToolChoiceSteps):
         """The output constraint a chat request asks for, and its prompt: rendered by the chat
         template off the event loop, media fetched and expanded (also what counts its tokens)."""
         self.check_model(req.model)
+        self.adapter_of(req)
         spec = self.output_constraint(req)
         # structured output and forced calls answer directly unless asked to think; custom tools' grammars do not
         rendered = await self.tokenize(self.render_chat, req, spec is not None and spec[0] != AUTO_CONSTRAINT)

@@ -48,6 +48,8 @@ def engine_config(config: ServerConfig) -> EngineConfig:
         speculative="draft" if config.draft_model and config.speculative == "off" else config.speculative,
         draft_model=None if config.draft_model is None else str(resolve_model_path(config.draft_model)),
         num_speculative_tokens=config.num_speculative_tokens,
+        loras=tuple(config.lora),
+        max_loras=config.max_loras,
     )
 
 
@@ -138,6 +140,7 @@ def build_serving(config: ServerConfig, engine: AsyncEngine, names: tuple[str, .
         default_max_tokens=config.max_tokens,
         defaults=config.sampling_defaults,
         strict_model_id=config.strict_model_id if strict_model_id is None else strict_model_id,
+        adapters=dict(config.lora),
         limits=config.limits,
         admission=build_admission(config.limits, engine.engine.kv_bytes_per_token),
         prompt_guard=prompt_guard(config, loaded.tokenizer, max_len),

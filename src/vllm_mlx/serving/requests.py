@@ -55,6 +55,7 @@ class SamplingRequest(RequestModel):
     logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
     min_tokens: int = Field(default=0, ge=0)
     speculative: bool | None = None  # false: no speculative decoding for this request (--speculative)
+    adapters: str | None = None  # mlx_lm.server's field: a served LoRA adapter, by name or folder (--lora)
     response_format: dict[str, Any] | None = None  # {"type": "text" | "json_object" | "json_schema", ...}
     # vLLM-style structured outputs: {"json" | "regex" | "choice" | "grammar": ...}; and the older names
     structured_outputs: dict[str, Any] | None = None

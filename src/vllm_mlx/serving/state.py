@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator
 
 from ..config import SamplingDefaults
 from ..limits import Limits
+from .adapters import adapter_for, adapter_ids
 from .admission import AdmittedStream, MemoryAdmission
 from ..engine.async_engine import AsyncEngine
 from ..engine.constraints import GrammarCompiler, GrammarError, StructuredSpec
@@ -45,6 +46,7 @@ class ServingState(ChatSteps):
     admission: MemoryAdmission | None = None  # memory-aware admission (None: off)
     prompt_guard: Any = None  # prompt_guard.PromptGuard: size bound before tokenizing, tokenizer lanes
     running: RunningRequests = field(default_factory=RunningRequests)  # by public id, for listing and cancel
+    adapters: dict[str, str] = field(default_factory=dict)  # --lora: served LoRA adapters, name -> folder
     _content_tokens: Any = None  # content_tokens.ContentTokens, built on first use
 
     # -- request checks -------------------------------------------------------
@@ -52,6 +54,7 @@ class ServingState(ChatSteps):
         """The checks every generation route makes first: unknown fields, model id, unsupported fields."""
         self.warn_unknown_fields(req, route)
         self.check_model(req.model)
+        self.adapter_of(req)
         if getattr(req, "prompt", None) is not None:
             check_prompt_count(self.limits, req.prompt)
         self.reject_unsupported(req)
@@ -73,12 +76,17 @@ class ServingState(ChatSteps):
 
     def check_model(self, requested: str) -> None:
         """With --strict-model-id, the request must name the served model or an alias."""
-        if self.strict_model_id and requested not in (self.model_name, *self.aliases):
+        names = (self.model_name, *self.aliases)
+        if self.strict_model_id and requested not in (*names, *adapter_ids(self.adapters, names)):
             raise APIError(
                 404, f"The model '{requested}' does not exist; this server serves "
                 f"{', '.join(repr(n) for n in (self.model_name, *self.aliases))}",
                 param="model", code="model_not_found",
             )
+
+    def adapter_of(self, req: SamplingRequest) -> str | None:
+        """The served LoRA adapter a request names (None: the base model); 404 for one not served."""
+        return adapter_for(req, self.adapters, (self.model_name, *self.aliases))
 
     # -- structured output ---------------------------------------------------------
     def structured_spec(self, req: SamplingRequest) -> tuple[str, StructuredSpec] | None:
@@ -185,6 +193,7 @@ class ServingState(ChatSteps):
             n=req.n,
             max_thinking_tokens=max_thinking_tokens,
             speculative=req.speculative is not False,
+            adapter=self.adapter_of(req),
         )
         try:
             params.validate()
