@@ -115,3 +115,41 @@ def test_grammar_and_the_engine_process(start_server, tiny_qwen3, adapters, expe
             "additionalProperties": False}}})
     assert isinstance(json.loads(out.choices[0].message.content)["ok"], bool)
     assert "beta" in server.health()["engine"]["lora"]["resident"]
+
+
+@pytest.mark.parametrize("arch", ["qwen3_5", "gemma3_text", "lfm2"])
+def test_hybrid_and_sliding_window_models(arch, models_dir):
+    """Tiny Qwen3.5 (gated delta nets), Gemma 3 (sliding windows) and LFM2 (short convolutions) with two
+    adapters made by mlx-lm: the base and both adapters mixed in one batch, with the prefix cache on,
+    give mlx-lm's fused output."""
+    from mlx_lm import load
+    from mlx_lm.utils import load_tokenizer
+
+    from vllm_mlx_testing import fused_model, greedy_tokens, make_lora_adapter
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    path = build_arch_model(models_dir / f"lora-{arch}", arch)
+    made = {f"a{i}": str(make_lora_adapter(path, models_dir / f"lora-{arch}-a{i}", seed=i)) for i in range(2)}
+    tokenizer = load_tokenizer(path)
+    models = {None: load(str(path))[0]} | {name: fused_model(path, p)[0] for name, p in made.items()}
+    want = {name: [greedy_tokens(m, tokenizer.encode(p), TOKENS) for p in PROMPTS] for name, m in models.items()}
+    assert want["a0"] != want[None] and want["a1"] != want[None]
+    h = EngineHarness(path, loras=tuple(made.items()), max_num_seqs=8, prefix_block_size=4)
+    try:
+        for (name, i), (_, tokens, _) in run_all(h, want).items():
+            assert tokens == want[name][i], (name, i)
+    finally:
+        h.engine.shutdown()
+
+
+def test_adapters_of_mixture_of_experts_layers_are_refused(models_dir):
+    """mlx-lm adapts a MoE model's experts by default (its switch layers); those adapters are refused at
+    start, naming the layer, rather than served without their expert updates."""
+    from vllm_mlx.engine.lora import AdapterError
+    from vllm_mlx_testing import make_lora_adapter
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    path = build_arch_model(models_dir / "lora-gpt_oss", "gpt_oss")
+    adapter = make_lora_adapter(path, models_dir / "lora-gpt_oss-a", seed=1)
+    with pytest.raises(AdapterError, match="mixture-of-experts"):
+        EngineHarness(path, loras=(("moe", str(adapter)),))
