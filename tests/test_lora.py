@@ -205,7 +205,7 @@ def test_an_adapter_changed_on_disk_fails_its_requests_alone(tiny_qwen3, adapter
 def test_lora_settings_from_flags_and_config_files(adapters, tmp_path):
     """--lora NAME=PATH, a config file's [lora] table or list, and what --print-config writes all give the same
     (name, absolute folder) pairs; --models and --distributed are refused."""
-    from vllm_mlx.engine.lora import parse_lora_specs
+    from vllm_mlx.engine.lora_files import parse_lora_specs
     from vllm_mlx.options import OptionError, check_settings, DEFAULTS
 
     want = tuple((n, str(Path(p).resolve())) for n, p in adapters.items())

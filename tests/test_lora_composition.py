@@ -142,14 +142,33 @@ def test_hybrid_and_sliding_window_models(arch, models_dir):
         h.engine.shutdown()
 
 
-def test_adapters_of_mixture_of_experts_layers_are_refused(models_dir):
-    """mlx-lm adapts a MoE model's experts by default (its switch layers); those adapters are refused at
-    start, naming the layer, rather than served without their expert updates."""
-    from vllm_mlx.engine.lora import AdapterError
-    from vllm_mlx_testing import make_lora_adapter
+@pytest.mark.parametrize("arch", ["gpt_oss", "nemotron_h", "qwen3_next"])
+def test_mixture_of_experts_models_with_adapted_experts(arch, models_dir):
+    """mlx-lm adapts a MoE model's experts by default (each expert its own A and B): tiny gpt-oss,
+    Nemotron-H and Qwen3-Next with two such adapters, mixed with the base in one batch, give mlx-lm's
+    fused output -- also where mlx-lm sorts the tokens by expert (a long prompt; 36 rows of 2 experts
+    each decoding together, their rows' adapters mixed)."""
+    from mlx_lm import load
+    from mlx_lm.utils import load_tokenizer
+
+    from vllm_mlx_testing import fused_model, greedy_tokens, make_lora_adapter
     from vllm_mlx_testing.arch_models import build_arch_model
 
-    path = build_arch_model(models_dir / "lora-gpt_oss", "gpt_oss")
-    adapter = make_lora_adapter(path, models_dir / "lora-gpt_oss-a", seed=1)
-    with pytest.raises(AdapterError, match="mixture-of-experts"):
-        EngineHarness(path, loras=(("moe", str(adapter)),))
+    path = build_arch_model(models_dir / f"lora-{arch}", arch)
+    made = {f"a{i}": str(make_lora_adapter(path, models_dir / f"lora-{arch}-a{i}", seed=i)) for i in range(2)}
+    assert any(len(shape) == 3 for shape in mx.load(made["a0"] + "/adapters.safetensors").values() for shape in
+               [shape.shape])  # experts adapted
+    tokenizer = load_tokenizer(path)
+    prompts = [PROMPTS[0], " ".join(PROMPTS) * 3]
+    models = {None: load(str(path))[0]} | {name: fused_model(path, p)[0] for name, p in made.items()}
+    want = {name: [greedy_tokens(m, tokenizer.encode(p), TOKENS) for p in prompts] for name, m in models.items()}
+    assert want["a0"] != want[None] and want["a1"] != want[None]
+    h = EngineHarness(path, loras=tuple(made.items()), max_num_seqs=36, prefix_cache=False)
+    try:
+        requests = [(name, i, h.request(p, max_tokens=TOKENS, temperature=0.0, ignore_eos=True, adapter=name))
+                    for _ in range(6) for name in want for i, p in enumerate(prompts)]
+        h.engine.add_requests([r for _, _, r in requests])
+        for name, i, r in requests:
+            assert h.wait(r.request_id)[1] == want[name][i], (name, i)
+    finally:
+        h.engine.shutdown()

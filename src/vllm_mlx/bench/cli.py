@@ -267,7 +267,7 @@ def run_rows(argv: list[str]) -> int:
         parser.error("--temperature must be in [0, 2]")
     if (args.speculative == "draft") != bool(args.draft_model):
         parser.error("--speculative draft and --draft-model MODEL go together")
-    from ..engine.lora import parse_lora_specs
+    from ..engine.lora_files import parse_lora_specs
 
     try:
         loras = parse_lora_specs(args.lora) if args.lora else ()

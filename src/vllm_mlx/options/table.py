@@ -94,7 +94,7 @@ def _audio(kind: str):
 
 
 def _lora_specs(entries) -> tuple:
-    from ..engine.lora import parse_lora_specs
+    from ..engine.lora_files import parse_lora_specs
 
     return parse_lora_specs(entries)  # AdapterError is a ValueError
 
