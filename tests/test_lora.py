@@ -176,7 +176,7 @@ def test_an_adapter_for_another_base_or_format_does_not_start(tiny_qwen3, models
     other = build_tiny_model(models_dir / "lora-other-base", "qwen3", hidden_size=96, seed=5)
     foreign = make_lora_adapter(other, models_dir / "lora-foreign", seed=1)
     refused_at_start(tiny_qwen3, "--lora", f"foreign={foreign}", says="made for another base model")
-    refused_at_start(tiny_qwen3, "--lora", f"missing={tmp_path}", says="is not an mlx-lm adapter folder")
+    refused_at_start(tiny_qwen3, "--lora", f"missing={tmp_path}", says="is not an adapter folder")
     refused_at_start(tiny_qwen3, "--lora", "x:y=/tmp", says="no ':'")
 
 
@@ -216,3 +216,30 @@ def test_lora_settings_from_flags_and_config_files(adapters, tmp_path):
                              (dict(distributed=True), "cannot be combined with --distributed")):
         with pytest.raises(OptionError, match=message):
             check_settings(DEFAULTS.as_dict() | {"lora": [f"alpha={adapters['alpha']}"]} | changes)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_peft_adapters(tiny_qwen3, adapters, expected, tmp_path, rslora):
+    """The same adapters in PEFT's layout (adapter_model.safetensors, lora_A (r, in) / lora_B (out, r),
+    lora_alpha / r or / sqrt(r)) give the same output as mlx-lm's, mixed with mlx-lm adapters in one batch;
+    a DoRA adapter is refused."""
+    import json
+
+    from vllm_mlx.engine.lora_files import AdapterError, read_adapter
+    from vllm_mlx_testing import peft_copy
+
+    peft = {name: str(peft_copy(path, tmp_path / name, rslora=rslora)) for name, path in adapters.items()}
+    h = EngineHarness(tiny_qwen3, loras=(("alpha", adapters["alpha"]), ("beta", peft["beta"]),
+                                         ("gamma", peft["gamma"])), max_num_seqs=16, prefix_cache=False)
+    try:
+        requests = [(name, i, h.request(p, max_tokens=TOKENS, temperature=0.0, ignore_eos=True, adapter=name))
+                    for name in ("alpha", "beta", "gamma", None) for i, p in enumerate(PROMPTS)]
+        h.engine.add_requests([r for _, _, r in requests])
+        for name, i, r in requests:
+            assert h.wait(r.request_id)[1] == expected[name][i], (name, i)
+    finally:
+        h.engine.shutdown()
+    config = Path(peft["beta"]) / "adapter_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"use_dora": True}))
+    with pytest.raises(AdapterError, match="use_dora"):
+        read_adapter("beta", peft["beta"])

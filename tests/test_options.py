@@ -125,7 +125,7 @@ def test_parser_names_from_config_files_and_profiles(tmp_path):
     (dict(draft_model="/m/d", deterministic=True), "--speculative cannot be combined with --deterministic"),
     (dict(models=["a=/m/a"], draft_model="/m/d"), "--draft-model applies to a single MODEL"),
     (dict(lora=["a"]), "--lora: give each adapter as NAME=PATH, not 'a'"),
-    (dict(lora=["a=/nowhere"]), "--lora: LoRA adapter 'a': /nowhere is not an mlx-lm adapter folder"),
+    (dict(lora=["a=/nowhere"]), "--lora: LoRA adapter 'a': /nowhere is not an adapter folder"),
     (dict(lora=["a=/m/a", "a=/m/b"]), "--lora: adapter names must be unique: a"),
     (dict(max_loras=0), "--max-loras must be at least 1 (got 0)"),
     (dict(cors_origins=["*"], cors_allow_credentials=True), "cannot be combined with --cors-origins '*'"),

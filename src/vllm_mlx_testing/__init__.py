@@ -20,7 +20,7 @@ random-model builder and tokenizer training these fixtures reuse.
 """
 
 from .builders import add_mtp_head, build_scripted_model, build_tiny_model, first_layers_model
-from .lora_adapters import build_quantized_tiny_model, fused_model, greedy_tokens, make_lora_adapter
+from .lora_adapters import build_quantized_tiny_model, fused_model, greedy_tokens, make_lora_adapter, peft_copy
 from .tokenizer import train_tokenizer
 
 __all__ = [
@@ -32,5 +32,6 @@ __all__ = [
     "fused_model",
     "greedy_tokens",
     "make_lora_adapter",
+    "peft_copy",
     "train_tokenizer",
 ]

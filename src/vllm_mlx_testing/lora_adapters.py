@@ -41,6 +41,7 @@ __all__ = [
     "fused_model",
     "greedy_tokens",
     "make_lora_adapter",
+    "peft_copy",
 ]
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
@@ -220,3 +221,32 @@ def build_quantized_tiny_model(
     mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})
     save_config(config, path / "config.json")
     return path
+
+
+def peft_copy(adapter: str | Path, out: str | Path, rslora: bool = False) -> Path:
+    """The mlx-lm adapter at ``adapter`` written again as PEFT's ``save_pretrained`` lays a LoRA adapter
+    out: ``adapter_model.safetensors`` with ``base_model.model.LAYER.lora_A.weight`` (r, in) and
+    ``lora_B.weight`` (out, r), and an ``adapter_config.json`` whose ``lora_alpha`` gives the same scale
+    (``lora_alpha / r``, or ``/ sqrt(r)`` with ``rslora``). Linear layers only."""
+    import mlx.core as mx
+
+    src, out = Path(adapter), Path(out)
+    config = json.loads((src / ADAPTER_CONFIG).read_text())
+    params = config["lora_parameters"]
+    rank, scale = int(params["rank"]), float(params["scale"])
+    weights = mx.load(str(src / ADAPTER_WEIGHTS))
+    layers = sorted({key.rsplit(".", 1)[0] for key in weights})
+    peft = {}
+    for layer in layers:
+        peft[f"base_model.model.{layer}.lora_A.weight"] = mx.contiguous(weights[f"{layer}.lora_a"].T)
+        peft[f"base_model.model.{layer}.lora_B.weight"] = mx.contiguous(weights[f"{layer}.lora_b"].T)
+    out.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(out / "adapter_model.safetensors"), peft)
+    alpha = scale * (math.sqrt(rank) if rslora else rank)
+    (out / ADAPTER_CONFIG).write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha, "use_rslora": rslora,
+        "lora_dropout": 0.0, "bias": "none", "use_dora": False, "fan_in_fan_out": False, "modules_to_save": None,
+        "rank_pattern": {}, "alpha_pattern": {}, "target_modules": sorted({layer.rsplit(".", 1)[1] for layer in layers}),
+        "inference_mode": True,
+    }, indent=2))
+    return out

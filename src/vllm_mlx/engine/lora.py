@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import mlx.core as mx
 import mlx.nn as nn
 
-from .lora_files import WEIGHTS_FILE, AdapterError, AdapterFile, adapter_fingerprint, read_adapter
+from .lora_files import CONFIG_FILE, AdapterError, AdapterFile, adapter_fingerprint, read_adapter
 from .lora_layers import EXPERT_LAYERS, AdapterRouting, AdapterRows, MultiLoRAExperts, MultiLoRALinear, linear_dims
 
 
@@ -66,15 +66,18 @@ class AdapterBank:
         return True
 
     def _load(self, adapter: AdapterFile, slot: int) -> None:
-        if adapter_fingerprint(adapter.path) != adapter.fingerprint:  # its cached prefixes would be stale
+        if adapter_fingerprint(adapter.path / CONFIG_FILE, adapter.weights) != adapter.fingerprint:  # stale cache
             raise AdapterError(f"LoRA adapter {adapter.name!r} changed on disk since the server started; restart "
                                f"it to serve the new weights")
-        weights = mx.load(str(adapter.path / WEIGHTS_FILE))
+        weights = mx.load(str(adapter.weights))
         for path, layer in self.layers.items():
-            if path in adapter.shapes:  # (an expert layer's untouched siblings are zeroed too)
-                layer.write(slot, weights[f"{path}.lora_a"], adapter.scale * weights[f"{path}.lora_b"])
-            else:
+            shape = adapter.shapes.get(path)  # (an expert layer's untouched siblings are zeroed too)
+            if shape is None:
                 layer.write(slot, None, None)
+            elif shape.transposed:  # PEFT's (r, in) and (out, r)
+                layer.write(slot, weights[shape.a_key].T, shape.scale * weights[shape.b_key].T)
+            else:
+                layer.write(slot, weights[shape.a_key], shape.scale * weights[shape.b_key])
         mx.eval([w.arrays() for w in self.layers.values()])
         self.loads += 1
 

@@ -158,9 +158,9 @@ OPTIONS: tuple[Option, ...] = (
            "id) that proposes tokens for --speculative draft; giving it turns that on", metavar="MODEL"),
     Option("num_speculative_tokens", 4, "with --speculative: most tokens a request proposes per "
            "step (default: %(default)s)", int, check=at_least(1)),
-    Option("lora", None, "serve mlx-lm LoRA adapter folders beside the model; a request names one as its model "
-           "(NAME or MODEL:NAME) or in the adapters field, and rows of different adapters share each batch "
-           "(docs/lora.md)", object, nargs="+", metavar="NAME=PATH", convert=_lora_specs),
+    Option("lora", None, "serve LoRA adapter folders (mlx-lm's or PEFT's) beside the model; a request names one "
+           "as its model (NAME or MODEL:NAME) or in the adapters field, and rows of different adapters share each "
+           "batch (docs/lora.md)", object, nargs="+", metavar="NAME=PATH", convert=_lora_specs),
     Option("max_loras", 8, "with --lora: adapters held in memory at once; the least recently used idle one gives "
            "way to the next (default: %(default)s)", int, check=at_least(1)),
     Option("continuous_batching", False, "accepted for compatibility: batching is always on", bool),
