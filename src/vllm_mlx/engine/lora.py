@@ -185,12 +185,11 @@ class AdapterAdmission:
             return False
 
 
-def serve_adapters(model: nn.Module, specs: tuple[tuple[str, str], ...], max_loras: int) -> AdapterBank:
-    """Read and check every ``--lora NAME=PATH`` adapter and wrap ``model``'s adapted layers (engine thread)."""
-    if hasattr(model, "prefill_multimodal"):
-        raise AdapterError("LoRA adapters are served on text models; serve this vision-language model with "
-                           "--text-only to use them")
-    bank = AdapterBank(model, [read_adapter(name, path) for name, path in specs], max_loras)
+def serve_adapters(model: Any, specs: tuple[tuple[str, str], ...], max_loras: int) -> AdapterBank:
+    """Read and check every ``--lora NAME=PATH`` adapter and wrap ``model``'s adapted layers (engine thread);
+    a vision-language model's language layers are adapted (their paths are mlx-lm's for the same model)."""
+    module = getattr(model, "vlm", model)  # engine.vision_model.VisionLanguageModel drives an mlx-vlm module
+    bank = AdapterBank(module, [read_adapter(name, path) for name, path in specs], max_loras)
     for name, _ in specs[:max_loras]:  # the first ones are ready before the first request
         bank.acquire(name, set())
     return bank

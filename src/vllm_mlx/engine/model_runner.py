@@ -76,7 +76,8 @@ class ModelRunner:
         prompt is in the cache, else None.
         """
         if seq.request.multimodal is not None:
-            return self.model.prefill_multimodal(seq, num_tokens)  # media embedded at their placeholders
+            with self.selecting([seq]):
+                return self.model.prefill_multimodal(seq, num_tokens)  # media embedded at their placeholders
         if seq.cache is None:
             seq.cache = make_prompt_cache(self.model)
         start = seq.num_computed
