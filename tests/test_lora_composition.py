@@ -172,3 +172,27 @@ def test_mixture_of_experts_models_with_adapted_experts(arch, models_dir):
             assert h.wait(r.request_id)[1] == want[name][i], (name, i)
     finally:
         h.engine.shutdown()
+
+
+def test_mtp_speculation_with_adapters(models_dir):
+    """--speculative mtp on a tiny Qwen3.5 whose checkpoint carries an MTP head: the head drafts from the
+    adapted model's hidden states (it has no adapter of its own) and each row's verify forward applies its
+    adapter, so base and adapter rows mixed in one batch give mlx-lm's fused output."""
+    from mlx_lm import load
+    from mlx_lm.utils import load_tokenizer
+
+    from vllm_mlx_testing import add_mtp_head, fused_model, greedy_tokens, make_lora_adapter
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    path = add_mtp_head(build_arch_model(models_dir / "lora-mtp", "qwen3_5"))
+    made = {"a": str(make_lora_adapter(path, models_dir / "lora-mtp-a", seed=2))}
+    tokenizer = load_tokenizer(path)
+    models = {None: load(str(path))[0], "a": fused_model(path, made["a"])[0]}
+    want = {name: [greedy_tokens(m, tokenizer.encode(p), TOKENS) for p in PROMPTS] for name, m in models.items()}
+    h = EngineHarness(path, loras=tuple(made.items()), speculative="mtp", max_num_seqs=8)
+    try:
+        for (name, i), (_, tokens, _) in run_all(h, want).items():
+            assert tokens == want[name][i], (name, i)
+        assert h.engine.stats.speculative["proposed"] > 0
+    finally:
+        h.engine.shutdown()
