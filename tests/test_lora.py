@@ -243,3 +243,16 @@ def test_peft_adapters(tiny_qwen3, adapters, expected, tmp_path, rslora):
     config.write_text(json.dumps(json.loads(config.read_text()) | {"use_dora": True}))
     with pytest.raises(AdapterError, match="use_dora"):
         read_adapter("beta", peft["beta"])
+
+
+def test_strict_model_ids_include_the_adapters(start_server, tiny_qwen3, adapters):
+    """With --strict-model-id, NAME and MODEL:NAME are served ids; other names still get 404."""
+    import openai
+
+    server = start_server(tiny_qwen3, "--served-model-name", "tiny", "--strict-model-id",
+                          "--lora", f"alpha={adapters['alpha']}")
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x")
+    for model in ("tiny", "alpha", "tiny:alpha"):
+        client.completions.create(model=model, prompt="Hi", max_tokens=2)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="other", prompt="Hi", max_tokens=2)
