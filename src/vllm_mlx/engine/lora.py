@@ -165,21 +165,22 @@ class AdapterAdmission:
 
     def __init__(self, bank: AdapterBank | None, scheduler: Any, fail: Any):
         self.bank, self.scheduler, self.fail = bank, scheduler, fail
+        self._blocked_in = -1  # the scheduling pass (Scheduler.passes) in which an adapter row had to wait
 
     def __call__(self, seq: Any) -> bool:
         name = seq.sampling.adapter
         if name is None:
             return True
+        if self._blocked_in == self.scheduler.passes:  # first come, first served among adapter rows: none
+            return False                                # overtakes one still waiting for a slot
         try:
             if self.bank is None or name not in self.bank.adapters:
                 raise AdapterError(f"this engine serves no LoRA adapter {name!r}")
-            for earlier in self.scheduler.waiting:  # first come, first served among adapter rows: none
-                if earlier is seq:                  # overtakes one still waiting for a slot
-                    break
-                if earlier.sampling.adapter is not None and earlier.sampling.adapter not in self.bank.slot_of:
-                    return False
             in_use = {s.sampling.adapter for s in (*self.scheduler.running, *self.scheduler.prefilling)}
-            return self.bank.acquire(name, in_use)
+            if self.bank.acquire(name, in_use):
+                return True
+            self._blocked_in = self.scheduler.passes
+            return False
         except Exception as exc:
             self.fail([seq], exc)
             return False

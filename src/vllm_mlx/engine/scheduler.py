@@ -42,6 +42,7 @@ class Scheduler:
         # whether a queued sequence may start now (e.g. its LoRA adapter has a slot); one that may not
         # keeps its place in the queue while those behind it go ahead
         self.can_admit = can_admit
+        self.passes = 0  # schedule() calls so far (a can_admit may tell one pass from the next)
         self.max_num_batched_tokens = max_num_batched_tokens
         # Deterministic mode: prompt chunks have a fixed size whatever else runs, so the
         # same prompt is always split (and computed) the same way.
@@ -118,10 +119,11 @@ class Scheduler:
             while self.waiting and len(self.running) + len(self.prefilling) < self.max_num_seqs:
                 self.admit(self.waiting[0])
         else:
+            self.passes += 1
             for seq in list(self.waiting):
                 if len(self.running) + len(self.prefilling) >= self.max_num_seqs:
                     break
-                if seq in self.waiting and self.can_admit(seq):
+                if seq.status is SequenceStatus.WAITING and self.can_admit(seq):
                     self.admit(seq)
         for seq in self.prefilling:
             if budget <= 0:
