@@ -120,6 +120,7 @@ def test_parser_names_from_config_files_and_profiles(tmp_path):
     (dict(speculative="ngram", deterministic=True), "--speculative cannot be combined with --deterministic"),
     (dict(speculative="ngram", distributed=True), "--speculative cannot be combined with --distributed"),
     (dict(num_speculative_tokens=0), "--num-speculative-tokens must be at least 1 (got 0)"),
+    (dict(num_speculative_tokens=3), "--num-speculative-tokens applies with --speculative ngram|draft|mtp"),
     (dict(speculative="draft"), "--speculative draft needs --draft-model MODEL"),
     (dict(speculative="ngram", draft_model="/m/d"), "--draft-model is for --speculative draft, not ngram"),
     (dict(draft_model="/m/d", deterministic=True), "--speculative cannot be combined with --deterministic"),

@@ -151,6 +151,10 @@ def test_mapped_flags_combine_like_the_seed():
     assert settings["kv-cache-bits"] == 4  # the bits win over the switch's default of 8
     alone = print_config("--kv-cache-quantization-bits", "4")  # as before: bits alone quantize nothing
     assert json.loads(alone.stdout)["settings"]["kv-cache-bits"] is None and "no effect" in alone.stderr
+    mtp = json.loads(print_config("--enable-mtp", "--mtp-num-draft-tokens", "3").stdout)["settings"]
+    assert (mtp["speculative"], mtp["num-speculative-tokens"]) == ("mtp", 3)
+    alone = print_config("--mtp-num-draft-tokens", "3")  # as before: the count alone speculates nothing
+    assert json.loads(alone.stdout)["settings"]["num-speculative-tokens"] is None and "no effect" in alone.stderr
 
 
 def test_bad_seed_values_are_refused_in_one_line():

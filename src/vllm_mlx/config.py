@@ -54,7 +54,7 @@ class ServerConfig:
     deterministic: bool = D.deterministic
     speculative: str = D.speculative  # "draft" when draft_model is given and this is left "off"
     draft_model: str | None = D.draft_model
-    num_speculative_tokens: int = D.num_speculative_tokens
+    num_speculative_tokens: int | None = D.num_speculative_tokens  # None: SPECULATIVE_TOKENS when speculating
     prefix_cache: bool = D.prefix_cache
     cache_memory_mb: int | None = D.cache_memory_mb
     cache_memory_fraction: float = D.cache_memory_fraction

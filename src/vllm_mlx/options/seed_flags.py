@@ -168,8 +168,8 @@ SEED_FLAGS: tuple[SeedFlag, ...] = (
 
 BY_FLAG = MappingProxyType({s.flag: s for s in SEED_FLAGS})
 # applied after the rest: --localhost forces 127.0.0.1 over any --host (as before); the bits override the
-# switch's default of 8
-_LAST = ("--localhost", "--kv-cache-quantization-bits")
+# switch's default of 8; the MTP draft count is dropped without --enable-mtp (as before)
+_LAST = ("--localhost", "--kv-cache-quantization-bits", "--mtp-num-draft-tokens")
 
 
 def translate_seed_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -216,4 +216,9 @@ def translate_seed_args(argv: list[str]) -> tuple[list[str], list[str]]:
         notes.append("--kv-cache-quantization-bits: no effect without --kv-cache-quantization (as before); "
                      "here: --kv-cache-bits N")  # as before: the bits alone quantize nothing
         last = [a for i, a in enumerate(last) if "--kv-cache-bits" not in (a, last[i - 1] if i else None)]
+    if "--mtp-num-draft-tokens" in seen and "--enable-mtp" not in seen and not {"--speculative", "--draft-model"} & {
+            a.partition("=")[0] for a in out}:
+        notes.append("--mtp-num-draft-tokens: no effect without --enable-mtp (as before); here: --speculative mtp "
+                     "--num-speculative-tokens N")  # as before: the count alone speculates nothing
+        last = [a for i, a in enumerate(last) if "--num-speculative-tokens" not in (a, last[i - 1] if i else None)]
     return out + last, notes

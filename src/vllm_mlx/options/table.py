@@ -31,6 +31,7 @@ BATCH_DIVERGENCE_ACTIONS = ("warn", "serialize")
 MEMORY_ACTIONS = ("off", "warn", "reduce-context", "reject-new")
 _SAMPLING = SamplingParams()  # the server's sampling defaults are the neutral (OpenAI) values
 MiB = 2**20
+SPECULATIVE_TOKENS = 4  # tokens a row may propose per step when speculating without --num-speculative-tokens
 
 
 # -- checks that need other modules (imported when a value is checked, not at startup) --------------
@@ -156,13 +157,13 @@ OPTIONS: tuple[Option, ...] = (
            choices=("off", "ngram", "draft", "mtp")),
     Option("draft_model", None, "a smaller model with the served model's tokenizer (folder or Hugging Face repo "
            "id) that proposes tokens for --speculative draft; giving it turns that on", metavar="MODEL"),
-    Option("num_speculative_tokens", 4, "with --speculative: most tokens a request proposes per "
-           "step (default: %(default)s)", int, check=at_least(1)),
-    Option("lora", None, "serve LoRA adapter folders (mlx-lm's or PEFT's) beside the model; a request names one "
-           "as its model (NAME or MODEL:NAME) or in the adapters field, and rows of different adapters share each "
-           "batch (docs/lora.md)", object, nargs="+", metavar="NAME=PATH", convert=_lora_specs),
-    Option("max_loras", 8, "with --lora: adapters held in memory at once; the least recently used idle one gives "
-           "way to the next (default: %(default)s)", int, check=at_least(1)),
+    Option("num_speculative_tokens", None, f"with --speculative: most tokens a request proposes per step "
+           f"(default: {SPECULATIVE_TOKENS})", int, check=at_least(1)),
+    Option("lora", None, "serve LoRA adapter folders (mlx-lm's or PEFT's) beside the model; requests name one as "
+           "model (NAME or MODEL:NAME) or adapters; rows of different adapters share each batch (docs/lora.md)",
+           object, nargs="+", metavar="NAME=PATH", convert=_lora_specs),
+    Option("max_loras", 8, "with --lora: adapters held in memory at once; the least recently used idle one "
+           "gives way (default: %(default)s)", int, check=at_least(1)),
     Option("continuous_batching", False, "accepted for compatibility: batching is always on", bool),
     Option("shutdown_timeout", 30.0, "on SIGTERM, seconds in-flight requests may keep running before they are "
            "ended with a final event (default: %(default)s)", float, check=not_negative),
@@ -397,6 +398,8 @@ RULES: tuple[Rule, ...] = (
          if v["speculative"] == "draft" and not v["draft_model"] else None),
     Rule(("speculative", "draft_model"), lambda v: f"--draft-model is for --speculative draft, not "
          f"{v['speculative']}" if v["draft_model"] and v["speculative"] not in ("off", "draft") else None),
+    Rule(("num_speculative_tokens", "speculative", "draft_model"), lambda v: None if not v["num_speculative_tokens"]
+         or _speculating(v) else "--num-speculative-tokens applies with --speculative ngram|draft|mtp, --draft-model"),
     Rule(("speculative", "draft_model", "distributed"), lambda v: "--speculative cannot be combined with "
          "--distributed yet" if _speculating(v) and v["distributed"] else None),
     Rule(("speculative", "draft_model", "deterministic"), lambda v: "--speculative cannot be combined with "
@@ -409,10 +412,8 @@ RULES: tuple[Rule, ...] = (
     _single_model_only("served_model_name", "--served-model-name"),
     _single_model_only("warm_prompts", "--warm-prompts"),
     _single_model_only("draft_model", "--draft-model"),
-    Rule(("models", "lora"), lambda v: "--lora serves adapters of the one MODEL; it cannot be combined with "
-         "--models yet" if v["models"] and v["lora"] else None),
-    Rule(("lora", "distributed"), lambda v: "--lora cannot be combined with --distributed yet"
-         if v["lora"] and v["distributed"] else None),
+    Rule(("models", "lora", "distributed"), lambda v: None if not (v["lora"] and (v["models"] or v["distributed"]))
+         else f"--lora cannot be combined with {'--models' if v['models'] else '--distributed'} yet"),
     Rule(("memory_warn_threshold", "memory_limit_threshold"),
          lambda v: "--memory-limit-threshold must be greater than --memory-warn-threshold"
          if v["memory_limit_threshold"] <= v["memory_warn_threshold"] else None),
