@@ -4,13 +4,12 @@ beside rows of the base model in the same batch."""
 
 from __future__ import annotations
 
-import io
 import threading
 
 import mlx.core as mx
 import openai
 import pytest
-from vision_helpers import openai_content, reference_greedy
+from vision_helpers import greedy_text, openai_content, reference_greedy
 
 from vllm_mlx_testing.qwen35_vision import build_tiny_qwen35_vision_model
 from vllm_mlx_testing.vision_models import data_url, random_image
@@ -38,8 +37,6 @@ def fused_reference(path, adapter_path, content, images, max_tokens) -> str:
     import json
 
     from mlx_vlm import load
-    from mlx_vlm.generate.ar import generate_step
-    from PIL import Image
 
     model, processor = load(str(path))
     scale = json.loads((adapter_path / "adapter_config.json").read_text())["lora_parameters"]["scale"]
@@ -49,16 +46,7 @@ def fused_reference(path, adapter_path, content, images, max_tokens) -> str:
         linear = modules[layer]
         delta = (scale * weights[f"{layer}.lora_b"].T) @ weights[f"{layer}.lora_a"].T
         linear.weight = linear.weight + delta.astype(linear.weight.dtype)
-    prompt = processor.tokenizer.apply_chat_template([{"role": "user", "content": content}],
-                                                     add_generation_prompt=True, tokenize=False,
-                                                     enable_thinking=False)
-    pil = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
-    inputs = processor(text=[prompt], images=pil or None)
-    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "pixel_values", "attention_mask")}
-    tokens = [int(t) for t, _ in generate_step(inputs["input_ids"], model, inputs.get("pixel_values"),
-                                               inputs.get("attention_mask"), max_tokens=max_tokens,
-                                               temperature=0.0, **extra)]
-    return processor.tokenizer.decode(tokens, skip_special_tokens=True)
+    return greedy_text(model, processor, content, images, max_tokens, {"enable_thinking": False})
 
 
 def test_image_and_text_rows_under_an_adapter(start_server, qwen35, adapter):

@@ -19,10 +19,15 @@ def reference_greedy(path: Path, content: list[dict], images: list[bytes], max_t
     """Greedy text of mlx-vlm's own generate loop (one request, its own stateful positions) for a
     user message with ``content`` parts ({"type": "text"/"image"}); special tokens dropped.
     ``template_kwargs``: extra chat-template variables (e.g. ``enable_thinking``)."""
+    return greedy_text(*_load(str(path)), content, images, max_tokens, template_kwargs)
+
+
+def greedy_text(model, processor, content: list[dict], images: list[bytes], max_tokens: int,
+                template_kwargs: dict | None = None) -> str:
+    """:func:`reference_greedy` with a model already loaded (e.g. one whose weights a test changed)."""
     from mlx_vlm.generate.ar import generate_step
     from PIL import Image
 
-    model, processor = _load(str(path))
     prompt = processor.tokenizer.apply_chat_template([{"role": "user", "content": content}],
                                                      add_generation_prompt=True, tokenize=False,
                                                      **(template_kwargs or {}))
