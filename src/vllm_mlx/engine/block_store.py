@@ -19,12 +19,13 @@ import hashlib
 import json
 import logging
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
+
+from ..models.safetensors_header import read_header
 
 logger = logging.getLogger(__name__)
 
@@ -132,11 +133,7 @@ def _quantization(kv: list) -> list | None:
 
 def read_metadata(path: Path) -> dict:
     """A safetensors file's metadata, from its header alone."""
-    with open(path, "rb") as f:
-        size = struct.unpack("<Q", f.read(8))[0]
-        if size > MAX_HEADER_BYTES:
-            raise ValueError("header too large")
-        return json.loads(f.read(size)).get("__metadata__", {})
+    return read_header(path, MAX_HEADER_BYTES).get("__metadata__", {})
 
 
 class BlockDiskStore:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .mtp import safetensors_shapes
+from ..models.safetensors_header import safetensors_shapes
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE, PEFT_WEIGHTS_FILE = "adapters.safetensors", "adapter_model.safetensors"  # mlx-lm's, PEFT's
@@ -65,7 +65,14 @@ class AdapterFile:
 
 
 def read_adapter(name: str, path: str | Path) -> AdapterFile:
-    """Read and check an adapter folder's config and tensor shapes (the weights stay on disk)."""
+    """Read and check an adapter folder's config and tensor shapes, and fingerprint its weights (which
+    stay on disk)."""
+    folder, weights_file, layers = adapter_layers(name, path)
+    return AdapterFile(name, folder, weights_file, layers, adapter_fingerprint(folder / CONFIG_FILE, weights_file))
+
+
+def adapter_layers(name: str, path: str | Path) -> tuple[Path, Path, dict[str, LayerShape]]:
+    """(folder, weights file, adapted layers) of an adapter folder, checked; only headers are read."""
     folder = Path(path).expanduser()
     config_file = folder / CONFIG_FILE
     weights_file = next((folder / f for f in (WEIGHTS_FILE, PEFT_WEIGHTS_FILE) if (folder / f).is_file()), None)
@@ -78,8 +85,7 @@ def read_adapter(name: str, path: str | Path) -> AdapterFile:
     except (OSError, ValueError) as exc:
         raise AdapterError(f"LoRA adapter {name!r}: cannot read {folder}: {exc}") from exc
     peft = weights_file.name == PEFT_WEIGHTS_FILE
-    layers = peft_layers(name, config, shapes) if peft else mlx_layers(name, config, shapes)
-    return AdapterFile(name, folder, weights_file, layers, adapter_fingerprint(config_file, weights_file))
+    return folder, weights_file, peft_layers(name, config, shapes) if peft else mlx_layers(name, config, shapes)
 
 
 def mlx_layers(name: str, config: dict, shapes: dict[str, list[int]]) -> dict[str, LayerShape]:
@@ -151,7 +157,8 @@ def adapter_fingerprint(config_file: Path, weights_file: Path) -> bytes:
 
 def parse_lora_specs(entries: Any) -> tuple[tuple[str, str], ...]:
     """``--lora NAME=PATH ...`` (or a config file's ``{name: path}`` table) -> ((name, folder), ...),
-    each folder read and checked now, so a bad one fails before any model is loaded."""
+    each folder's config and headers checked now, so a bad one fails before any model is loaded (the
+    engine reads them again, with the model, and fingerprints the weights)."""
     if isinstance(entries, (str, dict)):
         entries = [entries]
     pairs: list[tuple[str, str]] = []
@@ -172,5 +179,5 @@ def parse_lora_specs(entries: Any) -> tuple[tuple[str, str], ...]:
     for name, path in pairs:
         if ":" in name:
             raise ValueError(f"adapter name {name!r}: no ':' (requests name an adapter as NAME or MODEL:NAME)")
-        read_adapter(name, path)
+        adapter_layers(name, path)
     return tuple((name, str(Path(path).expanduser().resolve())) for name, path in pairs)

@@ -16,8 +16,6 @@ left for later.
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import mlx.nn as nn
 from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache
 
+from ..models.safetensors_header import safetensors_shapes
 from .sequence import Sequence
 
 
@@ -64,14 +63,6 @@ class MTPHead(nn.Module):
 ZERO_CENTRED = ("pre_fc_norm_embedding.weight", "pre_fc_norm_hidden.weight", "norm.weight")
 LAYER_ZERO_CENTRED = (".input_layernorm.weight", ".post_attention_layernorm.weight", ".q_norm.weight",
                       ".k_norm.weight")
-
-
-def safetensors_shapes(file: Path) -> dict[str, list[int]]:
-    """Each tensor's shape, from a safetensors file's header alone."""
-    with open(file, "rb") as f:
-        size = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(size))
-    return {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}
 
 
 def mtp_weights(path: Path) -> tuple[dict[str, mx.array], bool]:

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..options import DEFAULTS
 from .loader import LoadedModel, cast_floating_weights, context_length
+from .safetensors_header import safetensors_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +50,7 @@ def _weight_names(path: Path) -> list[str]:
     names: list[str] = []
     for file in sorted(path.glob("*.safetensors"))[:1]:
         try:
-            with open(file, "rb") as f:
-                size = int.from_bytes(f.read(8), "little")
-                if size > 100 << 20:
-                    continue
-                names = [k for k in json.loads(f.read(size)) if k != "__metadata__"]
+            names = list(safetensors_shapes(file))
         except (OSError, ValueError):
             continue
     return names
