@@ -115,16 +115,12 @@ class Scheduler:
     def schedule(self) -> StepPlan:
         plan = StepPlan()
         budget = max(self.max_num_batched_tokens - len(self.running), MIN_PREFILL_TOKENS_PER_STEP)
-        if self.can_admit is None:
-            while self.waiting and len(self.running) + len(self.prefilling) < self.max_num_seqs:
-                self.admit(self.waiting[0])
-        else:
-            self.passes += 1
-            for seq in list(self.waiting):
-                if len(self.running) + len(self.prefilling) >= self.max_num_seqs:
-                    break
-                if seq.status is SequenceStatus.WAITING and self.can_admit(seq):
-                    self.admit(seq)
+        self.passes += 1
+        for seq in list(self.waiting):
+            if len(self.running) + len(self.prefilling) >= self.max_num_seqs:
+                break
+            if seq.status is SequenceStatus.WAITING and (self.can_admit is None or self.can_admit(seq)):
+                self.admit(seq)
         for seq in self.prefilling:
             if budget <= 0:
                 break
