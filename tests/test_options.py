@@ -129,6 +129,7 @@ def test_parser_names_from_config_files_and_profiles(tmp_path):
     (dict(lora=["a=/nowhere"]), "--lora: LoRA adapter 'a': /nowhere is not an adapter folder"),
     (dict(lora=["a=/m/a", "a=/m/b"]), "--lora: adapter names must be unique: a"),
     (dict(max_loras=0), "--max-loras must be at least 1 (got 0)"),
+    (dict(max_loras=2), "--max-loras applies with --lora NAME=PATH"),
     (dict(cors_origins=["*"], cors_allow_credentials=True), "cannot be combined with --cors-origins '*'"),
     (dict(model_ttl=60.0), "--model-ttl applies to multi-model serving"),
     (dict(models=["a=/m/a"], model="/m/b"), "either a MODEL argument or --models"),

@@ -107,7 +107,7 @@ class ServerConfig:
     # multi-model serving (see docs/model-lifecycle.md): "name=model" entries (or {name: model} items)
     models: tuple = ()  # --models
     lora: tuple = ()  # --lora: (name, adapter folder) pairs, checked (engine/lora.py parse_lora_specs)
-    max_loras: int = D.max_loras
+    max_loras: int | None = D.max_loras  # None: MAX_LORAS with --lora
     model_ttl: float | None = D.model_ttl  # idle seconds before a model is unloaded; None = never
     models_memory_gb: float | None = D.models_memory_gb  # bound on the weights of all loaded models
     preload_models: bool = D.preload_models

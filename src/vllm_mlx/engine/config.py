@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..options import DEFAULTS as D
-from ..options import SPECULATIVE_TOKENS
+from ..options import MAX_LORAS, SPECULATIVE_TOKENS
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class EngineConfig:
     draft_model: str | None = D.draft_model  # a model folder or repo id with the served model's vocabulary
     num_speculative_tokens: int = SPECULATIVE_TOKENS  # most tokens a row proposes per step
     loras: tuple[tuple[str, str], ...] = ()  # --lora: (name, adapter folder) of each served LoRA adapter
-    max_loras: int = D.max_loras  # adapters resident at once (least recently used ones give way)
+    max_loras: int = MAX_LORAS  # adapters resident at once (least recently used ones give way)
 
 
 @dataclass

@@ -15,11 +15,12 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from .spec import Defaults, Flag, Option, OptionError, Rule
-from .table import BATCH_DIVERGENCE_ACTIONS, GROUPS, RULES, SPECULATIVE_TOKENS
+from .rules import RULES
+from .table import BATCH_DIVERGENCE_ACTIONS, GROUPS, MAX_LORAS, SPECULATIVE_TOKENS
 from .table import OPTIONS as _DECLARED
 
 __all__ = ["BATCH_DIVERGENCE_ACTIONS", "DEFAULTS", "Flag", "GROUPS", "OPTIONS", "Option", "OptionError", "Rule",
-           "RULES", "SPECULATIVE_TOKENS", "SEED_EPILOG", "OneLineErrors", "add_serve_arguments", "check_settings", "serve_parser", "setting"]
+           "MAX_LORAS", "RULES", "SPECULATIVE_TOKENS", "SEED_EPILOG", "OneLineErrors", "add_serve_arguments", "check_settings", "serve_parser", "setting"]
 
 OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in _DECLARED})
 DEFAULTS = Defaults(OPTIONS)

@@ -1,14 +1,15 @@
 """Every `vllm-mlx serve` option, declared once: flag, type, default, help, group and checks.
 
 argparse, config files, profiles, --print-config and ServerConfig / EngineConfig / Limits /
-MediaLimits / AudioLimits / FetchPolicy / SamplingDefaults all take their defaults and rules from
-here; those classes never restate a default. A ``%(default)s`` in a help text is filled by argparse.
+MediaLimits / AudioLimits / FetchPolicy / SamplingDefaults all take their defaults and checks from
+here (the rules across options are in :mod:`.rules`); those classes never restate a default. A
+``%(default)s`` in a help text is filled by argparse.
 """
 
 from __future__ import annotations
 
 from ..engine.request import SamplingParams
-from .spec import Flag, Option, Rule, at_least, fraction, not_negative, positive, within
+from .spec import Flag, Option, at_least, fraction, not_negative, positive, within
 
 # argparse groups, in --help order; None = the parser's own options section.
 GROUPS: dict[str, str | None] = {
@@ -32,6 +33,7 @@ MEMORY_ACTIONS = ("off", "warn", "reduce-context", "reject-new")
 _SAMPLING = SamplingParams()  # the server's sampling defaults are the neutral (OpenAI) values
 MiB = 2**20
 SPECULATIVE_TOKENS = 4  # tokens a row may propose per step when speculating without --num-speculative-tokens
+MAX_LORAS = 8  # adapters held at once with --lora and without --max-loras
 
 
 # -- checks that need other modules (imported when a value is checked, not at startup) --------------
@@ -162,8 +164,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("lora", None, "serve LoRA adapter folders (mlx-lm's or PEFT's) beside the model; requests name one as "
            "model (NAME or MODEL:NAME) or adapters; rows of different adapters share each batch (docs/lora.md)",
            object, nargs="+", metavar="NAME=PATH", convert=_lora_specs),
-    Option("max_loras", 8, "with --lora: adapters held in memory at once; the least recently used idle one "
-           "gives way (default: %(default)s)", int, check=at_least(1)),
+    Option("max_loras", None, f"with --lora: adapters held in memory at once; the least recently used idle one "
+           f"gives way (default: {MAX_LORAS})", int, check=at_least(1)),
     Option("continuous_batching", False, "accepted for compatibility: batching is always on", bool),
     Option("shutdown_timeout", 30.0, "on SIGTERM, seconds in-flight requests may keep running before they are "
            "ended with a final event (default: %(default)s)", float, check=not_negative),
@@ -367,54 +369,4 @@ OPTIONS: tuple[Option, ...] = (
            check=not_negative),
     Option("public_metrics", False, "serve /metrics without the API key", bool, "limits"),
     Option("private_health", False, "require the API key on /health too", bool, "limits"),
-)
-
-
-def _multi_model_only(name: str, flag: str) -> Rule:
-    return Rule(("models", name), lambda v: None if v["models"] or not v[name] else
-                f"{flag} applies to multi-model serving: give --models NAME=MODEL ...")
-
-
-def _single_model_only(name: str, flag: str) -> Rule:
-    return Rule(("models", name), lambda v: None if not (v["models"] and v[name]) else
-                f"{flag} applies to a single MODEL; with --models, give names (and aliases) as NAME,ALIAS=MODEL")
-
-
-def _speculating(v: dict) -> bool:
-    return v["speculative"] != "off" or bool(v["draft_model"])
-
-
-RULES: tuple[Rule, ...] = (
-    Rule(("mllm", "text_only"), lambda v: "--mllm and --text-only contradict each other; pass one of them"
-         if v["mllm"] and v["text_only"] else None),
-    Rule(("mcp_auto", "mcp_config"), lambda v: "--mcp-auto needs --mcp-config"
-         if v["mcp_auto"] and not v["mcp_config"] else None),
-    Rule(("cors_origins", "cors_allow_credentials"),
-         lambda v: "--cors-allow-credentials cannot be combined with --cors-origins '*'"
-         if v["cors_allow_credentials"] and "*" in v["cors_origins"] else None),
-    Rule(("model", "models"), lambda v: "give either a MODEL argument or --models, not both"
-         if v["model"] and v["models"] else None),
-    Rule(("speculative", "draft_model"), lambda v: "--speculative draft needs --draft-model MODEL"
-         if v["speculative"] == "draft" and not v["draft_model"] else None),
-    Rule(("speculative", "draft_model"), lambda v: f"--draft-model is for --speculative draft, not "
-         f"{v['speculative']}" if v["draft_model"] and v["speculative"] not in ("off", "draft") else None),
-    Rule(("num_speculative_tokens", "speculative", "draft_model"), lambda v: None if not v["num_speculative_tokens"]
-         or _speculating(v) else "--num-speculative-tokens applies with --speculative ngram|draft|mtp, --draft-model"),
-    Rule(("speculative", "draft_model", "distributed"), lambda v: "--speculative cannot be combined with "
-         "--distributed yet" if _speculating(v) and v["distributed"] else None),
-    Rule(("speculative", "draft_model", "deterministic"), lambda v: "--speculative cannot be combined with "
-         "--deterministic (which computes every row alone)" if _speculating(v) and v["deterministic"] else None),
-    Rule(("engine_process", "distributed"), lambda v: "--engine-process cannot be combined with --distributed "
-         "yet" if v["engine_process"] and v["distributed"] else None),
-    _multi_model_only("model_ttl", "--model-ttl"),
-    _multi_model_only("models_memory_gb", "--models-memory-gb"),
-    _multi_model_only("preload_models", "--preload-models"),
-    _single_model_only("served_model_name", "--served-model-name"),
-    _single_model_only("warm_prompts", "--warm-prompts"),
-    _single_model_only("draft_model", "--draft-model"),
-    Rule(("models", "lora", "distributed"), lambda v: None if not (v["lora"] and (v["models"] or v["distributed"]))
-         else f"--lora cannot be combined with {'--models' if v['models'] else '--distributed'} yet"),
-    Rule(("memory_warn_threshold", "memory_limit_threshold"),
-         lambda v: "--memory-limit-threshold must be greater than --memory-warn-threshold"
-         if v["memory_limit_threshold"] <= v["memory_warn_threshold"] else None),
 )

@@ -18,7 +18,7 @@ from ..engine.config import EngineConfig
 from ..engine.process_client import EngineProcess
 from ..models.loader import LoadedModel, human_bytes, load_metadata, load_model, resolve_model_path, weight_files
 from ..models.vision_loader import NO_VISION_METADATA, load_vision_metadata, load_vision_model, serving_mode
-from ..options import SPECULATIVE_TOKENS
+from ..options import MAX_LORAS, SPECULATIVE_TOKENS
 from ..platform import detect_backend
 from ..parsers import detect_reasoning_parser, detect_tool_parser, get_reasoning_parser, get_tool_parser
 from .admission import build_admission
@@ -50,7 +50,7 @@ def engine_config(config: ServerConfig) -> EngineConfig:
         draft_model=None if config.draft_model is None else str(resolve_model_path(config.draft_model)),
         num_speculative_tokens=config.num_speculative_tokens or SPECULATIVE_TOKENS,
         loras=tuple(config.lora),
-        max_loras=config.max_loras,
+        max_loras=config.max_loras or MAX_LORAS,
     )
 
 
