@@ -18,6 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..models.safetensors_header import safetensors_shapes
@@ -26,8 +27,8 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE, PEFT_WEIGHTS_FILE = "adapters.safetensors", "adapter_model.safetensors"  # mlx-lm's, PEFT's
 PEFT_PREFIX = "base_model.model."
 # PEFT settings whose adapters are not plain LoRA on linear layers, with their plain values
-PEFT_PLAIN = {"use_dora": False, "fan_in_fan_out": False, "bias": "none", "modules_to_save": None,
-              "alpha_pattern": {}, "layer_replication": None}
+PEFT_PLAIN = (("use_dora", False), ("fan_in_fan_out", False), ("bias", "none"), ("modules_to_save", None),
+              ("alpha_pattern", MappingProxyType({})), ("layer_replication", None))
 
 
 class AdapterError(ValueError):
@@ -113,7 +114,7 @@ def peft_layers(name: str, config: dict, shapes: dict[str, list[int]]) -> dict[s
     kind = config.get("peft_type", "LORA")
     if kind != "LORA":
         raise AdapterError(f"LoRA adapter {name!r}: PEFT type {kind!r} is not served (only LORA)")
-    for setting, plain in PEFT_PLAIN.items():
+    for setting, plain in PEFT_PLAIN:
         if config.get(setting, plain) not in (plain, None):
             raise AdapterError(f"LoRA adapter {name!r}: PEFT's {setting}={config[setting]!r} is not served (plain "
                                f"LoRA on linear layers only; merge it into the model with PEFT instead)")
