@@ -26,6 +26,7 @@ class CeilingRun:
 class Ceiling:
     def __init__(self, model: str):
         from .. import BLAS_STATUS
+        from ..models.cpu_fusion import fuse_cpu_fallbacks, set_fused
         from ..models.loader import load_model
         from ..platform import detect_backend
 
@@ -33,11 +34,25 @@ class Ceiling:
         self.loaded = load_model(model, compute_dtype=backend.compute_dtype)
         self.model = self.loaded.model
         self.tokenizer = self.loaded.tokenizer
+        # On the CPU the engine runs its norms and RoPEs fused (models/cpu_fusion.py); the loop runs
+        # mlx-lm's model as it is, and the same fusion only when asked (``fused``).
+        self.fusable = fuse_cpu_fallbacks(self.model)
+        set_fused(self.model, False)
 
     def batched_decode(self, batch: int, tokens: int, prompt_len: int = 24, seed: int = 0,
-                       temperature: float = 0.0) -> CeilingRun:
+                       temperature: float = 0.0, fused: bool = False) -> CeilingRun:
         """B rows of ``prompt_len`` random tokens, prefilled together, then ``tokens`` steps: greedy, or
-        drawn by ``mlx_lm.sample_utils.make_sampler(temperature)`` from the logits."""
+        drawn by ``mlx_lm.sample_utils.make_sampler(temperature)`` from the logits; ``fused``: with
+        the engine's CPU fusion of norms and RoPEs."""
+        from ..models.cpu_fusion import set_fused
+
+        set_fused(self.model, fused)
+        try:
+            return self._batched_decode(batch, tokens, prompt_len, seed, temperature)
+        finally:
+            set_fused(self.model, False)
+
+    def _batched_decode(self, batch: int, tokens: int, prompt_len: int, seed: int, temperature: float) -> CeilingRun:
         import mlx.core as mx
         from mlx_lm.models.cache import make_prompt_cache
         from mlx_lm.sample_utils import make_sampler

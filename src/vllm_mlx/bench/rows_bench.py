@@ -3,7 +3,9 @@ sizes, and single-stream against ``mlx_lm.stream_generate`` -- the engine's over
 
 Each round runs, for every row count B, the engine (B prompts submitted together; decode rate once
 every row has its first token) and the bare batched loop at B rows with the same prompt length and
-token count (:class:`~.ceiling.Ceiling`); at B = 1 also ``mlx_lm.stream_generate``. The order within
+token count (:class:`~.ceiling.Ceiling`); at B = 1 also ``mlx_lm.stream_generate``. On the CPU, where
+the engine runs its norms and RoPEs fused (:mod:`vllm_mlx.models.cpu_fusion`), also the bare loop with
+the same fusion: the engine's own overhead, the model run alike. The order within
 a round alternates between rounds so every side sees the same machine conditions, and ratios are
 paired per round, then summarized (median and 95% interval). With ``profile`` one more engine run per
 B times each step's phases (:mod:`vllm_mlx.engine.step_profile`). With ``speculative`` or ``loras`` a
@@ -80,7 +82,8 @@ async def run_rows_bench(opts: RowsBenchOptions, progress=None) -> dict:
             row: dict = {}
             for b in (opts.rows if i % 2 == 0 else tuple(reversed(opts.rows))):
                 prompts = random_prompts(b, opts.prompt_len, seed=1000 * i + b, vocab=vocab)
-                sides = ["engine", "bare"] + (["mlx_generate"] if b == 1 else []) + (["spec"] if speculating else []) \
+                sides = ["engine", "bare"] + (["bare_fused"] if ceiling.fusable else []) \
+                    + (["mlx_generate"] if b == 1 else []) + (["spec"] if speculating else []) \
                     + (["lora", "lora_none"] if adapted else [])
                 for side in (sides if i % 2 == 0 else reversed(sides)):
                     if side == "engine":
@@ -90,9 +93,10 @@ async def run_rows_bench(opts: RowsBenchOptions, progress=None) -> dict:
                                                                names if side == "lora" else ())
                     elif side == "spec":
                         row[f"spec_{b}"] = await engine_rows(speculating, prompts, opts.tokens, opts.temperature)
-                    elif side == "bare":
-                        row[f"bare_{b}"] = ceiling.batched_decode(b, opts.tokens, opts.prompt_len, seed=i,
-                                                                  temperature=opts.temperature).decode_tps
+                    elif side.startswith("bare"):
+                        row[f"{side}_{b}"] = ceiling.batched_decode(b, opts.tokens, opts.prompt_len, seed=i,
+                                                                    temperature=opts.temperature,
+                                                                    fused=side == "bare_fused").decode_tps
                     else:
                         row["mlx_generate_1"] = ceiling.stream_generate(prompts[0], opts.tokens,
                                                                         opts.temperature).decode_tps
@@ -131,6 +135,9 @@ def summarize_rounds(rounds: list[dict], rows: tuple[int, ...]) -> dict:
     for b in rows:
         out[b] = {"engine": s([r[f"engine_{b}"] for r in rounds]), "bare": s([r[f"bare_{b}"] for r in rounds]),
                   "ratio": s([r[f"engine_{b}"] / r[f"bare_{b}"] for r in rounds])}
+        if f"bare_fused_{b}" in rounds[0]:  # the engine's own overhead, the model run alike
+            out[b]["bare_fused"] = s([r[f"bare_fused_{b}"] for r in rounds])
+            out[b]["ratio_fused"] = s([r[f"engine_{b}"] / r[f"bare_fused_{b}"] for r in rounds])
         if f"spec_{b}" in rounds[0]:
             out[b]["speculative"] = s([r[f"spec_{b}"] for r in rounds])
             out[b]["ratio_speculative"] = s([r[f"spec_{b}"] / r[f"engine_{b}"] for r in rounds])
@@ -153,6 +160,9 @@ def format_rows(result: dict) -> list[str]:
     lines = ["| rows | engine decode tok/s | reference | reference tok/s | engine/reference |", "|---|---|---|---|---|"]
     for b, s in result["summary"].items():
         lines.append(f"| {b} | {f(s['engine'])} | bare mlx-lm loop | {f(s['bare'])} | {f(s['ratio'], 2)} |")
+        if "bare_fused" in s:
+            lines.append(f"| {b} | {f(s['engine'])} | the bare loop with the engine's CPU fusion | "
+                         f"{f(s['bare_fused'])} | {f(s['ratio_fused'], 2)} |")
         if "speculative" in s:
             lines.append(f"| {b} | {f(s['speculative'])} (speculative) | the engine without speculation | "
                          f"{f(s['engine'])} | {f(s['ratio_speculative'], 2)} |")

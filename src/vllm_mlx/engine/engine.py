@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
+from ..models.cpu_fusion import fuse_cpu_fallbacks
 from .config import EngineConfig, EngineStats
 from .core import EngineCore, OutputCallback
 from .kv_estimate import kv_bytes_per_token
@@ -113,6 +114,9 @@ class LLMEngine:
     def _setup(self) -> None:
         """Load the model and build the core: runner, prefix cache, scheduler (on the engine thread)."""
         self.loaded = self._load()
+        fused = fuse_cpu_fallbacks(getattr(self.loaded.model, "vlm", self.loaded.model))  # vision: mlx-vlm's module
+        if fused:
+            logger.info("CPU backend: %d norm and RoPE modules run compiled in decode steps", fused)
         runner = self.runner_class(self.loaded.model, self.config.deterministic)
         if self.config.loras:
             runner.adapters = serve_adapters(self.loaded.model, self.config.loras, self.config.max_loras)
