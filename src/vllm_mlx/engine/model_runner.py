@@ -164,7 +164,10 @@ class ModelRunner:
     def verify(self, tokens: mx.array) -> mx.array:
         """Several positions per row (its pending token, then proposed ones) -> logits (B, L, vocab)."""
         in_temporal_order(self.batch_cache or [])
-        return self._forward(tokens)
+        deltas = self._rope_deltas()  # a vision-language model's rows with media: their positions' offsets
+        if deltas is None:
+            return self._forward(tokens)
+        return self.run_rows(self.batch_seqs, tokens, self.batch_cache, rope_deltas=deltas)
 
     def capture(self, body: Any, head: Any) -> None:
         """Run decode and verify forwards as ``head(body(tokens))`` and keep ``body``'s output (the final

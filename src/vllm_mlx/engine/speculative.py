@@ -57,9 +57,10 @@ def speculation_unsupported(model: Any, deterministic: bool, sliding: bool = Tru
     layers may be cut after a step (not in a draft model, whose one-token steps rotate their cache)."""
     if deterministic:
         return "--deterministic computes every row alone"
-    if getattr(model, "uses_rope_deltas", False) or hasattr(model, "prefill_multimodal"):
-        return ("vision-language models are not speculated yet (a Qwen3.5/3.6 folder serves as a text model, "
-                "which speculates, with --text-only)")
+    if getattr(getattr(model, "family", None), "gated_delta", False):  # engine.vision_model's families
+        return ("Qwen3.5/3.6 vision-language models are not speculated yet (mlx-vlm's Gated DeltaNet layers do "
+                "not stop at a row's length, which rolling back rejected positions needs); --text-only serves "
+                "the folder as a text model, which speculates")
     kinds = {type(c).__name__ for c in make_prompt_cache(model)}
     allowed = {KVCache.__name__, ArraysCache.__name__} | ({RotatingKVCache.__name__} if sliding else set())
     if kinds - allowed:
@@ -78,6 +79,10 @@ def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any) -> An
         raise ValueError(f"--speculative {config.speculative} cannot serve this model: {why}")
     if config.speculative == "mtp":
         from .mtp import MTPProposer, load_mtp_head
+
+        if hasattr(loaded.model, "prefill_multimodal"):
+            raise ValueError("--speculative mtp cannot serve a vision-language model yet (its MTP head is not "
+                             "loaded from mlx-vlm's layout); ngram and draft can")
 
         return MTPProposer(load_mtp_head(loaded.model, loaded.path, loaded.config), loaded.model, runner, vocab_width)
     if config.speculative == "draft":
@@ -155,8 +160,8 @@ class Speculator:
 
     @staticmethod
     def eligible(seq: Sequence) -> bool:
-        """Rows that may speculate: not those with media, or switched off by their request."""
-        return seq.sampling.speculative and seq.request.multimodal is None
+        """Rows that may speculate: all but those switched off by their request."""
+        return seq.sampling.speculative
 
     def _wants(self, seqs: list[Sequence], cap: int, rest: bool) -> list[int]:
         """How many tokens each row may propose now, at most ``cap`` (0: none); ``rest``: count this as a
