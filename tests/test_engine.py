@@ -14,10 +14,11 @@ from vllm_mlx.models.loader import load_model
 
 
 class EngineHarness:
-    def __init__(self, path, **config):
+    def __init__(self, path, load=None, **config):
+        """``load``: what the engine thread loads (default: the text model at ``path``, in float32)."""
         self.outputs: dict[str, list] = {}
         self.cond = threading.Condition()
-        self.engine = LLMEngine(lambda: load_model(str(path), compute_dtype="float32"),
+        self.engine = LLMEngine(load or (lambda: load_model(str(path), compute_dtype="float32")),
                                 EngineConfig(**config), self._on)
         self.tokenizer = self.engine.start().tokenizer
         self._n = 0

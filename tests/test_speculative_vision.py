@@ -1,6 +1,7 @@
-"""Speculative decoding on vision-language models: image rows (mrope positions offset per row, or
-Gemma 3's sliding windows) and text rows speculate in one batch, and every request's greedy text is
-mlx-vlm's own; Qwen3.5/3.6 vision models and MTP on a vision model are refused at start, saying why."""
+"""Speculative decoding on vision-language models: image rows (mrope positions offset per row, Gemma 3's
+sliding windows, Qwen3.5's recurrent layers rolled back after rejections) and text rows speculate in one
+batch, and every request's greedy text is mlx-vlm's own (or the engine's without speculation); MTP on a
+vision model is refused at start, saying why."""
 
 from __future__ import annotations
 
@@ -85,10 +86,76 @@ def test_sliding_window_vision_rows_speculate(start_server, models_dir):
     assert _accepted(server.base_url) > 0
 
 
-def test_refused_at_start_saying_why(start_server, models_dir):
-    qwen35 = build_tiny_qwen35_vision_model(models_dir / "tiny-qwen35-vision-spec")
-    with pytest.raises(RuntimeError, match="Gated DeltaNet"):
-        start_server(qwen35, "--speculative", "ngram")
+def test_mtp_on_a_vision_model_is_refused_at_start(start_server, models_dir):
     qwen2_5 = build_tiny_vision_model(models_dir / "tiny-qwen2_5_vl-spec", "qwen2_5_vl", max_pixels=224 * 224)
     with pytest.raises(RuntimeError, match="mtp cannot serve a vision-language model"):
         start_server(qwen2_5, "--speculative", "mtp")
+
+
+def test_hybrid_vision_rows_roll_back_in_the_engine(models_dir):
+    """Qwen3.5 (Gated DeltaNet and attention layers, mrope), in the engine: every step verifies each
+    row's reference continuation, every third run with its last token wrong, so image rows' proposals
+    are accepted whole, in part and not at all, and the rejected ones are rolled back -- the recurrent
+    state rebuilt from the positions a row kept, at the row's own position offset. Each row's tokens
+    are those of the engine without speculation, alone and batched with a text row."""
+    from test_engine import EngineHarness
+    from test_speculative import ReferenceProposer, always_verifying
+
+    from vllm_mlx.engine.request import GenerationRequest, SamplingParams
+    from vllm_mlx.media.decode import MediaLimits
+    from vllm_mlx.media.fetch import FetchPolicy
+    from vllm_mlx.models.vision_loader import load_vision_metadata, load_vision_model
+    from vllm_mlx.serving.vision_inputs import MediaRef, VisionInputs
+
+    path = build_tiny_qwen35_vision_model(models_dir / "tiny-qwen35-vision-spec")
+    meta = load_vision_metadata(path)
+    media = VisionInputs(meta.vision, meta.tokenizer, FetchPolicy(), MediaLimits())
+
+    def prompt(content: list[dict], image: bytes | None):
+        text = meta.tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                                  tokenize=False, enable_thinking=False)
+        if image is None:
+            return meta.tokenizer.encode(text, add_special_tokens=False), None
+        return media._process(text, [MediaRef("image", "data:", "messages[0]")], [image])
+
+    prompts = [prompt(QUESTION, random_image(k, (128, 128))) for k in (1, 2)]
+    prompts.append(prompt([{"type": "text", "text": "Tell me a story about the sea."}], None))
+
+    def load():
+        return load_vision_model(path, compute_dtype="float32")
+
+    def run(harness, which):
+        ids = []
+        for i in which:
+            harness._n += 1
+            req = GenerationRequest(f"req-{harness._n}", prompts[i][0], SamplingParams(max_tokens=N, temperature=0,
+                                                                                       ignore_eos=True),
+                                    multimodal=prompts[i][1])
+            harness.engine.add_request(req)
+            ids.append(req.request_id)
+        return [harness.wait(r)[1] for r in ids]
+
+    off = EngineHarness(path, load=load, max_num_seqs=8, max_num_batched_tokens=64)
+    on = EngineHarness(path, load=load, max_num_seqs=8, max_num_batched_tokens=64, speculative="ngram")
+    try:
+        want = [run(off, [i])[0] for i in range(3)]
+        on.engine.core.speculator.proposer = ReferenceProposer({tuple(p[0]): w for p, w in zip(prompts, want)})
+        with always_verifying(on):
+            assert [run(on, [i])[0] for i in range(3)] == want
+            assert run(on, [0, 1, 2]) == want
+        stats = on.engine.stats.speculative
+        assert stats["proposed"] > stats["accepted"] > 0 and stats["verify_steps"] > 10
+    finally:
+        off.engine.shutdown()
+        on.engine.shutdown()
+
+
+def test_hybrid_vision_model_serves_with_speculation(start_server, models_dir):
+    path = build_tiny_qwen35_vision_model(models_dir / "tiny-qwen35-vision-spec")
+    server = start_server(path, "--served-model-name", "q35", "--speculative", "ngram")
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
+    image = random_image(3, (128, 128))
+    out = client.chat.completions.create(
+        model="q35", messages=[{"role": "user", "content": openai_content(QUESTION, [data_url(image)])}],
+        max_tokens=12, temperature=0, extra_body={"ignore_eos": True, "chat_template_kwargs": {"enable_thinking": False}})
+    assert out.choices[0].message.content == reference_greedy(path, QUESTION, [image], 12, {"enable_thinking": False})

@@ -150,24 +150,19 @@ class ModelRunner:
     def decode(self, tokens: mx.array | None = None) -> mx.array:
         """One decode step for every row from its pending token (or ``tokens``) -> logits (B, vocab)."""
         tokens = self.rows["tokens"] if tokens is None else tokens
-        deltas = self._rope_deltas()
         if self.deterministic:
+            deltas = self._rope_deltas()
             return mx.concatenate([
                 self.run_rows([s], tokens[i : i + 1, None], s.cache,
                               **({} if deltas is None else {"rope_deltas": deltas[i : i + 1]}))[:, -1, :]
                 for i, s in enumerate(self.batch_seqs)
             ])
-        if deltas is None:
-            return self._forward(tokens[:, None])[:, -1, :]
-        return self.run_rows(self.batch_seqs, tokens[:, None], self.batch_cache, rope_deltas=deltas)[:, -1, :]
+        return self._forward(tokens[:, None])[:, -1, :]
 
     def verify(self, tokens: mx.array) -> mx.array:
         """Several positions per row (its pending token, then proposed ones) -> logits (B, L, vocab)."""
         in_temporal_order(self.batch_cache or [])
-        deltas = self._rope_deltas()  # a vision-language model's rows with media: their positions' offsets
-        if deltas is None:
-            return self._forward(tokens)
-        return self.run_rows(self.batch_seqs, tokens, self.batch_cache, rope_deltas=deltas)
+        return self._forward(tokens)
 
     def capture(self, body: Any, head: Any) -> None:
         """Run decode and verify forwards as ``head(body(tokens))`` and keep ``body``'s output (the final
@@ -184,8 +179,10 @@ class ModelRunner:
         return head(hidden)
 
     def batch_model(self, tokens: mx.array, cache: list[Any]) -> mx.array:
-        """The model over the decode batch's rows (each with its adapter)."""
-        return self.run_rows(self.batch_seqs, tokens, cache)
+        """The model over the decode batch's rows (each with its adapter, and a vision-language model's
+        rows with media at their own position offsets): decode, verify and rollback forwards."""
+        deltas = self._rope_deltas()
+        return self.run_rows(self.batch_seqs, tokens, cache, **({} if deltas is None else {"rope_deltas": deltas}))
 
     def run_rows(self, seqs: list[Sequence], tokens: mx.array, cache: list[Any], **kwargs: Any) -> mx.array:
         """The model over ``tokens``, row i being ``seqs[i]``'s (its LoRA adapter applied, if it has one)."""

@@ -57,16 +57,14 @@ def speculation_unsupported(model: Any, deterministic: bool, sliding: bool = Tru
     layers may be cut after a step (not in a draft model, whose one-token steps rotate their cache)."""
     if deterministic:
         return "--deterministic computes every row alone"
-    if getattr(getattr(model, "family", None), "gated_delta", False):  # engine.vision_model's families
-        return ("Qwen3.5/3.6 vision-language models are not speculated yet (mlx-vlm's Gated DeltaNet layers do "
-                "not stop at a row's length, which rolling back rejected positions needs); --text-only serves "
-                "the folder as a text model, which speculates")
-    kinds = {type(c).__name__ for c in make_prompt_cache(model)}
-    allowed = {KVCache.__name__, ArraysCache.__name__} | ({RotatingKVCache.__name__} if sliding else set())
-    if kinds - allowed:
-        return (f"its layers keep {', '.join(sorted(kinds - allowed))} caches, whose rejected positions cannot "
+    caches = make_prompt_cache(model)
+    allowed = (KVCache, RotatingKVCache) if sliding else (KVCache,)
+    # recurrent state of any kind (a vision model's too): whether it stops at a row's length is checked below
+    others = {type(c).__name__ for c in caches if type(c) not in allowed and not isinstance(c, ArraysCache)}
+    if others:
+        return (f"its layers keep {', '.join(sorted(others))} caches, whose rejected positions cannot "
                 "be dropped yet")
-    if ArraysCache.__name__ in kinds and not honours_lengths(model):
+    if any(isinstance(c, ArraysCache) for c in caches) and not honours_lengths(model):
         return "its recurrent layers do not stop at a row's length, which rolling back rejected positions needs"
     return None
 
