@@ -47,11 +47,13 @@ def load_draft(path: str, served: Any, vocab_width: int) -> "DraftProposer":
     vocabulary (``served``: the served model as loaded; ``vocab_width``: its logits' width)."""
     from ..models.cpu_fusion import fuse_cpu_fallbacks
     from ..models.loader import load_model
+    from ..models.row_lengths import honour_row_lengths
     from .model_runner import probe_vocab_size
 
     dtype = getattr(getattr(served, "backend", None), "compute_dtype", None) or "model"
     draft = load_model(path, compute_dtype=dtype)
     check_vocabulary(served.tokenizer, draft.tokenizer, path)
+    honour_row_lengths(draft.model)
     fuse_cpu_fallbacks(draft.model)
     return DraftProposer(draft.model, min(vocab_width, probe_vocab_size(draft.model)))
 

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import mlx.core as mx
 
 from ..models.cpu_fusion import fuse_cpu_fallbacks
+from ..models.row_lengths import honour_row_lengths
 from .config import EngineConfig, EngineStats
 from .core import EngineCore, OutputCallback
 from .kv_estimate import kv_bytes_per_token
@@ -114,7 +115,9 @@ class LLMEngine:
     def _setup(self) -> None:
         """Load the model and build the core: runner, prefix cache, scheduler (on the engine thread)."""
         self.loaded = self._load()
-        fused = fuse_cpu_fallbacks(getattr(self.loaded.model, "vlm", self.loaded.model))  # vision: mlx-vlm's module
+        module = getattr(self.loaded.model, "vlm", self.loaded.model)  # vision: the mlx-vlm module it drives
+        honour_row_lengths(module)  # recurrent layers a speculative rollback can re-run right-padded
+        fused = fuse_cpu_fallbacks(module)
         if fused:
             logger.info("CPU backend: %d norm and RoPE modules run compiled in decode steps", fused)
         runner = self.runner_class(self.loaded.model, self.config.deterministic)
