@@ -1,5 +1,5 @@
 """Speculation on models whose caches cannot simply drop positions: recurrent layers (Qwen3.5/3.6,
-Qwen3-Next, LFM2, Nemotron-H) are rolled back through a snapshot of their state and a forward over the kept positions
+Qwen3-Next, LFM2, Nemotron-H, Falcon-H1's Mamba halves) are rolled back through a snapshot of their state and a forward over the kept positions
 (engine/rollback.py); sliding-window layers (Gemma 3/4, gpt-oss) are cut right after the step, their ring
 in temporal order (model_runner.drop_row_tails). The output stays the output without speculation."""
 
@@ -11,8 +11,8 @@ from test_engine import EngineHarness
 from test_speculative import PROMPTS, ReferenceProposer
 
 
-@pytest.mark.parametrize("arch", ["qwen3_5", "qwen3_next", "lfm2", "nemotron_h", "gemma3_text", "gpt_oss",
-                                  "gemma4_text"])
+@pytest.mark.parametrize("arch", ["qwen3_5", "qwen3_next", "lfm2", "nemotron_h", "falcon_h1", "gemma3_text",
+                                  "gpt_oss", "gemma4_text"])
 def test_rejected_proposals_leave_recurrent_and_sliding_window_layers_as_without_them(arch, models_dir):
     from vllm_mlx_testing.arch_models import build_arch_model
 
@@ -49,7 +49,8 @@ def test_rejected_proposals_leave_recurrent_and_sliding_window_layers_as_without
 def test_recurrent_layers_that_ignore_row_lengths_are_refused(models_dir):
     """mlx-lm's Nemotron-H Mamba layer stops its convolution at ``cache.lengths`` but not its state: as
     loaded it is refused; the engine swaps it for one that stops there (models/row_lengths.py), which
-    passes. Falcon-H1's per-layer ``CacheList`` is refused."""
+    passes. Falcon-H1's per-layer ``CacheList`` (Mamba state, keys and values) is taken apart for the
+    served model, not yet for a draft."""
     from vllm_mlx.engine.speculative import speculation_unsupported
     from vllm_mlx.models.loader import load_model
     from vllm_mlx.models.row_lengths import honour_row_lengths
@@ -60,7 +61,8 @@ def test_recurrent_layers_that_ignore_row_lengths_are_refused(models_dir):
     assert "do not stop at a row's length" in speculation_unsupported(nemotron, deterministic=False)
     assert honour_row_lengths(nemotron) == 1 and speculation_unsupported(nemotron, deterministic=False) is None
     falcon = load_model(str(build_arch_model(models_dir / "spec-falcon_h1", "falcon_h1")), compute_dtype="float32").model
-    assert "CacheList" in speculation_unsupported(falcon, deterministic=False)
+    assert speculation_unsupported(falcon, deterministic=False) is None
+    assert "CacheList" in speculation_unsupported(falcon, deterministic=False, sliding=False)  # as a draft
     qwen35 = load_model(str(build_arch_model(models_dir / "spec-qwen3_5", "qwen3_5")), compute_dtype="float32").model
     assert speculation_unsupported(qwen35, deterministic=False) is None
 

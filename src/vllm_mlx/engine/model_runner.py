@@ -23,7 +23,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import (ArraysCache, BatchKVCache, BatchRotatingKVCache, KVCache, dynamic_roll,
+from mlx_lm.models.cache import (ArraysCache, BatchKVCache, BatchRotatingKVCache, CacheList, KVCache, dynamic_roll,
                                  make_prompt_cache)
 
 from .rows import RowArrays
@@ -201,9 +201,16 @@ class ModelRunner:
         return mx.array(deltas) if any(deltas) else None
 
 
+def leaf_caches(caches: list[Any]) -> list[Any]:
+    """Every layer's cache, a layer's ``CacheList`` (Falcon-H1: its Mamba state, its keys and values)
+    taken apart: what dropping positions and rolling back work on, one cache at a time."""
+    return [part for c in caches for part in (c.caches if isinstance(c, CacheList) else (c,))]
+
+
 def recurrent_layers(caches: list[Any]) -> list[int]:
-    """The layers whose caches hold a recurrent state (mlx-lm's ``ArraysCache``), which cannot drop positions."""
-    return [i for i, c in enumerate(caches) if isinstance(c, ArraysCache)]
+    """Where in :func:`leaf_caches` the caches holding a recurrent state (mlx-lm's ``ArraysCache``) are,
+    which cannot drop positions."""
+    return [i for i, c in enumerate(leaf_caches(caches)) if isinstance(c, ArraysCache)]
 
 
 def probe_vocab_size(model: Any) -> int:
@@ -231,7 +238,7 @@ def in_temporal_order(batch_cache: list[Any]) -> None:
     """Put sliding-window layers' ring buffers in temporal order before a multi-token step: mlx-lm's
     mask for such a step assumes the order its update puts the ring in first (one position off for a
     row with left padding otherwise)."""
-    for c in batch_cache:
+    for c in leaf_caches(batch_cache):
         if isinstance(c, BatchRotatingKVCache):
             c._temporal_order()
 
@@ -249,6 +256,7 @@ def drop_row_tails(batch_cache: list[Any], junk: list[int]) -> None:
     it in temporal order holding a window and the step: the rows keep at least a window each, and the
     next step's trim of its oldest positions takes the padding first (the roll is the one mlx-lm applies
     to right-padded prompts)."""
+    batch_cache = leaf_caches(batch_cache)
     if max(junk, default=0) == 0 or not batch_cache:
         return
     common = min(junk)

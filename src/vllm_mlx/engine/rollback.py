@@ -21,7 +21,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
-from .model_runner import drop_row_tails, recurrent_layers
+from .model_runner import drop_row_tails, leaf_caches, recurrent_layers
 from .rows import RowArrays
 
 STATE = "rollback_state"  # row-array names: the snapshot, STATE_i_j (recurrent layer i, state array j)
@@ -31,13 +31,14 @@ def forward_right_padded(model: Any, caches: list[Any], layers: list[int], token
                          lengths: list[int]) -> mx.array:
     """Run ``tokens`` (B, W), right-padded, through ``model``: the recurrent ``layers`` stop at each row's
     length (mlx-lm's ``cache.lengths``), and the padding is cut off the other layers' caches after."""
+    leaves = leaf_caches(caches)
     for i in layers:
-        caches[i].lengths = mx.array(lengths)  # one per layer: each layer's ``advance`` subtracts in place
+        leaves[i].lengths = mx.array(lengths)  # one per layer: each layer's ``advance`` subtracts in place
     out = model(tokens, cache=caches)
     for i in layers:
-        caches[i].lengths = None
+        leaves[i].lengths = None
     recurrent = set(layers)
-    drop_row_tails([c for i, c in enumerate(caches) if i not in recurrent], [tokens.shape[1] - n for n in lengths])
+    drop_row_tails([c for i, c in enumerate(leaves) if i not in recurrent], [tokens.shape[1] - n for n in lengths])
     return out
 
 
@@ -49,9 +50,10 @@ def honours_lengths(model: Any) -> bool:
     model(tokens[:, :1], cache=one)
     layers = recurrent_layers(masked)
     for i in layers:
-        masked[i].lengths = mx.array([1])
+        leaf_caches(masked)[i].lengths = mx.array([1])
     model(tokens, cache=masked)
     model(tokens, cache=three)
+    one, masked, three = (leaf_caches(c) for c in (one, masked, three))
     for i in layers:
         for a, b, c in zip(one[i].cache, masked[i].cache, three[i].cache):
             if a is None:
@@ -81,12 +83,13 @@ def repair(model: Any, caches: list[Any], layers: list[int], rows: RowArrays, ju
     keep = [width - j if v else 0 for j, v in zip(junk, verified)]
     recurrent = set(layers)
     chosen = rows["verified"]
+    leaves = leaf_caches(caches)
     for i in layers:
-        cache = caches[i]
+        cache = leaves[i]
         for j, state in enumerate(cache.cache):
             saved = rows[f"{STATE}_{i}_{j}"]
             if state is not None and saved is not None:
                 cache.cache[j] = mx.where(chosen.reshape(-1, *[1] * (state.ndim - 1)), saved, state)
-    drop_row_tails([c for i, c in enumerate(caches) if i not in recurrent], [width if v else 0 for v in verified])
+    drop_row_tails([c for i, c in enumerate(leaves) if i not in recurrent], [width if v else 0 for v in verified])
     # the step's inputs again, up to the most any row kept (only the caches are read: lazily)
     forward_right_padded(model, caches, layers, rows["verify_inputs"][:, :max(keep)], keep)

@@ -36,10 +36,10 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache, make_prompt_cache
+from mlx_lm.models.cache import ArraysCache, CacheList, KVCache, RotatingKVCache, make_prompt_cache
 
 from .constraints import proposal_masks, unpack_bitmask
-from .model_runner import drop_row_tails
+from .model_runner import drop_row_tails, leaf_caches
 from .ngram import NgramProposer
 from .request import TokenLogprob
 from .rollback import honours_lengths, repair, snapshot
@@ -54,10 +54,14 @@ IDLE_CHECKS = 4  # while no row has proposals, pipelined steps between looks for
 
 def speculation_unsupported(model: Any, deterministic: bool, sliding: bool = True) -> str | None:
     """Why speculation cannot run on this model (None when it can); ``sliding``: whether sliding-window
-    layers may be cut after a step (not in a draft model, whose one-token steps rotate their cache)."""
+    layers may be cut after a step and a layer's ``CacheList`` taken apart (not in a draft model, whose
+    one-token steps rotate its ring, and whose caches are handled layer by layer)."""
     if deterministic:
         return "--deterministic computes every row alone"
     caches = make_prompt_cache(model)
+    if not sliding and any(isinstance(c, CacheList) for c in caches):
+        return "its layers keep CacheList caches, which a draft does not take apart yet"
+    caches = leaf_caches(caches)  # a layer's CacheList (Falcon-H1), its parts one by one
     allowed = (KVCache, RotatingKVCache) if sliding else (KVCache,)
     # recurrent state of any kind (a vision model's too): whether it stops at a row's length is checked below
     others = {type(c).__name__ for c in caches if type(c) not in allowed and not isinstance(c, ArraysCache)}
@@ -248,7 +252,8 @@ class Speculator:
         the proposals, how many of them each row accepted and the positions to drop (all lazy)."""
         k = max(len(p) for p in proposals)
         inputs = mx.array([[s.output_ids[-1], *p, *[0] * (k - len(p))] for s, p in zip(seqs, proposals)])
-        before = [list(runner.batch_cache[i].cache) for i in runner.recurrent]  # the state this step starts from
+        leaves = leaf_caches(runner.batch_cache)
+        before = [list(leaves[i].cache) for i in runner.recurrent]  # the state this step starts from
         logits = runner.verify(inputs)  # (B, k + 1, vocab)
         if self._masks:
             logits = self._masked(logits, seqs)
