@@ -49,8 +49,7 @@ def test_rejected_proposals_leave_recurrent_and_sliding_window_layers_as_without
 def test_recurrent_layers_that_ignore_row_lengths_are_refused(models_dir):
     """mlx-lm's Nemotron-H Mamba layer stops its convolution at ``cache.lengths`` but not its state: as
     loaded it is refused; the engine swaps it for one that stops there (models/row_lengths.py), which
-    passes. Falcon-H1's per-layer ``CacheList`` (Mamba state, keys and values) is taken apart for the
-    served model, not yet for a draft."""
+    passes. Falcon-H1's per-layer ``CacheList`` (Mamba state, keys and values) is taken apart."""
     from vllm_mlx.engine.speculative import speculation_unsupported
     from vllm_mlx.models.loader import load_model
     from vllm_mlx.models.row_lengths import honour_row_lengths
@@ -62,23 +61,26 @@ def test_recurrent_layers_that_ignore_row_lengths_are_refused(models_dir):
     assert honour_row_lengths(nemotron) == 1 and speculation_unsupported(nemotron, deterministic=False) is None
     falcon = load_model(str(build_arch_model(models_dir / "spec-falcon_h1", "falcon_h1")), compute_dtype="float32").model
     assert speculation_unsupported(falcon, deterministic=False) is None
-    assert "CacheList" in speculation_unsupported(falcon, deterministic=False, sliding=False)  # as a draft
+    assert speculation_unsupported(falcon, deterministic=False, sliding=False) is None  # as a draft too
     qwen35 = load_model(str(build_arch_model(models_dir / "spec-qwen3_5", "qwen3_5")), compute_dtype="float32").model
     assert speculation_unsupported(qwen35, deterministic=False) is None
 
 
-@pytest.mark.parametrize("draft", ["attention", "itself", "recurrent"])
+@pytest.mark.parametrize("draft", ["attention", "itself", "recurrent", "falcon itself"])
 def test_a_draft_model_for_a_model_with_recurrent_layers(draft, models_dir):
     """A Qwen3.5 drafted for by a plain-attention model with its tokenizer, by itself (every proposal
-    accepted) and by a smaller random Qwen3.5 (recurrent layers in the draft too): the served model's
-    recurrent layers are rolled back after each rejection, the draft's after each proposal."""
+    accepted) and by a smaller random Qwen3.5 (recurrent layers in the draft too), and a Falcon-H1 by
+    itself (a CacheList per layer in the draft too): the served model's recurrent layers are rolled
+    back after each rejection, the draft's after each proposal."""
     import shutil
 
     from vllm_mlx_testing import build_tiny_model
     from vllm_mlx_testing.arch_models import build_arch_model
 
     model = build_arch_model(models_dir / "spec-qwen3_5", "qwen3_5")
-    if draft == "attention":
+    if draft == "falcon itself":
+        model = path = build_arch_model(models_dir / "spec-falcon_h1", "falcon_h1")
+    elif draft == "attention":
         path = build_tiny_model(models_dir / "spec-qwen3_5-draft", "qwen3", vocab_size=1024, num_hidden_layers=1)
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
             shutil.copy(model / name, path / name)
@@ -95,7 +97,7 @@ def test_a_draft_model_for_a_model_with_recurrent_layers(draft, models_dir):
         assert [on.run([p], max_tokens=30, temperature=0)[0][1] for p in PROMPTS[:2]] == want[:2]
         stats = on.engine.stats.speculative
         assert stats["method"] == "draft" and stats["verify_steps"] > 1
-        if draft == "itself":
+        if draft.endswith("itself"):
             assert stats["accepted"] == stats["proposed"] > 40
         else:
             assert stats["proposed"] > stats["accepted"]

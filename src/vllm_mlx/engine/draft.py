@@ -22,7 +22,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
-from .model_runner import recurrent_layers
+from .model_runner import leaf_caches, recurrent_layers
 from .rollback import forward_right_padded
 from .sequence import Sequence
 
@@ -165,7 +165,7 @@ class DraftProposer:
         if self.recurrent:  # the newest token apart: the state before it is where the draft goes back to
             if max(len(u) for u in unseen) > 1:
                 self._feed([u[:-1] for u in unseen])
-            before = [list(self.cache[i].cache) for i in self.recurrent]
+            before = [list(leaf_caches(self.cache)[i].cache) for i in self.recurrent]
             unseen = [u[-1:] for u in unseen]
         logits = self._feed(unseen)
         last = mx.array([len(u) - 1 for u in unseen])
@@ -174,11 +174,12 @@ class DraftProposer:
         for _ in range(k - 1):
             logits = self.model(drafts[-1][:, None], cache=self.cache)
             drafts.append(mx.argmax(logits[:, -1, :self.vocab_limit], axis=-1))
-        for i, c in enumerate(self.cache):  # the draft keeps only tokens the target emitted, less the newest
+        leaves = leaf_caches(self.cache)  # a layer's CacheList (Falcon-H1) in its parts
+        for i, c in enumerate(leaves):  # the draft keeps only tokens the target emitted, less the newest
             if i not in self.recurrent:
                 c.trim(k)
         for i, states in zip(self.recurrent, before or ()):
-            self.cache[i].cache = states
+            leaves[i].cache = states
         for seq, end in zip(self.seqs, ends):
             self.seen[seq] = end - 1  # the newest is fed again next time
         return mx.stack(drafts, axis=1).tolist()

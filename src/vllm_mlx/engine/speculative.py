@@ -36,7 +36,7 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import ArraysCache, CacheList, KVCache, RotatingKVCache, make_prompt_cache
+from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache, make_prompt_cache
 
 from .constraints import proposal_masks, unpack_bitmask
 from .model_runner import drop_row_tails, leaf_caches
@@ -54,14 +54,10 @@ IDLE_CHECKS = 4  # while no row has proposals, pipelined steps between looks for
 
 def speculation_unsupported(model: Any, deterministic: bool, sliding: bool = True) -> str | None:
     """Why speculation cannot run on this model (None when it can); ``sliding``: whether sliding-window
-    layers may be cut after a step and a layer's ``CacheList`` taken apart (not in a draft model, whose
-    one-token steps rotate its ring, and whose caches are handled layer by layer)."""
+    layers may be cut after a step (not in a draft model, whose one-token steps rotate their cache)."""
     if deterministic:
         return "--deterministic computes every row alone"
-    caches = make_prompt_cache(model)
-    if not sliding and any(isinstance(c, CacheList) for c in caches):
-        return "its layers keep CacheList caches, which a draft does not take apart yet"
-    caches = leaf_caches(caches)  # a layer's CacheList (Falcon-H1), its parts one by one
+    caches = leaf_caches(make_prompt_cache(model))  # a layer's CacheList (Falcon-H1), its parts one by one
     allowed = (KVCache, RotatingKVCache) if sliding else (KVCache,)
     # recurrent state of any kind (a vision model's too): whether it stops at a row's length is checked below
     others = {type(c).__name__ for c in caches if type(c) not in allowed and not isinstance(c, ArraysCache)}
