@@ -120,7 +120,7 @@ def test_a_decode_step_has_fewer_operations(tmp_path):
     assert after < 0.8 * before, (before, after)
 
 
-@pytest.mark.parametrize("arch", ["qwen3_5", "lfm2", "gpt_oss", "falcon_h1"])
+@pytest.mark.parametrize("arch", ["qwen3_5", "lfm2", "gpt_oss", "falcon_h1", "gemma3_text", "nemotron_h"])
 def test_families_logits_are_bit_identical(tmp_path, arch):
     """The families whose modules include mlx's own RMSNorm or RoPE (hybrid recurrent layers, sliding
     windows), loaded as the server loads them: the same logits with and without the swap."""
