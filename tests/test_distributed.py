@@ -164,6 +164,32 @@ def test_two_ranks_match_one_process(family, launch, request):
     assert health["status"] == "ok" and health["engine"]["running"] == 0
 
 
+def test_speculation_across_ranks_matches_one_process(launch, tiny_qwen3, qwen3_server):
+    """--speculative ngram on two ranks: rank 0 reads back, proposes and sends each speculative step's
+    verify inputs and rejected positions in its record; the follower runs the same verify forwards and
+    drops the same positions. Greedy and seeded sampled output is the single process's (without
+    speculation), alone and for concurrent streams; sampled rows reject part of their proposals."""
+    dist = launch(tiny_qwen3, "--speculative", "ngram")
+    prompts = PROMPTS + ["again: " + "one two three four " * 4]
+
+    def chat(server, content: str, seed: int | None = None) -> str:
+        sampling = {"temperature": 0.0} if seed is None else {"temperature": 0.7, "seed": seed}
+        out = client(server).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": content}], max_tokens=48, **sampling,
+            extra_body={"ignore_eos": True})
+        return out.choices[0].message.content
+
+    cases = [(p, None) for p in prompts] + [(p, 7 + i) for i, p in enumerate(prompts)]
+    want = [chat(qwen3_server, p, seed) for p, seed in cases]
+    assert [chat(dist, p, seed) for p, seed in cases[:2]] == want[:2]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        assert list(pool.map(lambda c: chat(dist, *c), cases)) == want
+    health = httpx.get(f"{dist.base_url}/health").json()
+    spec = health["engine"]["speculative"]
+    assert spec["verify_steps"] > 0 and spec["proposed"] > spec["accepted"] > 0, spec  # rejections dropped too
+    assert health["status"] == "ok"
+
+
 def test_prefix_cache_n_and_abort_stay_consistent(dist_qwen3, qwen3_server):
     dist = dist_qwen3
     c = client(dist)

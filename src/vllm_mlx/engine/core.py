@@ -208,24 +208,26 @@ class EngineCore:
         self._events, self._finished, self._end_at = [], None, 0
         return record
 
-    def execute(self, plan: StepPlan) -> list[GenerationOutput]:
+    def execute(self, plan: StepPlan, prepared: Any = None) -> list[GenerationOutput]:
         """Run a scheduled step; returns its deltas. A failing step fails its batch, not the engine."""
         try:
-            outputs = self.run(plan)
+            outputs = self.run(plan, prepared)
         except Exception as exc:
             self.fail(list(self.runner.batch_seqs), exc)
             outputs = []
         self.counters.steps += 1
         return outputs
 
-    def run(self, plan: StepPlan) -> list[GenerationOutput]:
-        """Launch decode step t+1, run prefill chunks, then read back and apply step t."""
+    def run(self, plan: StepPlan, prepared: Any = None) -> list[GenerationOutput]:
+        """Launch decode step t+1, run prefill chunks, then read back and apply step t (``prepared``: a
+        speculative step's host half, done before a distributed record went out)."""
         spec = self.speculator
         if spec is None:
             return self.run_pipelined(plan)
-        generated, rows, arm = self.counters.generated, len(self.runner.batch_seqs), spec.rates.launched
+        generated = self.counters.generated - (prepared.read if prepared is not None else 0)
+        rows, arm = len(self.runner.batch_seqs), spec.rates.launched
         if spec.active:
-            outputs = spec.step(self, plan)
+            outputs = spec.step(self, plan, prepared)
         else:
             outputs, spec.rates.launched = self.run_pipelined(plan), 0
         spec.rates.observe(arm, self.counters.generated - generated, rows,  # arm: read back
@@ -270,11 +272,12 @@ class EngineCore:
             prof.mark("join")
         return outputs
 
-    def retire(self, done: list[Sequence], unfed: int = 0) -> None:
+    def retire(self, done: list[Sequence], unfed: int = 0, announce: bool = True) -> None:
         """The step's finished rows leave: cached (prompt + completion, less ``unfed`` newest tokens their
         cache lacks), then dropped. Called once per step, between reading tokens back and joining
-        prefilled rows: the step's end."""
-        self._finished, self._end_at = finished_rows(done, self.prefix.cache is not None), len(self._events)
+        prefilled rows: the step's end (the next record names the rows unless this step's did: ``announce``)."""
+        rows = finished_rows(done, self.prefix.cache is not None) if announce else []
+        self._finished, self._end_at = rows, len(self._events)
         self.prefix.remember_finished(self.runner, done, unfed)
         self.drop(*done)
         self.counters.failed += (failed := sum(s.finish_reason is FinishReason.ERROR for s in done))  # grammars

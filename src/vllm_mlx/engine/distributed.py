@@ -34,13 +34,14 @@ import mlx.core as mx
 from .core import EngineCore
 from .engine import LLMEngine
 from .lockstep import LockstepChannel, LockstepLost, Watchdog, exit_process
-from .model_runner import ModelRunner
+from .model_runner import ModelRunner, drop_row_tails, leaf_caches
 from .prefix_reuse import PrefixReuse
 from .request import FinishReason, GenerationOutput, GenerationRequest, SamplingParams
+from .rollback import repair, snapshot
 from .rows import RowArrays
 from .sequence import Sequence
 from .step_record import (Aborted, Added, CacheCleared, CacheShrunk, Event, FinishedRow, RowEnded, RowsFailed,
-                          Schedule, StepRecord)
+                          Schedule, SpecStep, StepRecord)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,16 @@ class LockstepRunner(ModelRunner):
 
     def decode(self, tokens: mx.array | None = None) -> mx.array:
         logits = super().decode(tokens)
+        _eval(logits)
+        return logits
+
+    def verify(self, tokens: mx.array) -> mx.array:
+        logits = super().verify(tokens)
+        _eval(logits)
+        return logits
+
+    def batch_model(self, tokens: mx.array, cache: list[Any]) -> mx.array:
+        logits = super().batch_model(tokens, cache)  # also the rollback's re-forward after a verify step
         _eval(logits)
         return logits
 
@@ -112,8 +123,12 @@ class LeaderEngine(LLMEngine):
 
     def _step(self) -> list[GenerationOutput]:
         plan, record = self.core.schedule()
+        spec, prepared = self.core.speculator, None
+        if spec is not None and spec.active:  # read back and propose first: the followers feed the same
+            prepared = spec.prepare(self.core)
+            record.speculative = prepared.record(self.core.prefix.cache is not None)
         self.channel.exchange({"record": record.to_wire()})
-        return self.core.execute(plan)
+        return self.core.execute(plan, prepared)
 
     def _on_idle(self) -> None:
         with self._watchdog.guard("a heartbeat"):
@@ -178,7 +193,9 @@ class FollowerCore(EngineCore):
             self.end_step(record.finished)
             events = events[record.end_at:]
         self.replay(events)
-        if record.schedule is not None:
+        if record.schedule is not None and record.speculative is not None:
+            self.follow_speculative_step(record.schedule, record.speculative)
+        elif record.schedule is not None:
             self.follow_step(record.schedule, record.tokens)
         self.take_record()  # this core's own record of what it replayed goes nowhere
 
@@ -212,8 +229,37 @@ class FollowerCore(EngineCore):
             self.runner.decode(mx.array(tokens, dtype=mx.int32))
         self._prefilled = self.prefill(plan.prefill)
 
-    def end_step(self, finished: list[FinishedRow]) -> None:
-        """Rank 0's end of a step: cache and drop the finished rows, join the prefilled prompts."""
+    def follow_speculative_step(self, schedule: Schedule, spec: SpecStep) -> None:
+        """Rank 0's speculative step (``Speculator.step``): drop what the previous verify step rejected,
+        retire the rows that finished there, run the verify (or one-token) forward, prefill and join."""
+        self._prefilled = []
+        plan, mine = self.plan_step()
+        if mine.schedule != schedule:
+            raise LockstepLost(f"rank {self.rank} diverged from rank 0: scheduled {mine.schedule}, rank 0 {schedule}")
+        runner = self.runner
+        if spec.junk is not None:
+            if runner.recurrent:
+                repair(runner.batch_model, runner.batch_cache, runner.recurrent, runner.rows, spec.junk)
+            else:
+                drop_row_tails(runner.batch_cache, spec.junk)
+        self.retire(self.finished_here(spec.done), unfed=int(runner.rows["junk"] is not None), announce=False)
+        if spec.verify is not None:
+            inputs = mx.array(spec.verify)
+            leaves = leaf_caches(runner.batch_cache)
+            before = [list(leaves[i].cache) for i in runner.recurrent]
+            runner.verify(inputs)
+            runner.rows["junk"] = mx.zeros((inputs.shape[0],), dtype=mx.int32)  # rank 0 sends the real ones
+            if runner.recurrent:
+                snapshot(runner.rows, before, runner.recurrent, inputs)
+        else:
+            runner.rows["junk"] = None
+            if runner.batch_seqs:
+                runner.decode(mx.array(spec.tokens, dtype=mx.int32))
+        for seqs, logits, merged in self.prefill(plan.prefill):
+            self.join_isolated(seqs, logits, merged)
+
+    def finished_here(self, finished: list[FinishedRow]) -> list[Sequence]:
+        """Rank 0's finished rows as this core's sequences, with their tokens and finish reasons."""
         done = []
         for row in finished:
             seq = self.scheduler.find_row(row.request_id, row.index)
@@ -223,7 +269,11 @@ class FollowerCore(EngineCore):
             seq.finish_reason = FinishReason(row.reason)
             self.scheduler.finish(seq)
             done.append(seq)
-        self.retire(done)
+        return done
+
+    def end_step(self, finished: list[FinishedRow]) -> None:
+        """Rank 0's end of a step: cache and drop the finished rows, join the prefilled prompts."""
+        self.retire(self.finished_here(finished))
         prefilled, self._prefilled = self._prefilled, []
         for seqs, logits, merged in prefilled:
             self.join(seqs, logits, merged)

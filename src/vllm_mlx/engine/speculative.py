@@ -47,6 +47,7 @@ from .rows import RowArrays
 from .sampler import BatchSamplingParams, PenaltyState, draw_positions, process_positions, reported_logprobs
 from .sequence import Sequence
 from .step_rates import StepRates
+from .step_record import SpecStep, finished_rows
 
 REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole twice in a row
 IDLE_CHECKS = 4  # while no row has proposals, pipelined steps between looks for them
@@ -92,6 +93,35 @@ def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any) -> An
             raise ValueError(f"--draft-model {config.draft_model} cannot draft: {why}")
         return proposer
     return NgramProposer()
+
+
+def verify_inputs(seqs: list[Sequence], proposals: list[list[int]]) -> list[list[int]]:
+    """A verify step's inputs: each row's newest token, then its proposals, right-padded to the longest."""
+    k = max(len(p) for p in proposals)
+    return [[s.output_ids[-1], *p, *[0] * (k - len(p))] for s, p in zip(seqs, proposals)]
+
+
+@dataclass
+class Prepared:
+    """:meth:`Speculator.prepare`'s result: the deltas read back, the rows that finished, whether the
+    previous step verified, the positions each row drops (``None``: nothing to drop), the rows that stay,
+    the cap of this step's kind, their proposals (empty: a plain step) and how many tokens were read."""
+
+    outputs: list
+    done: list[Sequence]
+    verified: bool
+    junk: list[int] | None
+    staying: list[Sequence]
+    cap: int
+    proposals: list[list[int]]
+    read: int
+
+    def record(self, with_tokens: bool) -> SpecStep:
+        """The step's decisions for a distributed follower (``with_tokens``: finished rows carry their
+        tokens, for its prefix cache)."""
+        verify = verify_inputs(self.staying, self.proposals) if any(self.proposals) else None
+        return SpecStep(self.junk, finished_rows(self.done, with_tokens), verify,
+                        [] if verify is not None else [s.output_ids[-1] for s in self.staying])
 
 
 @dataclass
@@ -213,26 +243,40 @@ class Speculator:
             self._proposed.pop(seq, None)
 
     # -- the verify step -------------------------------------------------------------------
-    def step(self, core: Any, plan: Any) -> list:
-        """A synchronous engine step: read back the rows' tokens (with the proposals the last verify step
-        accepted), drop the rejected positions, then verify the rows' new proposals -- or, when no row has
-        any or verifying does not pay here, launch a pipelined decode step and leave speculation.
-        ``core``: the :class:`~.core.EngineCore` whose step this is; ``plan``: its schedule."""
+    def prepare(self, core: Any) -> "Prepared":
+        """The host half of a speculative step, before any forward: read back the rows' tokens (with the
+        proposals the last verify step accepted), and choose the rows' new proposals -- what a
+        distributed rank 0 sends its followers before the step's forwards (:meth:`record`)."""
         runner = core.runner
         seqs, rows = list(runner.batch_seqs), runner.rows
+        generated = core.counters.generated
         outputs, done = core.read_back(seqs, rows)
-        if rows["junk"] is not None and runner.batch_cache is not None:
+        verified = rows["junk"] is not None
+        junk = rows["junk"].tolist() if verified and runner.batch_cache is not None else None
+        gone = set(done)
+        staying = [s for s in seqs if s not in gone]  # the batch after the finished rows leave
+        cap = self.rates.choose(len(staying)) if staying else 0
+        proposals = self.proposals(staying, cap) if cap else []
+        return Prepared(outputs, done, verified, junk, staying, cap, proposals, core.counters.generated - generated)
+
+    def step(self, core: Any, plan: Any, prepared: "Prepared | None" = None) -> list:
+        """A synchronous engine step: :meth:`prepare` (unless done already), drop the rejected positions,
+        then verify the rows' new proposals -- or, when no row has any or verifying does not pay here,
+        launch a pipelined decode step and leave speculation. ``core``: the :class:`~.core.EngineCore`
+        whose step this is; ``plan``: its schedule."""
+        runner = core.runner
+        p = prepared or self.prepare(core)
+        if p.junk is not None:
             if runner.recurrent:
-                repair(runner.batch_model, runner.batch_cache, runner.recurrent, rows, rows["junk"].tolist())
+                repair(runner.batch_model, runner.batch_cache, runner.recurrent, runner.rows, p.junk)
             else:
-                drop_row_tails(runner.batch_cache, rows["junk"].tolist())
-        core.retire(done, unfed=int(rows["junk"] is not None))  # a verify step's last token is not fed yet
+                drop_row_tails(runner.batch_cache, p.junk)
+        # a verify step's last token is not fed yet; rows a record carried are not announced again
+        core.retire(p.done, unfed=int(p.verified), announce=prepared is None)
         seqs = list(runner.batch_seqs)
-        cap = self.rates.choose(len(seqs)) if seqs else 0
-        proposals = self.proposals(seqs, cap) if cap else []
-        if any(proposals):
-            runner.rows = self.launch(runner, core.sampler, seqs, proposals)
-            self.rates.launched = cap
+        if any(p.proposals):
+            runner.rows = self.launch(runner, core.sampler, seqs, p.proposals)
+            self.rates.launched = p.cap
         else:
             self.active, self.rates.launched = False, 0
             if seqs:
@@ -241,13 +285,13 @@ class Speculator:
             mx.async_eval(runner.rows.all())
         for group, logits, merged in core.prefill(plan.prefill):
             core.join_isolated(group, logits, merged)
-        return outputs
+        return p.outputs
 
     def launch(self, runner: Any, sampler: Any, seqs: list[Sequence], proposals: list[list[int]]) -> RowArrays:
         """Feed ``[pending token, proposals]`` per row; returns the rows' pending arrays: the next token,
         the proposals, how many of them each row accepted and the positions to drop (all lazy)."""
         k = max(len(p) for p in proposals)
-        inputs = mx.array([[s.output_ids[-1], *p, *[0] * (k - len(p))] for s, p in zip(seqs, proposals)])
+        inputs = mx.array(verify_inputs(seqs, proposals))
         leaves = leaf_caches(runner.batch_cache)
         before = [list(leaves[i].cache) for i in runner.recurrent]  # the state this step starts from
         logits = runner.verify(inputs)  # (B, k + 1, vocab)

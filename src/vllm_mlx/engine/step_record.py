@@ -17,7 +17,9 @@ it and run the same forwards (:mod:`.distributed`'s followers do):
 * ``schedule``: this step's prompt chunks and the counts both sides must agree on
   (``None``: no step, a record that only carries events -- a distributed heartbeat);
 * ``tokens``: the tokens fed to this step's decode forward (the rows' pending tokens,
-  read back to the host only when the core is asked to: ``EngineCore.record_tokens``).
+  read back to the host only when the core is asked to: ``EngineCore.record_tokens``);
+* ``speculative``: for a speculative step (``--speculative ngram``), what its forward
+  feeds and what the previous verify step left to drop (:class:`SpecStep`).
 
 Events are collected with one list append per decision and handed over, then reset,
 with each record. :meth:`StepRecord.to_wire` / :meth:`StepRecord.from_wire` convert
@@ -104,12 +106,26 @@ class Schedule(msgspec.Struct, array_like=True):
     batch_rows: int
 
 
+class SpecStep(msgspec.Struct, array_like=True):
+    """A speculative step's decisions (rank 0 reads the previous step back before sending them): the
+    positions each row drops from the previous verify step (``None`` after a plain step), the rows that
+    finished there (retired before this step's forward), and this step's forward -- each row's verify
+    inputs (its newest token, then its proposals, right-padded), or, when ``verify`` is ``None``, one
+    token per row (``tokens``)."""
+
+    junk: Union[list[int], None]
+    done: list[FinishedRow]
+    verify: Union[list[list[int]], None]
+    tokens: list[int]
+
+
 class StepRecord(msgspec.Struct):
     events: list[Event] = msgspec.field(default_factory=list)
     finished: Union[list[FinishedRow], None] = None
     end_at: int = 0  # how many of ``events`` came before the previous step's end
     schedule: Union[Schedule, None] = None
     tokens: list[int] = msgspec.field(default_factory=list)
+    speculative: Union[SpecStep, None] = None  # a speculative step's decisions (``tokens`` unused then)
 
     def to_wire(self) -> dict[str, Any]:
         """JSON-able data (lists, numbers, strings)."""
