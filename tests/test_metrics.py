@@ -21,10 +21,13 @@ def test_metrics_after_traffic(qwen3_server):
     before = _samples(qwen3_server)
     key = ("vllm_mlx_http_requests_total", (("route", "/v1/chat/completions"), ("status", "200")))
     ttft_key = ("vllm_mlx_time_to_first_token_seconds_count", ())
+    # ignore_eos: every request streams tokens, so each one has a time to first token (a sampled EOS
+    # as the first token would leave a request without one)
     for _ in range(3):
-        c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+        c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+                                  extra_body={"ignore_eos": True})
     list(c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
-                                   stream=True))
+                                   stream=True, extra_body={"ignore_eos": True}))
     httpx.post(f"{qwen3_server.base_url}/v1/chat/completions", json={"model": "m"}, timeout=10)  # a 400
     after = _samples(qwen3_server)
     assert after[key] - before.get(key, 0) == 4
