@@ -5,10 +5,8 @@ vision model is refused at start, saying why."""
 
 from __future__ import annotations
 
-import re
 import threading
 
-import httpx
 import openai
 import pytest
 from test_gemma_vision import IMAGES as GEMMA_IMAGES
@@ -22,12 +20,6 @@ from vllm_mlx_testing.vision_models import build_tiny_vision_model, data_url, ra
 
 QUESTION = [{"type": "text", "text": "What is in this picture?"}, {"type": "image"}]
 N = 40  # greedy tokens per request: long enough for prompt lookup to find the tiny models' loops
-
-
-def _accepted(base_url: str) -> int:
-    text = httpx.get(f"{base_url}/metrics").text
-    found = re.search(r'^vllm_mlx_speculative_accepted_total\{method="ngram"\} (\S+)', text, re.M)
-    return int(float(found.group(1))) if found else 0
 
 
 def _together(calls: dict) -> dict:
@@ -59,7 +51,7 @@ def test_mrope_image_and_text_rows_speculate(start_server, models_dir):
     images_only = _together({k: (lambda k=k: ask(openai_content(QUESTION, [data_url(images[k])]))) for k in (1, 2)})
     for k in (1, 2):
         assert images_only[k] == reference_greedy(path, QUESTION, [images[k]], N)
-    assert _accepted(server.base_url) > 0  # the image rows' proposals were verified and kept
+    assert server.health()["engine"]["speculative"]["accepted"] > 0  # the image rows' proposals were kept
     mixed = _together({"text": lambda: ask(story), 2: lambda: ask(openai_content(QUESTION, [data_url(images[2])]))})
     assert mixed["text"] == reference_greedy(path, story, [], N)
     assert mixed[2] == images_only[2]
@@ -83,7 +75,7 @@ def test_sliding_window_vision_rows_speculate(start_server, models_dir):
     for k in (1, 2):
         assert results[k] == reference(path, user(GEMMA_QUESTION), [GEMMA_IMAGES[k]], N)[0]
     assert results["text"] == reference(path, user(STORY), [], N)[0]
-    assert _accepted(server.base_url) > 0
+    assert server.health()["engine"]["speculative"]["accepted"] > 0
 
 
 def test_mtp_on_a_vision_model_is_refused_at_start(start_server, models_dir):

@@ -34,11 +34,12 @@ import mlx.core as mx
 from .core import EngineCore
 from .engine import LLMEngine
 from .lockstep import LockstepChannel, LockstepLost, Watchdog, exit_process
-from .model_runner import ModelRunner, drop_row_tails, leaf_caches
+from .model_runner import ModelRunner
 from .prefix_reuse import PrefixReuse
 from .request import FinishReason, GenerationOutput, GenerationRequest, SamplingParams
-from .rollback import repair, snapshot
+from .rollback import drop_rejected, recurrent_states, snapshot
 from .rows import RowArrays
+from .scheduler import StepPlan
 from .sequence import Sequence
 from .step_record import (Aborted, Added, CacheCleared, CacheShrunk, Event, FinishedRow, RowEnded, RowsFailed,
                           Schedule, SpecStep, StepRecord)
@@ -219,12 +220,17 @@ class FollowerCore(EngineCore):
             elif isinstance(event, RowsFailed):
                 self.drop(*filter(None, (self.scheduler.find_row(*row) for row in event.rows)))
 
-    def follow_step(self, schedule: Schedule, tokens: list[int]) -> None:
-        """Rank 0's step up to its read-back: the same schedule, the decode forward, the prefill."""
+    def same_schedule(self, schedule: Schedule) -> StepPlan:
+        """Schedule the step rank 0 scheduled (a mismatch ends the job); returns its plan."""
         self._prefilled = []  # left over only when rank 0's step failed as a whole: never joined there
         plan, mine = self.plan_step()  # no make_room: rank 0 decides evictions (its shrinks are events)
         if mine.schedule != schedule:
             raise LockstepLost(f"rank {self.rank} diverged from rank 0: scheduled {mine.schedule}, rank 0 {schedule}")
+        return plan
+
+    def follow_step(self, schedule: Schedule, tokens: list[int]) -> None:
+        """Rank 0's step up to its read-back: the same schedule, the decode forward, the prefill."""
+        plan = self.same_schedule(schedule)
         if self.runner.batch_seqs:
             self.runner.decode(mx.array(tokens, dtype=mx.int32))
         self._prefilled = self.prefill(plan.prefill)
@@ -232,21 +238,14 @@ class FollowerCore(EngineCore):
     def follow_speculative_step(self, schedule: Schedule, spec: SpecStep) -> None:
         """Rank 0's speculative step (``Speculator.step``): drop what the previous verify step rejected,
         retire the rows that finished there, run the verify (or one-token) forward, prefill and join."""
-        self._prefilled = []
-        plan, mine = self.plan_step()
-        if mine.schedule != schedule:
-            raise LockstepLost(f"rank {self.rank} diverged from rank 0: scheduled {mine.schedule}, rank 0 {schedule}")
+        plan = self.same_schedule(schedule)
         runner = self.runner
         if spec.junk is not None:
-            if runner.recurrent:
-                repair(runner.batch_model, runner.batch_cache, runner.recurrent, runner.rows, spec.junk)
-            else:
-                drop_row_tails(runner.batch_cache, spec.junk)
+            drop_rejected(runner, spec.junk)
         self.retire(self.finished_here(spec.done), unfed=int(runner.rows["junk"] is not None), announce=False)
         if spec.verify is not None:
             inputs = mx.array(spec.verify)
-            leaves = leaf_caches(runner.batch_cache)
-            before = [list(leaves[i].cache) for i in runner.recurrent]
+            before = recurrent_states(runner.batch_cache, runner.recurrent)
             runner.verify(inputs)
             runner.rows["junk"] = mx.zeros((inputs.shape[0],), dtype=mx.int32)  # rank 0 sends the real ones
             if runner.recurrent:

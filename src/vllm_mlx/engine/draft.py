@@ -23,7 +23,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from .model_runner import leaf_caches, recurrent_layers
-from .rollback import forward_right_padded
+from .rollback import forward_right_padded, recurrent_states, restore_states
 from .sequence import Sequence
 
 DRAFT_CONTEXT = 8192  # a row's newest tokens the draft is prefilled with when the row joins
@@ -165,7 +165,7 @@ class DraftProposer:
         if self.recurrent:  # the newest token apart: the state before it is where the draft goes back to
             if max(len(u) for u in unseen) > 1:
                 self._feed([u[:-1] for u in unseen])
-            before = [list(leaf_caches(self.cache)[i].cache) for i in self.recurrent]
+            before = recurrent_states(self.cache, self.recurrent)
             unseen = [u[-1:] for u in unseen]
         logits = self._feed(unseen)
         last = mx.array([len(u) - 1 for u in unseen])
@@ -174,12 +174,11 @@ class DraftProposer:
         for _ in range(k - 1):
             logits = self.model(drafts[-1][:, None], cache=self.cache)
             drafts.append(mx.argmax(logits[:, -1, :self.vocab_limit], axis=-1))
-        leaves = leaf_caches(self.cache)  # a layer's CacheList (Falcon-H1) in its parts
-        for i, c in enumerate(leaves):  # the draft keeps only tokens the target emitted, less the newest
-            if i not in self.recurrent:
+        for i, c in enumerate(leaf_caches(self.cache)):  # the draft keeps only tokens the target emitted,
+            if i not in self.recurrent:  # less the newest (a layer's CacheList, Falcon-H1, in its parts)
                 c.trim(k)
-        for i, states in zip(self.recurrent, before or ()):
-            leaves[i].cache = states
+        if before is not None:
+            restore_states(self.cache, self.recurrent, before)
         for seq, end in zip(self.seqs, ends):
             self.seen[seq] = end - 1  # the newest is fed again next time
         return mx.stack(drafts, axis=1).tolist()

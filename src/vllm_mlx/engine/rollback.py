@@ -49,8 +49,9 @@ def honours_lengths(model: Any) -> bool:
     one, masked, three = (make_prompt_cache(model) for _ in range(3))
     model(tokens[:, :1], cache=one)
     layers = recurrent_layers(masked)
+    leaves = leaf_caches(masked)
     for i in layers:
-        leaf_caches(masked)[i].lengths = mx.array([1])
+        leaves[i].lengths = mx.array([1])
     model(tokens, cache=masked)
     model(tokens, cache=three)
     one, masked, three = (leaf_caches(c) for c in (one, masked, three))
@@ -62,6 +63,29 @@ def honours_lengths(model: Any) -> bool:
             if mx.abs(b - a).max().item() > 0.1 * mx.abs(c - a).max().item() + 1e-6:
                 return False
     return True
+
+
+def recurrent_states(caches: list[Any], layers: list[int]) -> list[list[Any]]:
+    """The state arrays of the recurrent ``layers`` (indices into ``leaf_caches(caches)``) as they are now:
+    references, not copies (a step replaces them, it does not write into them)."""
+    leaves = leaf_caches(caches)
+    return [list(leaves[i].cache) for i in layers]
+
+
+def restore_states(caches: list[Any], layers: list[int], states: list[list[Any]]) -> None:
+    """Put back what :func:`recurrent_states` kept."""
+    leaves = leaf_caches(caches)
+    for i, kept in zip(layers, states):
+        leaves[i].cache = kept
+
+
+def drop_rejected(runner: Any, junk: list[int]) -> None:
+    """After a verify step of ``runner``'s decode batch: each row drops its last ``junk[r]`` positions --
+    cut off attention caches, or, with recurrent layers, rolled back by :func:`repair`."""
+    if runner.recurrent:
+        repair(runner.batch_model, runner.batch_cache, runner.recurrent, runner.rows, junk)
+    else:
+        drop_row_tails(runner.batch_cache, junk)
 
 
 def snapshot(rows: RowArrays, states: list[list[Any]], layers: list[int], inputs: mx.array) -> None:

@@ -39,10 +39,10 @@ import numpy as np
 from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache, make_prompt_cache
 
 from .constraints import proposal_masks, unpack_bitmask
-from .model_runner import drop_row_tails, leaf_caches
+from .model_runner import leaf_caches
 from .ngram import NgramProposer
 from .request import TokenLogprob
-from .rollback import honours_lengths, repair, snapshot
+from .rollback import drop_rejected, honours_lengths, recurrent_states, snapshot
 from .rows import RowArrays
 from .sampler import BatchSamplingParams, PenaltyState, draw_positions, process_positions, reported_logprobs
 from .sequence import Sequence
@@ -267,10 +267,7 @@ class Speculator:
         runner = core.runner
         p = prepared or self.prepare(core)
         if p.junk is not None:
-            if runner.recurrent:
-                repair(runner.batch_model, runner.batch_cache, runner.recurrent, runner.rows, p.junk)
-            else:
-                drop_row_tails(runner.batch_cache, p.junk)
+            drop_rejected(runner, p.junk)
         # a verify step's last token is not fed yet; rows a record carried are not announced again
         core.retire(p.done, unfed=int(p.verified), announce=prepared is None)
         seqs = list(runner.batch_seqs)
@@ -292,8 +289,7 @@ class Speculator:
         the proposals, how many of them each row accepted and the positions to drop (all lazy)."""
         k = max(len(p) for p in proposals)
         inputs = mx.array(verify_inputs(seqs, proposals))
-        leaves = leaf_caches(runner.batch_cache)
-        before = [list(leaves[i].cache) for i in runner.recurrent]  # the state this step starts from
+        before = recurrent_states(runner.batch_cache, runner.recurrent)  # the state this step starts from
         logits = runner.verify(inputs)  # (B, k + 1, vocab)
         if self._masks:
             logits = self._masked(logits, seqs)
