@@ -164,12 +164,29 @@ def test_two_ranks_match_one_process(family, launch, request):
     assert health["status"] == "ok" and health["engine"]["running"] == 0
 
 
-def test_speculation_across_ranks_matches_one_process(launch, tiny_qwen3, qwen3_server):
-    """--speculative ngram on two ranks: rank 0 reads back, proposes and sends each speculative step's
-    verify inputs and rejected positions in its record; the follower runs the same verify forwards and
-    drops the same positions. Greedy and seeded sampled output is the single process's (without
-    speculation), alone and for concurrent streams; sampled rows reject part of their proposals."""
-    dist = launch(tiny_qwen3, "--speculative", "ngram")
+@pytest.fixture(scope="module")
+def tiny_qwen35(models_dir) -> Path:
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    return build_arch_model(models_dir / "dist-qwen3_5", "qwen3_5")
+
+
+@pytest.mark.parametrize("case", ["ngram", "draft-recurrent"])
+def test_speculation_across_ranks_matches_one_process(case, launch, start_server, request):
+    """Speculation on two ranks: rank 0 reads back, proposes and sends each speculative step's verify
+    inputs and rejected positions in its record; the follower runs the same verify forwards and drops
+    the same positions. Greedy and seeded sampled output is the single process's (without speculation),
+    alone and for concurrent streams; sampled rows reject part of their proposals.
+
+    ``ngram``: prompt lookup on Qwen3 (whose tiny random model repeats itself). ``draft-recurrent``: the
+    GatedDeltaNet hybrid Qwen3.5 drafting for itself (the draft loaded whole on rank 0 only), so the
+    follower rolls its recurrent layers back from its own snapshots."""
+    if case == "ngram":
+        model = request.getfixturevalue("tiny_qwen3")
+        single, dist = request.getfixturevalue("qwen3_server"), launch(model, "--speculative", "ngram")
+    else:
+        model = request.getfixturevalue("tiny_qwen35")
+        single, dist = start_server(model), launch(model, "--draft-model", str(model))
     prompts = PROMPTS + ["again: " + "one two three four " * 4]
 
     def chat(server, content: str, seed: int | None = None) -> str:
@@ -183,12 +200,13 @@ def test_speculation_across_ranks_matches_one_process(launch, tiny_qwen3, qwen3_
         return out.choices[0].message.content
 
     cases = [(p, None) for p in prompts] + [(p, 7 + i) for i, p in enumerate(prompts)]
-    want = [chat(qwen3_server, p, seed) for p, seed in cases]
+    want = [chat(single, p, seed) for p, seed in cases]
     assert [chat(dist, p, seed) for p, seed in cases[:2]] == want[:2]
     with ThreadPoolExecutor(len(cases)) as pool:
         assert list(pool.map(lambda c: chat(dist, *c), cases)) == want
     health = httpx.get(f"{dist.base_url}/health").json()
     spec = health["engine"]["speculative"]
+    assert spec["method"] == case.split("-")[0]
     assert spec["verify_steps"] > 0 and spec["proposed"] > spec["accepted"] > 0, spec  # rejections dropped too
     assert health["status"] == "ok"
 
