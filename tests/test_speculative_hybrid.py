@@ -106,6 +106,37 @@ def test_a_draft_model_for_a_model_with_recurrent_layers(draft, models_dir):
         on.engine.shutdown()
 
 
+@pytest.mark.parametrize("arch, draft", [("gemma3_text", "itself"), ("gpt_oss", "itself"),
+                                         ("gemma3_text", "smaller"), ("gemma4_text", "itself")])
+def test_a_draft_model_with_sliding_window_layers(arch, draft, models_dir):
+    """A draft whose layers keep a ring of the last 16 positions (Gemma 3/4, gpt-oss): its one-token
+    proposal steps rotate the ring over positions it needs again when proposals are rejected, so it goes
+    back to the ring as it was before the row's newest token (as its recurrent layers go back to their
+    state). Drafting for itself, every proposal is accepted (a ring left rotated would not be); a
+    smaller random Gemma 3 proposes what the target then rejects. The output is the output without."""
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    model = build_arch_model(models_dir / f"spec-{arch}", arch)
+    path = model if draft == "itself" else build_arch_model(models_dir / f"spec-{arch}-small", arch, seed=5,
+                                                             num_hidden_layers=2)
+    off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64)
+    on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="draft", draft_model=str(path))
+    try:
+        on.engine.core.speculator.rates.choose = lambda rows: 4  # verify every step
+        want = [off.run([p], max_tokens=40, temperature=0)[0][1] for p in PROMPTS]
+        assert [r[1] for r in on.run(PROMPTS, max_tokens=40, temperature=0)] == want
+        assert [on.run([p], max_tokens=40, temperature=0)[0][1] for p in PROMPTS[:2]] == want[:2]
+        stats = on.engine.stats.speculative
+        assert stats["method"] == "draft" and stats["verify_steps"] > 1
+        if draft == "itself":
+            assert stats["accepted"] == stats["proposed"] > 100
+        else:
+            assert stats["proposed"] > stats["accepted"]
+    finally:
+        off.engine.shutdown()
+        on.engine.shutdown()
+
+
 def test_served_lfm2_speculates_with_its_output_unchanged(start_server, models_dir):
     """The tiny LFM2 (short-convolution layers) falls into repeating stretches, which prompt lookup
     predicts: a request that speculates answers what the same request without speculation does."""

@@ -10,7 +10,8 @@ then runs K - 1 one-token steps; the positions of the proposals and of the row's
 trimmed afterwards, so the draft never holds a token the target did not emit, and every row has a token
 to feed next time. A draft with recurrent layers (a small Qwen3.5 for a large one) feeds a row's
 newest token apart, goes back to the state before it afterwards, and its recurrent layers stop at
-each row's length where rows are right-padded. Which rows propose, and how many tokens, is the speculator's
+each row's length where rows are right-padded. Sliding-window layers (Gemma 3/4, gpt-oss) go back the
+same way: the one-token steps write over the ring's oldest positions, which trimming cannot return. Which rows propose, and how many tokens, is the speculator's
 choice (:mod:`.speculative`); the target's verification makes the output the target's whatever the draft
 proposes.
 """
@@ -20,10 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.models.cache import RotatingKVCache, make_prompt_cache
 
 from .model_runner import leaf_caches, recurrent_layers
-from .rollback import forward_right_padded, recurrent_states, restore_states
+from .rollback import forward_right_padded, recurrent_states, restore_rings, restore_states, ring_states
 from .sequence import Sequence
 
 DRAFT_CONTEXT = 8192  # a row's newest tokens the draft is prefilled with when the row joins
@@ -83,6 +84,7 @@ class DraftProposer:
     def __init__(self, model: Any, vocab_limit: int):
         self.model = model  # (its output head is computed only where its logits are read: MLX is lazy)
         self.recurrent = recurrent_layers(make_prompt_cache(model))  # layers whose state cannot drop positions
+        self.rings = [i for i, c in enumerate(leaf_caches(make_prompt_cache(model))) if isinstance(c, RotatingKVCache)]
         self.vocab_limit = vocab_limit  # token ids the served model has
         self.cache: list[Any] | None = None  # the draft's batch cache, rows in the order of ``seqs``
         self.seqs: list[Sequence] = []
@@ -161,11 +163,12 @@ class DraftProposer:
             self._feed(fed)
             unseen = [u[len(f):] for u, f in zip(unseen, fed)]
             self.prompt_work = True
-        before = None
-        if self.recurrent:  # the newest token apart: the state before it is where the draft goes back to
+        before = rings = None
+        if self.recurrent or self.rings:  # the newest token apart: the state before it is where it goes back to
             if max(len(u) for u in unseen) > 1:
                 self._feed([u[:-1] for u in unseen])
             before = recurrent_states(self.cache, self.recurrent)
+            rings = ring_states(self.cache, self.rings)
             unseen = [u[-1:] for u in unseen]
         logits = self._feed(unseen)
         last = mx.array([len(u) - 1 for u in unseen])
@@ -174,11 +177,13 @@ class DraftProposer:
         for _ in range(k - 1):
             logits = self.model(drafts[-1][:, None], cache=self.cache)
             drafts.append(mx.argmax(logits[:, -1, :self.vocab_limit], axis=-1))
+        kept = set(self.recurrent) | set(self.rings)
         for i, c in enumerate(leaf_caches(self.cache)):  # the draft keeps only tokens the target emitted,
-            if i not in self.recurrent:  # less the newest (a layer's CacheList, Falcon-H1, in its parts)
+            if i not in kept:  # less the newest (a layer's CacheList, Falcon-H1, in its parts)
                 c.trim(k)
         if before is not None:
             restore_states(self.cache, self.recurrent, before)
+            restore_rings(self.cache, self.rings, rings)
         for seq, end in zip(self.seqs, ends):
             self.seen[seq] = end - 1  # the newest is fed again next time
         return mx.stack(drafts, axis=1).tolist()

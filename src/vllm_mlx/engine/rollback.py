@@ -19,9 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.models.cache import BatchRotatingKVCache, make_prompt_cache
 
-from .model_runner import drop_row_tails, leaf_caches, recurrent_layers
+from .model_runner import drop_row_tails, in_temporal_order, leaf_caches, recurrent_layers
 from .rows import RowArrays
 
 STATE = "rollback_state"  # row-array names: the snapshot, STATE_i_j (recurrent layer i, state array j)
@@ -30,8 +30,15 @@ STATE = "rollback_state"  # row-array names: the snapshot, STATE_i_j (recurrent 
 def forward_right_padded(model: Any, caches: list[Any], layers: list[int], tokens: mx.array,
                          lengths: list[int]) -> mx.array:
     """Run ``tokens`` (B, W), right-padded, through ``model``: the recurrent ``layers`` stop at each row's
-    length (mlx-lm's ``cache.lengths``), and the padding is cut off the other layers' caches after."""
+    length (mlx-lm's ``cache.lengths``), and the padding is cut off the other layers' caches after. With
+    sliding-window layers the forward is a multi-token one, their ring put in temporal order first (a
+    ring's one-token step writes in place, which leaves no way to cut a row's padding off)."""
     leaves = leaf_caches(caches)
+    if any(isinstance(c, BatchRotatingKVCache) for c in leaves):
+        if tokens.shape[1] == 1 and min(lengths) == 0:
+            tokens = mx.pad(tokens, [(0, 0), (0, 1)])
+        if tokens.shape[1] > 1:
+            in_temporal_order(leaves)
     for i in layers:
         leaves[i].lengths = mx.array(lengths)  # one per layer: each layer's ``advance`` subtracts in place
     out = model(tokens, cache=caches)
@@ -77,6 +84,20 @@ def restore_states(caches: list[Any], layers: list[int], states: list[list[Any]]
     leaves = leaf_caches(caches)
     for i, kept in zip(layers, states):
         leaves[i].cache = kept
+
+
+def ring_states(caches: list[Any], layers: list[int]) -> list[tuple]:
+    """The whole state of the sliding-window ``layers`` (indices into ``leaf_caches(caches)``): a one-token
+    step writes into the ring (and its left padding) in place, so the arrays are copied (lazily)."""
+    leaves = leaf_caches(caches)
+    return [tuple(mx.array(x) if isinstance(x, mx.array) else x for x in leaves[i].state) for i in layers]
+
+
+def restore_rings(caches: list[Any], layers: list[int], states: list[tuple]) -> None:
+    """Put back what :func:`ring_states` kept."""
+    leaves = leaf_caches(caches)
+    for i, kept in zip(layers, states):
+        leaves[i].state = kept
 
 
 def drop_rejected(runner: Any, junk: list[int]) -> None:

@@ -88,7 +88,7 @@ def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any) -> An
         from .draft import load_draft
 
         proposer = load_draft(config.draft_model, loaded, vocab_width)
-        why = speculation_unsupported(proposer.model, deterministic=False, sliding=False)
+        why = speculation_unsupported(proposer.model, deterministic=False)
         if why:
             raise ValueError(f"--draft-model {config.draft_model} cannot draft: {why}")
         return proposer
