@@ -151,3 +151,37 @@ def test_hybrid_vision_model_serves_with_speculation(start_server, models_dir):
         model="q35", messages=[{"role": "user", "content": openai_content(QUESTION, [data_url(image)])}],
         max_tokens=12, temperature=0, extra_body={"ignore_eos": True, "chat_template_kwargs": {"enable_thinking": False}})
     assert out.choices[0].message.content == reference_greedy(path, QUESTION, [image], 12, {"enable_thinking": False})
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "gemma3"])
+def test_a_draft_model_for_a_vision_model(family, start_server, models_dir):
+    """The vision model's own language model (loaded by mlx-lm, text only) drafts for it: it reads an
+    image row's placeholder tokens as tokens and has no image features, so on image rows part of its
+    proposals is rejected. Greedy text is mlx-vlm's, image rows batched with a
+    text row."""
+    if family == "gemma3":
+        path = build_tiny_gemma3_vision_model(models_dir / "tiny-gemma3-vision-spec")
+        question, images, extra = GEMMA_QUESTION, {k: GEMMA_IMAGES[k] for k in (1, 2)}, {"enable_thinking": False}
+    else:
+        path = build_tiny_vision_model(models_dir / "tiny-qwen2_5_vl-spec", "qwen2_5_vl", max_pixels=224 * 224)
+        question, images, extra = QUESTION, {k: random_image(k, (224, 224)) for k in (1, 2)}, {}
+    server = start_server(path, "--served-model-name", "vl", "--draft-model", str(path),
+                          "--max-num-batched-tokens", "32")
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
+    story = [{"type": "text", "text": "Tell me a story about the sea."}]
+
+    def ask(content):
+        out = client.chat.completions.create(model="vl", messages=[{"role": "user", "content": content}],
+                                             max_tokens=N, temperature=0, extra_body={"ignore_eos": True, **extra})
+        return out.choices[0].message.content
+
+    results = _together({k: (lambda k=k: ask(openai_content(question, [data_url(images[k])]))) for k in (1, 2)}
+                        | {"text": lambda: ask(story)})
+    for k in (1, 2):
+        want = (reference(path, user(question), [images[k]], N)[0] if family == "gemma3"
+                else reference_greedy(path, question, [images[k]], N))
+        assert results[k] == want
+    assert results["text"] == (reference(path, user(story), [], N)[0] if family == "gemma3"
+                               else reference_greedy(path, story, [], N))
+    spec = server.health()["engine"]["speculative"]
+    assert spec["method"] == "draft" and spec["proposed"] > spec["accepted"] > 0, spec
