@@ -171,7 +171,15 @@ def tiny_qwen35(models_dir) -> Path:
     return build_arch_model(models_dir / "dist-qwen3_5", "qwen3_5")
 
 
-@pytest.mark.parametrize("case", ["ngram", "draft-recurrent"])
+@pytest.fixture(scope="module")
+def exact_mtp_qwen35(models_dir) -> Path:
+    from vllm_mlx_testing.arch_models import build_arch_model
+    from vllm_mlx_testing.builders import add_mtp_head
+
+    return add_mtp_head(build_arch_model(models_dir / "dist-mtp-exact", "qwen3_5"), exact=True)
+
+
+@pytest.mark.parametrize("case", ["ngram", "draft-recurrent", "mtp"])
 def test_speculation_across_ranks_matches_one_process(case, launch, start_server, request):
     """Speculation on two ranks: rank 0 reads back, proposes and sends each speculative step's verify
     inputs and rejected positions in its record; the follower runs the same verify forwards and drops
@@ -180,8 +188,13 @@ def test_speculation_across_ranks_matches_one_process(case, launch, start_server
 
     ``ngram``: prompt lookup on Qwen3 (whose tiny random model repeats itself). ``draft-recurrent``: the
     GatedDeltaNet hybrid Qwen3.5 drafting for itself (the draft loaded whole on rank 0 only), so the
-    follower rolls its recurrent layers back from its own snapshots."""
-    if case == "ngram":
+    follower rolls its recurrent layers back from its own snapshots. ``mtp``: Qwen3.5's MTP head (one
+    whose greedy proposals are the model's next tokens) on rank 0 alone, reading the output layer it
+    keeps whole; the served forward gathers the split one on every rank."""
+    if case == "mtp":
+        model = request.getfixturevalue("exact_mtp_qwen35")
+        single, dist = start_server(model), launch(model, "--speculative", "mtp")
+    elif case == "ngram":
         model = request.getfixturevalue("tiny_qwen3")
         single, dist = request.getfixturevalue("qwen3_server"), launch(model, "--speculative", "ngram")
     else:
@@ -208,6 +221,8 @@ def test_speculation_across_ranks_matches_one_process(case, launch, start_server
     spec = health["engine"]["speculative"]
     assert spec["method"] == case.split("-")[0]
     assert spec["verify_steps"] > 0 and spec["proposed"] > spec["accepted"] > 0, spec  # rejections dropped too
+    if case == "mtp":  # the greedy rows take every proposal (~0.2 overall when rank 0's head reads its part)
+        assert spec["accepted"] > 0.6 * spec["proposed"], spec
     assert health["status"] == "ok"
 
 

@@ -118,7 +118,6 @@ def test_parser_names_from_config_files_and_profiles(tmp_path):
     (dict(engine_process=True, distributed=True), "--engine-process cannot be combined with --distributed"),
     (dict(engine_restarts=-1), "--engine-restarts must not be negative (got -1)"),
     (dict(speculative="ngram", deterministic=True), "--speculative cannot be combined with --deterministic"),
-    (dict(speculative="mtp", distributed=True), "--speculative mtp cannot be combined with --distributed yet"),
     (dict(num_speculative_tokens=0), "--num-speculative-tokens must be at least 1 (got 0)"),
     (dict(num_speculative_tokens=3), "--num-speculative-tokens applies with --speculative ngram|draft|mtp"),
     (dict(speculative="draft"), "--speculative draft needs --draft-model MODEL"),

@@ -285,8 +285,8 @@ class FollowerEngine(LLMEngine):
     runner_class = LockstepRunner
 
     def __init__(self, load, config, *, group: Any, timeout: float):
-        if config.speculative == "draft":  # rank 0 runs the draft and sends its proposals: none loaded here
-            config = dataclasses.replace(config, speculative="ngram", draft_model=None)  # (never asked)
+        if config.speculative in ("draft", "mtp"):  # rank 0 runs the drafter and sends its proposals: none
+            config = dataclasses.replace(config, speculative="ngram", draft_model=None)  # here (never asked)
         super().__init__(load, config, lambda outputs: None)
         self.channel = LockstepChannel(group)
         self._timeout = timeout

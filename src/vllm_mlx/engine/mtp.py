@@ -21,7 +21,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.base import create_attention_mask
+from mlx_lm.models.base import create_attention_mask, gather_last_axis
 from mlx_lm.models.cache import KVCache
 
 from ..models.safetensors_header import safetensors_shapes
@@ -136,18 +136,29 @@ def load_mtp_head(model: Any, path: Path, config: dict) -> MTPHead:
     return head
 
 
+def served_output(model: Any) -> Any:
+    """The served forward's function from final hidden states to logits: the output head, and where
+    ``--distributed`` split it over the ranks, the gather of every rank's part (a collective)."""
+    head, group = output_head(model), getattr(language_model(model), "sharding_group", None)
+    if group is None or getattr(language_model(model), "lm_head", None) is None:
+        return head
+    return lambda hidden: gather_last_axis(head(hidden), group)
+
+
 class MTPProposer:
-    """Proposals of the checkpoint's MTP head, from the served model's last hidden states."""
+    """Proposals of the checkpoint's MTP head, from the served model's last hidden states.
+    ``whole_output``: the output head unsplit, where ``--distributed`` split the model's (the head runs
+    on rank 0 alone, so it cannot gather the other ranks' parts)."""
 
     method = "mtp"
 
-    def __init__(self, head: MTPHead, model: Any, runner: Any, vocab_limit: int):
+    def __init__(self, head: MTPHead, model: Any, runner: Any, vocab_limit: int, whole_output: Any = None):
         self.head = head
         self.embed = language_model(model).model.embed_tokens
-        self.output = output_head(model)
+        self.output = whole_output or output_head(model)
         self.runner = runner
         self.vocab_limit = vocab_limit
-        runner.capture(language_model(model).model, self.output)
+        runner.capture(language_model(model).model, served_output(model))
 
     def may_propose(self, seqs: list[Sequence], wants: list[int]) -> bool:
         return any(wants)

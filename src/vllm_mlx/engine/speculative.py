@@ -83,7 +83,11 @@ def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any) -> An
             raise ValueError("--speculative mtp cannot serve a vision-language model yet (its MTP head is not "
                              "loaded from mlx-vlm's layout); ngram and draft can")
 
-        return MTPProposer(load_mtp_head(loaded.model, loaded.path, loaded.config), loaded.model, runner, vocab_width)
+        if getattr(loaded, "parallelism", None) == "pipeline":
+            raise ValueError("--speculative mtp cannot run with pipeline parallelism (the last rank holds the "
+                             "final hidden states); tensor parallelism can")
+        return MTPProposer(load_mtp_head(loaded.model, loaded.path, loaded.config), loaded.model, runner, vocab_width,
+                           getattr(loaded, "whole_output_head", None))
     if config.speculative == "draft":
         from .draft import load_draft
 

@@ -36,6 +36,7 @@ class LoadedModel:
     max_model_len: int
     backend: Any = None  # vllm_mlx.platform.BackendInfo, set by the server
     vision: Any = None  # vision_loader.VisionInfo for a vision-language model
+    whole_output_head: Any = None  # a split model's output layer unsplit (sharding.load_sharded), or None
 
 
 def resolve_model_path(model: str) -> Path:

@@ -48,8 +48,10 @@ def _check_divisible(config: dict, size: int) -> None:
 
 
 def load_sharded(model: str, group: Any, *, compute_dtype: str = "model", trust_remote_code: bool = False,
-                 parallelism: str = "auto") -> LoadedModel:
-    """This rank's shard of ``model`` (on the engine thread: MLX streams are per thread)."""
+                 parallelism: str = "auto", whole_output_head: bool = False) -> LoadedModel:
+    """This rank's shard of ``model`` (on the engine thread: MLX streams are per thread).
+    ``whole_output_head``: also keep the output layer whole, beside its shard (what an MTP head run on
+    this rank alone reads; it costs the layer's full size here)."""
     from mlx_lm.utils import load_model as mlx_load_model
     from mlx_lm.utils import load_tokenizer
 
@@ -66,6 +68,8 @@ def load_sharded(model: str, group: Any, *, compute_dtype: str = "model", trust_
             f"model type {config.get('model_type')!r} cannot be split across machines: its mlx-lm "
             f"implementation has neither shard() (tensor parallel) nor pipeline() (pipeline parallel). "
             f"Serve it on one machine, or pick an architecture mlx-lm can shard (e.g. Qwen3, Llama).")
+    text_model = getattr(net, "language_model", net)
+    output = getattr(text_model, "lm_head", None) if whole_output_head else None  # (before it is split)
     if kind == "tensor":
         _check_divisible(config, size)
         net.shard(group)
@@ -74,8 +78,12 @@ def load_sharded(model: str, group: Any, *, compute_dtype: str = "model", trust_
         if layers < size:
             raise UnsplittableModelError(f"{layers} layers cannot be pipelined over {size} ranks")
         net.model.pipeline(group)
+    if output is getattr(text_model, "lm_head", None):
+        output = None  # not split (tied to the embedding, or pipeline parallel): the model's own is whole
     if compute_dtype not in ("model", "auto"):
         cast_floating_weights(net, getattr(mx, compute_dtype))
+        if output is not None:
+            cast_floating_weights(output, getattr(mx, compute_dtype))
     # Layer by layer, so at most one layer's full tensors are read at a time before they are sliced;
     # then hand the buffers of the full tensors back (MLX keeps freed buffers for reuse).
     for layer in getattr(net, "layers", []):
@@ -90,6 +98,11 @@ def load_sharded(model: str, group: Any, *, compute_dtype: str = "model", trust_
     loaded = LoadedModel(model=net, tokenizer=tokenizer, config=config, path=path,
                          max_model_len=context_length(config))
     loaded.parallelism = kind
+    if output is not None:
+        mx.eval(output.parameters())
+        loaded.whole_output_head = output
+        logger.info("rank %d keeps the output layer whole as well (%.1f MB), for --speculative mtp", group.rank(),
+                    sum(a.nbytes for a in _leaves(output.parameters())) / 2**20)
     return loaded
 
 

@@ -36,8 +36,6 @@ RULES: tuple[Rule, ...] = (
          f"{v['speculative']}" if v["draft_model"] and v["speculative"] not in ("off", "draft") else None),
     Rule(("num_speculative_tokens", "speculative", "draft_model"), lambda v: None if not v["num_speculative_tokens"]
          or _speculating(v) else "--num-speculative-tokens applies with --speculative ngram|draft|mtp, --draft-model"),
-    Rule(("speculative", "distributed"), lambda v: "--speculative mtp cannot be combined with --distributed yet "
-         "(ngram and draft can)" if v["distributed"] and v["speculative"] == "mtp" else None),
     Rule(("speculative", "draft_model", "deterministic"), lambda v: "--speculative cannot be combined with "
          "--deterministic (which computes every row alone)" if _speculating(v) and v["deterministic"] else None),
     Rule(("engine_process", "distributed"), lambda v: "--engine-process cannot be combined with --distributed "

@@ -34,7 +34,9 @@ def shard_loader(config: ServerConfig, path: Path, group: Any) -> Callable[[], A
         logger.info("%s", backend.describe())
         loaded = load_sharded(str(path), group, compute_dtype=backend.compute_dtype,
                               trust_remote_code=config.trust_remote_code,
-                              parallelism=config.distributed_parallelism)
+                              parallelism=config.distributed_parallelism,
+                              # rank 0 runs an MTP head alone: it reads the output layer whole
+                              whole_output_head=config.speculative == "mtp" and group.rank() == 0)
         loaded.backend = backend
         return loaded
 
