@@ -1,7 +1,7 @@
 """Speculative decoding on vision-language models: image rows (mrope positions offset per row, Gemma 3's
 sliding windows, Qwen3.5's recurrent layers rolled back after rejections) and text rows speculate in one
-batch, and every request's greedy text is mlx-vlm's own (or the engine's without speculation); MTP on a
-vision model is refused at start, saying why."""
+batch, and every request's greedy text is mlx-vlm's own (or the engine's without speculation), with
+prompt lookup, a draft model and Qwen3.5's MTP head."""
 
 from __future__ import annotations
 
@@ -78,9 +78,44 @@ def test_sliding_window_vision_rows_speculate(start_server, models_dir):
     assert server.health()["engine"]["speculative"]["accepted"] > 0
 
 
-def test_mtp_on_a_vision_model_is_refused_at_start(start_server, models_dir):
+@pytest.mark.parametrize("head", ["exact", "random"])
+def test_an_mtp_head_on_a_vision_model(head, start_server, models_dir):
+    """Qwen3.5 with its MTP head (mlx-lm's layer of the text family, loaded beside mlx-vlm's model): the
+    head drafts from the hidden states of decode and verify forwards that place image rows at their own
+    positions. With a head whose greedy proposals are the model's next tokens every proposal is taken;
+    a random head's are mostly rejected. Greedy text is mlx-vlm's, image rows batched with a text row."""
+    from vllm_mlx_testing.builders import add_mtp_head
+
+    path = add_mtp_head(build_tiny_qwen35_vision_model(models_dir / f"tiny-qwen35-vision-mtp-{head}"),
+                        exact=head == "exact")
+    server = start_server(path, "--served-model-name", "q35", "--speculative", "mtp")
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
+    images = {k: random_image(k, (128, 128)) for k in (1, 2)}
+    story = [{"type": "text", "text": "Tell me a story about the sea."}]
+    no_thinking = {"enable_thinking": False}
+
+    def ask(content):
+        out = client.chat.completions.create(
+            model="q35", messages=[{"role": "user", "content": content}], max_tokens=30, temperature=0,
+            extra_body={"ignore_eos": True, "chat_template_kwargs": no_thinking})
+        return out.choices[0].message.content
+
+    results = _together({k: (lambda k=k: ask(openai_content(QUESTION, [data_url(images[k])]))) for k in (1, 2)}
+                        | {"text": lambda: ask(story)})
+    for k in (1, 2):
+        assert results[k] == reference_greedy(path, QUESTION, [images[k]], 30, no_thinking)
+    assert results["text"] == reference_greedy(path, story, [], 30, no_thinking)
+    spec = server.health()["engine"]["speculative"]
+    assert spec["method"] == "mtp" and spec["verify_steps"] > 0
+    if head == "exact":
+        assert spec["accepted"] == spec["proposed"] > 0, spec
+    else:
+        assert spec["proposed"] > spec["accepted"], spec
+
+
+def test_mtp_on_a_vision_model_without_mtp_weights_is_refused_at_start(start_server, models_dir):
     qwen2_5 = build_tiny_vision_model(models_dir / "tiny-qwen2_5_vl-spec", "qwen2_5_vl", max_pixels=224 * 224)
-    with pytest.raises(RuntimeError, match="mtp cannot serve a vision-language model"):
+    with pytest.raises(RuntimeError, match="has no MTP weights"):
         start_server(qwen2_5, "--speculative", "mtp")
 
 

@@ -173,8 +173,9 @@ class ModelRunner:
         if self._split is None:
             return self.batch_model(tokens, self.batch_cache)
         body, head = self._split
+        deltas = self._rope_deltas()  # (a vision-language model's rows with media)
         with self.selecting(self.batch_seqs):
-            hidden = body(tokens, cache=self.batch_cache)
+            hidden = body(tokens, cache=self.batch_cache, **({} if deltas is None else {"rope_deltas": deltas}))
         self.last_hidden, self.hidden_seqs, self.hidden_index = hidden, list(self.batch_seqs), None
         return head(hidden)
 

@@ -29,8 +29,10 @@ from .sequence import Sequence
 
 
 def language_model(model: Any) -> Any:
-    """The text model inside (Qwen3.5's ``language_model``), or the model itself."""
-    return getattr(model, "language_model", model)
+    """The text model inside (Qwen3.5's ``language_model``; a vision-language model's, mlx-vlm's, in the
+    engine's :class:`~.vision_model.VisionLanguageModel`), or the model itself."""
+    language = getattr(model, "language", None)
+    return language if language is not None else getattr(model, "language_model", model)
 
 
 def output_head(model: Any) -> Any:
@@ -96,8 +98,12 @@ def stacked_experts(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     return weights
 
 
-def new_mtp_head(model: Any) -> MTPHead:
-    """An MTP head shaped for ``model`` (its layer: one of the model's full-attention decoder layers)."""
+def new_mtp_head(model: Any, config: dict | None = None) -> MTPHead:
+    """An MTP head shaped for ``model`` (its layer: one of the model's full-attention decoder layers;
+    for a vision-language model, whose layers take mrope positions, mlx-lm's layer of its text family,
+    shaped by the checkpoint's ``config``)."""
+    if hasattr(model, "vlm"):
+        return _vision_model_head(model, config or {})
     lm = language_model(model)
     args = getattr(lm, "args", None)
     layers = list(getattr(getattr(lm, "model", None), "layers", []))
@@ -106,6 +112,20 @@ def new_mtp_head(model: Any) -> MTPHead:
         raise ValueError(f"MTP heads of {type(model).__module__.rsplit('.', 1)[-1]} models are not supported "
                          "(Qwen3-Next and Qwen3.5/3.6 are)")
     return MTPHead(type(layers[attention])(args, attention), args.hidden_size, args.rms_norm_eps)
+
+
+def _vision_model_head(model: Any, config: dict) -> MTPHead:
+    """Qwen3.5/3.6 (the vision families with Gated DeltaNet layers, the ones with MTP heads): the head
+    of mlx-lm's Qwen3.5 text model, whose arguments cover the mixture-of-experts variants too. Its
+    layer places the head's own positions as plain RoPE, as a text token's equal mrope positions are."""
+    if not model.family.gated_delta or "text_config" not in config:
+        raise ValueError(f"MTP heads of {model.model_type} vision-language models are not supported "
+                         "(Qwen3.5/3.6 are)")
+    from mlx_lm.models import qwen3_5
+
+    args = qwen3_5.TextModelArgs.from_dict(config["text_config"])
+    attention = args.full_attention_interval - 1
+    return MTPHead(qwen3_5.DecoderLayer(args, attention), args.hidden_size, args.rms_norm_eps)
 
 
 def load_mtp_head(model: Any, path: Path, config: dict) -> MTPHead:
@@ -119,7 +139,7 @@ def load_mtp_head(model: Any, path: Path, config: dict) -> MTPHead:
     if hf_layout:
         weights = {k: v + 1.0 if k in ZERO_CENTRED or k.endswith(LAYER_ZERO_CENTRED) else v
                    for k, v in weights.items()}
-    head = new_mtp_head(model)
+    head = new_mtp_head(model, config)
     lm = language_model(model)
     quantization = config.get("quantization") or (config.get("text_config") or {}).get("quantization")
     if quantization and any(k.endswith(".scales") for k in weights):
@@ -158,7 +178,10 @@ class MTPProposer:
         self.output = whole_output or output_head(model)
         self.runner = runner
         self.vocab_limit = vocab_limit
-        runner.capture(language_model(model).model, served_output(model))
+        if hasattr(model, "hidden"):  # a vision-language model: its forward places rows with media itself
+            runner.capture(model.hidden, model.output)
+        else:
+            runner.capture(language_model(model).model, served_output(model))
 
     def may_propose(self, seqs: list[Sequence], wants: list[int]) -> bool:
         return any(wants)

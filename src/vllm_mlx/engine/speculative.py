@@ -79,10 +79,6 @@ def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any) -> An
     if config.speculative == "mtp":
         from .mtp import MTPProposer, load_mtp_head
 
-        if hasattr(loaded.model, "prefill_multimodal"):
-            raise ValueError("--speculative mtp cannot serve a vision-language model yet (its MTP head is not "
-                             "loaded from mlx-vlm's layout); ngram and draft can")
-
         if getattr(loaded, "parallelism", None) == "pipeline":
             raise ValueError("--speculative mtp cannot run with pipeline parallelism (the last rank holds the "
                              "final hidden states); tensor parallelism can")

@@ -8,7 +8,7 @@ prefix cache.
 Qwen3.5 (``qwen3_5``, ``qwen3_5_moe``) mixes Gated DeltaNet layers (a recurrent state per row)
 with full-attention layers. Its cache follows the language model's own layout (mlx-vlm's
 ``make_cache``): a :class:`GatedDeltaStateCache` for every Gated DeltaNet layer, a ``KVCache`` for
-every attention layer. The decoder is run layer by layer here (:meth:`_gated_delta_logits`), with
+every attention layer. The decoder is run layer by layer here (:meth:`_gated_delta_hidden`), with
 the masks mlx-lm's batch caches make, so a decode batch of rows with different lengths runs as one
 forward (mlx-vlm's own forward splits such batches row by row).
 
@@ -214,10 +214,24 @@ class VisionLanguageModel:
 
     def _logits(self, inputs: mx.array, cache: list | None, positions: mx.array, **kwargs) -> mx.array:
         if self.family.gated_delta:
-            return self._gated_delta_logits(inputs, cache, positions, **kwargs)
+            return self.output(self._gated_delta_hidden(inputs, cache, positions, **kwargs))
         return self.language(inputs, cache=cache, position_ids=positions, **kwargs).logits
 
-    def _gated_delta_logits(self, inputs: mx.array, cache: list | None, positions: mx.array,
+    def hidden(self, inputs: mx.array, cache: list | None = None, rope_deltas: mx.array | None = None) -> mx.array:
+        """Qwen3.5's final hidden states (what :meth:`output` turns into logits) for text tokens, as
+        :meth:`__call__` places them: what an MTP head drafts from."""
+        if not self.family.gated_delta:
+            raise ValueError(f"{self.model_type} has no MTP head")
+        positions = _positions(inputs.shape, cache[self._offset_layer] if cache else None, rope_deltas)
+        return self._gated_delta_hidden(inputs, cache, positions)
+
+    def output(self, hidden: mx.array) -> mx.array:
+        """The language model's output head: final hidden states to logits."""
+        if self.language.args.tie_word_embeddings:
+            return self.language.model.embed_tokens.as_linear(hidden)
+        return self.language.lm_head(hidden)
+
+    def _gated_delta_hidden(self, inputs: mx.array, cache: list | None, positions: mx.array,
                             inputs_embeds: mx.array | None = None) -> mx.array:
         """Qwen3.5's decoder layer by layer (the plain path of mlx-vlm's forward): one attention
         mask from the attention layers' cache (causal, plus left padding in a batch) and one for
@@ -234,10 +248,7 @@ class VisionLanguageModel:
         for layer, layer_cache in zip(self.layers, cache):
             h = layer(h, mask=state_mask if layer.is_linear else attention_mask, cache=layer_cache,
                       position_ids=positions, position_embeddings=position_embeddings)
-        h = text.norm(h)
-        if self.language.args.tie_word_embeddings:
-            return text.embed_tokens.as_linear(h)
-        return self.language.lm_head(h)
+        return text.norm(h)
 
     def prefill_multimodal(self, seq: Any, num_tokens: int) -> mx.array | None:
         """Write the next ``num_tokens`` prompt tokens of ``seq`` (media included) into ``seq.cache``.

@@ -48,9 +48,9 @@ def _weight_names(path: Path) -> list[str]:
     if index:
         return list(index)
     names: list[str] = []
-    for file in sorted(path.glob("*.safetensors"))[:1]:
+    for file in sorted(path.glob("*.safetensors")):  # every file's header (a head's tensors may come first)
         try:
-            names = list(safetensors_shapes(file))
+            names += list(safetensors_shapes(file))
         except (OSError, ValueError):
             continue
     return names
