@@ -357,14 +357,6 @@ def refused_at_start(*args: str, says: str) -> None:
     assert says in result.stderr + result.stdout
 
 
-def test_a_model_that_cannot_speculate_does_not_start(models_dir):
-    from vllm_mlx_testing.arch_models import build_arch_model
-
-    model = build_arch_model(models_dir / "spec-gemma3", "gemma3_text")  # as a draft: its sliding windows
-    refused_at_start(model, "--speculative", "draft", "--draft-model", str(model),
-                     says=f"--draft-model {model} cannot draft")
-
-
 def test_the_request_field(speculating_server, qwen3_server):
     import openai
 
