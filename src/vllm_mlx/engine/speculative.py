@@ -185,6 +185,7 @@ class Speculator:
         self._proposed: dict[Sequence, int] = {}  # of the verify step in flight
         self._masks: dict[Sequence, Any] = {}  # grammar rows' masks at each position of the next verify step
         self._idle = 0  # pipelined steps before proposals are looked for again
+        self._chosen: int | None = None  # the arm worth_trying chose for the next step (one decision a step)
 
     @staticmethod
     def eligible(seq: Sequence) -> bool:
@@ -229,7 +230,8 @@ class Speculator:
         if not self.proposer.may_propose(seqs, self._wants(seqs, self.num_tokens, rest=False)):
             self._idle = IDLE_CHECKS - 1
             return False  # asked first: a decision without proposals would spend the tries of unmeasured arms
-        return self.rates.choose(len(seqs)) > 0
+        self._chosen = self.rates.choose(len(seqs))
+        return self._chosen > 0
 
     @property
     def prompt_work(self) -> bool:
@@ -255,7 +257,8 @@ class Speculator:
         junk = rows["junk"].tolist() if verified and runner.batch_cache is not None else None
         gone = set(done)
         staying = [s for s in seqs if s not in gone]  # the batch after the finished rows leave
-        cap = self.rates.choose(len(staying)) if staying else 0
+        chosen, self._chosen = self._chosen, None
+        cap = (self.rates.choose(len(staying)) if chosen is None else chosen) if staying else 0
         proposals = self.proposals(staying, cap) if cap else []
         return Prepared(outputs, done, verified, junk, staying, cap, proposals, core.counters.generated - generated)
 
