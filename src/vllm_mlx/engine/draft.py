@@ -11,9 +11,9 @@ trimmed afterwards, so the draft never holds a token the target did not emit, an
 to feed next time. A draft with recurrent layers (a small Qwen3.5 for a large one) feeds a row's
 newest token apart, goes back to the state before it afterwards, and its recurrent layers stop at
 each row's length where rows are right-padded. Sliding-window layers (Gemma 3/4, gpt-oss) go back the
-same way: the one-token steps write over the ring's oldest positions, which trimming cannot return. Which rows propose, and how many tokens, is the speculator's
-choice (:mod:`.speculative`); the target's verification makes the output the target's whatever the draft
-proposes.
+same way: the one-token steps write over the ring's oldest positions, which trimming cannot return.
+Which rows propose, and how many tokens, is the speculator's choice (:mod:`.speculative`); the target's
+verification makes the output the target's whatever the draft proposes.
 """
 
 from __future__ import annotations

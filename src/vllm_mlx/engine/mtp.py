@@ -175,7 +175,7 @@ class MTPProposer:
     def __init__(self, head: MTPHead, model: Any, runner: Any, vocab_limit: int, whole_output: Any = None):
         self.head = head
         self.embed = language_model(model).model.embed_tokens
-        self.output = whole_output or output_head(model)
+        self.output = whole_output if whole_output is not None else output_head(model)
         self.runner = runner
         self.vocab_limit = vocab_limit
         if hasattr(model, "hidden"):  # a vision-language model: its forward places rows with media itself
