@@ -88,17 +88,24 @@ def test_a_draft_model_for_a_model_with_recurrent_layers(draft, models_dir):
         path = model
     else:
         path = build_arch_model(models_dir / "spec-qwen3_5-small", "qwen3_5", seed=5, num_hidden_layers=2)
+    drafted_like_without(model, path, tokens=30, every_one_taken=draft.endswith("itself"), least=40)
+
+
+def drafted_like_without(model, draft, tokens: int, every_one_taken: bool, least: int) -> None:
+    """Greedy output with ``draft`` drafting (a verify step every step) is the output without, alone
+    and batched; ``every_one_taken``: every proposal is accepted (more than ``least`` of them), else some
+    are rejected."""
     off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64)
-    on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="draft", draft_model=str(path))
+    on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="draft", draft_model=str(draft))
     try:
         on.engine.core.speculator.rates.choose = lambda rows: 4  # verify every step
-        want = [off.run([p], max_tokens=30, temperature=0)[0][1] for p in PROMPTS]
-        assert [r[1] for r in on.run(PROMPTS, max_tokens=30, temperature=0)] == want
-        assert [on.run([p], max_tokens=30, temperature=0)[0][1] for p in PROMPTS[:2]] == want[:2]
+        want = [off.run([p], max_tokens=tokens, temperature=0)[0][1] for p in PROMPTS]
+        assert [r[1] for r in on.run(PROMPTS, max_tokens=tokens, temperature=0)] == want
+        assert [on.run([p], max_tokens=tokens, temperature=0)[0][1] for p in PROMPTS[:2]] == want[:2]
         stats = on.engine.stats.speculative
         assert stats["method"] == "draft" and stats["verify_steps"] > 1
-        if draft.endswith("itself"):
-            assert stats["accepted"] == stats["proposed"] > 40
+        if every_one_taken:
+            assert stats["accepted"] == stats["proposed"] > least
         else:
             assert stats["proposed"] > stats["accepted"]
     finally:
@@ -119,22 +126,7 @@ def test_a_draft_model_with_sliding_window_layers(arch, draft, models_dir):
     model = build_arch_model(models_dir / f"spec-{arch}", arch)
     path = model if draft == "itself" else build_arch_model(models_dir / f"spec-{arch}-small", arch, seed=5,
                                                              num_hidden_layers=2)
-    off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64)
-    on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="draft", draft_model=str(path))
-    try:
-        on.engine.core.speculator.rates.choose = lambda rows: 4  # verify every step
-        want = [off.run([p], max_tokens=40, temperature=0)[0][1] for p in PROMPTS]
-        assert [r[1] for r in on.run(PROMPTS, max_tokens=40, temperature=0)] == want
-        assert [on.run([p], max_tokens=40, temperature=0)[0][1] for p in PROMPTS[:2]] == want[:2]
-        stats = on.engine.stats.speculative
-        assert stats["method"] == "draft" and stats["verify_steps"] > 1
-        if draft == "itself":
-            assert stats["accepted"] == stats["proposed"] > 100
-        else:
-            assert stats["proposed"] > stats["accepted"]
-    finally:
-        off.engine.shutdown()
-        on.engine.shutdown()
+    drafted_like_without(model, path, tokens=40, every_one_taken=draft == "itself", least=100)
 
 
 def test_served_lfm2_speculates_with_its_output_unchanged(start_server, models_dir):
