@@ -96,8 +96,13 @@ def long_server(start_server, models_dir):
     """A model that never ends on its own (visible text, no EOS), so a request runs until cancelled."""
     from vllm_mlx_testing import build_tiny_model
 
+    import json
+
     model = build_tiny_model(models_dir / "page-visible-qwen3", "qwen3", init_scale=8.0, tie_word_embeddings=False,
                              visible_text=True)
+    # room for 30,000 tokens (half a minute here): a busy browser clicks Stop while the reply still runs
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 32768}))
     return start_server(model, "--served-model-name", "endless", "--api-key", KEY)
 
 
@@ -116,7 +121,7 @@ def test_page_lists_running_requests_and_cancels_one(long_server, browser):
     def generate():
         with httpx.stream("POST", f"{long_server.base_url}/v1/chat/completions", timeout=120,
                           headers={"authorization": f"Bearer {KEY}"},
-                          json={"model": "endless", "stream": True, "max_tokens": 3000,
+                          json={"model": "endless", "stream": True, "max_tokens": 30000,
                                 "messages": [{"role": "user", "content": "Tell me everything, at length."}]}) as r:
             seen["id"] = r.headers["x-request-id"]
             for line in r.iter_lines():
@@ -164,7 +169,7 @@ def test_page_stop_button_cancels_on_the_server(long_server, browser):
     page.goto(long_server.base_url + "/ui")
     page.evaluate(f"localStorage.setItem('vllm-mlx-api-key', '{KEY}')")
     page.reload()
-    page.fill("#max-tokens", "3000")
+    page.fill("#max-tokens", "30000")
     page.fill("#prompt", "Tell me a long story")
     page.click("#send")
     expect(page.locator(".msg.assistant .content").last).not_to_have_text("", timeout=30_000)
