@@ -147,6 +147,33 @@ def test_served_lfm2_speculates_with_its_output_unchanged(start_server, models_d
     assert stats["verify_steps"] > 0 and stats["accepted"] > 0
 
 
+def test_served_gpt_oss_drafts_for_itself_over_http(start_server, models_dir):
+    """gpt-oss (sliding-window and full layers, Harmony) served with itself as --draft-model: concurrent
+    chat requests, each asked with and without speculation, answer alike, every proposal accepted."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    model = build_arch_model(models_dir / "spec-gpt_oss", "gpt_oss")
+    server = start_server(model, "--served-model-name", "oss", "--draft-model", str(model))
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0)
+
+    def ask(args):
+        content, speculative = args
+        out = client.chat.completions.create(model="oss", messages=[{"role": "user", "content": content}],
+                                             max_tokens=48, temperature=0,
+                                             extra_body={"ignore_eos": True, "speculative": speculative})
+        return out.choices[0].message.content
+
+    questions = ["A long story about the sea and the ships that sail on it", "count: one two three", "x"]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(ask, [(q, flag) for flag in (True, False) for q in questions]))
+    assert got[:3] == got[3:] and all(got)
+    stats = server.health()["engine"]["speculative"]
+    assert stats["method"] == "draft" and stats["accepted"] == stats["proposed"] > 0, stats
+
+
 def test_a_row_ended_by_its_consumer_during_a_verify_step_is_not_cached_past_its_tokens(models_dir):
     """A stop string ends a row from outside the engine, between steps, while its verify step is in
     flight: its recurrent state is then past its tokens, so the completion must not be cached under
