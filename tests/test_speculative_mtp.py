@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from test_engine import EngineHarness
-from test_speculative import PROMPTS
+from test_speculative import (PROMPTS, always_verifying, check_logprobs, check_prefix_cache_reuse,
+                              check_rows_that_do_not_speculate)
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,41 @@ def test_a_checkpoint_without_mtp_weights_is_refused(tiny_qwen3, models_dir):
         load_mtp_head(loaded.model, loaded.path, loaded.config)
     with pytest.raises(Exception, match="has no MTP weights"):
         EngineHarness(tiny_qwen3, speculative="mtp")
+
+
+def test_logprobs_n_sampled_and_grammar_rows_and_the_prefix_cache_with_an_mtp_head(mtp_models):
+    """The composition rows of docs/speculative.md with the head's own proposals (not a stand-in): a
+    stop token inside accepted proposals, logprobs, n = 2, seeded sampled rows, penalties, a grammar
+    row -- each request's tokens are the engine's without speculation -- and a drafted conversation
+    cached and reused by the next turn."""
+    from vllm_mlx.engine.constraints import GrammarCompiler, StructuredSpec
+
+    off = EngineHarness(mtp_models[1], max_num_seqs=8, max_num_batched_tokens=64)
+    on = EngineHarness(mtp_models[1], max_num_seqs=8, max_num_batched_tokens=64, speculative="mtp")
+    try:
+        check_rows_that_do_not_speculate(off, on)
+        check_logprobs(off, on)
+        before = on.engine.stats.speculative["proposed"]
+        with always_verifying(on):  # sampled rows (this model may end early: ignore_eos) verify proposals,
+            outs = on.run([PROMPTS[4]] * 4, max_tokens=30, temperature=0.3, top_p=0.95, ignore_eos=True)
+        assert all(len(o[1]) == 30 and o[2].finish_reason.value == "length" for o in outs)
+        assert on.engine.stats.speculative["proposed"] > before  # (its nearly flat draws seldom take one)
+        check_prefix_cache_reuse(off, on)
+        tok = on.tokenizer
+        compiler = GrammarCompiler(tok, on.engine.core.vocab_size, sorted(tok.eos_token_ids))
+        spec = StructuredSpec(regex=r"[a-z ]{1,80}")
+        before = on.engine.stats.speculative["accepted"]
+        runs = []
+        for harness in (off, on):
+            req = harness.request(PROMPTS[1], max_tokens=30, temperature=0)
+            req.constraint = compiler.matcher(spec)
+            harness.engine.add_request(req)
+            runs.append(harness.wait(req.request_id)[1])
+        assert runs[0] == runs[1] and runs[0]
+        assert on.engine.stats.speculative["accepted"] > before  # the grammar row took proposals too
+    finally:
+        off.engine.shutdown()
+        on.engine.shutdown()
 
 
 def test_served_with_the_seed_flag(start_server, mtp_models):
