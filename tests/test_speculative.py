@@ -229,7 +229,7 @@ def check_rows_that_do_not_speculate(off, on):
         outs = harness.outputs[rid]
         return [[t for o in outs if o.index == i for t in o.token_ids] for i in sorted({o.index for o in outs})]
 
-    for params in mixed:  # the seeded sampled rows do not speculate; all share the steps
+    for params in mixed:  # all share the steps with a greedy row
         n = params.get("n", 1)
         want = by_continuation(off, off.submit(PROMPTS[0], max_tokens=40, **params), n)
         rids = [on.submit(PROMPTS[0], max_tokens=40, **params), on.submit(PROMPTS[4], max_tokens=40, temperature=0)]
@@ -303,6 +303,24 @@ def check_sampled_rows(on):
 
 def test_the_prefix_cache_reuses_a_speculated_conversation(engines):
     check_prefix_cache_reuse(*engines)
+
+
+def check_grammar_row(off, on):
+    """A grammar row with the proposer's own proposals gives the tokens it gives without speculation,
+    and takes some of them."""
+    from vllm_mlx.engine.constraints import GrammarCompiler, StructuredSpec
+
+    tok = on.tokenizer
+    compiler = GrammarCompiler(tok, on.engine.core.vocab_size, sorted(tok.eos_token_ids))
+    before = on.engine.stats.speculative["accepted"]
+    runs = []
+    for harness in (off, on):
+        req = harness.request(PROMPTS[1], max_tokens=30, temperature=0)
+        req.constraint = compiler.matcher(StructuredSpec(regex=r"[a-z ]{1,80}"))
+        harness.engine.add_request(req)
+        runs.append(harness.wait(req.request_id)[1])
+    assert runs[0] == runs[1] and runs[0]
+    assert on.engine.stats.speculative["accepted"] > before
 
 
 def check_prefix_cache_reuse(off, on):

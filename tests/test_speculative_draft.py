@@ -8,8 +8,9 @@ import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
 from test_engine import EngineHarness
-from test_speculative import (PROMPTS, check_logprobs, check_prefix_cache_reuse, check_rows_that_do_not_speculate,
-                              check_sampled_rows, check_served_like_plain, refused_at_start)
+from test_speculative import (PROMPTS, check_grammar_row, check_logprobs, check_prefix_cache_reuse,
+                              check_rows_that_do_not_speculate, check_sampled_rows, check_served_like_plain,
+                              refused_at_start)
 from vllm_mlx.engine import draft as draft_module
 from vllm_mlx.engine.draft import DraftProposer, check_vocabulary
 from vllm_mlx.models.loader import load_model
@@ -127,6 +128,11 @@ def test_logprobs_n_and_sampled_rows_with_a_draft(engines):
 def test_stop_tokens_and_rows_that_do_not_speculate_with_a_draft(engines):
     off, _, on = engines
     check_rows_that_do_not_speculate(off, on)
+
+
+def test_a_grammar_row_with_a_draft(engines):
+    off, itself, _ = engines
+    check_grammar_row(off, itself)
 
 
 def test_the_prefix_cache_reuses_a_conversation_drafted_for(engines):

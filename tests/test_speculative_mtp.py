@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from test_engine import EngineHarness
-from test_speculative import (PROMPTS, always_verifying, check_logprobs, check_prefix_cache_reuse,
+from test_speculative import (PROMPTS, always_verifying, check_grammar_row, check_logprobs, check_prefix_cache_reuse,
                               check_rows_that_do_not_speculate)
 
 
@@ -86,8 +86,6 @@ def test_logprobs_n_sampled_and_grammar_rows_and_the_prefix_cache_with_an_mtp_he
     stop token inside accepted proposals, logprobs, n = 2, seeded sampled rows, penalties, a grammar
     row -- each request's tokens are the engine's without speculation -- and a drafted conversation
     cached and reused by the next turn."""
-    from vllm_mlx.engine.constraints import GrammarCompiler, StructuredSpec
-
     off = EngineHarness(mtp_models[1], max_num_seqs=8, max_num_batched_tokens=64)
     on = EngineHarness(mtp_models[1], max_num_seqs=8, max_num_batched_tokens=64, speculative="mtp")
     try:
@@ -99,18 +97,7 @@ def test_logprobs_n_sampled_and_grammar_rows_and_the_prefix_cache_with_an_mtp_he
         assert all(len(o[1]) == 30 and o[2].finish_reason.value == "length" for o in outs)
         assert on.engine.stats.speculative["proposed"] > before  # (its nearly flat draws seldom take one)
         check_prefix_cache_reuse(off, on)
-        tok = on.tokenizer
-        compiler = GrammarCompiler(tok, on.engine.core.vocab_size, sorted(tok.eos_token_ids))
-        spec = StructuredSpec(regex=r"[a-z ]{1,80}")
-        before = on.engine.stats.speculative["accepted"]
-        runs = []
-        for harness in (off, on):
-            req = harness.request(PROMPTS[1], max_tokens=30, temperature=0)
-            req.constraint = compiler.matcher(spec)
-            harness.engine.add_request(req)
-            runs.append(harness.wait(req.request_id)[1])
-        assert runs[0] == runs[1] and runs[0]
-        assert on.engine.stats.speculative["accepted"] > before  # the grammar row took proposals too
+        check_grammar_row(off, on)
     finally:
         off.engine.shutdown()
         on.engine.shutdown()
