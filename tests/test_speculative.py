@@ -156,10 +156,12 @@ def test_models_whose_caches_cannot_drop_positions_are_refused(models_dir):
 
     model = load_model(str(build_arch_model(models_dir / "spec-falcon", "falcon_h1")), compute_dtype="float32").model
     assert speculation_unsupported(model, deterministic=False) is None  # its CacheList taken apart
-    assert speculation_unsupported(model, deterministic=False, sliding=False) is None  # as a draft too
     gemma = load_model(str(build_arch_model(models_dir / "spec-gemma3", "gemma3_text")), compute_dtype="float32").model
     assert speculation_unsupported(gemma, deterministic=False) is None  # sliding windows: cut after a step
-    assert "RotatingKVCache" in speculation_unsupported(gemma, deterministic=False, sliding=False)  # as a draft
+    from mlx_lm.models.cache import QuantizedKVCache
+
+    gemma.make_cache = lambda: [QuantizedKVCache() for _ in gemma.layers]  # keys and values kept quantized
+    assert "QuantizedKVCache" in speculation_unsupported(gemma, deterministic=False)
 
 
 class ReferenceProposer:

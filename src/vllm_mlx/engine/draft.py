@@ -83,8 +83,9 @@ class DraftProposer:
 
     def __init__(self, model: Any, vocab_limit: int):
         self.model = model  # (its output head is computed only where its logits are read: MLX is lazy)
-        self.recurrent = recurrent_layers(make_prompt_cache(model))  # layers whose state cannot drop positions
-        self.rings = [i for i, c in enumerate(leaf_caches(make_prompt_cache(model))) if isinstance(c, RotatingKVCache)]
+        leaves = leaf_caches(make_prompt_cache(model))
+        self.recurrent = recurrent_layers(leaves)  # layers whose state cannot drop positions
+        self.rings = [i for i, c in enumerate(leaves) if isinstance(c, RotatingKVCache)]  # sliding windows
         self.vocab_limit = vocab_limit  # token ids the served model has
         self.cache: list[Any] | None = None  # the draft's batch cache, rows in the order of ``seqs``
         self.seqs: list[Sequence] = []

@@ -159,8 +159,9 @@ def load_mtp_head(model: Any, path: Path, config: dict) -> MTPHead:
 def served_output(model: Any) -> Any:
     """The served forward's function from final hidden states to logits: the output head, and where
     ``--distributed`` split it over the ranks, the gather of every rank's part (a collective)."""
-    head, group = output_head(model), getattr(language_model(model), "sharding_group", None)
-    if group is None or getattr(language_model(model), "lm_head", None) is None:
+    lm, head = language_model(model), output_head(model)
+    group = getattr(lm, "sharding_group", None)
+    if group is None or getattr(lm, "lm_head", None) is None:
         return head
     return lambda hidden: gather_last_axis(head(hidden), group)
 

@@ -53,13 +53,12 @@ REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole 
 IDLE_CHECKS = 4  # while no row has proposals, pipelined steps between looks for them
 
 
-def speculation_unsupported(model: Any, deterministic: bool, sliding: bool = True) -> str | None:
-    """Why speculation cannot run on this model (None when it can); ``sliding``: whether sliding-window
-    layers may be cut after a step (not in a draft model, whose one-token steps rotate their cache)."""
+def speculation_unsupported(model: Any, deterministic: bool) -> str | None:
+    """Why speculation cannot run on this model, served or as a draft (None when it can)."""
     if deterministic:
         return "--deterministic computes every row alone"
     caches = leaf_caches(make_prompt_cache(model))  # a layer's CacheList (Falcon-H1), its parts one by one
-    allowed = (KVCache, RotatingKVCache) if sliding else (KVCache,)
+    allowed = (KVCache, RotatingKVCache)
     # recurrent state of any kind (a vision model's too): whether it stops at a row's length is checked below
     others = {type(c).__name__ for c in caches if type(c) not in allowed and not isinstance(c, ArraysCache)}
     if others:
