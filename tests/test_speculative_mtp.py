@@ -4,6 +4,8 @@ model's."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from test_engine import EngineHarness
@@ -20,6 +22,133 @@ def mtp_models(models_dir):
     random = add_mtp_head(build_arch_model(models_dir / "mtp-random", "qwen3_5"))
     exact = add_mtp_head(build_arch_model(models_dir / "mtp-exact", "qwen3_5"), exact=True)
     return random, exact
+
+
+@pytest.fixture(scope="module")
+def attending_mtp(models_dir):
+    """A tiny Qwen3.5 whose MTP head proposes mostly the model's next tokens, nudged by what its layer
+    attends to along the sequence: part of its proposals are accepted, and every one depends on the
+    positions before."""
+    from vllm_mlx_testing import add_mtp_head
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    return add_mtp_head(build_arch_model(models_dir / "mtp-attending", "qwen3_5"), exact=True, attending=0.3)
+
+
+def head_reference(path):
+    """The head's logits for K proposals after a sequence, computed afresh: the model over the whole
+    sequence, the head's layer over every pair (hidden state at j, token j + 1) from position 0 in one
+    forward, then its chain -- none of the engine's caches, batches or masks."""
+    import numpy as np
+    from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+    import mlx.core as mx
+    from vllm_mlx.engine.mtp_head import language_model, load_mtp_head, output_head
+    from vllm_mlx.models.loader import load_model
+
+    loaded = load_model(str(path), compute_dtype="float32")
+    head = load_mtp_head(loaded.model, loaded.path, loaded.config)
+    body = language_model(loaded.model).model
+    output = output_head(loaded.model)
+
+    def logits(tokens: list[int], k: int) -> list:
+        t = mx.array(tokens)[None]
+        hidden = body(t[:, :-1], cache=make_prompt_cache(loaded.model))
+        cache = KVCache()
+        h = head.norm(head.layers[0](head.project(hidden, body.embed_tokens(t[:, 1:])), mask="causal", cache=cache))
+        out = []
+        for _ in range(k):
+            h = h[:, -1:]
+            row = output(h)[0, -1]
+            out.append(np.array(row))
+            h = head(h, body.embed_tokens(mx.argmax(row).reshape(1, 1)), cache, None)
+        return out
+
+    return logits
+
+
+def recording_proposals(harness) -> list:
+    """(the row's tokens, its proposals, the head's logits for each) of every proposal the engine makes."""
+    import numpy as np
+
+    import mlx.core as mx
+
+    proposer, calls, steps = harness.engine.core.speculator.proposer, [], []
+    propose, output = proposer.propose, proposer.output
+
+    def recording_output(hidden):
+        logits = output(hidden)
+        steps.append(np.array(logits[:, -1].astype(mx.float32)))
+        return logits
+
+    def recording(seqs, wants):
+        steps.clear()
+        out = propose(seqs, wants)
+        rows = [(s, p) for s, p in zip(seqs, out) if p]
+        calls.extend((s.prompt_ids + s.output_ids, p, [steps[j][r] for j in range(len(p))])
+                     for r, (s, p) in enumerate(rows))
+        return out
+
+    proposer.propose, proposer.output = recording, recording_output
+    return calls
+
+
+def test_the_head_attends_along_the_whole_sequence(attending_mtp, monkeypatch, tmp_path):
+    """Every proposal the engine makes is what the head makes of the row's whole sequence computed
+    afresh (:func:`head_reference`), through 16-token prefill chunks, rows joining a batch, rejected
+    proposals cut off after the next ones are made, seeded sampled rows, runs of plain steps whose
+    pairs are written later (rows joining, finishing and aborted meanwhile), a conversation cached
+    amid plain steps and continued, and a prefix read back from the disk tier by a restarted engine."""
+    import numpy as np
+
+    import vllm_mlx.engine.speculative as speculative
+
+    monkeypatch.setattr(speculative, "REST_STEPS", 0)  # rows keep proposing after rejections
+    config = dict(max_num_seqs=8, max_num_batched_tokens=16, speculative="mtp", num_speculative_tokens=3,
+                  kv_cache_dir=str(tmp_path / "blocks"))
+    on = EngineHarness(attending_mtp, **config)
+    calls = recording_proposals(on)
+    try:
+        with always_verifying(on):
+            firsts = on.run(PROMPTS[:4], max_tokens=12, temperature=0)
+        # runs of plain steps (their pairs written together later) between verify steps: up to 20 in a
+        # row, more than a run's deferred steps, with rows finishing and joining meanwhile
+        kinds = itertools.cycle([0] * 20 + [3] + [0] * 5 + [3, 3])
+        on.engine.core.speculator.rates.choose = lambda rows: next(kinds)
+        rids = [on.submit(p, max_tokens=n, temperature=0.8, seed=3) for p, n in zip(PROMPTS[:4], (50, 23, 37, 9))]
+        aborted = on.submit(PROMPTS[4], max_tokens=500, temperature=0)
+        on.wait(rids[3])
+        on.engine.abort(aborted)  # a row leaves without being cached
+        outs = [on.wait(r) for r in rids]
+        assert on.wait(aborted)[2].finish_reason.value == "abort"
+        # a conversation that finishes amid plain steps (cached with its deferred keys), then its next turn
+        on.engine.core.speculator.rates.choose = lambda rows: 0
+        prompt = on.tokenizer.encode(PROMPTS[1]) + outs[1][1]
+        answer = on.run([prompt], max_tokens=23, temperature=0)[0][1]
+        del on.engine.core.speculator.rates.choose
+        follow = prompt + answer + on.tokenizer.encode(" and then")
+        hits = on.engine.stats.prefix_cache["hit_tokens"]
+        with always_verifying(on):
+            on.run([follow, PROMPTS[2]], max_tokens=30, temperature=0)
+        assert on.engine.stats.prefix_cache["hit_tokens"] - hits >= len(follow) - 8
+        stats = on.engine.stats.speculative
+    finally:
+        on.engine.shutdown()
+    again = EngineHarness(attending_mtp, **config)  # the blocks and checkpoints come back from the disk tier
+    restored = recording_proposals(again)
+    try:
+        with always_verifying(again):
+            again.run([follow + on.tokenizer.encode(" more")], max_tokens=8, temperature=0)
+        assert again.engine.stats.prefix_cache["hit_tokens"] > len(follow) // 2
+    finally:
+        again.engine.shutdown()
+    assert 0 < stats["accepted"] < stats["proposed"], stats  # partly accepted: rejected positions were cut
+    assert len(calls) > 20 and restored
+    reference = head_reference(attending_mtp)
+    for tokens, proposals, logits in calls + restored:
+        want = reference(tokens, len(proposals))
+        assert proposals == [int(np.argmax(w)) for w in want]
+        assert max(float(np.abs(a - b).max()) for a, b in zip(logits, want)) < 1e-4, (len(tokens), proposals)
 
 
 @pytest.mark.parametrize("which", ["random", "exact"])
@@ -69,7 +198,7 @@ def test_a_published_layout_head_is_read_as_published(models_dir, moe):
 
 
 def test_a_checkpoint_without_mtp_weights_is_refused(tiny_qwen3, models_dir):
-    from vllm_mlx.engine.mtp import load_mtp_head
+    from vllm_mlx.engine.mtp_head import load_mtp_head
     from vllm_mlx.models.loader import load_model
     from vllm_mlx_testing.arch_models import build_arch_model
 

@@ -171,21 +171,24 @@ def first_layers_model(source: str | Path, path: str | Path, num_layers: int) ->
     return path
 
 
-def add_mtp_head(path: str | Path, seed: int = 1, exact: bool = False, hf_layout: bool = False) -> Path:
+def add_mtp_head(path: str | Path, seed: int = 1, exact: bool = False, hf_layout: bool = False,
+                 attending: float = 0.0) -> Path:
     """Add multi-token-prediction weights (``mtp.*``, as Qwen3-Next and Qwen3.5 checkpoints carry them)
     to the model folder at ``path``, in a safetensors file of their own; returns ``path``.
 
     Random ones, or with ``exact`` a head that predicts what the model does: the model's layers are
     silenced (their output projections zeroed, so it predicts from the last token alone) and the head
     passes the new token's normalized embedding through a silenced layer to the model's final norm --
-    so every greedy proposal is the model's own next token. ``hf_layout`` writes the folder as a
+    so every greedy proposal is the model's own next token; ``attending`` keeps that layer's attention
+    output at this fraction of its random weights, so the proposals depend on the sequence before and
+    only part of them are the model's. ``hf_layout`` writes the folder as a
     published checkpoint stores it: convolution weights in the Hugging Face order, norms zero-centred
     (mlx-lm adds the 1 back to the model's, the server to the head's), a mixture-of-experts head's
     experts one tensor each."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from vllm_mlx.engine.mtp import LAYER_ZERO_CENTRED, ZERO_CENTRED, language_model, new_mtp_head
+    from vllm_mlx.engine.mtp_head import LAYER_ZERO_CENTRED, ZERO_CENTRED, language_model, new_mtp_head
     from vllm_mlx.models.loader import load_model
 
     path = Path(path)
@@ -203,7 +206,8 @@ def add_mtp_head(path: str | Path, seed: int = 1, exact: bool = False, hf_layout
         weights["fc.weight"] = mx.concatenate([mx.eye(hidden), mx.zeros((hidden, hidden))], axis=1)
         weights["pre_fc_norm_embedding.weight"] = mx.ones((hidden,))
         weights["norm.weight"] = language_model(model).model.norm.weight
-        weights = {k: mx.zeros_like(v) if any(s in f".{k}" for s in silenced) else v for k, v in weights.items()}
+        weights = {k: v * attending if k.endswith(".o_proj.weight") else mx.zeros_like(v)
+                   if any(s in f".{k}" for s in silenced) else v for k, v in weights.items()}
     if hf_layout:
         model_norms = (".input_layernorm.weight", ".post_attention_layernorm.weight", "model.norm.weight",
                        ".q_norm.weight", ".k_norm.weight")  # those mlx-lm's Qwen3.5 adds 1 to

@@ -248,12 +248,12 @@ class EngineCore:
                 deferred = runner.decode()
                 if prof is not None:
                     prof.mark("build")
-                mx.async_eval(deferred)
+                mx.async_eval([deferred, *runner.written()])
             else:
                 runner.rows = self.sampler.next(previous_seqs, runner.decode(), runner.rows, pending_applied=False)
                 if prof is not None:
                     prof.mark("build")
-                mx.async_eval(runner.rows.all())
+                mx.async_eval(runner.rows.all() + runner.written())
             if prof is not None:
                 prof.mark("launch")
         prefilled = self.prefill(plan.prefill)
@@ -262,7 +262,7 @@ class EngineCore:
         outputs, done = self.read_back(previous_seqs, previous)
         if deferred is not None:
             runner.rows = self.sampler.next(previous_seqs, deferred, runner.rows, pending_applied=True)
-            mx.async_eval(runner.rows.all())
+            mx.async_eval(runner.rows.all() + runner.written())
         self.retire(done)
         if prof is not None:
             prof.mark("post")

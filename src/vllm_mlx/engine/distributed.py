@@ -65,17 +65,17 @@ class LockstepRunner(ModelRunner):
 
     def decode(self, tokens: mx.array | None = None) -> mx.array:
         logits = super().decode(tokens)
-        _eval(logits)
+        _eval(logits, self.written())
         return logits
 
     def verify(self, tokens: mx.array) -> mx.array:
         logits = super().verify(tokens)
-        _eval(logits)
+        _eval(logits, self.written())
         return logits
 
     def batch_model(self, tokens: mx.array, cache: list[Any]) -> mx.array:
         logits = super().batch_model(tokens, cache)  # also the rollback's re-forward after a verify step
-        _eval(logits)
+        _eval(logits, self.written())
         return logits
 
 
@@ -285,8 +285,10 @@ class FollowerEngine(LLMEngine):
     runner_class = LockstepRunner
 
     def __init__(self, load, config, *, group: Any, timeout: float):
-        if config.speculative in ("draft", "mtp"):  # rank 0 runs the drafter and sends its proposals: none
-            config = dataclasses.replace(config, speculative="ngram", draft_model=None)  # here (never asked)
+        # rank 0 runs the drafter and sends its proposals: none here (never asked). An MTP head stays: its
+        # entries in every cache keep this rank's prefix cache (and its evictions) the same as rank 0's
+        if config.speculative == "draft":
+            config = dataclasses.replace(config, speculative="ngram", draft_model=None)
         super().__init__(load, config, lambda outputs: None)
         self.channel = LockstepChannel(group)
         self._timeout = timeout

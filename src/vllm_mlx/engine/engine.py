@@ -28,6 +28,7 @@ from .core import EngineCore, OutputCallback
 from .kv_estimate import kv_bytes_per_token
 from .lora import serve_adapters
 from .model_runner import ModelRunner
+from .mtp import serve_with_head
 from .prefix_cache import PrefixCache
 from .prefix_reuse import PrefixReuse, make_prefix_cache
 from .request import GenerationOutput, GenerationRequest
@@ -120,9 +121,12 @@ class LLMEngine:
         fused = fuse_cpu_fallbacks(module)
         if fused:
             logger.info("CPU backend: %d norm and RoPE modules run compiled in decode steps", fused)
+        model = self.loaded.model
+        if self.config.speculative == "mtp":  # its cache and forwards carry the MTP head's
+            self.loaded.model = serve_with_head(self.loaded)
         runner = self.runner_class(self.loaded.model, self.config.deterministic)
         if self.config.loras:
-            runner.adapters = serve_adapters(self.loaded.model, self.config.loras, self.config.max_loras)
+            runner.adapters = serve_adapters(model, self.config.loras, self.config.max_loras)
         prefix = PrefixReuse(self._make_prefix_cache(), self.config,
                              self.loaded.model if self.verifies_restores else None)
         if runner.adapters is not None:

@@ -63,6 +63,7 @@ class ModelRunner:
         self.can_prefill_together = not deterministic and all(type(c) is KVCache for c in layer_caches)
         # --speculative mtp: decode and verify forwards keep their final hidden states (see capture)
         self._split: tuple[Any, Any] | None = None
+        self._beside: Any = None
         self.last_hidden: mx.array | None = None  # (B, L, H) of the last decode or verify forward
         self.hidden_seqs: list[Sequence] = []  # its rows
         self.hidden_index: mx.array | None = None  # per row, the position its next token was drawn at (None: 0)
@@ -115,6 +116,7 @@ class ModelRunner:
         """
         if not seqs:
             return
+        self.settle()
         if self.deterministic:
             if merged is not None:
                 raise ValueError("deterministic mode prefills each prompt alone")
@@ -136,6 +138,7 @@ class ModelRunner:
         keep = [i for i, s in enumerate(self.batch_seqs) if s not in seqs]
         if len(keep) == len(self.batch_seqs):
             return False
+        self.settle()
         if not keep:
             self.batch_cache, self.batch_seqs, self.rows = None, [], RowArrays(0)
             return True
@@ -164,10 +167,23 @@ class ModelRunner:
         in_temporal_order(self.batch_cache or [])
         return self._forward(tokens)
 
-    def capture(self, body: Any, head: Any) -> None:
+    def capture(self, body: Any, head: Any, beside: Any = None) -> None:
         """Run decode and verify forwards as ``head(body(tokens))`` and keep ``body``'s output (the final
-        hidden states) with its rows, for an MTP head to draft from."""
-        self._split = (body, head)
+        hidden states) with its rows, for an MTP head to draft from. ``beside``: what the forwards also
+        feed (the head's cache entries, :class:`~.mtp.HeadFeed`): its ``written`` arrays (nothing reads
+        them before the head drafts) and its ``settle()`` (deferred writes, due before the batch
+        changes or its caches are copied out)."""
+        self._split, self._beside = (body, head), beside
+
+    def written(self) -> list[mx.array]:
+        """What the forwards wrote beside their logits, to evaluate with the step (else it would stay
+        a growing graph until something reads it)."""
+        return [] if self._beside is None else self._beside.written
+
+    def settle(self) -> None:
+        """Finish the writes a forward deferred, before the decode batch's caches change or are read."""
+        if self._beside is not None:
+            self._beside.settle()
 
     def _forward(self, tokens: mx.array) -> mx.array:
         if self._split is None:

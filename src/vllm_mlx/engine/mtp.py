@@ -1,188 +1,189 @@
-"""Multi-token prediction heads as the drafter (``--speculative mtp``), for checkpoints that carry them
-(Qwen3-Next, Qwen3.5/3.6: ``mtp.*`` tensors; mlx-lm drops them when it loads the model).
+"""Multi-token prediction as the drafter (``--speculative mtp``): the checkpoint's MTP head
+(:mod:`.mtp_head`) proposes the next tokens from the served model's final hidden states, attending
+along the whole sequence as it was trained to.
 
-The head takes the served model's final hidden state at a position and the embedding of the token
-drawn there, and predicts the token after it: ``fc([norm(embedding), norm(hidden)])`` -> one decoder
-layer of the model's own full-attention kind -> ``norm`` -> the model's output head. Its output hidden
-state and its token feed it again for the next proposal, so one head proposes K tokens in K small
-forwards. The served model's forwards keep their final hidden states (:meth:`ModelRunner.capture`),
-and a verify step leaves the index of the position each row's next token was drawn at, so the
-proposals of a step start from the row's newest token without another forward of the served model.
+**The head's cache.** The head's layer keeps keys and values of its own, one per position of the
+sequence: position ``i`` holds the pair (the served model's hidden state at ``i - 1``, the token at
+``i``). So the model's cache gets two more entries after its layers' (:meth:`HeadFeed.make_cache`):
+a ``KVCache`` for the head's layer and an ``ArraysCache`` holding the hidden state of each row's
+newest position (the pair that straddles two forwards). Every forward of the served model -- prefill
+chunks, media prefill, decode, verify, the rollback's re-run -- feeds them (:class:`HeadFeed`): its
+hidden states shifted one position right behind that newest one, with its own tokens, through the
+head's projections and its layer's key and value projections only (:meth:`MTPHead.write_keys`).
+One-token steps of the decode batch write theirs together, later (:class:`HeadFeed`).
 
-The head's layer attends to the positions of its own proposals, not to a cache of the whole sequence
-(the model's hidden state carries the context); a cache of its keys and values along the sequence is
-left for later.
+Being entries of the model's cache, they follow the rows through everything the engine does with a
+cache: batches merge and filter them, rejected positions are cut off them (the newest hidden state is
+a recurrent state, rolled back and re-run with the model's own), and the prefix cache (its disk tier
+too) stores and restores them with the model's keys, values and state checkpoints, so a restored
+prefix drafts as well as a computed one.
+
+Position 0 has no hidden state before it; its entry (made from a zero hidden state) is masked out of
+the head's attention, so the head sees exactly the pairs it was trained on, at the same relative
+positions.
+
+**Drafting** (:class:`MTPProposer`): the head takes the pair of each row's newest position (the
+hidden state its newest token was drawn from, the token) and proposes a token; its own output hidden
+state and that token make the next pair, K times. Proposals come before the previous verify step's
+rejected positions are cut off (a distributed rank 0 sends them first), so those positions are
+masked out and the proposals' positions are moved back over them; the proposals' keys and values are
+trimmed again after.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
-from mlx_lm.models.base import create_attention_mask, gather_last_axis
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import ArraysCache, BatchKVCache, KVCache, make_prompt_cache
 
-from ..models.safetensors_header import safetensors_shapes
+from ..models.cpu_fusion import fuse_cpu_fallbacks
+from .mtp_head import MTPHead, language_model, load_mtp_head, output_head, served_output
 from .sequence import Sequence
 
-
-def language_model(model: Any) -> Any:
-    """The text model inside (Qwen3.5's ``language_model``; a vision-language model's, mlx-vlm's, in the
-    engine's :class:`~.vision_model.VisionLanguageModel`), or the model itself."""
-    language = getattr(model, "language", None)
-    return language if language is not None else getattr(model, "language_model", model)
+CACHE_ENTRIES = 2  # after the model's layers: the head's keys and values, each row's newest hidden state
+DEFERRED_STEPS = 15  # one-token steps of the decode batch whose pairs are written together (with the
+# step that ends a run: 16 positions, as many as the CPU backend's compiled RoPE takes)
 
 
-def output_head(model: Any) -> Any:
-    """The function from final hidden states to logits of an mlx-lm language model."""
-    lm = language_model(model)
-    if getattr(lm, "lm_head", None) is not None:
-        return lm.lm_head
-    return lm.model.embed_tokens.as_linear
+def head_mask(cache: Any, n: int, rejected: tuple[mx.array, int] | None = None) -> mx.array:
+    """The head layer's attention mask (rows, 1, n, positions) for ``n`` new positions of ``cache``:
+    causal, without each row's left padding and its position 0 (no pair), and with ``rejected``
+    (per-row counts, end column) without the last ``count`` columns before ``end``."""
+    if isinstance(cache, BatchKVCache):
+        start, first = cache._idx, cache.left_padding[:, None, None]
+    else:
+        start, first = cache.offset, mx.zeros((1, 1, 1), dtype=mx.int32)
+    columns = mx.arange(start + n)
+    queries = start + mx.arange(n)[:, None]
+    mask = ((columns > first) & (columns <= queries)) | (columns == queries)
+    if rejected is not None:
+        counts, end = rejected
+        mask = mask & ((columns < end - counts[:, None, None]) | (columns >= end))
+    return mask[:, None]
 
 
-class MTPHead(nn.Module):
-    def __init__(self, layer: nn.Module, hidden_size: int, eps: float):
-        super().__init__()
-        self.fc = nn.Linear(2 * hidden_size, hidden_size, bias=False)
-        self.pre_fc_norm_embedding = nn.RMSNorm(hidden_size, eps=eps)
-        self.pre_fc_norm_hidden = nn.RMSNorm(hidden_size, eps=eps)
-        self.layers = [layer]
-        self.norm = nn.RMSNorm(hidden_size, eps=eps)
-
-    def __call__(self, hidden: mx.array, embedded: mx.array, cache: list[Any]) -> mx.array:
-        x = self.fc(mx.concatenate([self.pre_fc_norm_embedding(embedded), self.pre_fc_norm_hidden(hidden)], axis=-1))
-        mask = create_attention_mask(x, cache[0])
-        for layer, c in zip(self.layers, cache):
-            x = layer(x, mask=mask, cache=c)
-        return self.norm(x)
+def newest_hidden(hidden: mx.array, before: mx.array, lengths: mx.array | None) -> mx.array:
+    """Each row's hidden state at its newest position: the forward's last, or with ``lengths`` (a
+    right-padded re-run) the one at the row's length (``before`` for rows of length 0)."""
+    if lengths is None:
+        return hidden[:, -1:]
+    at = mx.maximum(lengths - 1, 0)[:, None, None]
+    return mx.where(lengths[:, None, None] > 0, mx.take_along_axis(hidden, at, axis=1), before)
 
 
-# Norms a Hugging Face checkpoint stores zero-centred (the layer scales by 1 + w; mlx-lm adds the 1 when
-# it loads the model's own, as it drops the MTP head): those of the head and of its decoder layer.
-ZERO_CENTRED = ("pre_fc_norm_embedding.weight", "pre_fc_norm_hidden.weight", "norm.weight")
-LAYER_ZERO_CENTRED = (".input_layernorm.weight", ".post_attention_layernorm.weight", ".q_norm.weight",
-                      ".k_norm.weight")
+class HeadFeed:
+    """Feeds the MTP head's entries of the cache from the served model's forwards (module docstring).
+
+    A one-token step of the decode batch (a batch cache) only updates the newest hidden state and
+    keeps its pair: the pairs of up to :data:`DEFERRED_STEPS` such steps are written in one go, when
+    the head drafts or the batch changes (:meth:`settle`), so a run of plain steps costs a few
+    operations per step, not the head's projections each (what a step costs on a host-bound backend).
+    Any other forward writes its pairs at once, after those kept for its cache."""
+
+    def __init__(self, head: MTPHead, embed: Any):
+        self.head = head
+        self.embed = embed
+        self.written: list[mx.array] = []  # the keys and values last written (nothing else reads them)
+        self._kept: list[tuple[mx.array, mx.array]] = []  # (hidden states, tokens) of deferred steps
+        self._kept_for: Any = None  # the keys cache they belong to
+
+    @staticmethod
+    def make_cache() -> list[Any]:
+        return [KVCache(), ArraysCache(1)]
+
+    def __call__(self, hidden: mx.array, tokens: mx.array, caches: list[Any]) -> None:
+        """Feed the pairs of a forward's positions: ``hidden`` (rows, L, H) its final hidden states,
+        ``tokens`` (rows, L) its inputs, ``caches`` the head's two entries."""
+        keys, newest = caches
+        before = newest.cache[0]
+        if before is None:
+            before = mx.zeros_like(hidden[:, :1])
+        shifted = mx.concatenate([before, hidden[:, :-1]], axis=1) if hidden.shape[1] > 1 else before
+        newest.cache[0] = newest_hidden(hidden, before, newest.lengths)
+        one_step = tokens.shape[1] == 1 and newest.lengths is None and isinstance(keys, BatchKVCache)
+        if one_step and keys is not self._kept_for:
+            self.settle()  # (a new decode batch: the rows were settled when the last one changed)
+        if one_step and len(self._kept) < DEFERRED_STEPS:
+            self._kept.append((shifted, tokens))
+            self._kept_for = keys
+            return
+        if self._kept and keys is self._kept_for:  # those deferred for this cache first
+            shifted, tokens = (mx.concatenate(parts, axis=1) for parts in zip(*self._kept, (shifted, tokens)))
+            self._kept = []
+        self._write(shifted, tokens, keys)
+
+    def settle(self) -> None:
+        """Write the deferred steps' pairs (before the head drafts, or the decode batch changes)."""
+        if self._kept:
+            shifted, tokens = (mx.concatenate(parts, axis=1) for parts in zip(*self._kept))
+            self._kept = []
+            self._write(shifted, tokens, self._kept_for)
+        self._kept_for = None
+
+    def _write(self, shifted: mx.array, tokens: mx.array, keys: Any) -> None:
+        self.head.write_keys(shifted, self.embed(tokens), keys)
+        self.written = [keys.keys, keys.values]
 
 
-def mtp_weights(path: Path) -> tuple[dict[str, mx.array], bool]:
-    """The ``mtp.*`` tensors of a model folder, named as in :class:`MTPHead` (only the files that hold
-    some are loaded), and whether the folder is in the Hugging Face layout (convolution weights not yet
-    in MLX's order: the layout whose norms are zero-centred)."""
-    weights, hf_layout = {}, False
-    for file in sorted(Path(path).glob("*.safetensors")):
-        shapes = safetensors_shapes(file)
-        hf_layout = hf_layout or any(k.endswith("conv1d.weight") and s[-1] != 1 for k, s in shapes.items())
-        if any("mtp." in k for k in shapes):
-            weights.update({k.split("mtp.", 1)[1]: v for k, v in mx.load(str(file)).items() if "mtp." in k})
-    return weights, hf_layout
+class TextModelWithHead:
+    """A text model served with its MTP head: its cache ends with the head's entries, and every
+    forward feeds them; everything else is the model's."""
+
+    def __init__(self, model: Any, feed: HeadFeed):
+        self.model = model
+        self.head_feed = feed
+        self._body = language_model(model).model
+        self.output = served_output(model)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["model"], name)
+
+    def make_cache(self) -> list[Any]:
+        return make_prompt_cache(self.model) + self.head_feed.make_cache()
+
+    def hidden(self, tokens: mx.array, cache: list[Any], **kwargs: Any) -> mx.array:
+        """The final hidden states (what :attr:`output` turns into logits), the head's entries fed."""
+        hidden = self._body(tokens, cache=cache[:-CACHE_ENTRIES], **kwargs)
+        self.head_feed(hidden, tokens, cache[-CACHE_ENTRIES:])
+        return hidden
+
+    def __call__(self, tokens: mx.array, cache: list[Any] | None = None, **kwargs: Any) -> mx.array:
+        return self.output(self.hidden(tokens, self.make_cache() if cache is None else cache, **kwargs))
 
 
-def stacked_experts(weights: dict[str, mx.array]) -> dict[str, mx.array]:
-    """A mixture-of-experts head's experts as mlx-lm's ``switch_mlp`` holds them: from one tensor per
-    expert, or from the fused ``gate_up_proj`` / ``down_proj`` of newer checkpoints."""
-    prefix = "layers.0.mlp"
-    if f"{prefix}.experts.gate_up_proj" in weights:
-        gate_up = weights.pop(f"{prefix}.experts.gate_up_proj")
-        middle = gate_up.shape[-2] // 2
-        weights[f"{prefix}.switch_mlp.gate_proj.weight"] = gate_up[..., :middle, :]
-        weights[f"{prefix}.switch_mlp.up_proj.weight"] = gate_up[..., middle:, :]
-        weights[f"{prefix}.switch_mlp.down_proj.weight"] = weights.pop(f"{prefix}.experts.down_proj")
-    for name in ("gate_proj", "up_proj", "down_proj"):
-        experts = sorted((k for k in weights if k.startswith(f"{prefix}.experts.") and k.endswith(f".{name}.weight")),
-                         key=lambda k: int(k.split(".")[4]))
-        if experts:
-            weights[f"{prefix}.switch_mlp.{name}.weight"] = mx.stack([weights.pop(k) for k in experts])
-    return weights
-
-
-def new_mtp_head(model: Any, config: dict | None = None) -> MTPHead:
-    """An MTP head shaped for ``model`` (its layer: one of the model's full-attention decoder layers;
-    for a vision-language model, whose layers take mrope positions, mlx-lm's layer of its text family,
-    shaped by the checkpoint's ``config``)."""
+def serve_with_head(loaded: Any) -> Any:
+    """The model to serve with ``--speculative mtp``: ``loaded.model`` with its checkpoint's MTP head
+    fed by every forward (a vision-language model feeds it itself); a ValueError when it cannot."""
+    if getattr(loaded, "parallelism", None) == "pipeline":
+        raise ValueError("--speculative mtp cannot run with pipeline parallelism (the last rank holds the "
+                         "final hidden states); tensor parallelism can")
+    model = loaded.model
+    head = load_mtp_head(model, loaded.path, loaded.config)
+    fuse_cpu_fallbacks(head)  # as the model's own norms and RoPE (on MLX's CPU backend)
+    feed = HeadFeed(head, language_model(model).model.embed_tokens)
     if hasattr(model, "vlm"):
-        return _vision_model_head(model, config or {})
-    lm = language_model(model)
-    args = getattr(lm, "args", None)
-    layers = list(getattr(getattr(lm, "model", None), "layers", []))
-    attention = next((i for i, layer in enumerate(layers) if not getattr(layer, "is_linear", True)), None)
-    if args is None or attention is None:
-        raise ValueError(f"MTP heads of {type(model).__module__.rsplit('.', 1)[-1]} models are not supported "
-                         "(Qwen3-Next and Qwen3.5/3.6 are)")
-    return MTPHead(type(layers[attention])(args, attention), args.hidden_size, args.rms_norm_eps)
-
-
-def _vision_model_head(model: Any, config: dict) -> MTPHead:
-    """Qwen3.5/3.6 (the vision families with Gated DeltaNet layers, the ones with MTP heads): the head
-    of mlx-lm's Qwen3.5 text model, whose arguments cover the mixture-of-experts variants too. Its
-    layer places the head's own positions as plain RoPE, as a text token's equal mrope positions are."""
-    if not model.family.gated_delta or "text_config" not in config:
-        raise ValueError(f"MTP heads of {model.model_type} vision-language models are not supported "
-                         "(Qwen3.5/3.6 are)")
-    from mlx_lm.models import qwen3_5
-
-    args = qwen3_5.TextModelArgs.from_dict(config["text_config"])
-    attention = args.full_attention_interval - 1
-    return MTPHead(qwen3_5.DecoderLayer(args, attention), args.hidden_size, args.rms_norm_eps)
-
-
-def load_mtp_head(model: Any, path: Path, config: dict) -> MTPHead:
-    """The MTP head of the checkpoint at ``path`` for ``model`` (mlx-lm's), in the model's dtype;
-    a ValueError saying what is missing when it cannot be built."""
-    weights, hf_layout = mtp_weights(path)
-    if not weights:
-        raise ValueError(f"{path} has no MTP weights (mtp.* tensors): --speculative mtp needs a checkpoint "
-                         "that carries them (Qwen3-Next, Qwen3.5/3.6 as published)")
-    weights = stacked_experts(weights)
-    if hf_layout:
-        weights = {k: v + 1.0 if k in ZERO_CENTRED or k.endswith(LAYER_ZERO_CENTRED) else v
-                   for k, v in weights.items()}
-    head = new_mtp_head(model, config)
-    lm = language_model(model)
-    quantization = config.get("quantization") or (config.get("text_config") or {}).get("quantization")
-    if quantization and any(k.endswith(".scales") for k in weights):
-        nn.quantize(head, group_size=quantization["group_size"], bits=quantization["bits"],
-                    class_predicate=lambda p, m: f"{p}.scales" in weights)
-    embed = lm.model.embed_tokens
-    dtype = getattr(embed, "scales", getattr(embed, "weight", None)).dtype
-    weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
-    try:
-        head.load_weights(list(weights.items()), strict=True)
-    except ValueError as exc:
-        raise ValueError(f"the MTP weights of {path} do not fit its MTP head: {exc}") from exc
-    mx.eval(head.parameters())
-    return head
-
-
-def served_output(model: Any) -> Any:
-    """The served forward's function from final hidden states to logits: the output head, and where
-    ``--distributed`` split it over the ranks, the gather of every rank's part (a collective)."""
-    lm, head = language_model(model), output_head(model)
-    group = getattr(lm, "sharding_group", None)
-    if group is None or getattr(lm, "lm_head", None) is None:
-        return head
-    return lambda hidden: gather_last_axis(head(hidden), group)
+        model.head_feed = feed
+        return model
+    return TextModelWithHead(model, feed)
 
 
 class MTPProposer:
-    """Proposals of the checkpoint's MTP head, from the served model's last hidden states.
-    ``whole_output``: the output head unsplit, where ``--distributed`` split the model's (the head runs
-    on rank 0 alone, so it cannot gather the other ranks' parts)."""
+    """Proposals of the checkpoint's MTP head for the rows of the decode batch. ``model``: the served
+    model with its head fed (:func:`serve_with_head`); ``whole_output``: the output head unsplit,
+    where ``--distributed`` split the model's (the head runs on rank 0 alone, so it cannot gather the
+    other ranks' parts)."""
 
     method = "mtp"
 
-    def __init__(self, head: MTPHead, model: Any, runner: Any, vocab_limit: int, whole_output: Any = None):
-        self.head = head
-        self.embed = language_model(model).model.embed_tokens
+    def __init__(self, model: Any, runner: Any, vocab_limit: int, whole_output: Any = None):
+        self.feed: HeadFeed = model.head_feed
         self.output = whole_output if whole_output is not None else output_head(model)
         self.runner = runner
         self.vocab_limit = vocab_limit
-        if hasattr(model, "hidden"):  # a vision-language model: its forward places rows with media itself
-            runner.capture(model.hidden, model.output)
-        else:
-            runner.capture(language_model(model).model, served_output(model))
+        # decode and verify forwards keep their hidden states; the runner settles the head's deferred
+        # pairs when the batch changes and evaluates what it writes with each step
+        runner.capture(model.hidden, model.output, self.feed)
 
     def may_propose(self, seqs: list[Sequence], wants: list[int]) -> bool:
         return any(wants)
@@ -191,24 +192,54 @@ class MTPProposer:
         pass
 
     def propose(self, seqs: list[Sequence], wants: list[int]) -> list[list[int]]:
-        """Up to ``wants[i]`` tokens for row i, for rows whose newest token was drawn in the served
-        model's last decode or verify forward (rows that joined since propose from the next step)."""
+        """Up to ``wants[i]`` tokens for row i (rows of the decode batch), after its newest token."""
         runner = self.runner
-        where = {s: i for i, s in enumerate(runner.hidden_seqs)}
-        rows = [i for i, (s, w) in enumerate(zip(seqs, wants)) if w and s in where]
+        batch = {s: i for i, s in enumerate(runner.batch_seqs)}
+        rows = [i for i, (s, w) in enumerate(zip(seqs, wants)) if w and s in batch]
         out: list[list[int]] = [[] for _ in seqs]
-        if not rows or runner.last_hidden is None:
+        if not rows or runner.batch_cache is None:
             return out
-        picked = mx.array([where[seqs[i]] for i in rows])
-        hidden = runner.last_hidden[picked]
-        at = runner.hidden_index[picked] if runner.hidden_index is not None else mx.zeros(len(rows), dtype=mx.int32)
-        h = mx.take_along_axis(hidden, at[:, None, None].astype(mx.int32), axis=1)  # (R, 1, H)
-        token = mx.array([seqs[i].output_ids[-1] for i in rows])
-        cache, drafts = [KVCache()], []
-        for _ in range(max(wants[i] for i in rows)):
-            h = self.head(h, self.embed(token[:, None]), cache)
-            token = mx.argmax(self.output(h)[:, -1, :self.vocab_limit], axis=-1)
-            drafts.append(token)
+        self.feed.settle()
+        keys, newest = runner.batch_cache[-CACHE_ENTRIES:]
+        where = [batch[seqs[i]] for i in rows]
+        picked = None if where == list(range(len(batch))) else mx.array(where)  # (None: every row, in order)
+        hidden = self._newest_hidden(newest.cache[0])
+        token = mx.array([s.output_ids[-1] for s in runner.batch_seqs], dtype=mx.int32)
+        junk = runner.rows["junk"]  # positions of the last verify step not cut off yet
+        junk = mx.zeros(len(batch), dtype=mx.int32) if junk is None else junk.astype(mx.int32)
+        rejected, k = (junk, keys._idx), max(wants[i] for i in rows)
+        keys.offset = keys.offset - junk  # the proposals' positions follow each row's kept ones
+        mask, start, drafts = head_mask(keys, k, rejected)[..., -1:, :], keys._idx, []  # (the last query's row)
+        for j in range(k):
+            visible = mask[..., :start + j + 1] if j < k - 1 else mask  # step j sees its predecessors only
+            hidden = self.feed.head(hidden, self.feed.embed(token[:, None]), keys, visible)
+            out_hidden = hidden if picked is None else hidden[picked]
+            best = mx.argmax(self.output(out_hidden)[:, -1, :self.vocab_limit], axis=-1).astype(mx.int32)
+            if picked is None:
+                token = best
+            else:
+                token = mx.zeros_like(token)
+                token[picked] = best
+            drafts.append(best)
+        keys.trim(k)
+        keys.offset = keys.offset + junk
         for i, row in zip(rows, mx.stack(drafts, axis=1).tolist()):
             out[i] = row[:wants[i]]
         return out
+
+    def _newest_hidden(self, kept: mx.array) -> mx.array:
+        """Each batch row's hidden state at its newest position (rows, 1, H): where the last decode or
+        verify forward drew the row's newest token (a verify step's rejected positions are not cut off
+        yet), or for rows that joined since, the one their cache keeps."""
+        runner = self.runner
+        last = {s: i for i, s in enumerate(runner.hidden_seqs)}
+        seqs = runner.batch_seqs
+        if runner.last_hidden is None or not any(s in last for s in seqs):
+            return kept
+        if runner.hidden_seqs == seqs:  # the same rows: a decode step's newest is what the cache keeps
+            at = runner.hidden_index
+            return kept if at is None else mx.take_along_axis(runner.last_hidden, at[:, None, None].astype(mx.int32), 1)
+        source = mx.array([last.get(s, 0) for s in seqs])
+        at = mx.zeros(len(seqs), dtype=mx.int32) if runner.hidden_index is None else runner.hidden_index[source]
+        drawn = mx.take_along_axis(runner.last_hidden[source], at[:, None, None].astype(mx.int32), axis=1)
+        return mx.where(mx.array([s in last for s in seqs])[:, None, None], drawn, kept)

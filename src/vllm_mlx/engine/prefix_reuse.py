@@ -131,6 +131,7 @@ class PrefixReuse:
         rows = {s: i for i, s in enumerate(runner.batch_seqs)}
         for seq in done:
             if seq in rows and seq.finish_reason in (FinishReason.STOP, FinishReason.LENGTH):
+                runner.settle()  # (writes an MTP head's deferred keys: once, then nothing is left)
                 tokens = seq.prefix_key + seq.output_ids
                 self.remember(seq, tokens[:len(tokens) - unfed], [c.extract(rows[seq]) for c in runner.batch_cache])
 

@@ -75,14 +75,10 @@ def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any) -> An
     why = speculation_unsupported(loaded.model, config.deterministic)
     if why:
         raise ValueError(f"--speculative {config.speculative} cannot serve this model: {why}")
-    if config.speculative == "mtp":
-        from .mtp import MTPProposer, load_mtp_head
+    if config.speculative == "mtp":  # the head was loaded with the model (mtp.serve_with_head)
+        from .mtp import MTPProposer
 
-        if getattr(loaded, "parallelism", None) == "pipeline":
-            raise ValueError("--speculative mtp cannot run with pipeline parallelism (the last rank holds the "
-                             "final hidden states); tensor parallelism can")
-        return MTPProposer(load_mtp_head(loaded.model, loaded.path, loaded.config), loaded.model, runner, vocab_width,
-                           getattr(loaded, "whole_output_head", None))
+        return MTPProposer(loaded.model, runner, vocab_width, getattr(loaded, "whole_output_head", None))
     if config.speculative == "draft":
         from .draft import load_draft
 
@@ -281,7 +277,7 @@ class Speculator:
             if seqs:
                 runner.rows = core.sampler.next(seqs, runner.decode(), runner.rows, pending_applied=True)
         if seqs:
-            mx.async_eval(runner.rows.all())
+            mx.async_eval(runner.rows.all() + runner.written())
         for group, logits, merged in core.prefill(plan.prefill):
             core.join_isolated(group, logits, merged)
         return p.outputs

@@ -1,9 +1,6 @@
-"""A vision-language model (mlx-vlm) as a model of the one engine.
-
-:class:`VisionLanguageModel` wraps an mlx-vlm model so the engine's runner drives it like a text
-model: ``model(tokens, cache=...)`` returns logits, and the caches are mlx-lm's ``KVCache`` /
-``BatchKVCache``, so text and vision rows share the decode batch, the batched prefill and the
-prefix cache.
+"""A vision-language model (mlx-vlm) as a model of the one engine: :class:`VisionLanguageModel` is
+driven like a text model (``model(tokens, cache=...)`` returns logits; mlx-lm's caches), so text and
+vision rows share the decode batch, the batched prefill and the prefix cache.
 
 Qwen3.5 (``qwen3_5``, ``qwen3_5_moe``) mixes Gated DeltaNet layers (a recurrent state per row)
 with full-attention layers. Its cache follows the language model's own layout (mlx-vlm's
@@ -188,6 +185,7 @@ class VisionLanguageModel:
         self.video_token_id = None if video is None else int(video)
         self.embeddings = VisionEmbeddingCache(cache_bytes)
         self.uses_rope_deltas = self.family.mrope
+        self.head_feed: Any = None  # --speculative mtp: feeds the MTP head's cache entries (mtp.HeadFeed)
 
     def parameters(self) -> dict:
         """All weights (vision tower included), as an ``nn.Module`` reports them."""
@@ -201,7 +199,8 @@ class VisionLanguageModel:
         if self.adapter is not None:
             return self.adapter.make_cache()
         if self.family.gated_delta:
-            return [GatedDeltaStateCache(2) if layer.is_linear else KVCache() for layer in self.layers]
+            return ([GatedDeltaStateCache(2) if layer.is_linear else KVCache() for layer in self.layers]
+                    + ([] if self.head_feed is None else self.head_feed.make_cache()))  # the MTP head's two
         return [KVCache() for _ in self.layers]
 
     def __call__(self, inputs: mx.array, cache: list | None = None, rope_deltas: mx.array | None = None) -> mx.array:
@@ -248,7 +247,10 @@ class VisionLanguageModel:
         for layer, layer_cache in zip(self.layers, cache):
             h = layer(h, mask=state_mask if layer.is_linear else attention_mask, cache=layer_cache,
                       position_ids=positions, position_embeddings=position_embeddings)
-        return text.norm(h)
+        h = text.norm(h)
+        if len(cache) > len(self.layers):  # the MTP head's entries (their own positions: a text token's)
+            self.head_feed(h, inputs, cache[len(self.layers):])
+        return h
 
     def prefill_multimodal(self, seq: Any, num_tokens: int) -> mx.array | None:
         """Write the next ``num_tokens`` prompt tokens of ``seq`` (media included) into ``seq.cache``.
