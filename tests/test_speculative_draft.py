@@ -8,7 +8,7 @@ import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
 from test_engine import EngineHarness
-from test_speculative import (PROMPTS, check_grammar_row, check_logprobs, check_prefix_cache_reuse,
+from test_speculative import (PROMPTS, always_verifying, check_grammar_row, check_logprobs, check_prefix_cache_reuse,
                               check_rows_that_do_not_speculate, check_sampled_rows, check_served_like_plain,
                               refused_at_start)
 from vllm_mlx.engine import draft as draft_module
@@ -159,3 +159,30 @@ def test_memory_admission_counts_the_drafts_keys_and_values(engines):
     off, itself, small = engines
     assert itself.engine.kv_bytes_per_token == 2 * off.engine.kv_bytes_per_token  # the same model twice
     assert off.engine.kv_bytes_per_token < small.engine.kv_bytes_per_token < itself.engine.kv_bytes_per_token
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "qwen3_5"])  # the draft's prefix cache in blocks, and in checkpoints
+def test_the_draft_starts_the_next_turn_from_its_own_prefix_cache(arch, tiny_qwen3, models_dir):
+    """A finished conversation's draft keys (a recurrent draft's state too) are cached: the next turn's
+    draft starts from them instead of prefilling the conversation again, and a model drafting for
+    itself from the restored cache still has every proposal accepted; the output is the model's."""
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    model = tiny_qwen3 if arch == "qwen3" else build_arch_model(models_dir / "draft-cache-qwen3_5", "qwen3_5")
+    off = EngineHarness(model, max_num_seqs=4, max_num_batched_tokens=64)
+    on = EngineHarness(model, max_num_seqs=4, max_num_batched_tokens=64, speculative="draft",
+                       draft_model=str(model), prefix_block_size=16)
+    try:
+        with always_verifying(on):
+            prompt = on.tokenizer.encode(PROMPTS[1] * 4)
+            first = on.run([prompt], max_tokens=40, temperature=0)[0][1]
+            follow = prompt + first + on.tokenizer.encode(" and then")
+            before = on.engine.stats.speculative
+            again = on.run([follow], max_tokens=30, temperature=0)[0][1]
+            after = on.engine.stats.speculative
+        assert after["draft_cached_tokens"] - before["draft_cached_tokens"] >= len(prompt) + len(first) - 16
+        assert after["accepted"] - before["accepted"] == after["proposed"] - before["proposed"] > 10
+        assert again == off.run([follow], max_tokens=30, temperature=0)[0][1]
+    finally:
+        off.engine.shutdown()
+        on.engine.shutdown()

@@ -63,7 +63,7 @@ class EngineCore:
         self.sampler = RowSampler(self.vocab_size)
         self.speculator: Speculator | None = None
         if config.speculative != "off":
-            proposer = make_proposer(loaded, config, self.vocab_size, runner)
+            proposer = make_proposer(loaded, config, self.vocab_size, runner, prefix.cache)
             self.speculator = Speculator(config.num_speculative_tokens, proposer, self.vocab_size)
         self.profile: StepProfile | None = None  # set to time each step's phases (`vllm-mlx bench rows --profile`)
         # The step record's parts gathered since the last record (see :meth:`take_record`).

@@ -18,6 +18,7 @@ verification makes the output the target's whatever the draft proposes.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import mlx.core as mx
@@ -26,6 +27,8 @@ from mlx_lm.models.cache import RotatingKVCache, make_prompt_cache
 from .model_runner import leaf_caches, recurrent_layers
 from .rollback import forward_right_padded, recurrent_states, restore_rings, restore_states, ring_states
 from .sequence import Sequence
+
+logger = logging.getLogger(__name__)
 
 DRAFT_CONTEXT = 8192  # a row's newest tokens the draft is prefilled with when the row joins
 INGEST_TOKENS = 1024  # tokens of joining rows the draft prefills per verify step
@@ -43,20 +46,29 @@ def check_vocabulary(target_tokenizer: Any, draft_tokenizer: Any, name: str) -> 
                          "model must share the served model's tokenizer")
 
 
-def load_draft(path: str, served: Any, vocab_width: int) -> "DraftProposer":
+def load_draft(path: str, served: Any, vocab_width: int, served_prefix: Any = None) -> "DraftProposer":
     """Load ``--draft-model`` (on the engine thread) in the served model's compute dtype and check its
-    vocabulary (``served``: the served model as loaded; ``vocab_width``: its logits' width)."""
+    vocabulary (``served``: the served model as loaded; ``vocab_width``: its logits' width). With the
+    served model's prefix cache (``served_prefix``), the draft gets one of its own, in memory, whose
+    budget holds as many tokens of the draft as the served model's holds of the served model."""
     from ..models.cpu_fusion import fuse_cpu_fallbacks
     from ..models.loader import load_model
     from ..models.row_lengths import honour_row_lengths
+    from .kv_estimate import kv_bytes_per_token
     from .model_runner import probe_vocab_size
+    from .prefix_cache import PrefixCache, model_fingerprint
 
     dtype = getattr(getattr(served, "backend", None), "compute_dtype", None) or "model"
     draft = load_model(path, compute_dtype=dtype)
     check_vocabulary(served.tokenizer, draft.tokenizer, path)
     honour_row_lengths(draft.model)
     fuse_cpu_fallbacks(draft.model)
-    return DraftProposer(draft.model, min(vocab_width, probe_vocab_size(draft.model)))
+    prefix = None
+    if served_prefix is not None:
+        ratio = kv_bytes_per_token(draft.model) / max(1, kv_bytes_per_token(served.model))
+        prefix = PrefixCache(make_prompt_cache(draft.model), int(served_prefix.stats.budget_bytes * min(ratio, 1.0)),
+                             model_fingerprint(draft) + "draft", served_prefix.block_size, served_prefix.kv_bits)
+    return DraftProposer(draft.model, min(vocab_width, probe_vocab_size(draft.model)), prefix)
 
 
 class _Joining:
@@ -81,7 +93,7 @@ class DraftProposer:
 
     method = "draft"
 
-    def __init__(self, model: Any, vocab_limit: int):
+    def __init__(self, model: Any, vocab_limit: int, prefix: Any = None):
         self.model = model  # (its output head is computed only where its logits are read: MLX is lazy)
         leaves = leaf_caches(make_prompt_cache(model))
         self.recurrent = recurrent_layers(leaves)  # layers whose state cannot drop positions
@@ -92,15 +104,22 @@ class DraftProposer:
         self.seen: dict[Sequence, int] = {}  # tokens of each row in the draft's cache (absolute position)
         self.joining: dict[Sequence, _Joining] = {}
         self.prompt_work = False  # the last proposals prefilled joining rows (the step is not a steady one)
+        self.prefix = prefix  # the draft's own prefix cache (a PrefixCache of its layout), or None
+        self.whole: set[Sequence] = set()  # rows whose draft cache starts at position 0 (cacheable)
+        self.cached_tokens = 0  # tokens the draft took from its prefix cache instead of prefilling them
 
     def may_propose(self, seqs: list[Sequence], wants: list[int]) -> bool:
         return any(wants)
 
     def forget(self, seqs: list[Sequence]) -> None:
         gone = set(seqs)
+        for i, seq in enumerate(self.seqs):  # the next turn of a conversation starts from what its draft held
+            if seq in gone and seq in self.whole and self.prefix is not None:
+                self._remember(seq, [c.extract(i) for c in self.cache], self.seen[seq])
         for seq in seqs:
             self.joining.pop(seq, None)
             self.seen.pop(seq, None)
+            self.whole.discard(seq)
         keep = [i for i, s in enumerate(self.seqs) if s not in gone]
         if len(keep) == len(self.seqs):
             return
@@ -132,8 +151,7 @@ class DraftProposer:
                 continue
             joining = self.joining.get(seq)
             if joining is None:
-                end = len(seq.prompt_ids) + len(seq.output_ids) - 1  # its newest token comes with the step
-                joining = self.joining[seq] = _Joining(make_prompt_cache(self.model), max(0, end - DRAFT_CONTEXT), end)
+                joining = self.joining[seq] = self._start(seq)
             while budget > 0 and joining.next < joining.end:
                 n = min(budget, CHUNK, joining.end - joining.next)
                 self.model(mx.array(_tokens(seq, joining.next, joining.next + n))[None], cache=joining.cache)
@@ -141,6 +159,8 @@ class DraftProposer:
                 joining.next, budget, self.prompt_work = joining.next + n, budget - n, True
             if joining.next >= joining.end:
                 ready.append(seq)
+                if seq in self.whole and self.prefix is not None:  # (rows sharing the prompt: n > 1, resends)
+                    self._remember(seq, joining.cache, joining.end)
             if budget <= 0:
                 break
         if not ready:
@@ -154,6 +174,31 @@ class DraftProposer:
         for seq in ready:
             self.seen[seq] = self.joining.pop(seq).end
             self.seqs.append(seq)
+
+    def _start(self, seq: Sequence) -> _Joining:
+        """Where a row's draft starts: the longest prefix of its tokens the draft's prefix cache holds,
+        or its latest ``DRAFT_CONTEXT`` tokens."""
+        end = len(seq.prompt_ids) + len(seq.output_ids) - 1  # its newest token comes with the step
+        start = max(0, end - DRAFT_CONTEXT)
+        if self.prefix is not None:
+            try:
+                hit = self.prefix.lookup(_tokens(seq, 0, end + 1))  # (a hit leaves the newest token out)
+            except Exception:  # reuse is an optimisation: the row is prefilled as without it
+                logger.warning("draft prefix-cache lookup failed", exc_info=True)
+                hit = None
+            if hit is not None and hit.num_tokens > start:
+                self.whole.add(seq)
+                self.cached_tokens += hit.num_tokens
+                return _Joining(hit.cache, hit.num_tokens, end)
+        if start == 0:
+            self.whole.add(seq)
+        return _Joining(make_prompt_cache(self.model), start, end)
+
+    def _remember(self, seq: Sequence, cache: list[Any], length: int) -> None:
+        try:
+            self.prefix.insert(_tokens(seq, 0, length), cache)
+        except Exception:  # caching is an optimisation: never fail a request over it
+            logger.warning("draft prefix-cache insert failed", exc_info=True)
 
     def _draft(self, k: int) -> list[list[int]]:
         """``k`` greedy tokens for every row of the draft's batch, after the tokens it has not seen yet."""

@@ -248,6 +248,6 @@ class LLMEngine:
             batch_rows=len(self.core.runner.batch_seqs),
             max_num_seqs=sched.max_num_seqs,
             peak_active=c.peak_active,
-            speculative=None if self.core.speculator is None else self.core.speculator.stats.as_dict(),
+            speculative=None if self.core.speculator is None else self.core.speculator.report(),
             lora=None if self.core.runner.adapters is None else self.core.runner.adapters.stats(),
         )

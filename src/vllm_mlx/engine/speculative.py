@@ -69,9 +69,9 @@ def speculation_unsupported(model: Any, deterministic: bool) -> str | None:
     return None
 
 
-def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any) -> Any:
-    """The proposer of ``config.speculative`` for the served model (``loaded``, run by ``runner``), or a
-    ValueError saying why this model cannot speculate."""
+def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any, prefix: Any = None) -> Any:
+    """The proposer of ``config.speculative`` for the served model (``loaded``, run by ``runner``, its
+    prefix cache ``prefix``), or a ValueError saying why this model cannot speculate."""
     why = speculation_unsupported(loaded.model, config.deterministic)
     if why:
         raise ValueError(f"--speculative {config.speculative} cannot serve this model: {why}")
@@ -82,7 +82,7 @@ def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any) -> An
     if config.speculative == "draft":
         from .draft import load_draft
 
-        proposer = load_draft(config.draft_model, loaded, vocab_width)
+        proposer = load_draft(config.draft_model, loaded, vocab_width, prefix)
         why = speculation_unsupported(proposer.model, deterministic=False)
         if why:
             raise ValueError(f"--draft-model {config.draft_model} cannot draft: {why}")
@@ -227,6 +227,11 @@ class Speculator:
             return False  # asked first: a decision without proposals would spend the tries of unmeasured arms
         self._chosen = self.rates.choose(len(seqs))
         return self._chosen > 0
+
+    def report(self) -> dict:
+        """The stats (``/health``), with the tokens a draft took from its own prefix cache."""
+        reused = getattr(self.proposer, "cached_tokens", None) if getattr(self.proposer, "prefix", None) else None
+        return self.stats.as_dict() | ({} if reused is None else {"draft_cached_tokens": reused})
 
     @property
     def prompt_work(self) -> bool:
