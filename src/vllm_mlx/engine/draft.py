@@ -49,12 +49,12 @@ def check_vocabulary(target_tokenizer: Any, draft_tokenizer: Any, name: str) -> 
 def load_draft(path: str, served: Any, vocab_width: int, served_prefix: Any = None) -> "DraftProposer":
     """Load ``--draft-model`` (on the engine thread) in the served model's compute dtype and check its
     vocabulary (``served``: the served model as loaded; ``vocab_width``: its logits' width). With the
-    served model's prefix cache (``served_prefix``), the draft gets one of its own, in memory, whose
-    budget holds as many tokens of the draft as the served model's holds of the served model."""
+    served model's prefix cache (``served_prefix``), the draft gets one of its own, in memory, its
+    budget the served model's scaled by their weights (no forward of the served model here: across
+    ranks one on rank 0 alone would run collectives the other ranks do not)."""
     from ..models.cpu_fusion import fuse_cpu_fallbacks
     from ..models.loader import load_model
     from ..models.row_lengths import honour_row_lengths
-    from .kv_estimate import kv_bytes_per_token
     from .model_runner import probe_vocab_size
     from .prefix_cache import PrefixCache, model_fingerprint
 
@@ -65,10 +65,16 @@ def load_draft(path: str, served: Any, vocab_width: int, served_prefix: Any = No
     fuse_cpu_fallbacks(draft.model)
     prefix = None
     if served_prefix is not None:
-        ratio = kv_bytes_per_token(draft.model) / max(1, kv_bytes_per_token(served.model))
+        ratio = _weight_bytes(draft.model) / max(1, _weight_bytes(served.model))
         prefix = PrefixCache(make_prompt_cache(draft.model), int(served_prefix.stats.budget_bytes * min(ratio, 1.0)),
                              model_fingerprint(draft) + "draft", served_prefix.block_size, served_prefix.kv_bits)
     return DraftProposer(draft.model, min(vocab_width, probe_vocab_size(draft.model)), prefix)
+
+
+def _weight_bytes(model: Any) -> int:
+    from mlx.utils import tree_flatten
+
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()) if isinstance(v, mx.array))
 
 
 class _Joining:

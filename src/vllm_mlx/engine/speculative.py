@@ -82,9 +82,7 @@ def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any, prefi
     if config.speculative == "draft":
         from .draft import load_draft
 
-        # (not across ranks yet: with it a distributed seeded sampled row was seen to answer otherwise)
-        proposer = load_draft(config.draft_model, loaded, vocab_width,
-                              prefix if getattr(loaded, "parallelism", None) is None else None)
+        proposer = load_draft(config.draft_model, loaded, vocab_width, prefix)
         why = speculation_unsupported(proposer.model, deterministic=False)
         if why:
             raise ValueError(f"--draft-model {config.draft_model} cannot draft: {why}")
