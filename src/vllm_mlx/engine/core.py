@@ -253,7 +253,7 @@ class EngineCore:
                 runner.rows = self.sampler.next(previous_seqs, runner.decode(), runner.rows, pending_applied=False)
                 if prof is not None:
                     prof.mark("build")
-                mx.async_eval(runner.rows.all() + runner.written())
+                mx.async_eval(runner.launched())
             if prof is not None:
                 prof.mark("launch")
         prefilled = self.prefill(plan.prefill)
@@ -262,7 +262,7 @@ class EngineCore:
         outputs, done = self.read_back(previous_seqs, previous)
         if deferred is not None:
             runner.rows = self.sampler.next(previous_seqs, deferred, runner.rows, pending_applied=True)
-            mx.async_eval(runner.rows.all() + runner.written())
+            mx.async_eval(runner.launched())
         self.retire(done)
         if prof is not None:
             prof.mark("post")

@@ -53,7 +53,7 @@ def load_draft(path: str, served: Any, vocab_width: int, served_prefix: Any = No
     budget the served model's scaled by their weights (no forward of the served model here: across
     ranks one on rank 0 alone would run collectives the other ranks do not)."""
     from ..models.cpu_fusion import fuse_cpu_fallbacks
-    from ..models.loader import load_model
+    from ..models.loader import load_model, weight_bytes
     from ..models.row_lengths import honour_row_lengths
     from .model_runner import probe_vocab_size
     from .prefix_cache import PrefixCache, model_fingerprint
@@ -65,16 +65,10 @@ def load_draft(path: str, served: Any, vocab_width: int, served_prefix: Any = No
     fuse_cpu_fallbacks(draft.model)
     prefix = None
     if served_prefix is not None:
-        ratio = _weight_bytes(draft.model) / max(1, _weight_bytes(served.model))
+        ratio = weight_bytes(draft.model) / max(1, weight_bytes(served.model))
         prefix = PrefixCache(make_prompt_cache(draft.model), int(served_prefix.stats.budget_bytes * min(ratio, 1.0)),
                              model_fingerprint(draft) + "draft", served_prefix.block_size, served_prefix.kv_bits)
     return DraftProposer(draft.model, min(vocab_width, probe_vocab_size(draft.model)), prefix)
-
-
-def _weight_bytes(model: Any) -> int:
-    from mlx.utils import tree_flatten
-
-    return sum(v.nbytes for _, v in tree_flatten(model.parameters()) if isinstance(v, mx.array))
 
 
 class _Joining:

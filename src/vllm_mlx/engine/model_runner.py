@@ -180,6 +180,10 @@ class ModelRunner:
         a growing graph until something reads it)."""
         return [] if self._beside is None else self._beside.written
 
+    def launched(self) -> list[mx.array]:
+        """What a step evaluates: the rows' pending arrays and what the forwards wrote beside them."""
+        return self.rows.all() + self.written()
+
     def settle(self) -> None:
         """Finish the writes a forward deferred, before the decode batch's caches change or are read."""
         if self._beside is not None:

@@ -46,21 +46,15 @@ DEFERRED_STEPS = 15  # one-token steps of the decode batch whose pairs are writt
 # step that ends a run: 16 positions, as many as the CPU backend's compiled RoPE takes)
 
 
-def head_mask(cache: Any, n: int, rejected: tuple[mx.array, int] | None = None) -> mx.array:
-    """The head layer's attention mask (rows, 1, n, positions) for ``n`` new positions of ``cache``:
-    causal, without each row's left padding and its position 0 (no pair), and with ``rejected``
-    (per-row counts, end column) without the last ``count`` columns before ``end``."""
-    if isinstance(cache, BatchKVCache):
-        start, first = cache._idx, cache.left_padding[:, None, None]
-    else:
-        start, first = cache.offset, mx.zeros((1, 1, 1), dtype=mx.int32)
-    columns = mx.arange(start + n)
-    queries = start + mx.arange(n)[:, None]
-    mask = ((columns > first) & (columns <= queries)) | (columns == queries)
-    if rejected is not None:
-        counts, end = rejected
-        mask = mask & ((columns < end - counts[:, None, None]) | (columns >= end))
-    return mask[:, None]
+def visible_positions(cache: BatchKVCache, width: int, rejected: mx.array) -> mx.array:
+    """Which of the first ``width`` positions of the decode batch's head cache a proposal may attend to
+    (rows, 1, 1, width): not a row's left padding nor its position 0 (no pair there), nor the last
+    ``rejected[r]`` positions before the proposals (a verify step's, not cut off yet); a step's
+    proposal takes the first ones, up to its own."""
+    columns, end = mx.arange(width), cache._idx
+    first = cache.left_padding[:, None]
+    visible = (columns > first) & ((columns < end - rejected[:, None]) | (columns >= end))
+    return visible[:, None, None]
 
 
 def newest_hidden(hidden: mx.array, before: mx.array, lengths: mx.array | None) -> mx.array:
@@ -207,12 +201,11 @@ class MTPProposer:
         token = mx.array([s.output_ids[-1] for s in runner.batch_seqs], dtype=mx.int32)
         junk = runner.rows["junk"]  # positions of the last verify step not cut off yet
         junk = mx.zeros(len(batch), dtype=mx.int32) if junk is None else junk.astype(mx.int32)
-        rejected, k = (junk, keys._idx), max(wants[i] for i in rows)
+        k, start, drafts = max(wants[i] for i in rows), keys._idx, []
+        visible = visible_positions(keys, start + k, junk)
         keys.offset = keys.offset - junk  # the proposals' positions follow each row's kept ones
-        mask, start, drafts = head_mask(keys, k, rejected)[..., -1:, :], keys._idx, []  # (the last query's row)
         for j in range(k):
-            visible = mask[..., :start + j + 1] if j < k - 1 else mask  # step j sees its predecessors only
-            hidden = self.feed.head(hidden, self.feed.embed(token[:, None]), keys, visible)
+            hidden = self.feed.head(hidden, self.feed.embed(token[:, None]), keys, visible[..., :start + j + 1])
             out_hidden = hidden if picked is None else hidden[picked]
             best = mx.argmax(self.output(out_hidden)[:, -1, :self.vocab_limit], axis=-1).astype(mx.int32)
             if picked is None:
@@ -232,14 +225,12 @@ class MTPProposer:
         verify forward drew the row's newest token (a verify step's rejected positions are not cut off
         yet), or for rows that joined since, the one their cache keeps."""
         runner = self.runner
+        if runner.last_hidden is None or runner.hidden_index is None:
+            return kept  # after a decode step, what the cache keeps is where each row drew its token
+        at = runner.hidden_index[:, None, None].astype(mx.int32)
+        drawn = mx.take_along_axis(runner.last_hidden, at, axis=1)  # the verify step's rows
+        if runner.hidden_seqs == runner.batch_seqs:
+            return drawn
         last = {s: i for i, s in enumerate(runner.hidden_seqs)}
-        seqs = runner.batch_seqs
-        if runner.last_hidden is None or not any(s in last for s in seqs):
-            return kept
-        if runner.hidden_seqs == seqs:  # the same rows: a decode step's newest is what the cache keeps
-            at = runner.hidden_index
-            return kept if at is None else mx.take_along_axis(runner.last_hidden, at[:, None, None].astype(mx.int32), 1)
-        source = mx.array([last.get(s, 0) for s in seqs])
-        at = mx.zeros(len(seqs), dtype=mx.int32) if runner.hidden_index is None else runner.hidden_index[source]
-        drawn = mx.take_along_axis(runner.last_hidden[source], at[:, None, None].astype(mx.int32), axis=1)
-        return mx.where(mx.array([s in last for s in seqs])[:, None, None], drawn, kept)
+        drawn = drawn[mx.array([last.get(s, 0) for s in runner.batch_seqs])]
+        return mx.where(mx.array([s in last for s in runner.batch_seqs])[:, None, None], drawn, kept)

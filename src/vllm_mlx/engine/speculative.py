@@ -282,7 +282,7 @@ class Speculator:
             if seqs:
                 runner.rows = core.sampler.next(seqs, runner.decode(), runner.rows, pending_applied=True)
         if seqs:
-            mx.async_eval(runner.rows.all() + runner.written())
+            mx.async_eval(runner.launched())
         for group, logits, merged in core.prefill(plan.prefill):
             core.join_isolated(group, logits, merged)
         return p.outputs

@@ -120,6 +120,13 @@ def weight_files(path: Path) -> tuple[int, int]:
     return len(files), sum(f.stat().st_size for f in files)
 
 
+def weight_bytes(module: Any) -> int:
+    """The bytes of a model's (or a module's) weights as they are held in memory."""
+    from mlx.utils import tree_flatten
+
+    return sum(a.nbytes for _, a in tree_flatten(module.parameters()) if isinstance(a, mx.array))
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":

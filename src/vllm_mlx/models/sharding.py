@@ -19,7 +19,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from .loader import LoadedModel, cast_floating_weights, context_length, resolve_model_path
+from .loader import LoadedModel, cast_floating_weights, context_length, resolve_model_path, weight_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def load_sharded(model: str, group: Any, *, compute_dtype: str = "model", trust_
     mx.clear_cache()
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
     logger.info("rank %d of %d: loaded the %s-parallel shard of %s (%.1f MB of weights)", group.rank(), size,
-                kind, path, sum(a.nbytes for a in _leaves(net.parameters())) / 2**20)
+                kind, path, weight_bytes(net) / 2**20)
     loaded = LoadedModel(model=net, tokenizer=tokenizer, config=config, path=path,
                          max_model_len=context_length(config))
     loaded.parallelism = kind
@@ -102,11 +102,5 @@ def load_sharded(model: str, group: Any, *, compute_dtype: str = "model", trust_
         mx.eval(output.parameters())
         loaded.whole_output_head = output
         logger.info("rank %d keeps the output layer whole as well (%.1f MB), for --speculative mtp", group.rank(),
-                    sum(a.nbytes for a in _leaves(output.parameters())) / 2**20)
+                    weight_bytes(output) / 2**20)
     return loaded
-
-
-def _leaves(tree: Any) -> list[mx.array]:
-    from mlx.utils import tree_flatten
-
-    return [a for _, a in tree_flatten(tree) if isinstance(a, mx.array)]

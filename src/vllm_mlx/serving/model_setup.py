@@ -9,14 +9,13 @@ import logging
 import time
 from pathlib import Path
 
-from mlx.utils import tree_flatten
-
 from .. import BLAS_STATUS
 from ..config import ServerConfig
 from ..engine.async_engine import AsyncEngine
 from ..engine.config import EngineConfig
 from ..engine.process_client import EngineProcess
-from ..models.loader import LoadedModel, human_bytes, load_metadata, load_model, resolve_model_path, weight_files
+from ..models.loader import (LoadedModel, human_bytes, load_metadata, load_model, resolve_model_path, weight_bytes,
+                             weight_files)
 from ..models.vision_loader import NO_VISION_METADATA, load_vision_metadata, load_vision_model, serving_mode
 from ..options import MAX_LORAS, SPECULATIVE_TOKENS
 from ..platform import detect_backend
@@ -83,7 +82,7 @@ class ModelLoad:
             loaded = load_model(str(source), compute_dtype=backend.compute_dtype,
                                 trust_remote_code=config.trust_remote_code)
         loaded.backend = backend
-        loaded.weight_bytes = sum(v.nbytes for _, v in tree_flatten(loaded.model.parameters()))
+        loaded.weight_bytes = weight_bytes(loaded.model)
         return loaded
 
 
