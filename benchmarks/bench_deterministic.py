@@ -31,7 +31,7 @@ def main() -> None:
         args.model = str(ensure_demo_model())
     from vllm_mlx.bench.servers import vllm_mlx_server
 
-    modes = {"default": [], "deterministic": ["--deterministic"]}
+    modes = {"default": ["--speculative", "off"], "deterministic": ["--deterministic"]}
     results = {m: {c: [] for c in args.concurrency} for m in modes}
     with tempfile.TemporaryDirectory() as tmp:
         servers = {

@@ -75,7 +75,7 @@ def measure(args, blas: str) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         server = vllm_mlx_server(args.model, Path(tmp) / "log", "--max-num-seqs", str(max(args.concurrency)),
-                                 env={"VLLM_MLX_BLAS": blas})
+                                 "--speculative", "off", env={"VLLM_MLX_BLAS": blas})
         try:
             server.wait_ready()
             for c in args.concurrency:

@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--other-chooser", type=Path)
     args = ap.parse_args()
 
-    sides = {"plain": Side(args.model), "chooser": Side(args.model, speculative="ngram")}
+    sides = {"plain": Side(args.model, speculative="off"), "chooser": Side(args.model, speculative="ngram")}
     for k in (1, 2, 4):
         sides[f"K={k}"] = Side(args.model, speculative="ngram")
         sides[f"K={k}"].engine.core.speculator.rates.choose = lambda rows, k=k: k

@@ -77,7 +77,8 @@ def main() -> None:
             if args.engine_max_tokens:
                 extra += ["--max-tokens", args.engine_max_tokens]
             bench(model, "--preset", preset, *extra, *rep, "--json", str(out / f"engine-{preset}-{name}.json"))
-        ours = vllm_mlx_server(model, out / f"vllm-mlx-{name}.log", "--max-num-seqs", "32")
+        ours = vllm_mlx_server(model, out / f"vllm-mlx-{name}.log", "--max-num-seqs", "32",
+                               "--speculative", "off")  # like the peer: no speculation
         peer = mlx_lm_server(model, out / f"mlx_lm-{name}.log")
         try:
             ours.wait_ready()

@@ -95,6 +95,13 @@ def qwen3_server(start_server, tiny_qwen3) -> ServerProcess:
 
 
 @pytest.fixture(scope="session")
+def plain_qwen3_server(start_server, tiny_qwen3) -> ServerProcess:
+    """The tiny Qwen3 without speculative decoding (which the default turns on): the baseline speculation
+    is compared with."""
+    return start_server(tiny_qwen3, "--served-model-name", "tiny-qwen3", "--speculative", "off")
+
+
+@pytest.fixture(scope="session")
 def scripted_server(start_server, scripted_qwen3) -> ServerProcess:
     return start_server(scripted_qwen3, "--trust-remote-code", "--served-model-name", "scripted")
 

@@ -193,13 +193,13 @@ def test_speculation_across_ranks_matches_one_process(case, launch, start_server
     keeps whole; the served forward gathers the split one on every rank."""
     if case == "mtp":
         model = request.getfixturevalue("exact_mtp_qwen35")
-        single, dist = start_server(model), launch(model, "--speculative", "mtp")
+        single, dist = start_server(model, "--speculative", "off"), launch(model, "--speculative", "mtp")
     elif case == "ngram":
         model = request.getfixturevalue("tiny_qwen3")
-        single, dist = request.getfixturevalue("qwen3_server"), launch(model, "--speculative", "ngram")
+        single, dist = request.getfixturevalue("plain_qwen3_server"), launch(model, "--speculative", "ngram")
     else:
         model = request.getfixturevalue("tiny_qwen35")
-        single, dist = start_server(model), launch(model, "--draft-model", str(model))
+        single, dist = start_server(model, "--speculative", "off"), launch(model, "--draft-model", str(model))
     prompts = PROMPTS + ["again: " + "one two three four " * 4]
 
     def chat(server, content: str, seed: int | None = None) -> str:

@@ -10,9 +10,10 @@ import pytest
 from mlx_lm.models.cache import BatchKVCache
 
 from test_engine import EngineHarness
+from vllm_mlx.engine.config import EngineConfig
+from vllm_mlx.engine.drafters import chosen_method, speculation_unsupported
 from vllm_mlx.engine.model_runner import drop_row_tails, in_temporal_order
 from vllm_mlx.engine.ngram import NgramIndex
-from vllm_mlx.engine.speculative import speculation_unsupported
 
 PROMPTS = ["Hello there " * 6, "A long story about the sea and the ships that sail on it", "x", "The capital of",
            "one two three four one two three four one two"]
@@ -162,6 +163,12 @@ def test_models_whose_caches_cannot_drop_positions_are_refused(models_dir):
 
     gemma.make_cache = lambda: [QuantizedKVCache() for _ in gemma.layers]  # keys and values kept quantized
     assert "QuantizedKVCache" in speculation_unsupported(gemma, deterministic=False)
+    # the default, --speculative auto: prompt lookup where the caches allow it, else off (not an error)
+    assert EngineConfig().speculative == "auto"
+    assert [chosen_method(EngineConfig(), m) for m in (model, gemma)] == ["ngram", "off"]
+    assert chosen_method(EngineConfig(deterministic=True), model) == "off"
+    assert chosen_method(EngineConfig(draft_model="/a/draft"), model) == "draft"
+    assert chosen_method(EngineConfig(speculative="mtp"), gemma) == "mtp"  # asked by name: refused at start
 
 
 class ReferenceProposer:
@@ -195,7 +202,7 @@ class ReferenceProposer:
 
 @pytest.fixture(scope="module")
 def engines(tiny_qwen3):
-    off = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64)
+    off = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64, speculative="off")
     on = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64, speculative="ngram")
     yield off, on
     off.engine.shutdown()
@@ -342,8 +349,9 @@ def speculating_server(start_server, tiny_qwen3):
                         "--num-speculative-tokens", "3")
 
 
-def test_served_output_and_stats(speculating_server, qwen3_server):
-    check_served_like_plain(speculating_server, qwen3_server, "ngram")
+def test_served_output_and_stats(speculating_server, plain_qwen3_server, qwen3_server):
+    check_served_like_plain(speculating_server, plain_qwen3_server, "ngram")
+    check_served_like_plain(qwen3_server, plain_qwen3_server, "ngram")  # the default: --speculative auto
 
 
 def check_served_like_plain(server, plain, method: str) -> None:
@@ -378,7 +386,7 @@ def refused_at_start(*args: str, says: str) -> None:
     assert says in result.stderr + result.stdout
 
 
-def test_the_request_field(speculating_server, qwen3_server):
+def test_the_request_field(speculating_server, plain_qwen3_server):
     import openai
 
     messages = [{"role": "user", "content": "again: " + "one two three four " * 4}]
@@ -408,24 +416,24 @@ def test_the_request_field(speculating_server, qwen3_server):
                 for flag in (False, True)]
         assert outs[0].message.model_dump() == outs[1].message.model_dump() and outs[1].finish_reason
         assert speculating_server.health()["engine"]["speculative"]["accepted"] > before
-    plain = openai.OpenAI(base_url=qwen3_server.base_url + "/v1", api_key="x")
+    plain = openai.OpenAI(base_url=plain_qwen3_server.base_url + "/v1", api_key="x")
     with pytest.raises(openai.BadRequestError) as err:
         plain.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8,
                                       extra_body={"speculative": True})
     assert "--speculative ngram" in err.value.body["message"]
 
 
-def test_the_request_field_on_the_anthropic_and_responses_wings(qwen3_server):
+def test_the_request_field_on_the_anthropic_and_responses_wings(plain_qwen3_server):
     import anthropic
     import openai
 
     wrong = "speculative decoding is off on this server"
     with pytest.raises(anthropic.BadRequestError, match=wrong):
-        anthropic.Anthropic(base_url=qwen3_server.base_url, api_key="x").messages.create(
+        anthropic.Anthropic(base_url=plain_qwen3_server.base_url, api_key="x").messages.create(
             model="tiny-qwen3", max_tokens=8, messages=[{"role": "user", "content": "hi"}],
             extra_body={"speculative": True})
     with pytest.raises(openai.BadRequestError, match=wrong):
-        openai.OpenAI(base_url=qwen3_server.base_url + "/v1", api_key="x").responses.create(
+        openai.OpenAI(base_url=plain_qwen3_server.base_url + "/v1", api_key="x").responses.create(
             model="tiny-qwen3", input="hi", max_output_tokens=8, extra_body={"speculative": True})
 
 

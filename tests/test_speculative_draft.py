@@ -95,7 +95,7 @@ def test_a_draft_with_another_vocabulary_is_refused(models_dir, tiny_qwen3):
 
 @pytest.fixture(scope="module")
 def engines(tiny_qwen3, small_draft):
-    off = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64)
+    off = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64, speculative="off")
     itself = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64, speculative="draft",
                            draft_model=str(tiny_qwen3))
     small = EngineHarness(tiny_qwen3, max_num_seqs=8, max_num_batched_tokens=64, speculative="draft",
@@ -140,12 +140,12 @@ def test_the_prefix_cache_reuses_a_conversation_drafted_for(engines):
     check_prefix_cache_reuse(off, on)
 
 
-def test_served_with_a_draft_model(start_server, tiny_qwen3, models_dir, qwen3_server):
+def test_served_with_a_draft_model(start_server, tiny_qwen3, models_dir, plain_qwen3_server):
     from vllm_mlx_testing import first_layers_model
 
     early_exit = first_layers_model(tiny_qwen3, models_dir / "tiny-qwen3-first-layer", 1)
     drafted = start_server(tiny_qwen3, "--served-model-name", "tiny-qwen3", "--draft-model", early_exit)
-    check_served_like_plain(drafted, qwen3_server, "draft")
+    check_served_like_plain(drafted, plain_qwen3_server, "draft")
 
 
 def test_a_draft_with_another_vocabulary_does_not_start(models_dir, tiny_qwen3):
@@ -169,7 +169,7 @@ def test_the_draft_starts_the_next_turn_from_its_own_prefix_cache(arch, tiny_qwe
     from vllm_mlx_testing.arch_models import build_arch_model
 
     model = tiny_qwen3 if arch == "qwen3" else build_arch_model(models_dir / "draft-cache-qwen3_5", "qwen3_5")
-    off = EngineHarness(model, max_num_seqs=4, max_num_batched_tokens=64)
+    off = EngineHarness(model, max_num_seqs=4, max_num_batched_tokens=64, speculative="off")
     on = EngineHarness(model, max_num_seqs=4, max_num_batched_tokens=64, speculative="draft",
                        draft_model=str(model), prefix_block_size=16)
     try:

@@ -17,7 +17,7 @@ def test_rejected_proposals_leave_recurrent_and_sliding_window_layers_as_without
     from vllm_mlx_testing.arch_models import build_arch_model
 
     model = build_arch_model(models_dir / f"spec-{arch}", arch)
-    off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64)
+    off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="off")
     on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="ngram")
     try:
         want = [off.run([p], max_tokens=40, temperature=0)[0][1] for p in PROMPTS]
@@ -50,7 +50,7 @@ def test_recurrent_layers_that_ignore_row_lengths_are_refused(models_dir):
     """mlx-lm's Nemotron-H Mamba layer stops its convolution at ``cache.lengths`` but not its state: as
     loaded it is refused; the engine swaps it for one that stops there (models/row_lengths.py), which
     passes. Falcon-H1's per-layer ``CacheList`` (Mamba state, keys and values) is taken apart."""
-    from vllm_mlx.engine.speculative import speculation_unsupported
+    from vllm_mlx.engine.drafters import speculation_unsupported
     from vllm_mlx.models.loader import load_model
     from vllm_mlx.models.row_lengths import honour_row_lengths
     from vllm_mlx_testing.arch_models import build_arch_model
@@ -94,7 +94,7 @@ def drafted_like_without(model, draft, tokens: int, every_one_taken: bool, least
     """Greedy output with ``draft`` drafting (a verify step every step) is the output without, alone
     and batched; ``every_one_taken``: every proposal is accepted (more than ``least`` of them), else some
     are rejected."""
-    off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64)
+    off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="off")
     on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="draft", draft_model=str(draft))
     try:
         on.engine.core.speculator.rates.choose = lambda rows: 4  # verify every step
@@ -180,7 +180,7 @@ def test_a_row_ended_by_its_consumer_during_a_verify_step_is_not_cached_past_its
     from vllm_mlx_testing.arch_models import build_arch_model
 
     model = build_arch_model(models_dir / "spec-qwen3_5", "qwen3_5")
-    off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64)
+    off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="off")
     on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="ngram")
     try:
         prompt = on.tokenizer.encode(PROMPTS[1])

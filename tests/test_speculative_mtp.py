@@ -154,7 +154,7 @@ def test_the_head_attends_along_the_whole_sequence(attending_mtp, monkeypatch, t
 @pytest.mark.parametrize("which", ["random", "exact"])
 def test_greedy_output_is_the_models_with_an_mtp_head(mtp_models, which):
     model = mtp_models[0 if which == "random" else 1]
-    off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64)
+    off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="off")
     on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="mtp")
     try:
         on.engine.core.speculator.rates.choose = lambda rows: 4  # verify every step
@@ -215,7 +215,7 @@ def test_logprobs_n_sampled_and_grammar_rows_and_the_prefix_cache_with_an_mtp_he
     stop token inside accepted proposals, logprobs, n = 2, seeded sampled rows, penalties, a grammar
     row -- each request's tokens are the engine's without speculation -- and a drafted conversation
     cached and reused by the next turn."""
-    off = EngineHarness(mtp_models[1], max_num_seqs=8, max_num_batched_tokens=64)
+    off = EngineHarness(mtp_models[1], max_num_seqs=8, max_num_batched_tokens=64, speculative="off")
     on = EngineHarness(mtp_models[1], max_num_seqs=8, max_num_batched_tokens=64, speculative="mtp")
     try:
         check_rows_that_do_not_speculate(off, on)

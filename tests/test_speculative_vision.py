@@ -162,7 +162,7 @@ def test_hybrid_vision_rows_roll_back_in_the_engine(models_dir):
             ids.append(req.request_id)
         return [harness.wait(r)[1] for r in ids]
 
-    off = EngineHarness(path, load=load, max_num_seqs=8, max_num_batched_tokens=64)
+    off = EngineHarness(path, load=load, max_num_seqs=8, max_num_batched_tokens=64, speculative="off")
     on = EngineHarness(path, load=load, max_num_seqs=8, max_num_batched_tokens=64, speculative="ngram")
     try:
         want = [run(off, [i])[0] for i in range(3)]

@@ -18,7 +18,7 @@ from vllm_mlx.engine.step_record import (Aborted, Added, CacheCleared, CacheShru
 from vllm_mlx.models.loader import load_model
 
 CONFIG = EngineConfig(max_num_seqs=4, max_num_batched_tokens=40, prefix_cache=True, prefix_block_size=16,
-                      cache_memory_bytes=64 << 20)
+                      cache_memory_bytes=64 << 20, speculative="off")  # records of speculative steps: test_distributed
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ class ServerConfig:
     tool_call_parser: str = D.tool_call_parser  # a parser name, "auto" (from the chat template) or "none"
     reasoning_parser: str = D.reasoning_parser
     deterministic: bool = D.deterministic
-    speculative: str = D.speculative  # "draft" when draft_model is given and this is left "off"
+    speculative: str = D.speculative  # auto: draft with draft_model, else ngram where the model allows
     draft_model: str | None = D.draft_model
     num_speculative_tokens: int | None = D.num_speculative_tokens  # None: SPECULATIVE_TOKENS when speculating
     prefix_cache: bool = D.prefix_cache

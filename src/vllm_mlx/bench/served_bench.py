@@ -2,7 +2,7 @@
 through the engine in this process, at several concurrencies.
 
 Each round runs, for every concurrency C, C streaming chat completions against a `vllm-mlx serve`
-process started for MODEL (same batch bound, prefix cache off on both sides) and the same C
+process started for MODEL (same batch bound, prefix cache and speculation off on both sides) and the same C
 requests submitted to an in-process engine; the order alternates between rounds and the ratios
 are paired per round. Reported per side: aggregate completion tok/s (all tokens / wall time from
 the first request sent to the last token), and the median time to first token (text, over HTTP).
@@ -97,7 +97,7 @@ async def run_served_bench(opts: ServedBenchOptions, progress=None) -> dict:
     batch = max(opts.concurrency)
     log = Path(tempfile.mkdtemp(prefix="vllm-mlx-bench-")) / "server.log"
     server = vllm_mlx_server(opts.model, log, "--max-num-seqs", str(batch), "--no-prefix-cache",
-                             "--log-level", "warning", *opts.server_args)
+                             "--speculative", "off", "--log-level", "warning", *opts.server_args)
     rounds: list[dict] = []
     try:
         await asyncio.to_thread(server.wait_ready)

@@ -152,8 +152,9 @@ class EngineTarget:
         self.model_path = model
         self.name = f"engine:{model}"
         self.ignore_eos = ignore_eos
+        # the engine's own machinery unless speculation is asked for (bench rows --speculative runs both)
         self._config_kwargs = dict(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                                   prefix_cache=prefix_cache, **engine_kwargs)
+                                   prefix_cache=prefix_cache, **{"speculative": "off", **engine_kwargs})
         self._ids = itertools.count()
         self.engine = None
         self.tokenizer = None

@@ -38,7 +38,8 @@ from .step_profile import StepProfile
 from .step_record import (Aborted, Added, CacheCleared, CacheShrunk, RowEnded, RowsFailed, StepRecord,
                           finished_rows, schedule_of)
 from .sequence import Sequence
-from .speculative import Speculator, make_proposer
+from .drafters import make_proposer
+from .speculative import Speculator
 from .vision_model import VisionLanguageModel
 
 logger = logging.getLogger(__name__)

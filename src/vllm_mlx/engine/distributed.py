@@ -287,7 +287,7 @@ class FollowerEngine(LLMEngine):
     def __init__(self, load, config, *, group: Any, timeout: float):
         # rank 0 runs the drafter and sends its proposals: none here (never asked). An MTP head stays: its
         # entries in every cache keep this rank's prefix cache (and its evictions) the same as rank 0's
-        if config.speculative == "draft":
+        if config.draft_model and config.speculative in ("draft", "auto"):
             config = dataclasses.replace(config, speculative="ngram", draft_model=None)
         super().__init__(load, config, lambda outputs: None)
         self.channel = LockstepChannel(group)

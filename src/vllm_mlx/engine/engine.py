@@ -13,6 +13,7 @@ the loop itself breaks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -32,6 +33,7 @@ from .mtp import serve_with_head
 from .prefix_cache import PrefixCache
 from .prefix_reuse import PrefixReuse, make_prefix_cache
 from .request import GenerationOutput, GenerationRequest
+from .drafters import chosen_method
 from .vision_model import VisionLanguageModel
 
 logger = logging.getLogger(__name__)
@@ -122,6 +124,7 @@ class LLMEngine:
         if fused:
             logger.info("CPU backend: %d norm and RoPE modules run compiled in decode steps", fused)
         model = self.loaded.model
+        self.config = dataclasses.replace(self.config, speculative=chosen_method(self.config, model))
         if self.config.speculative == "mtp":  # its cache and forwards carry the MTP head's
             self.loaded.model = serve_with_head(self.loaded)
         runner = self.runner_class(self.loaded.model, self.config.deterministic)

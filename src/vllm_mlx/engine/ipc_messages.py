@@ -114,6 +114,7 @@ class Ready(msgspec.Struct, tag=True):
     backend: str | None  # BackendInfo.describe() of the engine process
     prefix_block_mode: bool | None  # the prefix cache's block_mode (None: no prefix cache)
     weight_dtypes: dict[str, int] = {}  # weight arrays by dtype
+    speculative: str = "off"  # the speculation method --speculative came to for this model
 
 
 class LoadFailed(msgspec.Struct, tag=True):

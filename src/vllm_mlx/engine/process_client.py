@@ -356,6 +356,7 @@ class EngineProcess:
 
     def _apply_ready(self, event: Ready) -> None:
         self.vocab_size, self.kv_bytes_per_token = event.vocab_size, event.kv_bytes_per_token
+        self.config = dataclasses.replace(self.config, speculative=event.speculative)  # auto, as chosen there
         self.prefix_cache = None if event.prefix_block_mode is None else PrefixCacheInfo(event.prefix_block_mode)
         if self.loaded is not None:
             self.loaded.weight_bytes = event.weight_bytes

@@ -172,7 +172,8 @@ def run_engine_process(args: ProcessArgs) -> None:
         events.send(Ready(os.getpid(), engine.vocab_size, engine.kv_bytes_per_token,
                           int(getattr(loaded, "weight_bytes", 0) or 0),
                           backend.describe() if backend is not None else None,
-                          None if cache is None else bool(cache.block_mode), weight_dtypes(loaded)))
+                          None if cache is None else bool(cache.block_mode), weight_dtypes(loaded),
+                          engine.config.speculative))
         orphaned = CommandLoop(engine, commands, args.parent_pid).run()
     finally:
         if engine.alive:

@@ -36,13 +36,10 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache, make_prompt_cache
 
 from .constraints import proposal_masks, unpack_bitmask
-from .model_runner import leaf_caches
-from .ngram import NgramProposer
 from .request import TokenLogprob
-from .rollback import drop_rejected, honours_lengths, recurrent_states, snapshot
+from .rollback import drop_rejected, recurrent_states, snapshot
 from .rows import RowArrays
 from .sampler import BatchSamplingParams, PenaltyState, draw_positions, process_positions, reported_logprobs
 from .sequence import Sequence
@@ -51,43 +48,6 @@ from .step_record import SpecStep, finished_rows
 
 REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole twice in a row
 IDLE_CHECKS = 4  # while no row has proposals, pipelined steps between looks for them
-
-
-def speculation_unsupported(model: Any, deterministic: bool) -> str | None:
-    """Why speculation cannot run on this model, served or as a draft (None when it can)."""
-    if deterministic:
-        return "--deterministic computes every row alone"
-    caches = leaf_caches(make_prompt_cache(model))  # a layer's CacheList (Falcon-H1), its parts one by one
-    allowed = (KVCache, RotatingKVCache)
-    # recurrent state of any kind (a vision model's too): whether it stops at a row's length is checked below
-    others = {type(c).__name__ for c in caches if type(c) not in allowed and not isinstance(c, ArraysCache)}
-    if others:
-        return (f"its layers keep {', '.join(sorted(others))} caches, whose rejected positions cannot "
-                "be dropped yet")
-    if any(isinstance(c, ArraysCache) for c in caches) and not honours_lengths(model):
-        return "its recurrent layers do not stop at a row's length, which rolling back rejected positions needs"
-    return None
-
-
-def make_proposer(loaded: Any, config: Any, vocab_width: int, runner: Any, prefix: Any = None) -> Any:
-    """The proposer of ``config.speculative`` for the served model (``loaded``, run by ``runner``, its
-    prefix cache ``prefix``), or a ValueError saying why this model cannot speculate."""
-    why = speculation_unsupported(loaded.model, config.deterministic)
-    if why:
-        raise ValueError(f"--speculative {config.speculative} cannot serve this model: {why}")
-    if config.speculative == "mtp":  # the head was loaded with the model (mtp.serve_with_head)
-        from .mtp import MTPProposer
-
-        return MTPProposer(loaded.model, runner, vocab_width, getattr(loaded, "whole_output_head", None))
-    if config.speculative == "draft":
-        from .draft import load_draft
-
-        proposer = load_draft(config.draft_model, loaded, vocab_width, prefix)
-        why = speculation_unsupported(proposer.model, deterministic=False)
-        if why:
-            raise ValueError(f"--draft-model {config.draft_model} cannot draft: {why}")
-        return proposer
-    return NgramProposer()
 
 
 def verify_inputs(seqs: list[Sequence], proposals: list[list[int]]) -> list[list[int]]:

@@ -17,7 +17,8 @@ def _single_model_only(name: str, flag: str) -> Rule:
 
 
 def _speculating(v: dict) -> bool:
-    return v["speculative"] != "off" or bool(v["draft_model"])
+    """Speculation asked for by name (auto turns itself off where it cannot run)."""
+    return v["speculative"] not in ("off", "auto") or bool(v["draft_model"])
 
 
 RULES: tuple[Rule, ...] = (
@@ -33,9 +34,10 @@ RULES: tuple[Rule, ...] = (
     Rule(("speculative", "draft_model"), lambda v: "--speculative draft needs --draft-model MODEL"
          if v["speculative"] == "draft" and not v["draft_model"] else None),
     Rule(("speculative", "draft_model"), lambda v: f"--draft-model is for --speculative draft, not "
-         f"{v['speculative']}" if v["draft_model"] and v["speculative"] not in ("off", "draft") else None),
+         f"{v['speculative']}" if v["draft_model"] and v["speculative"] not in ("auto", "draft") else None),
     Rule(("num_speculative_tokens", "speculative", "draft_model"), lambda v: None if not v["num_speculative_tokens"]
-         or _speculating(v) else "--num-speculative-tokens applies with --speculative ngram|draft|mtp, --draft-model"),
+         or v["speculative"] != "off" else "--num-speculative-tokens applies with --speculative "
+         "auto|ngram|draft|mtp, --draft-model"),
     Rule(("speculative", "draft_model", "deterministic"), lambda v: "--speculative cannot be combined with "
          "--deterministic (which computes every row alone)" if _speculating(v) and v["deterministic"] else None),
     Rule(("engine_process", "distributed"), lambda v: "--engine-process cannot be combined with --distributed "

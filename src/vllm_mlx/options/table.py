@@ -151,12 +151,13 @@ OPTIONS: tuple[Option, ...] = (
            "alias (default: any name is served, as clients often send 'default')", bool),
     Option("deterministic", False, "identical requests give identical output under any concurrent load: every "
            "row is computed at batch size 1 and prompts are prefilled alone in fixed-size chunks", bool),
-    Option("speculative", "off", "speculative decoding: ngram proposes the tokens that followed the latest "
+    Option("speculative", "auto", "speculative decoding: ngram proposes the tokens that followed the latest "
            "earlier occurrence of a request's newest tokens in its prompt or output; draft lets --draft-model "
            "propose; mtp, the checkpoint's multi-token-prediction head; one forward of the model checks the "
-           "proposals; greedy output unchanged, sampled output keeps its distribution (docs/speculative.md; "
-           "default: %(default)s, or draft with --draft-model)",
-           choices=("off", "ngram", "draft", "mtp")),
+           "proposals; greedy output unchanged, sampled output keeps its distribution; the engine verifies only "
+           "while that measures faster than plain steps (docs/speculative.md). auto (the default): draft with "
+           "--draft-model, else ngram where the model's caches can drop rejected positions, off with "
+           "--deterministic", choices=("auto", "off", "ngram", "draft", "mtp")),
     Option("draft_model", None, "a smaller model with the served model's tokenizer (folder or Hugging Face repo "
            "id) that proposes tokens for --speculative draft; giving it turns that on", metavar="MODEL"),
     Option("num_speculative_tokens", None, f"with --speculative: most tokens a request proposes per step "

@@ -45,7 +45,7 @@ def engine_config(config: ServerConfig) -> EngineConfig:
         verify_cache_restores=config.verify_cache_restores,
         stream_buffer_events=config.limits.stream_buffer_events,
         stream_buffer_bytes=config.limits.stream_buffer_bytes,
-        speculative="draft" if config.draft_model and config.speculative == "off" else config.speculative,
+        speculative=config.speculative,  # auto: chosen on the engine thread once the model is loaded
         draft_model=None if config.draft_model is None else str(resolve_model_path(config.draft_model)),
         num_speculative_tokens=config.num_speculative_tokens or SPECULATIVE_TOKENS,
         loras=tuple(config.lora),
