@@ -272,7 +272,7 @@ def test_a_one_row_batch_decodes_without_a_mask_and_gives_the_same_logits():
     from mlx_lm.models import qwen3
     from mlx_lm.models.cache import BatchKVCache, KVCache, make_prompt_cache
 
-    from vllm_mlx.engine.model_runner import DecodeKVCache, _without_one_row_masks
+    from vllm_mlx.engine.decode_cache import DecodeKVCache, as_decode_caches
 
     mx.random.seed(0)
     args = qwen3.ModelArgs(model_type="qwen3", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
@@ -289,11 +289,11 @@ def test_a_one_row_batch_decodes_without_a_mask_and_gives_the_same_logits():
     alone = prefilled(prompts[0])
     expected = model(mx.array([[21]]), cache=alone)[:, -1]
 
-    batch = _without_one_row_masks([KVCache.merge([c]) for c in prefilled(prompts[0])])
+    batch = as_decode_caches([KVCache.merge([c]) for c in prefilled(prompts[0])])
     assert all(type(c) is DecodeKVCache for c in batch) and batch[0].make_mask(1) is None
     got = model(mx.array([[21]]), cache=batch)[:, -1]
     assert mx.allclose(got, expected, atol=1e-5).item()
 
-    two = _without_one_row_masks([KVCache.merge([a, b]) for a, b in zip(prefilled(prompts[0]), prefilled(prompts[1]))])
+    two = as_decode_caches([KVCache.merge([a, b]) for a, b in zip(prefilled(prompts[0]), prefilled(prompts[1]))])
     assert isinstance(two[0].make_mask(1), mx.array)  # the shorter row's padding is masked
     assert type(BatchKVCache([0])) is BatchKVCache  # mlx-lm's class itself is untouched

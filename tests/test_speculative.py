@@ -63,6 +63,67 @@ def test_dropping_row_tails_leaves_each_row_with_its_accepted_positions():
     assert mx.array_equal(keys[0, :, padding[0]:], row0) and mx.array_equal(keys[1, :, padding[1]:], row1)
 
 
+@pytest.mark.parametrize("compact_at", [4, 10_000])
+def test_the_decode_batch_drops_positions_in_place(compact_at, monkeypatch):
+    """Random verify-like steps, drops, trims, rows leaving and joining on the decode batch's cache: after each,
+    every row attends to exactly the positions it kept, in order (its mask over the cache's keys), its
+    RoPE position is their count, and the row copied out holds them -- with the holes squeezed out now
+    and then (``compact_at``) and never."""
+    import random
+
+    from mlx_lm.models.cache import KVCache
+
+    import vllm_mlx.engine.decode_cache as decode_cache
+    from vllm_mlx.engine.decode_cache import as_decode_caches
+
+    monkeypatch.setattr(decode_cache, "COMPACT_HOLES", compact_at)
+    rng = random.Random(3)
+    mx.random.seed(3)
+    made = iter(range(1, 1_000_000))
+
+    def keys(b: int, n: int) -> mx.array:  # distinct values: a key's first element names it
+        ids = mx.array([[next(made) for _ in range(n)] for _ in range(b)], dtype=mx.float32)
+        return mx.stack([ids, mx.random.normal(ids.shape)], axis=-1)[:, None]  # (b, 1, n, 2)
+
+    def single(n: int) -> tuple[KVCache, list[float]]:
+        c, k = KVCache(), keys(1, n)
+        c.update_and_fetch(k, k)
+        return c, k[0, 0, :, 0].tolist()
+
+    parts = [single(rng.randrange(1, 9)) for _ in range(3)]
+    cache = as_decode_caches([BatchKVCache.merge([c for c, _ in parts])])[0]
+    rows = [ids for _, ids in parts]
+    for _ in range(60):
+        op = rng.random()
+        if op < 0.6:  # a verify step of width w, then each row keeps what it accepted
+            w = rng.randrange(1, 5)
+            k = keys(len(rows), w)
+            cache.update_and_fetch(k, k)
+            junk = [rng.randrange(0, w) for _ in rows]
+            drop_row_tails([cache], junk)
+            rows = [r + k[i, 0, :w - j, 0].tolist() for i, (r, j) in enumerate(zip(rows, junk))]
+        elif op < 0.68 and min(len(r) for r in rows) > 2:  # every row drops its newest positions
+            n = rng.randrange(1, min(len(r) for r in rows) - 1)
+            cache.trim(n)
+            rows = [r[:-n] for r in rows]
+        elif op < 0.8 and len(rows) > 1:
+            keep = sorted(rng.sample(range(len(rows)), rng.randrange(1, len(rows))))
+            cache.filter(mx.array(keep))
+            rows = [rows[i] for i in keep]
+        else:
+            joining = [single(rng.randrange(1, 12)) for _ in range(rng.randrange(1, 3))]
+            cache.extend(BatchKVCache.merge([c for c, _ in joining]))
+            rows += [ids for _, ids in joining]
+        assert cache.offset.tolist() == [len(r) for r in rows]
+        mask = cache.make_mask(1, return_array=True)[:, 0, 0, :-1]  # a one-token step's, less its own column
+        for i, r in enumerate(rows):
+            seen = [k for k, m in zip(cache.keys[i, 0, :cache._idx, 0].tolist(), mask[i].tolist()) if m]
+            assert seen == r
+            assert cache.extract(i).keys[0, 0, :, 0].tolist() == r
+    if compact_at > 100:
+        assert cache.holes is not None  # the run kept its holes
+
+
 def test_padding_every_row_has_is_cut_off():
     from vllm_mlx.engine.model_runner import COMPACT_PADDING
 
@@ -420,7 +481,7 @@ def test_the_request_field(speculating_server, plain_qwen3_server):
     with pytest.raises(openai.BadRequestError) as err:
         plain.chat.completions.create(model="tiny-qwen3", messages=messages, max_tokens=8,
                                       extra_body={"speculative": True})
-    assert "--speculative ngram" in err.value.body["message"]
+    assert "speculative decoding is off on this server (--speculative off" in err.value.body["message"]
 
 
 def test_the_request_field_on_the_anthropic_and_responses_wings(plain_qwen3_server):

@@ -26,27 +26,9 @@ import mlx.nn as nn
 from mlx_lm.models.cache import (ArraysCache, BatchKVCache, BatchRotatingKVCache, CacheList, KVCache, dynamic_roll,
                                  make_prompt_cache)
 
+from .decode_cache import DecodeKVCache, as_decode_caches
 from .rows import RowArrays
 from .sequence import Sequence
-
-
-class DecodeKVCache(BatchKVCache):
-    """mlx-lm's batch KV cache, minus the mask of a one-row batch's one-token step: a lone row has no
-    left padding (it is merged alone, or filtered down to itself, which drops its padding), so that step
-    attends to every cached position, and the attention takes the unmasked path as mlx-lm's single-stream
-    cache does. Any other step gets mlx-lm's mask."""
-
-    def make_mask(self, N: int, return_array: bool = False, **kwargs):
-        if N == 1 and not return_array and self.keys is not None and self.keys.shape[0] == 1:
-            return None
-        return super().make_mask(N, return_array=return_array, **kwargs)
-
-
-def _without_one_row_masks(caches: list[Any]) -> list[Any]:
-    for c in caches:
-        if type(c) is BatchKVCache:
-            c.__class__ = DecodeKVCache  # the same object and state; only make_mask differs
-    return caches
 
 
 class ModelRunner:
@@ -126,7 +108,7 @@ class ModelRunner:
             for s in seqs:
                 s.cache = None
             if self.batch_cache is None:
-                self.batch_cache = _without_one_row_masks(merged)
+                self.batch_cache = as_decode_caches(merged)
             else:
                 for running, new in zip(self.batch_cache, merged):
                     running.extend(new)
@@ -269,14 +251,15 @@ COMPACT_PADDING = 64  # left padding every row of a batch cache has before it is
 
 def drop_row_tails(batch_cache: list[Any], junk: list[int]) -> None:
     """Cut ``junk[i]`` positions off the end of row i of a batch KV cache (rejected proposals, right
-    padding): the part all rows share is trimmed; a row with more is rolled right by the difference, into
-    its left padding, as mlx-lm's ``BatchKVCache.finalize`` does for right padding (only those rows, and
-    only the filled part of the cache). Once every row has ``COMPACT_PADDING`` positions of left padding,
-    they are cut off (rows take turns accepting the most, so all of them gather padding). A sliding-window
-    layer's cache (mlx-lm's ``BatchRotatingKVCache``) is cut right after a multi-token step, which leaves
-    it in temporal order holding a window and the step: the rows keep at least a window each, and the
-    next step's trim of its oldest positions takes the padding first (the roll is the one mlx-lm applies
-    to right-padded prompts)."""
+    padding): the part all rows share is trimmed; what a row drops beyond that becomes holes in the decode
+    batch's cache (:class:`~.decode_cache.DecodeKVCache`, nothing moves) or, in another batch cache (a
+    draft model's, a sliding-window layer's ring), the row is rolled right by the difference, into its left padding, as mlx-lm's
+    ``BatchKVCache.finalize`` does for right padding (only those rows, and only the filled part of the
+    cache); once every such row has ``COMPACT_PADDING`` positions of left padding, they are cut off. A
+    sliding-window layer's cache (mlx-lm's ``BatchRotatingKVCache``) is cut right after a multi-token
+    step, which leaves it in temporal order holding a window and the step: the rows keep at least a
+    window each, and the next step's trim of its oldest positions takes the padding first (the roll is
+    the one mlx-lm applies to right-padded prompts)."""
     batch_cache = leaf_caches(batch_cache)
     if max(junk, default=0) == 0 or not batch_cache:
         return
@@ -285,6 +268,7 @@ def drop_row_tails(batch_cache: list[Any], junk: list[int]) -> None:
     rows = [i for i, r in enumerate(rest) if r]
     if rows:
         sel, shifts, moved = mx.array(rows), mx.array([rest[i] for i in rows])[:, None], mx.array(rest)
+    rolled = []
     for c in batch_cache:
         rotating = isinstance(c, BatchRotatingKVCache)  # sliding-window layers: after a multi-token step
         if common:  # the buffer is in temporal order, ``_idx`` long (a window plus the step, at most)
@@ -293,11 +277,15 @@ def drop_row_tails(batch_cache: list[Any], junk: list[int]) -> None:
             c.keys, c.values = c.keys[..., :c._idx, :], c.values[..., :c._idx, :]
         if not rows:
             continue
+        if isinstance(c, DecodeKVCache):
+            c.drop_in_place(rest)
+            continue
         end = c._idx if rotating else c.size()
         c.keys[sel, :, :end] = dynamic_roll(c.keys[sel, :, :end], shifts, axis=2)
         c.values[sel, :, :end] = dynamic_roll(c.values[sel, :, :end], shifts, axis=2)
         c.left_padding = c.left_padding + moved
         c.offset = c.offset - moved
-    if rows and min(batch_cache[0].left_padding.tolist()) >= COMPACT_PADDING:
-        for c in batch_cache:
+        rolled.append(c)
+    if rolled and min(rolled[0].left_padding.tolist()) >= COMPACT_PADDING:
+        for c in rolled:
             c.filter(mx.arange(len(junk)))  # mlx-lm's filter drops the padding every row has

@@ -54,6 +54,8 @@ def visible_positions(cache: BatchKVCache, width: int, rejected: mx.array) -> mx
     columns, end = mx.arange(width), cache._idx
     first = cache.left_padding[:, None]
     visible = (columns > first) & ((columns < end - rejected[:, None]) | (columns >= end))
+    if getattr(cache, "holes", None) is not None:  # positions dropped in place (decode_cache.py)
+        visible = visible & ~cache._holes(width)
     return visible[:, None, None]
 
 

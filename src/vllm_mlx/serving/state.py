@@ -200,8 +200,9 @@ class ServingState(ChatSteps):
         except ValueError as exc:
             raise APIError(400, str(exc)) from exc
         if req.speculative and getattr(self.engine.engine.config, "speculative", "off") == "off":
-            raise APIError(400, "speculative decoding is off on this server (start it with --speculative "
-                           "ngram|mtp or --draft-model MODEL)", param="speculative")  # `true` must be honoured
+            raise APIError(400, "speculative decoding is off on this server (--speculative off or --deterministic, "
+                           "or a model that cannot speculate: its start-up log says why)",
+                           param="speculative")  # `true` must be honoured
         return params
 
     def _logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
