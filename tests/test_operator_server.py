@@ -40,6 +40,7 @@ def test_capabilities_report_the_resolved_settings(operator_server):
     assert caps["sampling_defaults"]["temperature"] == 0.6  # text-tools
     assert caps["auth"]["mode"] == "api_key" and caps["cors"]["origins"] == [APP_ORIGIN]
     assert caps["modalities"]["input"] == ["text"] and caps["features"]["prefix_cache"] is True
+    assert caps["features"]["speculative_decoding"] == "ngram"  # the default chose prompt lookup
     assert "/v1/responses" in caps["endpoints"] and "/v1/embeddings" not in caps["endpoints"]
     # x-api-key works as well as Bearer; no key -> 401 in the OpenAI shape
     assert httpx.get(f"{operator_server.base_url}/v1/capabilities", headers={"x-api-key": KEY}).status_code == 200

@@ -413,6 +413,9 @@ def speculating_server(start_server, tiny_qwen3):
 def test_served_output_and_stats(speculating_server, plain_qwen3_server, qwen3_server):
     check_served_like_plain(speculating_server, plain_qwen3_server, "ngram")
     check_served_like_plain(qwen3_server, plain_qwen3_server, "ngram")  # the default: --speculative auto
+    import httpx
+
+    assert httpx.get(plain_qwen3_server.base_url + "/v1/capabilities").json()["features"]["speculative_decoding"] == "off"
 
 
 def check_served_like_plain(server, plain, method: str) -> None:

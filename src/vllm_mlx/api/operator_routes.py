@@ -92,6 +92,7 @@ async def capabilities(raw: Request):
             "prefix_cache": config.prefix_cache, "kv_cache_bits": config.kv_cache_bits,
             "persistent_kv_cache": config.kv_cache_dir is not None, "deterministic": config.deterministic,
             "strict_model_id": config.strict_model_id,
+            "speculative_decoding": getattr(engine.config, "speculative", "off"),  # the method chosen (auto)
             "batch_divergence_monitor": config.batch_divergence_monitor,
             "batch_divergence_action": config.batch_divergence_action if config.batch_divergence_monitor else None,
         },
