@@ -53,16 +53,17 @@ class DecodeKVCache(BatchKVCache):
         have = self.holes.shape[1]
         return self.holes[:, :width] if have >= width else mx.pad(self.holes, [(0, 0), (0, width - have)])
 
-    def drop_in_place(self, rest: list[int]) -> None:
-        """Row i drops its newest ``rest[i]`` positions: they become holes."""
+    def drop_in_place(self, rest: list[int], counts: mx.array) -> None:
+        """Row i drops its newest ``rest[i]`` positions (``counts``: the same as an array, made once for
+        every layer's cache): they become holes."""
         r, end = max(rest), self._idx
         if r == 0:
             return
         holes = self._holes(end) if self.holes is not None else mx.zeros((len(rest), end), dtype=mx.bool_)
-        new = mx.arange(end - r, end)[None] >= (end - mx.array(rest))[:, None]
+        new = mx.arange(end - r, end)[None] >= (end - counts)[:, None]
         self.holes = mx.concatenate([holes[:, :end - r], holes[:, end - r:] | new], axis=1)
         self.hole_counts = [h + x for h, x in zip(self.hole_counts or [0] * len(rest), rest)]
-        self.offset = self.offset - mx.array(rest)
+        self.offset = self.offset - counts
         if max(self.hole_counts) >= max(COMPACT_HOLES, end // 8):
             self.compact()
 

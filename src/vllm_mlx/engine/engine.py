@@ -26,6 +26,7 @@ from ..models.cpu_fusion import fuse_cpu_fallbacks
 from ..models.row_lengths import honour_row_lengths
 from .config import EngineConfig, EngineStats
 from .core import EngineCore, OutputCallback
+from .drafters import chosen_method
 from .kv_estimate import kv_bytes_per_token
 from .lora import serve_adapters
 from .model_runner import ModelRunner
@@ -33,7 +34,6 @@ from .mtp import serve_with_head
 from .prefix_cache import PrefixCache
 from .prefix_reuse import PrefixReuse, make_prefix_cache
 from .request import GenerationOutput, GenerationRequest
-from .drafters import chosen_method
 from .vision_model import VisionLanguageModel
 
 logger = logging.getLogger(__name__)

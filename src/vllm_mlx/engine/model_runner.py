@@ -266,8 +266,7 @@ def drop_row_tails(batch_cache: list[Any], junk: list[int]) -> None:
     common = min(junk)
     rest = [j - common for j in junk]
     rows = [i for i, r in enumerate(rest) if r]
-    if rows:
-        sel, shifts, moved = mx.array(rows), mx.array([rest[i] for i in rows])[:, None], mx.array(rest)
+    moved = mx.array(rest) if rows else None
     rolled = []
     for c in batch_cache:
         rotating = isinstance(c, BatchRotatingKVCache)  # sliding-window layers: after a multi-token step
@@ -278,8 +277,10 @@ def drop_row_tails(batch_cache: list[Any], junk: list[int]) -> None:
         if not rows:
             continue
         if isinstance(c, DecodeKVCache):
-            c.drop_in_place(rest)
+            c.drop_in_place(rest, moved)
             continue
+        if not rolled:
+            sel, shifts = mx.array(rows), mx.array([rest[i] for i in rows])[:, None]
         end = c._idx if rotating else c.size()
         c.keys[sel, :, :end] = dynamic_roll(c.keys[sel, :, :end], shifts, axis=2)
         c.values[sel, :, :end] = dynamic_roll(c.values[sel, :, :end], shifts, axis=2)
