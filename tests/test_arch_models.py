@@ -11,7 +11,8 @@ import pytest
 from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
-from vllm_mlx_testing.arch_models import ARCHITECTURES, SLIDING_WINDOW, arch_config, build_arch_model
+from vllm_mlx_testing.arch_models import (ARCHITECTURES, MTP_ARCHITECTURES, SLIDING_WINDOW, arch_config,
+                                          build_arch_model)
 
 EXPECTED_CACHES = {
     "qwen3_5": ["ArraysCache", "ArraysCache", "ArraysCache", "KVCache"],
@@ -34,6 +35,9 @@ FORMATS = {
     "nemotron_h": ("<|im_start|>assistant\n<think>\n", "<|im_end|>"),
     "falcon_h1": ("<|im_start|>assistant\n", "<|im_end|>"),
     "lfm2": ("<|im_start|>assistant\n", "<|im_end|>"),
+    "glm4_moe": ("<|assistant|>", "<|user|>"),
+    "glm4_moe_lite": ("<|assistant|>", "<|observation|>"),
+    "mimo": ("<|im_start|>assistant\n", "<|im_end|>"),
 }
 
 MARKERS = {
@@ -45,6 +49,9 @@ MARKERS = {
     "nemotron_h": ["<|im_start|>", "<|im_end|>", "<think>", "<tool_call>"],
     "falcon_h1": ["<|begin_of_text|>", "<|im_start|>", "<|im_end|>", "<tool_call>"],
     "lfm2": ["<|startoftext|>", "<|im_start|>", "<|tool_call_start|>", "<|tool_call_end|>", "<|tool_list_start|>"],
+    "glm4_moe": ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>", "<arg_key>"],
+    "glm4_moe_lite": ["<think>", "</think>", "<tool_call>", "</tool_call>", "<arg_value>", "</arg_value>"],
+    "mimo": ["<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"],
 }
 
 TOOLS = [
@@ -75,7 +82,7 @@ TURN2 = [*TURN1, {"role": "user", "content": "And tomorrow?"}]
 @pytest.fixture(scope="module")
 def arch_paths(tmp_path_factory):
     root = tmp_path_factory.mktemp("arch")
-    return {arch: build_arch_model(root / arch, arch) for arch in ARCHITECTURES}
+    return {arch: build_arch_model(root / arch, arch) for arch in ARCHITECTURES + MTP_ARCHITECTURES}
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +94,7 @@ def loaded(arch_paths):
             cache[arch] = mlx_lm.load(str(arch_paths[arch]))
         return cache[arch]
 
+    get.paths = arch_paths
     return get
 
 
@@ -120,7 +128,7 @@ def test_generates_past_the_sliding_window(arch, loaded):
     assert isinstance(text, str)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHITECTURES + MTP_ARCHITECTURES)
 def test_chat_template_and_tokens(arch, loaded):
     _, tokenizer = loaded(arch)
     gen_prompt, end_of_turn = FORMATS[arch]
@@ -208,6 +216,30 @@ def test_other_families(loaded):
     _, nemotron = loaded("nemotron_h")
     bare = nemotron.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert bare == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"
+
+
+def test_glm45_format_and_mixture_of_experts_models(loaded):
+    """GLM-4.5's format (role tokens that open turns and end the model's, think blocks kept after the
+    last user message only, XML argument calls, results in an observation turn), and the two
+    mixture-of-experts models: GLM-4.5's grouped-query attention and GLM-4.7-Flash's latent one
+    (DeepSeek-V3's, whose cache keeps the latent and the rotary key)."""
+    model, tokenizer = loaded("glm4_moe")
+    turn1 = render(tokenizer, TURN1[:4])
+    assert turn1.startswith("[gMASK]<sop><|system|>\n# Tools") and "<|system|>\nYou are a terse assistant." in turn1
+    generated = ("\n<think>I should call the tool.</think>\n<tool_call>get_weather\n<arg_key>city</arg_key>\n"
+                 "<arg_value>Paris</arg_value>\n</tool_call><|observation|>")
+    assert turn1.startswith(render(tokenizer, TURN1[:2]) + generated)  # the tool loop re-renders it unchanged
+    assert turn1.endswith("<|observation|>\n<tool_response>\nSunny, 22 C\n</tool_response><|assistant|>")
+    turn2 = render(tokenizer, TURN2)
+    assert "I should call the tool." not in turn2 and "<|assistant|>\n<think></think>\nIt is sunny.<|user|>" in turn2
+    assert render(tokenizer, TURN2, enable_thinking=False).endswith("And tomorrow?/nothink<|assistant|>\n<think></think>")
+    assert [type(c).__name__ for c in make_prompt_cache(model)] == ["KVCache"] * 4
+    latent, _ = loaded("glm4_moe_lite")
+    cache = make_prompt_cache(latent)
+    logits = latent(mx.array([[5, 6, 7]]), cache=cache)
+    config = json.loads((loaded.paths["glm4_moe_lite"] / "config.json").read_text())
+    assert logits.shape == (1, 3, 1024) and cache[0].keys.shape[-1] == config["kv_lora_rank"]
+    assert cache[0].values.shape[-1] == config["qk_rope_head_dim"]
 
 
 def test_build_is_deterministic_and_layers_override(tmp_path):

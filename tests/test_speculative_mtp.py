@@ -54,8 +54,9 @@ def head_reference(path):
     def logits(tokens: list[int], k: int) -> list:
         t = mx.array(tokens)[None]
         hidden = body(t[:, :-1], cache=make_prompt_cache(loaded.model))
-        cache = KVCache()
-        h = head.norm(head.layers[0](head.project(hidden, body.embed_tokens(t[:, 1:])), mask="causal", cache=cache))
+        cache, n = KVCache(), t.shape[1] - 1
+        causal = mx.tril(mx.ones((n, n), dtype=mx.bool_))  # (an array: latent attention takes no "causal")
+        h = head.norm(head.layers[0](head.project(hidden, body.embed_tokens(t[:, 1:])), mask=causal, cache=cache))
         out = []
         for _ in range(k):
             h = h[:, -1:]
@@ -245,3 +246,56 @@ def test_served_with_the_seed_flag(start_server, mtp_models):
     assert texts[0] == texts[1] and texts[0]
     stats = server.health()["engine"]["speculative"]
     assert stats["method"] == "mtp" and stats["accepted"] > 0
+
+
+@pytest.mark.parametrize("arch", ["glm4_moe", "glm4_moe_lite", "mimo"])
+def test_a_head_published_as_a_layer_outside_the_models_drafts(models_dir, arch, monkeypatch):
+    """Checkpoints that publish their MTP head as one decoder layer outside the model's: as DeepSeek-V3
+    does, after the model's (``eh_proj``, ``enorm``, ``hnorm``, ``shared_head``, experts one tensor
+    each, a latent attention's ``kv_b_proj`` whole) -- in GLM-4.5's grouped-query attention and
+    GLM-4.7-Flash's (DeepSeek-V3's) latent attention -- and as MiMo does (``model.mtp_layers.0``,
+    its projection taking the hidden state first): an exact head's every proposal is accepted and the greedy
+    output is the model's, alone and batched; a head that attends along the sequence proposes, through
+    prefill chunks, batches, rejections and a cached conversation continued, what it makes of each
+    row's whole sequence computed afresh."""
+    import numpy as np
+
+    import vllm_mlx.engine.speculative as speculative
+    from vllm_mlx_testing import add_mtp_head
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    exact = add_mtp_head(build_arch_model(models_dir / f"mtp-exact-{arch}", arch), exact=True)
+    attending = add_mtp_head(build_arch_model(models_dir / f"mtp-attending-{arch}", arch), exact=True, attending=0.3)
+    off = EngineHarness(exact, max_num_seqs=8, max_num_batched_tokens=16, speculative="off")
+    on = EngineHarness(exact, max_num_seqs=8, max_num_batched_tokens=16, speculative="mtp")
+    try:
+        want = [off.run([p], max_tokens=24, temperature=0)[0][1] for p in PROMPTS]
+        with always_verifying(on):
+            assert [on.run([p], max_tokens=24, temperature=0)[0][1] for p in PROMPTS[:2]] == want[:2]
+            assert [r[1] for r in on.run(PROMPTS, max_tokens=24, temperature=0)] == want
+        stats = on.engine.stats.speculative
+        assert stats["accepted"] == stats["proposed"] > 50
+    finally:
+        off.engine.shutdown()
+        on.engine.shutdown()
+    monkeypatch.setattr(speculative, "REST_STEPS", 0)  # rows keep proposing after rejections
+    on = EngineHarness(attending, max_num_seqs=8, max_num_batched_tokens=16, speculative="mtp",
+                       num_speculative_tokens=3)
+    calls = recording_proposals(on)
+    try:
+        with always_verifying(on):
+            firsts = on.run(PROMPTS[:4], max_tokens=12, temperature=0)
+            follow = on.tokenizer.encode(PROMPTS[1]) + firsts[1][1] + on.tokenizer.encode(" and then")
+            hits = on.engine.stats.prefix_cache["hit_tokens"]
+            on.run([follow, PROMPTS[2]], max_tokens=12, temperature=0)
+        assert on.engine.stats.prefix_cache["hit_tokens"] - hits >= len(follow) - 8
+        stats = on.engine.stats.speculative
+    finally:
+        on.engine.shutdown()
+    assert 0 < stats["accepted"] < stats["proposed"], stats
+    reference = head_reference(attending)
+    assert len(calls) > 10
+    for tokens, proposals, logits in calls:
+        want = reference(tokens, len(proposals))
+        assert proposals == [int(np.argmax(w)) for w in want]
+        assert max(float(np.abs(a - b).max()) for a, b in zip(logits, want)) < 1e-4, (len(tokens), proposals)

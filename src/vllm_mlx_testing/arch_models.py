@@ -7,8 +7,8 @@ mlx-lm's normal path (``mlx_lm.load(path)``, or ``mlx_lm.utils.load_model`` +
 own ``mlx_lm.models.<arch>.Model`` after ``mx.random.seed(seed)`` (saved in
 the form its ``sanitize`` leaves unchanged), a locally trained byte-level BPE
 tokenizer with the family's special tokens, and the family's chat template
-(``arch_templates``).  Every model's ``make_prompt_cache`` holds at least one
-cache that is not a plain ``KVCache``:
+(``arch_templates``).  Every ``ARCHITECTURES`` model's ``make_prompt_cache`` holds
+at least one cache that is not a plain ``KVCache``:
 
 * ``qwen3_5`` -- ``Qwen3_5ForConditionalGeneration`` with the text config nested
   under ``text_config`` (``qwen3_5_text``, no vision tower): GatedDeltaNet
@@ -34,6 +34,18 @@ cache that is not a plain ``KVCache``:
 * ``lfm2`` -- ``Lfm2ForCausalLM``: short-conv layers (``ArraysCache``) and
   attention layers (``layer_types``).  ``<|startoftext|>`` + ChatML, pythonic tools.
 
+Three more (``MTP_ARCHITECTURES``) have only keys-and-values caches: full-attention
+families whose checkpoints carry an MTP layer outside the model's (``add_mtp_head``
+writes one in the family's layout):
+
+* ``glm4_moe`` -- ``Glm4MoeForCausalLM`` (GLM-4.5/4.6/4.7): grouped-query attention
+  with a key norm and partial RoPE, a dense first layer, then 4 tiny experts (2 per
+  token) and a shared one.
+* ``glm4_moe_lite`` -- ``Glm4MoeLiteForCausalLM`` (GLM-4.7-Flash): DeepSeek-V3's
+  latent attention (its cache keeps the latent and the rotary key), the same experts.
+  Both with GLM-4.5's format (``glm_template``).
+* ``mimo`` -- ``MiMoForCausalLM`` (MiMo-7B): Qwen2-style dense layers.  Qwen's ChatML.
+
 The tokenizers of the Gemma, LFM2 and Falcon-H1 families prepend their BOS on
 ``encode`` (as the real ones do) and the templates start with it too, so chat
 prompts are encoded with ``add_special_tokens=False``.
@@ -52,6 +64,12 @@ ARCHITECTURES: tuple[str, ...] = (
     "qwen3_5", "qwen3_next", "gemma3_text", "gemma4_text", "gpt_oss", "nemotron_h", "falcon_h1", "lfm2",
 )
 
+# Full-attention families whose checkpoints carry a multi-token-prediction layer outside the model's:
+# GLM-4.5/4.6/4.7 (``glm4_moe``) and GLM-4.7-Flash (``glm4_moe_lite``: DeepSeek-V3's latent attention),
+# mixtures of experts, after the model's layers (DeepSeek-V3's layout); MiMo (``mimo``), dense, as
+# ``model.mtp_layers``.
+MTP_ARCHITECTURES: tuple[str, ...] = ("glm4_moe", "glm4_moe_lite", "mimo")
+
 MAX_POSITION_EMBEDDINGS = 4096
 SLIDING_WINDOW = 16
 
@@ -68,6 +86,11 @@ _TOKENS: dict[str, tuple[str, str, list[str], str, str | None, str]] = {
     "falcon_h1": ("falcon_h1", "falcon_h1", ["<|im_end|>", "<|end_of_text|>"], "<|im_end|>",
                   "<|begin_of_text|>", "<|pad|>"),
     "lfm2": ("lfm2", "lfm2", ["<|im_end|>", "<|endoftext|>"], "<|im_end|>", "<|startoftext|>", "<|pad|>"),
+    "glm4_moe": ("glm4", "glm45", ["<|user|>", "<|observation|>", "<|endoftext|>"], "<|endoftext|>", None,
+                 "<|endoftext|>"),
+    "glm4_moe_lite": ("glm4", "glm45", ["<|user|>", "<|observation|>", "<|endoftext|>"], "<|endoftext|>", None,
+                      "<|endoftext|>"),
+    "mimo": ("qwen3", "qwen3", ["<|im_end|>", "<|endoftext|>"], "<|im_end|>", None, "<|endoftext|>"),
 }
 
 _DEFAULT_LAYERS = {"falcon_h1": 2}
@@ -232,15 +255,46 @@ def _lfm2(c: dict, n: int) -> dict:
             "num_key_value_heads": 2, "rope_theta": 1000000.0, "tie_embedding": True, "use_pos_enc": True}
 
 
+def _experts() -> dict[str, Any]:
+    """The mixture-of-experts fields GLM-4.5 and DeepSeek-V3 share: a dense first layer, then four
+    routed experts (two per token) and a shared one, sigmoid scores with group routing, and the
+    multi-token-prediction layer their checkpoints carry."""
+    return {"first_k_dense_replace": 1, "intermediate_size": 128, "moe_intermediate_size": 32, "n_group": 1,
+            "n_routed_experts": 4, "n_shared_experts": 1, "norm_topk_prob": True, "num_experts_per_tok": 2,
+            "num_nextn_predict_layers": 1, "routed_scaling_factor": 1.5, "scoring_func": "sigmoid",
+            "tie_word_embeddings": False, "topk_group": 1, "topk_method": "noaux_tc"}
+
+
+def _glm4_moe(c: dict, n: int) -> dict:
+    return {"architectures": ["Glm4MoeForCausalLM"], "model_type": "glm4_moe", **c, **_experts(),
+            "attention_bias": True, "head_dim": 16, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "partial_rotary_factor": 0.5, "rms_norm_eps": 1e-5, "rope_scaling": None, "rope_theta": 1000000.0,
+            "use_qk_norm": True}
+
+
+def _glm4_moe_lite(c: dict, n: int) -> dict:
+    return {"architectures": ["Glm4MoeLiteForCausalLM"], "model_type": "glm4_moe_lite", **c, **_experts(),
+            "attention_bias": False, "kv_lora_rank": 32, "num_attention_heads": 4, "num_key_value_heads": 4,
+            "q_lora_rank": 48, "qk_nope_head_dim": 16, "qk_rope_head_dim": 16, "rms_norm_eps": 1e-5,
+            "rope_theta": 1000000.0, "v_head_dim": 16}
+
+
+def _mimo(c: dict, n: int) -> dict:
+    return {"architectures": ["MiMoForCausalLM"], "model_type": "mimo", **c, "hidden_act": "silu",
+            "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2, "num_nextn_predict_layers": 1,
+            "rms_norm_eps": 1e-5, "rope_theta": 640000.0, "tie_word_embeddings": False}
+
+
 _CONFIGS: dict[str, Callable[[dict, int], dict]] = {
     "qwen3_5": _qwen3_5, "qwen3_next": _qwen3_next, "gemma3_text": _gemma3_text, "gemma4_text": _gemma4_text,
     "gpt_oss": _gpt_oss, "nemotron_h": _nemotron_h, "falcon_h1": _falcon_h1, "lfm2": _lfm2,
+    "glm4_moe": _glm4_moe, "glm4_moe_lite": _glm4_moe_lite, "mimo": _mimo,
 }
 
 
 def _check_arch(arch: str) -> None:
     if arch not in _CONFIGS:
-        raise ValueError(f"unknown architecture {arch!r}; expected one of {list(ARCHITECTURES)}")
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {list(_CONFIGS)}")
 
 
 def arch_token_ids(arch: str, vocab_size: int = 1024) -> dict[str, Any]:
@@ -317,8 +371,10 @@ def _random_weights(config: dict[str, Any], seed: int) -> dict:
     weights = {k: v.astype(mx.float32) for k, v in tree_flatten(model.parameters())}
     if config["model_type"] == "gemma3_text":
         weights.pop("lm_head.weight")  # tied, as in the real checkpoints (sanitize then drops lm_head)
-    for name in [k for k in weights if k.endswith(".mixer.gate.weight")]:
-        # nemotron_h's MoE router starts at zero: give it random scores so tokens pick different experts
+    zero_routers = (".mixer.gate.weight", ".mlp.gate.weight") if config["model_type"] in MTP_ARCHITECTURES else (
+        ".mixer.gate.weight",)
+    for name in [k for k in weights if k.endswith(zero_routers)]:
+        # MoE routers that start at zero (nemotron_h's, GLM's): random scores, so tokens pick different experts
         weights[name] = 0.1 * mx.random.normal(weights[name].shape, dtype=mx.float32)
     mx.eval(weights)
     shapes = {k: v.shape for k, v in weights.items()}

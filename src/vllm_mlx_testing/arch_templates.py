@@ -48,6 +48,7 @@ caching and output parsing:
 from __future__ import annotations
 
 from .chat_templates import QWEN3_CHAT_TEMPLATE, TEXT_OF_MACRO
+from .glm_template import GLM45_TEMPLATE
 
 # Tool-call / result names: tool messages take the names of the calls before them, in order.
 _CALL_NAME = """\
@@ -369,5 +370,6 @@ ARCH_TEMPLATES: dict[str, str] = {
     "gemma3": GEMMA3_TEMPLATE,
     "gemma4": GEMMA4_TEMPLATE,
     "harmony": HARMONY_TEMPLATE,
+    "glm45": GLM45_TEMPLATE,
 }
 """Chat templates by template name (``qwen3`` is the Qwen3 / Qwen3-Next Hermes-JSON one)."""

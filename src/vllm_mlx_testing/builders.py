@@ -173,8 +173,10 @@ def first_layers_model(source: str | Path, path: str | Path, num_layers: int) ->
 
 def add_mtp_head(path: str | Path, seed: int = 1, exact: bool = False, hf_layout: bool = False,
                  attending: float = 0.0) -> Path:
-    """Add multi-token-prediction weights (``mtp.*``, as Qwen3-Next and Qwen3.5 checkpoints carry them)
-    to the model folder at ``path``, in a safetensors file of their own; returns ``path``.
+    """Add multi-token-prediction weights to the model folder at ``path``, in a safetensors file of
+    their own, in the layout its family publishes them in (``mtp.*`` for Qwen3-Next and Qwen3.5; for
+    the ``MOE_ARCHITECTURES``, DeepSeek-V3's: the layer after the model's, :func:`_as_next_layer`);
+    returns ``path``.
 
     Random ones, or with ``exact`` a head that predicts what the model does: the model's layers are
     silenced (their output projections zeroed, so it predicts from the last token alone) and the head
@@ -221,5 +223,44 @@ def add_mtp_head(path: str | Path, seed: int = 1, exact: bool = False, hf_layout
             stacked = weights.pop(f"layers.0.mlp.switch_mlp.{name}.weight", None)
             for e in range(0 if stacked is None else stacked.shape[0]):
                 weights[f"layers.0.mlp.experts.{e}.{name}.weight"] = stacked[e]
-    mx.save_safetensors(str(path / "model-mtp.safetensors"), {f"mtp.{k}": v for k, v in weights.items()})
+    if not any(hasattr(layer, "is_linear") for layer in language_model(model).model.layers):
+        weights = _as_layer(weights, model)
+    else:
+        weights = {f"mtp.{k}": v for k, v in weights.items()}
+    mx.save_safetensors(str(path / "model-mtp.safetensors"), weights)
     return path
+
+
+def _as_layer(weights: dict, model: Any) -> dict:
+    """An MTP head's weights (named as ``MTPHead`` names them) as its family publishes them, a layer
+    outside the model's: DeepSeek-V3 and GLM-4.5's ``model.layers.{num_hidden_layers}.*`` with
+    ``eh_proj``, ``enorm``, ``hnorm``, ``shared_head`` (and its copies of the model's embedding and
+    output head), one tensor per expert, a latent attention's ``kv_b_proj`` whole (mlx-lm splits it
+    into ``embed_q`` and ``unembed_out``); MiMo's ``model.mtp_layers.0.*``, its projection taking the
+    hidden state first."""
+    import mlx.core as mx
+
+    from vllm_mlx.engine.mtp_head import LAYER_LAYOUTS, language_model, output_head
+
+    lm = language_model(model)
+    layout = LAYER_LAYOUTS[1 if lm.model_type == "mimo" else 0]
+    renames = {new: old for old, new in layout.names.items()}
+    out = {} if layout.hidden_first else {"embed_tokens.weight": lm.model.embed_tokens.weight,
+                                          "shared_head.head.weight": output_head(model).weight}
+    if layout.hidden_first:
+        half = weights["fc.weight"].shape[1] // 2
+        weights = {**weights, "fc.weight": mx.concatenate([weights["fc.weight"][:, half:],
+                                                           weights["fc.weight"][:, :half]], axis=1)}
+    for key, value in weights.items():
+        name = next((renames[new] + key[len(new):] for new in renames if key.startswith(new)), None)
+        out[name or key.removeprefix("layers.0.")] = value
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        stacked = out.pop(f"mlp.switch_mlp.{name}.weight", None)
+        for e in range(0 if stacked is None else stacked.shape[0]):
+            out[f"mlp.experts.{e}.{name}.weight"] = stacked[e]
+    if "self_attn.embed_q.weight" in out:
+        wk, wv = out.pop("self_attn.embed_q.weight"), out.pop("self_attn.unembed_out.weight")
+        heads = wk.shape[0]
+        out["self_attn.kv_b_proj.weight"] = mx.concatenate([wk.swapaxes(-1, -2), wv], axis=1).reshape(
+            heads * (wk.shape[-1] + wv.shape[1]), -1)
+    return {layout.where(lm.args.__dict__) + k: v for k, v in out.items()}

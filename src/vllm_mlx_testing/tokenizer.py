@@ -51,6 +51,11 @@ FAMILY_TOKENS: dict[str, list[tuple[str, bool]]] = {
         "<|pad|>", "<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>",
         plain=_QWEN_TAGS[2:],
     ),
+    "glm4": _specials(
+        "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
+        "<|assistant|>", "<|observation|>",
+        plain=_QWEN_TAGS + ("<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>"),
+    ),
     "lfm2": _specials(
         "<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>",
         "<|tool_list_start|>", "<|tool_list_end|>", "<|tool_call_start|>", "<|tool_call_end|>",
