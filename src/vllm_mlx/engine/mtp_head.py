@@ -1,5 +1,5 @@
 """The multi-token-prediction head of a checkpoint that carries one, built and loaded beside mlx-lm's
-or mlx-vlm's model (mlx-lm drops its tensors when it loads the model), in either published layout:
+or mlx-vlm's model (mlx-lm drops its tensors when it loads the model), in its published layout:
 
 - Qwen3-Next, Qwen3.5/3.6: ``mtp.*`` tensors, named as :class:`MTPHead` names them;
 - one decoder layer outside the model's (:data:`LAYER_LAYOUTS`): DeepSeek-V3, GLM-4.5/4.6/4.7 and
@@ -10,13 +10,13 @@ or mlx-vlm's model (mlx-lm drops its tensors when it loads the model), in either
 
 The head takes the served model's final hidden state at a position and the embedding of the token
 drawn there, and predicts the token after it: ``fc([norm(embedding), norm(hidden)])`` (MiMo's: the
-hidden state first) -> one decoder
-layer of the model's own full-attention kind -> ``norm`` -> the model's output head. How it is fed
-and drafts is :mod:`.mtp`.
+hidden state first) -> one decoder layer of the model's own full-attention kind -> ``norm`` -> the
+model's output head. How it is fed and drafts is :mod:`.mtp`.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -186,10 +186,8 @@ def new_mtp_head(model: Any, config: dict | None = None, hidden_first: bool = Fa
     else:  # the layer after the model's, of its kind there (a mixture of experts where the model's are)
         index = args.num_hidden_layers
     kind = type(layers[min(index, len(layers) - 1)])
-    try:
-        layer = kind(args, index)
-    except TypeError:  # a family whose layers are all alike, not numbered (MiMo's)
-        layer = kind(args)
+    numbered = len(inspect.signature(kind).parameters) > 1  # (MiMo's layers are all alike: not numbered)
+    layer = kind(args, index) if numbered else kind(args)
     return MTPHead(layer, args.hidden_size, args.rms_norm_eps, hidden_first)
 
 
