@@ -281,6 +281,88 @@ def test_greedy_output_is_the_same_with_speculation_alone_and_batched(engines):
     assert stats["accepted"] > before and 0 < stats["acceptance_rate"] <= 1
 
 
+class ShiftedProposer:
+    """Proposes a row's reference continuation, every token of it wrong (shifted by one) before output
+    position ``right_from`` -- and from there on, with ``right_from`` None, never right."""
+
+    method = "shifted"
+
+    def __init__(self, answer: list[int], right_from: int | None):
+        self.answer, self.right_from = answer, right_from
+
+    def propose(self, seqs, wants):
+        out = []
+        for seq, k in zip(seqs, wants):
+            done = len(seq.output_ids)
+            run = list(self.answer[done:done + k])
+            right = self.right_from is not None and done >= self.right_from
+            out.append(run if right else [(t + 1) % 500 for t in run])
+        return out
+
+    def may_propose(self, seqs, wants):
+        return any(wants)
+
+    def forget(self, seqs):
+        pass
+
+
+def test_a_lone_row_proposes_again_after_resting_and_rests_longer_while_nothing_is_accepted(engines):
+    """A row whose proposals are rejected whole twice rests for engine steps of any kind -- so a row
+    alone, whose steps are all plain while it rests, proposes again (its proposals right from then on
+    are accepted: output as without speculation) -- and each rest with nothing accepted since lasts
+    twice as long: a row never right verifies a few times in 300 tokens, not every twentieth step."""
+    off, on = engines
+    prompt = on.tokenizer.encode("Tell me a story about the sea")
+    answer = off.run([prompt], max_tokens=300, temperature=0, ignore_eos=True)[0][1]
+    speculator = on.engine.core.speculator
+    saved = speculator.proposer
+    try:
+        for right_from, tokens in ((10, 120), (None, 300)):
+            speculator.proposer = ShiftedProposer(answer, right_from)
+            before = dict(on.engine.stats.speculative)
+            with always_verifying(on):
+                out = on.run([prompt], max_tokens=tokens, temperature=0, ignore_eos=True)[0][1]
+            assert out == answer[:tokens]
+            stats = {k: on.engine.stats.speculative[k] - before[k] for k in ("verify_steps", "accepted")}
+            if right_from is not None:
+                assert stats["accepted"] > 60, stats  # (it used to rest for good after its first two misses)
+            else:
+                assert stats["accepted"] == 0 and 6 <= stats["verify_steps"] <= 14, stats  # rests 16, 32, 64, 128
+    finally:
+        speculator.proposer = saved
+
+
+def test_the_scripted_model_reads_a_rows_history_without_its_holes(scripted_qwen3):
+    """The scripted test model (whose keys are the tokens it has seen) leaves out the positions the
+    decode batch dropped in place: rows batched together, one proposing its reply and one proposing
+    wrong tokens (rejected, so it drops more than the other: holes), both answer the scripted reply;
+    and it scripts every position of a verify step of a raw completion prompt, not only the last."""
+    from vllm_mlx.models.loader import load_model
+
+    harness = EngineHarness(scripted_qwen3, lambda: load_model(str(scripted_qwen3), trust_remote_code=True),
+                            max_num_seqs=4, speculative="ngram")
+    try:
+        prompts = [harness.tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
+                   for p in ("Say something.", "Say something else.")]  # (the model scripts its turn only)
+        want = [harness.run([p], max_tokens=40, temperature=0)[0][1] for p in prompts]
+        speculator = harness.engine.core.speculator
+        right, wrong = ShiftedProposer(want[0], 0), ShiftedProposer(want[1], None)
+        speculator.proposer = type("Both", (), {
+            "method": "both", "may_propose": staticmethod(lambda seqs, wants: any(wants)),
+            "forget": staticmethod(lambda seqs: None),
+            "propose": staticmethod(lambda seqs, wants: [
+                (right if s.prompt_ids == prompts[0] else wrong).propose([s], [k])[0] for s, k in zip(seqs, wants)]),
+        })()
+        with always_verifying(harness):
+            got = [r[1] for r in harness.run(prompts, max_tokens=40, temperature=0)]
+            raw = harness.tokenizer.encode("Say it raw.")  # a raw completion prompt (proposals all wrong):
+            assert harness.run([raw], max_tokens=40, temperature=0)[0][1] == want[0]  # the default reply too
+        assert got == want
+        assert harness.engine.stats.speculative["accepted"] > 5  # (the right row, in runs of its proposals)
+    finally:
+        harness.engine.shutdown()
+
+
 def test_stop_tokens_and_rows_that_do_not_speculate_share_the_steps(engines):
     check_rows_that_do_not_speculate(*engines)
 

@@ -13,8 +13,9 @@ How it works
   ``(B, 1, T, 1)``.  So batching (left padding, ``filter``, ``extend``,
   ``merge``, ``trim``) and prefix caches that copy KV blocks keep working the
   way they do for a real model.  Zeros (padding written by ``extend`` /
-  ``merge``) and positions before a ``BatchKVCache``'s ``left_padding`` are
-  not part of a row's history.
+  ``merge``), positions before a ``BatchKVCache``'s ``left_padding`` and the
+  decode batch's holes (positions a row dropped in place after a verify step:
+  ``DecodeKVCache.hole_mask``) are not part of a row's history.
 * For each row, the last occurrence of the family's assistant-turn marker
   (qwen3: ``<|im_start|>assistant``; llama: ``<|start_header_id|>assistant
   <|end_header_id|>``) splits the history into a *context* (before it) and
@@ -58,6 +59,7 @@ MODEL_TYPE = "vllm_mlx_scripted"
 # this file as one JSON line {"context", "kind", "reply"}: what the server really handed the model.
 TRANSCRIPT_ENV = "VLLM_MLX_SCRIPTED_TRANSCRIPT"
 MODEL_FILE = "scripted_model.py"
+VERIFY_WIDTH = 17  # positions of a forward up to which a raw prompt's are all scripted (a verify step's)
 NEG = -1e9
 
 
@@ -262,14 +264,16 @@ class Script:
     def predict_positions(self, history: list[int], n_last: int) -> list[int]:
         """Next tokens for the last ``n_last`` positions of ``history``.
 
-        Positions after the last marker are scripted; earlier ones get EOS.
+        Positions after the last marker are scripted; earlier ones get EOS. Without a marker (a raw
+        completion prompt) a few positions (a decode or verify step's: ``VERIFY_WIDTH``) are all
+        scripted, a longer chunk's (prefill) only its last.
         """
         cut = find_last(history, self.marker)
         out = []
         for p in range(len(history) - n_last, len(history)):
             if p < 0:
                 out.append(self.eos)
-            elif p == len(history) - 1 or (cut >= 0 and p + 1 >= cut):
+            elif p == len(history) - 1 or (cut >= 0 and p + 1 >= cut) or (cut < 0 and n_last <= VERIFY_WIDTH):
                 out.append(self.predict(history[: p + 1], sampled=p == len(history) - 1))
             else:
                 out.append(self.eos)
@@ -301,9 +305,12 @@ class Model(nn.Module):
         B, L = inputs.shape
         kv = (inputs.astype(mx.float32) + 1.0).reshape(B, 1, L, 1)
         c = cache[0] if cache else None
+        holes = None
         if c is not None:
             keys, _ = c.update_and_fetch(kv, kv)
             left_padding = getattr(c, "left_padding", None)
+            if getattr(c, "holes", None) is not None:  # positions the decode batch dropped in place
+                holes = np.array(c.hole_mask(keys.shape[2]))
         else:
             keys, left_padding = kv, None
         hist = np.array(keys.astype(mx.float32)).reshape(B, -1)
@@ -321,6 +328,8 @@ class Model(nn.Module):
         for b in range(B):
             row = hist[b]
             keep = (pos >= max(int(pads[b]), 0)) & (row != 0)
+            if holes is not None:
+                keep &= ~holes[b]
             real = [int(x) - 1 for x in row[keep]]
             chunk_cols = np.nonzero(keep[T - L :])[0]  # this call's real positions
             if len(chunk_cols):

@@ -231,8 +231,8 @@ class EngineCore:
             outputs = spec.step(self, plan, prepared)
         else:
             outputs, spec.rates.launched = self.run_pipelined(plan), 0
-        spec.rates.observe(arm, self.counters.generated - generated, rows,  # arm: read back
-                           bool(plan.prefill) or spec.prompt_work)
+        spec.observe(arm, self.counters.generated - generated, rows,  # arm: read back
+                     bool(plan.prefill) or spec.prompt_work)
         if not spec.active and self.runner.batch_seqs:
             spec.active = spec.worth_trying(self.runner.batch_seqs)
         return outputs

@@ -46,9 +46,9 @@ class DecodeKVCache(BatchKVCache):
                 return None
             return super().make_mask(N, return_array=return_array, **kwargs)
         mask = super().make_mask(N, return_array=True, **kwargs)  # (B, 1, N, _idx + N)
-        return mask & ~self._holes(mask.shape[-1])[:, None, None, :]
+        return mask & ~self.hole_mask(mask.shape[-1])[:, None, None, :]
 
-    def _holes(self, width: int) -> mx.array:
+    def hole_mask(self, width: int) -> mx.array:
         """The holes over the first ``width`` columns (B, width)."""
         have = self.holes.shape[1]
         return self.holes[:, :width] if have >= width else mx.pad(self.holes, [(0, 0), (0, width - have)])
@@ -59,7 +59,7 @@ class DecodeKVCache(BatchKVCache):
         r, end = max(rest), self._idx
         if r == 0:
             return
-        holes = self._holes(end) if self.holes is not None else mx.zeros((len(rest), end), dtype=mx.bool_)
+        holes = self.hole_mask(end) if self.holes is not None else mx.zeros((len(rest), end), dtype=mx.bool_)
         new = mx.arange(end - r, end)[None] >= (end - counts)[:, None]
         self.holes = mx.concatenate([holes[:, :end - r], holes[:, end - r:] | new], axis=1)
         self.hole_counts = [h + x for h, x in zip(self.hole_counts or [0] * len(rest), rest)]
@@ -72,7 +72,7 @@ class DecodeKVCache(BatchKVCache):
         if self.holes is None:
             return
         end = self._idx
-        kept = ~np.array(self._holes(end))
+        kept = ~np.array(self.hole_mask(end))
         kept &= np.arange(end)[None] >= np.array(self.left_padding)[:, None]
         counts = kept.sum(axis=1)
         width = int(counts.max())
@@ -126,7 +126,7 @@ class DecodeKVCache(BatchKVCache):
         if self.holes is None or not self.hole_counts[idx]:
             return super().extract(idx)
         start, end = int(self.left_padding[idx].item()), self._idx
-        columns = mx.array(start + np.flatnonzero(~np.array(self._holes(end)[idx, start:])).astype(np.int32))
+        columns = mx.array(start + np.flatnonzero(~np.array(self.hole_mask(end)[idx, start:])).astype(np.int32))
         cache = KVCache()
         cache.keys = mx.contiguous(self.keys[idx:idx + 1, :, columns])
         cache.values = mx.contiguous(self.values[idx:idx + 1, :, columns])

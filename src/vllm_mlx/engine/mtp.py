@@ -55,7 +55,7 @@ def visible_positions(cache: BatchKVCache, width: int, rejected: mx.array) -> mx
     first = cache.left_padding[:, None]
     visible = (columns > first) & ((columns < end - rejected[:, None]) | (columns >= end))
     if getattr(cache, "holes", None) is not None:  # positions dropped in place (decode_cache.py)
-        visible = visible & ~cache._holes(width)
+        visible = visible & ~cache.hole_mask(width)
     return visible[:, None, None]
 
 

@@ -22,7 +22,8 @@ values). Rows that accepted fewer than the batch's longest proposal have those p
 batch cache (:func:`~.model_runner.drop_row_tails`); recurrent layers are rolled back (:mod:`.rollback`).
 
 Each row's proposal length adapts to its acceptance (longer after a full acceptance, halved after
-none); a row whose proposals keep failing rests for a while. When no row has a proposal the engine
+none); a row whose proposals keep failing rests for a while, twice as long each time until one of its
+proposals is accepted (engine steps, counted whatever kind they are). When no row has a proposal the engine
 goes back to its pipelined decode -- and also when speculating does not pay on this machine: a verify
 step costs more than a decode step where the forward's cost grows with its positions (a CPU, a large
 batch), so the speculator keeps the tokens/s of recent steps per batch size and per proposal cap K
@@ -46,7 +47,8 @@ from .sequence import Sequence
 from .step_rates import StepRates
 from .step_record import SpecStep, finished_rows
 
-REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole twice in a row
+REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole twice in a row,
+REST_DOUBLINGS = 4  # doubled after each such rest without an accepted proposal since, up to 16 times as long
 IDLE_CHECKS = 4  # while no row has proposals, pipelined steps between looks for them
 
 
@@ -92,13 +94,14 @@ class SpeculationStats:
 
 
 class _RowState:
-    __slots__ = ("eligible", "budget", "misses", "rest")
+    __slots__ = ("eligible", "budget", "misses", "resume", "rests")
 
     def __init__(self, eligible: bool, budget: int):
         self.eligible = eligible  # whether the row may speculate at all (its controls do not change)
         self.budget = budget  # tokens this row may propose next
         self.misses = 0  # verify steps in a row that accepted nothing
-        self.rest = 0  # steps left before this row proposes again
+        self.resume = 0  # the engine step from which this row proposes again
+        self.rests = 0  # rests since one of its proposals was last accepted
 
 
 def verify_draw(logits: mx.array, drafts: mx.array, lengths: mx.array, params: BatchSamplingParams | None,
@@ -141,15 +144,15 @@ class Speculator:
         self._masks: dict[Sequence, Any] = {}  # grammar rows' masks at each position of the next verify step
         self._idle = 0  # pipelined steps before proposals are looked for again
         self._chosen: int | None = None  # the arm worth_trying chose for the next step (one decision a step)
+        self._steps = 0  # engine steps so far (what a row's rest is counted in)
 
     @staticmethod
     def eligible(seq: Sequence) -> bool:
         """Rows that may speculate: all but those switched off by their request."""
         return seq.sampling.speculative
 
-    def _wants(self, seqs: list[Sequence], cap: int, rest: bool) -> list[int]:
-        """How many tokens each row may propose now, at most ``cap`` (0: none); ``rest``: count this as a
-        step of the resting rows' rest."""
+    def _wants(self, seqs: list[Sequence], cap: int) -> list[int]:
+        """How many tokens each row may propose now, at most ``cap`` (0: none, as for resting rows)."""
         wants = []
         for seq in seqs:
             state = self._rows.get(seq)
@@ -158,8 +161,7 @@ class Speculator:
             if not state.eligible:
                 wants.append(0)
                 continue
-            if state.rest > 0:
-                state.rest -= rest
+            if state.resume > self._steps:
                 wants.append(0)
                 continue
             room = seq.sampling.max_tokens - len(seq.output_ids) - 1  # the bonus token comes on top
@@ -169,7 +171,7 @@ class Speculator:
     def proposals(self, seqs: list[Sequence], cap: int) -> list[list[int]]:
         """Each row's proposals after its latest token, at most ``cap`` (empty for rows that do not
         speculate now)."""
-        proposals = self.proposer.propose(seqs, self._wants(seqs, cap, rest=True))
+        proposals = self.proposer.propose(seqs, self._wants(seqs, cap))
         self._masks = {}
         for i, (seq, proposed) in enumerate(zip(seqs, proposals)):
             if proposed and seq.steers_tokens:  # a grammar's masks, a budget's forced tokens along the proposals
@@ -182,11 +184,16 @@ class Speculator:
         if self._idle:  # nothing to propose lately: look again every IDLE_CHECKS steps (a cost per step)
             self._idle -= 1
             return False
-        if not self.proposer.may_propose(seqs, self._wants(seqs, self.num_tokens, rest=False)):
+        if not self.proposer.may_propose(seqs, self._wants(seqs, self.num_tokens)):
             self._idle = IDLE_CHECKS - 1
             return False  # asked first: a decision without proposals would spend the tries of unmeasured arms
         self._chosen = self.rates.choose(len(seqs))
         return self._chosen > 0
+
+    def observe(self, read: int, produced: int, rows: int, prompt_work: bool) -> None:
+        """An engine step ended (of any kind): counted, and its rate kept (:meth:`.StepRates.observe`)."""
+        self._steps += 1
+        self.rates.observe(read, produced, rows, prompt_work)
 
     def report(self) -> dict:
         """The stats (``/health``), with the tokens a draft took from its own prefix cache."""
@@ -344,9 +351,12 @@ class Speculator:
             elif n == 0:
                 state.budget, state.misses = max(1, state.budget // 2), state.misses + 1
                 if state.misses >= 2:
-                    state.rest, state.misses = REST_STEPS, 0
+                    state.resume = self._steps + (REST_STEPS << min(state.rests, REST_DOUBLINGS))
+                    state.rests, state.misses = state.rests + 1, 0
             else:
                 state.budget, state.misses = max(1, n), 0
+            if n:
+                state.rests = 0
         return out
 
     @staticmethod
