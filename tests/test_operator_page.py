@@ -100,9 +100,10 @@ def long_server(start_server, models_dir):
 
     model = build_tiny_model(models_dir / "page-visible-qwen3", "qwen3", init_scale=8.0, tie_word_embeddings=False,
                              visible_text=True)
-    # room for 30,000 tokens (half a minute here): a busy browser clicks Stop while the reply still runs
+    # room for 120,000 tokens (a minute or more here, speculating on its repeating text included): a busy
+    # browser clicks Stop while the reply still runs
     config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 32768}))
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 131072}))
     return start_server(model, "--served-model-name", "endless", "--api-key", KEY)
 
 
@@ -121,7 +122,7 @@ def test_page_lists_running_requests_and_cancels_one(long_server, browser):
     def generate():
         with httpx.stream("POST", f"{long_server.base_url}/v1/chat/completions", timeout=120,
                           headers={"authorization": f"Bearer {KEY}"},
-                          json={"model": "endless", "stream": True, "max_tokens": 30000,
+                          json={"model": "endless", "stream": True, "max_tokens": 120000,
                                 "messages": [{"role": "user", "content": "Tell me everything, at length."}]}) as r:
             seen["id"] = r.headers["x-request-id"]
             for line in r.iter_lines():
@@ -162,18 +163,21 @@ def test_page_lists_running_requests_and_cancels_one(long_server, browser):
 
 
 def test_page_stop_button_cancels_on_the_server(long_server, browser):
-    """The playground's Stop cancels the request by its id: the reply stays, ended "finish: cancelled"."""
+    """The playground's Stop cancels the request by its id: the reply stays, ended "finish: cancelled".
+    The page stays responsive through a long, fast stream (it used to rewrite the whole reply and lay
+    the page out at every delta: a few seconds in, Stop could not be clicked for minutes)."""
     from playwright.sync_api import expect
 
     page = browser.new_page()
     page.goto(long_server.base_url + "/ui")
     page.evaluate(f"localStorage.setItem('vllm-mlx-api-key', '{KEY}')")
     page.reload()
-    page.fill("#max-tokens", "30000")
+    page.fill("#max-tokens", "120000")
     page.fill("#prompt", "Tell me a long story")
     page.click("#send")
-    expect(page.locator(".msg.assistant .content").last).not_to_have_text("", timeout=30_000)
-    page.click("#stop")
+    page.wait_for_function("document.querySelector('.msg.assistant .content').textContent.length > 8000",
+                           timeout=60_000)
+    page.click("#stop", timeout=10_000)
     expect(page.locator(".msg.assistant.done")).to_have_count(1, timeout=30_000)
     expect(page.locator(".msg.assistant .meta").last).to_contain_text("finish: cancelled")
     page.close()
