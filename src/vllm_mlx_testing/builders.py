@@ -175,7 +175,7 @@ def add_mtp_head(path: str | Path, seed: int = 1, exact: bool = False, hf_layout
                  attending: float = 0.0) -> Path:
     """Add multi-token-prediction weights to the model folder at ``path``, in a safetensors file of
     their own, in the layout its family publishes them in (``mtp.*`` for Qwen3-Next and Qwen3.5; for
-    the ``MOE_ARCHITECTURES``, DeepSeek-V3's: the layer after the model's, :func:`_as_next_layer`);
+    the ``MTP_ARCHITECTURES``, a layer outside the model's, :func:`_as_layer`);
     returns ``path``.
 
     Random ones, or with ``exact`` a head that predicts what the model does: the model's layers are
@@ -219,16 +219,21 @@ def add_mtp_head(path: str | Path, seed: int = 1, exact: bool = False, hf_layout
         mx.save_safetensors(str(path / "model.safetensors"), main)
         weights = {k: v - 1.0 if k in ZERO_CENTRED or k.endswith(LAYER_ZERO_CENTRED) else v
                    for k, v in weights.items()}
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            stacked = weights.pop(f"layers.0.mlp.switch_mlp.{name}.weight", None)
-            for e in range(0 if stacked is None else stacked.shape[0]):
-                weights[f"layers.0.mlp.experts.{e}.{name}.weight"] = stacked[e]
+        _one_tensor_per_expert(weights, "layers.0.mlp")
     if not any(hasattr(layer, "is_linear") for layer in language_model(model).model.layers):
         weights = _as_layer(weights, model)
     else:
         weights = {f"mtp.{k}": v for k, v in weights.items()}
     mx.save_safetensors(str(path / "model-mtp.safetensors"), weights)
     return path
+
+
+def _one_tensor_per_expert(weights: dict, mlp: str) -> None:
+    """Unstack mlx-lm's ``switch_mlp`` experts under ``mlp`` into one tensor each, as checkpoints publish them."""
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        stacked = weights.pop(f"{mlp}.switch_mlp.{name}.weight", None)
+        for e in range(0 if stacked is None else stacked.shape[0]):
+            weights[f"{mlp}.experts.{e}.{name}.weight"] = stacked[e]
 
 
 def _as_layer(weights: dict, model: Any) -> dict:
@@ -254,10 +259,7 @@ def _as_layer(weights: dict, model: Any) -> dict:
     for key, value in weights.items():
         name = next((renames[new] + key[len(new):] for new in renames if key.startswith(new)), None)
         out[name or key.removeprefix("layers.0.")] = value
-    for name in ("gate_proj", "up_proj", "down_proj"):
-        stacked = out.pop(f"mlp.switch_mlp.{name}.weight", None)
-        for e in range(0 if stacked is None else stacked.shape[0]):
-            out[f"mlp.experts.{e}.{name}.weight"] = stacked[e]
+    _one_tensor_per_expert(out, "mlp")
     if "self_attn.embed_q.weight" in out:
         wk, wv = out.pop("self_attn.embed_q.weight"), out.pop("self_attn.unembed_out.weight")
         heads = wk.shape[0]

@@ -115,8 +115,8 @@ LAYER_COPIES = ("embed_tokens.", "shared_head.head.")  # of the model's embeddin
 
 def mtp_weights(path: Path, config: dict | None = None) -> tuple[dict[str, mx.array], bool, LayerLayout | None]:
     """The MTP tensors of a model folder (only the files that hold some are loaded): ``mtp.*`` named as
-    in :class:`MTPHead`, or those of a :data:`LAYER_LAYOUTS` layer, under their own names, prefixed;
-    whether the folder is in the Hugging Face layout of the ``mtp.*`` families (convolution weights
+    in :class:`MTPHead`, or those of a :data:`LAYER_LAYOUTS` layer, under its own names (its prefix
+    cut off); whether the folder is in the Hugging Face layout of the ``mtp.*`` families (convolution weights
     not yet in MLX's order: the layout whose norms are zero-centred); and the layer's layout."""
     weights, hf_layout, found = {}, False, None
     for file in sorted(Path(path).glob("*.safetensors")):
@@ -128,17 +128,17 @@ def mtp_weights(path: Path, config: dict | None = None) -> tuple[dict[str, mx.ar
         for layout in LAYER_LAYOUTS:
             prefix = layout.where(config or {})
             if any(k.startswith(prefix) for k in shapes):
-                weights.update({k: v for k, v in mx.load(str(file)).items() if k.startswith(prefix)})
+                weights.update({k[len(prefix):]: v for k, v in mx.load(str(file)).items() if k.startswith(prefix)})
                 found = layout
     return weights, hf_layout, found
 
 
-def layer_weights(weights: dict[str, mx.array], model: Any, prefix: str, layout: LayerLayout) -> dict[str, mx.array]:
-    """An MTP layer's tensors (under ``prefix``) named as in :class:`MTPHead`: through the model's own
-    ``sanitize`` as its first layer's (experts stacked, a latent attention's ``kv_b_proj`` split,
+def layer_weights(weights: dict[str, mx.array], model: Any, layout: LayerLayout) -> dict[str, mx.array]:
+    """An MTP layer's tensors (in ``layout``'s names) named as in :class:`MTPHead`: through the model's
+    own ``sanitize`` as its first layer's (experts stacked, a latent attention's ``kv_b_proj`` split,
     FP8 blocks dequantized, as mlx-lm does for the model's layers), then renamed."""
     first = "model.layers.0."
-    layer = {first + k[len(prefix):]: v for k, v in weights.items() if not k[len(prefix):].startswith(LAYER_COPIES)}
+    layer = {first + k: v for k, v in weights.items() if not k.startswith(LAYER_COPIES)}
     sanitize = getattr(language_model(model), "sanitize", None)
     named = {}
     for key, value in (sanitize(layer) if sanitize else layer).items():
@@ -214,7 +214,7 @@ def load_mtp_head(model: Any, path: Path, config: dict) -> MTPHead:
                          "--speculative mtp needs a checkpoint that carries them (Qwen3-Next, Qwen3.5/3.6, "
                          "DeepSeek-V3, GLM-4.5, MiMo as published; conversions to MLX drop them)")
     if layout is not None:
-        weights = layer_weights(weights, model, layout.where(config), layout)
+        weights = layer_weights(weights, model, layout)
     weights = stacked_experts(weights)
     if hf_layout:
         weights = {k: v + 1.0 if k in ZERO_CENTRED or k.endswith(LAYER_ZERO_CENTRED) else v

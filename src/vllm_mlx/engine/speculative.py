@@ -47,7 +47,7 @@ from .sequence import Sequence
 from .step_rates import StepRates
 from .step_record import SpecStep, finished_rows
 
-REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole twice in a row,
+REST_STEPS = 16  # steps a row waits after proposals of its were rejected whole twice in a row
 REST_DOUBLINGS = 4  # doubled after each such rest without an accepted proposal since, up to 16 times as long
 IDLE_CHECKS = 4  # while no row has proposals, pipelined steps between looks for them
 
