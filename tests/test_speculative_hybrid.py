@@ -1,10 +1,12 @@
-"""Speculation on models whose caches cannot simply drop positions: recurrent layers (Qwen3.5/3.6,
-Qwen3-Next, LFM2, Nemotron-H, Falcon-H1's Mamba halves) are rolled back through a snapshot of their state and a forward over the kept positions
+"""Speculation on models whose caches cannot simply drop positions: recurrent layers (Qwen3.5/3.6 and
+Qwen3-Next's Gated DeltaNets keep each verified position's state and take the kept one; LFM2, Nemotron-H,
+Falcon-H1's Mamba halves) are rolled back through a snapshot of their state and a forward over the kept positions
 (engine/rollback.py); sliding-window layers (Gemma 3/4, gpt-oss) are cut right after the step, their ring
 in temporal order (model_runner.drop_row_tails). The output stays the output without speculation."""
 
 from __future__ import annotations
 
+import mlx.core as mx
 import pytest
 
 from test_engine import EngineHarness
@@ -29,6 +31,11 @@ def test_rejected_proposals_leave_recurrent_and_sliding_window_layers_as_without
         assert [r[1] for r in on.run(PROMPTS, max_tokens=40, temperature=0)] == want
         stats = on.engine.stats.speculative
         assert stats["proposed"] > stats["accepted"] > 0 and stats["verify_steps"] > 20
+        # Gated DeltaNets keep each verified position's state: no second forward (models/delta_positions.py)
+        if arch in ("qwen3_5", "qwen3_next") and not mx.metal.is_available():
+            assert stats["rollback_forwards"] == 0, stats
+        elif arch in ("lfm2", "nemotron_h", "falcon_h1"):
+            assert stats["rollback_forwards"] > 0, stats
         # a row that ends in a verify step (its proposals run to max_tokens) is cached up to its last
         # token, which that step does not feed; a later turn restores it and still matches
         prompt = on.tokenizer.encode("Tell me about the rivers of the north")
@@ -202,3 +209,46 @@ def test_a_row_ended_by_its_consumer_during_a_verify_step_is_not_cached_past_its
     finally:
         off.engine.shutdown()
         on.engine.shutdown()
+
+
+@pytest.mark.parametrize("arch", ["qwen3_5", "qwen3_next"])
+def test_gated_deltanets_keep_the_state_after_each_verified_position(arch, models_dir):
+    """A verify forward's Gated DeltaNets keep every position's state; each row takes the one after its
+    last kept position, and has what a forward over its kept tokens alone leaves (rows of different
+    lengths, left-padded, keeping 1 to all 5 positions)."""
+    from mlx_lm.models.cache import make_prompt_cache
+    from vllm_mlx_testing.arch_models import build_arch_model
+
+    from vllm_mlx.engine.model_runner import leaf_caches, recurrent_layers
+    from vllm_mlx.engine.rollback import keep_positions, take_kept
+    from vllm_mlx.models.delta_positions import keep_position_states
+    from vllm_mlx.models.loader import load_model
+
+    model = load_model(str(build_arch_model(models_dir / f"spec-{arch}", arch)), compute_dtype="float32").model
+    assert keep_position_states(model) > 0
+    prompts, step = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [14, 15, 16, 17]], [[21, 22, 23, 24, 25]] * 3
+    kept = [1, 3, 5]
+
+    def batch_after(prompt_rows):  # the rows' caches merged after their prompts, left-padded
+        caches = []
+        for row in prompt_rows:
+            cache = make_prompt_cache(model)
+            model(mx.array([row]), cache=cache)
+            caches.append(cache)
+        return [layer[0].merge(list(layer)) for layer in zip(*caches)]
+
+    verified = batch_after(prompts)
+    layers = recurrent_layers(verified)
+    keep_positions(verified, layers, True)
+    model(mx.array(step), cache=verified)
+    keep_positions(verified, layers, False)
+    assert take_kept(verified, layers, mx.array(kept))
+    for row, (prompt, n) in enumerate(zip(prompts, kept)):
+        alone = make_prompt_cache(model)
+        model(mx.array([prompt + step[row][:n]]), cache=alone)
+        for i in layers:
+            for got, want in zip(leaf_caches(verified)[i].cache, leaf_caches(alone)[i].cache):
+                assert got.shape[1:] == want.shape[1:]
+                assert mx.allclose(got[row], want[0], atol=1e-5, rtol=1e-4).item(), (arch, row, i)
+    # without keep_positions the layers run as mlx-lm's, and a layer that kept nothing is said so
+    assert not take_kept(verified, layers, mx.array(kept))

@@ -83,7 +83,9 @@ class EngineCollector:
         if spec:
             for key, help_text in (("proposed", "Tokens proposed by speculative decoding"),
                                    ("accepted", "Proposed tokens the model agreed with"),
-                                   ("verify_steps", "Engine steps that verified proposals")):
+                                   ("verify_steps", "Engine steps that verified proposals"),
+                                   ("rollback_forwards", "Verify steps whose recurrent layers were rolled back by "
+                                    "a second forward")):
                 family = CounterMetricFamily(f"vllm_mlx_speculative_{key}", help_text, labels=["method"])
                 family.add_metric([spec["method"]], spec[key])
                 yield family

@@ -52,6 +52,9 @@ HEARTBEAT_S = 1.0
 class LockstepRunner(ModelRunner):
     """A runner whose every forward completes before the next one starts, on every rank."""
 
+    # followers learn what each row kept a step later, so every rank rolls back by re-running (rollback.py)
+    keeps_positions = False
+
     def prefill(self, seq: Sequence, num_tokens: int) -> mx.array | None:
         logits = super().prefill(seq, num_tokens)  # a chunk that is not the last is evaluated there
         if logits is not None:

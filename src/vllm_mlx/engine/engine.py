@@ -23,6 +23,7 @@ from typing import Any, Callable
 import mlx.core as mx
 
 from ..models.cpu_fusion import fuse_cpu_fallbacks
+from ..models.delta_positions import keep_position_states
 from ..models.row_lengths import honour_row_lengths
 from .config import EngineConfig, EngineStats
 from .core import EngineCore, OutputCallback
@@ -120,6 +121,7 @@ class LLMEngine:
         self.loaded = self._load()
         module = getattr(self.loaded.model, "vlm", self.loaded.model)  # vision: the mlx-vlm module it drives
         honour_row_lengths(module)  # recurrent layers a speculative rollback can re-run right-padded
+        keep_position_states(module)  # ... or that keep each verified position's state (no re-run)
         fused = fuse_cpu_fallbacks(module)
         if fused:
             logger.info("CPU backend: %d norm and RoPE modules run compiled in decode steps", fused)

@@ -32,6 +32,9 @@ from .sequence import Sequence
 
 
 class ModelRunner:
+    # verify forwards may ask recurrent layers for each position's state (rollback.take_kept)
+    keeps_positions = True
+
     def __init__(self, model: nn.Module, deterministic: bool = False):
         self.model = model
         self.deterministic = deterministic

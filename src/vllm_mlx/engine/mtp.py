@@ -38,6 +38,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import ArraysCache, BatchKVCache, KVCache, make_prompt_cache
 
 from ..models.cpu_fusion import fuse_cpu_fallbacks
+from ..models.delta_positions import PositionState
 from .mtp_head import MTPHead, language_model, load_mtp_head, output_head, served_output
 from .sequence import Sequence
 
@@ -97,6 +98,8 @@ class HeadFeed:
             before = mx.zeros_like(hidden[:, :1])
         shifted = mx.concatenate([before, hidden[:, :-1]], axis=1) if hidden.shape[1] > 1 else before
         newest.cache[0] = newest_hidden(hidden, before, newest.lengths)
+        if getattr(newest, "keep_positions", False):  # a verify step: the state after each position
+            newest.position_states = [PositionState(0, hidden, 0, 1)]
         one_step = tokens.shape[1] == 1 and newest.lengths is None and isinstance(keys, BatchKVCache)
         if one_step and keys is not self._kept_for:
             self.settle()  # (a new decode batch: the rows were settled when the last one changed)

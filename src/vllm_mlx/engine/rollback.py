@@ -10,6 +10,12 @@ recurrent layers stop updating a row past ``cache.lengths``, as they do for righ
 attention layers then drop the positions past each row's length. A second forward, but only of the
 accepted width (the most any row kept), and only after a rejection.
 
+Layers that keep the state after each position of a verify forward (Qwen3.5/3.6 and Qwen3-Next's Gated
+DeltaNet off Metal, :mod:`~vllm_mlx.models.delta_positions`; the MTP head's newest hidden state) need
+neither: :func:`take_kept` gives each row the state after its last kept position within the step's own
+graph, and the next step only cuts the attention layers (:func:`drop_rejected`). Where any recurrent
+layer keeps no such states, the step takes the snapshot instead.
+
 Rows that joined the batch after the verify step was launched were not part of it: their state is
 left alone (length 0) and their attention positions are not touched.
 """
@@ -100,13 +106,40 @@ def restore_rings(caches: list[Any], layers: list[int], states: list[tuple]) -> 
         leaves[i].state = kept
 
 
-def drop_rejected(runner: Any, junk: list[int]) -> None:
+def drop_rejected(runner: Any, junk: list[int]) -> bool:
     """After a verify step of ``runner``'s decode batch: each row drops its last ``junk[r]`` positions --
-    cut off attention caches, or, with recurrent layers, rolled back by :func:`repair`."""
-    if runner.recurrent:
-        repair(runner.batch_model, runner.batch_cache, runner.recurrent, runner.rows, junk)
-    else:
-        drop_row_tails(runner.batch_cache, junk)
+    cut off attention caches, and with recurrent layers, rolled back by :func:`repair` (unless the step
+    already took each row's kept state: :func:`take_kept`). Returns whether that ran a second forward."""
+    if runner.recurrent and runner.rows["verify_inputs"] is not None:
+        return repair(runner.batch_model, runner.batch_cache, runner.recurrent, runner.rows, junk)
+    recurrent = set(runner.recurrent)
+    drop_row_tails([c for i, c in enumerate(leaf_caches(runner.batch_cache)) if i not in recurrent], junk)
+    return False
+
+
+def keep_positions(caches: list[Any], layers: list[int], keep: bool) -> None:
+    """Ask the recurrent ``layers`` to keep the state after each position of the next forward (a verify
+    step's), or stop asking."""
+    leaves = leaf_caches(caches)
+    for i in layers:
+        leaves[i].keep_positions = keep
+
+
+def take_kept(caches: list[Any], layers: list[int], kept: mx.array) -> bool:
+    """After a verify forward run with :func:`keep_positions`: set each recurrent layer's state to the
+    one after each row's last kept position (``kept``: (rows,) positions kept, lazy). False, changing
+    nothing, when some layer kept no per-position states (then the step needs a :func:`snapshot`)."""
+    leaves = [leaf_caches(caches)[i] for i in layers]
+    found = [getattr(c, "position_states", None) for c in leaves]
+    for c in leaves:
+        c.position_states = None
+    if not all(found):
+        return False
+    positions: dict = {}  # gather indices, shared by the layers' entries of one shape
+    for cache, states in zip(leaves, found):
+        for state in states:
+            cache[state.index] = state.after(kept, positions)
+    return True
 
 
 def snapshot(rows: RowArrays, states: list[list[Any]], layers: list[int], inputs: mx.array) -> None:
@@ -118,11 +151,11 @@ def snapshot(rows: RowArrays, states: list[list[Any]], layers: list[int], inputs
     rows["verify_inputs"], rows["verified"] = inputs, mx.ones((inputs.shape[0],), dtype=mx.bool_)
 
 
-def repair(model: Any, caches: list[Any], layers: list[int], rows: RowArrays, junk: list[int]) -> None:
+def repair(model: Any, caches: list[Any], layers: list[int], rows: RowArrays, junk: list[int]) -> bool:
     """After a verify step: leave each verified row with the state of the positions it kept
-    (``junk[r]``: positions at the end of row r to drop)."""
+    (``junk[r]``: positions at the end of row r to drop); returns whether that took a second forward."""
     if max(junk) == 0:
-        return  # every verified row kept all it was fed (rows that joined since have nothing to drop)
+        return False  # every verified row kept all it was fed (rows that joined since have nothing to drop)
     verified = rows["verified"].tolist()
     width = rows["verify_inputs"].shape[1]
     keep = [width - j if v else 0 for j, v in zip(junk, verified)]
@@ -138,3 +171,4 @@ def repair(model: Any, caches: list[Any], layers: list[int], rows: RowArrays, ju
     drop_row_tails([c for i, c in enumerate(leaves) if i not in recurrent], [width if v else 0 for v in verified])
     # the step's inputs again, up to the most any row kept (only the caches are read: lazily)
     forward_right_padded(model, caches, layers, rows["verify_inputs"][:, :max(keep)], keep)
+    return True

@@ -40,7 +40,7 @@ import numpy as np
 
 from .constraints import proposal_masks, unpack_bitmask
 from .request import TokenLogprob
-from .rollback import drop_rejected, recurrent_states, snapshot
+from .rollback import drop_rejected, keep_positions, recurrent_states, snapshot, take_kept
 from .rows import RowArrays
 from .sampler import BatchSamplingParams, PenaltyState, draw_positions, process_positions, reported_logprobs
 from .sequence import Sequence
@@ -87,6 +87,7 @@ class SpeculationStats:
     verify_steps: int = 0
     proposed: int = 0  # tokens proposed
     accepted: int = 0  # proposed tokens the model agreed with
+    rollback_forwards: int = 0  # verify steps whose recurrent layers were rolled back by a second forward
 
     def as_dict(self) -> dict:
         rate = self.accepted / self.proposed if self.proposed else 0.0
@@ -236,8 +237,8 @@ class Speculator:
         whose step this is; ``plan``: its schedule."""
         runner = core.runner
         p = prepared or self.prepare(core)
-        if p.junk is not None:
-            drop_rejected(runner, p.junk)
+        if p.junk is not None and drop_rejected(runner, p.junk):
+            self.stats.rollback_forwards += 1
         # a verify step's last token is not fed yet; rows a record carried are not announced again
         core.retire(p.done, unfed=int(p.verified), announce=prepared is None)
         seqs = list(runner.batch_seqs)
@@ -260,7 +261,12 @@ class Speculator:
         k = max(len(p) for p in proposals)
         inputs = mx.array(verify_inputs(seqs, proposals))
         before = recurrent_states(runner.batch_cache, runner.recurrent)  # the state this step starts from
+        per_position = bool(runner.recurrent) and runner.keeps_positions
+        if per_position:  # recurrent layers that can keep each position's state (rollback.take_kept)
+            keep_positions(runner.batch_cache, runner.recurrent, True)
         logits = runner.verify(inputs)  # (B, k + 1, vocab)
+        if per_position:
+            keep_positions(runner.batch_cache, runner.recurrent, False)
         if self._masks:
             logits = self._masked(logits, seqs)
         drafts, lengths = inputs[:, 1:], mx.array([len(p) for p in proposals])
@@ -277,8 +283,8 @@ class Speculator:
         if params.uses_penalties:  # the accepted proposals count for the penalties of the steps after
             kept = (mx.arange(k)[None] < accepted[:, None]).astype(mx.float32)
             rows["counts"] = rows["counts"].at[mx.arange(len(seqs))[:, None], drafts].add(kept)
-        if runner.recurrent:
-            snapshot(rows, before, runner.recurrent, inputs)
+        if runner.recurrent and not (per_position and take_kept(runner.batch_cache, runner.recurrent, accepted + 1)):
+            snapshot(rows, before, runner.recurrent, inputs)  # rolled back and re-run by the next step
         if any(p and s.sampling.logprobs for s, p in zip(seqs, proposals)):
             self._report_logprobs(rows, processed, drafts, accepted, lengths, params)
         self._proposed = {s: len(p) for s, p in zip(seqs, proposals) if p}

@@ -1,0 +1,149 @@
+"""Gated DeltaNet layers (Qwen3.5/3.6, Qwen3-Next) that keep the state after every position of a
+verify step, so rejected speculative proposals are dropped by picking a state, not by running the
+step again.
+
+A verify step feeds each row its newest token and its proposals; the row keeps a prefix of them. A
+recurrent layer's state cannot drop positions, so the engine restored the state from before the step
+and ran the kept positions through the whole model once more (engine/rollback.py): a second forward
+after every verify step with a rejection. Off Metal, mlx-lm computes the gated delta rule a position
+at a time anyway (a compiled step in a loop), so every position's state exists already. A layer
+swapped for :class:`PositionStatesGatedDeltaNet` (or the Qwen3-Next one) keeps them when its cache
+has ``keep_positions`` set (only the engine's verify forwards set it): the same loop, with the step
+written here from the delta rule, and the cache's ``position_states`` saying where each cache entry's
+value after position ``t`` is. The engine then takes, per row and within the step's own graph, the
+one after its last kept position (:func:`~vllm_mlx.engine.rollback.take_kept`). Without
+``keep_positions`` (every other forward) the layers run as mlx-lm's.
+
+On Metal mlx-lm runs the whole step in one fused kernel that returns the last state only; a loop of
+per-position steps there has not been measured against the second forward, so the layers are swapped
+only off Metal (:func:`keep_position_states`) and an unswapped model rolls back as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.gated_delta import compute_g, normalize_qk
+from mlx_lm.models.qwen3_5 import GatedDeltaNet
+from mlx_lm.models.qwen3_next import Qwen3NextGatedDeltaNet
+
+
+class PositionState(NamedTuple):
+    """Where cache entry ``index``'s value after a step's position ``t`` is: ``source[:, t + start :
+    t + start + width]`` (``squeeze``: without that axis)."""
+
+    index: int
+    source: mx.array
+    start: int
+    width: int
+    squeeze: bool = False  # (width 1)
+
+    def after(self, kept: mx.array, positions: dict | None = None) -> mx.array:
+        """The value after each row's last kept position (``kept``: (rows,) positions kept, >= 1);
+        ``positions`` keeps the gather indices for entries of the same shape (one step's layers)."""
+        key = (self.source.ndim, self.start, self.width)
+        at = None if positions is None else positions.get(key)
+        if at is None:
+            at = ((kept - 1 + self.start)[:, None] + mx.arange(self.width)).reshape(-1, self.width,
+                                                                                  *[1] * (self.source.ndim - 2))
+            if positions is not None:
+                positions[key] = at
+        picked = mx.take_along_axis(self.source, at, axis=1)
+        return picked[:, 0] if self.squeeze else picked
+
+
+@mx.compile
+def _delta_step(state: mx.array, q: mx.array, k: mx.array, v: mx.array, g: mx.array, beta: mx.array,
+                mask: mx.array | None) -> tuple[mx.array, mx.array]:
+    """One position of the gated delta rule, compiled into one kernel where the backend fuses: the state
+    (rows, heads, Dv, Dk) decays by ``g`` (per head) and moves toward ``v`` along ``k`` by ``beta`` (what
+    it read back along ``k`` corrected); rows outside ``mask`` keep theirs. Returns (the output read
+    along ``q``, the state)."""
+    decayed = state * g[..., None, None]
+    delta = (v - (decayed * k[..., None, :]).sum(axis=-1)) * beta[..., None]
+    new = decayed + k[..., None, :] * delta[..., None]
+    out = (new * q[..., None, :]).sum(axis=-1).astype(q.dtype)
+    return out, new if mask is None else mx.where(mask[:, None, None, None], new, state)
+
+
+def _recur(layer: Any, qkv: mx.array, z: mx.array, b: mx.array, a: mx.array, mask: mx.array | None,
+           cache: Any) -> mx.array:
+    """The layer's convolution and gated delta rule over ``qkv`` (rows, S, conv channels), a position
+    at a time, keeping each position's state in ``cache.position_states``; returns the layer's output."""
+    rows, steps, _ = qkv.shape
+    window = layer.conv_kernel_size - 1
+    conv_state = cache[0] if cache[0] is not None else mx.zeros((rows, window, layer.conv_dim), dtype=qkv.dtype)
+    if mask is not None:
+        qkv = mx.where(mask[..., None], qkv, 0)
+    conv_input = mx.concatenate([conv_state, qkv], axis=1)
+    conv_out = nn.silu(layer.conv1d(conv_input))
+    q, k, v = (t.reshape(rows, steps, h, d) for t, h, d in zip(
+        mx.split(conv_out, [layer.key_dim, 2 * layer.key_dim], -1),
+        (layer.num_k_heads, layer.num_k_heads, layer.num_v_heads),
+        (layer.head_k_dim, layer.head_k_dim, layer.head_v_dim)))
+    q, k = normalize_qk(q, k, inv_scale=layer.head_k_dim**-0.5, eps=1e-6)
+    g, beta = compute_g(layer.A_log, a, layer.dt_bias), mx.sigmoid(b)
+    if layer.num_v_heads > layer.num_k_heads:  # (as mlx-lm's loop repeats them for every position)
+        q, k = (mx.repeat(t, layer.num_v_heads // layer.num_k_heads, -2) for t in (q, k))
+    state = cache[1] if cache[1] is not None else mx.zeros((rows, *_state_shape(layer)), dtype=mx.float32)
+    outputs, states = [], []
+    for t in range(steps):
+        out, state = _delta_step(state, q[:, t], k[:, t], v[:, t], g[:, t], beta[:, t],
+                                 None if mask is None else mask[:, t])
+        outputs.append(out)
+        states.append(state)
+    cache[0], cache[1] = mx.contiguous(conv_input[:, -window:]), state
+    cache.advance(steps)
+    cache.position_states = [PositionState(0, conv_input, 1, window), PositionState(1, mx.stack(states, 1), 0, 1, True)]
+    out = layer.norm(mx.stack(outputs, axis=1), z)
+    return layer.out_proj(out.reshape(rows, steps, -1))
+
+
+def _state_shape(layer: Any) -> tuple[int, int, int]:
+    return layer.num_v_heads, layer.head_v_dim, layer.head_k_dim
+
+
+def _keeping(cache: Any) -> bool:
+    return cache is not None and getattr(cache, "keep_positions", False)
+
+
+class PositionStatesGatedDeltaNet(GatedDeltaNet):
+    """Qwen3.5/3.6's Gated DeltaNet (mlx-lm) keeping each position's state in verify forwards."""
+
+    def __call__(self, inputs: mx.array, mask: mx.array | None = None, cache: Any = None) -> mx.array:
+        if not _keeping(cache) or self.sharding_group is not None:
+            return super().__call__(inputs, mask, cache)
+        rows, steps, _ = inputs.shape
+        z = self.in_proj_z(inputs).reshape(rows, steps, self.num_v_heads, self.head_v_dim)
+        return _recur(self, self.in_proj_qkv(inputs), z, self.in_proj_b(inputs), self.in_proj_a(inputs), mask, cache)
+
+
+class PositionStatesQwen3NextGatedDeltaNet(Qwen3NextGatedDeltaNet):
+    """Qwen3-Next's Gated DeltaNet (mlx-lm) keeping each position's state in verify forwards."""
+
+    def __call__(self, inputs: mx.array, mask: mx.array | None = None, cache: Any = None) -> mx.array:
+        if not _keeping(cache):
+            return super().__call__(inputs, mask, cache)
+        rows, steps, _ = inputs.shape
+        q, k, v, z, b, a = self.fix_query_key_value_ordering(self.in_proj_qkvz(inputs), self.in_proj_ba(inputs))
+        qkv = mx.concatenate([t.reshape(rows, steps, -1) for t in (q, k, v)], axis=-1)
+        return _recur(self, qkv, z, b, a, mask, cache)
+
+
+SWAPS = {GatedDeltaNet: PositionStatesGatedDeltaNet, Qwen3NextGatedDeltaNet: PositionStatesQwen3NextGatedDeltaNet}
+
+
+def keep_position_states(model: Any) -> int:
+    """Swap the model's Gated DeltaNet layers for ones that keep each position's state in verify
+    forwards (off Metal: module docstring); returns how many were swapped."""
+    if not isinstance(model, nn.Module) or mx.metal.is_available():
+        return 0
+    swapped = 0
+    for _, module in model.named_modules():
+        swap = SWAPS.get(type(module))
+        if swap is not None:
+            module.__class__ = swap
+            swapped += 1
+    return swapped
