@@ -1,6 +1,6 @@
 """What rolling back rejected proposals costs: the verify step keeping each position's state of the
 Gated DeltaNets and the MTP head (each row takes the one after its last kept position,
-src/vllm_mlx/models/delta_positions.py) against the snapshot and second forward over the kept
+src/vllm_mlx/models/position_states.py) against the snapshot and second forward over the kept
 positions (src/vllm_mlx/engine/rollback.py) -- one engine, switching between the two every round
 (``ModelRunner.keeps_positions``), in one process. Wall time of the rows' whole requests (prompt
 included), median of the rounds and of the paired per-round ratios.

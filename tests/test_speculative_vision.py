@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 
+import mlx.core as mx
 import openai
 import pytest
 from test_gemma_vision import IMAGES as GEMMA_IMAGES
@@ -111,6 +112,7 @@ def test_an_mtp_head_on_a_vision_model(head, start_server, models_dir):
         assert spec["accepted"] == spec["proposed"] > 0, spec
     else:
         assert spec["proposed"] > spec["accepted"], spec
+    assert mx.metal.is_available() or spec["rollback_forwards"] == 0, spec
 
 
 def test_mtp_on_a_vision_model_without_mtp_weights_is_refused_at_start(start_server, models_dir):
@@ -122,8 +124,9 @@ def test_mtp_on_a_vision_model_without_mtp_weights_is_refused_at_start(start_ser
 def test_hybrid_vision_rows_roll_back_in_the_engine(models_dir):
     """Qwen3.5 (Gated DeltaNet and attention layers, mrope), in the engine: every step verifies each
     row's reference continuation, every third run with its last token wrong, so image rows' proposals
-    are accepted whole, in part and not at all, and the rejected ones are rolled back -- the recurrent
-    state rebuilt from the positions a row kept, at the row's own position offset. Each row's tokens
+    are accepted whole, in part and not at all, and the rejected ones are rolled back -- each row takes
+    its recurrent state after the positions it kept (models/position_states.py), at its own position
+    offset. Each row's tokens
     are those of the engine without speculation, alone and batched with a text row."""
     from test_engine import EngineHarness
     from test_speculative import ReferenceProposer, always_verifying
@@ -172,6 +175,8 @@ def test_hybrid_vision_rows_roll_back_in_the_engine(models_dir):
             assert run(on, [0, 1, 2]) == want
         stats = on.engine.stats.speculative
         assert stats["proposed"] > stats["accepted"] > 0 and stats["verify_steps"] > 10
+        if not mx.metal.is_available():  # mlx-vlm's Gated DeltaNets kept each position's state
+            assert stats["rollback_forwards"] == 0, stats
     finally:
         off.engine.shutdown()
         on.engine.shutdown()

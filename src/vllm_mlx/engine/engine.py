@@ -23,7 +23,7 @@ from typing import Any, Callable
 import mlx.core as mx
 
 from ..models.cpu_fusion import fuse_cpu_fallbacks
-from ..models.delta_positions import keep_position_states
+from ..models.position_states import keep_position_states
 from ..models.row_lengths import honour_row_lengths
 from .config import EngineConfig, EngineStats
 from .core import EngineCore, OutputCallback

@@ -38,7 +38,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import ArraysCache, BatchKVCache, KVCache, make_prompt_cache
 
 from ..models.cpu_fusion import fuse_cpu_fallbacks
-from ..models.delta_positions import PositionState
+from ..models.position_states import PositionState
 from .mtp_head import MTPHead, language_model, load_mtp_head, output_head, served_output
 from .sequence import Sequence
 

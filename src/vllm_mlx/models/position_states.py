@@ -1,6 +1,6 @@
-"""Gated DeltaNet layers (Qwen3.5/3.6, Qwen3-Next) that keep the state after every position of a
-verify step, so rejected speculative proposals are dropped by picking a state, not by running the
-step again.
+"""Recurrent layers -- Gated DeltaNets (Qwen3.5/3.6, Qwen3-Next), LFM2's short convolutions -- that
+keep the state after every position of a verify step, so rejected speculative proposals are dropped
+by picking a state, not by running the step again.
 
 A verify step feeds each row its newest token and its proposals; the row keeps a prefix of them. A
 recurrent layer's state cannot drop positions, so the engine restored the state from before the step
@@ -14,9 +14,11 @@ value after position ``t`` is. The engine then takes, per row and within the ste
 one after its last kept position (:func:`~vllm_mlx.engine.rollback.take_kept`). Without
 ``keep_positions`` (every other forward) the layers run as mlx-lm's.
 
-On Metal mlx-lm runs the whole step in one fused kernel that returns the last state only; a loop of
-per-position steps there has not been measured against the second forward, so the layers are swapped
-only off Metal (:func:`keep_position_states`) and an unswapped model rolls back as before.
+LFM2's short convolution keeps only a window of its inputs, so every position's state is a view of
+what the step feeds it, on any backend. On Metal mlx-lm runs the gated delta rule in one fused kernel
+that returns the last state only; a loop of per-position steps there has not been measured against
+the second forward, so Gated DeltaNets are swapped only off Metal (:func:`keep_position_states`) and
+roll back there as before.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any, NamedTuple
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.gated_delta import compute_g, normalize_qk
+from mlx_lm.models.lfm2 import ShortConv
+from mlx_lm.models.lfm2_moe import ShortConv as MoeShortConv
 from mlx_lm.models.qwen3_5 import GatedDeltaNet
 from mlx_lm.models.qwen3_next import Qwen3NextGatedDeltaNet
 
@@ -69,9 +73,10 @@ def _delta_step(state: mx.array, q: mx.array, k: mx.array, v: mx.array, g: mx.ar
 
 
 def _recur(layer: Any, qkv: mx.array, z: mx.array, b: mx.array, a: mx.array, mask: mx.array | None,
-           cache: Any) -> mx.array:
+           cache: Any, normalize: Any = None) -> mx.array:
     """The layer's convolution and gated delta rule over ``qkv`` (rows, S, conv channels), a position
-    at a time, keeping each position's state in ``cache.position_states``; returns the layer's output."""
+    at a time, keeping each position's state in ``cache.position_states``; returns the layer's output.
+    ``normalize``: the layer's own normalization of queries and keys (default: mlx-lm's)."""
     rows, steps, _ = qkv.shape
     window = layer.conv_kernel_size - 1
     conv_state = cache[0] if cache[0] is not None else mx.zeros((rows, window, layer.conv_dim), dtype=qkv.dtype)
@@ -83,7 +88,7 @@ def _recur(layer: Any, qkv: mx.array, z: mx.array, b: mx.array, a: mx.array, mas
         mx.split(conv_out, [layer.key_dim, 2 * layer.key_dim], -1),
         (layer.num_k_heads, layer.num_k_heads, layer.num_v_heads),
         (layer.head_k_dim, layer.head_k_dim, layer.head_v_dim)))
-    q, k = normalize_qk(q, k, inv_scale=layer.head_k_dim**-0.5, eps=1e-6)
+    q, k = normalize(q, k) if normalize else normalize_qk(q, k, inv_scale=layer.head_k_dim**-0.5, eps=1e-6)
     g, beta = compute_g(layer.A_log, a, layer.dt_bias), mx.sigmoid(b)
     if layer.num_v_heads > layer.num_k_heads:  # (as mlx-lm's loop repeats them for every position)
         q, k = (mx.repeat(t, layer.num_v_heads // layer.num_k_heads, -2) for t in (q, k))
@@ -132,17 +137,69 @@ class PositionStatesQwen3NextGatedDeltaNet(Qwen3NextGatedDeltaNet):
         return _recur(self, qkv, z, b, a, mask, cache)
 
 
-SWAPS = {GatedDeltaNet: PositionStatesGatedDeltaNet, Qwen3NextGatedDeltaNet: PositionStatesQwen3NextGatedDeltaNet}
+class _KeepingShortConv:
+    """LFM2's gated short convolution (mlx-lm's, dense and mixture-of-experts models alike) keeping each
+    position's window in verify forwards: its state is the last inputs of the convolution, a window of
+    what the step feeds it."""
+
+    def __call__(self, x: mx.array, mask: mx.array | None = None, cache: Any = None) -> mx.array:
+        if not _keeping(cache):
+            return super().__call__(x, mask, cache)
+        gate, out_gate, x = mx.split(self.in_proj(x), 3, axis=-1)
+        fed = gate * x
+        if mask is not None:
+            fed = mx.where(mask[..., None], fed, 0)
+        window = self.L_cache - 1
+        before = cache[0] if cache[0] is not None else mx.zeros((fed.shape[0], window, fed.shape[-1]), dtype=fed.dtype)
+        conv_input = mx.concatenate([before, fed], axis=1)
+        cache[0] = conv_input[:, -window:]
+        cache.advance(x.shape[1])
+        cache.position_states = [PositionState(0, conv_input, 1, window)]
+        return self.out_proj(out_gate * self.conv(conv_input))
+
+
+class PositionStatesShortConv(_KeepingShortConv, ShortConv):
+    """LFM2's short convolution keeping each position's window in verify forwards."""
+
+
+class PositionStatesMoeShortConv(_KeepingShortConv, MoeShortConv):
+    """LFM2-MoE's short convolution keeping each position's window in verify forwards."""
+
+
+class _KeepingVisionDeltaNet:
+    """mlx-vlm's Qwen3.5/3.6 Gated DeltaNet (vision-language models) keeping each position's state in
+    verify forwards (rows of a step carry no lengths there)."""
+
+    def __call__(self, inputs: mx.array, mask: mx.array | None = None, cache: Any = None) -> mx.array:
+        if not _keeping(cache) or cache.lengths is not None or (mask is not None and mask.shape[0] != inputs.shape[0]):
+            return super().__call__(inputs, mask, cache)
+        rows, steps, _ = inputs.shape
+        b, a = self._project_gates(inputs)
+        z = self.in_proj_z(inputs).reshape(rows, steps, -1, self.head_v_dim)
+        return _recur(self, self.in_proj_qkv(inputs), z, b, a, mask, cache, self._normalize_qk)
+
+
+def _vision_delta_nets(model: nn.Module) -> dict:
+    """mlx-vlm's Gated DeltaNet classes in ``model`` and their keeping subclasses (mlx-vlm is optional,
+    and only imported here when the model is one of its)."""
+    found = {type(m) for _, m in model.named_modules() if type(m).__name__ == "Qwen3_5GatedDeltaNet"
+             and type(m).__module__.startswith("mlx_vlm.")}
+    return {cls: type(f"PositionStates{cls.__name__}", (_KeepingVisionDeltaNet, cls), {}) for cls in found}
+
+
+DELTA_NETS = {GatedDeltaNet: PositionStatesGatedDeltaNet, Qwen3NextGatedDeltaNet: PositionStatesQwen3NextGatedDeltaNet}
+SHORT_CONVS = {ShortConv: PositionStatesShortConv, MoeShortConv: PositionStatesMoeShortConv}
 
 
 def keep_position_states(model: Any) -> int:
-    """Swap the model's Gated DeltaNet layers for ones that keep each position's state in verify
-    forwards (off Metal: module docstring); returns how many were swapped."""
-    if not isinstance(model, nn.Module) or mx.metal.is_available():
+    """Swap the model's Gated DeltaNet layers (off Metal: module docstring) and short convolutions for
+    ones that keep each position's state in verify forwards; returns how many were swapped."""
+    if not isinstance(model, nn.Module):
         return 0
+    swaps = SHORT_CONVS if mx.metal.is_available() else DELTA_NETS | _vision_delta_nets(model) | SHORT_CONVS
     swapped = 0
     for _, module in model.named_modules():
-        swap = SWAPS.get(type(module))
+        swap = swaps.get(type(module))
         if swap is not None:
             module.__class__ = swap
             swapped += 1
