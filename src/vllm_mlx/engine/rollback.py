@@ -10,9 +10,9 @@ recurrent layers stop updating a row past ``cache.lengths``, as they do for righ
 attention layers then drop the positions past each row's length. A second forward, but only of the
 accepted width (the most any row kept), and only after a rejection.
 
-Layers that keep the state after each position of a verify forward need neither: Qwen3.5/3.6 and
-Qwen3-Next's Gated DeltaNets off Metal, LFM2's short convolutions
-(:mod:`~vllm_mlx.models.position_states`), the MTP head's newest hidden state. :func:`take_kept` gives
+Layers that keep the state after each position of a verify forward need neither: Gated DeltaNets and
+Mamba mixers off Metal, LFM2's short convolutions (:mod:`~vllm_mlx.models.position_states`), the MTP
+head's newest hidden state. :func:`take_kept` gives
 each row the state after its last kept position within the step's own graph, and the next step only
 cuts the attention layers (:func:`drop_rejected`). Where any recurrent layer keeps no such states, the
 step takes the snapshot instead.

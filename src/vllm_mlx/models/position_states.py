@@ -1,24 +1,28 @@
-"""Recurrent layers -- Gated DeltaNets (Qwen3.5/3.6, Qwen3-Next), LFM2's short convolutions -- that
-keep the state after every position of a verify step, so rejected speculative proposals are dropped
-by picking a state, not by running the step again.
+"""Recurrent layers that keep the state after every position of a verify step -- Gated DeltaNets
+(Qwen3.5/3.6 text and vision-language, Qwen3-Next), LFM2's short convolutions, Nemotron-H's and
+Falcon-H1's Mamba-2 mixers -- so rejected speculative proposals are dropped by picking a state, not
+by running the step again.
 
 A verify step feeds each row its newest token and its proposals; the row keeps a prefix of them. A
 recurrent layer's state cannot drop positions, so the engine restored the state from before the step
 and ran the kept positions through the whole model once more (engine/rollback.py): a second forward
-after every verify step with a rejection. Off Metal, mlx-lm computes the gated delta rule a position
-at a time anyway (a compiled step in a loop), so every position's state exists already. A layer
-swapped for :class:`PositionStatesGatedDeltaNet` (or the Qwen3-Next one) keeps them when its cache
-has ``keep_positions`` set (only the engine's verify forwards set it): the same loop, with the step
-written here from the delta rule, and the cache's ``position_states`` saying where each cache entry's
-value after position ``t`` is. The engine then takes, per row and within the step's own graph, the
-one after its last kept position (:func:`~vllm_mlx.engine.rollback.take_kept`). Without
-``keep_positions`` (every other forward) the layers run as mlx-lm's.
+after every verify step with a rejection. The layers here, swapped in at load
+(:func:`keep_position_states`), keep every position's state instead when their cache has
+``keep_positions`` set (only the engine's verify forwards set it), and say in the cache's
+``position_states`` where each cache entry's value after position ``t`` is; the engine then takes,
+per row and within the step's own graph, the one after its last kept position
+(:func:`~vllm_mlx.engine.rollback.take_kept`). Without ``keep_positions`` (every other forward) they
+run as mlx-lm's (or mlx-vlm's).
 
-LFM2's short convolution keeps only a window of its inputs, so every position's state is a view of
-what the step feeds it, on any backend. On Metal mlx-lm runs the gated delta rule in one fused kernel
-that returns the last state only; a loop of per-position steps there has not been measured against
-the second forward, so Gated DeltaNets are swapped only off Metal (:func:`keep_position_states`) and
-roll back there as before.
+- A short convolution's state is a window of what the step feeds it: a view, on any backend.
+- A Gated DeltaNet runs the delta rule a position at a time, as mlx-lm does off Metal anyway (a
+  compiled step in a loop), with the step written here from the rule.
+- A Mamba-2 mixer runs its convolution and scan a position at a time through mlx-lm's own methods,
+  as one-token decode steps run them.
+
+On Metal mlx-lm runs a multi-token step in one fused kernel; a loop of per-position steps there has
+not been measured against the second forward, so only the short convolutions are swapped on Metal
+and the other layers roll back there as before.
 """
 
 from __future__ import annotations
@@ -27,11 +31,15 @@ from typing import Any, NamedTuple
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.falcon_h1 import FalconH1Mixer
 from mlx_lm.models.gated_delta import compute_g, normalize_qk
 from mlx_lm.models.lfm2 import ShortConv
 from mlx_lm.models.lfm2_moe import ShortConv as MoeShortConv
+from mlx_lm.models.nemotron_h import NemotronHMamba2Mixer
 from mlx_lm.models.qwen3_5 import GatedDeltaNet
 from mlx_lm.models.qwen3_next import Qwen3NextGatedDeltaNet
+
+from .row_lengths import LengthAwareMamba2Mixer
 
 
 class PositionState(NamedTuple):
@@ -187,8 +195,50 @@ def _vision_delta_nets(model: nn.Module) -> dict:
     return {cls: type(f"PositionStates{cls.__name__}", (_KeepingVisionDeltaNet, cls), {}) for cls in found}
 
 
+def _at(mask: mx.array | None, t: int) -> mx.array | None:
+    return None if mask is None else mask[:, t : t + 1]
+
+
+class _KeepingMamba:
+    """A Mamba-2 mixer (mlx-lm's Nemotron-H and Falcon-H1) keeping each position's state in verify
+    forwards: its convolution and its scan run a position at a time through mlx-lm's own methods, as
+    one-token decode steps run them, and the convolution window and scan state after each are kept."""
+
+    def _conv(self, conv_input: mx.array, cache: Any, mask: mx.array | None) -> mx.array:
+        if not _keeping(cache):
+            return super()._conv(conv_input, cache, mask)
+        outputs, windows = [], []
+        for t in range(conv_input.shape[1]):
+            outputs.append(super()._conv(conv_input[:, t : t + 1], cache, _at(mask, t)))
+            windows.append(cache[0])
+        cache.position_states = [PositionState(0, mx.stack(windows, 1), 0, 1, True)]
+        return mx.concatenate(outputs, axis=1)
+
+    def _ssm(self, hidden_states: mx.array, B: mx.array, C: mx.array, dt: mx.array, cache: Any,
+             mask: mx.array | None) -> mx.array:
+        if not _keeping(cache):
+            return super()._ssm(hidden_states, B, C, dt, cache, mask)
+        outputs, states = [], []
+        for t in range(hidden_states.shape[1]):
+            at = slice(t, t + 1)
+            outputs.append(super()._ssm(hidden_states[:, at], B[:, at], C[:, at], dt[:, at], cache, _at(mask, t)))
+            states.append(cache[1])
+        cache.position_states = [*cache.position_states, PositionState(1, mx.stack(states, 1), 0, 1, True)]
+        return mx.concatenate(outputs, axis=1)
+
+
+class PositionStatesMamba2Mixer(_KeepingMamba, LengthAwareMamba2Mixer):
+    """Nemotron-H's Mamba-2 mixer (its scan stopping at row lengths) keeping each position's state."""
+
+
+class PositionStatesFalconH1Mixer(_KeepingMamba, FalconH1Mixer):
+    """Falcon-H1's Mamba-2 mixer keeping each position's state."""
+
+
 DELTA_NETS = {GatedDeltaNet: PositionStatesGatedDeltaNet, Qwen3NextGatedDeltaNet: PositionStatesQwen3NextGatedDeltaNet}
 SHORT_CONVS = {ShortConv: PositionStatesShortConv, MoeShortConv: PositionStatesMoeShortConv}
+MAMBAS = {NemotronHMamba2Mixer: PositionStatesMamba2Mixer, LengthAwareMamba2Mixer: PositionStatesMamba2Mixer,
+          FalconH1Mixer: PositionStatesFalconH1Mixer}
 
 
 def keep_position_states(model: Any) -> int:
@@ -196,7 +246,8 @@ def keep_position_states(model: Any) -> int:
     ones that keep each position's state in verify forwards; returns how many were swapped."""
     if not isinstance(model, nn.Module):
         return 0
-    swaps = SHORT_CONVS if mx.metal.is_available() else DELTA_NETS | _vision_delta_nets(model) | SHORT_CONVS
+    loops = DELTA_NETS | _vision_delta_nets(model) | MAMBAS  # per-position loops: off Metal (module docstring)
+    swaps = SHORT_CONVS if mx.metal.is_available() else loops | SHORT_CONVS
     swapped = 0
     for _, module in model.named_modules():
         swap = swaps.get(type(module))
