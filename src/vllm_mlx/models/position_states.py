@@ -188,8 +188,8 @@ class _KeepingVisionDeltaNet:
 
 
 def _vision_delta_nets(model: nn.Module) -> dict:
-    """mlx-vlm's Gated DeltaNet classes in ``model`` and their keeping subclasses (mlx-vlm is optional,
-    and only imported here when the model is one of its)."""
+    """mlx-vlm's Gated DeltaNet classes in ``model`` and their keeping subclasses (mlx-vlm is optional:
+    its classes are found in the model, not imported)."""
     found = {type(m) for _, m in model.named_modules() if type(m).__name__ == "Qwen3_5GatedDeltaNet"
              and type(m).__module__.startswith("mlx_vlm.")}
     return {cls: type(f"PositionStates{cls.__name__}", (_KeepingVisionDeltaNet, cls), {}) for cls in found}
@@ -223,7 +223,7 @@ class _KeepingMamba:
             at = slice(t, t + 1)
             outputs.append(super()._ssm(hidden_states[:, at], B[:, at], C[:, at], dt[:, at], cache, _at(mask, t)))
             states.append(cache[1])
-        cache.position_states = [*cache.position_states, PositionState(1, mx.stack(states, 1), 0, 1, True)]
+        cache.position_states.append(PositionState(1, mx.stack(states, 1), 0, 1, True))  # after _conv's
         return mx.concatenate(outputs, axis=1)
 
 
@@ -242,8 +242,8 @@ MAMBAS = {NemotronHMamba2Mixer: PositionStatesMamba2Mixer, LengthAwareMamba2Mixe
 
 
 def keep_position_states(model: Any) -> int:
-    """Swap the model's Gated DeltaNet layers (off Metal: module docstring) and short convolutions for
-    ones that keep each position's state in verify forwards; returns how many were swapped."""
+    """Swap the model's recurrent layers for ones that keep each position's state in verify forwards
+    (on Metal only the short convolutions: module docstring); returns how many were swapped."""
     if not isinstance(model, nn.Module):
         return 0
     loops = DELTA_NETS | _vision_delta_nets(model) | MAMBAS  # per-position loops: off Metal (module docstring)
