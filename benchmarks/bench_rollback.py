@@ -27,12 +27,13 @@ def main() -> None:
                         "(0: the engine's own choice of step)")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--prompt", default="Tell me a story about the sea and the ships that sail on it")
     args = parser.parse_args()
     side = Blocking(args.model, args.method)
     runner, speculator = side.engine.core.runner, side.engine.core.speculator
     if args.k:
         speculator.rates.choose = lambda rows: args.k
-    prompt = "Tell me a story about the sea and the ships that sail on it"
+    prompt = args.prompt
     for rows in args.rows:
         side.run(prompt, rows, 16)  # warm-up
         times: dict[bool, list[float]] = {True: [], False: []}

@@ -17,8 +17,8 @@ run as mlx-lm's (or mlx-vlm's).
 - A short convolution's state is a window of what the step feeds it: a view, on any backend.
 - A Gated DeltaNet runs the delta rule a position at a time, as mlx-lm does off Metal anyway (a
   compiled step in a loop), with the step written here from the rule.
-- A Mamba-2 mixer runs its convolution and scan a position at a time through mlx-lm's own methods,
-  as one-token decode steps run them.
+- A Mamba-2 mixer keeps its convolution window as a view too, and its scan's state after each
+  position comes from the scan's closed form (:func:`scan_states`); its output is mlx-lm's.
 
 On Metal mlx-lm runs a multi-token step in one fused kernel; a loop of per-position steps there has
 not been measured against the second forward, so only the short convolutions are swapped on Metal
@@ -38,6 +38,7 @@ from mlx_lm.models.lfm2_moe import ShortConv as MoeShortConv
 from mlx_lm.models.nemotron_h import NemotronHMamba2Mixer
 from mlx_lm.models.qwen3_5 import GatedDeltaNet
 from mlx_lm.models.qwen3_next import Qwen3NextGatedDeltaNet
+from mlx_lm.models.ssm import compute_dt
 
 from .row_lengths import LengthAwareMamba2Mixer
 
@@ -195,36 +196,57 @@ def _vision_delta_nets(model: nn.Module) -> dict:
     return {cls: type(f"PositionStates{cls.__name__}", (_KeepingVisionDeltaNet, cls), {}) for cls in found}
 
 
-def _at(mask: mx.array | None, t: int) -> mx.array | None:
-    return None if mask is None else mask[:, t : t + 1]
+def scan_states(x: mx.array, B: mx.array, dt: mx.array, A_log: mx.array, state: mx.array | None,
+                mask: mx.array | None) -> mx.array:
+    """A Mamba-2 scan's state after each position (rows, S, heads, Dh, Ds), from the state before it:
+    state_t = exp(a_t + ... + a_1) state_0 + sum over s <= t of exp(a_t + ... + a_s+1) dt_s x_s B_s^T,
+    with a = dt A. ``x``: (rows, S, heads, Dh); ``B``: (rows, S, groups, Ds); ``dt``: (rows, S, heads),
+    already through the mixer's softplus and limits; positions outside ``mask`` leave the state alone."""
+    heads, groups = x.shape[2], B.shape[2]
+    da = dt * -mx.exp(A_log).astype(dt.dtype)
+    dx = dt[..., None] * x
+    if mask is not None:
+        da, dx = da * mask[..., None], dx * mask[..., None, None]
+    total = mx.cumsum(da, axis=1)  # (rows, S, heads)
+    steps = mx.arange(x.shape[1])
+    decay = mx.where((steps[:, None] >= steps[None])[None, :, :, None],
+                     mx.exp(total[:, :, None, :] - total[:, None, :, :]), 0)  # (rows, t, s, heads)
+    states = mx.einsum("btsh,bshi,bshj->bthij", decay, dx, mx.repeat(B, heads // groups, axis=2))
+    if state is not None:
+        states = states + mx.exp(total)[..., None, None] * state[:, None].astype(states.dtype)
+    return states
 
 
 class _KeepingMamba:
     """A Mamba-2 mixer (mlx-lm's Nemotron-H and Falcon-H1) keeping each position's state in verify
-    forwards: its convolution and its scan run a position at a time through mlx-lm's own methods, as
-    one-token decode steps run them, and the convolution window and scan state after each are kept."""
+    forwards: its convolution window is a view of what the step feeds it, and its scan's state after
+    each position comes from :func:`scan_states`; the output is mlx-lm's."""
 
     def _conv(self, conv_input: mx.array, cache: Any, mask: mx.array | None) -> mx.array:
         if not _keeping(cache):
             return super()._conv(conv_input, cache, mask)
-        outputs, windows = [], []
-        for t in range(conv_input.shape[1]):
-            outputs.append(super()._conv(conv_input[:, t : t + 1], cache, _at(mask, t)))
-            windows.append(cache[0])
-        cache.position_states = [PositionState(0, mx.stack(windows, 1), 0, 1, True)]
-        return mx.concatenate(outputs, axis=1)
+        if mask is not None:
+            conv_input = mx.where(mask[..., None], conv_input, 0)
+        window = self.conv_kernel_size - 1
+        before = cache[0] if cache[0] is not None else mx.zeros((conv_input.shape[0], window, self.conv_dim),
+                                                               dtype=conv_input.dtype)
+        fed = mx.concatenate([before, conv_input], axis=1)
+        cache[0] = fed[:, -window:]
+        cache.position_states = [PositionState(0, fed, 1, window)]
+        return nn.silu(self.conv1d(fed))
 
     def _ssm(self, hidden_states: mx.array, B: mx.array, C: mx.array, dt: mx.array, cache: Any,
              mask: mx.array | None) -> mx.array:
         if not _keeping(cache):
             return super()._ssm(hidden_states, B, C, dt, cache, mask)
-        outputs, states = [], []
-        for t in range(hidden_states.shape[1]):
-            at = slice(t, t + 1)
-            outputs.append(super()._ssm(hidden_states[:, at], B[:, at], C[:, at], dt[:, at], cache, _at(mask, t)))
-            states.append(cache[1])
-        cache.position_states.append(PositionState(1, mx.stack(states, 1), 0, 1, True))  # after _conv's
-        return mx.concatenate(outputs, axis=1)
+        rows, steps, _ = hidden_states.shape
+        before = cache[1]
+        out = super()._ssm(hidden_states, B, C, dt, cache, mask)
+        states = scan_states(hidden_states.reshape(rows, steps, self.num_heads, self.head_dim),
+                             B.reshape(rows, steps, self.n_groups, self.ssm_state_size),
+                             compute_dt(dt, self.dt_bias, self.time_step_limit), self.A_log, before, mask)
+        cache.position_states.append(PositionState(1, states.astype(cache[1].dtype), 0, 1, True))  # after _conv's
+        return out
 
 
 class PositionStatesMamba2Mixer(_KeepingMamba, LengthAwareMamba2Mixer):
