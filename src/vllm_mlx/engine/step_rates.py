@@ -22,7 +22,9 @@ class StepRates:
     fastest measured, each other arm tried now and then).
 
     A step is counted only when it read back tokens of the arm it launches itself (steady state: the
-    step after a change of arm also carries the other arm's work) and did no prompt work. An arm not yet
+    step after a change of arm also carries the other arm's work), did no prompt work and ran the
+    batch the step before it ran (the first step of a new batch costs up to half as much again, and
+    an arm measured there kept that against arms measured later). An arm not yet
     measured is tried at most ``MEASURE_TRIES`` times per exploration period: proposals that come only
     now and then cannot be measured, and are not worth a synchronous step each."""
 
@@ -31,6 +33,7 @@ class StepRates:
         self._rates: dict[tuple[int, int], float] = {}
         self._tries: dict[tuple[int, int], int] = {}  # unmeasured tries per (arm, bucket) this period
         self._last: float | None = None  # when the previous step ended
+        self._rows = 0  # the batch size of the previous step
         self._decisions = 0
         self._trying: tuple[int, int] | None = None  # (arm, steps left) of a try of another arm
         self.launched = 0  # the arm of the step last launched
@@ -39,11 +42,12 @@ class StepRates:
         """A step ended: it read back ``produced`` tokens of a step of arm ``read`` and launched one of
         arm :attr:`launched`."""
         now = time.perf_counter()
-        if read == self.launched and not prompt_work and self._last is not None and produced and now > self._last:
+        steady = read == self.launched and rows == self._rows and not prompt_work
+        if steady and self._last is not None and produced and now > self._last:
             key, rate = (read, rows.bit_length()), produced / (now - self._last)
             old = self._rates.get(key)
             self._rates[key] = rate if old is None else old + RATE_WEIGHT * (rate - old)
-        self._last = now
+        self._last, self._rows = now, rows
 
     def choose(self, rows: int) -> int:
         """The arm of the next step of a batch of ``rows`` that has proposals (0: do not verify)."""
