@@ -34,6 +34,12 @@ from .rows import RowArrays
 STATE = "rollback_state"  # row-array names: the snapshot, STATE_i_j (recurrent layer i, state array j)
 
 
+def attention_leaves(caches: list[Any], layers: list[int]) -> list[Any]:
+    """The leaf caches of ``caches`` that are not the recurrent ``layers`` (the ones positions are cut off)."""
+    recurrent = set(layers)
+    return [c for i, c in enumerate(leaf_caches(caches)) if i not in recurrent]
+
+
 def forward_right_padded(model: Any, caches: list[Any], layers: list[int], tokens: mx.array,
                          lengths: list[int]) -> mx.array:
     """Run ``tokens`` (B, W), right-padded, through ``model``: the recurrent ``layers`` stop at each row's
@@ -51,8 +57,7 @@ def forward_right_padded(model: Any, caches: list[Any], layers: list[int], token
     out = model(tokens, cache=caches)
     for i in layers:
         leaves[i].lengths = None
-    recurrent = set(layers)
-    drop_row_tails([c for i, c in enumerate(leaves) if i not in recurrent], [tokens.shape[1] - n for n in lengths])
+    drop_row_tails(attention_leaves(caches, layers), [tokens.shape[1] - n for n in lengths])
     return out
 
 
@@ -113,8 +118,7 @@ def drop_rejected(runner: Any, junk: list[int]) -> bool:
     already took each row's kept state: :func:`take_kept`). Returns whether that ran a second forward."""
     if runner.recurrent and runner.rows["verify_inputs"] is not None:
         return repair(runner.batch_model, runner.batch_cache, runner.recurrent, runner.rows, junk)
-    recurrent = set(runner.recurrent)
-    drop_row_tails([c for i, c in enumerate(leaf_caches(runner.batch_cache)) if i not in recurrent], junk)
+    drop_row_tails(attention_leaves(runner.batch_cache, runner.recurrent), junk)
     return False
 
 
@@ -130,7 +134,8 @@ def take_kept(caches: list[Any], layers: list[int], kept: mx.array) -> bool:
     """After a verify forward run with :func:`keep_positions`: set each recurrent layer's state to the
     one after each row's last kept position (``kept``: (rows,) positions kept, lazy). False, changing
     nothing, when some layer kept no per-position states (then the step needs a :func:`snapshot`)."""
-    leaves = [leaf_caches(caches)[i] for i in layers]
+    every = leaf_caches(caches)
+    leaves = [every[i] for i in layers]
     found = [getattr(c, "position_states", None) for c in leaves]
     for c in leaves:
         c.position_states = None
@@ -160,7 +165,6 @@ def repair(model: Any, caches: list[Any], layers: list[int], rows: RowArrays, ju
     verified = rows["verified"].tolist()
     width = rows["verify_inputs"].shape[1]
     keep = [width - j if v else 0 for j, v in zip(junk, verified)]
-    recurrent = set(layers)
     chosen = rows["verified"]
     leaves = leaf_caches(caches)
     for i in layers:
@@ -169,7 +173,7 @@ def repair(model: Any, caches: list[Any], layers: list[int], rows: RowArrays, ju
             saved = rows[f"{STATE}_{i}_{j}"]
             if state is not None and saved is not None:
                 cache.cache[j] = mx.where(chosen.reshape(-1, *[1] * (state.ndim - 1)), saved, state)
-    drop_row_tails([c for i, c in enumerate(leaves) if i not in recurrent], [width if v else 0 for v in verified])
+    drop_row_tails(attention_leaves(caches, layers), [width if v else 0 for v in verified])
     # the step's inputs again, up to the most any row kept (only the caches are read: lazily)
     forward_right_padded(model, caches, layers, rows["verify_inputs"][:, :max(keep)], keep)
     return True

@@ -81,18 +81,26 @@ def _delta_step(state: mx.array, q: mx.array, k: mx.array, v: mx.array, g: mx.ar
     return out, new if mask is None else mx.where(mask[:, None, None, None], new, state)
 
 
+def _conv_window(cache: Any, fed: mx.array, mask: mx.array | None, window: int) -> mx.array:
+    """A causal convolution's input for a verify step: the cached window of earlier inputs, then ``fed``
+    (zero outside ``mask``). Leaves the last ``window`` of it in ``cache[0]`` and says where each
+    position's window is (the cache's first ``position_states`` entry)."""
+    if mask is not None:
+        fed = mx.where(mask[..., None], fed, 0)
+    before = cache[0] if cache[0] is not None else mx.zeros((fed.shape[0], window, fed.shape[-1]), dtype=fed.dtype)
+    conv_input = mx.concatenate([before, fed], axis=1)
+    cache[0] = mx.contiguous(conv_input[:, -window:])
+    cache.position_states = [PositionState(0, conv_input, 1, window)]
+    return conv_input
+
+
 def _recur(layer: Any, qkv: mx.array, z: mx.array, b: mx.array, a: mx.array, mask: mx.array | None,
            cache: Any, normalize: Any = None) -> mx.array:
     """The layer's convolution and gated delta rule over ``qkv`` (rows, S, conv channels), a position
     at a time, keeping each position's state in ``cache.position_states``; returns the layer's output.
     ``normalize``: the layer's own normalization of queries and keys (default: mlx-lm's)."""
     rows, steps, _ = qkv.shape
-    window = layer.conv_kernel_size - 1
-    conv_state = cache[0] if cache[0] is not None else mx.zeros((rows, window, layer.conv_dim), dtype=qkv.dtype)
-    if mask is not None:
-        qkv = mx.where(mask[..., None], qkv, 0)
-    conv_input = mx.concatenate([conv_state, qkv], axis=1)
-    conv_out = nn.silu(layer.conv1d(conv_input))
+    conv_out = nn.silu(layer.conv1d(_conv_window(cache, qkv, mask, layer.conv_kernel_size - 1)))
     q, k, v = (t.reshape(rows, steps, h, d) for t, h, d in zip(
         mx.split(conv_out, [layer.key_dim, 2 * layer.key_dim], -1),
         (layer.num_k_heads, layer.num_k_heads, layer.num_v_heads),
@@ -101,22 +109,19 @@ def _recur(layer: Any, qkv: mx.array, z: mx.array, b: mx.array, a: mx.array, mas
     g, beta = compute_g(layer.A_log, a, layer.dt_bias), mx.sigmoid(b)
     if layer.num_v_heads > layer.num_k_heads:  # (as mlx-lm's loop repeats them for every position)
         q, k = (mx.repeat(t, layer.num_v_heads // layer.num_k_heads, -2) for t in (q, k))
-    state = cache[1] if cache[1] is not None else mx.zeros((rows, *_state_shape(layer)), dtype=mx.float32)
+    state = cache[1] if cache[1] is not None else mx.zeros(
+        (rows, layer.num_v_heads, layer.head_v_dim, layer.head_k_dim), dtype=mx.float32)
     outputs, states = [], []
     for t in range(steps):
         out, state = _delta_step(state, q[:, t], k[:, t], v[:, t], g[:, t], beta[:, t],
                                  None if mask is None else mask[:, t])
         outputs.append(out)
         states.append(state)
-    cache[0], cache[1] = mx.contiguous(conv_input[:, -window:]), state
+    cache[1] = state
     cache.advance(steps)
-    cache.position_states = [PositionState(0, conv_input, 1, window), PositionState(1, mx.stack(states, 1), 0, 1, True)]
+    cache.position_states.append(PositionState(1, mx.stack(states, 1), 0, 1, True))
     out = layer.norm(mx.stack(outputs, axis=1), z)
     return layer.out_proj(out.reshape(rows, steps, -1))
-
-
-def _state_shape(layer: Any) -> tuple[int, int, int]:
-    return layer.num_v_heads, layer.head_v_dim, layer.head_k_dim
 
 
 def _keeping(cache: Any) -> bool:
@@ -155,15 +160,8 @@ class _KeepingShortConv:
         if not _keeping(cache):
             return super().__call__(x, mask, cache)
         gate, out_gate, x = mx.split(self.in_proj(x), 3, axis=-1)
-        fed = gate * x
-        if mask is not None:
-            fed = mx.where(mask[..., None], fed, 0)
-        window = self.L_cache - 1
-        before = cache[0] if cache[0] is not None else mx.zeros((fed.shape[0], window, fed.shape[-1]), dtype=fed.dtype)
-        conv_input = mx.concatenate([before, fed], axis=1)
-        cache[0] = conv_input[:, -window:]
+        conv_input = _conv_window(cache, gate * x, mask, self.L_cache - 1)
         cache.advance(x.shape[1])
-        cache.position_states = [PositionState(0, conv_input, 1, window)]
         return self.out_proj(out_gate * self.conv(conv_input))
 
 
@@ -225,15 +223,7 @@ class _KeepingMamba:
     def _conv(self, conv_input: mx.array, cache: Any, mask: mx.array | None) -> mx.array:
         if not _keeping(cache):
             return super()._conv(conv_input, cache, mask)
-        if mask is not None:
-            conv_input = mx.where(mask[..., None], conv_input, 0)
-        window = self.conv_kernel_size - 1
-        before = cache[0] if cache[0] is not None else mx.zeros((conv_input.shape[0], window, self.conv_dim),
-                                                               dtype=conv_input.dtype)
-        fed = mx.concatenate([before, conv_input], axis=1)
-        cache[0] = fed[:, -window:]
-        cache.position_states = [PositionState(0, fed, 1, window)]
-        return nn.silu(self.conv1d(fed))
+        return nn.silu(self.conv1d(_conv_window(cache, conv_input, mask, self.conv_kernel_size - 1)))
 
     def _ssm(self, hidden_states: mx.array, B: mx.array, C: mx.array, dt: mx.array, cache: Any,
              mask: mx.array | None) -> mx.array:
