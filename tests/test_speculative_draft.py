@@ -13,6 +13,7 @@ from test_speculative import (PROMPTS, always_verifying, check_grammar_row, chec
                               refused_at_start)
 from vllm_mlx.engine import draft as draft_module
 from vllm_mlx.engine.draft import DraftProposer, check_vocabulary
+from vllm_mlx.engine.model_runner import leaf_caches
 from vllm_mlx.models.loader import load_model
 
 
@@ -76,11 +77,36 @@ def test_the_drafts_proposals_are_its_greedy_continuation(kind, small_draft, mod
             row.output_ids += [(len(row.output_ids) * 13 + j) % 1000 + 3 for j in range(n)]
         got = proposer.propose(rows, wants)
         assert got == [greedy(model, r.prompt_ids + r.output_ids, w) for r, w in zip(rows, wants)]
+    check_holes_not_moves(proposer, rows, wants, model, monkeypatch)
     proposer.forget([rows[1]])
     rows[0].output_ids.append(11)
     rows[2].output_ids.append(12)
     assert proposer.propose([rows[0], rows[2]], [4, 1]) == [greedy(model, r.prompt_ids + r.output_ids, w)
                                                            for r, w in ((rows[0], 4), (rows[2], 1))]
+
+
+def check_holes_not_moves(proposer, rows, wants, model, monkeypatch):
+    """Rows gaining different numbers of tokens per step (each accepts its own number of proposals): the
+    draft's attention caches keep what a row's shorter feed left as holes instead of moving the row's
+    whole cache each step, squeeze them out now and then, and the proposals stay the draft's greedy ones."""
+    from vllm_mlx.engine.decode_cache import DecodeKVCache
+
+    compactions = []
+    compact = DecodeKVCache.compact
+    monkeypatch.setattr(DecodeKVCache, "compact", lambda self: (compactions.append(self), compact(self))[1])
+    attention = [c for i, c in enumerate(leaf_caches(proposer.cache)) if i not in proposer.recurrent]
+    assert attention and all(isinstance(c, DecodeKVCache) for c in attention)
+    padding = [c.left_padding.tolist() for c in attention]
+    holes = 0
+    for step in range(40):
+        for i, row in enumerate(rows):
+            row.output_ids += [(step * 7 + i * 5 + j) % 900 + 3 for j in range((step + i) % 4 + 1)]
+        got = proposer.propose(rows, wants)
+        assert got == [greedy(model, r.prompt_ids + r.output_ids, w) for r, w in zip(rows, wants)]
+        holes = max(holes, max(attention[0].hole_counts or [0]))
+        if not compactions:
+            assert [c.left_padding.tolist() for c in attention] == padding  # no row was moved
+    assert holes > 0 and compactions
 
 
 def test_a_draft_with_another_vocabulary_is_refused(models_dir, tiny_qwen3):

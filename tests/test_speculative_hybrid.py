@@ -15,8 +15,13 @@ from test_speculative import PROMPTS, ReferenceProposer
 
 @pytest.mark.parametrize("arch", ["qwen3_5", "qwen3_next", "lfm2", "nemotron_h", "falcon_h1", "gemma3_text",
                                   "gpt_oss", "gemma4_text"])
-def test_rejected_proposals_leave_recurrent_and_sliding_window_layers_as_without_them(arch, models_dir):
+def test_rejected_proposals_leave_recurrent_and_sliding_window_layers_as_without_them(arch, models_dir, monkeypatch):
+    from vllm_mlx.engine.decode_cache import DecodeKVCache
     from vllm_mlx_testing.arch_models import build_arch_model
+
+    holes = []  # the attention layers (Falcon-H1's in its layers' CacheLists too) keep rejected positions as holes
+    drop = DecodeKVCache.drop_in_place
+    monkeypatch.setattr(DecodeKVCache, "drop_in_place", lambda self, *a: (holes.append(self), drop(self, *a))[1])
 
     model = build_arch_model(models_dir / f"spec-{arch}", arch)
     off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="off")
@@ -30,7 +35,7 @@ def test_rejected_proposals_leave_recurrent_and_sliding_window_layers_as_without
         # together: rows join the batch while others verify (prompts are prefilled 64 tokens a step)
         assert [r[1] for r in on.run(PROMPTS, max_tokens=40, temperature=0)] == want
         stats = on.engine.stats.speculative
-        assert stats["proposed"] > stats["accepted"] > 0 and stats["verify_steps"] > 20
+        assert stats["proposed"] > stats["accepted"] > 0 and stats["verify_steps"] > 20 and holes
         # recurrent layers keep each verified position's state: no second forward (models/position_states.py;
         # on Metal only the short convolutions do)
         if arch == "lfm2" or arch in ("qwen3_5", "qwen3_next", "nemotron_h", "falcon_h1") and not mx.metal.is_available():

@@ -1,5 +1,5 @@
-"""The decode batch's attention cache: mlx-lm's ``BatchKVCache`` that drops a row's newest positions in
-place.
+"""The attention cache of the decode batch and of a draft model's batch: mlx-lm's ``BatchKVCache``
+that drops a row's newest positions in place.
 
 After a verify step the rows keep different numbers of their positions (each accepts its own number
 of proposals). Every row's positions share the batch cache's columns, so a row that drops more than
@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import BatchKVCache, KVCache
+from mlx_lm.models.cache import BatchKVCache, CacheList, KVCache
 
 COMPACT_HOLES = 64  # holes a row may gather before the batch is compacted (or an eighth of its columns)
 
 
 def as_decode_caches(caches: list) -> list:
-    """The decode batch's per-layer caches, mlx-lm's ``BatchKVCache`` ones made :class:`DecodeKVCache`
-    (the same objects and state). Not a draft model's: its proposals are cut off with ``trim`` after
-    rows of different lengths were fed, which would squeeze its holes out at every step."""
-    for c in caches:
-        if type(c) is BatchKVCache:
-            c.__class__ = DecodeKVCache
+    """A batch's per-layer caches (the decode batch's, a draft model's), mlx-lm's ``BatchKVCache`` ones
+    made :class:`DecodeKVCache` (the same objects and state), a layer's ``CacheList`` (Falcon-H1) in its
+    parts."""
+    for layer in caches:
+        for c in layer.caches if isinstance(layer, CacheList) else (layer,):
+            if type(c) is BatchKVCache:
+                c.__class__ = DecodeKVCache
     return caches
 
 

@@ -5,13 +5,14 @@ The draft keeps one batch KV cache for the rows it has seen. A row joins it in t
 joins the decode batch: its latest ``DRAFT_CONTEXT`` tokens are prefilled into a cache of its own,
 ``INGEST_TOKENS`` a step at most (a long prompt does not stall the batch; meanwhile the row proposes
 nothing), then merged. Each verify step first feeds every row the tokens it has not seen (the proposals
-the target accepted and its newest token, right-padded to the longest and the padding cut off again),
-then runs K - 1 one-token steps; the positions of the proposals and of the row's newest token are
-trimmed afterwards, so the draft never holds a token the target did not emit, and every row has a token
-to feed next time. A draft with recurrent layers (a small Qwen3.5 for a large one) feeds a row's
-newest token apart, goes back to the state before it afterwards, and its recurrent layers stop at
-each row's length where rows are right-padded. Sliding-window layers (Gemma 3/4, gpt-oss) go back the
-same way: the one-token steps write over the ring's oldest positions, which trimming cannot return.
+the target accepted and its own token after them), right-padded to the longest; the padding becomes
+holes in the row's cache (:class:`~.decode_cache.DecodeKVCache`, as in the decode batch) rather than
+moving the row's whole cache right, a copy of its context at every step. Then K - 1 one-token steps
+propose, and their positions -- the same newest columns in every row -- are trimmed, so the draft
+holds only tokens the target emitted. Recurrent layers (a small Qwen3.5 drafting for a large one) go
+back to their state after the feed, and stop at each row's length where rows are right-padded;
+sliding-window layers (Gemma 3/4, gpt-oss) go back to their ring after the feed: the one-token steps
+write over the ring's oldest positions, which trimming cannot return.
 Which rows propose, and how many tokens, is the speculator's choice (:mod:`.speculative`); the target's
 verification makes the output the target's whatever the draft proposes.
 """
@@ -24,6 +25,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import RotatingKVCache, make_prompt_cache
 
+from .decode_cache import as_decode_caches
 from .model_runner import leaf_caches, recurrent_layers
 from .rollback import forward_right_padded, recurrent_states, restore_rings, restore_states, ring_states
 from .sequence import Sequence
@@ -138,7 +140,7 @@ class DraftProposer:
         k = max(wanted.values(), default=0)
         if k == 0:
             return [[] for _ in seqs]
-        drafted = dict(zip(self.seqs, self._draft(k)))
+        drafted = self._draft(k)
         return [drafted[s][:w] if s in wanted else [] for s, w in zip(seqs, wants)]
 
     def _join(self, seqs: list[Sequence]) -> None:
@@ -167,7 +169,7 @@ class DraftProposer:
             return
         merged = [layer[0].merge(list(layer)) for layer in zip(*(self.joining[s].cache for s in ready))]
         if self.cache is None:
-            self.cache = merged
+            self.cache = as_decode_caches(merged)  # a row's padding and rejected tail become holes, not moves
         else:
             for running, new in zip(self.cache, merged):
                 running.extend(new)
@@ -200,39 +202,38 @@ class DraftProposer:
         except Exception:  # caching is an optimisation: never fail a request over it
             logger.warning("draft prefix-cache insert failed", exc_info=True)
 
-    def _draft(self, k: int) -> list[list[int]]:
-        """``k`` greedy tokens for every row of the draft's batch, after the tokens it has not seen yet."""
+    def _draft(self, k: int) -> dict[Sequence, list[int]]:
+        """``k`` greedy tokens for every row of the draft's batch that has tokens it has not seen (none for
+        a row without), fed first."""
         ends = [len(s.prompt_ids) + len(s.output_ids) for s in self.seqs]
-        unseen = [_tokens(s, self.seen[s], end) for s, end in zip(self.seqs, ends)]  # at least the newest
+        unseen = [_tokens(s, self.seen[s], end) for s, end in zip(self.seqs, ends)]  # what came since
+        fresh = [bool(u) for u in unseen]
+        if not any(fresh):
+            return {s: [] for s in self.seqs}
         while max(len(u) for u in unseen) > LAST_WIDTH:  # a long lag (pipelined steps): remember it first
             fed = [u[:min(CHUNK, len(u) - LAST_WIDTH)] if len(u) > LAST_WIDTH else [] for u in unseen]
             self._feed(fed)
             unseen = [u[len(f):] for u, f in zip(unseen, fed)]
             self.prompt_work = True
-        before = rings = None
-        if self.recurrent or self.rings:  # the newest token apart: the state before it is where it goes back to
-            if max(len(u) for u in unseen) > 1:
-                self._feed([u[:-1] for u in unseen])
-            before = recurrent_states(self.cache, self.recurrent)
-            rings = ring_states(self.cache, self.rings)
-            unseen = [u[-1:] for u in unseen]
         logits = self._feed(unseen)
-        last = mx.array([len(u) - 1 for u in unseen])
+        for seq, end in zip(self.seqs, ends):
+            self.seen[seq] = end
+        before = recurrent_states(self.cache, self.recurrent)  # what the proposals' steps go back to
+        rings = ring_states(self.cache, self.rings)
+        last = mx.array([max(len(u) - 1, 0) for u in unseen])
         token = mx.argmax(mx.take_along_axis(logits, last[:, None, None], axis=1)[:, 0, :self.vocab_limit], axis=-1)
         drafts = [token]
         for _ in range(k - 1):
             logits = self.model(drafts[-1][:, None], cache=self.cache)
             drafts.append(mx.argmax(logits[:, -1, :self.vocab_limit], axis=-1))
         kept = set(self.recurrent) | set(self.rings)
-        for i, c in enumerate(leaf_caches(self.cache)):  # the draft keeps only tokens the target emitted,
-            if i not in kept:  # less the newest (a layer's CacheList, Falcon-H1, in its parts)
-                c.trim(k)
-        if before is not None:
-            restore_states(self.cache, self.recurrent, before)
-            restore_rings(self.cache, self.rings, rings)
-        for seq, end in zip(self.seqs, ends):
-            self.seen[seq] = end - 1  # the newest is fed again next time
-        return mx.stack(drafts, axis=1).tolist()
+        if k > 1:  # the proposals' positions: the same newest columns in every row
+            for i, c in enumerate(leaf_caches(self.cache)):  # (a layer's CacheList, Falcon-H1, in its parts)
+                if i not in kept:
+                    c.trim(k - 1)
+        restore_states(self.cache, self.recurrent, before)
+        restore_rings(self.cache, self.rings, rings)
+        return {s: d if f else [] for s, d, f in zip(self.seqs, mx.stack(drafts, axis=1).tolist(), fresh)}
 
     def _feed(self, rows: list[list[int]]) -> mx.array:
         """Feed each row its tokens, right-padded to the longest (:func:`~.rollback.forward_right_padded`)."""

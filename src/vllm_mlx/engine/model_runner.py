@@ -254,9 +254,9 @@ COMPACT_PADDING = 64  # left padding every row of a batch cache has before it is
 
 def drop_row_tails(batch_cache: list[Any], junk: list[int]) -> None:
     """Cut ``junk[i]`` positions off the end of row i of a batch KV cache (rejected proposals, right
-    padding): the part all rows share is trimmed; what a row drops beyond that becomes holes in the decode
-    batch's cache (:class:`~.decode_cache.DecodeKVCache`, nothing moves) or, in another batch cache (a
-    draft model's, a sliding-window layer's ring), the row is rolled right by the difference, into its left padding, as mlx-lm's
+    padding): the part all rows share is trimmed; what a row drops beyond that becomes holes in a
+    :class:`~.decode_cache.DecodeKVCache` (the decode batch's, a draft model's: nothing moves) or, in
+    another batch cache (a sliding-window layer's ring), the row is rolled right by the difference, into its left padding, as mlx-lm's
     ``BatchKVCache.finalize`` does for right padding (only those rows, and only the filled part of the
     cache); once every such row has ``COMPACT_PADDING`` positions of left padding, they are cut off. A
     sliding-window layer's cache (mlx-lm's ``BatchRotatingKVCache``) is cut right after a multi-token
