@@ -13,7 +13,7 @@ from test_speculative import (PROMPTS, always_verifying, check_grammar_row, chec
                               refused_at_start)
 from vllm_mlx.engine import draft as draft_module
 from vllm_mlx.engine.draft import DraftProposer, check_vocabulary
-from vllm_mlx.engine.model_runner import leaf_caches
+from vllm_mlx.engine.cache_layout import leaf_caches
 from vllm_mlx.models.loader import load_model
 
 

@@ -223,7 +223,8 @@ def test_recurrent_layers_keep_the_state_after_each_verified_position(arch, mode
     from mlx_lm.models.cache import make_prompt_cache
     from vllm_mlx_testing.arch_models import build_arch_model
 
-    from vllm_mlx.engine.model_runner import leaf_caches, recurrent_layers
+    from vllm_mlx.engine.cache_layout import leaf_caches
+    from vllm_mlx.engine.model_runner import recurrent_layers
     from vllm_mlx.engine.rollback import keep_positions, take_kept
     from vllm_mlx.models.position_states import keep_position_states
     from vllm_mlx.models.loader import load_model

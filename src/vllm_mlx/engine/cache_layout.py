@@ -24,6 +24,12 @@ from mlx.utils import tree_flatten, tree_map
 from mlx_lm.models.cache import CacheList, KVCache
 
 
+def leaf_caches(caches: list[Any]) -> list[Any]:
+    """Every layer's cache, a layer's ``CacheList`` (Falcon-H1: its Mamba state, its keys and values)
+    taken apart: what dropping positions and rolling back work on, one cache at a time."""
+    return [part for c in caches for part in (c.caches if isinstance(c, CacheList) else (c,))]
+
+
 @dataclass(frozen=True)
 class CacheLayout:
     parts: tuple[int, ...]  # per layer: 0 for a plain cache, k for a CacheList of k caches
@@ -56,10 +62,7 @@ class CacheLayout:
         return not self.state_leaves
 
     def leaves(self, caches: list[Any]) -> list[Any]:
-        out = []
-        for c in caches:
-            out.extend(c.caches if isinstance(c, CacheList) else (c,))
-        return out
+        return leaf_caches(caches)
 
     def assemble(self, leaves: list[Any]) -> list[Any]:
         """Per-layer caches from flat leaves (inverse of :meth:`leaves`)."""

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import BatchKVCache, CacheList, KVCache
+from mlx_lm.models.cache import BatchKVCache, KVCache
+
+from .cache_layout import leaf_caches
 
 COMPACT_HOLES = 64  # holes a row may gather before the batch is compacted (or an eighth of its columns)
 
@@ -25,10 +27,9 @@ def as_decode_caches(caches: list) -> list:
     """A batch's per-layer caches (the decode batch's, a draft model's), mlx-lm's ``BatchKVCache`` ones
     made :class:`DecodeKVCache` (the same objects and state), a layer's ``CacheList`` (Falcon-H1) in its
     parts."""
-    for layer in caches:
-        for c in layer.caches if isinstance(layer, CacheList) else (layer,):
-            if type(c) is BatchKVCache:
-                c.__class__ = DecodeKVCache
+    for c in leaf_caches(caches):
+        if type(c) is BatchKVCache:
+            c.__class__ = DecodeKVCache
     return caches
 
 

@@ -26,7 +26,8 @@ import mlx.core as mx
 from mlx_lm.models.cache import RotatingKVCache, make_prompt_cache
 
 from .decode_cache import as_decode_caches
-from .model_runner import leaf_caches, recurrent_layers
+from .cache_layout import leaf_caches
+from .model_runner import recurrent_layers
 from .rollback import forward_right_padded, recurrent_states, restore_rings, restore_states, ring_states
 from .sequence import Sequence
 

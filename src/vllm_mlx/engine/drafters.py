@@ -8,7 +8,7 @@ from typing import Any
 
 from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache, make_prompt_cache
 
-from .model_runner import leaf_caches
+from .cache_layout import leaf_caches
 from .ngram import NgramProposer
 from .rollback import honours_lengths
 

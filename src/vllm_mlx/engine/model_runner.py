@@ -23,9 +23,10 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import (ArraysCache, BatchKVCache, BatchRotatingKVCache, CacheList, KVCache, dynamic_roll,
+from mlx_lm.models.cache import (ArraysCache, BatchKVCache, BatchRotatingKVCache, KVCache, dynamic_roll,
                                  make_prompt_cache)
 
+from .cache_layout import leaf_caches
 from .decode_cache import DecodeKVCache, as_decode_caches
 from .rows import RowArrays
 from .sequence import Sequence
@@ -205,12 +206,6 @@ class ModelRunner:
             return None
         deltas = [s.rope_delta for s in self.batch_seqs]
         return mx.array(deltas) if any(deltas) else None
-
-
-def leaf_caches(caches: list[Any]) -> list[Any]:
-    """Every layer's cache, a layer's ``CacheList`` (Falcon-H1: its Mamba state, its keys and values)
-    taken apart: what dropping positions and rolling back work on, one cache at a time."""
-    return [part for c in caches for part in (c.caches if isinstance(c, CacheList) else (c,))]
 
 
 def recurrent_layers(caches: list[Any]) -> list[int]:

@@ -28,7 +28,8 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import BatchRotatingKVCache, make_prompt_cache
 
-from .model_runner import drop_row_tails, in_temporal_order, leaf_caches, recurrent_layers
+from .cache_layout import leaf_caches
+from .model_runner import drop_row_tails, in_temporal_order, recurrent_layers
 from .rows import RowArrays
 
 STATE = "rollback_state"  # row-array names: the snapshot, STATE_i_j (recurrent layer i, state array j)
