@@ -68,8 +68,11 @@ def main() -> None:
     model = root / ("small-spec" if args.small else "q06")  # gpu_bench.py's q06 when it ran first
     spec, dtype = (SMALL, "float32") if args.small else (Q06, "bfloat16")
     repeat = "2" if args.small else "3"
-    rows = ["bench", "rows", "--rows", "1", "16", "--tokens", "128", "--repeat", repeat, "--warmup", "1"]
-    vllm_mlx = [PY, "-m", "vllm_mlx"]
+
+    def bench_rows(path: Path, *method: str) -> list[str]:
+        return [PY, "-m", "vllm_mlx", "bench", "rows", str(path), "--rows", "1", "16", "--tokens", "128",
+                "--repeat", repeat, "--warmup", "1", "--speculative", *method]
+
     if not (model / "model.safetensors").exists():
         build(model.name, f"""
 import mlx.core as mx
@@ -79,28 +82,27 @@ w = {{k: v.astype(mx.{dtype}) for k, v in mx.load(str(p / 'model.safetensors')).
 mx.save_safetensors(str(p / 'model.safetensors'), w, metadata={{'format': 'mlx'}})
 """)
     if "ngram" not in args.skip:
-        run("spec-ngram", vllm_mlx + [rows[0], rows[1], str(model), *rows[2:], "--speculative", "ngram"], 150)
+        run("spec-ngram", bench_rows(model, "ngram"), 150)
     if "draft" not in args.skip:
         draft = root / f"{model.name}-draft2"
         if not (draft / "model.safetensors").exists():
             build(draft.name, f"from vllm_mlx_testing import first_layers_model\n"
                               f"first_layers_model({str(model)!r}, {str(draft)!r}, 2)")
-        run("spec-draft", vllm_mlx + [rows[0], rows[1], str(model), *rows[2:], "--speculative", "draft",
-                                      "--draft-model", str(draft)], 150)
-    heads = {"exact": "exact=True", "random": "", "part": "exact=True, attending=1.0"}
-    for name, options in heads.items():
-        if "mtp" in args.skip and name != "part" or "rollback" in args.skip and name == "part":
+        run("spec-draft", bench_rows(model, "draft", "--draft-model", str(draft)), 150)
+    heads = {"exact": ("mtp", "exact=True"), "random": ("mtp", ""), "part": ("rollback", "exact=True, attending=1.0")}
+    for name, (step, options) in heads.items():
+        if step in args.skip:
             continue
         path = root / f"mtp-{name}"
         if not (path / "model.safetensors").exists():
             build(path.name, "from vllm_mlx_testing.arch_models import build_arch_model\n"
                              "from vllm_mlx_testing.builders import add_mtp_head\n"
                              f"add_mtp_head(build_arch_model({str(path)!r}, 'qwen3_5'), {options})")
-        if name == "part":
+        if step == "rollback":
             run("spec-rollback", [PY, "benchmarks/bench_rollback.py", str(path), "--rows", "1", "16", "--k", "4",
                                   "--rounds", "4" if args.small else "6"], 200)
         else:
-            run(f"spec-mtp-{name}", vllm_mlx + [rows[0], rows[1], str(path), *rows[2:], "--speculative", "mtp"], 150)
+            run(f"spec-mtp-{name}", bench_rows(path, "mtp"), 150)
     (OUT / "gpu_speculative.json").write_text(json.dumps({"small": args.small, "model": str(model),
                                                            "seconds": round(time.monotonic() - T0, 1)}))
     log("done")
