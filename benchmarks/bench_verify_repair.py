@@ -14,14 +14,14 @@ import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache
 from vllm_mlx.engine.decode_cache import DecodeKVCache
 from vllm_mlx.engine.model_runner import drop_row_tails
-from vllm_mlx.models.cpu_fusion import fuse_cpu_fallbacks
+from vllm_mlx.models.cpu_decode import swap_cpu_decode_modules
 from vllm_mlx.models.demo import ensure_demo_model
 from vllm_mlx.models.loader import load_model
 
 
 def main() -> None:
     m = load_model(str(ensure_demo_model())).model
-    fuse_cpu_fallbacks(m)
+    swap_cpu_decode_modules(m)
     B = 16
     for S in (512, 4096):
         res = {}

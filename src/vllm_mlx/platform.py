@@ -38,6 +38,7 @@ BLAS_CANDIDATES = (
 class BlasStatus:
     path: str | None  # the library loaded, if any
     reason: str  # a sentence for logs and `doctor`
+    threads: int = 0  # how many threads OpenBLAS runs (0: none loaded)
 
 
 def _find_openblas() -> str | None:
@@ -68,18 +69,19 @@ def preload_fast_blas() -> BlasStatus:
         lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     except OSError as exc:
         return BlasStatus(None, f"could not load {path}: {exc}")
-    return BlasStatus(path, f"OpenBLAS loaded from {path}; {_threads(lib)}")
+    threads, said = _threads(lib)
+    return BlasStatus(path, f"OpenBLAS loaded from {path}; {said}", threads)
 
 
 THREAD_ENV = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
 
 
-def _threads(lib: ctypes.CDLL) -> str:
-    """How many threads OpenBLAS runs, and who chose that number."""
+def _threads(lib: ctypes.CDLL) -> tuple[int, str]:
+    """How many threads OpenBLAS runs (1 when it cannot say), and a sentence: that number and who chose it."""
     chosen = next((f"{name}={os.environ[name]}" for name in THREAD_ENV if os.environ.get(name)), None)
     get = getattr(lib, "openblas_get_num_threads", None)
-    count = get() if get is not None else "?"
-    return f"{count} thread(s)" + (f" ({chosen})" if chosen else " (one per core)")
+    count = get() if get is not None else None
+    return count or 1, f"{count or '?'} thread(s)" + (f" ({chosen})" if chosen else " (one per core)")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ class CeilingRun:
 class Ceiling:
     def __init__(self, model: str):
         from .. import BLAS_STATUS
-        from ..models.cpu_fusion import fuse_cpu_fallbacks, set_fused
+        from ..models.cpu_decode import swap_cpu_decode_modules, set_swapped
         from ..models.loader import load_model
         from ..platform import detect_backend
 
@@ -34,23 +34,24 @@ class Ceiling:
         self.loaded = load_model(model, compute_dtype=backend.compute_dtype)
         self.model = self.loaded.model
         self.tokenizer = self.loaded.tokenizer
-        # On the CPU the engine runs its norms and RoPEs fused (models/cpu_fusion.py); the loop runs
-        # mlx-lm's model as it is, and the same fusion only when asked (``fused``).
-        self.fusable = fuse_cpu_fallbacks(self.model)
-        set_fused(self.model, False)
+        # On the CPU the engine runs its norms and RoPEs fused and its large linear layers as few-row
+        # products (models/cpu_decode.py); the loop runs mlx-lm's model as it is, and the engine's
+        # modules only when asked (``fused``).
+        self.fusable = swap_cpu_decode_modules(self.model)
+        set_swapped(self.model, False)
 
     def batched_decode(self, batch: int, tokens: int, prompt_len: int = 24, seed: int = 0,
                        temperature: float = 0.0, fused: bool = False) -> CeilingRun:
         """B rows of ``prompt_len`` random tokens, prefilled together, then ``tokens`` steps: greedy, or
         drawn by ``mlx_lm.sample_utils.make_sampler(temperature)`` from the logits; ``fused``: with
-        the engine's CPU fusion of norms and RoPEs."""
-        from ..models.cpu_fusion import set_fused
+        the engine's CPU decode modules (fused norms and RoPEs, few-row linear layers)."""
+        from ..models.cpu_decode import set_swapped
 
-        set_fused(self.model, fused)
+        set_swapped(self.model, fused)
         try:
             return self._batched_decode(batch, tokens, prompt_len, seed, temperature)
         finally:
-            set_fused(self.model, False)
+            set_swapped(self.model, False)
 
     def _batched_decode(self, batch: int, tokens: int, prompt_len: int, seed: int, temperature: float) -> CeilingRun:
         import mlx.core as mx

@@ -4,8 +4,9 @@ sizes, and single-stream against ``mlx_lm.stream_generate`` -- the engine's over
 Each round runs, for every row count B, the engine (B prompts submitted together; decode rate once
 every row has its first token) and the bare batched loop at B rows with the same prompt length and
 token count (:class:`~.ceiling.Ceiling`); at B = 1 also ``mlx_lm.stream_generate``. On the CPU, where
-the engine runs its norms and RoPEs fused (:mod:`vllm_mlx.models.cpu_fusion`), also the bare loop with
-the same fusion: the engine's own overhead, the model run alike. The order within
+the engine runs its norms and RoPEs fused and its large linear layers as few-row products
+(:mod:`vllm_mlx.models.cpu_decode`), also the bare loop with the same modules: the engine's own
+overhead, the model run alike. The order within
 a round alternates between rounds so every side sees the same machine conditions, and ratios are
 paired per round, then summarized (median and 95% interval). With ``profile`` one more engine run per
 B times each step's phases (:mod:`vllm_mlx.engine.step_profile`). With ``speculative`` or ``loras`` a
@@ -161,7 +162,7 @@ def format_rows(result: dict) -> list[str]:
     for b, s in result["summary"].items():
         lines.append(f"| {b} | {f(s['engine'])} | bare mlx-lm loop | {f(s['bare'])} | {f(s['ratio'], 2)} |")
         if "bare_fused" in s:
-            lines.append(f"| {b} | {f(s['engine'])} | the bare loop with the engine's CPU fusion | "
+            lines.append(f"| {b} | {f(s['engine'])} | the bare loop with the engine's CPU decode modules | "
                          f"{f(s['bare_fused'])} | {f(s['ratio_fused'], 2)} |")
         if "speculative" in s:
             lines.append(f"| {b} | {f(s['speculative'])} (speculative) | the engine without speculation | "

@@ -55,7 +55,7 @@ def load_draft(path: str, served: Any, vocab_width: int, served_prefix: Any = No
     served model's prefix cache (``served_prefix``), the draft gets one of its own, in memory, its
     budget the served model's scaled by their weights (no forward of the served model here: across
     ranks one on rank 0 alone would run collectives the other ranks do not)."""
-    from ..models.cpu_fusion import fuse_cpu_fallbacks
+    from ..models.cpu_decode import swap_cpu_decode_modules
     from ..models.loader import load_model, weight_bytes
     from ..models.row_lengths import honour_row_lengths
     from .model_runner import probe_vocab_size
@@ -65,7 +65,7 @@ def load_draft(path: str, served: Any, vocab_width: int, served_prefix: Any = No
     draft = load_model(path, compute_dtype=dtype)
     check_vocabulary(served.tokenizer, draft.tokenizer, path)
     honour_row_lengths(draft.model)
-    fuse_cpu_fallbacks(draft.model)
+    swap_cpu_decode_modules(draft.model)
     prefix = None
     if served_prefix is not None:
         ratio = weight_bytes(draft.model) / max(1, weight_bytes(served.model))

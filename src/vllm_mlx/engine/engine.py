@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from ..models.cpu_fusion import fuse_cpu_fallbacks
+from ..models.cpu_decode import swap_cpu_decode_modules
 from ..models.position_states import keep_position_states
 from ..models.row_lengths import honour_row_lengths
 from .config import EngineConfig, EngineStats
@@ -122,9 +122,9 @@ class LLMEngine:
         module = getattr(self.loaded.model, "vlm", self.loaded.model)  # vision: the mlx-vlm module it drives
         honour_row_lengths(module)  # recurrent layers a speculative rollback can re-run right-padded
         keep_position_states(module)  # ... or that keep each verified position's state (no re-run)
-        fused = fuse_cpu_fallbacks(module)
-        if fused:
-            logger.info("CPU backend: %d norm and RoPE modules run compiled in decode steps", fused)
+        swapped = swap_cpu_decode_modules(module)
+        if swapped:
+            logger.info("CPU backend: %d norm, RoPE and linear modules take their decode-step forms", swapped)
         model = self.loaded.model
         self.config = dataclasses.replace(self.config, speculative=chosen_method(self.config, model))
         if self.config.speculative == "mtp":  # its cache and forwards carry the MTP head's

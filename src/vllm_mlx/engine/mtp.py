@@ -37,7 +37,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import ArraysCache, BatchKVCache, KVCache, make_prompt_cache
 
-from ..models.cpu_fusion import fuse_cpu_fallbacks
+from ..models.cpu_decode import swap_cpu_decode_modules
 from ..models.position_states import PositionState
 from .mtp_head import MTPHead, language_model, load_mtp_head, output_head, served_output
 from .sequence import Sequence
@@ -159,7 +159,7 @@ def serve_with_head(loaded: Any) -> Any:
                          "final hidden states); tensor parallelism can")
     model = loaded.model
     head = load_mtp_head(model, loaded.path, loaded.config)
-    fuse_cpu_fallbacks(head)  # as the model's own norms and RoPE (on MLX's CPU backend)
+    swap_cpu_decode_modules(head)  # as the model's own modules (on MLX's CPU backend)
     feed = HeadFeed(head, language_model(model).model.embed_tokens)
     if hasattr(model, "vlm"):
         model.head_feed = feed

@@ -1,12 +1,13 @@
-"""The CPU fusion of norms and RoPEs (src/vllm_mlx/models/cpu_fusion.py), measured in one engine.
+"""The CPU decode modules (src/vllm_mlx/models/cpu_decode.py), measured in one engine.
 
 One engine in-process (as `vllm-mlx bench rows` runs it); every round decodes the same prompts with
-the model's modules switched between mlx's plain ``nn.RMSNorm`` / ``nn.RoPE``, RoPE fused only, and
-both fused (the engine's setting), in alternating order; ratios are paired per round and summarized
-as medians. Also prints the operations in one one-row decode step, plain and fused
-(``mx.export_to_dot``). CPU only (elsewhere the engine does not fuse).
+the model's modules switched between mlx's plain ``nn.RMSNorm`` / ``nn.RoPE`` / ``nn.Linear``, RoPE
+fused only, norm and RoPE fused, and those with the few-row linear layers too (the engine's setting),
+in alternating order; ratios are paired per round and summarized as medians. Also prints the
+operations in one one-row decode step, plain and with the engine's modules (``mx.export_to_dot``).
+CPU only (elsewhere the engine does not swap them).
 
-    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_cpu_fusion.py [--model demo] \
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_cpu_decode.py [--model demo] \
         [--rows 1 4 16 64] [--rounds 8] [--tokens 128]
 """
 
@@ -24,36 +25,41 @@ from vllm_mlx.bench.cli import bench_model
 from vllm_mlx.bench.rows_bench import engine_rows, random_prompts
 from vllm_mlx.bench.targets import EngineTarget
 
-MODES = {"plain": (False, False), "rope fused": (False, True), "both fused": (True, True)}
+MODES = {"plain": (False, False, False), "rope fused": (False, True, False), "both fused": (True, True, False),
+         "and few-row linear": (True, True, True)}
 
 
-def switch(model, norm: bool, rope: bool) -> None:
-    """Put the fused modules (swapped in at load) in the given forms."""
+def switch(model, norm: bool, rope: bool, linear: bool) -> None:
+    """Put the decode modules (swapped in at load) in the given forms."""
     import mlx.nn as nn
 
-    from vllm_mlx.models.cpu_fusion import FusedRMSNorm, FusedRoPE
+    from vllm_mlx.models.cpu_decode import FewRowsLinear, FusedRMSNorm, FusedRoPE
 
     for _, m in model.named_modules():
-        if isinstance(m, nn.RMSNorm) and "compiled" in m.__dict__:
+        if "compiled" not in m.__dict__:
+            continue
+        if isinstance(m, nn.RMSNorm):
             m.__class__ = FusedRMSNorm if norm else nn.RMSNorm
-        elif isinstance(m, nn.RoPE) and "compiled" in m.__dict__:
+        elif isinstance(m, nn.RoPE):
             m.__class__ = FusedRoPE if rope else nn.RoPE
+        elif isinstance(m, nn.Linear):
+            m.__class__ = FewRowsLinear if linear else nn.Linear
 
 
 def operations(path: str) -> tuple[int, int]:
-    """Operations in one one-row decode step of the model at ``path``: plain, fused."""
+    """Operations in one one-row decode step of the model at ``path``: plain, with the engine's modules."""
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
-    from vllm_mlx.models.cpu_fusion import fuse_cpu_fallbacks, set_fused
+    from vllm_mlx.models.cpu_decode import swap_cpu_decode_modules, set_swapped
     from vllm_mlx.models.loader import load_model
 
     model = load_model(path, compute_dtype="float32").model
-    fuse_cpu_fallbacks(model)
+    swap_cpu_decode_modules(model)
     counts = []
     with tempfile.TemporaryDirectory() as tmp:
         for fused in (False, True):
-            set_fused(model, fused)
+            set_swapped(model, fused)
             cache = make_prompt_cache(model)
             model(mx.array([[5, 9, 13, 2]]), cache=cache)
             mx.eval([c.state for c in cache])  # the prompt's graph is not part of the step's
@@ -66,9 +72,10 @@ def operations(path: str) -> tuple[int, int]:
 async def main(args) -> None:
     path = bench_model(args.model)
     plain, fused = operations(path)
-    print(f"operations in one one-row decode step: {plain} plain, {fused} fused\n")
-    print("| rows | " + " | ".join(f"{m} tok/s" for m in MODES) + " | rope fused / plain | both fused / plain |")
-    print("|---|" + "---|" * (len(MODES) + 2))
+    print(f"operations in one one-row decode step: {plain} plain, {fused} with the engine's modules\n")
+    ratio_modes = [m for m in MODES if m != "plain"]
+    print("| rows | " + " | ".join(f"{m} tok/s" for m in MODES) + " | " + " | ".join(f"{m} / plain" for m in ratio_modes) + " |")
+    print("|---|" + "---|" * (len(MODES) + len(ratio_modes)))
     async with EngineTarget(path, max_num_seqs=max(args.rows), prefix_cache=False) as target:
         model = target.engine.engine.loaded.model
         vocab = target.engine.engine.vocab_size
@@ -81,12 +88,11 @@ async def main(args) -> None:
                     rate = await engine_rows(target, prompts, args.tokens)
                     if i >= args.warmup:
                         rates[mode].append(rate)
-            switch(model, True, True)
+            switch(model, True, True, True)
             med = {m: statistics.median(v) for m, v in rates.items()}
-            ratios = [statistics.median(a / p for a, p in zip(rates[m], rates["plain"]))
-                      for m in ("rope fused", "both fused")]
-            print(f"| {b} | " + " | ".join(f"{med[m]:.0f}" for m in MODES) +
-                  f" | {ratios[0]:.2f} | {ratios[1]:.2f} |")
+            ratios = [statistics.median(a / p for a, p in zip(rates[m], rates["plain"])) for m in ratio_modes]
+            print(f"| {b} | " + " | ".join(f"{med[m]:.0f}" for m in MODES) + " | " +
+                  " | ".join(f"{r:.2f}" for r in ratios) + " |")
 
 
 if __name__ == "__main__":
