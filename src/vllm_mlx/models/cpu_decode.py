@@ -39,8 +39,8 @@ import mlx.nn as nn
 SHORT_STEP = 16  # positions per row up to which a step uses the compiled RoPE
 FEW_ROWS = 64  # rows x positions up to which a large linear layer multiplies as (W @ x.T).T where
 # OpenBLAS runs one thread ...
-SHARED_FEW_ROWS = 3  # ... and where it runs several: up to here that was faster in every process measured (from 4 rows on, some processes ran the split product at
-# half speed for their whole life: docs/benchmarks/engine-core.md)
+SHARED_FEW_ROWS = 3  # ... and where it runs several: up to 3 that was faster in every process
+# measured; from 4 on, some processes ran it at half speed for their whole life (docs/benchmarks/engine-core.md)
 LARGE_INPUT = 1024  # input features from which that pays (one row: 2.4-3.2x faster from 1024 on,
 # 1.0-1.4x up to 768, and no faster in a whole step of the demo model's 256 -> 4096 head) ...
 LARGE_WEIGHT = 1 << 20  # ... and elements (below, the call's fixed costs dominate)
@@ -114,7 +114,7 @@ def _few_rows_pays(module: nn.Linear) -> bool:
 def swap_cpu_decode_modules(model: nn.Module, blas: Any = None) -> int:
     """Swap the model's ``nn.RMSNorm`` and ``nn.RoPE`` modules for their fused forms, and its large
     float32 ``nn.Linear`` layers for :class:`FewRowsLinear`, when this thread computes on the CPU
-    (elsewhere norms and RoPEs have kernels of their own and matmuls no BLAS); returns how many were
+    (elsewhere norms and RoPEs have kernels of their own, and matmuls do not go through BLAS); returns how many were
     swapped. Call it on the thread that runs the model; ``blas`` as :func:`few_rows_limit` takes it."""
     if mx.default_device() != mx.cpu or not isinstance(model, nn.Module):
         return 0
