@@ -168,7 +168,9 @@ def test_few_rows_linear_is_bit_identical(bias):
     assert calls == [(1, 65, 1024)]
 
 
-def test_only_large_float32_linear_layers_are_swapped():
+def test_only_large_float32_linear_layers_are_swapped(monkeypatch):
+    monkeypatch.setattr(cpu_decode, "HUGE_WEIGHT", 1 << 21)  # a 151936 x 1024 head, at this scale
+    huge = nn.Linear(1024, 2049)  # read from memory as slowly either way
     small = nn.Linear(1024, 256)  # a quarter of LARGE_WEIGHT: the call's fixed costs dominate
     narrow = nn.Linear(512, 4096)  # large, but fewer input features than LARGE_INPUT: little to gain
     half = nn.Linear(1024, 1024)
@@ -177,9 +179,9 @@ def test_only_large_float32_linear_layers_are_swapped():
     class OwnLinear(nn.Linear):
         pass
     own = OwnLinear(1024, 1024)
-    model = nn.Sequential(small, narrow, half, quantized, own, nn.Linear(1024, 1024))
+    model = nn.Sequential(huge, small, narrow, half, quantized, own, nn.Linear(1024, 2048))
     assert swap_cpu_decode_modules(model, ONE_THREAD) == 1
-    assert [type(m) for m in model.layers] == [nn.Linear] * 3 + [nn.QuantizedLinear, OwnLinear, FewRowsLinear]
+    assert [type(m) for m in model.layers] == [nn.Linear] * 4 + [nn.QuantizedLinear, OwnLinear, FewRowsLinear]
     cpu_decode.set_swapped(model, False)
     assert type(model.layers[-1]) is nn.Linear
     cpu_decode.set_swapped(model, True)

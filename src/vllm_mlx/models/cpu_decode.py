@@ -19,8 +19,9 @@ second operand is the whole weight, and for the few rows of a decode step OpenBL
 call on the weight (2.5x the time of the same product written ``(W @ x.T).T`` for a 1024 x 3072 weight
 and one row, 1.5x at 16 rows; docs/benchmarks/engine-core.md). :class:`FewRowsLinear` writes it
 that way for inputs of few rows x positions (:func:`few_rows_limit`) and float32 weights of at least
-:data:`LARGE_INPUT` input features and :data:`LARGE_WEIGHT` elements (on narrower or smaller weights
-the product gains less, and the extra transpose costs what it saves).
+:data:`LARGE_INPUT` input features and :data:`LARGE_WEIGHT` to :data:`HUGE_WEIGHT` elements (on
+narrower or smaller weights the product gains less, and the extra transpose costs what it saves; a
+larger weight, such as a big vocabulary's head, is read from memory as slowly either way).
 Each output is the same dot product over the same inputs, and BLAS accumulates it in the same order:
 the results are bit-identical, with the bias too (``addmm`` with the bias as a column).
 
@@ -43,7 +44,9 @@ SHARED_FEW_ROWS = 3  # ... and where it runs several: up to 3 that was faster in
 # measured; from 4 on, some processes ran it at half speed for their whole life (docs/benchmarks/engine-core.md)
 LARGE_INPUT = 1024  # input features from which that pays (one row: 2.4-3.2x faster from 1024 on,
 # 1.0-1.4x up to 768, and no faster in a whole step of the demo model's 256 -> 4096 head) ...
-LARGE_WEIGHT = 1 << 20  # ... and elements (below, the call's fixed costs dominate)
+LARGE_WEIGHT = 1 << 20  # ... and elements (below, the call's fixed costs dominate) ...
+HUGE_WEIGHT = 1 << 24  # ... up to here (64 MB): above, both forms wait on memory (128 MB weights 0.92-1.04x,
+# a 151936 x 1024 head 0.82-0.87x)
 FEW_POSITIONS = 4  # rows x positions up to which a step uses the compiled norm (the fused norm's
 # broadcasts run slower than the plain operations on wide batches: measured even at 16 rows, slower at 64)
 
@@ -108,7 +111,8 @@ def few_rows_limit(blas: Any = None) -> int:
 
 def _few_rows_pays(module: nn.Linear) -> bool:
     weight = module["weight"]
-    return weight.dtype == mx.float32 and weight.shape[-1] >= LARGE_INPUT and weight.size >= LARGE_WEIGHT
+    return (weight.dtype == mx.float32 and weight.shape[-1] >= LARGE_INPUT
+            and LARGE_WEIGHT <= weight.size <= HUGE_WEIGHT)
 
 
 def swap_cpu_decode_modules(model: nn.Module, blas: Any = None) -> int:
