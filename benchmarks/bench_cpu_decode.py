@@ -31,19 +31,10 @@ MODES = {"plain": (False, False, False), "rope fused": (False, True, False), "bo
 
 def switch(model, norm: bool, rope: bool, linear: bool) -> None:
     """Put the decode modules (swapped in at load) in the given forms."""
-    import mlx.nn as nn
+    from vllm_mlx.models.cpu_decode import DECODE_FORMS, set_swapped
 
-    from vllm_mlx.models.cpu_decode import FewRowsLinear, FusedRMSNorm, FusedRoPE
-
-    for _, m in model.named_modules():
-        if "compiled" not in m.__dict__:
-            continue
-        if isinstance(m, nn.RMSNorm):
-            m.__class__ = FusedRMSNorm if norm else nn.RMSNorm
-        elif isinstance(m, nn.RoPE):
-            m.__class__ = FusedRoPE if rope else nn.RoPE
-        elif isinstance(m, nn.Linear):
-            m.__class__ = FewRowsLinear if linear else nn.Linear
+    set_swapped(model, False)
+    set_swapped(model, True, [form for form, on in zip(DECODE_FORMS, (norm, rope, linear)) if on])
 
 
 def operations(path: str) -> tuple[int, int]:
@@ -51,7 +42,7 @@ def operations(path: str) -> tuple[int, int]:
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
-    from vllm_mlx.models.cpu_decode import swap_cpu_decode_modules, set_swapped
+    from vllm_mlx.models.cpu_decode import set_swapped, swap_cpu_decode_modules
     from vllm_mlx.models.loader import load_model
 
     model = load_model(path, compute_dtype="float32").model
@@ -74,7 +65,8 @@ async def main(args) -> None:
     plain, fused = operations(path)
     print(f"operations in one one-row decode step: {plain} plain, {fused} with the engine's modules\n")
     ratio_modes = [m for m in MODES if m != "plain"]
-    print("| rows | " + " | ".join(f"{m} tok/s" for m in MODES) + " | " + " | ".join(f"{m} / plain" for m in ratio_modes) + " |")
+    print("| rows | " + " | ".join(f"{m} tok/s" for m in MODES) + " | "
+          + " | ".join(f"{m} / plain" for m in ratio_modes) + " |")
     print("|---|" + "---|" * (len(MODES) + len(ratio_modes)))
     async with EngineTarget(path, max_num_seqs=max(args.rows), prefix_cache=False) as target:
         model = target.engine.engine.loaded.model

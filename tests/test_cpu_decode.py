@@ -184,6 +184,8 @@ def test_only_large_float32_linear_layers_are_swapped(monkeypatch):
     assert [type(m) for m in model.layers] == [nn.Linear] * 4 + [nn.QuantizedLinear, OwnLinear, FewRowsLinear]
     cpu_decode.set_swapped(model, False)
     assert type(model.layers[-1]) is nn.Linear
+    cpu_decode.set_swapped(model, True, cpu_decode.DECODE_FORMS[:2])  # norms and RoPEs only
+    assert type(model.layers[-1]) is nn.Linear
     cpu_decode.set_swapped(model, True)
     assert type(model.layers[-1]) is FewRowsLinear
 

@@ -26,7 +26,7 @@ class CeilingRun:
 class Ceiling:
     def __init__(self, model: str):
         from .. import BLAS_STATUS
-        from ..models.cpu_decode import swap_cpu_decode_modules, set_swapped
+        from ..models.cpu_decode import set_swapped, swap_cpu_decode_modules
         from ..models.loader import load_model
         from ..platform import detect_backend
 

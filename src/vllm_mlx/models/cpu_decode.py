@@ -118,8 +118,9 @@ def _few_rows_pays(module: nn.Linear) -> bool:
 def swap_cpu_decode_modules(model: nn.Module, blas: Any = None) -> int:
     """Swap the model's ``nn.RMSNorm`` and ``nn.RoPE`` modules for their fused forms, and its large
     float32 ``nn.Linear`` layers for :class:`FewRowsLinear`, when this thread computes on the CPU
-    (elsewhere norms and RoPEs have kernels of their own, and matmuls do not go through BLAS); returns how many were
-    swapped. Call it on the thread that runs the model; ``blas`` as :func:`few_rows_limit` takes it."""
+    (elsewhere norms and RoPEs have kernels of their own, and matmuls do not go through BLAS);
+    returns how many were swapped. Call it on the thread that runs the model; ``blas`` as
+    :func:`few_rows_limit` takes it."""
     if mx.default_device() != mx.cpu or not isinstance(model, nn.Module):
         return 0
     few_rows = few_rows_limit(blas)
@@ -140,13 +141,15 @@ def swap_cpu_decode_modules(model: nn.Module, blas: Any = None) -> int:
     return swapped
 
 
-def set_swapped(model: nn.Module, swapped: bool) -> None:
-    """Switch the modules :func:`swap_cpu_decode_modules` swapped back to mlx's own classes
-    (``swapped`` False), or to their decode forms again (their compiled functions are kept): a
-    benchmark's reference runs the same model both ways."""
-    classes = ((FusedRMSNorm, nn.RMSNorm), (FusedRoPE, nn.RoPE), (FewRowsLinear, nn.Linear))
+DECODE_FORMS = ((FusedRMSNorm, nn.RMSNorm), (FusedRoPE, nn.RoPE), (FewRowsLinear, nn.Linear))  # (decode, mlx's own)
+
+
+def set_swapped(model: nn.Module, swapped: bool, forms: Any = DECODE_FORMS) -> None:
+    """Switch the modules :func:`swap_cpu_decode_modules` swapped, of the given ``forms`` (pairs of
+    :data:`DECODE_FORMS`), back to mlx's own classes (``swapped`` False), or to their decode forms
+    again (their compiled functions are kept): a benchmark's reference runs the same model both ways."""
     for _, module in model.named_modules():
         if "compiled" in module.__dict__:
-            for decode_class, plain_class in classes:
+            for decode_class, plain_class in forms:
                 if type(module) in (decode_class, plain_class):
                     module.__class__ = decode_class if swapped else plain_class
