@@ -43,6 +43,18 @@ def _free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
 class DistributedServer(ManagedServer):
     """`mlx.launch -n 2 -- vllm-mlx serve MODEL --distributed` on loopback."""
 
@@ -58,16 +70,12 @@ class DistributedServer(ManagedServer):
 
     def rank_pid(self, rank: int) -> int:
         """The pid of a rank: a child of the launcher whose environment says MLX_RANK=rank."""
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
+        for pid in children(self.proc.pid):
             try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                env = (entry / "environ").read_bytes().split(b"\0")
-            except (OSError, IndexError, ValueError):
+                if f"MLX_RANK={rank}".encode() in (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0"):
+                    return pid
+            except OSError:
                 continue
-            if ppid == self.proc.pid and f"MLX_RANK={rank}".encode() in env:
-                return int(entry.name)
         raise LookupError(f"rank {rank} not found")
 
     def alive(self, pid: int) -> bool:
@@ -285,6 +293,18 @@ def _stream_until_failure(server, on_third_chunk) -> tuple[str, float]:
     return "completed", time.monotonic() - started
 
 
+def _stream_end(server) -> str:
+    """How a long stream ended: "completed", or the error it raised."""
+    stream = client(server).completions.create(model="m", prompt="Hi there", max_tokens=2000, temperature=0,
+                                               stream=True, extra_body={"ignore_eos": True})
+    try:
+        for _ in stream:
+            pass
+    except (openai.APIError, httpx.HTTPError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "completed"
+
+
 def test_killed_follower_ends_the_job(launch, tiny_qwen3):
     dist = launch(tiny_qwen3)
     rank0, rank1 = dist.rank_pid(0), dist.rank_pid(1)
@@ -311,9 +331,94 @@ def test_stalled_follower_ends_the_job(launch, tiny_qwen3):
         os.kill(rank1, signal.SIGKILL)  # a stopped process ignores the launcher's SIGTERM
 
 
-def test_distributed_outside_a_launcher_is_a_clear_error(tiny_qwen3):
+@pytest.mark.parametrize("dies", ["engine process", "follower"])
+def test_rank_0_with_an_engine_process(dies, launch, tiny_qwen3, qwen3_server):
+    """--engine-process: rank 0's API process does HTTP and starts an engine process, which joins the
+    group as rank 0 and leads. Output is the single process's; when that engine process or a follower
+    dies, every stream in flight ends with an error event and the whole job ends, leaving no process."""
+    dist = launch(tiny_qwen3, "--engine-process")
+    rank0, rank1 = dist.rank_pid(0), dist.rank_pid(1)
+    health = httpx.get(f"{dist.base_url}/health").json()
+    engine_pid = health["engine"]["pid"]
+    assert children(rank0) == [engine_pid]  # the leader runs in the API process's child
+    assert b"MLX_RANK=0" in (Path("/proc") / str(engine_pid) / "environ").read_bytes().split(b"\0")
+    assert health["models"]["models"][0]["weight_bytes"] > 0  # rank 0's shard, reported by its engine process
+    assert "rank 0 of 2 joined the distributed group" in dist.log()
+
+    for prompt in PROMPTS[:2]:
+        assert greedy_tokens(dist, prompt)[0] == greedy_tokens(qwen3_server, prompt)[0]
+    want = [stream_chat(qwen3_server, p) for p in PROMPTS]
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        assert list(pool.map(lambda p: stream_chat(dist, p), PROMPTS)) == want
+
+    victim = engine_pid if dies == "engine process" else rank1
+
+    def kill_when_all_run() -> None:
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{dist.base_url}/health").json()["engine"]["running"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)
+
+    with ThreadPoolExecutor(3) as pool:
+        others = [pool.submit(_stream_end, dist) for _ in range(3)]
+        ends = [_stream_until_failure(dist, kill_when_all_run)[0]] + [f.result(60) for f in others]
+    assert all(e.startswith("APIError") for e in ends), ends  # an error event, not a cut connection
+    reason = "the engine process died" if dies == "engine process" else "connection to a peer was lost"
+    assert all(reason in e for e in ends), ends
+    dist.proc.wait(30)  # the job ends: the launcher exits
+    deadline = time.monotonic() + 10
+    while any(dist.alive(p) for p in (rank0, rank1, engine_pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(dist.alive(p) for p in (rank0, rank1, engine_pid))
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{dist.base_url}/health", timeout=2)
+
+
+@pytest.mark.parametrize("engine_process", [False, True])
+def test_distributed_outside_a_launcher_is_a_clear_error(engine_process, tiny_qwen3):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_")}
-    proc = subprocess.run([VLLM_MLX, "serve", str(tiny_qwen3), "--distributed"], capture_output=True, text=True,
-                          timeout=120, env=env)
+    args = ["--engine-process"] if engine_process else []
+    proc = subprocess.run([VLLM_MLX, "serve", str(tiny_qwen3), "--distributed", *args], capture_output=True,
+                          text=True, timeout=120, env=env)
     assert proc.returncode == 2
     assert "--distributed must run under mlx.launch" in proc.stderr
+
+
+def test_the_rank_is_read_from_the_launchers_environment():
+    """With --engine-process, rank 0's API process learns its rank without joining the group."""
+    from vllm_mlx.serving.distributed_setup import DistributedSetupError, launched_rank
+
+    assert launched_rank({"MLX_RANK": "1"}) == 1
+    assert launched_rank({"OMPI_COMM_WORLD_RANK": "0"}) == 0
+    assert launched_rank({"MLX_RANK": " ", "PMI_RANK": "2"}) == 2
+    with pytest.raises(DistributedSetupError, match="none of MLX_RANK"):
+        launched_rank({"HOME": "/root"})
+
+
+def test_rank_0s_engine_process_waits_for_its_peers_at_most_the_timeout(tiny_qwen3, tmp_path, monkeypatch):
+    """mx.distributed.init holds the GIL while it waits for the other ranks, so nothing in the engine
+    process could notice its API process is gone: the wait is bounded by --distributed-timeout."""
+    import json
+
+    from vllm_mlx.config import ServerConfig
+    from vllm_mlx.engine.config import EngineConfig
+    from vllm_mlx.engine.process_client import EngineProcess
+    from vllm_mlx.models.loader import load_metadata
+    from vllm_mlx.serving.distributed_setup import LeaderSetup
+
+    port = _free_port_pair()
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))  # rank 1 never comes
+    monkeypatch.setenv("MLX_RANK", "0")
+    monkeypatch.setenv("MLX_HOSTFILE", str(hostfile))
+    config = ServerConfig(model=str(tiny_qwen3), distributed=True, engine_process=True, distributed_timeout=2)
+    engine = EngineProcess(lambda: load_metadata(str(tiny_qwen3)), None, EngineConfig(), lambda outputs: None,
+                           max_restarts=0, setup=LeaderSetup(config, tiny_qwen3))
+    started = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="killed by SIGALRM"):
+            engine.start(timeout=60)
+        assert time.monotonic() - started < 30
+        assert not (Path("/proc") / str(engine.pid)).exists()  # ended and reaped
+    finally:
+        engine.shutdown(2.0)

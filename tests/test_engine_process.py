@@ -10,6 +10,7 @@ restart is counted on /metrics, the next request succeeds, and no engine process
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -331,3 +332,40 @@ def test_requests_and_outputs_cross_unchanged():
     failed = GenerationOutput("r2", finish_reason=FinishReason.ERROR, error="bad grammar", error_status=400)
     event = codec.events.decode(codec.encode(StepOutputs([output_msg(out), output_msg(failed)], EngineStats(steps=3))))
     assert [generation_output(m) for m in event.outputs] == [out, failed] and event.stats.steps == 3
+
+
+def test_an_engine_process_set_up_there_and_not_restarted(tiny_qwen3):
+    """``setup`` (what a distributed rank 0 uses: the engine process sets up its own engine) and
+    ``on_death``: a dead engine process is reported once, with its reason, instead of restarted."""
+    from vllm_mlx.config import ServerConfig
+    from vllm_mlx.engine.config import EngineConfig
+    from vllm_mlx.engine.process_client import EngineProcess
+    from vllm_mlx.engine.request import GenerationRequest, SamplingParams
+    from vllm_mlx.models.loader import load_metadata
+    from vllm_mlx.engine.process_main import EngineSetup
+    from vllm_mlx.serving.model_setup import model_loader
+
+    outputs, deaths = [], []
+    engine = EngineProcess(lambda: load_metadata(str(tiny_qwen3)), None, EngineConfig(), outputs.extend,
+                           max_restarts=3, setup=functools.partial(EngineSetup, model_loader(ServerConfig(), tiny_qwen3)),
+                           on_death=deaths.append)
+    try:
+        engine.start(timeout=120)
+        engine.add_request(GenerationRequest("r1", [1, 2, 3], SamplingParams(max_tokens=4, temperature=0.0)))
+        deadline = time.monotonic() + 60
+        while not any(o.finish_reason for o in outputs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sum(len(o.token_ids) for o in outputs) == 4  # the engine it set up serves
+        engine.add_request(GenerationRequest("r2", [1, 2, 3], SamplingParams(max_tokens=100000, temperature=0.0)))
+        time.sleep(0.5)
+        os.kill(engine.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not deaths and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # a restart would be under way by now (its backoff is 0.5 s)
+        assert deaths == ["killed by SIGKILL"]
+        assert [o.error for o in outputs if o.request_id == "r2" and o.error] == [
+            "the engine process died (killed by SIGKILL)"]
+        assert not engine.alive and engine.restarts == 0 and engine.stats.state == "failed"
+    finally:
+        engine.shutdown(5.0)

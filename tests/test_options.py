@@ -115,7 +115,6 @@ def test_parser_names_from_config_files_and_profiles(tmp_path):
     (dict(max_tokens_cap=-1), "--max-tokens-cap must be 0 (no limit beyond the context budget) or positive"),
     (dict(mllm=True, text_only=True), "--mllm and --text-only contradict each other"),
     (dict(mcp_auto=True), "--mcp-auto needs --mcp-config"),
-    (dict(engine_process=True, distributed=True), "--engine-process cannot be combined with --distributed"),
     (dict(engine_restarts=-1), "--engine-restarts must not be negative (got -1)"),
     (dict(speculative="ngram", deterministic=True), "--speculative cannot be combined with --deterministic"),
     (dict(num_speculative_tokens=0), "--num-speculative-tokens must be at least 1 (got 0)"),

@@ -45,14 +45,20 @@ def run_server(config: ServerConfig) -> int:
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     group = None
     if config.distributed:
-        from .serve_distributed import DistributedSetupError, join_group, run_follower
+        from .serve_distributed import run_follower
+        from .serving.distributed_setup import (DistributedSetupError, check_distributed, join_group,
+                                                launched_rank, tag_log_lines)
 
         try:
-            group = join_group(config)
+            if config.engine_process and launched_rank() == 0:
+                check_distributed(config)  # rank 0's engine process joins the group, not this process
+                tag_log_lines("rank0-api")
+            else:
+                group = join_group(config)
         except DistributedSetupError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        if group.rank() != 0:
+        if group is not None and group.rank() != 0:
             return run_follower(config, group)
     try:
         app = create_app(config, group=group)

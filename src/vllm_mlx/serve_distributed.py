@@ -1,7 +1,9 @@
 """`vllm-mlx serve MODEL --distributed`: one model over the ranks of an ``mlx.launch`` job.
 
-Every rank runs the same command. Rank 0 serves HTTP with a :class:`LeaderEngine`; the other ranks
-run a :class:`FollowerEngine` and nothing else. See docs/distributed.md.
+Every rank runs the same command. Rank 0 serves HTTP with a :class:`LeaderEngine` (with
+--engine-process, in rank 0's engine process, which joins the group in its place); the other ranks
+run a :class:`FollowerEngine` and nothing else (serving/distributed_setup.py joins the group and
+loads the shards). See docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -14,40 +16,8 @@ import time
 from typing import Any
 
 from .config import ServerConfig
-from .serving.distributed_setup import DistributedSetupError
 
 logger = logging.getLogger("vllm_mlx")
-
-
-def join_group(config: ServerConfig) -> Any:
-    """The distributed group this process belongs to (set up by mlx.launch's environment)."""
-    import mlx.core as mx
-
-    if config.kv_cache_dir:
-        raise DistributedSetupError("--kv-cache-dir is not supported with --distributed (each rank would "
-                                    "persist its own shard); drop it")
-    if config.models:
-        raise DistributedSetupError("--distributed serves one model; drop --models")
-    if config.batch_divergence_monitor:
-        raise DistributedSetupError("--batch-divergence-monitor is not supported with --distributed (its "
-                                    "serialize switch would change rank 0's schedule alone); drop it")
-    if config.mllm:
-        raise DistributedSetupError("vision-language models cannot be served with --distributed yet "
-                                    "(--text-only serves a vision-language folder's language model)")
-    try:
-        group = mx.distributed.init(strict=True)
-    except Exception as exc:
-        raise DistributedSetupError(
-            "--distributed must run under mlx.launch, which starts every rank and tells it its peers, e.g. "
-            "`mlx.launch --hosts 10.0.0.1,10.0.0.2 -- vllm-mlx serve MODEL --distributed` "
-            f"(see docs/distributed.md); no distributed backend could start: {exc}") from exc
-    if group.size() < 2:
-        raise DistributedSetupError("--distributed needs at least 2 ranks; mlx.launch started only one")
-    fmt = f"%(asctime)s rank{group.rank()} %(levelname)s %(name)s: %(message)s"
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(fmt))
-    logger.info("rank %d of %d joined the distributed group", group.rank(), group.size())
-    return group
 
 
 def run_follower(config: ServerConfig, group: Any) -> int:

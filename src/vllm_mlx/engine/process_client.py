@@ -6,8 +6,10 @@ Commands go out on one pyzmq socket, events come back on another (msgspec messag
 :mod:`.ipc_messages`); an I/O thread reads the events and watches the child. When the child dies (a
 kill, a segfault, an out-of-memory kill) every request in flight gets an ERROR delta, ``alive`` is
 False and ``problem`` says why, and the child is started again after a backoff -- up to
-``max_restarts`` times in a row (a run of ``STABLE_S`` seconds ends a row). The child exits by itself
-when the API process is gone; it ignores SIGINT and SIGTERM (its lifetime is the API process's).
+``max_restarts`` times in a row (a run of ``STABLE_S`` seconds ends a row; a distributed rank 0 is
+not restarted: its ``on_death`` ends the job). The child exits by itself when the API process is
+gone; it ignores SIGINT and SIGTERM (its lifetime is the API process's). The child itself, its
+sockets and its start are in :mod:`.process_child`.
 """
 
 from __future__ import annotations
@@ -16,11 +18,6 @@ import atexit
 import dataclasses
 import logging
 import os
-import pickle
-import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,6 +29,7 @@ import zmq
 from .config import EngineConfig, EngineStats
 from .ipc_messages import (Abort, AbortAll, AddRequests, ClearPrefixCache, Codec, FinishRow, LoadFailed, Ready,
                            SetMaxNumSeqs, StepOutputs, Stop, generation_output, request_msg)
+from .process_child import Child, describe_exit, spawn
 from .process_main import ProcessArgs, StepClock
 from .request import FinishReason, GenerationOutput, GenerationRequest
 
@@ -59,57 +57,24 @@ class PrefixCacheInfo:
     block_mode: bool
 
 
-@dataclass
-class Child:
-    """One engine process, the two sockets to it, and the read end of a pipe only it holds open (end
-    of file: it has exited)."""
-
-    process: subprocess.Popen
-    commands: zmq.Socket
-    events: zmq.Socket
-    folder: str
-    exited: int  # fd
-    ready_at: float | None = None
-
-    def close(self) -> None:
-        self.commands.close(linger=0)
-        self.events.close(linger=0)
-        if self.exited >= 0:
-            os.close(self.exited)
-            self.exited = -1
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    def kill(self, after: float) -> None:
-        """Wait ``after`` seconds for it to exit, then kill it."""
-        try:
-            self.process.wait(after)
-        except subprocess.TimeoutExpired:
-            logger.warning("the engine process did not stop in %.0f s; killing it", after)
-            self.process.kill()
-            self.process.wait()
-
-
-def describe_exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
 class EngineProcess:
     """Drop-in for LLMEngine under AsyncEngine, with the engine in its own process."""
 
     remote = True  # requests carry output constraints as specs (the engine process compiles them)
 
-    def __init__(self, load: Callable[[], Any], engine_load: Callable[[], Any], config: EngineConfig,
+    def __init__(self, load: Callable[[], Any], engine_load: Callable[[], Any] | None, config: EngineConfig,
                  on_outputs: Callable[[list[GenerationOutput]], None], max_restarts: int = 3,
-                 log_level: str = "info"):
+                 log_level: str = "info", setup: Callable[[], Any] | None = None,
+                 on_death: Callable[[str], None] | None = None):
         """``load`` runs here and returns the model's metadata (tokenizer, config, no weights);
-        ``engine_load`` (picklable) loads the model in the engine process."""
+        ``engine_load`` (picklable) loads the model in the engine process -- or ``setup`` (picklable)
+        sets up its engine there (:class:`~.process_main.EngineSetup`). ``on_death``: called with the
+        reason, instead of a restart, once the requests in flight have failed (a distributed rank 0,
+        whose group cannot be joined again, ends its job)."""
         self._load = load
         self._engine_load = engine_load
+        self._setup = setup
+        self._on_death = on_death
         self.config = config
         self._on_outputs = on_outputs
         self.max_restarts = max_restarts
@@ -252,29 +217,10 @@ class EngineProcess:
                 self._child.commands.send(self._codec.encode(message))
 
     def _spawn(self) -> Child:
-        folder = tempfile.mkdtemp(prefix="vllm-mlx-engine-")
-        args = ProcessArgs(self._engine_load, self.config, folder, os.getpid(), self._log_level)
+        args = ProcessArgs(self._engine_load, self.config, tempfile.mkdtemp(prefix="vllm-mlx-engine-"),
+                           os.getpid(), self._log_level, self._setup)
         self._step_clock = StepClock(args.clock_path, create=True)
-        events = self._zmq.socket(zmq.PULL)
-        events.bind(args.event_addr)
-        commands = self._zmq.socket(zmq.PUSH)
-        commands.setsockopt(zmq.SNDHWM, 0)  # commands queue here until the engine process binds
-        commands.setsockopt(zmq.LINGER, 0)
-        commands.connect(args.command_addr)
-        exited, held = os.pipe()
-        try:
-            process = subprocess.Popen([sys.executable, "-m", "vllm_mlx.engine.process_main"],
-                                       stdin=subprocess.PIPE, pass_fds=(held,))
-        finally:
-            os.close(held)  # only the child holds the write end now
-        try:
-            pickle.dump(list(sys.path), process.stdin)
-            pickle.dump(args, process.stdin)
-            process.stdin.close()
-        except OSError:  # it died at once: the pipe's end of file reports it
-            pass
-        logger.info("engine process %d started", process.pid)
-        return Child(process, commands, events, folder, exited)
+        return spawn(self._zmq, args)
 
     def _run(self) -> None:
         """The I/O thread: events in; a dead engine process is reported and started again."""
@@ -294,6 +240,10 @@ class EngineProcess:
             message = "the engine stopped" if self._stop.is_set() else f"the engine process died ({reason})"
             self._fail(lost, message)
             if self._stop.is_set():
+                return
+            if self._on_death is not None:
+                self._down(message, "failed")
+                self._on_death(reason)
                 return
             try:
                 child = self._restart(child, reason)

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import zmq
@@ -55,10 +55,12 @@ class EventSender:
 
 
 class HostedEngine(LLMEngine):
-    """The engine thread of the engine process: deltas go out with the stats published after them."""
+    """The engine thread of the engine process: deltas go out with the stats published after them.
+    ``engine_kwargs`` go to the engine class it is hosted over (:func:`hosted`)."""
 
-    def __init__(self, load: Callable[[], Any], config: EngineConfig, events: EventSender, step_clock: Any):
-        super().__init__(load, config, self._collect)
+    def __init__(self, load: Callable[[], Any], config: EngineConfig, events: EventSender, step_clock: Any,
+                 **engine_kwargs: Any):
+        super().__init__(load, config, self._collect, **engine_kwargs)
         self._events = events
         self._step_clock = step_clock  # shared double: monotonic start of the running step, 0 when none
         self._pending: list[GenerationOutput] = []
@@ -89,15 +91,35 @@ class HostedEngine(LLMEngine):
         self._events.send(StepOutputs([output_msg(o) for o in outputs], self.stats))
 
 
+def hosted(engine_class: type[LLMEngine]) -> type[HostedEngine]:
+    """:class:`HostedEngine` over ``engine_class``, an LLMEngine or a subclass (the distributed leader)."""
+    if engine_class is LLMEngine:
+        return HostedEngine
+    return type(f"Hosted{engine_class.__name__}", (HostedEngine, engine_class), {})
+
+
+@dataclass
+class EngineSetup:
+    """What an engine process hosts: the model's loader (run on the engine thread), the engine class
+    and its further arguments."""
+
+    load: Callable[[], Any]
+    engine_class: type[LLMEngine] = LLMEngine
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class ProcessArgs:
     """What the engine process is started with (pickled to its stdin)."""
 
-    load: Callable[[], Any]  # picklable: loads the model (runs on the engine thread)
+    load: Callable[[], Any] | None  # picklable: loads the model (runs on the engine thread)
     config: EngineConfig
     folder: str  # holds the two sockets and the step clock
     parent_pid: int
     log_level: str = "info"
+    # picklable, instead of ``load``: called on the process's main thread before anything loads, it
+    # returns the EngineSetup (a distributed rank 0 joins its group there)
+    setup: Callable[[], EngineSetup] | None = None
 
     @property
     def command_addr(self) -> str:
@@ -159,9 +181,12 @@ def run_engine_process(args: ProcessArgs) -> None:
     events = EventSender(event_socket)
     orphaned = False
     watch_parent(args.parent_pid)
-    engine = HostedEngine(args.load, args.config, events, StepClock(args.clock_path))
+    engine = None
     try:
         try:
+            setup = args.setup() if args.setup is not None else EngineSetup(args.load)
+            engine = hosted(setup.engine_class)(setup.load, args.config, events, StepClock(args.clock_path),
+                                                **setup.engine_kwargs)
             loaded = engine.start()
         except BaseException as exc:
             logger.exception("the engine process could not load the model")
@@ -176,7 +201,7 @@ def run_engine_process(args: ProcessArgs) -> None:
                           engine.config.speculative))
         orphaned = CommandLoop(engine, commands, args.parent_pid).run()
     finally:
-        if engine.alive:
+        if engine is not None and engine.alive:
             engine.shutdown(timeout=2.0 if orphaned else 10.0)
         # the last deltas (aborts on stop) still reach the API process, if there is one
         event_socket.close(linger=0 if orphaned else 2000)

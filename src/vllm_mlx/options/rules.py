@@ -40,8 +40,6 @@ RULES: tuple[Rule, ...] = (
          "auto|ngram|draft|mtp, --draft-model"),
     Rule(("speculative", "draft_model", "deterministic"), lambda v: "--speculative cannot be combined with "
          "--deterministic (which computes every row alone)" if _speculating(v) and v["deterministic"] else None),
-    Rule(("engine_process", "distributed"), lambda v: "--engine-process cannot be combined with --distributed "
-         "yet" if v["engine_process"] and v["distributed"] else None),
     _multi_model_only("model_ttl", "--model-ttl"),
     _multi_model_only("models_memory_gb", "--models-memory-gb"),
     _multi_model_only("preload_models", "--preload-models"),

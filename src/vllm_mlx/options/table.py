@@ -263,7 +263,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("distributed", False, "shard the model over the ranks of an mlx.launch job: rank 0 serves HTTP and "
            "schedules, every rank runs the same forward passes on its shard", bool, "distributed"),
     Option("distributed_timeout", 60.0, "seconds one engine step (or a wait for rank 0) may take before a rank "
-           "is considered lost and the job exits (default: %(default)s)", float, "distributed", check=positive),
+           "is considered lost and the job exits; also how long the ranks try to reach each other at start "
+           "(default: %(default)s)", float, "distributed", check=positive),
     Option("distributed_parallelism", "auto", "how the model is split: tensor (every layer over all ranks; "
            "needs fast links), pipeline (a run of layers per rank; fewer round trips per step, no prefix "
            "cache); auto = tensor when mlx-lm can shard the architecture, else pipeline", group="distributed",

@@ -21,7 +21,7 @@ from ..options import MAX_LORAS, SPECULATIVE_TOKENS
 from ..platform import detect_backend
 from ..parsers import detect_reasoning_parser, detect_tool_parser, get_reasoning_parser, get_tool_parser
 from .admission import build_admission
-from .distributed_setup import distributed_engine
+from .distributed_setup import LeaderSetup, distributed_engine, end_distributed_job
 from .prompt_guard import PromptGuard
 from .state import ServingState
 from .vision_inputs import VisionInputs
@@ -114,9 +114,14 @@ def metadata_loader(config: ServerConfig, source: str | Path):
 
 
 def engine_process_factory(config: ServerConfig, source: str | Path):
-    """--engine-process: the engine in a child process."""
+    """--engine-process: the engine in a child process. With --distributed that process is rank 0:
+    it joins the group and hosts the leader; it is not restarted (the other ranks stop following
+    when it dies), so its death ends the job as a lost rank does."""
 
     def factory(load, engine_cfg: EngineConfig, on_outputs) -> EngineProcess:
+        if config.distributed:
+            return EngineProcess(load, None, engine_cfg, on_outputs, max_restarts=0, log_level=config.log_level,
+                                 setup=LeaderSetup(config, Path(source)), on_death=end_distributed_job)
         return EngineProcess(load, model_loader(config, source), engine_cfg, on_outputs,
                              max_restarts=config.engine_restarts, log_level=config.log_level)
 
