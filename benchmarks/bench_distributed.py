@@ -1,5 +1,6 @@
-"""One process vs 2 ranks (mlx.launch, ring backend on loopback; tensor and pipeline parallel):
-throughput, memory per rank, and whether the greedy output is the same.
+"""One process vs 2 ranks (mlx.launch, ring backend on loopback; tensor and pipeline parallel, and
+tensor with rank 0's engine in its own process): throughput, memory per serving process, and whether
+the greedy output is the same.
 
     .venv/bin/python benchmarks/bench_distributed.py [--streams 4] [--max-tokens 32]
 
@@ -7,7 +8,8 @@ Model: a Qwen2-architecture random model built locally (hidden 1024, 8 layers, 1
 MLP 2816, vocab 2048; float32, ~380 MB of weights) -- Qwen2, because mlx-lm splits it both ways. Each server gets one warm-up request, then
 ``--streams`` concurrent greedy completions of ``--max-tokens`` tokens (ignore_eos), timed end to end.
 Memory: the weights each rank holds (from its log), and the peak and final resident set (VmHWM,
-VmRSS) of every serving process, read from /proc when the run ends.
+VmRSS) of every serving process by role (a rank, a rank's engine process), read from /proc when the
+run ends.
 """
 
 from __future__ import annotations
@@ -60,6 +62,21 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def serving_processes(pid: int, ranks: int) -> dict[str, int]:
+    """The serving processes by role: the server, or each rank under the launcher ``pid`` (by its
+    MLX_RANK) and a rank's engine process (its child), if it has one."""
+    if ranks == 1:
+        return {"server": pid}
+    out = {}
+    for child in children_of(pid):
+        env = (Path("/proc") / str(child) / "environ").read_bytes().split(b"\0")
+        rank = next(v.split(b"=", 1)[1].decode() for v in env if v.startswith(b"MLX_RANK="))
+        out[f"rank {rank}"] = child
+        for grandchild in children_of(child):
+            out[f"rank {rank}'s engine process"] = grandchild
+    return dict(sorted(out.items()))
+
+
 def rss_mb(pid: int, field: str) -> int:
     for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -99,7 +116,7 @@ def run(label: str, cmd: list[str], port: int, ranks: int, args, tmp: Path) -> d
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, log)
-        servers = [proc.pid] if ranks == 1 else sorted(children_of(proc.pid))
+        servers = serving_processes(proc.pid, ranks)
         complete(url, "warm up", 4)
         prompts = PROMPTS[: args.streams]
         start = time.perf_counter()
@@ -107,8 +124,8 @@ def run(label: str, cmd: list[str], port: int, ranks: int, args, tmp: Path) -> d
             texts = list(pool.map(lambda p: complete(url, p, args.max_tokens), prompts))
         elapsed = time.perf_counter() - start
         memory = {"weights_mb": weights_mb(log, Path(cmd[cmd.index("serve") + 1])),
-                  "peak_rss_mb": [rss_mb(pid, "VmHWM") for pid in servers],
-                  "rss_mb": [rss_mb(pid, "VmRSS") for pid in servers]}
+                  "peak_rss_mb": {role: rss_mb(pid, "VmHWM") for role, pid in servers.items()},
+                  "rss_mb": {role: rss_mb(pid, "VmRSS") for role, pid in servers.items()}}
     finally:
         for pid in ([proc.pid] if ranks == 1 else children_of(proc.pid)):
             os.kill(pid, signal.SIGTERM)
@@ -133,11 +150,14 @@ def main() -> None:
         single = run("1 process", [str(BIN / "vllm-mlx"), "serve", model, "--port", str(port)], port, 1, args, tmp)
         show(single, single)
         results = [single]
-        for mode in ("tensor", "pipeline"):
+        for label, extra in (("tensor", ["--distributed-parallelism", "tensor"]),
+                             ("pipeline", ["--distributed-parallelism", "pipeline"]),
+                             ("tensor, rank 0's engine in its own process",
+                              ["--distributed-parallelism", "tensor", "--engine-process"])):
             port = free_port()
-            results.append(run(f"2 ranks, {mode}", [
+            results.append(run(f"2 ranks, {label}", [
                 str(BIN / "mlx.launch"), "--backend", "ring", "-n", "2", "--starting-port", str(_free_port_pair()), "--",
-                str(BIN / "vllm-mlx"), "serve", model, "--distributed", "--distributed-parallelism", mode,
+                str(BIN / "vllm-mlx"), "serve", model, "--distributed", *extra,
                 "--port", str(port), "--distributed-timeout", "600"], port, 2, args, tmp))
             show(results[-1], single)
 

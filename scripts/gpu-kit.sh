@@ -8,6 +8,7 @@
 #                                        benchmarks/gpu_speculative.py on this CPU with small models (~3 min)
 #   bash scripts/gpu-kit.sh speculative  on the device, carry [".gpu"]: installs what .gpu/ holds unless
 #                                        .gpu/run.sh already did on this machine, then gpu_speculative.py
+#   bash scripts/gpu-kit.sh compiled     on the device, the same way: bench_compiled_step.py on the q06 model
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -29,6 +30,18 @@ fetch_extra() {
 patch_driver() {
     sed -i 's/from vllm_mlx\.testing import build_tiny_model/from vllm_mlx_testing import build_tiny_model/' .gpu/gpu_bench.py
 }
+device_env() {  # on the device: the kit installed (and its q06 model built) once, then its environment
+    export OUT=${OUT:-/tmp/gpu-final}
+    py=${PYBIN:-python3}
+    if [ ! -d /tmp/site/mlx ]; then  # the kit's install (and its model build), nothing measured
+        (cd .gpu && bash run.sh --skip sanity engine serve agent tests) > /tmp/gpu-install.log 2>&1 || true
+        tail -3 /tmp/gpu-install.log
+    fi
+    nv=$("$py" -c "import sys; sys.path.insert(0, '/tmp/site'); import nvidia; print(list(nvidia.__path__)[0])" 2>/dev/null || true)
+    [ -n "$nv" ] && export LD_LIBRARY_PATH=$(find "$nv" -maxdepth 3 -type d -name lib | tr '\n' ':')${LD_LIBRARY_PATH:-}
+    export PYTHONPATH=/tmp/site:$root/src HF_HUB_OFFLINE=1 HF_HUB_CACHE=/tmp/hf VLLM_MLX_BLAS=${VLLM_MLX_BLAS:-off}
+    export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+}
 case "${1:-}" in
 prepare)
     bash ../shared/gpu/prepare.sh
@@ -48,21 +61,18 @@ check)
     ;;
 speculative)
     shift
-    export OUT=${OUT:-/tmp/gpu-final}
-    py=${PYBIN:-python3}
-    if [ ! -d /tmp/site/mlx ]; then  # the kit's install (and its model build), nothing measured
-        (cd .gpu && bash run.sh --skip sanity engine serve agent tests) > /tmp/gpu-install.log 2>&1 || true
-        tail -3 /tmp/gpu-install.log
-    fi
-    nv=$("$py" -c "import sys; sys.path.insert(0, '/tmp/site'); import nvidia; print(list(nvidia.__path__)[0])" 2>/dev/null || true)
-    [ -n "$nv" ] && export LD_LIBRARY_PATH=$(find "$nv" -maxdepth 3 -type d -name lib | tr '\n' ':')${LD_LIBRARY_PATH:-}
-    export PYTHONPATH=/tmp/site:$root/src HF_HUB_OFFLINE=1 HF_HUB_CACHE=/tmp/hf VLLM_MLX_BLAS=${VLLM_MLX_BLAS:-off}
-    export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+    device_env
     timeout "${BENCH_LIMIT:-420}" "$py" benchmarks/gpu_speculative.py "$@" > "$OUT/gpu_speculative.log" 2>&1 || true
     tail -c 11000 "$OUT/gpu_speculative.log"
     ;;
+compiled)
+    shift
+    device_env
+    timeout "${BENCH_LIMIT:-240}" "$py" benchmarks/bench_compiled_step.py --model "${MODELS:-/tmp/vm-models}/q06" \
+        --rounds 4 --tokens 300 "$@" 2>&1 | tail -c 4000
+    ;;
 *)
-    sed -n 2,10p "$0"
+    sed -n 2,11p "$0"
     exit 2
     ;;
 esac

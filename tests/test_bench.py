@@ -237,6 +237,9 @@ def test_serve_compare_interleaves_two_servers(two_servers, tmp_path):
     expected = [x["output_tok_per_s"] / y["output_tok_per_s"] for x, y in zip(rounds_a, rounds_b)]
     assert ratio["values"] == pytest.approx(expected) and ratio["n"] == 2
     assert "ttft_p95_ratio" in result["compare"]["2"]
+    decode = result["compare"]["2"]["decode_rate_ratio"]  # a stream's speed after its first token
+    assert decode["values"] == pytest.approx([y["tpot_p50"] / x["tpot_p50"] for x, y in zip(rounds_a, rounds_b)])
+    assert "decode rate ratio (1/TPOT p50)" in r.stdout
     assert not (out / "throughput.png").exists()
 
 

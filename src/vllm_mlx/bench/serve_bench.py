@@ -8,7 +8,8 @@ see the same machine conditions; ratios are taken per round (paired) and then su
 
 Per round: request throughput, output token throughput, prompt+output token throughput; TTFT,
 TPOT, ITL (gap between streamed chunks) and end-to-end latency as p50/p95/p99 over its requests.
-Across rounds: the median and its 95% bootstrap interval.
+Across rounds: the median and its 95% bootstrap interval. Compared, per round: the output tok/s, the
+decode rate (a stream's speed after its first token: the inverse ratio of the TPOT p50s) and TTFT p95.
 """
 
 from __future__ import annotations
@@ -131,6 +132,10 @@ def build_result(opts: ServeBenchOptions, names: list[str], rounds: dict) -> dic
                 ).as_dict(),
                 "ttft_p95_ratio": summarize(
                     [x["ttft_p95"] / y["ttft_p95"] for x, y in zip(ra, rb) if y["ttft_p95"]]).as_dict(),
+                # a stream's decode speed after its first token: the inverse ratio of the TPOTs
+                "decode_rate_ratio": summarize(
+                    [y["tpot_p50"] / x["tpot_p50"] for x, y in zip(ra, rb) if x["tpot_p50"] and y["tpot_p50"]]
+                ).as_dict(),
             }
     return result
 
@@ -154,13 +159,14 @@ def format_tables(result: dict) -> str:
     if "compare" in result:
         a, b = result["names"]
         lines += [f"\n{a} / {b} (paired per round): median [95% CI]",
-                  f"| concurrency | {a} tok/s | {b} tok/s | tok/s ratio | {a} TTFT p95 ms | {b} TTFT p95 ms | "
-                  "TTFT p95 ratio |", "|---|---|---|---|---|---|---|"]
+                  f"| concurrency | {a} tok/s | {b} tok/s | tok/s ratio | decode rate ratio (1/TPOT p50) | "
+                  f"{a} TTFT p95 ms | {b} TTFT p95 ms | TTFT p95 ratio |", "|---|---|---|---|---|---|---|---|"]
         for c, cmp in result["compare"].items():
             sa = result["servers"][a]["concurrency"][c]["summary"]
             sb = result["servers"][b]["concurrency"][c]["summary"]
-            r1, r2 = cmp["output_tok_per_s_ratio"], cmp["ttft_p95_ratio"]
+            r1, r2, r3 = cmp["output_tok_per_s_ratio"], cmp["ttft_p95_ratio"], cmp["decode_rate_ratio"]
             lines.append(f"| {c} | {sa['output_tok_per_s']['median']:.1f} | {sb['output_tok_per_s']['median']:.1f} | "
-                         f"{r1['median']:.2f} [{r1['low']:.2f}, {r1['high']:.2f}] | {sa['ttft_p95']['median']:.1f} | "
+                         f"{r1['median']:.2f} [{r1['low']:.2f}, {r1['high']:.2f}] | "
+                         f"{r3['median']:.2f} [{r3['low']:.2f}, {r3['high']:.2f}] | {sa['ttft_p95']['median']:.1f} | "
                          f"{sb['ttft_p95']['median']:.1f} | {r2['median']:.2f} [{r2['low']:.2f}, {r2['high']:.2f}] |")
     return "\n".join(lines)
