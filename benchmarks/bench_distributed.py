@@ -30,6 +30,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from test_distributed import _free_port_pair, children  # noqa: E402  (the tests' launch helpers)
 BIN = Path(sys.executable).parent
 PROMPTS = ["Hello there, how are you?", "The capital of France is", "Write a haiku about the sea.",
            "Count from one to ten.", "Why is the sky blue?", "Name a famous painter.", "List three colors.",
@@ -50,29 +51,17 @@ def build_model(path: Path) -> Path:
     return path
 
 
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry.name))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
-
-
 def serving_processes(pid: int, ranks: int) -> dict[str, int]:
     """The serving processes by role: the server, or each rank under the launcher ``pid`` (by its
     MLX_RANK) and a rank's engine process (its child), if it has one."""
     if ranks == 1:
         return {"server": pid}
     out = {}
-    for child in children_of(pid):
+    for child in children(pid):
         env = (Path("/proc") / str(child) / "environ").read_bytes().split(b"\0")
         rank = next(v.split(b"=", 1)[1].decode() for v in env if v.startswith(b"MLX_RANK="))
         out[f"rank {rank}"] = child
-        for grandchild in children_of(child):
+        for grandchild in children(child):
             out[f"rank {rank}'s engine process"] = grandchild
     return dict(sorted(out.items()))
 
@@ -127,7 +116,7 @@ def run(label: str, cmd: list[str], port: int, ranks: int, args, tmp: Path) -> d
                   "peak_rss_mb": {role: rss_mb(pid, "VmHWM") for role, pid in servers.items()},
                   "rss_mb": {role: rss_mb(pid, "VmRSS") for role, pid in servers.items()}}
     finally:
-        for pid in ([proc.pid] if ranks == 1 else children_of(proc.pid)):
+        for pid in ([proc.pid] if ranks == 1 else children(proc.pid)):
             os.kill(pid, signal.SIGTERM)
         proc.wait(60)
     tokens = len(prompts) * args.max_tokens
@@ -141,7 +130,6 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
     from conftest import free_port
-    from test_distributed import _free_port_pair
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
