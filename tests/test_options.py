@@ -116,6 +116,9 @@ def test_parser_names_from_config_files_and_profiles(tmp_path):
     (dict(mllm=True, text_only=True), "--mllm and --text-only contradict each other"),
     (dict(mcp_auto=True), "--mcp-auto needs --mcp-config"),
     (dict(engine_restarts=-1), "--engine-restarts must not be negative (got -1)"),
+    (dict(engine_restarts=2), "--engine-restarts applies with --engine-process"),
+    (dict(engine_restarts=0, engine_process=True, distributed=True), "--engine-restarts cannot be combined with "
+     "--distributed: a distributed job's engine process is not restarted"),
     (dict(speculative="ngram", deterministic=True), "--speculative cannot be combined with --deterministic"),
     (dict(num_speculative_tokens=0), "--num-speculative-tokens must be at least 1 (got 0)"),
     (dict(num_speculative_tokens=3, speculative="off"), "--num-speculative-tokens applies with --speculative auto|"),

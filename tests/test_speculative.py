@@ -248,11 +248,11 @@ def check_logprobs(off, on):
 def always_verifying(harness):
     """Every step with proposals verifies (whatever this machine measures of verify steps meanwhile)."""
     rates = harness.engine.core.speculator.rates
-    rates.choose = lambda rows: harness.engine.core.speculator.num_tokens
+    rates.forced = lambda rows: harness.engine.core.speculator.num_tokens
     try:
         yield
     finally:
-        del rates.choose
+        rates.forced = None
 
 
 @contextlib.contextmanager

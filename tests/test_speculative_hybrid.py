@@ -30,7 +30,7 @@ def test_rejected_proposals_leave_recurrent_and_sliding_window_layers_as_without
         want = [off.run([p], max_tokens=40, temperature=0)[0][1] for p in PROMPTS]
         speculator = on.engine.core.speculator
         speculator.proposer = ReferenceProposer({tuple(on.tokenizer.encode(p)): w for p, w in zip(PROMPTS, want)})
-        speculator.rates.choose = lambda rows: 4  # verify every step: this test is about the repair after it
+        speculator.rates.forced = lambda rows: 4  # verify every step: this test is about the repair after it
         assert [on.run([p], max_tokens=40, temperature=0)[0][1] for p in PROMPTS] == want
         # together: rows join the batch while others verify (prompts are prefilled 64 tokens a step)
         assert [r[1] for r in on.run(PROMPTS, max_tokens=40, temperature=0)] == want
@@ -108,7 +108,7 @@ def drafted_like_without(model, draft, tokens: int, every_one_taken: bool, least
     off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="off")
     on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="draft", draft_model=str(draft))
     try:
-        on.engine.core.speculator.rates.choose = lambda rows: 4  # verify every step
+        on.engine.core.speculator.rates.forced = lambda rows: 4  # verify every step
         want = [off.run([p], max_tokens=tokens, temperature=0)[0][1] for p in PROMPTS]
         assert [r[1] for r in on.run(PROMPTS, max_tokens=tokens, temperature=0)] == want
         assert [on.run([p], max_tokens=tokens, temperature=0)[0][1] for p in PROMPTS[:2]] == want[:2]
@@ -199,7 +199,7 @@ def test_a_row_ended_by_its_consumer_during_a_verify_step_is_not_cached_past_its
         speculator = on.engine.core.speculator
         speculator.proposer = ReferenceProposer({tuple(prompt): want})
         speculator.proposer.wrong_every = 0
-        speculator.rates.choose = lambda rows: 2  # verify every step, two proposals at a time
+        speculator.rates.forced = lambda rows: 2  # verify every step, two proposals at a time
         rid = on.submit(prompt, max_tokens=40, temperature=0)
         with on.cond:  # the consumer ends the row once it has 12 tokens (as a stop string would)
             assert on.cond.wait_for(lambda: sum(len(o.token_ids) for o in on.outputs.get(rid, [])) >= 12, 30)

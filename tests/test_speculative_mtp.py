@@ -116,7 +116,7 @@ def test_the_head_attends_along_the_whole_sequence(attending_mtp, monkeypatch, t
         # runs of plain steps (their pairs written together later) between verify steps: up to 20 in a
         # row, more than a run's deferred steps, with rows finishing and joining meanwhile
         kinds = itertools.cycle([0] * 20 + [3] + [0] * 5 + [3, 3])
-        on.engine.core.speculator.rates.choose = lambda rows: next(kinds)
+        on.engine.core.speculator.rates.forced = lambda rows: next(kinds)
         rids = [on.submit(p, max_tokens=n, temperature=0.8, seed=3) for p, n in zip(PROMPTS[:4], (50, 23, 37, 9))]
         aborted = on.submit(PROMPTS[4], max_tokens=500, temperature=0)
         on.wait(rids[3])
@@ -124,10 +124,10 @@ def test_the_head_attends_along_the_whole_sequence(attending_mtp, monkeypatch, t
         outs = [on.wait(r) for r in rids]
         assert on.wait(aborted)[2].finish_reason.value == "abort"
         # a conversation that finishes amid plain steps (cached with its deferred keys), then its next turn
-        on.engine.core.speculator.rates.choose = lambda rows: 0
+        on.engine.core.speculator.rates.forced = lambda rows: 0
         prompt = on.tokenizer.encode(PROMPTS[1]) + outs[1][1]
         answer = on.run([prompt], max_tokens=23, temperature=0)[0][1]
-        del on.engine.core.speculator.rates.choose
+        on.engine.core.speculator.rates.forced = None
         follow = prompt + answer + on.tokenizer.encode(" and then")
         hits = on.engine.stats.prefix_cache["hit_tokens"]
         with always_verifying(on):
@@ -159,7 +159,7 @@ def test_greedy_output_is_the_models_with_an_mtp_head(mtp_models, which):
     off = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="off")
     on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="mtp")
     try:
-        on.engine.core.speculator.rates.choose = lambda rows: 4  # verify every step
+        on.engine.core.speculator.rates.forced = lambda rows: 4  # verify every step
         for max_tokens in (40, 7):
             want = [off.run([p], max_tokens=max_tokens, temperature=0)[0][1] for p in PROMPTS]
             assert [on.run([p], max_tokens=max_tokens, temperature=0)[0][1] for p in PROMPTS] == want
@@ -193,7 +193,7 @@ def test_a_published_layout_head_is_read_as_published(models_dir, moe):
                          exact=True, hf_layout=True)
     on = EngineHarness(model, max_num_seqs=8, max_num_batched_tokens=64, speculative="mtp")
     try:
-        on.engine.core.speculator.rates.choose = lambda rows: 4
+        on.engine.core.speculator.rates.forced = lambda rows: 4
         on.run(PROMPTS[:3], max_tokens=30, temperature=0)
         stats = on.engine.stats.speculative
         assert stats["accepted"] == stats["proposed"] > 30

@@ -116,7 +116,7 @@ class ServerConfig:
     distributed_parallelism: str = D.distributed_parallelism  # tensor (shard()) when the model has it, else pipeline
     limits: Limits = field(default_factory=Limits)  # request limits and memory admission
     engine_process: bool = D.engine_process  # the engine in a child process (engine/process_client.py)
-    engine_restarts: int = D.engine_restarts  # restarts of a crashed engine process in a row
+    engine_restarts: int | None = D.engine_restarts  # restarts in a row of a crashed engine process (None: 3)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     access: AccessConfig = field(default_factory=AccessConfig)  # which routes skip the API key
     extra: dict = field(default_factory=dict)

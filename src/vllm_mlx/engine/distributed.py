@@ -36,7 +36,7 @@ from .engine import LLMEngine
 from .lockstep import LockstepChannel, LockstepLost, Watchdog, exit_process
 from .model_runner import ModelRunner
 from .prefix_reuse import PrefixReuse
-from .request import FinishReason, GenerationOutput, GenerationRequest, SamplingParams
+from .request import FinishReason, GenerationRequest, SamplingParams
 from .rollback import drop_rejected, recurrent_states, snapshot
 from .rows import RowArrays
 from .scheduler import StepPlan
@@ -91,87 +91,53 @@ def _eval(*arrays: Any) -> None:
 
 # -- rank 0 ---------------------------------------------------------------------------------------
 
-class LeaderEngine(LLMEngine):
-    """Rank 0: the ordinary engine, sending each step's record to the other ranks before running it."""
+class Followers:
+    """Rank 0's :class:`~.engine.StepPeers`: the other ranks, reached over the group's collectives. A
+    stalled exchange or step (past ``timeout``) fails the requests in flight (``on_stall``) and ends the
+    process, as does a lost rank (:class:`LockstepLost`)."""
 
-    verifies_restores = False  # a re-check's extra forwards would not be run on the other ranks
-    runner_class = LockstepRunner
-    idle_wait = HEARTBEAT_S
-
-    def __init__(self, load, config, on_outputs, *, group: Any, timeout: float):
-        super().__init__(load, config, on_outputs)
+    def __init__(self, group: Any, timeout: float, on_stall: Any):
         self.channel = LockstepChannel(group)
+        self.idle_wait = HEARTBEAT_S
+        self.lost = False
+        self._on_stall = on_stall
         self._watchdog = Watchdog(timeout, self._stalled)
-        self._lost = False
 
-    def _make_prefix_cache(self):
-        if getattr(self.loaded, "parallelism", "tensor") == "pipeline":
-            # Pipeline stages hold different layers, so their cached blocks differ in size and
-            # evictions could not be kept identical: no prefix cache in pipeline mode.
-            logger.warning("prefix cache off: not supported with pipeline parallelism")
-            cache = None
-        else:
-            cache = super()._make_prefix_cache()
-        self.channel.exchange({"prefix_cache_bytes": cache.stats.budget_bytes if cache is not None else None})
-        return cache
+    def share_cache_budget(self, budget: int | None) -> None:
+        self.channel.exchange({"prefix_cache_bytes": budget})
 
-    def _make_core(self, runner: ModelRunner, prefix: PrefixReuse) -> EngineCore:
-        core = super()._make_core(runner, prefix)
-        core.record_tokens = True  # the followers feed rank 0's tokens to their decode forwards
-        return core
-
-    # -- the exchanges ----------------------------------------------------------------------
-    def _step_safely(self) -> None:
-        with self._watchdog.guard("an engine step"):
-            super()._step_safely()
-
-    def _step(self) -> list[GenerationOutput]:
-        plan, record = self.core.schedule()
-        spec, prepared = self.core.speculator, None
-        if spec is not None and spec.active:  # read back and propose first: the followers feed the same
-            prepared = spec.prepare(self.core)
-            record.speculative = prepared.record(self.core.prefix.cache is not None)
+    def send(self, record: StepRecord) -> None:
         self.channel.exchange({"record": record.to_wire()})
-        return self.core.execute(plan, prepared)
 
-    def _on_idle(self) -> None:
-        with self._watchdog.guard("a heartbeat"):
-            self.channel.exchange({"record": self.core.take_record().to_wire()})
+    def stop(self) -> None:
+        self.channel.exchange({"stop": True})
 
-    def _drain_commands(self, block: bool) -> bool:
-        going = super()._drain_commands(block)
-        if not going:
-            with self._watchdog.guard("the stop message"):
-                self.channel.exchange({"stop": True})
-        return going
+    def guard(self, what: str):
+        return self._watchdog.guard(what)
 
-    # -- losing a rank ----------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            super()._run()  # on LockstepLost it fails every request, reports "failed", re-raises
-        except LockstepLost as exc:
-            self._lost = True
-            exit_process(str(exc), delay=1.0)  # let /health say 503 and the error events go out
+    def ended(self, exc: BaseException) -> bool:
+        if not isinstance(exc, LockstepLost):
+            return False
+        self.lost = True
+        exit_process(str(exc), delay=1.0)  # let /health say 503 and the error events go out
+        return True
 
     def _stalled(self, reason: str) -> None:
         """From the watchdog thread, while the engine thread is stuck in a collective."""
-        self._lost = True
-        try:
-            seqs = self.core.scheduler.all_sequences()
-            outputs = []
-            for seq in seqs:
-                out = seq.finish(FinishReason.ERROR)
-                out.error = f"distributed serving stopped: {reason}"
-                outputs.append(out)
-            self._emit(outputs)
-            self._publish_stats("failed")
-        except Exception:  # best effort: the process ends either way
-            logger.exception("could not fail the requests in flight")
+        self.lost = True
+        self._on_stall(f"distributed serving stopped: {reason}")
         exit_process(reason, delay=1.0)
 
-    @property
-    def alive(self) -> bool:
-        return super().alive and not self._lost
+
+class LeaderEngine(LLMEngine):
+    """Rank 0: the ordinary engine with the other ranks as its step peers (:class:`Followers`) and its
+    forwards in lockstep with theirs."""
+
+    verifies_restores = False  # a re-check's extra forwards would not be run on the other ranks
+    runner_class = LockstepRunner
+
+    def __init__(self, load, config, on_outputs, *, group: Any, timeout: float):
+        super().__init__(load, config, on_outputs, peers=Followers(group, timeout, self.fail_in_flight))
 
 
 # -- ranks 1..N-1 --------------------------------------------------------------------------------

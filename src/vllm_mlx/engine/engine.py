@@ -8,7 +8,8 @@ called on the engine thread with every delta produced by one step.
 :class:`LLMEngine` is the thread host: it loads the model, applies commands,
 runs steps while there is work (:class:`~.core.EngineCore` does the step),
 publishes :class:`EngineStats` after each, and fails every request loudly if
-the loop itself breaks.
+the loop itself breaks. Processes that must run every step with it (a
+distributed rank 0's followers) plug in as its :class:`StepPeers`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable, Protocol
 
 import mlx.core as mx
 
@@ -34,10 +36,34 @@ from .model_runner import ModelRunner
 from .mtp import serve_with_head
 from .prefix_cache import PrefixCache
 from .prefix_reuse import PrefixReuse, make_prefix_cache
-from .request import GenerationOutput, GenerationRequest
+from .request import FinishReason, GenerationOutput, GenerationRequest
+from .step_record import StepRecord
 from .vision_model import VisionLanguageModel
 
 logger = logging.getLogger(__name__)
+
+
+class StepPeers(Protocol):
+    """Processes that run every step of an engine with it: a distributed rank 0's followers
+    (:class:`~.distributed.Followers`). The engine, on its thread, tells them its prefix cache's
+    budget once, each step's :class:`~.step_record.StepRecord` before the step runs, a record of the
+    events since while idle (every ``idle_wait`` seconds), and its stop -- each under :meth:`guard`,
+    as is each step."""
+
+    idle_wait: float | None
+    lost: bool  # they are gone: the engine is no longer alive
+
+    def share_cache_budget(self, budget: int | None) -> None: ...
+
+    def send(self, record: StepRecord) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def guard(self, what: str) -> AbstractContextManager[None]: ...
+
+    def ended(self, exc: BaseException) -> bool:
+        """The engine loop broke with ``exc`` (its requests already failed); True: handled here."""
+        ...
 
 
 class LLMEngine:
@@ -47,9 +73,14 @@ class LLMEngine:
     verifies_restores = True
     runner_class = ModelRunner
 
-    def __init__(self, load: Callable[[], Any], config: EngineConfig, on_outputs: OutputCallback):
-        """``load`` runs on the engine thread and returns an object with ``model`` and ``tokenizer``."""
+    def __init__(self, load: Callable[[], Any], config: EngineConfig, on_outputs: OutputCallback,
+                 peers: StepPeers | None = None):
+        """``load`` runs on the engine thread and returns an object with ``model`` and ``tokenizer``;
+        ``peers``: processes that run every step with this engine (see :class:`StepPeers`)."""
         self._load = load
+        self.peers = peers
+        if peers is not None:
+            self.idle_wait = peers.idle_wait
         self.config = config
         self._on_outputs = on_outputs
         self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -104,7 +135,21 @@ class LLMEngine:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.is_alive() and not (self.peers is not None and self.peers.lost)
+
+    def fail_in_flight(self, error: str) -> None:
+        """End every request in flight with ``error`` now and report the engine failed -- from another
+        thread, while the engine thread is stuck (best effort: the process ends after)."""
+        try:
+            outputs = []
+            for seq in self.core.scheduler.all_sequences():
+                out = seq.finish(FinishReason.ERROR)
+                out.error = error
+                outputs.append(out)
+            self._emit(outputs)
+            self._publish_stats("failed")
+        except Exception:
+            logger.exception("could not fail the requests in flight")
 
     @property
     def prefix_cache(self) -> PrefixCache | None:
@@ -143,10 +188,18 @@ class LLMEngine:
             self.kv_bytes_per_token += kv_bytes_per_token(proposer.model)
 
     def _make_prefix_cache(self) -> PrefixCache | None:
-        return make_prefix_cache(self.loaded, self.config)
+        cache = make_prefix_cache(self.loaded, self.config)
+        if self.peers is not None:  # theirs evict as this one does: the same budget
+            self.peers.share_cache_budget(cache.stats.budget_bytes if cache is not None else None)
+        return cache
 
     def _make_core(self, runner: ModelRunner, prefix: PrefixReuse) -> EngineCore:
-        return EngineCore(self.loaded, self.config, runner, prefix, self._emit)
+        core = EngineCore(self.loaded, self.config, runner, prefix, self._emit)
+        core.record_tokens = self.peers is not None  # peers feed this engine's tokens to their forwards
+        return core
+
+    def _guard(self, what: str) -> AbstractContextManager[None]:
+        return nullcontext() if self.peers is None else self.peers.guard(what)
 
     def _run(self) -> None:
         try:
@@ -170,6 +223,8 @@ class LLMEngine:
             logger.exception("engine loop crashed; failing all requests")
             self.core.fail(scheduler.all_sequences(), RuntimeError(f"the engine stopped: {exc}"))
             self._publish_stats("failed")
+            if self.peers is not None and self.peers.ended(exc):
+                return
             raise
         self.core.close()  # every request ends; the batch arrays go
         mx.synchronize()  # no MLX work may still be in flight when the thread ends
@@ -185,6 +240,9 @@ class LLMEngine:
                 return True
             block = False
             if kind == "stop":
+                if self.peers is not None:
+                    with self._guard("the stop message"):
+                        self.peers.stop()
                 return False
             if kind == "add":
                 for request in arg:
@@ -208,20 +266,33 @@ class LLMEngine:
                 self._publish_stats()
 
     def _on_idle(self) -> None:
-        """Called when a wait for commands ran out (``idle_wait``) with nothing to do."""
+        """Called when a wait for commands ran out (``idle_wait``) with nothing to do: the peers hear
+        of the events since (a heartbeat)."""
+        if self.peers is not None:
+            with self._guard("a heartbeat"):
+                self.peers.send(self.core.take_record())
 
     def _step_safely(self) -> None:
         self.step_started = time.monotonic()
         try:
-            self._emit(self._step())
-            self._publish_stats()
+            with self._guard("an engine step"):
+                self._emit(self._step())
+                self._publish_stats()
         finally:
             self.step_started = None
 
     def _step(self) -> list[GenerationOutput]:
-        """One step: ``core.schedule()`` then ``core.execute(plan)`` (a distributed leader sends the
-        step's record between the two)."""
-        return self.core.step()
+        """One step: ``core.schedule()`` then ``core.execute(plan)``; the peers get the step's record
+        between the two (a speculative step reads back and proposes first: they feed the same)."""
+        if self.peers is None:
+            return self.core.step()
+        plan, record = self.core.schedule()
+        spec, prepared = self.core.speculator, None
+        if spec is not None and spec.active:
+            prepared = spec.prepare(self.core)
+            record.speculative = prepared.record(self.core.prefix.cache is not None)
+        self.peers.send(record)
+        return self.core.execute(plan, prepared)
 
     def _emit(self, outputs: list[GenerationOutput]) -> None:
         if not outputs:

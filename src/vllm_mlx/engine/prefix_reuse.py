@@ -29,8 +29,13 @@ logger = logging.getLogger(__name__)
 
 
 def make_prefix_cache(loaded: Any, config: EngineConfig) -> PrefixCache | None:
-    """The prefix cache ``config`` asks for, or None (off, or deterministic mode)."""
+    """The prefix cache ``config`` asks for, or None (off, deterministic mode, or a pipeline-parallel
+    shard: the stages hold different layers, so their cached blocks differ in size and their evictions
+    could not be kept the same)."""
     if not config.prefix_cache or config.deterministic:
+        return None
+    if getattr(loaded, "parallelism", "tensor") == "pipeline":
+        logger.warning("prefix cache off: not supported with pipeline parallelism")
         return None
     cache = build_prefix_cache(loaded, config)
     logger.info("prefix cache: %s mode, %d MB budget, %d-token blocks%s%s", cache.stats.mode,

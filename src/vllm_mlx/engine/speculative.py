@@ -32,7 +32,7 @@ batch), so the speculator keeps the tokens/s of recent steps per batch size and 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -91,7 +91,9 @@ class SpeculationStats:
 
     def as_dict(self) -> dict:
         rate = self.accepted / self.proposed if self.proposed else 0.0
-        return asdict(self) | {"acceptance_rate": round(rate, 4)}
+        return {"method": self.method, "verify_steps": self.verify_steps, "proposed": self.proposed,
+                "accepted": self.accepted, "rollback_forwards": self.rollback_forwards,
+                "acceptance_rate": round(rate, 4)}  # not dataclasses.asdict: built every engine step
 
 
 class _RowState:
@@ -184,6 +186,8 @@ class Speculator:
         this batch size (decided after a pipelined step)."""
         if self._idle:  # nothing to propose lately: look again every IDLE_CHECKS steps (a cost per step)
             self._idle -= 1
+            return False
+        if self.rates.settled_on_plain(len(seqs)):  # proposals would not change the answer: not looked for
             return False
         if not self.proposer.may_propose(seqs, self._wants(seqs, self.num_tokens)):
             self._idle = IDLE_CHECKS - 1

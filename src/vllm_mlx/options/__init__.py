@@ -16,11 +16,12 @@ from typing import Any, Mapping
 
 from .spec import Defaults, Flag, Option, OptionError, Rule
 from .rules import RULES
-from .table import BATCH_DIVERGENCE_ACTIONS, GROUPS, MAX_LORAS, SPECULATIVE_TOKENS
+from .table import BATCH_DIVERGENCE_ACTIONS, ENGINE_RESTARTS, GROUPS, MAX_LORAS, SPECULATIVE_TOKENS
 from .table import OPTIONS as _DECLARED
 
-__all__ = ["BATCH_DIVERGENCE_ACTIONS", "DEFAULTS", "Flag", "GROUPS", "OPTIONS", "Option", "OptionError", "Rule",
-           "MAX_LORAS", "RULES", "SPECULATIVE_TOKENS", "SEED_EPILOG", "OneLineErrors", "add_serve_arguments", "check_settings", "serve_parser", "setting"]
+__all__ = ["BATCH_DIVERGENCE_ACTIONS", "DEFAULTS", "ENGINE_RESTARTS", "Flag", "GROUPS", "OPTIONS", "Option",
+           "OptionError", "Rule", "MAX_LORAS", "RULES", "SPECULATIVE_TOKENS", "SEED_EPILOG", "OneLineErrors",
+           "add_serve_arguments", "check_settings", "serve_parser", "setting"]
 
 OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in _DECLARED})
 DEFAULTS = Defaults(OPTIONS)

@@ -50,6 +50,11 @@ RULES: tuple[Rule, ...] = (
          if v["max_loras"] and not v["lora"] else None),
     Rule(("models", "lora", "distributed"), lambda v: None if not (v["lora"] and (v["models"] or v["distributed"]))
          else f"--lora cannot be combined with {'--models' if v['models'] else '--distributed'} yet"),
+    Rule(("engine_restarts", "engine_process"), lambda v: "--engine-restarts applies with --engine-process"
+         if v["engine_restarts"] is not None and not v["engine_process"] else None),
+    Rule(("engine_restarts", "distributed"), lambda v: "--engine-restarts cannot be combined with --distributed: "
+         "a distributed job's engine process is not restarted (its death ends the job)"
+         if v["engine_restarts"] is not None and v["distributed"] else None),
     Rule(("memory_warn_threshold", "memory_limit_threshold"),
          lambda v: "--memory-limit-threshold must be greater than --memory-warn-threshold"
          if v["memory_limit_threshold"] <= v["memory_warn_threshold"] else None),

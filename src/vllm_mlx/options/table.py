@@ -33,6 +33,7 @@ MEMORY_ACTIONS = ("off", "warn", "reduce-context", "reject-new")
 _SAMPLING = SamplingParams()  # the server's sampling defaults are the neutral (OpenAI) values
 MiB = 2**20
 SPECULATIVE_TOKENS = 4  # tokens a row may propose per step when speculating without --num-speculative-tokens
+ENGINE_RESTARTS = 3  # restarts in a row of a crashed engine process without --engine-restarts
 MAX_LORAS = 8  # adapters held at once with --lora and without --max-loras
 
 
@@ -366,8 +367,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("engine_process", False, "run the engine (model, scheduler, prefix cache, sampler) in a child process "
            "of its own: it does not share the GIL with HTTP, and a crash of it fails only the requests in flight; "
            "it is restarted (see docs/architecture.md)", bool, "limits"),
-    Option("engine_restarts", 3, "with --engine-process: restarts of a crashed engine process in a row, with "
-           "backoff, before the server reports it failed (default: %(default)s)", int, "limits",
+    Option("engine_restarts", None, f"with --engine-process: restarts of a crashed engine process in a row, with "
+           f"backoff, before the server reports it failed (default: {ENGINE_RESTARTS})", int, "limits",
            check=not_negative),
     Option("public_metrics", False, "serve /metrics without the API key", bool, "limits"),
     Option("private_health", False, "require the API key on /health too", bool, "limits"),

@@ -17,7 +17,7 @@ from ..engine.process_client import EngineProcess
 from ..models.loader import (LoadedModel, human_bytes, load_metadata, load_model, resolve_model_path, weight_bytes,
                              weight_files)
 from ..models.vision_loader import NO_VISION_METADATA, load_vision_metadata, load_vision_model, serving_mode
-from ..options import MAX_LORAS, SPECULATIVE_TOKENS
+from ..options import ENGINE_RESTARTS, MAX_LORAS, SPECULATIVE_TOKENS
 from ..platform import detect_backend
 from ..parsers import detect_reasoning_parser, detect_tool_parser, get_reasoning_parser, get_tool_parser
 from .admission import build_admission
@@ -122,8 +122,9 @@ def engine_process_factory(config: ServerConfig, source: str | Path):
         if config.distributed:
             return EngineProcess(load, None, engine_cfg, on_outputs, max_restarts=0, log_level=config.log_level,
                                  setup=LeaderSetup(config, Path(source)), on_death=end_distributed_job)
-        return EngineProcess(load, model_loader(config, source), engine_cfg, on_outputs,
-                             max_restarts=config.engine_restarts, log_level=config.log_level)
+        restarts = ENGINE_RESTARTS if config.engine_restarts is None else config.engine_restarts
+        return EngineProcess(load, model_loader(config, source), engine_cfg, on_outputs, max_restarts=restarts,
+                             log_level=config.log_level)
 
     return factory
 
