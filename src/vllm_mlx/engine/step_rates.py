@@ -31,6 +31,11 @@ class _Bucket:
     tries: dict[int, int] = field(default_factory=dict)  # of each arm not yet measured, this period
 
 
+def _fastest(rates: dict[int, float | None]) -> int:
+    """The arm measured fastest (unmeasured ones count as 0; a tie goes to the smaller arm)."""
+    return max(rates, key=lambda arm: rates[arm] or 0.0)
+
+
 class StepRates:
     """Moving tokens/s of recent steps per batch size (powers of two) and per *arm*: 0 for a pipelined
     step, K for a verify step whose rows propose at most K tokens; and the choice of the next arm (the
@@ -78,9 +83,7 @@ class StepRates:
         if self.forced is not None or self._trying is not None or bucket.decisions + 1 >= bucket.explore_at:
             return False
         rates = self._rates_at(rows)
-        if rates[0] is None or self._to_measure(rates, bucket) is not None:
-            return False
-        if any((rate or 0.0) > rates[0] for rate in rates.values()):
+        if rates[0] is None or self._to_measure(rates, bucket) is not None or _fastest(rates) != 0:
             return False
         bucket.decisions += 1
         return True
@@ -95,7 +98,7 @@ class StepRates:
             return arm
         bucket, rates = self._bucket(rows), self._rates_at(rows)
         bucket.decisions += 1
-        best = max(rates, key=lambda arm: rates[arm] or 0.0)
+        best = _fastest(rates)
         new_period = bucket.decisions >= bucket.explore_at
         if new_period:
             same = best == bucket.best
