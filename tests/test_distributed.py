@@ -417,8 +417,10 @@ def test_rank_0s_engine_process_waits_for_its_peers_at_most_the_timeout(tiny_qwe
     started = time.monotonic()
     try:
         with pytest.raises(RuntimeError, match="killed by SIGALRM"):
-            engine.start(timeout=60)
-        assert time.monotonic() - started < 30
+            engine.start(timeout=120)
+        # the 2 s bound, not the 60 s default: the margin is for spawning the process on a loaded machine
+        # (a CI run once took 30 s from here to the alarm)
+        assert time.monotonic() - started < 50
         assert not (Path("/proc") / str(engine.pid)).exists()  # ended and reaped
     finally:
         engine.shutdown(2.0)
