@@ -24,6 +24,7 @@ import vllm_mlx  # noqa: F401  (loads OpenBLAS before MLX starts)
 from vllm_mlx.bench.ceiling import Ceiling
 from vllm_mlx.bench.cli import bench_model
 from vllm_mlx.bench.rows_bench import engine_rows, random_prompts
+from vllm_mlx.bench.served_bench import stat_cpu_s
 from vllm_mlx.bench.targets import EngineTarget
 
 KINDS = ("main thread", "engine thread", "MLX workers", "others")
@@ -32,18 +33,17 @@ KINDS = ("main thread", "engine thread", "MLX workers", "others")
 def thread_cpu() -> dict[int, tuple[str, float]]:
     """Each thread of this process: (its kind, CPU seconds so far). Threads Python did not start are
     MLX's (with one OpenBLAS thread, OpenBLAS starts none)."""
-    ticks, out = os.sysconf("SC_CLK_TCK"), {}
+    out = {}
     python_threads = {t.native_id: t for t in threading.enumerate()}
     for tid in map(int, os.listdir("/proc/self/task")):
         try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            cpu = stat_cpu_s(f"/proc/self/task/{tid}/stat")
         except OSError:  # ended meanwhile
             continue
         thread = python_threads.get(tid)
         kind = ("MLX workers" if thread is None else "main thread" if thread is threading.main_thread()
                 else "engine thread" if thread.name.startswith("vllm-mlx-engine") else "others")
-        out[tid] = (kind, (int(fields[11]) + int(fields[12])) / ticks)
+        out[tid] = (kind, cpu)
     return out
 
 
@@ -68,10 +68,10 @@ async def main(args) -> None:
         async def bare(rows: int, seed: int) -> float:
             return ceiling.batched_decode(rows, args.tokens, 32, seed=seed, fused=ceiling.fusable).decode_tps
 
-        async def served_in_process(rows: int, seed: int) -> float:
+        async def in_process(rows: int, seed: int) -> float:
             return await engine_rows(engine, random_prompts(rows, 32, seed, vocab), args.tokens)
 
-        sides = {"bare loop": bare, "engine": served_in_process}
+        sides = {"bare loop": bare, "engine": in_process}
         for i in range(args.rounds + 1):  # the first round warms up
             for rows in args.rows:
                 for name in (sides if i % 2 == 0 else reversed(sides)):

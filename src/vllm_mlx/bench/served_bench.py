@@ -61,16 +61,20 @@ def process_tree_cpu_s(pid: int | None) -> float | None:
     """CPU seconds (user + system) of process ``pid`` and its children, from /proc (None elsewhere)."""
     if pid is None or not os.path.exists(f"/proc/{pid}/stat"):
         return None
-    ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for p in [pid, *_children(pid)]:
         try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+            total += stat_cpu_s(f"/proc/{p}/stat")
         except (OSError, IndexError, ValueError):  # a child that just ended
             continue
     return total
+
+
+def stat_cpu_s(stat_path: str) -> float:
+    """CPU seconds (user + system) in a process's or thread's /proc ``stat`` file (OSError once it ended)."""
+    with open(stat_path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def _children(pid: int) -> list[int]:
